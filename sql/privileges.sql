@@ -1,0 +1,64 @@
+-- Who may create, use, see and drop connections; secrets stay hidden.
+CREATE ROLE regress_alice LOGIN;
+CREATE ROLE regress_bob LOGIN;
+CREATE ROLE regress_carol LOGIN;
+GRANT regress_alice TO regress_carol;   -- carol is a member of alice
+
+-- creating connections needs EXECUTE, which PUBLIC does not have
+SET ROLE regress_bob;
+SELECT pipeline.create_connection('bobs', '127.0.0.1:9');
+RESET ROLE;
+GRANT EXECUTE ON FUNCTION pipeline.create_connection(text, text, jsonb),
+                          pipeline.create_eventhubs_connection(text, text, jsonb),
+                          pipeline.drop_connection(text)
+   TO regress_alice, regress_bob;
+
+SET ROLE regress_alice;
+SELECT pipeline.create_connection('alices', 'broker:9092',
+  '{"security.protocol": "SASL_SSL", "sasl.mechanisms": "PLAIN", "sasl.username": "alice",
+    "sasl.password": "alice-pa55word", "ssl.key.password": "keypa55"}');
+SELECT pipeline.create_eventhubs_connection('alices_hub',
+  'Endpoint=sb://alice.servicebus.windows.net/;SharedAccessKeyName=rw;SharedAccessKey=QUxJQ0VTS0VZ');
+-- properties that read server files or run programs are for superusers
+SELECT pipeline.create_connection('evil', 'broker:9092', '{"sasl.kerberos.kinit.cmd": "touch /tmp/owned"}');
+SELECT pipeline.create_connection('evil', 'broker:9092', '{"plugin.library.paths": "/tmp/evil.so"}');
+SELECT pipeline.create_connection('evil', 'broker:9092', '{"ssl.ca.location": "/etc/shadow"}');
+-- the owner sees her secrets
+SELECT name, owner, options->>'sasl.password' AS password FROM pipeline.connections WHERE name LIKE 'alice%' ORDER BY 1;
+SELECT value FROM pipeline.connection_config('alices') WHERE property = 'sasl.password';
+-- she cannot read the catalog table directly, only the view
+SELECT * FROM pipeline.connection;
+RESET ROLE;
+
+-- bob sees the connections with every secret masked
+SET ROLE regress_bob;
+SELECT name, owner, options FROM pipeline.connections WHERE name LIKE 'alice%' ORDER BY 1;
+SELECT * FROM pipeline.connection_config('alices');
+SELECT property, value FROM pipeline.connection_config('alices_hub') WHERE property LIKE 'sasl%' ORDER BY 1;
+SELECT count(*) AS leaked FROM pipeline.connection_config('alices', true) WHERE value LIKE '%pa55%';
+-- he may not use, drop or read them
+SELECT * FROM pipeline.produce('alices', 'topic', 'x');
+SELECT pipeline.produce_async('alices', 'topic', 'x');
+SELECT pipeline.drop_connection('alices');
+SELECT * FROM pipeline.connection;
+RESET ROLE;
+
+-- carol, a member of alice, sees the secrets
+SET ROLE regress_carol;
+SELECT value FROM pipeline.connection_config('alices') WHERE property = 'sasl.password';
+RESET ROLE;
+
+-- a superuser sees everything and may drop
+SELECT value FROM pipeline.connection_config('alices') WHERE property = 'sasl.password';
+SET ROLE regress_alice;
+SELECT pipeline.drop_connection('alices');
+SELECT pipeline.drop_connection('alices_hub');
+RESET ROLE;
+SELECT name FROM pipeline.connections ORDER BY name;
+DROP ROLE regress_carol;
+REVOKE EXECUTE ON FUNCTION pipeline.create_connection(text, text, jsonb),
+                           pipeline.create_eventhubs_connection(text, text, jsonb),
+                           pipeline.drop_connection(text)
+    FROM regress_alice, regress_bob;
+DROP ROLE regress_alice;
+DROP ROLE regress_bob;

@@ -1,0 +1,26 @@
+-- produce()'s argument errors, all raised before any network round trip
+-- (the connection 'local' points at a port where no broker listens).
+SELECT * FROM pipeline.produce(NULL, 'topic', 'x');
+SELECT * FROM pipeline.produce('local', NULL, 'x');
+SELECT * FROM pipeline.produce('local', '', 'x');
+SELECT * FROM pipeline.produce('nope', 'topic', 'x');
+SELECT * FROM pipeline.produce('local', 'topic', 'x', 'k', '"not an object"');
+SELECT * FROM pipeline.produce('local', 'topic', 'x', 'k', '{"n": 1}');
+SELECT * FROM pipeline.produce('local', 'topic', 'x', 'k', '{"a": "ok", "b": {"nested": true}}');
+SELECT * FROM pipeline.produce('local', 'topic', 'x', 'k', NULL, -1);
+SELECT pipeline.produce_async(NULL, 'topic', 'x');
+SELECT pipeline.produce_async('nope', 'topic', '\x00ff'::bytea);
+SELECT pipeline.produce_async('local', 'topic', '{"a": 1}'::jsonb, 'k', '[]');
+-- an untyped literal value resolves to the text variant
+SELECT * FROM pipeline.produce('nope', 'topic', 'untyped');
+-- the three value types
+SELECT p.proname, pg_catalog.pg_get_function_identity_arguments(p.oid)
+  FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+ WHERE n.nspname = 'pipeline' AND p.proname LIKE 'produce%' ORDER BY 1, 2;
+-- an unreachable broker fails within pipeline_ext.produce_timeout
+SET pipeline_ext.produce_timeout = 300;
+\set VERBOSITY terse
+SELECT * FROM pipeline.produce('local', 'topic', 'x');
+\set VERBOSITY default
+RESET pipeline_ext.produce_timeout;
+SELECT pipeline.drop_connection('local');

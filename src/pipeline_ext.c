@@ -1,0 +1,46 @@
+/*-------------------------------------------------------------------------
+ *
+ * pipeline_ext.c
+ *	  Module entry point: GUCs and shared memory hooks.
+ *
+ * IDENTIFICATION
+ *	  src/pipeline_ext.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "utils/guc.h"
+
+#include "pipeline_ext.h"
+
+PG_MODULE_MAGIC;
+
+int			pe_produce_timeout_ms = 30000;
+
+void		_PG_init(void);
+
+void
+_PG_init(void)
+{
+	DefineCustomIntVariable("pipeline_ext.produce_timeout",
+							"Longest wait for a broker to acknowledge a produced message.",
+							"Bounds pipeline.produce(), the commit of a transaction that "
+							"called pipeline.produce_async(), and the topic look-up before "
+							"the first message to a topic. It is also the default for the "
+							"producer's message.timeout.ms.",
+							&pe_produce_timeout_ms,
+							30000, 100, 3600 * 1000,
+							PGC_USERSET,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	MarkGUCPrefixReserved("pipeline_ext");
+
+	if (process_shared_preload_libraries_in_progress)
+		pe_shmem_init_hooks();
+
+	pe_produce_init();
+}

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Shared set-up for test/check.sh and test/demo.sh: install the Debian
+# packages that are missing, build pipeline_ext and its test broker, install
+# the extension.  Sourced, not run.
+set -euo pipefail
+
+PE_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PG_BINDIR=/usr/lib/postgresql/15/bin
+PG_CONFIG=$PG_BINDIR/pg_config
+export PATH="$PG_BINDIR:$PATH"
+
+# as root or through sudo
+pe_sudo() {
+	if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+PE_PACKAGES=(
+	make gcc libc6-dev pkg-config rsync
+	postgresql-15 postgresql-server-dev-15 postgresql-contrib
+	librdkafka-dev libavro-dev libcurl4-openssl-dev
+	kcat python3 python3-confluent-kafka
+	libipc-run-perl libjson-pp-perl
+)
+
+pe_install_packages() {
+	local missing=()
+	for p in "${PE_PACKAGES[@]}"; do
+		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
+	done
+	if [ ${#missing[@]} -gt 0 ]; then
+		echo "== installing Debian packages: ${missing[*]}"
+		pe_sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q
+		pe_sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+	fi
+}
+
+pe_build_install() {
+	echo "== building pipeline_ext"
+	make -C "$PE_ROOT" -s PG_CONFIG="$PG_CONFIG" ${PE_EXTRA_CFLAGS:+PG_CFLAGS="$PE_EXTRA_CFLAGS"}
+	echo "== installing pipeline_ext"
+	pe_sudo make -C "$PE_ROOT" -s PG_CONFIG="$PG_CONFIG" install >/dev/null
+}
+
+# PostgreSQL refuses to run as root: tests and the demo's instance run as an
+# ordinary user (the postgres system user when we are root) in a copy of the
+# tree it owns.
+pe_run_user() {
+	if [ "$(id -u)" -eq 0 ]; then echo postgres; else id -un; fi
+}
+
+pe_as_user() {
+	local u
+	u=$(pe_run_user)
+	if [ "$(id -u)" -eq 0 ]; then runuser -u "$u" -- "$@"; else "$@"; fi
+}
+
+pe_workdir() {
+	local dir=$1
+	rm -rf "$dir"
+	mkdir -p "$dir"
+	rsync -a --exclude .git "$PE_ROOT"/ "$dir"/
+	if [ "$(id -u)" -eq 0 ]; then chown -R "$(pe_run_user)" "$dir"; fi
+}
+
+pe_setup() {
+	pe_install_packages
+	pe_build_install
+}
