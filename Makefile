@@ -15,7 +15,8 @@ DATA = $(wildcard sql/pipeline_ext--*.sql)
 PG_CONFIG ?= $(shell test -x /usr/lib/postgresql/15/bin/pg_config && echo /usr/lib/postgresql/15/bin/pg_config || echo pg_config)
 
 PG_CPPFLAGS = -I$(srcdir)/src
-PG_CFLAGS += -Wall -Wextra
+# CI builds with WERROR=1 (test/setup.sh does when CI is set)
+PG_CFLAGS += -Wall -Wextra $(if $(WERROR),-Werror)
 SHLIB_LINK = -lrdkafka
 
 REGRESS = setup connections eventhubs privileges produce_errors
@@ -37,7 +38,7 @@ override CPPFLAGS := $(patsubst -I%,-isystem %,$(filter -I/%,$(CPPFLAGS))) $(fil
 BROKER = test/broker/pe_broker
 all: $(BROKER)
 $(BROKER): test/broker/pe_broker.c
-	$(CC) $(CFLAGS) -O2 -o $@ $< -lrdkafka
+	$(CC) $(CFLAGS) -Wall -Wextra $(if $(WERROR),-Werror) -O2 -o $@ $< -lrdkafka
 
 EXTRA_CLEAN = $(BROKER) results tmp_check tmp_check_regress regression.diffs regression.out
 

@@ -36,7 +36,7 @@ pe_install_packages() {
 
 pe_build_install() {
 	echo "== building pipeline_ext"
-	make -C "$PE_ROOT" -s PG_CONFIG="$PG_CONFIG" ${PE_EXTRA_CFLAGS:+PG_CFLAGS="$PE_EXTRA_CFLAGS"}
+	make -C "$PE_ROOT" -s PG_CONFIG="$PG_CONFIG" ${CI:+WERROR=1}
 	echo "== installing pipeline_ext"
 	pe_sudo make -C "$PE_ROOT" -s PG_CONFIG="$PG_CONFIG" install >/dev/null
 }

@@ -1,0 +1,80 @@
+# PipelineExt::Broker: start and drive the project's test broker
+# (test/broker/pe_broker, librdkafka's mock cluster) from TAP tests.
+package PipelineExt::Broker;
+
+use strict;
+use warnings;
+use IO::Socket::INET;
+use Time::HiRes qw(usleep);
+use File::Temp qw(tempdir);
+use Test::More;
+
+# PipelineExt::Broker->start(brokers => 1, topics => { events => 8 })
+sub start
+{
+	my ($class, %args) = @_;
+	my $dir = tempdir(CLEANUP => 1);
+	my $info = "$dir/broker.info";
+	my $bin = ($ENV{TESTDIR} // '.') . '/test/broker/pe_broker';
+	my @cmd = ($bin, '--brokers', $args{brokers} // 1, '--info-file', $info);
+	my $topics = $args{topics} // {};
+	push @cmd, '--topic', "$_:$topics->{$_}" for sort keys %$topics;
+
+	my $pid = fork();
+	die "fork: $!" unless defined $pid;
+	if ($pid == 0)
+	{
+		open(STDOUT, '>', "$dir/broker.out");
+		open(STDERR, '>&', \*STDOUT);
+		exec(@cmd) or die "exec $bin: $!";
+	}
+	for (1 .. 100)
+	{
+		last if -s $info;
+		usleep(100_000);
+	}
+	die "test broker did not start" unless -s $info;
+	open(my $fh, '<', $info) or die;
+	my %kv = map { chomp; split /=/, $_, 2 } <$fh>;
+	close($fh);
+	my $self = bless { pid => $pid, bootstrap => $kv{bootstrap}, control => $kv{control} }, $class;
+	note "test broker $self->{bootstrap}, control $self->{control}";
+	return $self;
+}
+
+sub bootstrap { return $_[0]->{bootstrap}; }
+
+# Send one control command; returns the answer, dies on ERR.
+sub ctl
+{
+	my ($self, $cmd) = @_;
+	my $sock = IO::Socket::INET->new(PeerAddr => $self->{control}, Proto => 'tcp')
+	  or die "control channel: $!";
+	print $sock "$cmd\n";
+	my $answer = <$sock>;
+	close($sock);
+	die "broker command '$cmd' failed: " . ($answer // 'no answer') unless $answer && $answer =~ /^OK/;
+	chomp $answer;
+	return $answer;
+}
+
+sub stop
+{
+	my ($self) = @_;
+	return unless $self->{pid};
+	eval { $self->ctl('stop') };
+	waitpid($self->{pid}, 0);
+	$self->{pid} = undef;
+}
+
+sub DESTROY
+{
+	my ($self) = @_;
+	if ($self->{pid})
+	{
+		kill 'TERM', $self->{pid};
+		waitpid($self->{pid}, 0);
+	}
+}
+
+1;
