@@ -320,6 +320,8 @@ pe_producer_create(PeProducer *p, PeConnection *conn)
 				 errdetail("%s", pe_redact(errstr, pe_connection_secrets(conn))),
 				 errhint("Check the connection's options with pipeline.connection_config().")));
 	rd_kafka_set_log_queue(p->rk, NULL);
+	ereport(DEBUG1,
+			(errmsg_internal("pipeline_ext: created producer for connection \"%s\"", conn->name)));
 
 	old = MemoryContextSwitchTo(TopMemoryContext);
 	p->fingerprint = pe_fingerprint(conn);

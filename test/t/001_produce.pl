@@ -24,6 +24,8 @@ $node->start;
 $node->safe_psql('postgres', 'CREATE EXTENSION pipeline_ext');
 $node->safe_psql('postgres', "SELECT pipeline.create_connection('local', '$bs')");
 
+my ($ret, $stdout, $stderr);
+
 # Read a whole topic with kcat; returns the list of decoded JSON envelopes.
 sub kcat_read
 {
@@ -128,6 +130,35 @@ is(scalar(grep { keys %{ $partition_of{$_} } != 1 } keys %partition_of), 0,
 	is($raw, join('', map { chr } 0 .. 255), 'a bytea value arrives byte for byte');
 }
 
+# --- one producer per backend and connection, rebuilt when the connection changes
+{
+	($ret, $stdout, $stderr) = $node->psql('postgres', q{
+SET client_min_messages = debug1;
+SELECT partition FROM pipeline.produce('local', 'small', 'reuse 1');
+SELECT partition FROM pipeline.produce('local', 'small', 'reuse 2');
+SELECT pipeline.produce_async('local', 'small', 'reuse ' || g) FROM generate_series(3, 5) g;
+});
+	my $made = () = $stderr =~ /created producer for connection "local"/g;
+	is($made, 1, 'one session reuses one producer for all its calls');
+
+	# options reach the producer: a small message.max.bytes rejects a 2 kB value
+	$node->safe_psql('postgres', qq{SELECT pipeline.create_connection('tiny', '$bs', '{"message.max.bytes": 1000}')});
+	($ret, $stdout, $stderr) = $node->psql('postgres', q{
+SET client_min_messages = debug1;
+SELECT partition FROM pipeline.produce('tiny', 'small', repeat('y', 500));
+SELECT pipeline.drop_connection('tiny');
+SELECT pipeline.create_connection('tiny', '} . $bs . q{', '{"message.max.bytes": 100000}');
+SELECT partition FROM pipeline.produce('tiny', 'small', repeat('y', 2000));
+});
+	$made = () = $stderr =~ /created producer for connection "tiny"/g;
+	is($made, 2, 'the producer is rebuilt after its connection is dropped and re-created');
+	unlike($stderr, qr/ERROR/, 'the re-created connection takes its new options');
+	($ret, $stdout, $stderr) = $node->psql('postgres',
+		q{SELECT pipeline.drop_connection('tiny'); SELECT pipeline.create_connection('tiny', '} . $bs
+		  . q{', '{"message.max.bytes": 1000}'); SELECT partition FROM pipeline.produce('tiny', 'small', repeat('y', 2000))});
+	like($stderr, qr/larger than the limit/, "the connection's options configure its producer (message.max.bytes)");
+}
+
 # --- 100,000 produce_async rows in one statement -----------------------------
 # With a 50 ms round trip to the broker, one round trip per row would take
 # over an hour; batched sending takes seconds.
@@ -150,7 +181,7 @@ cmp_ok($elapsed, '<', 120, 'produce_async does not pay a round trip per row');
 
 # --- unknown topic, oversized message -----------------------------------------
 $broker->ctl('topic_error ghost UNKNOWN_TOPIC_OR_PART');
-my ($ret, $stdout, $stderr) = $node->psql('postgres',
+($ret, $stdout, $stderr) = $node->psql('postgres',
 	q{SELECT * FROM pipeline.produce('local', 'ghost', 'boo')});
 like($stderr, qr/topic "ghost" does not exist/, 'unknown topic: clear error');
 ($ret, $stdout, $stderr) = $node->psql('postgres',
