@@ -49,6 +49,13 @@
 #include "pipeline_ext.h"
 
 #define PE_POLL_SLICE_MS 50
+
+/*
+ * message.timeout.ms makes librdkafka fail a message with its reason, but it
+ * scans for timed-out messages only about once a second: our own deadline
+ * waits this much longer so that the report, with its reason, comes first.
+ */
+#define PE_DR_MARGIN_MS 3000
 #define PE_LOG_RING 32
 #define PE_LOG_LEN 512
 
@@ -787,7 +794,7 @@ pe_produce(PG_FUNCTION_ARGS)
 
 	p->sync_wait_id = id;
 	p->sync_done = false;
-	deadline = pe_deadline(p->timeout_ms + 1000);
+	deadline = pe_deadline(p->timeout_ms + PE_DR_MARGIN_MS);
 	PG_TRY();
 	{
 		while (!p->sync_done)
@@ -853,7 +860,7 @@ pe_confirm_async(void)
 		if (p->rk == NULL || p->async_sent == 0)
 			continue;
 
-		deadline = pe_deadline(p->timeout_ms + 1000);
+		deadline = pe_deadline(p->timeout_ms + PE_DR_MARGIN_MS);
 		rd_kafka_flush(p->rk, 0);	/* send what linger.ms still holds */
 		while (p->async_pending > 0)
 		{
