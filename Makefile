@@ -8,7 +8,10 @@ OBJS = \
 	src/shmem.o \
 	src/kafka_conf.o \
 	src/connection.o \
-	src/produce.o
+	src/produce.o \
+	src/target.o \
+	src/consumer.o \
+	src/worker.o
 
 DATA = $(wildcard sql/pipeline_ext--*.sql)
 

@@ -58,13 +58,7 @@ pe_connection_catalog_relid(void)
 }
 
 /* Run the catalog statements of one call as the catalog table's owner. */
-typedef struct PeCatalogAccess
-{
-	Oid			save_userid;
-	int			save_sec;
-} PeCatalogAccess;
-
-static void
+void
 pe_catalog_begin(PeCatalogAccess *acc)
 {
 	HeapTuple	tup;
@@ -83,14 +77,14 @@ pe_catalog_begin(PeCatalogAccess *acc)
 		elog(ERROR, "SPI_connect failed");
 }
 
-static void
+void
 pe_catalog_end(PeCatalogAccess *acc)
 {
 	SPI_finish();
 	SetUserIdAndSecContext(acc->save_userid, acc->save_sec);
 }
 
-static bool
+bool
 pe_may_see_secrets(Oid owner)
 {
 	return superuser() || has_privs_of_role(GetUserId(), owner);
@@ -300,6 +294,24 @@ pe_drop_connection(PG_FUNCTION_ARGS)
 
 	values[0] = CStringGetTextDatum(name);
 	pe_catalog_begin(&acc);
+	/* (pipeline.consumer exists from version 0.2.0 on) */
+	if (OidIsValid(get_relname_relid("consumer", get_namespace_oid(PE_SCHEMA, false))))
+		rc = SPI_execute_with_args("SELECT pg_catalog.string_agg(name, ', ' ORDER BY name) "
+								   "FROM pipeline.consumer WHERE connection OPERATOR(pg_catalog.=) $1",
+								   1, argtypes, values, NULL, true, 0);
+	else
+		rc = SPI_OK_UTILITY;
+	if (rc == SPI_OK_SELECT && SPI_processed == 1)
+	{
+		char	   *users = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+
+		if (users != NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
+					 errmsg("connection \"%s\" is used by consumers", name),
+					 errdetail("Consumers using it: %s.", users),
+					 errhint("Drop those consumers first with pipeline.drop_consumer().")));
+	}
 	rc = SPI_execute_with_args("DELETE FROM pipeline.connection WHERE name OPERATOR(pg_catalog.=) $1",
 							   1, argtypes, values, NULL, false, 0);
 	if (rc != SPI_OK_DELETE)

@@ -491,3 +491,45 @@ pe_parse_eventhubs(const char *connstr, PeEventHubsConfig *out)
 	memset(copy, 0, strlen(connstr));
 	pfree(copy);
 }
+
+/*
+ * A librdkafka configuration from a connection's properties, after the
+ * given defaults (which the connection's own options override).  Errors
+ * name the property and redact the connection's secrets.
+ */
+rd_kafka_conf_t *
+pe_kafka_conf(PeConnection *conn, List *defaults, const char *what)
+{
+	rd_kafka_conf_t *conf = rd_kafka_conf_new();
+	char		errstr[512];
+	List	   *props = list_concat(list_copy(defaults), conn->props);
+	ListCell   *lc;
+
+	foreach(lc, props)
+	{
+		PeProperty *prop = lfirst(lc);
+
+		if (rd_kafka_conf_set(conf, prop->name, prop->value, errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK)
+		{
+			rd_kafka_conf_destroy(conf);
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("invalid property \"%s\" in connection \"%s\" for a %s", prop->name, conn->name, what),
+					 errdetail("%s", pe_redact(errstr, pe_connection_secrets(conn))),
+					 errhint("Recreate the connection with a valid value.")));
+		}
+	}
+	return conf;
+}
+
+/* A property list entry, for defaults lists. */
+PeProperty *
+pe_property(const char *name, const char *value, const char *source)
+{
+	PeProperty *p = palloc(sizeof(PeProperty));
+
+	p->name = pstrdup(name);
+	p->value = pstrdup(value);
+	p->source = source;
+	return p;
+}

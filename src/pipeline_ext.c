@@ -19,6 +19,7 @@
 PG_MODULE_MAGIC;
 
 int			pe_produce_timeout_ms = 30000;
+int			pe_max_consumer_slots = 64;
 
 void		_PG_init(void);
 
@@ -37,10 +38,23 @@ _PG_init(void)
 							GUC_UNIT_MS,
 							NULL, NULL, NULL);
 
+	DefineCustomIntVariable("pipeline_ext.max_consumer_slots",
+							"Most consumer slots (workers) that can run at once, in all databases.",
+							"Each slot is one background worker, counted against max_worker_processes "
+							"together with the launcher and one manager per database with consumers.",
+							&pe_max_consumer_slots,
+							64, 1, 1024,
+							PGC_POSTMASTER,
+							0,
+							NULL, NULL, NULL);
+
 	MarkGUCPrefixReserved("pipeline_ext");
 
 	if (process_shared_preload_libraries_in_progress)
+	{
 		pe_shmem_init_hooks();
+		pe_register_launcher();
+	}
 
 	pe_produce_init();
 }

@@ -14,6 +14,7 @@
 #include "postgres.h"
 
 #include "nodes/pg_list.h"
+#include "datatype/timestamp.h"
 #include "port/atomics.h"
 #include "storage/lwlock.h"
 #include "utils/jsonb.h"
@@ -24,15 +25,74 @@
 
 /* GUCs (pipeline_ext.c) */
 extern int	pe_produce_timeout_ms;
+extern int	pe_max_consumer_slots;
 
 /* shmem.c */
+#define PE_MAX_DBS 64
+#define PE_ERROR_LEN 512
+#define PE_SLOT_MAX_PARTITIONS 256
+
+typedef enum PeSlotState
+{
+	PE_SLOT_FREE = 0,			/* entry unused */
+	PE_SLOT_STARTING,			/* worker registered, not attached yet */
+	PE_SLOT_RUNNING,			/* worker attached */
+	PE_SLOT_STOPPED,			/* exited cleanly, or stopped by the user */
+	PE_SLOT_FAILED,				/* exited with an error; manager will restart */
+	PE_SLOT_RESTARTING			/* waiting out the backoff before a restart */
+} PeSlotState;
+
+/*
+ * One consumer slot: the worker that applies a share of a consumer's
+ * partitions.  Written by the slot's worker and by its database's manager
+ * under pe_shared->lock; read by the status functions.
+ */
+typedef struct PeSlot
+{
+	PeSlotState state;
+	Oid			dboid;
+	char		consumer[NAMEDATALEN];
+	int			slot;
+	uint32		incarnation;	/* bumped at every start */
+	pid_t		pid;
+	bool		error_exit;		/* the worker recorded an error */
+	int			restarts;		/* since server start */
+	int			backoff;		/* consecutive quick failures */
+	TimestampTz started_at;
+	TimestampTz restart_at;
+	TimestampTz last_error_at;
+	TimestampTz last_batch_at;
+	char		last_error[PE_ERROR_LEN];
+	int			npartitions;
+	int32		partitions[PE_SLOT_MAX_PARTITIONS];
+	uint64		messages;
+	uint64		bytes;
+	uint64		batches;
+	uint64		dead_letters;
+} PeSlot;
+
+/* One database the launcher keeps a manager running in. */
+typedef struct PeDatabase
+{
+	Oid			dboid;			/* InvalidOid: entry unused */
+	bool		wanted;			/* start (or keep) a manager there */
+	pid_t		pid;			/* manager's pid, 0 if none */
+	struct Latch *latch;		/* manager's latch, to wake it */
+	int			failures;		/* consecutive error exits */
+	uint64		wakeups;		/* bumped by every wake-up request */
+	TimestampTz restart_at;
+} PeDatabase;
+
 typedef struct PeSharedState
 {
-	LWLock	   *lock;			/* guards the slot tables added by later
-								 * versions; counters below are atomics */
+	LWLock	   *lock;			/* guards dbs[] and slots[] */
 	pg_atomic_uint64 produced_messages;
 	pg_atomic_uint64 produced_bytes;
 	pg_atomic_uint64 produce_failures;
+	struct Latch *launcher_latch;
+	PeDatabase	dbs[PE_MAX_DBS];
+	int			max_slots;
+	PeSlot		slots[FLEXIBLE_ARRAY_MEMBER];
 } PeSharedState;
 
 extern PeSharedState *pe_shared;
@@ -79,6 +139,15 @@ typedef struct PeProperty
 	const char *source;			/* "connection", "eventhubs", "default" */
 } PeProperty;
 
+typedef struct PeCatalogAccess
+{
+	Oid			save_userid;
+	int			save_sec;
+} PeCatalogAccess;
+
+extern void pe_catalog_begin(PeCatalogAccess *acc);
+extern void pe_catalog_end(PeCatalogAccess *acc);
+extern bool pe_may_see_secrets(Oid owner);
 extern PeConnection *pe_connection_lookup(const char *name, bool missing_ok);
 extern void pe_check_connection_use(PeConnection *conn);
 extern Oid	pe_connection_catalog_relid(void);
@@ -86,5 +155,93 @@ extern List *pe_connection_secrets(PeConnection *conn);
 
 /* produce.c */
 extern void pe_produce_init(void);
+extern List *pe_producer_default_props(void);
+
+/* target.c: decoding messages into a target table's rows, and applying them */
+typedef enum PeFormat
+{
+	PE_FORMAT_JSON,
+	PE_FORMAT_CSV,
+	PE_FORMAT_TEXT,
+	PE_FORMAT_BYTEA
+} PeFormat;
+
+/* A message to decode: from librdkafka, or a dead letter being replayed. */
+typedef struct PeMessage
+{
+	const char *topic;
+	int32		partition;
+	int64		offset;
+	int64		timestamp_ms;	/* -1: none */
+	const char *key;			/* NULL: no key */
+	size_t		key_len;
+	const char *value;			/* NULL: tombstone */
+	size_t		value_len;
+	rd_kafka_headers_t *hdrs;	/* librdkafka's headers, or NULL */
+	Jsonb	   *headers_jsonb;	/* replayed dead letter's headers, or NULL */
+} PeMessage;
+
+/* A message that could not be decoded or applied. */
+typedef struct PeDeadLetter
+{
+	int			msg_index;
+	char	   *error;
+	char		sqlstate[6];
+} PeDeadLetter;
+
+/* What a consumer's catalog row says about decoding and applying. */
+typedef struct PeConsumerDef
+{
+	char	   *name;
+	Oid			owner;
+	char	   *connection;
+	char	   *topic;
+	Oid			target;
+	PeFormat	format;
+	bool		upsert;
+	ArrayType  *key_columns;	/* NULL: the primary key */
+	char	   *delivery;
+	int			parallelism;
+	char	   *start_offset;
+	int			batch_size;
+	int			batch_timeout_ms;
+	Jsonb	   *column_map;		/* NULL: none */
+	char	   *group_id;		/* NULL: manual assignment */
+	bool		stop_on_error;
+	bool		delete_on_tombstone;
+	Jsonb	   *format_options;
+	bool		enabled;
+} PeConsumerDef;
+
+typedef struct PeTarget PeTarget;
+
+typedef struct PeBatchResult
+{
+	int64		applied;		/* rows inserted or updated (incl. superseded) */
+	int64		deleted;		/* tombstones applied */
+	List	   *dead;			/* PeDeadLetter */
+} PeBatchResult;
+
+extern PeFormat pe_parse_format(const char *format);
+extern PeTarget *pe_target_open(PeConsumerDef *def, bool check_privileges);
+extern void pe_target_apply(PeTarget *t, PeMessage *msgs, int n, PeBatchResult *res);
+extern Jsonb *pe_message_headers(PeMessage *msg);
+extern bool pe_error_is_row_specific(int sqlerrcode);
+
+/* worker.c: launcher, per-database managers, consumer slot workers */
+extern void pe_register_launcher(void);
+extern void pe_wake_manager(Oid dboid);
+extern PGDLLEXPORT void pe_launcher_main(Datum arg);
+extern PGDLLEXPORT void pe_manager_main(Datum arg);
+extern PGDLLEXPORT void pe_slot_main(Datum arg);
+
+/* kafka_conf.c */
+extern rd_kafka_conf_t *pe_kafka_conf(PeConnection *conn, List *defaults, const char *what);
+extern PeProperty *pe_property(const char *name, const char *value, const char *source);
+
+/* consumer.c: the consumer catalog and its SQL functions */
+extern PeConsumerDef *pe_consumer_read(const char *name, bool missing_ok);
+extern List *pe_consumer_defaults(PeConsumerDef *def, int npartitions, const char *dbname);
+extern void pe_consumer_record_error(const char *name, const char *error, bool disable);
 
 #endif							/* PIPELINE_EXT_H */

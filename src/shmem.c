@@ -32,7 +32,8 @@ static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 static Size
 pe_shmem_size(void)
 {
-	return MAXALIGN(sizeof(PeSharedState));
+	return MAXALIGN(add_size(offsetof(PeSharedState, slots),
+							 mul_size(sizeof(PeSlot), pe_max_consumer_slots)));
 }
 
 static void
@@ -60,6 +61,10 @@ pe_shmem_startup(void)
 		pg_atomic_init_u64(&pe_shared->produced_messages, 0);
 		pg_atomic_init_u64(&pe_shared->produced_bytes, 0);
 		pg_atomic_init_u64(&pe_shared->produce_failures, 0);
+		pe_shared->launcher_latch = NULL;
+		memset(pe_shared->dbs, 0, sizeof(pe_shared->dbs));
+		pe_shared->max_slots = pe_max_consumer_slots;
+		memset(pe_shared->slots, 0, sizeof(PeSlot) * pe_max_consumer_slots);
 	}
 	LWLockRelease(AddinShmemInitLock);
 }

@@ -1,0 +1,172 @@
+/* pipeline_ext 0.1.0 -> 0.2.0: consumers */
+
+\echo Use "ALTER EXTENSION pipeline_ext UPDATE TO '0.2.0'" to load this file. \quit
+
+SET LOCAL search_path TO pg_catalog, pg_temp;
+
+-- One row per consumer.  Written only through the functions below, which
+-- check what the caller may do; the background workers read it.
+CREATE TABLE @extschema@.consumer (
+    name                text PRIMARY KEY,
+    owner               oid NOT NULL,
+    connection          text NOT NULL REFERENCES @extschema@.connection (name),
+    topic               text NOT NULL,
+    target              regclass NOT NULL,
+    format              text NOT NULL CHECK (format IN ('json', 'csv', 'text', 'bytea')),
+    mode                text NOT NULL CHECK (mode IN ('upsert', 'append')),
+    key_columns         text[],
+    delivery            text NOT NULL CHECK (delivery IN ('exactly_once', 'at_least_once', 'at_most_once')),
+    parallelism         int NOT NULL CHECK (parallelism BETWEEN 1 AND 64),
+    start_offset        text NOT NULL,
+    batch_size          int NOT NULL CHECK (batch_size > 0),
+    batch_timeout       interval NOT NULL,
+    column_map          jsonb,
+    group_id            text,
+    on_error            text NOT NULL CHECK (on_error IN ('dead_letter', 'stop')),
+    delete_on_tombstone boolean NOT NULL,
+    format_options      jsonb NOT NULL DEFAULT '{}',
+    enabled             boolean NOT NULL DEFAULT true,
+    last_error          text,
+    last_error_at       timestamptz,
+    created_at          timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+REVOKE ALL ON @extschema@.consumer FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.consumer', '');
+
+-- The next offset to read of each partition, committed in the same
+-- transaction as the rows it covers (exactly-once).
+CREATE TABLE @extschema@.offsets (
+    consumer    text NOT NULL REFERENCES @extschema@.consumer (name) ON DELETE CASCADE,
+    "partition" int NOT NULL,
+    next_offset bigint NOT NULL,
+    updated_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (consumer, "partition")
+);
+REVOKE ALL ON @extschema@.offsets FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.offsets', '');
+
+-- Messages that could not be decoded or applied, with their raw bytes.
+-- Each role sees (and may delete) the rows of the consumers it owns.
+CREATE TABLE @extschema@.dead_letters (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    consumer    text NOT NULL,
+    owner       oid NOT NULL,
+    topic       text NOT NULL,
+    "partition" int NOT NULL,
+    "offset"    bigint NOT NULL,
+    key         bytea,
+    value       bytea,
+    headers     jsonb,
+    "timestamp" timestamptz,
+    error       text NOT NULL,
+    sqlstate    text NOT NULL,
+    failed_at   timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+CREATE INDEX ON @extschema@.dead_letters (consumer, "partition", "offset");
+REVOKE ALL ON @extschema@.dead_letters FROM PUBLIC;
+GRANT SELECT, DELETE ON @extschema@.dead_letters TO PUBLIC;
+ALTER TABLE @extschema@.dead_letters ENABLE ROW LEVEL SECURITY;
+CREATE POLICY dead_letters_owner ON @extschema@.dead_letters
+    USING (pg_catalog.pg_has_role(owner, 'USAGE'));
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.dead_letters', '');
+
+CREATE VIEW @extschema@.consumers AS
+SELECT c.name,
+       c.owner::regrole AS owner,
+       c.connection,
+       c.topic,
+       c.target,
+       c.format,
+       c.mode,
+       c.key_columns,
+       c.delivery,
+       c.parallelism,
+       c.start_offset,
+       c.batch_size,
+       c.batch_timeout,
+       c.column_map,
+       c.group_id,
+       c.on_error,
+       c.delete_on_tombstone,
+       c.format_options,
+       c.enabled,
+       CASE WHEN pg_catalog.pg_has_role(c.owner, 'USAGE') THEN c.last_error END AS last_error,
+       c.last_error_at,
+       c.created_at
+  FROM @extschema@.consumer c;
+GRANT SELECT ON @extschema@.consumers TO PUBLIC;
+
+CREATE FUNCTION @extschema@.create_consumer(
+    name text,
+    connection text,
+    topic text,
+    target regclass,
+    format text DEFAULT 'json',
+    mode text DEFAULT 'upsert',
+    key_columns text[] DEFAULT NULL,
+    delivery text DEFAULT 'exactly_once',
+    parallelism int DEFAULT 1,
+    start_offset text DEFAULT 'earliest',
+    batch_size int DEFAULT 10000,
+    batch_timeout interval DEFAULT '100ms',
+    column_map jsonb DEFAULT NULL,
+    group_id text DEFAULT NULL,
+    on_error text DEFAULT 'dead_letter',
+    delete_on_tombstone boolean DEFAULT false,
+    format_options jsonb DEFAULT '{}',
+    start boolean DEFAULT true)
+RETURNS void
+LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'pe_create_consumer';
+
+CREATE FUNCTION @extschema@.start_consumer(name text)
+RETURNS void
+LANGUAGE C VOLATILE STRICT
+AS 'MODULE_PATHNAME', 'pe_start_consumer';
+
+CREATE FUNCTION @extschema@.stop_consumer(name text)
+RETURNS void
+LANGUAGE C VOLATILE STRICT
+AS 'MODULE_PATHNAME', 'pe_stop_consumer';
+
+CREATE FUNCTION @extschema@.drop_consumer(name text)
+RETURNS void
+LANGUAGE C VOLATILE STRICT
+AS 'MODULE_PATHNAME', 'pe_drop_consumer';
+
+CREATE FUNCTION @extschema@.reset_offsets(
+    name text,
+    "to" text,
+    OUT "partition" int,
+    OUT old_offset bigint,
+    OUT new_offset bigint)
+RETURNS SETOF record
+LANGUAGE C VOLATILE STRICT
+AS 'MODULE_PATHNAME', 'pe_reset_offsets';
+
+CREATE FUNCTION @extschema@.replay_dead_letters(
+    consumer text,
+    ids bigint[] DEFAULT NULL,
+    OUT replayed bigint,
+    OUT failed bigint)
+RETURNS record
+LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'pe_replay_dead_letters';
+
+-- What the workers of each consumer slot are doing, from shared memory.
+CREATE FUNCTION @extschema@._slots(
+    OUT consumer text,
+    OUT slot int,
+    OUT pid int,
+    OUT state text,
+    OUT restarts int,
+    OUT last_error text,
+    OUT last_error_at timestamptz,
+    OUT last_batch_at timestamptz,
+    OUT partitions int[],
+    OUT messages bigint,
+    OUT batches bigint,
+    OUT dead_letters bigint)
+RETURNS SETOF record
+LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'pe_slots';
