@@ -22,7 +22,7 @@ PG_CPPFLAGS = -I$(srcdir)/src
 PG_CFLAGS += -Wall -Wextra $(if $(WERROR),-Werror)
 SHLIB_LINK = -lrdkafka
 
-REGRESS = setup connections eventhubs privileges produce_errors
+REGRESS = setup connections eventhubs privileges produce_errors consumers upgrade
 REGRESS_OPTS = --temp-config=$(srcdir)/test/pipeline_ext.conf --temp-instance=./tmp_check_regress
 
 TAP_TESTS = 1

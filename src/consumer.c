@@ -51,15 +51,33 @@ PG_FUNCTION_INFO_V1(pe_slots);
 
 static bool wake_at_commit = false;
 static bool xact_cb_registered = false;
+static char reseek_at_commit[NAMEDATALEN] = "";
 
 static void
 pe_consumer_xact_cb(XactEvent event, void *arg)
 {
 	(void) arg;
+	if (event == XACT_EVENT_COMMIT && reseek_at_commit[0] != '\0')
+	{
+		/* tell the running slots that their stored offsets moved */
+		LWLockAcquire(pe_shared->lock, LW_EXCLUSIVE);
+		for (int i = 0; i < pe_shared->max_slots; i++)
+		{
+			PeSlot	   *s = &pe_shared->slots[i];
+
+			if (s->state != PE_SLOT_FREE && s->dboid == MyDatabaseId &&
+				strcmp(s->consumer, reseek_at_commit) == 0)
+				s->reseeks++;
+		}
+		LWLockRelease(pe_shared->lock);
+	}
 	if (event == XACT_EVENT_COMMIT && wake_at_commit)
 		pe_wake_manager(MyDatabaseId);
 	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT)
+	{
 		wake_at_commit = false;
+		reseek_at_commit[0] = '\0';
+	}
 }
 
 /* Wake this database's manager once the current transaction commits. */
@@ -400,7 +418,7 @@ pe_consumer_for_owner(const char *name, const char *action)
 	if (!pe_may_see_secrets(def->owner))
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("must be owner of consumer \"%s\" to %s it", name, action),
+				 errmsg("must be owner of consumer \"%s\" to %s", name, action),
 				 errhint("Only the role that created the consumer, its members, or a superuser can do this.")));
 	return def;
 }
@@ -427,7 +445,7 @@ pe_start_consumer(PG_FUNCTION_ARGS)
 	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
 
 	pe_require_preload();
-	(void) pe_consumer_for_owner(name, "start");
+	(void) pe_consumer_for_owner(name, "start it");
 	pe_consumer_exec("UPDATE pipeline.consumer SET enabled = true WHERE name OPERATOR(pg_catalog.=) $1", name);
 	pe_wake_at_commit();
 	PG_RETURN_VOID();
@@ -439,7 +457,7 @@ pe_stop_consumer(PG_FUNCTION_ARGS)
 	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
 
 	pe_require_preload();
-	(void) pe_consumer_for_owner(name, "stop");
+	(void) pe_consumer_for_owner(name, "stop it");
 	pe_consumer_exec("UPDATE pipeline.consumer SET enabled = false WHERE name OPERATOR(pg_catalog.=) $1", name);
 	pe_wake_at_commit();
 	PG_RETURN_VOID();
@@ -451,7 +469,7 @@ pe_drop_consumer(PG_FUNCTION_ARGS)
 	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
 
 	pe_require_preload();
-	(void) pe_consumer_for_owner(name, "drop");
+	(void) pe_consumer_for_owner(name, "drop it");
 	/* its offsets go with it (ON DELETE CASCADE); its dead letters stay */
 	pe_consumer_exec("DELETE FROM pipeline.consumer WHERE name OPERATOR(pg_catalog.=) $1", name);
 	pe_wake_at_commit();
@@ -500,7 +518,7 @@ pe_reset_offsets(PG_FUNCTION_ARGS)
 	PeCatalogAccess acc;
 
 	pe_require_preload();
-	def = pe_consumer_for_owner(name, "reset the offsets of");
+	def = pe_consumer_for_owner(name, "reset its offsets");
 	if (strcmp(to, "earliest") != 0 && strcmp(to, "latest") != 0)
 	{
 		char	   *end;
@@ -636,6 +654,7 @@ pe_reset_offsets(PG_FUNCTION_ARGS)
 	}
 	pe_catalog_end(&acc);
 	pe_wake_at_commit();
+	strlcpy(reseek_at_commit, name, sizeof(reseek_at_commit));
 	return (Datum) 0;
 }
 
@@ -675,7 +694,7 @@ pe_replay_dead_letters(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("consumer must not be null")));
 	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	def = pe_consumer_for_owner(name, "replay the dead letters of");
+	def = pe_consumer_for_owner(name, "replay its dead letters");
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
 

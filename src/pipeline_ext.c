@@ -38,23 +38,25 @@ _PG_init(void)
 							GUC_UNIT_MS,
 							NULL, NULL, NULL);
 
-	DefineCustomIntVariable("pipeline_ext.max_consumer_slots",
-							"Most consumer slots (workers) that can run at once, in all databases.",
-							"Each slot is one background worker, counted against max_worker_processes "
-							"together with the launcher and one manager per database with consumers.",
-							&pe_max_consumer_slots,
-							64, 1, 1024,
-							PGC_POSTMASTER,
-							0,
-							NULL, NULL, NULL);
-
-	MarkGUCPrefixReserved("pipeline_ext");
-
 	if (process_shared_preload_libraries_in_progress)
 	{
+		/* a postmaster setting exists only when preloaded */
+		DefineCustomIntVariable("pipeline_ext.max_consumer_slots",
+								"Most consumer slots (workers) that can run at once, in all databases.",
+								"Each slot is one background worker, counted against max_worker_processes "
+								"together with the launcher and one manager per database with consumers.",
+								&pe_max_consumer_slots,
+								64, 1, 1024,
+								PGC_POSTMASTER,
+								0,
+								NULL, NULL, NULL);
+
 		pe_shmem_init_hooks();
 		pe_register_launcher();
 	}
+
+	/* after every definition, so that settings in postgresql.conf apply */
+	MarkGUCPrefixReserved("pipeline_ext");
 
 	pe_produce_init();
 }

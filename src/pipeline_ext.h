@@ -54,6 +54,7 @@ typedef struct PeSlot
 	char		consumer[NAMEDATALEN];
 	int			slot;
 	uint32		incarnation;	/* bumped at every start */
+	uint32		reseeks;		/* bumped when the stored offsets were reset */
 	pid_t		pid;
 	bool		error_exit;		/* the worker recorded an error */
 	int			restarts;		/* since server start */
@@ -225,6 +226,7 @@ typedef struct PeBatchResult
 extern PeFormat pe_parse_format(const char *format);
 extern PeTarget *pe_target_open(PeConsumerDef *def, bool check_privileges);
 extern void pe_target_apply(PeTarget *t, PeMessage *msgs, int n, PeBatchResult *res);
+extern void pe_target_close(PeTarget *t);
 extern Jsonb *pe_message_headers(PeMessage *msg);
 extern bool pe_error_is_row_specific(int sqlerrcode);
 

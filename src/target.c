@@ -330,8 +330,9 @@ pe_check_format_options(PeTarget *t)
 				(strcmp(name, "delimiter") != 0 && strcmp(name, "quote") != 0 && strcmp(name, "null") != 0))
 				ereport(ERROR,
 						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-						 errmsg("unknown format option \"%s\" for format %s", name,
-								def->format == PE_FORMAT_CSV ? "csv" : "other than csv"),
+						 def->format == PE_FORMAT_CSV
+						 ? errmsg("unknown format option \"%s\"", name)
+						 : errmsg("format option \"%s\" applies only to the csv format", name),
 						 errhint("The csv format takes \"delimiter\", \"quote\" and \"null\"; other formats take none.")));
 		}
 	}
@@ -511,7 +512,7 @@ pe_build_statements(PeTarget *t)
 	for (int c = 0; c < t->ncols; c++)
 	{
 		if (t->cols[c].default_expr)
-			appendStringInfo(&sql, "%spg_catalog.\"coalesce\"(u.a%d, %s)", c ? ", " : "", c, t->cols[c].default_expr);
+			appendStringInfo(&sql, "%sCOALESCE(u.a%d, %s)", c ? ", " : "", c, t->cols[c].default_expr);
 		else
 			appendStringInfo(&sql, "%su.a%d", c ? ", " : "", c);
 		argtypes[c] = t->cols[c].arraytyp;
@@ -1646,4 +1647,16 @@ pe_target_apply(PeTarget *t, PeMessage *msgs, int n, PeBatchResult *res)
 	pe_apply_rows(t, ins, nins, false, res);
 	pe_apply_rows(t, del, ndel, true, res);
 	SetUserIdAndSecContext(save_userid, save_sec);
+}
+
+/* Release what pe_target_open() kept (its prepared statements). */
+void
+pe_target_close(PeTarget *t)
+{
+	if (t->apply_plan)
+		SPI_freeplan(t->apply_plan);
+	if (t->delete_plan)
+		SPI_freeplan(t->delete_plan);
+	t->apply_plan = NULL;
+	t->delete_plan = NULL;
 }

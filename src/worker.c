@@ -59,6 +59,7 @@
 #include "tcop/tcopprot.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
+#include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
@@ -698,6 +699,10 @@ typedef struct PeSlotRun
 	SPIPlanPtr	offset_plan;
 	SPIPlanPtr	dead_plan;
 	bool		need_reseek;	/* offsets moved under us: seek again */
+	uint32		reseeks;		/* last seen PeSlot.reseeks */
+	rd_kafka_message_t **batch;	/* messages held, freed at exit too */
+	int			batch_n;
+	bool		target_stale;	/* the target table changed: describe it again */
 	MemoryContext batch_cxt;
 } PeSlotRun;
 
@@ -976,17 +981,30 @@ pe_slot_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 }
 
 static void
+pe_slot_relcache_cb(Datum arg, Oid relid)
+{
+	(void) arg;
+	if (run && run->target && (relid == InvalidOid || relid == run->def->target))
+		run->target_stale = true;
+}
+
+/*
+ * At exit: give back the messages we hold, and leave the group so that its
+ * partitions move at once.  The handle itself is not destroyed: the process
+ * is ending, and rd_kafka_destroy() can wait without bound for a broker.
+ */
+static void
 pe_slot_close_kafka(int code, Datum arg)
 {
 	(void) code;
 	(void) arg;
 	if (run == NULL || run->rk == NULL)
 		return;
-	if (run->queue)
-		rd_kafka_queue_destroy(run->queue);
+	for (int i = 0; i < run->batch_n; i++)
+		rd_kafka_message_destroy(run->batch[i]);
+	run->batch_n = 0;
 	if (run->def->group_id)
 	{
-		/* leave the group so that its partitions move at once */
 		rd_kafka_queue_t *q = rd_kafka_queue_new(run->rk);
 		rd_kafka_error_t *e = rd_kafka_consumer_close_queue(run->rk, q);
 		TimestampTz start = GetCurrentTimestamp();
@@ -1005,10 +1023,7 @@ pe_slot_close_kafka(int code, Datum arg)
 					rd_kafka_event_destroy(ev);
 				}
 			}
-		rd_kafka_queue_destroy(q);
 	}
-	rd_kafka_destroy_flags(run->rk, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
-	run->rk = NULL;
 }
 
 static void
@@ -1201,6 +1216,7 @@ pe_slot_init(void)
 	before_shmem_exit(pe_slot_close_kafka, 0);
 
 	run->batch_cxt = AllocSetContextCreate(TopMemoryContext, "pipeline_ext batch", ALLOCSET_DEFAULT_SIZES);
+	CacheRegisterRelcacheCallback(pe_slot_relcache_cb, (Datum) 0);
 }
 
 /* After the stored offsets moved under us: read them again and seek. */
@@ -1334,6 +1350,18 @@ pe_slot_apply_batch(rd_kafka_message_t **rkm, int n, int64 *ndead, char **stop_e
 		}
 		else
 			next[k] = Max(next[k], m->offset + 1);
+	}
+
+	/* after ALTER TABLE: describe the target again (types, columns, keys) */
+	AcceptInvalidationMessages();
+	if (run->target_stale)
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+		run->target_stale = false;
+		pe_target_close(run->target);
+		run->target = pe_target_open(run->def, false);
+		MemoryContextSwitchTo(old);
 	}
 
 	memset(&res, 0, sizeof(res));
@@ -1520,6 +1548,7 @@ pe_slot_loop(const char *activity)
 	(void) activity;
 	batch_cap = run->def->batch_size;
 	batch = MemoryContextAlloc(TopMemoryContext, sizeof(rd_kafka_message_t *) * batch_cap);
+	run->batch = batch;
 
 	for (;;)
 	{
@@ -1594,13 +1623,23 @@ pe_slot_loop(const char *activity)
 				if (w > n && first_at == 0)
 					first_at = GetCurrentTimestamp();
 				n = w;
+				run->batch_n = n;
 			}
 			pe_slot_drain_logs();
+			if (s->reseeks != run->reseeks)
+			{
+				/* reset_offsets() moved the stored offsets */
+				LWLockAcquire(pe_shared->lock, LW_SHARED);
+				run->reseeks = s->reseeks;
+				LWLockRelease(pe_shared->lock);
+				run->need_reseek = true;
+			}
 			if (run->need_reseek)
 			{
 				for (int i = 0; i < n; i++)
 					rd_kafka_message_destroy(batch[i]);
 				n = 0;
+				run->batch_n = 0;
 				bytes = 0;
 				first_at = 0;
 				pe_slot_reseek();
@@ -1647,6 +1686,7 @@ pe_slot_loop(const char *activity)
 							run->def->name, run->slot)));
 			for (int i = 0; i < n; i++)
 				rd_kafka_message_destroy(batch[i]);
+			run->batch_n = 0;
 			pe_slot_reseek();
 			continue;
 		}
@@ -1672,6 +1712,7 @@ pe_slot_loop(const char *activity)
 		}
 		for (int i = 0; i < n; i++)
 			rd_kafka_message_destroy(batch[i]);
+		run->batch_n = 0;
 	}
 }
 
@@ -1704,6 +1745,7 @@ pe_slot_main(Datum arg)
 
 	run = MemoryContextAllocZero(TopMemoryContext, sizeof(PeSlotRun));
 	run->slot_index = idx;
+	run->reseeks = s->reseeks;
 
 	PG_TRY();
 	{

@@ -20,10 +20,13 @@ failed=0
 echo "== pg_regress"
 set +e
 pe_as_user make -s PG_CONFIG="$PG_CONFIG" installcheck TAP_TESTS= 2>&1 | tee "$WORK/regress.log"
+r_status=${PIPESTATUS[0]}
 set -e
 r_ok=$(grep -cE '^(ok|test) .* \.\.\. ok|^ok [0-9]+ ' "$WORK/regress.log" || true)
 r_bad=$(grep -cE '\.\.\. FAILED|^not ok ' "$WORK/regress.log" || true)
-if [ "$r_ok" -eq 0 ] && [ "$r_bad" -eq 0 ]; then r_bad=1; fi   # pg_regress did not run
+# pg_regress did not run, or stopped early (a missing expected file, a crash)
+if [ "$r_status" -ne 0 ] && [ "$r_bad" -eq 0 ]; then r_bad=1; fi
+if [ "$r_ok" -eq 0 ] && [ "$r_bad" -eq 0 ]; then r_bad=1; fi
 passed=$((passed + r_ok)); failed=$((failed + r_bad))
 if [ -f "$WORK/regression.diffs" ]; then
 	echo "== regression.diffs"; cat "$WORK/regression.diffs"

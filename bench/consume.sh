@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# Consumer throughput benchmark (not a test): loads N JSON messages (about
+# 130 bytes, 10,000 keys) into the test broker and measures messages per
+# second, from the start to all committed, for
+#   1. pipeline_ext upsert (one slot)
+#   2. pipeline_ext append (one slot)
+#   3. a Python consumer of the kind users write today (bench/python_consumer.py)
+#   4. INSERT ... SELECT ... ON CONFLICT from a staging table, in batches of
+#      the same size (PostgreSQL's own ceiling for this upsert)
+# and prints each rate and the ratios, plus the slot worker's peak private
+# memory while a million messages wait.
+#
+#   sudo bash bench/consume.sh            N = 1,000,000
+#   N=200000 sudo -E bash bench/consume.sh
+set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/../test/setup.sh"
+
+N=${N:-1000000}
+PARTS=${PARTS:-32}          # ~31k messages (~4 MB) per partition: inside the mock's retention
+BATCH=5000
+
+pe_setup
+BENCH=${PE_BENCH_DIR:-/tmp/pipeline_ext-bench}
+pe_workdir "$BENCH"
+PORT=${PE_BENCH_PORT:-55433}
+DATA=$BENCH/data
+cleanup() {
+	set +e
+	pe_as_user pg_ctl -D "$DATA" -m immediate stop >/dev/null 2>&1
+	[ -n "${BROKER_PID:-}" ] && kill "$BROKER_PID" 2>/dev/null
+	wait 2>/dev/null
+}
+trap cleanup EXIT
+
+pe_as_user "$BENCH/test/broker/pe_broker" --brokers 1 --topic bench:$PARTS \
+	--info-file "$BENCH/broker.info" >"$BENCH/broker.log" 2>&1 &
+BROKER_PID=$!
+for _ in $(seq 50); do [ -s "$BENCH/broker.info" ] && break; sleep 0.1; done
+BOOTSTRAP=$(sed -n 's/^bootstrap=//p' "$BENCH/broker.info")
+
+pe_as_user initdb -D "$DATA" -A trust -U postgres >/dev/null
+cat >>"$DATA/postgresql.conf" <<CONF
+shared_preload_libraries = 'pipeline_ext'
+port = $PORT
+unix_socket_directories = '$BENCH'
+listen_addresses = ''
+shared_buffers = 512MB
+max_wal_size = 4GB
+max_worker_processes = 16
+CONF
+pe_as_user pg_ctl -D "$DATA" -l "$BENCH/postgres.log" -w start >/dev/null
+psql_b() { pe_as_user psql -X -q -v ON_ERROR_STOP=1 -h "$BENCH" -p "$PORT" -U postgres -d postgres "$@"; }
+now() { date +%s.%N; }
+
+COLS="id int PRIMARY KEY, device text, temp float8, ts timestamptz, seq bigint, status text, note text"
+psql_b <<SQL
+CREATE EXTENSION pipeline_ext;
+SELECT pipeline.create_connection('bench', '$BOOTSTRAP', '{"linger.ms": 20}');
+CREATE TABLE bench_up ($COLS);
+CREATE TABLE bench_app (id int, device text, temp float8, ts timestamptz, seq bigint, status text, note text);
+CREATE TABLE bench_py ($COLS);
+CREATE TABLE bench_stage_up ($COLS);
+CREATE UNLOGGED TABLE stage AS
+SELECT g AS seq, g % 10000 AS id, 'device-' || (g % 10000) AS device, round((20 + 10 * sin(g))::numeric, 2)::float8 AS temp,
+       timestamptz '2026-11-24 10:00:00+00' + g * interval '1 ms' AS ts, CASE WHEN g % 97 = 0 THEN 'alarm' ELSE 'ok' END AS status,
+       'payload-' || md5(g::text) AS note
+  FROM generate_series(1, $N) g;
+CREATE INDEX ON stage (seq);
+SQL
+
+echo "== loading $N messages into $PARTS partitions"
+t0=$(now)
+psql_b -c "SELECT count(pipeline.produce_async('bench', 'bench', json_build_object('id', id, 'device', device, 'temp', temp,
+             'ts', ts, 'seq', seq, 'status', status, 'note', note)::text, id::text)) FROM stage"
+t1=$(now)
+avg=$(kcat -C -b "$BOOTSTRAP" -t bench -p 0 -c 100 -e -q -f '%S\n' | awk '{s+=$1} END {printf "%d", s/NR}')
+echo "   loaded in $(echo "$t1 - $t0" | bc) s; average message $avg bytes"
+
+# run_consumer NAME MODE TABLE: seconds from create_consumer to all N committed, and peak private memory
+run_consumer() {
+	local name=$1 mode=$2 table=$3 start end pid peak=0 rss
+	start=$(now)
+	psql_b -c "SELECT pipeline.create_consumer('$name', 'bench', 'bench', '$table', mode => '$mode', batch_size => 10000)" >/dev/null
+	while :; do
+		done_n=$(psql_b -At -c "SELECT coalesce(sum(messages), 0) FROM pipeline._slots() WHERE consumer = '$name'")
+		pid=$(psql_b -At -c "SELECT pid FROM pipeline._slots() WHERE consumer = '$name'")
+		if [ -n "$pid" ] && [ -r /proc/$pid/status ]; then
+			rss=$(awk '/^RssAnon:/ {print $2}' /proc/$pid/status 2>/dev/null || echo 0)
+			[ "${rss:-0}" -gt "$peak" ] && peak=$rss
+		fi
+		[ "$done_n" -ge "$N" ] && break
+		sleep 0.05
+	done
+	end=$(now)
+	psql_b -c "SELECT pipeline.stop_consumer('$name')" >/dev/null
+	echo "$(echo "$end - $start" | bc) $peak"
+}
+
+echo "== pipeline_ext upsert"
+read -r up_s up_mem < <(run_consumer b_up upsert bench_up)
+echo "== pipeline_ext append"
+read -r app_s app_mem < <(run_consumer b_app append bench_app)
+
+echo "== Python consumer (confluent-kafka + psycopg2, batches of $BATCH)"
+py_s=$(pe_as_user /usr/bin/python3 "$BENCH/bench/python_consumer.py" "$BOOTSTRAP" bench \
+	"host=$BENCH port=$PORT user=postgres dbname=postgres" "$N")
+
+echo "== INSERT ... SELECT ... ON CONFLICT from a staging table, batches of $BATCH"
+psql_b <<SQL
+CREATE PROCEDURE stage_load(n bigint, b int) LANGUAGE plpgsql AS \$\$
+DECLARE lo bigint := 1;
+BEGIN
+  WHILE lo <= n LOOP
+    INSERT INTO bench_stage_up
+    SELECT DISTINCT ON (id) id, device, temp, ts, seq, status, note FROM stage
+     WHERE seq >= lo AND seq < lo + b ORDER BY id, seq DESC
+    ON CONFLICT (id) DO UPDATE SET device = EXCLUDED.device, temp = EXCLUDED.temp, ts = EXCLUDED.ts,
+        seq = EXCLUDED.seq, status = EXCLUDED.status, note = EXCLUDED.note;
+    COMMIT;
+    lo := lo + b;
+  END LOOP;
+END \$\$;
+SQL
+t0=$(now)
+psql_b -c "CALL stage_load($N, $BATCH)"
+st_s=$(echo "$(now) - $t0" | bc)
+
+same=$(psql_b -At -c "SELECT (SELECT md5(string_agg(id||':'||seq, ',' ORDER BY id)) FROM bench_up)
+                           = (SELECT md5(string_agg(id||':'||seq, ',' ORDER BY id)) FROM bench_stage_up)
+                       AND (SELECT md5(string_agg(id||':'||seq, ',' ORDER BY id)) FROM bench_py)
+                           = (SELECT md5(string_agg(id||':'||seq, ',' ORDER BY id)) FROM bench_stage_up)
+                       AND (SELECT count(*) FROM bench_app) = $N")
+
+rate() { echo "scale=0; $N / $1" | bc; }
+up_r=$(rate "$up_s"); app_r=$(rate "$app_s"); py_r=$(rate "$py_s"); st_r=$(rate "$st_s")
+echo
+echo "== results: $N messages of ~$avg bytes, 10,000 keys, $PARTS partitions"
+printf '%-46s %10s msg/s  (%6.2f s)\n' "pipeline_ext upsert (1 slot)" "$up_r" "$up_s"
+printf '%-46s %10s msg/s  (%6.2f s)\n' "pipeline_ext append (1 slot)" "$app_r" "$app_s"
+printf '%-46s %10s msg/s  (%6.2f s)\n' "Python consumer (confluent-kafka + psycopg2)" "$py_r" "$py_s"
+printf '%-46s %10s msg/s  (%6.2f s)\n' "staging table INSERT ... ON CONFLICT" "$st_r" "$st_s"
+echo "upsert / Python consumer:  $(echo "scale=2; $up_r / $py_r" | bc)x   (target >= 4x)"
+echo "upsert / staging table:    $(echo "scale=0; 100 * $up_r / $st_r" | bc)%   (target >= 60%)"
+echo "append / staging table:    $(echo "scale=0; 100 * $app_r / $st_r" | bc)%"
+echo "slot worker peak private memory: upsert $((up_mem / 1024)) MB, append $((app_mem / 1024)) MB (target < 100 MB)"
+echo "all four results agree: $same"

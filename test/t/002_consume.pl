@@ -1,0 +1,293 @@
+# End-to-end consumers against the test broker: background workers apply
+# Kafka partitions to tables exactly once, through crashes, restarts and
+# broker outages; bad messages become dead letters and can be replayed;
+# formats, metadata, tombstones, offsets resets, group mode and privileges.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(time usleep);
+use PipelineExt::Broker;
+
+my $broker = PipelineExt::Broker->start(
+	brokers => 1,
+	topics => {
+		big => 6, faults => 4, bad => 2, csv => 1, text => 1, bytes => 1,
+		tomb => 2, grp => 4, priv => 1, stopstart => 1
+	});
+my $bs = $broker->bootstrap;
+
+my $node = PostgreSQL::Test::Cluster->new('consume');
+$node->init;
+$node->append_conf('postgresql.conf', qq{
+shared_preload_libraries = 'pipeline_ext'
+max_worker_processes = 40
+restart_after_crash = on
+log_min_messages = info
+});
+$node->start;
+$node->safe_psql('postgres', 'CREATE EXTENSION pipeline_ext');
+$node->safe_psql('postgres', "SELECT pipeline.create_connection('local', '$bs')");
+
+sub sql { return $node->safe_psql('postgres', $_[0]); }
+
+sub wait_for
+{
+	my ($query, $expected, $what) = @_;
+	my $ok = $node->poll_query_until('postgres', $query, $expected);
+	ok($ok, $what) or diag("last result: " . $node->safe_psql('postgres', $query)
+		. "\nslots: " . $node->safe_psql('postgres', 'SELECT * FROM pipeline._slots()'));
+	return $ok;
+}
+
+# produce rows from SQL: $sql yields (value text, key text)
+sub produce
+{
+	my ($topic, $select) = @_;
+	sql("SELECT count(pipeline.produce_async('local', '$topic', v, k)) FROM ($select) s(v, k)");
+}
+
+# --- 100,000 JSON messages, 6 partitions, 10,000 keys, 2 slots -------------
+sql(q{
+CREATE TABLE big_up (id int PRIMARY KEY, v int NOT NULL, note text);
+CREATE TABLE big_app (id int, v int, p int, o bigint, ts timestamptz);
+SELECT pipeline.create_consumer('big_up', 'local', 'big', 'big_up', parallelism => 2);
+SELECT pipeline.create_consumer('big_app', 'local', 'big', 'big_app', mode => 'append', parallelism => 2,
+    column_map => '{"p": "$partition", "o": "$offset", "ts": "$timestamp"}');
+});
+my $t0 = time;
+produce('big', q{SELECT json_build_object('id', g % 10000, 'v', g, 'note', 'n' || g)::text, (g % 10000)::text
+                 FROM generate_series(1, 100000) g});
+wait_for('SELECT count(*) FROM big_app', '100000', 'append table receives all 100,000 messages');
+wait_for(q{SELECT count(*) FILTER (WHERE v = CASE WHEN id = 0 THEN 100000 ELSE 90000 + id END) FROM big_up},
+	'10000', 'upsert table holds the last message of each of the 10,000 keys');
+note sprintf('100,000 messages applied by both consumers in %.1f s', time - $t0);
+is(sql('SELECT count(*) FROM big_up'), '10000', 'upsert table has exactly one row per key');
+is(sql('SELECT count(DISTINCT (p, o)) FROM big_app'), '100000', 'no (partition, offset) is applied twice');
+is(sql('SELECT count(DISTINCT v) FROM big_app'), '100000', 'every message is in the append table');
+is(sql(q{SELECT string_agg(DISTINCT array_length(partitions, 1)::text, ',') FROM pipeline._slots() WHERE consumer = 'big_app'}),
+	'3', 'two slots split six partitions three and three');
+is(sql(q{SELECT count(*) FROM pipeline.offsets WHERE consumer = 'big_up'}), '6', 'offsets stored for all 6 partitions');
+like(sql(q{SELECT backend_type FROM pg_stat_activity WHERE application_name = 'pipeline_ext consumer big_up/1'}),
+	qr/pipeline_ext consumer/, 'slot workers show up in pg_stat_activity');
+
+# --- reset_offsets to earliest replays into the upsert table idempotently ---
+my $digest = q{SELECT md5(string_agg(id || ':' || v || ':' || note, ',' ORDER BY id)) FROM big_up};
+my $before = sql($digest);
+my $msgs_before = sql(q{SELECT sum(messages) FROM pipeline._slots() WHERE consumer = 'big_up'});
+is(sql(q{SELECT count(*) FILTER (WHERE new_offset = 0) FROM pipeline.reset_offsets('big_up', 'earliest')}),
+	'6', 'reset_offsets to earliest rewinds every partition');
+wait_for(qq{SELECT sum(messages) >= $msgs_before + 100000 FROM pipeline._slots() WHERE consumer = 'big_up'},
+	't', 'the consumer reads the topic again after the reset');
+is(sql($digest), $before,
+	'replaying the topic into the upsert table changes nothing');
+
+# --- exactly once under faults ----------------------------------------------
+# A trigger slows the apply down so that each fault lands mid-stream.
+sql(q{
+CREATE TABLE faults (seq int, p int, o bigint);
+CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN PERFORM pg_sleep(0.0003); RETURN NEW; END $$;
+CREATE TRIGGER slow BEFORE INSERT ON faults FOR EACH ROW EXECUTE FUNCTION slow();
+SELECT pipeline.create_consumer('faults', 'local', 'faults', 'faults', mode => 'append', parallelism => 2,
+    batch_size => 500, column_map => '{"p": "$partition", "o": "$offset"}');
+});
+my $total = 0;
+sub produce_faults
+{
+	my $n = shift;
+	produce('faults', "SELECT json_build_object('seq', g)::text, g::text FROM generate_series($total + 1, $total + $n) g");
+	$total += $n;
+}
+
+produce_faults(15000);
+wait_for('SELECT count(*) > 3000 FROM faults', 't', 'fault 1: the stream is under way');
+my $victim = sql(q{SELECT pid FROM pipeline._slots() WHERE consumer = 'faults' AND slot = 0});
+ok($victim > 0, "fault 1: kill -9 the worker of slot 0 (pid $victim)");
+kill 'KILL', $victim;
+wait_for("SELECT count(*) FROM faults", "$total", 'fault 1: after kill -9 every message arrives');
+is(sql('SELECT count(DISTINCT seq) FROM faults'), $total, '... exactly once');
+
+produce_faults(15000);
+wait_for("SELECT count(*) > $total - 12000 FROM faults", 't', 'fault 2: the stream is under way');
+$node->stop('immediate');
+$node->start;
+wait_for("SELECT count(*) FROM faults", "$total", 'fault 2: after an immediate restart every message arrives');
+is(sql('SELECT count(DISTINCT seq) FROM faults'), $total, '... exactly once');
+
+produce_faults(15000);
+wait_for("SELECT count(*) > $total - 12000 FROM faults", 't', 'fault 3: the stream is under way');
+$broker->ctl('down all');
+sleep 5;
+my $during = sql('SELECT count(*) FROM faults');
+$broker->ctl('up all');
+wait_for("SELECT count(*) FROM faults", "$total", "fault 3: after 5 s without broker every message arrives ($during before it came back)");
+is(sql('SELECT count(DISTINCT seq) FROM faults'), $total, '... exactly once');
+is(sql('SELECT count(*) FROM pipeline.dead_letters WHERE consumer = \'faults\''), '0', 'no dead letters from faults');
+
+# --- bad input: each bad message one dead letter, the rest applied ----------
+sql(q{
+CREATE TABLE bad_t (id int NOT NULL UNIQUE, qty int, code varchar(8));
+SELECT pipeline.create_consumer('bad', 'local', 'bad', 'bad_t', mode => 'append');
+});
+sql(<<'SQL');
+BEGIN;
+SELECT count(pipeline.produce_async('local', 'bad', json_build_object('id', g, 'qty', g, 'code', 'c' || g)::text, g::text))
+  FROM generate_series(1, 500) g;
+SELECT pipeline.produce_async('local', 'bad', '{"id": 1001, "qty": 1', 'malformed');
+SELECT pipeline.produce_async('local', 'bad', '{"id": 1002, "qty": "many"}', 'wrongtype');
+SELECT pipeline.produce_async('local', 'bad', '{"id": null, "qty": 3}', 'nullid');
+SELECT pipeline.produce_async('local', 'bad', '{"id": 7, "qty": 7}', 'duplicate');
+SELECT pipeline.produce_async('local', 'bad', '{"id": 1003, "code": "much-too-long-code"}', 'oversized');
+SELECT count(pipeline.produce_async('local', 'bad', json_build_object('id', g, 'qty', g)::text, g::text))
+  FROM generate_series(501, 1000) g;
+COMMIT;
+SQL
+wait_for(q{SELECT count(*) FROM pipeline.dead_letters WHERE consumer = 'bad'}, '5', 'five bad messages, five dead letters');
+is(sql('SELECT count(*) FROM bad_t'), '1000', 'every good message of the same batches is applied');
+my %dl = map { my ($k, $s, $e) = split /\|/, $_, 3; ($k => [ $s, $e ]) }
+  split /\n/, sql(q{SELECT convert_from(key, 'UTF8'), sqlstate, error FROM pipeline.dead_letters WHERE consumer = 'bad'});
+like($dl{malformed}[1], qr/not valid JSON/, 'malformed JSON: ' . ($dl{malformed}[1] // 'missing'));
+like($dl{wrongtype}[1], qr/invalid input syntax for type integer: "many"/, 'wrong type: ' . ($dl{wrongtype}[1] // 'missing'));
+is($dl{wrongtype}[0], '22P02', '... with its SQLSTATE');
+like($dl{nullid}[1], qr/null value in column "id"/, 'null in a NOT NULL column: ' . ($dl{nullid}[1] // 'missing'));
+is($dl{nullid}[0], '23502', '... with its SQLSTATE');
+like($dl{duplicate}[1], qr/duplicate key value violates unique constraint/, 'unique violation: ' . ($dl{duplicate}[1] // 'missing'));
+like($dl{oversized}[1], qr/value too long for type character varying\(8\)/, 'oversized field: ' . ($dl{oversized}[1] // 'missing'));
+is(sql(q{SELECT convert_from(value, 'UTF8') FROM pipeline.dead_letters WHERE key = 'malformed'}),
+	'{"id": 1001, "qty": 1', 'the dead letter keeps the raw bytes');
+is(sql(q{SELECT count(*) FROM pipeline.dead_letters WHERE consumer = 'bad' AND "partition" IS NOT NULL AND "offset" >= 0 AND topic = 'bad'}),
+	'5', 'dead letters record topic, partition and offset');
+
+sql(q{
+ALTER TABLE bad_t ALTER COLUMN qty TYPE text, ALTER COLUMN code TYPE text, ALTER COLUMN id DROP NOT NULL;
+ALTER TABLE bad_t DROP CONSTRAINT bad_t_id_key;
+});
+is(sql(q{SELECT replayed || '/' || failed FROM pipeline.replay_dead_letters('bad')}), '4/1',
+	'replay after fixing the table applies four and keeps the malformed one');
+is(sql('SELECT count(*) FROM bad_t'), '1004', 'the replayed messages are in the table');
+is(sql(q{SELECT convert_from(key, 'UTF8') FROM pipeline.dead_letters WHERE consumer = 'bad'}), 'malformed',
+	'only the malformed message is still a dead letter');
+sql(q{SELECT pipeline.produce('local', 'bad', '{"id": 2000, "qty": "lots", "code": "now-long-enough"}', 'after')});
+wait_for(q{SELECT count(*) FROM bad_t WHERE id = 2000}, '1', 'the worker applies new messages with the altered table');
+
+# --- formats and metadata ---------------------------------------------------
+sql(q{
+CREATE TABLE csv_t (a int, b text, c numeric);
+SELECT pipeline.create_consumer('csv', 'local', 'csv', 'csv_t', format => 'csv', mode => 'append');
+CREATE TABLE text_t (line text, k text, at timestamptz DEFAULT now());
+SELECT pipeline.create_consumer('text', 'local', 'text', 'text_t', format => 'text', mode => 'append',
+    column_map => '{"k": "$key"}');
+CREATE TABLE bytes_t (raw bytea, topic text, part int, off bigint, ts timestamptz, hdrs jsonb, src text, k bytea);
+SELECT pipeline.create_consumer('bytes', 'local', 'bytes', 'bytes_t', format => 'bytea', mode => 'append',
+    column_map => '{"raw": "$value", "topic": "$topic", "part": "$partition", "off": "$offset", "ts": "$timestamp",
+                    "hdrs": "$headers", "src": "$header.src", "k": "$key"}');
+});
+sql(q{
+SELECT pipeline.produce('local', 'csv', '1,hello,2.5');
+SELECT pipeline.produce('local', 'csv', '2,"quoted, ""comma""",');
+SELECT pipeline.produce('local', 'csv', '3,x');
+SELECT pipeline.produce('local', 'text', 'a line of text', 'k1');
+SELECT pipeline.produce('local', 'bytes', '\x00ff10'::bytea, 'kb', '{"src": "tap", "n": null}');
+});
+wait_for('SELECT count(*) FROM csv_t', '2', 'csv: two good records applied');
+is(sql(q{SELECT a || '|' || b || '|' || coalesce(c::text, 'NULL') FROM csv_t ORDER BY a}),
+	"1|hello|2.5\n2|quoted, \"comma\"|NULL", 'csv: fields, quoting and the null string');
+wait_for(q{SELECT count(*) FROM pipeline.dead_letters WHERE consumer = 'csv'}, '1', 'csv: a short record is a dead letter');
+like(sql(q{SELECT error FROM pipeline.dead_letters WHERE consumer = 'csv'}), qr/CSV record has 2 fields, expected 3/,
+	'... saying how many fields it has');
+wait_for('SELECT count(*) FROM text_t', '1', 'text: the message arrives');
+is(sql(q{SELECT line || '|' || k || '|' || (at IS NOT NULL) FROM text_t}), 'a line of text|k1|true',
+	'text: whole value, key, and a defaulted column');
+wait_for('SELECT count(*) FROM bytes_t', '1', 'bytea: the message arrives');
+is(sql(q{SELECT encode(raw, 'hex') || '|' || topic || '|' || part || '|' || off || '|' || src || '|' || convert_from(k, 'UTF8')
+       || '|' || hdrs::text || '|' || (abs(extract(epoch FROM now() - ts)) < 300) FROM bytes_t}),
+	'00ff10|bytes|0|0|tap|kb|{"n": null, "src": "tap"}|true', 'bytea: raw bytes and every metadata column');
+
+# --- tombstones ---------------------------------------------------------------
+sql(q{
+CREATE TABLE tomb_t (id int PRIMARY KEY, v text);
+SELECT pipeline.create_consumer('tomb', 'local', 'tomb', 'tomb_t', delete_on_tombstone => true);
+});
+produce('tomb', q{SELECT json_build_object('id', g, 'v', 'v' || g)::text, g::text FROM generate_series(1, 10) g});
+wait_for('SELECT count(*) FROM tomb_t', '10', 'tombstones: ten rows first');
+sql(q{SELECT pipeline.produce('local', 'tomb', NULL::text, '2'); SELECT pipeline.produce('local', 'tomb', NULL::text, '{"id": 4}');});
+wait_for('SELECT string_agg(id::text, \',\' ORDER BY id) FROM tomb_t', '1,3,5,6,7,8,9,10',
+	'a tombstone deletes its key (plain key and JSON key)');
+
+# --- stop, start, drop, restart -------------------------------------------
+sql(q{
+CREATE TABLE ss_t (id int PRIMARY KEY, v int);
+SELECT pipeline.create_consumer('ss', 'local', 'stopstart', 'ss_t');
+SELECT pipeline.produce('local', 'stopstart', '{"id": 1, "v": 1}', '1');
+});
+wait_for('SELECT count(*) FROM ss_t', '1', 'stop/start: running consumer applies');
+sql(q{SELECT pipeline.stop_consumer('ss')});
+wait_for(q{SELECT count(*) FROM pipeline._slots() WHERE consumer = 'ss' AND pid IS NOT NULL}, '0',
+	'stop_consumer stops its worker');
+sql(q{SELECT pipeline.produce('local', 'stopstart', '{"id": 2, "v": 2}', '2')});
+sleep 2;
+is(sql('SELECT count(*) FROM ss_t'), '1', 'a stopped consumer applies nothing');
+$node->restart;
+wait_for(q{SELECT count(*) FROM pipeline._slots() WHERE consumer = 'tomb' AND state = 'running'}, '1',
+	'after a clean restart the consumers come back');
+sleep 2;
+is(sql('SELECT count(*) FROM ss_t'), '1', 'a stopped consumer stays stopped after a restart');
+sql(q{SELECT pipeline.produce('local', 'tomb', '{"id": 42, "v": "after restart"}', '42')});
+wait_for('SELECT count(*) FROM tomb_t WHERE id = 42', '1', 'the restarted consumer applies new messages');
+sql(q{SELECT pipeline.start_consumer('ss')});
+wait_for('SELECT count(*) FROM ss_t', '2', 'start_consumer resumes where it stopped');
+sql(q{SELECT pipeline.drop_consumer('ss')});
+wait_for(q{SELECT count(*) FROM pipeline._slots() WHERE consumer = 'ss'}, '0', 'drop_consumer ends its slots');
+is(sql(q{SELECT count(*) FROM pipeline.offsets WHERE consumer = 'ss'}) . sql(q{SELECT count(*) FROM pipeline.consumers WHERE name = 'ss'}),
+	'00', '... and removes its definition and offsets');
+
+# --- group mode: two slots share a Kafka consumer group ----------------------
+sql(q{
+CREATE TABLE grp_t (seq int, p int, o bigint);
+SELECT pipeline.create_consumer('grp', 'local', 'grp', 'grp_t', mode => 'append', parallelism => 2,
+    group_id => 'pipeline-tap-group', column_map => '{"p": "$partition", "o": "$offset"}');
+});
+produce('grp', q{SELECT json_build_object('seq', g)::text, g::text FROM generate_series(1, 4000) g});
+wait_for('SELECT count(*) FROM grp_t', '4000', 'group mode: all 4,000 messages arrive');
+is(sql('SELECT count(DISTINCT (p, o)) FROM grp_t'), '4000', 'group mode: exactly once');
+is(sql(q{SELECT count(*) FROM pipeline._slots() WHERE consumer = 'grp' AND cardinality(partitions) = 2}), '2',
+	'group mode: the coordinator gave each slot two of the four partitions');
+
+# --- privileges -------------------------------------------------------------
+sql(q{
+CREATE ROLE writer LOGIN;
+CREATE TABLE priv_t (id int PRIMARY KEY, v text);
+GRANT SELECT ON priv_t TO writer;
+GRANT EXECUTE ON FUNCTION pipeline.create_connection(text, text, jsonb) TO writer;
+});
+my ($ret, $stdout, $stderr) = $node->psql('postgres', qq{
+SET ROLE writer;
+SELECT pipeline.create_connection('writers', '$bs');
+SELECT pipeline.create_consumer('priv', 'writers', 'priv', 'priv_t', mode => 'append');
+});
+like($stderr, qr/permission denied for table priv_t/, 'a role without INSERT on the target cannot create a consumer on it');
+sql(q{GRANT INSERT ON priv_t TO writer});
+($ret, $stdout, $stderr) = $node->psql('postgres', q{
+SET ROLE writer;
+SELECT pipeline.create_consumer('priv', 'writers', 'priv', 'priv_t', mode => 'append');
+});
+is($stderr, '', 'with INSERT it can');
+sql(q{REVOKE INSERT ON priv_t FROM writer; SELECT pipeline.produce('local', 'priv', '{"id": 1, "v": "x"}')});
+wait_for(q{SELECT count(*) FROM pipeline._slots() WHERE consumer = 'priv' AND last_error LIKE 'permission denied for table priv_t%'},
+	'1', 'the worker writes with its owner\'s privileges: revoked INSERT stops it');
+is(sql('SELECT count(*) FROM priv_t'), '0', '... and nothing is written');
+wait_for(q{SELECT last_error LIKE 'permission denied%' FROM pipeline.consumers WHERE name = 'priv'}, 't',
+	'the last error is kept in pipeline.consumers');
+sql(q{GRANT INSERT ON priv_t TO writer});
+wait_for('SELECT count(*) FROM priv_t', '1', 'after the grant the restarted worker applies the message');
+ok(sql(q{SELECT restarts FROM pipeline._slots() WHERE consumer = 'priv'}) >= 1, 'restarts are counted');
+
+# nothing in the server log crashed
+my $log = slurp_file($node->logfile);
+unlike($log, qr/terminated by signal (?!9)/, 'no worker crashed (other than the kill -9)');
+
+$node->stop;
+$broker->stop;
+done_testing();
