@@ -201,13 +201,16 @@ pe_consumer_defaults(PeConsumerDef *def, int npartitions, const char *dbname)
 		group = psprintf("pipeline_ext.%s.%s", dbname, def->name);
 
 	/*
-	 * librdkafka 2.0 re-checks a partition whose prefetch queue filled up only
-	 * about once a second, so each partition's queue must hold more than a
-	 * second of what the slot applies; the queues of one slot share about
-	 * 48 MB, which bounds the worker's memory however far behind it is.
+	 * librdkafka 2.0 stops fetching a partition while the prefetch queue
+	 * holds more than queued.max.messages.kbytes and looks again only about
+	 * once a second.  With partitions forwarded to the consumer queue, the
+	 * limit applies to that one queue, whatever the number of partitions:
+	 * 20 MB holds about a second of what a busy slot applies, so it rarely
+	 * waits on it, and with fetch.max.bytes it bounds the worker's memory
+	 * however far behind it is (bench/consume.sh measures both).
 	 */
-	kbytes = 48 * 1024 / Max(npartitions, 1);
-	kbytes = Max(1024, Min(kbytes, 32 * 1024));
+	(void) npartitions;
+	kbytes = 20 * 1024;
 
 	props = lappend(props, pe_property("client.id", "pipeline_ext", "pipeline_ext"));
 	props = lappend(props, pe_property("group.id", group, "pipeline_ext"));
@@ -220,6 +223,7 @@ pe_consumer_defaults(PeConsumerDef *def, int npartitions, const char *dbname)
 	props = lappend(props, pe_property("fetch.wait.max.ms", "100", "pipeline_ext"));
 	props = lappend(props, pe_property("queued.min.messages", "1000000", "pipeline_ext"));
 	props = lappend(props, pe_property("queued.max.messages.kbytes", psprintf("%d", kbytes), "pipeline_ext"));
+	props = lappend(props, pe_property("fetch.max.bytes", "4194304", "pipeline_ext"));
 	return props;
 }
 

@@ -103,6 +103,7 @@ typedef struct PeColumn
 	bool		is_key;
 	FmgrInfo   *hash_fn;		/* key columns: for de-duplication */
 	FmgrInfo   *eq_fn;
+	FmgrInfo   *cmp_fn;			/* key columns: btree order, or NULL */
 } PeColumn;
 
 struct PeTarget
@@ -119,6 +120,7 @@ struct PeTarget
 	char		csv_quote;
 	char	   *csv_null;
 	bool		needs_headers;
+	bool		flat_json;		/* every field column is a top-level field */
 	SPIPlanPtr	apply_plan;
 	SPIPlanPtr	delete_plan;
 };
@@ -484,7 +486,8 @@ pe_resolve_keys(PeTarget *t, Relation rel)
 	for (int k = 0; k < t->nkeys; k++)
 	{
 		PeColumn   *col = &t->cols[t->keycols[k]];
-		TypeCacheEntry *tc = lookup_type_cache(col->typid, TYPECACHE_HASH_PROC_FINFO | TYPECACHE_EQ_OPR_FINFO);
+		TypeCacheEntry *tc = lookup_type_cache(col->typid, TYPECACHE_HASH_PROC_FINFO | TYPECACHE_EQ_OPR_FINFO |
+											   TYPECACHE_CMP_PROC_FINFO);
 
 		if (!OidIsValid(tc->hash_proc_finfo.fn_oid) || !OidIsValid(tc->eq_opr_finfo.fn_oid))
 			ereport(ERROR,
@@ -494,6 +497,7 @@ pe_resolve_keys(PeTarget *t, Relation rel)
 					 errhint("Use key columns of hashable types.")));
 		col->hash_fn = &tc->hash_proc_finfo;
 		col->eq_fn = &tc->eq_opr_finfo;
+		col->cmp_fn = OidIsValid(tc->cmp_proc_finfo.fn_oid) ? &tc->cmp_proc_finfo : NULL;
 	}
 }
 
@@ -738,6 +742,11 @@ pe_target_open(PeConsumerDef *def, bool check_privileges)
 				 errmsg("delete_on_tombstone needs mode 'upsert'"),
 				 errhint("In append mode every message is a new row; there is no row for a tombstone to delete.")));
 
+	t->flat_json = (def->format == PE_FORMAT_JSON);
+	for (int c = 0; c < t->ncols; c++)
+		if (t->cols[c].source == PE_SRC_FIELD && t->cols[c].npath != 1)
+			t->flat_json = false;
+
 	pe_resolve_keys(t, rel);
 	if (check_privileges && t->nkeys > 0)
 	{
@@ -782,9 +791,10 @@ typedef struct PeJsonState
 	const char *path[PE_JSON_MAX_DEPTH];
 	int			pending_col;	/* column whose field was just named */
 	int			pending_level;
-	int			capture_col;	/* column whose object/array value is open */
-	int			capture_level;
-	const char *capture_start;
+	int			ncaptures;		/* object/array values being captured */
+	int			capture_col[PE_JSON_MAX_DEPTH];
+	int			capture_level[PE_JSON_MAX_DEPTH];
+	const char *capture_start[PE_JSON_MAX_DEPTH];
 } PeJsonState;
 
 static int
@@ -814,7 +824,7 @@ pe_json_ofield_start(void *state, char *fname, bool isnull)
 
 	(void) isnull;
 	st->pending_col = -1;
-	if (level < 1 || level > PE_JSON_MAX_DEPTH || st->capture_col >= 0)
+	if (level < 1 || level > PE_JSON_MAX_DEPTH)
 		return;
 	st->path[level - 1] = fname;
 	st->pending_col = pe_json_match(st, level);
@@ -836,11 +846,14 @@ pe_json_struct_start(void *state)
 {
 	PeJsonState *st = state;
 
-	if (st->pending_col >= 0 && st->capture_col < 0 && st->lex->lex_level == st->pending_level)
+	if (st->pending_col >= 0 && st->lex->lex_level == st->pending_level &&
+		st->ncaptures < PE_JSON_MAX_DEPTH)
 	{
-		st->capture_col = st->pending_col;
-		st->capture_level = st->pending_level;
-		st->capture_start = st->lex->token_start;
+		st->capture_col[st->ncaptures] = st->pending_col;
+		st->capture_level[st->ncaptures] = st->pending_level;
+		st->capture_start[st->ncaptures] = st->lex->token_start;
+		st->ncaptures++;
+		st->pending_col = -1;
 	}
 }
 
@@ -848,17 +861,18 @@ static void
 pe_json_struct_end(void *state)
 {
 	PeJsonState *st = state;
+	int			k = st->ncaptures - 1;
 
-	if (st->capture_col >= 0 && st->lex->lex_level == st->capture_level)
+	if (k >= 0 && st->lex->lex_level == st->capture_level[k])
 	{
-		PeFound    *f = &st->found[st->capture_col];
+		PeFound    *f = &st->found[st->capture_col[k]];
 
 		f->found = true;
 		f->isnull = false;
-		f->len = st->lex->prev_token_terminator - st->capture_start;
-		f->text = pnstrdup(st->capture_start, f->len);
+		f->len = st->lex->prev_token_terminator - st->capture_start[k];
+		f->text = pnstrdup(st->capture_start[k], f->len);
 		f->json_string = false;
-		st->capture_col = -1;
+		st->ncaptures--;
 	}
 }
 
@@ -868,7 +882,7 @@ pe_json_scalar(void *state, char *token, JsonTokenType type)
 	PeJsonState *st = state;
 	PeFound    *f;
 
-	if (st->pending_col < 0 || st->capture_col >= 0 || st->lex->lex_level != st->pending_level)
+	if (st->pending_col < 0 || st->lex->lex_level != st->pending_level)
 		return;
 	f = &st->found[st->pending_col];
 	f->found = true;
@@ -886,6 +900,221 @@ pe_verify_text(const char *data, size_t len, const char *what)
 				(errcode(ERRCODE_CHARACTER_NOT_IN_REPERTOIRE),
 				 errmsg("message %s is not valid %s text", what, GetDatabaseEncodingName()),
 				 errhint("Use the bytea format, or map the %s to a bytea column.", what)));
+}
+
+/*
+ * The fast path for the common message: a flat JSON object whose strings
+ * have no escapes, mapped to top-level columns.  It scans the object once
+ * without copying what no column takes.  Returns false when the message
+ * needs the full parser (escapes, or a column with a nested path); any
+ * syntax error also returns false, so the full parser reports it.
+ */
+static bool
+pe_json_is_number(const char *p, size_t n)
+{
+	size_t		i = 0;
+
+	if (i < n && p[i] == '-')
+		i++;
+	if (i >= n || !isdigit((unsigned char) p[i]))
+		return false;
+	if (p[i] == '0')
+		i++;
+	else
+		while (i < n && isdigit((unsigned char) p[i]))
+			i++;
+	if (i < n && p[i] == '.')
+	{
+		i++;
+		if (i >= n || !isdigit((unsigned char) p[i]))
+			return false;
+		while (i < n && isdigit((unsigned char) p[i]))
+			i++;
+	}
+	if (i < n && (p[i] == 'e' || p[i] == 'E'))
+	{
+		i++;
+		if (i < n && (p[i] == '+' || p[i] == '-'))
+			i++;
+		if (i >= n || !isdigit((unsigned char) p[i]))
+			return false;
+		while (i < n && isdigit((unsigned char) p[i]))
+			i++;
+	}
+	return i == n;
+}
+
+#define PE_WS(c) ((c) == ' ' || (c) == '\t' || (c) == '\n' || (c) == '\r')
+
+/* Scan a string starting after its opening quote; false if it has escapes. */
+static bool
+pe_json_scan_string(const char *data, size_t len, size_t *i, size_t *end)
+{
+	size_t		j = *i;
+
+	while (j < len && data[j] != '"')
+	{
+		if (data[j] == '\\' || (unsigned char) data[j] < 0x20)
+			return false;
+		j++;
+	}
+	if (j >= len)
+		return false;
+	*end = j;
+	*i = j + 1;
+	return true;
+}
+
+static bool
+pe_decode_json_fast(PeTarget *t, const char *data, size_t len, PeFound *found)
+{
+	size_t		i = 0;
+
+	if (!t->flat_json)
+		return false;
+	while (i < len && PE_WS(data[i]))
+		i++;
+	if (i >= len || data[i] != '{')
+		return false;
+	i++;
+	while (i < len && PE_WS(data[i]))
+		i++;
+	if (i < len && data[i] == '}')
+	{
+		i++;
+		goto tail;
+	}
+	for (;;)
+	{
+		size_t		kstart,
+					kend,
+					vstart,
+					vend;
+		int			col = -1;
+		bool		is_string = false;
+
+		/* key */
+		while (i < len && PE_WS(data[i]))
+			i++;
+		if (i >= len || data[i] != '"')
+			return false;
+		kstart = ++i;
+		if (!pe_json_scan_string(data, len, &i, &kend))
+			return false;
+		while (i < len && PE_WS(data[i]))
+			i++;
+		if (i >= len || data[i] != ':')
+			return false;
+		i++;
+		while (i < len && PE_WS(data[i]))
+			i++;
+		if (i >= len)
+			return false;
+
+		for (int c = 0; c < t->ncols; c++)
+		{
+			PeColumn   *pc = &t->cols[c];
+
+			if (pc->source == PE_SRC_FIELD && strlen(pc->path[0]) == kend - kstart &&
+				memcmp(pc->path[0], data + kstart, kend - kstart) == 0)
+			{
+				col = c;
+				break;
+			}
+		}
+
+		/* value */
+		vstart = i;
+		if (data[i] == '"')
+		{
+			vstart = ++i;
+			if (!pe_json_scan_string(data, len, &i, &vend))
+				return false;
+			is_string = true;
+		}
+		else if (data[i] == '{' || data[i] == '[')
+		{
+			int			depth = 0;
+			JsonLexContext *lex;
+			JsonSemAction sem;
+
+			for (; i < len; i++)
+			{
+				char		ch = data[i];
+
+				if (ch == '"')
+				{
+					i++;
+					while (i < len && data[i] != '"')
+					{
+						if (data[i] == '\\')
+							i++;
+						i++;
+					}
+					if (i >= len)
+						return false;
+				}
+				else if (ch == '{' || ch == '[')
+					depth++;
+				else if (ch == '}' || ch == ']')
+				{
+					if (--depth == 0)
+					{
+						i++;
+						break;
+					}
+				}
+			}
+			if (depth != 0)
+				return false;
+			vend = i;
+			/* a nested value must be valid JSON whatever column takes it */
+			lex = makeJsonLexContextCstringLen((char *) data + vstart, vend - vstart, GetDatabaseEncoding(), false);
+			memset(&sem, 0, sizeof(sem));
+			if (pg_parse_json(lex, &sem) != JSON_SUCCESS)
+				return false;
+		}
+		else
+		{
+			while (i < len && data[i] != ',' && data[i] != '}' && !PE_WS(data[i]))
+				i++;
+			vend = i;
+			if (!((vend - vstart == 4 && memcmp(data + vstart, "true", 4) == 0) ||
+				  (vend - vstart == 5 && memcmp(data + vstart, "false", 5) == 0) ||
+				  (vend - vstart == 4 && memcmp(data + vstart, "null", 4) == 0) ||
+				  pe_json_is_number(data + vstart, vend - vstart)))
+				return false;
+		}
+
+		if (col >= 0)
+		{
+			PeFound    *f = &found[col];
+
+			f->found = true;
+			f->isnull = (!is_string && vend - vstart == 4 && memcmp(data + vstart, "null", 4) == 0);
+			f->text = pnstrdup(data + vstart, vend - vstart);
+			f->len = vend - vstart;
+			f->json_string = is_string;
+		}
+
+		while (i < len && PE_WS(data[i]))
+			i++;
+		if (i < len && data[i] == ',')
+		{
+			i++;
+			continue;
+		}
+		if (i < len && data[i] == '}')
+		{
+			i++;
+			break;
+		}
+		return false;
+	}
+tail:
+	while (i < len && PE_WS(data[i]))
+		i++;
+	return i == len;
 }
 
 static void
@@ -920,7 +1149,6 @@ pe_decode_json(PeTarget *t, const char *data, size_t len, PeFound *found, const 
 	st.t = t;
 	st.found = found;
 	st.pending_col = -1;
-	st.capture_col = -1;
 	memset(&sem, 0, sizeof(sem));
 	sem.semstate = &st;
 	sem.object_field_start = pe_json_ofield_start;
@@ -1232,7 +1460,11 @@ pe_decode_one(PeTarget *t, PeMessage *msg, PeRow *row)
 	{
 		case PE_FORMAT_JSON:
 			pe_verify_text(msg->value, msg->value_len, "value");
-			pe_decode_json(t, msg->value, msg->value_len, found, "value");
+			if (!pe_decode_json_fast(t, msg->value, msg->value_len, found))
+			{
+				memset(found, 0, sizeof(PeFound) * t->ncols);
+				pe_decode_json(t, msg->value, msg->value_len, found, "value");
+			}
 			break;
 		case PE_FORMAT_CSV:
 			pe_verify_text(msg->value, msg->value_len, "value");
@@ -1510,6 +1742,42 @@ pe_newer(PeMessage *a, PeMessage *b)
 	return b->timestamp_ms >= a->timestamp_ms;
 }
 
+/* Order rows by their keys, as the unique index does (NULL keys last). */
+static int
+pe_row_key_cmp(const void *a, const void *b, void *arg)
+{
+	PeTarget   *t = arg;
+	PeRow	   *ra = *(PeRow *const *) a;
+	PeRow	   *rb = *(PeRow *const *) b;
+
+	for (int k = 0; k < t->nkeys; k++)
+	{
+		int			c = t->keycols[k];
+		int32		r;
+
+		if (ra->nulls[c] || rb->nulls[c])
+		{
+			if (ra->nulls[c] != rb->nulls[c])
+				return ra->nulls[c] ? 1 : -1;
+			continue;
+		}
+		r = DatumGetInt32(FunctionCall2Coll(t->cols[c].cmp_fn, t->cols[c].collation,
+											ra->values[c], rb->values[c]));
+		if (r != 0)
+			return r;
+	}
+	return 0;
+}
+
+static bool
+pe_can_sort(PeTarget *t)
+{
+	for (int k = 0; k < t->nkeys; k++)
+		if (t->cols[t->keycols[k]].cmp_fn == NULL)
+			return false;
+	return t->nkeys > 0;
+}
+
 /* Keep only the newest row per key (upsert mode). */
 static void
 pe_dedup(PeTarget *t, PeMessage *msgs, PeRow *rows, int nrows)
@@ -1638,6 +1906,17 @@ pe_target_apply(PeTarget *t, PeMessage *msgs, int n, PeBatchResult *res)
 			del[ndel++] = &rows[r];
 		else
 			ins[nins++] = &rows[r];
+	}
+
+	/*
+	 * Apply upserts in key order: the index and heap pages are then visited
+	 * in order, as INSERT ... SELECT DISTINCT ON (key) ... ORDER BY would,
+	 * and two slots touching the same keys lock them in the same order.
+	 */
+	if (t->def->upsert && pe_can_sort(t))
+	{
+		qsort_arg(ins, nins, sizeof(PeRow *), pe_row_key_cmp, t);
+		qsort_arg(del, ndel, sizeof(PeRow *), pe_row_key_cmp, t);
 	}
 
 	/*

@@ -1048,16 +1048,6 @@ pe_slot_connect(int npart_hint)
 	run->queue = rd_kafka_queue_get_consumer(run->rk);
 }
 
-static void
-pe_slot_disconnect(void)
-{
-	if (run->queue)
-		rd_kafka_queue_destroy(run->queue);
-	run->queue = NULL;
-	rd_kafka_destroy_flags(run->rk, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
-	run->rk = NULL;
-}
-
 /* Look for partitions added to the topic; assign this slot's share. */
 static void
 pe_slot_discover(bool first)
@@ -1133,7 +1123,6 @@ pe_slot_init(void)
 	PeSlot	   *s = &pe_shared->slots[run->slot_index];
 	char		name[NAMEDATALEN];
 	MemoryContext old;
-	int			hint;
 
 	LWLockAcquire(pe_shared->lock, LW_SHARED);
 	strlcpy(name, s->consumer, NAMEDATALEN);
@@ -1175,26 +1164,7 @@ pe_slot_init(void)
 	old = MemoryContextSwitchTo(TopMemoryContext);
 	pe_slot_load_offsets();
 
-	/*
-	 * Size the prefetch queues by the partitions this slot will own; if the
-	 * topic turns out to have many more than the stored offsets suggested,
-	 * connect again with smaller queues.
-	 */
-	hint = 0;
-	for (int p = 0; p < run->npart; p++)
-		if (p % run->def->parallelism == run->slot)
-			hint++;
-	pe_slot_connect(Max(hint, 1));
-	{
-		int			n = pe_slot_partition_count(10000);
-		int			mine = n > 0 ? (n + run->def->parallelism - 1 - run->slot) / run->def->parallelism : 0;
-
-		if (mine > 2 * Max(hint, 1))
-		{
-			pe_slot_disconnect();
-			pe_slot_connect(mine);
-		}
-	}
+	pe_slot_connect(0);
 	if (run->def->group_id)
 	{
 		rd_kafka_topic_partition_list_t *topics = rd_kafka_topic_partition_list_new(1);
@@ -1215,7 +1185,9 @@ pe_slot_init(void)
 	MemoryContextSwitchTo(old);
 	before_shmem_exit(pe_slot_close_kafka, 0);
 
-	run->batch_cxt = AllocSetContextCreate(TopMemoryContext, "pipeline_ext batch", ALLOCSET_DEFAULT_SIZES);
+	/* a 4 MB block kept across resets: no page faults for every batch */
+	run->batch_cxt = AllocSetContextCreate(TopMemoryContext, "pipeline_ext batch",
+										   4 * 1024 * 1024, 1024 * 1024, 16 * 1024 * 1024);
 	CacheRegisterRelcacheCallback(pe_slot_relcache_cb, (Datum) 0);
 }
 
@@ -1503,6 +1475,8 @@ pe_slot_try_batch(rd_kafka_message_t **batch, int n, PeBatchOutcome *outcome,
 		pgstat_report_activity(STATE_RUNNING, "applying a batch");
 		if (SPI_connect() != SPI_OK_CONNECT)
 			elog(ERROR, "SPI_connect failed");
+		/* decoded rows go to the batch context, which keeps its memory */
+		MemoryContextSwitchTo(run->batch_cxt);
 		*outcome = pe_slot_apply_batch(batch, n, ndead, stop_error);
 		SPI_finish();
 		PopActiveSnapshot();
@@ -1655,6 +1629,8 @@ pe_slot_loop(const char *activity)
 			continue;
 
 		/* apply it, in one transaction, retrying transient errors */
+		elog(DEBUG2, "pipeline_ext consumer %s/%d: batch of %d messages collected in %lld ms",
+			 run->def->name, run->slot, n, (long long) pe_ms_since(first_at));
 		while (!pe_slot_try_batch(batch, n, &outcome, &ndead, &stop_error))
 		{
 			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, 1000,

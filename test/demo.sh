@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The demo: set-up (packages, build, install), then a scratch PostgreSQL
 # instance preloading pipeline_ext and the project's test broker (no Kafka
-# needed).  It produces a few hundred events from SQL and reads them back
-# with kcat, an independent Kafka client.
+# needed).  It produces a few hundred events from SQL, reads them back with
+# kcat, an independent Kafka client, and has background consumers apply them
+# to tables (upsert and append) with a dead letter for a bad message.
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 
@@ -72,5 +73,34 @@ awk '{n[$1]++; if (!seen[$1" "$2]++) d[$1]++} END {for (p in n) printf "     %s:
 echo "   first three readings:"
 kcat -C -b "$BOOTSTRAP" -t readings -p 0 -c 3 -e -q -f '     [%p] @%o key=%k headers=%h value=%s\n'
 total=$(wc -l <"$DEMO/readings.txt")
-echo "== demo done: $total of 300 readings and 1 alert read back"
-[ "$total" -eq 300 ]
+echo "   $total of 300 readings read back by kcat"
+
+echo "== consuming: a background worker applies the topic to tables, exactly once"
+psql_demo -e <<SQL
+-- the latest reading per device (upsert), and every reading (append)
+CREATE TABLE device_latest (device text PRIMARY KEY, seq int, temperature numeric, seen timestamptz);
+CREATE TABLE reading_log (device text, seq int, temperature numeric, "partition" int, "offset" bigint);
+SELECT pipeline.create_consumer('latest', 'demo', 'readings', 'device_latest',
+         column_map => '{"seen": "\$timestamp"}');
+SELECT pipeline.create_consumer('log', 'demo', 'readings', 'reading_log', mode => 'append', parallelism => 2,
+         column_map => '{"partition": "\$partition", "offset": "\$offset"}');
+-- and one bad message, which becomes a dead letter instead of stopping anything
+SELECT * FROM pipeline.produce('demo', 'readings', '{"device": "d-99", "seq": "not a number"}', key => 'd-99');
+SQL
+for _ in $(seq 100); do
+	n=$(psql_demo -At -c "SELECT (SELECT count(*) FROM reading_log) + (SELECT count(*) FROM pipeline.dead_letters)")
+	[ "$n" -ge 302 ] && break
+	sleep 0.2
+done
+psql_demo -e <<SQL
+SELECT device, seq, temperature FROM device_latest ORDER BY seq DESC LIMIT 5;
+SELECT count(*) AS rows, count(DISTINCT ("partition", "offset")) AS distinct_messages FROM reading_log;
+SELECT consumer, "partition", "offset", convert_from(value, 'UTF8') AS value, error FROM pipeline.dead_letters;
+SELECT consumer, slot, state, partitions, messages, batches FROM pipeline._slots() ORDER BY 1, 2;
+SQL
+latest=$(psql_demo -At -c "SELECT count(*) FROM device_latest")
+logged=$(psql_demo -At -c "SELECT count(*) FROM reading_log")
+dead=$(psql_demo -At -c "SELECT count(*) FROM pipeline.dead_letters")
+echo "== demo done: $total of 300 readings and 1 alert read back; consumers applied $logged readings,"
+echo "   $latest devices' latest reading, and $dead dead letter"
+[ "$total" -eq 300 ] && [ "$logged" -eq 300 ] && [ "$latest" -eq 20 ] && [ "$dead" -eq 1 ]

@@ -8,13 +8,15 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(time usleep);
+use IPC::Run qw(run timeout);
 use PipelineExt::Broker;
 
 my $broker = PipelineExt::Broker->start(
 	brokers => 1,
 	topics => {
 		big => 6, faults => 4, bad => 2, csv => 1, text => 1, bytes => 1,
-		tomb => 2, grp => 4, priv => 1, stopstart => 1
+		tomb => 2, grp => 4, priv => 1, stopstart => 1, alo => 2, amo => 2,
+		stoponerr => 1, nested => 1
 	});
 my $bs = $broker->bootstrap;
 
@@ -124,6 +126,14 @@ my $during = sql('SELECT count(*) FROM faults');
 $broker->ctl('up all');
 wait_for("SELECT count(*) FROM faults", "$total", "fault 3: after 5 s without broker every message arrives ($during before it came back)");
 is(sql('SELECT count(DISTINCT seq) FROM faults'), $total, '... exactly once');
+produce_faults(15000);
+wait_for("SELECT count(*) > $total - 12000 FROM faults", 't', 'fault 4: the stream is under way');
+is(sql(q{SELECT count(*) FROM (SELECT pg_cancel_backend(pid) FROM pipeline._slots() WHERE consumer = 'faults') c}), '2',
+	'fault 4: cancel the statements of both slots');
+wait_for("SELECT count(*) FROM faults", "$total", 'fault 4: after a cancel every message arrives');
+is(sql('SELECT count(DISTINCT seq) FROM faults'), $total, '... exactly once');
+is(sql(q{SELECT count(*) FROM pipeline._slots() WHERE consumer = 'faults' AND restarts = 0}), '2',
+	'... and a cancelled batch is retried in place, without a restart');
 is(sql('SELECT count(*) FROM pipeline.dead_letters WHERE consumer = \'faults\''), '0', 'no dead letters from faults');
 
 # --- bad input: each bad message one dead letter, the rest applied ----------
@@ -254,6 +264,80 @@ wait_for('SELECT count(*) FROM grp_t', '4000', 'group mode: all 4,000 messages a
 is(sql('SELECT count(DISTINCT (p, o)) FROM grp_t'), '4000', 'group mode: exactly once');
 is(sql(q{SELECT count(*) FROM pipeline._slots() WHERE consumer = 'grp' AND cardinality(partitions) = 2}), '2',
 	'group mode: the coordinator gave each slot two of the four partitions');
+
+# --- at-least-once and at-most-once keep offsets in the Kafka group ---------
+sql(q{
+CREATE TABLE alo_t (seq int, p int, o bigint);
+CREATE TABLE amo_t (seq int, p int, o bigint);
+SELECT pipeline.create_consumer('alo', 'local', 'alo', 'alo_t', mode => 'append', delivery => 'at_least_once',
+    column_map => '{"p": "$partition", "o": "$offset"}');
+SELECT pipeline.create_consumer('amo', 'local', 'amo', 'amo_t', mode => 'append', delivery => 'at_most_once',
+    column_map => '{"p": "$partition", "o": "$offset"}');
+});
+produce('alo', q{SELECT json_build_object('seq', g)::text, g::text FROM generate_series(1, 2000) g});
+produce('amo', q{SELECT json_build_object('seq', g)::text, g::text FROM generate_series(1, 2000) g});
+wait_for('SELECT count(DISTINCT (p, o)) FROM alo_t', '2000', 'at_least_once: every message arrives');
+wait_for('SELECT count(DISTINCT (p, o)) FROM amo_t', '2000', 'at_most_once: every message arrives');
+
+# what the Kafka group has committed, read by another client
+sub group_committed
+{
+	my ($group, $topic, $parts) = @_;
+	my ($out, $err);
+	run([ '/usr/bin/python3', '-c', q{
+import sys
+from confluent_kafka import Consumer, TopicPartition
+b, g, t, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+c = Consumer({"bootstrap.servers": b, "group.id": g, "enable.auto.commit": False})
+parts = c.committed([TopicPartition(t, p) for p in range(n)], timeout=10)
+print(sum(max(tp.offset, 0) for tp in parts))
+}, $bs, $group, $topic, $parts ], '>', \$out, '2>', \$err, timeout(60));
+	chomp $out;
+	return $out;
+}
+my $ok = 0;
+for (1 .. 50) { $ok = 1, last if group_committed('pipeline_ext.postgres.alo', 'alo', 2) eq '2000'; usleep(200_000); }
+ok($ok, 'at_least_once: the Kafka group holds the committed offsets (2,000 messages)');
+$ok = 0;
+for (1 .. 50) { $ok = 1, last if group_committed('pipeline_ext.postgres.amo', 'amo', 2) eq '2000'; usleep(200_000); }
+ok($ok, 'at_most_once: the Kafka group holds the committed offsets');
+$ok = 0;
+for (1 .. 50) { $ok = 1, last if group_committed('pipeline_ext.postgres.big_app', 'big', 6) eq '100000'; usleep(200_000); }
+ok($ok, 'exactly_once: offsets are also committed to the Kafka group, for external lag tools');
+
+# at_least_once resumes from the group's offsets: stop, produce, start
+sql(q{SELECT pipeline.stop_consumer('alo')});
+wait_for(q{SELECT count(*) FROM pipeline._slots() WHERE consumer = 'alo' AND pid IS NOT NULL}, '0', 'at_least_once: stopped');
+produce('alo', q{SELECT json_build_object('seq', g)::text, g::text FROM generate_series(2001, 2500) g});
+sql(q{SELECT pipeline.start_consumer('alo')});
+wait_for('SELECT count(DISTINCT (p, o)) FROM alo_t', '2500', 'at_least_once: resumes from the committed offsets');
+is(sql('SELECT count(*) FROM alo_t'), '2500', '... without duplicates after a clean stop');
+
+# --- on_error => 'stop' ------------------------------------------------------
+sql(q{
+CREATE TABLE soe_t (id int PRIMARY KEY, n int);
+SELECT pipeline.create_consumer('soe', 'local', 'stoponerr', 'soe_t', on_error => 'stop');
+SELECT pipeline.produce('local', 'stoponerr', '{"id": 1, "n": 1}', '1');
+});
+wait_for('SELECT count(*) FROM soe_t', '1', 'on_error stop: good messages are applied');
+sql(q{SELECT pipeline.produce('local', 'stoponerr', '{"id": 2, "n": "two"}', '2'); SELECT pipeline.produce('local', 'stoponerr', '{"id": 3, "n": 3}', '3');});
+wait_for(q{SELECT enabled FROM pipeline.consumers WHERE name = 'soe'}, 'f', 'on_error stop: a bad message stops the consumer');
+like(sql(q{SELECT last_error FROM pipeline.consumers WHERE name = 'soe'}), qr/invalid input syntax for type integer: "two"/,
+	'... with the error recorded');
+is(sql('SELECT count(*) FROM soe_t'), '1', '... and nothing of its batch applied');
+is(sql(q{SELECT count(*) FROM pipeline.dead_letters WHERE consumer = 'soe'}), '0', '... and no dead letter');
+
+# --- nested JSON: field paths and nested values --------------------------------
+sql(q{
+CREATE TABLE nested_t (id int PRIMARY KEY, city text, tags jsonb, raw json, note text);
+SELECT pipeline.create_consumer('nested', 'local', 'nested', 'nested_t',
+    column_map => '{"id": "device.id", "city": "device.location.city", "tags": "tags", "raw": "device", "note": "note"}');
+SELECT pipeline.produce('local', 'nested',
+    '{"device": {"id": 7, "location": {"city": "Oslo \u00e6", "zip": "0150"}}, "tags": ["a", {"b": null}], "note": "line\nbreak \"quoted\""}', 'n7');
+});
+wait_for('SELECT count(*) FROM nested_t', '1', 'nested JSON: the message arrives');
+is(sql(q{SELECT id || '|' || city || '|' || tags::text || '|' || (raw::jsonb -> 'location' ->> 'zip') || '|' || note FROM nested_t}),
+	qq{7|Oslo \xc3\xa6|["a", {"b": null}]|0150|line\nbreak "quoted"}, 'nested JSON: paths, nested objects and arrays, escapes');
 
 # --- privileges -------------------------------------------------------------
 sql(q{
