@@ -262,7 +262,7 @@ SELECT pipeline.create_consumer('grp', 'local', 'grp', 'grp_t', mode => 'append'
 produce('grp', q{SELECT json_build_object('seq', g)::text, g::text FROM generate_series(1, 4000) g});
 wait_for('SELECT count(*) FROM grp_t', '4000', 'group mode: all 4,000 messages arrive');
 is(sql('SELECT count(DISTINCT (p, o)) FROM grp_t'), '4000', 'group mode: exactly once');
-is(sql(q{SELECT count(*) FROM pipeline._slots() WHERE consumer = 'grp' AND cardinality(partitions) = 2}), '2',
+wait_for(q{SELECT count(*) FROM pipeline._slots() WHERE consumer = 'grp' AND cardinality(partitions) = 2}, '2',
 	'group mode: the coordinator gave each slot two of the four partitions');
 
 # --- at-least-once and at-most-once keep offsets in the Kafka group ---------
