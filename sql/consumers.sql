@@ -65,6 +65,8 @@ SELECT pipeline.create_consumer('c5', 'cons', 't', 'readings', format => 'csv', 
 -- text: the value goes to the first column without a default
 SELECT pipeline.create_consumer('c6', 'cons', 't', 'log_t', format => 'text', mode => 'append', start => false);
 SELECT name, format, mode, column_map FROM pipeline.consumers ORDER BY name;
+-- consumers created with start => false have stopped slots, one per parallelism
+SELECT consumer, slot, worker_pid, state, partitions, restarts, last_batch_at FROM pipeline.consumer_status ORDER BY 1, 2;
 
 -- privileges: the caller must be able to write the target the way the consumer will
 UPDATE pipeline.consumer SET last_error = 'failed near secret value 42' WHERE name = 'r1';

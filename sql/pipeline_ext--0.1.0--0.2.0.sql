@@ -170,3 +170,24 @@ CREATE FUNCTION @extschema@._slots(
 RETURNS SETOF record
 LANGUAGE C VOLATILE
 AS 'MODULE_PATHNAME', 'pe_slots';
+
+-- One row per consumer slot: what its worker is doing now.  Slots of
+-- consumers that have not run since the server started show as stopped
+-- (or starting, when enabled).
+CREATE VIEW @extschema@.consumer_status AS
+SELECT c.name AS consumer,
+       s.slot,
+       st.pid AS worker_pid,
+       CASE WHEN st.state IS NOT NULL AND (c.enabled OR st.pid IS NOT NULL) THEN st.state
+            WHEN c.enabled THEN 'starting'
+            ELSE 'stopped' END AS state,
+       COALESCE(st.partitions, '{}') AS partitions,
+       COALESCE(st.restarts, 0) AS restarts,
+       COALESCE(st.last_error,
+                CASE WHEN pg_catalog.pg_has_role(c.owner, 'USAGE') THEN c.last_error END) AS last_error,
+       COALESCE(st.last_error_at, c.last_error_at) AS last_error_at,
+       st.last_batch_at
+  FROM @extschema@.consumer c
+ CROSS JOIN LATERAL pg_catalog.generate_series(0, c.parallelism OPERATOR(pg_catalog.-) 1) AS s(slot)
+  LEFT JOIN @extschema@._slots() st ON st.consumer OPERATOR(pg_catalog.=) c.name AND st.slot OPERATOR(pg_catalog.=) s.slot;
+GRANT SELECT ON @extschema@.consumer_status TO PUBLIC;

@@ -71,6 +71,9 @@ is(sql('SELECT count(DISTINCT v) FROM big_app'), '100000', 'every message is in 
 is(sql(q{SELECT string_agg(DISTINCT array_length(partitions, 1)::text, ',') FROM pipeline._slots() WHERE consumer = 'big_app'}),
 	'3', 'two slots split six partitions three and three');
 is(sql(q{SELECT count(*) FROM pipeline.offsets WHERE consumer = 'big_up'}), '6', 'offsets stored for all 6 partitions');
+is(sql(q{SELECT string_agg(slot || ':' || state || ':' || (worker_pid > 0) || ':' || cardinality(partitions) || ':' || (last_batch_at IS NOT NULL), ',' ORDER BY slot)
+          FROM pipeline.consumer_status WHERE consumer = 'big_up'}),
+	'0:running:true:3:true,1:running:true:3:true', 'consumer_status: one row per slot with pid, state, partitions and last batch');
 like(sql(q{SELECT backend_type FROM pg_stat_activity WHERE application_name = 'pipeline_ext consumer big_up/1'}),
 	qr/pipeline_ext consumer/, 'slot workers show up in pg_stat_activity');
 
@@ -237,6 +240,8 @@ sql(q{SELECT pipeline.stop_consumer('ss')});
 wait_for(q{SELECT count(*) FROM pipeline._slots() WHERE consumer = 'ss' AND pid IS NOT NULL}, '0',
 	'stop_consumer stops its worker');
 sql(q{SELECT pipeline.produce('local', 'stopstart', '{"id": 2, "v": 2}', '2')});
+is(sql(q{SELECT state || ':' || (worker_pid IS NULL) FROM pipeline.consumer_status WHERE consumer = 'ss'}), 'stopped:true',
+	'consumer_status: a stopped consumer shows as stopped, without a worker');
 sleep 2;
 is(sql('SELECT count(*) FROM ss_t'), '1', 'a stopped consumer applies nothing');
 $node->restart;
@@ -367,6 +372,30 @@ wait_for(q{SELECT last_error LIKE 'permission denied%' FROM pipeline.consumers W
 sql(q{GRANT INSERT ON priv_t TO writer});
 wait_for('SELECT count(*) FROM priv_t', '1', 'after the grant the restarted worker applies the message');
 ok(sql(q{SELECT restarts FROM pipeline._slots() WHERE consumer = 'priv'}) >= 1, 'restarts are counted');
+like(sql(q{SELECT restarts || '|' || last_error FROM pipeline.consumer_status WHERE consumer = 'priv'}),
+	qr/^[1-9]\d*\|permission denied for table priv_t/, 'consumer_status shows the restarts and the last error');
+
+# --- SIGHUP and postmaster death -------------------------------------------
+sql(q{SELECT pg_reload_conf()});
+sql(q{SELECT pipeline.produce('local', 'tomb', '{"id": 43, "v": "after reload"}', '43')});
+wait_for('SELECT count(*) FROM tomb_t WHERE id = 43', '1', 'after a configuration reload (SIGHUP) the workers go on');
+my @workers = split /\n/, sql(q{SELECT pid FROM pg_stat_activity WHERE backend_type LIKE 'pipeline_ext%'});
+ok(scalar(@workers) >= 3, 'launcher, manager and slot workers are running (' . scalar(@workers) . ')');
+kill 'KILL', $node->{_pid};
+my $left = scalar @workers;
+for (1 .. 100)
+{
+	$left = grep { kill(0, $_) } @workers;
+	last if $left == 0;
+	usleep(100_000);
+}
+is($left, 0, 'when the postmaster dies, every pipeline_ext worker exits');
+# (as an administrator would: the old postmaster is gone, start a new one)
+unlink($node->data_dir . '/postmaster.pid');
+$node->{_pid} = undef;
+$node->start;
+sql(q{SELECT pipeline.produce('local', 'tomb', '{"id": 44, "v": "after postmaster death"}', '44')});
+wait_for('SELECT count(*) FROM tomb_t WHERE id = 44', '1', '... and they come back with the next postmaster');
 
 # nothing in the server log crashed
 my $log = slurp_file($node->logfile);
