@@ -11,7 +11,8 @@ OBJS = \
 	src/produce.o \
 	src/target.o \
 	src/consumer.o \
-	src/worker.o
+	src/worker.o \
+	src/stats.o
 
 DATA = $(wildcard sql/pipeline_ext--*.sql)
 
@@ -36,6 +37,10 @@ include $(PGXS)
 # functions): include them as system headers so that -Wall -Wextra (and
 # -Werror in CI) judge our code alone.
 override CPPFLAGS := $(patsubst -I%,-isystem %,$(filter -I/%,$(CPPFLAGS))) $(filter-out -I/%,$(CPPFLAGS))
+
+# Every object depends on the shared header (PGXS does not track headers
+# unless PostgreSQL was configured with --enable-depend).
+$(OBJS): src/pipeline_ext.h
 
 # The test and demo broker (test/broker/); not installed.
 BROKER = test/broker/pe_broker

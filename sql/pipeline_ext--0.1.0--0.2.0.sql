@@ -191,3 +191,26 @@ SELECT c.name AS consumer,
  CROSS JOIN LATERAL pg_catalog.generate_series(0, c.parallelism OPERATOR(pg_catalog.-) 1) AS s(slot)
   LEFT JOIN @extschema@._slots() st ON st.consumer OPERATOR(pg_catalog.=) c.name AND st.slot OPERATOR(pg_catalog.=) s.slot;
 GRANT SELECT ON @extschema@.consumer_status TO PUBLIC;
+
+-- Totals of every backend's producers, and the delivery latency (from the
+-- produce call to the broker's acknowledgement) from a shared histogram.
+CREATE FUNCTION @extschema@._producer_stats(
+    OUT messages bigint,
+    OUT bytes bigint,
+    OUT delivery_failures bigint,
+    OUT latency_p50_ms double precision,
+    OUT latency_p95_ms double precision,
+    OUT latency_p99_ms double precision,
+    OUT latency_max_ms double precision,
+    OUT stats_reset timestamptz)
+RETURNS record
+LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'pe_producer_stats';
+
+CREATE VIEW @extschema@.producer_stats AS SELECT * FROM @extschema@._producer_stats();
+GRANT SELECT ON @extschema@.producer_stats TO PUBLIC;
+
+CREATE FUNCTION @extschema@.reset_stats(consumer text DEFAULT NULL)
+RETURNS void
+LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'pe_reset_stats';

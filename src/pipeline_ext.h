@@ -70,6 +70,7 @@ typedef struct PeSlot
 	uint64		bytes;
 	uint64		batches;
 	uint64		dead_letters;
+	TimestampTz stats_reset;
 } PeSlot;
 
 /* One database the launcher keeps a manager running in. */
@@ -84,12 +85,31 @@ typedef struct PeDatabase
 	TimestampTz restart_at;
 } PeDatabase;
 
+/*
+ * A latency histogram in shared memory, updated with atomics: log-linear
+ * buckets, four per power of two of microseconds (within 19 % of the value).
+ */
+#define PE_HIST_SUB 4
+#define PE_HIST_BUCKETS (40 * PE_HIST_SUB)
+
+typedef struct PeHistogram
+{
+	pg_atomic_uint64 count[PE_HIST_BUCKETS];
+	pg_atomic_uint64 max_us;
+} PeHistogram;
+
+extern void pe_hist_init(PeHistogram *h);
+extern void pe_hist_add(PeHistogram *h, int64 us);
+extern double pe_hist_percentile_ms(PeHistogram *h, double q, uint64 *total);
+
 typedef struct PeSharedState
 {
 	LWLock	   *lock;			/* guards dbs[] and slots[] */
 	pg_atomic_uint64 produced_messages;
 	pg_atomic_uint64 produced_bytes;
 	pg_atomic_uint64 produce_failures;
+	PeHistogram produce_latency;	/* produce call to broker acknowledgement */
+	TimestampTz producer_stats_reset;
 	struct Latch *launcher_latch;
 	PeDatabase	dbs[PE_MAX_DBS];
 	int			max_slots;

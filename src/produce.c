@@ -114,6 +114,46 @@ List	   *pe_producer_default_props(void);
 #define MSG_ID(seq, async)	(((seq) << 1) | ((async) ? 1 : 0))
 #define MSG_IS_ASYNC(id)	(((id) & 1) != 0)
 
+/*
+ * Send times of this backend's messages, by message sequence number, for
+ * the delivery latency histogram: a ring; a report whose entry was reused
+ * by a newer message (more than PE_SENT_RING messages in flight) is not
+ * timed.
+ */
+#define PE_SENT_RING 65536
+
+typedef struct PeSent
+{
+	uint64		seq;
+	TimestampTz at;
+} PeSent;
+
+static PeSent *sent_ring = NULL;
+
+static void
+pe_note_sent(uint64 seq)
+{
+	if (sent_ring == NULL)
+		sent_ring = MemoryContextAllocZero(TopMemoryContext, sizeof(PeSent) * PE_SENT_RING);
+	sent_ring[seq % PE_SENT_RING].seq = seq;
+	sent_ring[seq % PE_SENT_RING].at = GetCurrentTimestamp();
+}
+
+/* Microseconds from the produce call to the report, or -1 if unknown. */
+static int64
+pe_delivery_latency_us(uint64 id)
+{
+	uint64		seq = id >> 1;
+	PeSent	   *e;
+
+	if (sent_ring == NULL)
+		return -1;
+	e = &sent_ring[seq % PE_SENT_RING];
+	if (e->seq != seq || e->at == 0)
+		return -1;
+	return GetCurrentTimestamp() - e->at;
+}
+
 static void
 pe_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaque)
 {
@@ -126,8 +166,12 @@ pe_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaque)
 	{
 		if (msg->err == RD_KAFKA_RESP_ERR_NO_ERROR)
 		{
+			int64		us = pe_delivery_latency_us(id);
+
 			pg_atomic_fetch_add_u64(&pe_shared->produced_messages, 1);
 			pg_atomic_fetch_add_u64(&pe_shared->produced_bytes, msg->len + msg->key_len);
+			if (us >= 0)
+				pe_hist_add(&pe_shared->produce_latency, us);
 		}
 		else
 			pg_atomic_fetch_add_u64(&pe_shared->produce_failures, 1);
@@ -452,6 +496,7 @@ pe_get_topic(PeProducer *p, const char *topic, bool refresh)
 	ListCell   *lc;
 	PeTopic    *t = NULL;
 	TimestampTz deadline;
+	int			slice = 200;
 	const struct rd_kafka_metadata *md = NULL;
 	rd_kafka_resp_err_t err = RD_KAFKA_RESP_ERR__TIMED_OUT;
 
@@ -487,7 +532,12 @@ pe_get_topic(PeProducer *p, const char *topic, bool refresh)
 	for (;;)
 	{
 		CHECK_FOR_INTERRUPTS();
-		err = rd_kafka_metadata(p->rk, 0, t->rkt, &md, 200);
+		/*
+		 * Slices grow from 200 ms to 2 s, so that a broker slower than a
+		 * slice still answers one of them, and a cancel is seen within 2 s.
+		 */
+		err = rd_kafka_metadata(p->rk, 0, t->rkt, &md, slice);
+		slice = Min(slice * 2, 2000);
 		pe_poll(p, 0);
 		if (err == RD_KAFKA_RESP_ERR_NO_ERROR || pe_past(deadline))
 			break;
@@ -727,6 +777,7 @@ pe_send(FunctionCallInfo fcinfo, bool async, PeProducer **pp, size_t *lenp)
 		hdrs = pe_build_headers(PG_GETARG_JSONB_P(4));
 
 	id = MSG_ID(next_msg_id, async);
+	pe_note_sent(next_msg_id);
 	next_msg_id++;
 	for (;;)
 	{

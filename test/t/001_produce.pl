@@ -25,6 +25,7 @@ $node->safe_psql('postgres', 'CREATE EXTENSION pipeline_ext');
 $node->safe_psql('postgres', "SELECT pipeline.create_connection('local', '$bs')");
 
 my ($ret, $stdout, $stderr);
+my $script_start = time;
 
 # Read a whole topic with kcat; returns the list of decoded JSON envelopes.
 sub kcat_read
@@ -269,6 +270,36 @@ $broker->ctl('up all');
 my $after = $node->safe_psql('postgres',
 	q{SET pipeline_ext.produce_timeout = '20s'; SELECT partition FROM pipeline.produce('local', 'small', 'back up')});
 is($after, '0', 'producing works again after the broker comes back');
+
+# --- producer_stats and reset_stats -------------------------------------------
+{
+	my ($msgs, $fails, $p50, $p95, $p99, $max) = split /\|/, $node->safe_psql('postgres',
+		'SELECT messages, delivery_failures, latency_p50_ms, latency_p95_ms, latency_p99_ms, latency_max_ms FROM pipeline.producer_stats');
+	my $wall_ms = (time - $script_start) * 1000;
+	cmp_ok($msgs, '>=', 110000, "producer_stats counts the delivered messages of every backend ($msgs)");
+	cmp_ok($fails, '>=', 3, "... and the delivery failures ($fails)");
+	ok($p50 > 0 && $p50 <= $p95 && $p95 <= $p99 && $p99 <= $max && $max <= $wall_ms,
+		"... latency percentiles are ordered and within the test's own wall time (p50 $p50, p95 $p95, p99 $p99, max $max ms; wall $wall_ms ms)");
+
+	($ret, $stdout, $stderr) = $node->psql('postgres', q{
+		CREATE ROLE stats_reader LOGIN; SET ROLE stats_reader;
+		SELECT messages > 0 FROM pipeline.producer_stats;
+		SELECT pipeline.reset_stats();});
+	is($stdout, 't', 'producer_stats is readable by any role');
+	like($stderr, qr/must be superuser to reset all statistics/, 'only a superuser resets all statistics');
+
+	$node->safe_psql('postgres', 'SELECT pipeline.reset_stats()');
+	is($node->safe_psql('postgres', 'SELECT messages || \'/\' || delivery_failures || \'/\' || (latency_p50_ms IS NULL) FROM pipeline.producer_stats'),
+		'0/0/true', 'reset_stats() zeroes the producer totals and the histogram');
+
+	# the latency follows the broker's round trip
+	$broker->ctl('rtt all 300');
+	$node->safe_psql('postgres', q{SELECT pipeline.produce('local', 'small', 'slow ' || g) FROM generate_series(1, 5) g});
+	$broker->ctl('rtt all 0');
+	my ($n, $slow50) = split /\|/, $node->safe_psql('postgres', 'SELECT messages, latency_p50_ms FROM pipeline.producer_stats');
+	is($n, '5', 'after the reset only the new messages count');
+	ok($slow50 >= 250 && $slow50 <= 5000, "with a 300 ms broker round trip the median delivery latency is $slow50 ms");
+}
 
 # --- secrets stay out of the server log ------------------------------------------
 # The test cluster runs with log_statement = all, which logs every statement's
