@@ -214,3 +214,38 @@ CREATE FUNCTION @extschema@.reset_stats(consumer text DEFAULT NULL)
 RETURNS void
 LANGUAGE C VOLATILE
 AS 'MODULE_PATHNAME', 'pe_reset_stats';
+
+-- Each slot's partitions as its worker last saw them: the next offset it
+-- committed and the partition's high watermark (from the worker's fetches,
+-- so reading this never waits on a broker).
+CREATE FUNCTION @extschema@._partitions(
+    OUT consumer text,
+    OUT slot int,
+    OUT "partition" int,
+    OUT applied_offset bigint,
+    OUT high_watermark bigint,
+    OUT high_watermark_at timestamptz)
+RETURNS SETOF record
+LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'pe_partitions';
+
+-- One row per consumer and partition: what is in the table (the committed
+-- offset), the partition's end, and the lag between them.  For a stopped
+-- consumer the high watermark is the last one its worker saw, and
+-- high_watermark_age says how old it is.
+CREATE VIEW @extschema@.consumer_lag AS
+SELECT c.name AS consumer,
+       COALESCE(o."partition", w."partition") AS "partition",
+       o.next_offset AS committed_offset,
+       w.high_watermark,
+       CASE WHEN w.high_watermark IS NOT NULL
+            THEN GREATEST(w.high_watermark OPERATOR(pg_catalog.-) COALESCE(o.next_offset, w.applied_offset, 0), 0)
+       END AS lag_messages,
+       pg_catalog.now() OPERATOR(pg_catalog.-) w.high_watermark_at AS high_watermark_age,
+       w.slot
+  FROM @extschema@.consumer c
+  JOIN (@extschema@.offsets o
+        FULL JOIN @extschema@._partitions() w
+               ON w.consumer OPERATOR(pg_catalog.=) o.consumer AND w."partition" OPERATOR(pg_catalog.=) o."partition")
+    ON c.name OPERATOR(pg_catalog.=) COALESCE(o.consumer, w.consumer);
+GRANT SELECT ON @extschema@.consumer_lag TO PUBLIC;

@@ -66,6 +66,10 @@ typedef struct PeSlot
 	char		last_error[PE_ERROR_LEN];
 	int			npartitions;
 	int32		partitions[PE_SLOT_MAX_PARTITIONS];
+	/* per assigned partition, in the order of partitions[] */
+	int64		applied[PE_SLOT_MAX_PARTITIONS];	/* next offset committed */
+	int64		high[PE_SLOT_MAX_PARTITIONS];	/* high watermark, -1 unknown */
+	TimestampTz high_at[PE_SLOT_MAX_PARTITIONS];	/* when it was seen */
 	uint64		messages;
 	uint64		bytes;
 	uint64		batches;

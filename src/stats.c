@@ -26,6 +26,7 @@
 
 PG_FUNCTION_INFO_V1(pe_producer_stats);
 PG_FUNCTION_INFO_V1(pe_reset_stats);
+PG_FUNCTION_INFO_V1(pe_partitions);
 
 /* pipeline.producer_stats: totals of every backend's producers */
 Datum
@@ -112,4 +113,45 @@ pe_reset_stats(PG_FUNCTION_ARGS)
 		pe_shared->producer_stats_reset = now;
 	}
 	PG_RETURN_VOID();
+}
+
+/* pipeline._partitions(): each slot's partitions, as its worker last saw them */
+Datum
+pe_partitions(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	PeSlot	   *copy;
+	int			n = 0;
+
+	pe_require_preload();
+	InitMaterializedSRF(fcinfo, 0);
+	copy = palloc(sizeof(PeSlot) * pe_shared->max_slots);
+	LWLockAcquire(pe_shared->lock, LW_SHARED);
+	for (int i = 0; i < pe_shared->max_slots; i++)
+		if (pe_shared->slots[i].state != PE_SLOT_FREE && pe_shared->slots[i].dboid == MyDatabaseId)
+			copy[n++] = pe_shared->slots[i];
+	LWLockRelease(pe_shared->lock);
+
+	for (int i = 0; i < n; i++)
+	{
+		PeSlot	   *s = &copy[i];
+
+		for (int k = 0; k < s->npartitions; k++)
+		{
+			Datum		v[6];
+			bool		nl[6] = {false, false, false, false, false, false};
+
+			v[0] = CStringGetTextDatum(s->consumer);
+			v[1] = Int32GetDatum(s->slot);
+			v[2] = Int32GetDatum(s->partitions[k]);
+			v[3] = Int64GetDatum(s->applied[k]);
+			nl[3] = (s->applied[k] < 0);
+			v[4] = Int64GetDatum(s->high[k]);
+			nl[4] = (s->high[k] < 0);
+			v[5] = TimestampTzGetDatum(s->high_at[k]);
+			nl[5] = (s->high_at[k] == 0);
+			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, nl);
+		}
+	}
+	return (Datum) 0;
 }

@@ -696,6 +696,7 @@ typedef struct PeSlotRun
 	int			npart;			/* partitions known in the topic */
 	PePartState *parts;			/* indexed by partition number */
 	TimestampTz last_discover;
+	TimestampTz last_watermarks;
 	SPIPlanPtr	offset_plan;
 	SPIPlanPtr	dead_plan;
 	bool		need_reseek;	/* offsets moved under us: seek again */
@@ -746,8 +747,50 @@ pe_slot_publish_partitions(void)
 	LWLockAcquire(pe_shared->lock, LW_EXCLUSIVE);
 	for (int p = 0; p < run->npart && n < PE_SLOT_MAX_PARTITIONS; p++)
 		if (run->parts[p].assigned)
-			s->partitions[n++] = p;
+		{
+			s->partitions[n] = p;
+			s->applied[n] = run->parts[p].stored;
+			s->high[n] = -1;
+			s->high_at[n] = 0;
+			n++;
+		}
 	s->npartitions = n;
+	LWLockRelease(pe_shared->lock);
+}
+
+/*
+ * Publish the committed offsets and the high watermarks of this slot's
+ * partitions.  The watermarks come from librdkafka's cache, filled by the
+ * fetch responses: no request to the broker, so readers never wait on it.
+ */
+static void
+pe_slot_publish_watermarks(void)
+{
+	PeSlot	   *s = &pe_shared->slots[run->slot_index];
+	TimestampTz now = GetCurrentTimestamp();
+	int64		lo[PE_SLOT_MAX_PARTITIONS];
+	int64		hi[PE_SLOT_MAX_PARTITIONS];
+	int			n = s->npartitions;	/* only this process writes it */
+
+	for (int k = 0; k < n; k++)
+	{
+		if (rd_kafka_get_watermark_offsets(run->rk, run->def->topic, s->partitions[k],
+										   &lo[k], &hi[k]) != RD_KAFKA_RESP_ERR_NO_ERROR)
+			hi[k] = -1;
+	}
+	LWLockAcquire(pe_shared->lock, LW_EXCLUSIVE);
+	for (int k = 0; k < n && k < s->npartitions; k++)
+	{
+		int32		p = s->partitions[k];
+
+		if (p < run->npart)
+			s->applied[k] = run->parts[p].stored;
+		if (hi[k] >= 0)
+		{
+			s->high[k] = hi[k];
+			s->high_at[k] = now;
+		}
+	}
 	LWLockRelease(pe_shared->lock);
 }
 
@@ -1618,6 +1661,11 @@ pe_slot_loop(const char *activity)
 				first_at = 0;
 				pe_slot_reseek();
 			}
+			if (n == 0 && pe_ms_since(run->last_watermarks) >= 1000)
+			{
+				pe_slot_publish_watermarks();
+				run->last_watermarks = GetCurrentTimestamp();
+			}
 			if (pe_ms_since(run->last_discover) >= PE_DISCOVER_MS)
 			{
 				pe_slot_discover(false);
@@ -1668,6 +1716,8 @@ pe_slot_loop(const char *activity)
 		}
 
 		/* committed */
+		pe_slot_publish_watermarks();
+		run->last_watermarks = GetCurrentTimestamp();
 		LWLockAcquire(pe_shared->lock, LW_EXCLUSIVE);
 		s->messages += n;
 		s->bytes += bytes;

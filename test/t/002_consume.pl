@@ -71,6 +71,9 @@ is(sql('SELECT count(DISTINCT v) FROM big_app'), '100000', 'every message is in 
 is(sql(q{SELECT string_agg(DISTINCT array_length(partitions, 1)::text, ',') FROM pipeline._slots() WHERE consumer = 'big_app'}),
 	'3', 'two slots split six partitions three and three');
 is(sql(q{SELECT count(*) FROM pipeline.offsets WHERE consumer = 'big_up'}), '6', 'offsets stored for all 6 partitions');
+wait_for(q{SELECT count(*) || ':' || sum(lag_messages) || ':' || sum(high_watermark) || ':' || sum(committed_offset)
+           || ':' || bool_and(high_watermark_age < interval '1 minute') FROM pipeline.consumer_lag WHERE consumer = 'big_up'},
+	'6:0:100000:100000:true', 'consumer_lag: caught up, lag 0 on all 6 partitions, watermarks from the workers');
 is(sql(q{SELECT string_agg(slot || ':' || state || ':' || (worker_pid > 0) || ':' || cardinality(partitions) || ':' || (last_batch_at IS NOT NULL), ',' ORDER BY slot)
           FROM pipeline.consumer_status WHERE consumer = 'big_up'}),
 	'0:running:true:3:true,1:running:true:3:true', 'consumer_status: one row per slot with pid, state, partitions and last batch');
