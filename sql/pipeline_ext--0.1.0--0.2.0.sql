@@ -249,3 +249,33 @@ SELECT c.name AS consumer,
                ON w.consumer OPERATOR(pg_catalog.=) o.consumer AND w."partition" OPERATOR(pg_catalog.=) o."partition")
     ON c.name OPERATOR(pg_catalog.=) COALESCE(o.consumer, w.consumer);
 GRANT SELECT ON @extschema@.consumer_lag TO PUBLIC;
+
+-- Per consumer: counters since the server started or reset_stats(),
+-- throughput over the last 1, 5 and 15 minutes, the error rate (dead letters
+-- per message), end-to-end latency (commit time minus the Kafka timestamp)
+-- over the last 5 to 10 minutes, and the last hour of throughput and lag as
+-- one-line charts (30 points of two minutes, oldest first).
+CREATE FUNCTION @extschema@._consumer_stats(
+    OUT consumer text,
+    OUT messages bigint,
+    OUT bytes bigint,
+    OUT batches bigint,
+    OUT dead_letters bigint,
+    OUT errors bigint,
+    OUT msgs_per_sec_1m double precision,
+    OUT msgs_per_sec_5m double precision,
+    OUT msgs_per_sec_15m double precision,
+    OUT error_rate double precision,
+    OUT latency_p50_ms double precision,
+    OUT latency_p95_ms double precision,
+    OUT latency_p99_ms double precision,
+    OUT latency_max_ms double precision,
+    OUT throughput_trend text,
+    OUT lag_trend text,
+    OUT stats_reset timestamptz)
+RETURNS SETOF record
+LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'pe_consumer_stats';
+
+CREATE VIEW @extschema@.consumer_stats AS SELECT * FROM @extschema@._consumer_stats();
+GRANT SELECT ON @extschema@.consumer_stats TO PUBLIC;

@@ -31,6 +31,9 @@ extern int	pe_max_consumer_slots;
 #define PE_MAX_DBS 64
 #define PE_ERROR_LEN 512
 #define PE_SLOT_MAX_PARTITIONS 256
+#define PE_PERIOD_SECS 10
+#define PE_PERIODS 360				/* one hour */
+#define PE_LATENCY_WINDOW_SECS 300
 
 typedef enum PeSlotState
 {
@@ -41,6 +44,23 @@ typedef enum PeSlotState
 	PE_SLOT_FAILED,				/* exited with an error; manager will restart */
 	PE_SLOT_RESTARTING			/* waiting out the backoff before a restart */
 } PeSlotState;
+
+/*
+ * A latency histogram in shared memory, updated with atomics: log-linear
+ * buckets, four per power of two of microseconds (within 19 % of the value).
+ */
+#define PE_HIST_SUB 4
+#define PE_HIST_BUCKETS (40 * PE_HIST_SUB)
+
+typedef struct PeHistogram
+{
+	pg_atomic_uint64 count[PE_HIST_BUCKETS];
+	pg_atomic_uint64 max_us;
+} PeHistogram;
+
+extern void pe_hist_init(PeHistogram *h);
+extern void pe_hist_add(PeHistogram *h, int64 us);
+extern double pe_hist_percentile_ms(PeHistogram *h, double q, uint64 *total);
 
 /*
  * One consumer slot: the worker that applies a share of a consumer's
@@ -75,6 +95,15 @@ typedef struct PeSlot
 	uint64		batches;
 	uint64		dead_letters;
 	TimestampTz stats_reset;
+	uint64		errors;			/* batches that failed the worker */
+	/* the last hour in 10-second periods: messages applied, total lag */
+	uint32		period[PE_PERIODS];
+	uint32		period_msgs[PE_PERIODS];
+	int64		period_lag[PE_PERIODS];
+	/* end-to-end latency (commit time - message timestamp), two 5-minute windows */
+	PeHistogram latency[2];
+	int			latency_cur;
+	TimestampTz latency_since;
 } PeSlot;
 
 /* One database the launcher keeps a manager running in. */
@@ -88,23 +117,6 @@ typedef struct PeDatabase
 	uint64		wakeups;		/* bumped by every wake-up request */
 	TimestampTz restart_at;
 } PeDatabase;
-
-/*
- * A latency histogram in shared memory, updated with atomics: log-linear
- * buckets, four per power of two of microseconds (within 19 % of the value).
- */
-#define PE_HIST_SUB 4
-#define PE_HIST_BUCKETS (40 * PE_HIST_SUB)
-
-typedef struct PeHistogram
-{
-	pg_atomic_uint64 count[PE_HIST_BUCKETS];
-	pg_atomic_uint64 max_us;
-} PeHistogram;
-
-extern void pe_hist_init(PeHistogram *h);
-extern void pe_hist_add(PeHistogram *h, int64 us);
-extern double pe_hist_percentile_ms(PeHistogram *h, double q, uint64 *total);
 
 typedef struct PeSharedState
 {

@@ -27,6 +27,7 @@
 PG_FUNCTION_INFO_V1(pe_producer_stats);
 PG_FUNCTION_INFO_V1(pe_reset_stats);
 PG_FUNCTION_INFO_V1(pe_partitions);
+PG_FUNCTION_INFO_V1(pe_consumer_stats);
 
 /* pipeline.producer_stats: totals of every backend's producers */
 Datum
@@ -100,6 +101,10 @@ pe_reset_stats(PG_FUNCTION_ARGS)
 		s->batches = 0;
 		s->dead_letters = 0;
 		s->restarts = 0;
+		s->errors = 0;
+		memset(s->period, 0, sizeof(s->period));
+		pe_hist_init(&s->latency[0]);
+		pe_hist_init(&s->latency[1]);
 		s->stats_reset = now;
 	}
 	LWLockRelease(pe_shared->lock);
@@ -152,6 +157,159 @@ pe_partitions(PG_FUNCTION_ARGS)
 			nl[5] = (s->high_at[k] == 0);
 			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, nl);
 		}
+	}
+	return (Datum) 0;
+}
+
+/* A one-line chart of values, "▁▂▃▄▅▆▇█", scaled to the largest; ' ' = no data. */
+static char *
+pe_sparkline(const double *v, const bool *known, int n)
+{
+	static const char *const bars[8] = {"▁", "▂", "▃", "▄", "▅", "▆", "▇", "█"};
+	StringInfoData buf;
+	double		max = 0;
+
+	for (int i = 0; i < n; i++)
+		if (known[i] && v[i] > max)
+			max = v[i];
+	initStringInfo(&buf);
+	for (int i = 0; i < n; i++)
+	{
+		if (!known[i])
+			appendStringInfoChar(&buf, ' ');
+		else
+			appendStringInfoString(&buf, bars[max > 0 ? Min(7, (int) (v[i] / max * 7.999)) : 0]);
+	}
+	return buf.data;
+}
+
+#define PE_TREND_POINTS 30		/* two minutes each */
+
+/*
+ * pipeline.consumer_stats: per consumer, over its slots: counters since the
+ * server started or reset_stats(), throughput over 1, 5 and 15 minutes, the
+ * error rate, end-to-end latency percentiles over the last 5 to 10 minutes,
+ * and the last hour's throughput and lag as one-line charts.
+ */
+Datum
+pe_consumer_stats(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	PeSlot	   *copy;
+	int			n = 0;
+	bool	   *done;
+	TimestampTz now = GetCurrentTimestamp();
+	uint32		now_period = (uint32) (now / (PE_PERIOD_SECS * USECS_PER_SEC));
+
+	pe_require_preload();
+	InitMaterializedSRF(fcinfo, 0);
+	copy = palloc(sizeof(PeSlot) * pe_shared->max_slots);
+	LWLockAcquire(pe_shared->lock, LW_SHARED);
+	for (int i = 0; i < pe_shared->max_slots; i++)
+		if (pe_shared->slots[i].state != PE_SLOT_FREE && pe_shared->slots[i].dboid == MyDatabaseId)
+			copy[n++] = pe_shared->slots[i];
+	LWLockRelease(pe_shared->lock);
+	done = palloc0(sizeof(bool) * Max(n, 1));
+
+	for (int i = 0; i < n; i++)
+	{
+		Datum		v[17];
+		bool		nl[17];
+		uint64		msgs = 0,
+					bytes = 0,
+					batches = 0,
+					dead = 0,
+					errors = 0;
+		double		win[3] = {0, 0, 0};
+		static const int win_periods[3] = {6, 30, 90};
+		double		tput[PE_TREND_POINTS];
+		double		lag[PE_TREND_POINTS];
+		bool		tput_known[PE_TREND_POINTS];
+		bool		lag_known[PE_TREND_POINTS];
+		PeHistogram merged;
+		TimestampTz reset = 0;
+		static const double qs[4] = {0.50, 0.95, 0.99, 1.0};
+
+		if (done[i])
+			continue;
+		memset(nl, false, sizeof(nl));
+		pe_hist_init(&merged);
+		for (int k = 0; k < PE_TREND_POINTS; k++)
+		{
+			tput[k] = lag[k] = 0;
+			tput_known[k] = true;
+			lag_known[k] = false;
+		}
+		for (int j = i; j < n; j++)
+		{
+			PeSlot	   *s = &copy[j];
+
+			if (done[j] || strcmp(s->consumer, copy[i].consumer) != 0)
+				continue;
+			done[j] = true;
+			msgs += s->messages;
+			bytes += s->bytes;
+			batches += s->batches;
+			dead += s->dead_letters;
+			errors += s->errors;
+			reset = Max(reset, s->stats_reset);
+			for (int b = 0; b < PE_PERIODS; b++)
+			{
+				uint32		age = now_period - s->period[b];
+				int			point;
+
+				if (s->period[b] == 0 || age >= PE_PERIODS)
+					continue;
+				for (int w = 0; w < 3; w++)
+					if (age < (uint32) win_periods[w])
+						win[w] += s->period_msgs[b];
+				point = PE_TREND_POINTS - 1 - (int) (age / (PE_PERIODS / PE_TREND_POINTS));
+				tput[point] += s->period_msgs[b];
+				if (s->period_lag[b] >= 0)
+				{
+					lag[point] = Max(lag[point], (double) s->period_lag[b]);
+					lag_known[point] = true;
+				}
+			}
+			for (int w = 0; w < 2; w++)
+				for (int b = 0; b < PE_HIST_BUCKETS; b++)
+					pg_atomic_fetch_add_u64(&merged.count[b], pg_atomic_read_u64(&s->latency[w].count[b]));
+			for (int w = 0; w < 2; w++)
+			{
+				uint64		m = pg_atomic_read_u64(&s->latency[w].max_us);
+
+				if (m > pg_atomic_read_u64(&merged.max_us))
+					pg_atomic_write_u64(&merged.max_us, m);
+			}
+		}
+
+		v[0] = CStringGetTextDatum(copy[i].consumer);
+		v[1] = Int64GetDatum((int64) msgs);
+		v[2] = Int64GetDatum((int64) bytes);
+		v[3] = Int64GetDatum((int64) batches);
+		v[4] = Int64GetDatum((int64) dead);
+		v[5] = Int64GetDatum((int64) errors);
+		v[6] = Float8GetDatum(round(win[0] / (win_periods[0] * PE_PERIOD_SECS) * 10) / 10);
+		v[7] = Float8GetDatum(round(win[1] / (win_periods[1] * PE_PERIOD_SECS) * 10) / 10);
+		v[8] = Float8GetDatum(round(win[2] / (win_periods[2] * PE_PERIOD_SECS) * 10) / 10);
+		if (msgs > 0)
+			v[9] = Float8GetDatum((double) dead / (double) msgs);
+		else
+			nl[9] = true;
+		for (int q = 0; q < 4; q++)
+		{
+			double		ms = pe_hist_percentile_ms(&merged, qs[q], NULL);
+
+			if (ms < 0)
+				nl[10 + q] = true;
+			else
+				v[10 + q] = Float8GetDatum(round(ms * 1000.0) / 1000.0);
+		}
+		v[14] = CStringGetTextDatum(pe_sparkline(tput, tput_known, PE_TREND_POINTS));
+		v[15] = CStringGetTextDatum(pe_sparkline(lag, lag_known, PE_TREND_POINTS));
+		v[16] = TimestampTzGetDatum(reset);
+		nl[16] = (reset == 0);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, nl);
 	}
 	return (Datum) 0;
 }

@@ -490,6 +490,8 @@ pe_reconcile(Oid dboid, PeManagedConsumer *cons, int ncons, PeErrorNote *notes, 
 						delay = Min((int64) 1000 << Min(s->backoff, 6), PE_BACKOFF_MAX_MS);
 						s->backoff++;
 						s->restarts++;
+						if (s->error_exit)
+							s->errors++;
 						s->state = PE_SLOT_RESTARTING;
 						s->restart_at = now + delay * 1000;
 						ereport(LOG,
@@ -738,6 +740,61 @@ pe_slot_drain_logs(void)
 	log_ring_count = 0;
 }
 
+/* The 10-second period bucket for a time, cleared when it is reused. */
+static int
+pe_slot_period(PeSlot *s, TimestampTz t)
+{
+	uint32		period = (uint32) (t / (PE_PERIOD_SECS * USECS_PER_SEC));
+	int			b = period % PE_PERIODS;
+
+	if (s->period[b] != period)
+	{
+		s->period[b] = period;
+		s->period_msgs[b] = 0;
+		s->period_lag[b] = -1;
+	}
+	return b;
+}
+
+/*
+ * After a commit: counters, the throughput of this period, and each
+ * message's end-to-end latency (commit time minus its Kafka timestamp).
+ */
+static void
+pe_slot_record_batch(rd_kafka_message_t **batch, int n, size_t bytes, int64 ndead)
+{
+	PeSlot	   *s = &pe_shared->slots[run->slot_index];
+	TimestampTz now = GetCurrentTimestamp();
+	int64		now_unix_ms = now / 1000 + (int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY * 1000;
+	PeHistogram *h;
+
+	LWLockAcquire(pe_shared->lock, LW_EXCLUSIVE);
+	s->messages += n;
+	s->bytes += bytes;
+	s->batches++;
+	s->dead_letters += ndead;
+	s->last_batch_at = now;
+	s->period_msgs[pe_slot_period(s, now)] += n;
+	if (s->latency_since == 0 || now - s->latency_since >= (int64) PE_LATENCY_WINDOW_SECS * USECS_PER_SEC)
+	{
+		/* a new window; the previous one stays readable */
+		s->latency_cur = 1 - s->latency_cur;
+		pe_hist_init(&s->latency[s->latency_cur]);
+		s->latency_since = now;
+	}
+	h = &s->latency[s->latency_cur];
+	LWLockRelease(pe_shared->lock);
+
+	for (int i = 0; i < n; i++)
+	{
+		rd_kafka_timestamp_type_t type;
+		int64		ts = rd_kafka_message_timestamp(batch[i], &type);
+
+		if (ts > 0)
+			pe_hist_add(h, (now_unix_ms - ts) * 1000);
+	}
+}
+
 static void
 pe_slot_publish_partitions(void)
 {
@@ -779,17 +836,26 @@ pe_slot_publish_watermarks(void)
 			hi[k] = -1;
 	}
 	LWLockAcquire(pe_shared->lock, LW_EXCLUSIVE);
-	for (int k = 0; k < n && k < s->npartitions; k++)
 	{
-		int32		p = s->partitions[k];
+		int64		lag = 0;
+		bool		known = false;
 
-		if (p < run->npart)
-			s->applied[k] = run->parts[p].stored;
-		if (hi[k] >= 0)
+		for (int k = 0; k < n && k < s->npartitions; k++)
 		{
-			s->high[k] = hi[k];
-			s->high_at[k] = now;
+			int32		p = s->partitions[k];
+
+			if (p < run->npart)
+				s->applied[k] = run->parts[p].stored;
+			if (hi[k] >= 0)
+			{
+				s->high[k] = hi[k];
+				s->high_at[k] = now;
+				lag += Max(hi[k] - Max(s->applied[k], 0), 0);
+				known = true;
+			}
 		}
+		if (known)
+			s->period_lag[pe_slot_period(s, now)] = lag;
 	}
 	LWLockRelease(pe_shared->lock);
 }
@@ -1715,16 +1781,10 @@ pe_slot_loop(const char *activity)
 			continue;
 		}
 
-		/* committed */
+		/* committed: only now does the batch count */
+		pe_slot_record_batch(batch, n, bytes, ndead);
 		pe_slot_publish_watermarks();
 		run->last_watermarks = GetCurrentTimestamp();
-		LWLockAcquire(pe_shared->lock, LW_EXCLUSIVE);
-		s->messages += n;
-		s->bytes += bytes;
-		s->batches++;
-		s->dead_letters += ndead;
-		s->last_batch_at = GetCurrentTimestamp();
-		LWLockRelease(pe_shared->lock);
 
 		{
 			rd_kafka_resp_err_t err = pe_slot_kafka_commit(batch, n,

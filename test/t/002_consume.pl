@@ -32,6 +32,7 @@ $node->start;
 $node->safe_psql('postgres', 'CREATE EXTENSION pipeline_ext');
 $node->safe_psql('postgres', "SELECT pipeline.create_connection('local', '$bs')");
 
+my $test_start = time;
 sub sql { return $node->safe_psql('postgres', $_[0]); }
 
 sub wait_for
@@ -71,6 +72,16 @@ is(sql('SELECT count(DISTINCT v) FROM big_app'), '100000', 'every message is in 
 is(sql(q{SELECT string_agg(DISTINCT array_length(partitions, 1)::text, ',') FROM pipeline._slots() WHERE consumer = 'big_app'}),
 	'3', 'two slots split six partitions three and three');
 is(sql(q{SELECT count(*) FROM pipeline.offsets WHERE consumer = 'big_up'}), '6', 'offsets stored for all 6 partitions');
+{
+	my ($m, $d, $rate, $r1, $p50, $p99, $max, $trend) = split /\|/, sql(q{SELECT messages, dead_letters, error_rate, msgs_per_sec_1m,
+		latency_p50_ms, latency_p99_ms, latency_max_ms, throughput_trend FROM pipeline.consumer_stats WHERE consumer = 'big_app'});
+	my $wall_ms = (time - $test_start) * 1000;
+	is("$m/$d/$rate", '100000/0/0', 'consumer_stats: 100,000 messages, no dead letters, error rate 0');
+	ok($r1 > 1000, "consumer_stats: $r1 messages per second over the last minute");
+	ok($p50 >= 0 && $p50 <= $p99 && $p99 <= $max && $max <= $wall_ms,
+		"consumer_stats: end-to-end latency p50 $p50, p99 $p99, max $max ms, within the test's $wall_ms ms");
+	like($trend, qr/^[ \x{2581}-\x{2588}]{30}$|^(?:[ ]|\xe2\x96[\x81-\x88]){30}$/, "consumer_stats: a 30-point throughput chart ($trend)");
+}
 wait_for(q{SELECT count(*) || ':' || sum(lag_messages) || ':' || sum(high_watermark) || ':' || sum(committed_offset)
            || ':' || bool_and(high_watermark_age < interval '1 minute') FROM pipeline.consumer_lag WHERE consumer = 'big_up'},
 	'6:0:100000:100000:true', 'consumer_lag: caught up, lag 0 on all 6 partitions, watermarks from the workers');
@@ -162,6 +173,8 @@ COMMIT;
 SQL
 wait_for(q{SELECT count(*) FROM pipeline.dead_letters WHERE consumer = 'bad'}, '5', 'five bad messages, five dead letters');
 is(sql('SELECT count(*) FROM bad_t'), '1000', 'every good message of the same batches is applied');
+is(sql(q{SELECT dead_letters || '/' || messages || '/' || round(error_rate::numeric, 6) FROM pipeline.consumer_stats WHERE consumer = 'bad'}),
+	'5/1005/' . sprintf('%.6f', 5 / 1005), 'consumer_stats: dead letters = 5 and error rate = 5 / (1000 + 5)');
 my %dl = map { my ($k, $s, $e) = split /\|/, $_, 3; ($k => [ $s, $e ]) }
   split /\n/, sql(q{SELECT convert_from(key, 'UTF8'), sqlstate, error FROM pipeline.dead_letters WHERE consumer = 'bad'});
 like($dl{malformed}[1], qr/not valid JSON/, 'malformed JSON: ' . ($dl{malformed}[1] // 'missing'));
@@ -375,8 +388,12 @@ wait_for(q{SELECT last_error LIKE 'permission denied%' FROM pipeline.consumers W
 sql(q{GRANT INSERT ON priv_t TO writer});
 wait_for('SELECT count(*) FROM priv_t', '1', 'after the grant the restarted worker applies the message');
 ok(sql(q{SELECT restarts FROM pipeline._slots() WHERE consumer = 'priv'}) >= 1, 'restarts are counted');
+ok(sql(q{SELECT errors FROM pipeline.consumer_stats WHERE consumer = 'priv'}) >= 1, 'consumer_stats counts the failed batches');
 like(sql(q{SELECT restarts || '|' || last_error FROM pipeline.consumer_status WHERE consumer = 'priv'}),
 	qr/^[1-9]\d*\|permission denied for table priv_t/, 'consumer_status shows the restarts and the last error');
+sql(q{SELECT pipeline.reset_stats('priv')});
+is(sql(q{SELECT messages || '/' || errors FROM pipeline.consumer_stats WHERE consumer = 'priv'}), '0/0',
+	'reset_stats(consumer) zeroes that consumer\'s counters');
 
 # --- SIGHUP and postmaster death -------------------------------------------
 sql(q{SELECT pg_reload_conf()});
