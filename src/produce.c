@@ -91,6 +91,7 @@ typedef struct PeProducer
 	int64		async_pending;
 	int64		async_failed;
 	rd_kafka_resp_err_t async_first_err;
+	uint64		failures_counted_below;	/* async ids whose failure is counted */
 
 	char		last_error[256];	/* last error callback text */
 } PeProducer;
@@ -173,7 +174,7 @@ pe_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaque)
 			if (us >= 0)
 				pe_hist_add(&pe_shared->produce_latency, us);
 		}
-		else
+		else if (!(MSG_IS_ASYNC(id) && id < p->failures_counted_below))
 			pg_atomic_fetch_add_u64(&pe_shared->produce_failures, 1);
 	}
 
@@ -918,6 +919,10 @@ pe_confirm_async(void)
 			CHECK_FOR_INTERRUPTS();
 			if (pe_past(deadline))
 			{
+				/* they failed the commit: count them now, not again later */
+				if (pe_shared)
+					pg_atomic_fetch_add_u64(&pe_shared->produce_failures, p->async_pending);
+				p->failures_counted_below = next_msg_id << 1;
 				hash_seq_term(&seq);
 				ereport(ERROR,
 						(errcode(ERRCODE_CONNECTION_FAILURE),
