@@ -279,3 +279,64 @@ AS 'MODULE_PATHNAME', 'pe_consumer_stats';
 
 CREATE VIEW @extschema@.consumer_stats AS SELECT * FROM @extschema@._consumer_stats();
 GRANT SELECT ON @extschema@.consumer_stats TO PUBLIC;
+
+-- One row per consumer: ok, warning or critical against the thresholds
+-- pipeline_ext.health_lag_messages (1000), pipeline_ext.health_latency
+-- (500 ms, compared with the p95 end-to-end latency) and
+-- pipeline_ext.health_error_rate (0.001); ten times a threshold, or a
+-- failing worker, is critical.  The reason says why, in words.
+CREATE VIEW @extschema@.health AS
+WITH t AS (
+    SELECT pg_catalog.current_setting('pipeline_ext.health_lag_messages')::bigint AS max_lag,
+           (pg_catalog.date_part('epoch', pg_catalog.current_setting('pipeline_ext.health_latency')::interval)
+                OPERATOR(pg_catalog.*) 1000)::int AS max_latency,
+           pg_catalog.current_setting('pipeline_ext.health_error_rate')::float8 AS max_error_rate),
+lag AS (
+    SELECT consumer, pg_catalog.sum(lag_messages)::bigint AS lag
+      FROM @extschema@.consumer_lag GROUP BY consumer),
+st AS (
+    SELECT consumer,
+           pg_catalog.bool_or(state IN ('failed', 'restarting')) AS failing,
+           pg_catalog.bool_and(state = 'stopped') AS stopped,
+           pg_catalog.max(last_error) AS last_error
+      FROM @extschema@.consumer_status GROUP BY consumer),
+m AS (
+    SELECT c.name AS consumer, l.lag, s.failing, s.stopped, s.last_error,
+           x.latency_p95_ms, x.error_rate, t.*,
+           pg_catalog.array_remove(ARRAY[
+               CASE WHEN s.failing THEN 'worker failing: ' OPERATOR(pg_catalog.||) COALESCE(s.last_error, 'no error recorded') END,
+               CASE WHEN l.lag > 10 OPERATOR(pg_catalog.*) t.max_lag
+                    THEN pg_catalog.format('lag %s messages is over 10 x %s', l.lag, t.max_lag) END,
+               CASE WHEN x.latency_p95_ms > 10 OPERATOR(pg_catalog.*) t.max_latency
+                    THEN pg_catalog.format('p95 latency %s ms is over 10 x %s ms', x.latency_p95_ms, t.max_latency) END,
+               CASE WHEN x.error_rate > 10 OPERATOR(pg_catalog.*) t.max_error_rate
+                    THEN pg_catalog.format('error rate %s %% is over 10 x %s %%',
+                                           pg_catalog.round((100 OPERATOR(pg_catalog.*) x.error_rate)::numeric, 3),
+                                           pg_catalog.round((100 OPERATOR(pg_catalog.*) t.max_error_rate)::numeric, 3)) END
+           ], NULL) AS critical,
+           pg_catalog.array_remove(ARRAY[
+               CASE WHEN s.stopped THEN 'stopped' END,
+               CASE WHEN l.lag > t.max_lag AND l.lag <= 10 OPERATOR(pg_catalog.*) t.max_lag
+                    THEN pg_catalog.format('lag %s messages is over %s', l.lag, t.max_lag) END,
+               CASE WHEN x.latency_p95_ms > t.max_latency AND x.latency_p95_ms <= 10 OPERATOR(pg_catalog.*) t.max_latency
+                    THEN pg_catalog.format('p95 latency %s ms is over %s ms', x.latency_p95_ms, t.max_latency) END,
+               CASE WHEN x.error_rate > t.max_error_rate AND x.error_rate <= 10 OPERATOR(pg_catalog.*) t.max_error_rate
+                    THEN pg_catalog.format('error rate %s %% is over %s %%',
+                                           pg_catalog.round((100 OPERATOR(pg_catalog.*) x.error_rate)::numeric, 3),
+                                           pg_catalog.round((100 OPERATOR(pg_catalog.*) t.max_error_rate)::numeric, 3)) END
+           ], NULL) AS warning
+      FROM @extschema@.consumer c
+      CROSS JOIN t
+      LEFT JOIN lag l ON l.consumer OPERATOR(pg_catalog.=) c.name
+      LEFT JOIN st s ON s.consumer OPERATOR(pg_catalog.=) c.name
+      LEFT JOIN @extschema@.consumer_stats x ON x.consumer OPERATOR(pg_catalog.=) c.name)
+SELECT consumer,
+       CASE WHEN pg_catalog.cardinality(critical) > 0 THEN 'critical'
+            WHEN pg_catalog.cardinality(warning) > 0 THEN 'warning'
+            ELSE 'ok' END AS status,
+       CASE WHEN pg_catalog.cardinality(critical) OPERATOR(pg_catalog.+) pg_catalog.cardinality(warning) = 0
+            THEN 'within thresholds'
+            ELSE pg_catalog.array_to_string(critical OPERATOR(pg_catalog.||) warning, '; ') END AS reason,
+       lag AS lag_messages, latency_p95_ms, error_rate
+  FROM m;
+GRANT SELECT ON @extschema@.health TO PUBLIC;

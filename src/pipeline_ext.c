@@ -20,6 +20,9 @@ PG_MODULE_MAGIC;
 
 int			pe_produce_timeout_ms = 30000;
 int			pe_max_consumer_slots = 64;
+int			pe_health_lag_messages = 1000;
+int			pe_health_latency_ms = 500;
+double		pe_health_error_rate = 0.001;
 
 void		_PG_init(void);
 
@@ -37,6 +40,31 @@ _PG_init(void)
 							PGC_USERSET,
 							GUC_UNIT_MS,
 							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("pipeline_ext.health_lag_messages",
+							"Lag, in messages, above which pipeline.health warns about a consumer.",
+							"Ten times this is critical.",
+							&pe_health_lag_messages,
+							1000, 0, INT_MAX,
+							PGC_USERSET,
+							0,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("pipeline_ext.health_latency",
+							"End-to-end latency (p95) above which pipeline.health warns about a consumer.",
+							"Ten times this is critical.",
+							&pe_health_latency_ms,
+							500, 0, INT_MAX,
+							PGC_USERSET,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+	DefineCustomRealVariable("pipeline_ext.health_error_rate",
+							 "Share of messages that became dead letters above which pipeline.health warns.",
+							 "0.001 is 0.1 %. Ten times this is critical.",
+							 &pe_health_error_rate,
+							 0.001, 0.0, 1.0,
+							 PGC_USERSET,
+							 0,
+							 NULL, NULL, NULL);
 
 	if (process_shared_preload_libraries_in_progress)
 	{

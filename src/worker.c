@@ -1649,6 +1649,17 @@ pe_slot_loop(const char *activity)
 			int			slice = PE_SLICE_MS;
 			ssize_t		got;
 
+			/*
+			 * A cancel aborts the batch being applied (which is then
+			 * retried); while collecting there is nothing to cancel.
+			 */
+			if (QueryCancelPending)
+			{
+				QueryCancelPending = false;
+				ereport(LOG,
+						(errmsg("pipeline_ext consumer %s/%d: no batch is being applied; cancel request ignored",
+								run->def->name, run->slot)));
+			}
 			CHECK_FOR_INTERRUPTS();
 			if (!PostmasterIsAlive())
 				proc_exit(1);
@@ -1750,6 +1761,7 @@ pe_slot_loop(const char *activity)
 			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, 1000,
 							 PG_WAIT_EXTENSION);
 			ResetLatch(MyLatch);
+			QueryCancelPending = false; /* the retry answers it */
 			CHECK_FOR_INTERRUPTS();
 		}
 

@@ -85,6 +85,12 @@ is(sql(q{SELECT count(*) FROM pipeline.offsets WHERE consumer = 'big_up'}), '6',
 wait_for(q{SELECT count(*) || ':' || sum(lag_messages) || ':' || sum(high_watermark) || ':' || sum(committed_offset)
            || ':' || bool_and(high_watermark_age < interval '1 minute') FROM pipeline.consumer_lag WHERE consumer = 'big_up'},
 	'6:0:100000:100000:true', 'consumer_lag: caught up, lag 0 on all 6 partitions, watermarks from the workers');
+# (the bulk load's messages waited up to a second or so behind each other:
+# latency is judged separately below)
+is(sql(q{SET pipeline_ext.health_latency = '60s'; SELECT status || ': ' || reason FROM pipeline.health WHERE consumer = 'big_up'}),
+	'ok: within thresholds', 'health: a caught-up consumer is ok');
+like(sql(q{SET pipeline_ext.health_latency = '1ms'; SELECT status || ': ' || reason FROM pipeline.health WHERE consumer = 'big_up'}),
+	qr/^critical: p95 latency [0-9.]+ ms is over 10 x 1 ms$/, 'health: latency over ten times its threshold is critical');
 is(sql(q{SELECT string_agg(slot || ':' || state || ':' || (worker_pid > 0) || ':' || cardinality(partitions) || ':' || (last_batch_at IS NOT NULL), ',' ORDER BY slot)
           FROM pipeline.consumer_status WHERE consumer = 'big_up'}),
 	'0:running:true:3:true,1:running:true:3:true', 'consumer_status: one row per slot with pid, state, partitions and last batch');
@@ -173,6 +179,11 @@ COMMIT;
 SQL
 wait_for(q{SELECT count(*) FROM pipeline.dead_letters WHERE consumer = 'bad'}, '5', 'five bad messages, five dead letters');
 is(sql('SELECT count(*) FROM bad_t'), '1000', 'every good message of the same batches is applied');
+is(sql(q{SET pipeline_ext.health_latency = '60s'; SELECT status || ': ' || reason FROM pipeline.health WHERE consumer = 'bad'}),
+	'warning: error rate 0.498 % is over 0.100 %', 'health: five dead letters in 1,005 messages is a warning, and says why');
+is(sql(q{SET pipeline_ext.health_latency = '60s'; SET pipeline_ext.health_error_rate = 0.01;
+          SELECT status || ': ' || reason FROM pipeline.health WHERE consumer = 'bad'}),
+	'ok: within thresholds', 'health: the thresholds are settings');
 is(sql(q{SELECT dead_letters || '/' || messages || '/' || round(error_rate::numeric, 6) FROM pipeline.consumer_stats WHERE consumer = 'bad'}),
 	'5/1005/' . sprintf('%.6f', 5 / 1005), 'consumer_stats: dead letters = 5 and error rate = 5 / (1000 + 5)');
 my %dl = map { my ($k, $s, $e) = split /\|/, $_, 3; ($k => [ $s, $e ]) }
@@ -382,6 +393,8 @@ is($stderr, '', 'with INSERT it can');
 sql(q{REVOKE INSERT ON priv_t FROM writer; SELECT pipeline.produce('local', 'priv', '{"id": 1, "v": "x"}')});
 wait_for(q{SELECT count(*) FROM pipeline._slots() WHERE consumer = 'priv' AND last_error LIKE 'permission denied for table priv_t%'},
 	'1', 'the worker writes with its owner\'s privileges: revoked INSERT stops it');
+wait_for(q{SELECT status || ': ' || reason FROM pipeline.health WHERE consumer = 'priv'},
+	'critical: worker failing: permission denied for table priv_t', 'health: a failing worker is critical, with its error');
 is(sql('SELECT count(*) FROM priv_t'), '0', '... and nothing is written');
 wait_for(q{SELECT last_error LIKE 'permission denied%' FROM pipeline.consumers WHERE name = 'priv'}, 't',
 	'the last error is kept in pipeline.consumers');
