@@ -18,7 +18,7 @@ PE_PACKAGES=(
 	make gcc libc6-dev pkg-config rsync
 	postgresql-15 postgresql-server-dev-15 postgresql-contrib
 	librdkafka-dev libavro-dev libcurl4-openssl-dev
-	kcat python3 python3-confluent-kafka python3-psycopg2
+	kcat python3 python3-confluent-kafka python3-psycopg2 prometheus-postgres-exporter
 	libipc-run-perl libjson-pp-perl
 )
 

@@ -8,7 +8,8 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(time usleep);
-use IPC::Run qw(run timeout);
+use IPC::Run qw(run start timeout);
+use HTTP::Tiny;
 use PipelineExt::Broker;
 
 my $broker = PipelineExt::Broker->start(
@@ -407,6 +408,38 @@ like(sql(q{SELECT restarts || '|' || last_error FROM pipeline.consumer_status WH
 sql(q{SELECT pipeline.reset_stats('priv')});
 is(sql(q{SELECT messages || '/' || errors FROM pipeline.consumer_stats WHERE consumer = 'priv'}), '0/0',
 	'reset_stats(consumer) zeroes that consumer\'s counters');
+
+# --- prometheus-postgres-exporter reads the views as metrics ------------------
+{
+	my $port = PostgreSQL::Test::Cluster::get_free_port();
+	my $user = getpwuid($<);
+	local $ENV{DATA_SOURCE_NAME} = sprintf('host=%s port=%d user=%s dbname=postgres sslmode=disable',
+		$node->host, $node->port, $user);
+	my $log = $node->basedir . '/exporter.log';
+	my $h = start([ 'prometheus-postgres-exporter', "--web.listen-address=127.0.0.1:$port",
+		"--extend.query-path=$ENV{TESTDIR}/sql/prometheus-postgres-exporter.yaml",
+		'--disable-default-metrics', '--disable-settings-metrics' ], '>', $log, '2>&1');
+	my $body = '';
+	for (1 .. 100)
+	{
+		my $r = HTTP::Tiny->new(timeout => 5)->get("http://127.0.0.1:$port/metrics");
+		$body = $r->{content} if $r->{success};
+		last if $body =~ /^pipeline_consumer_stats_messages\{/m;
+		usleep(200_000);
+	}
+	$h->kill_kill;
+	my $alo = sql(q{SELECT messages FROM pipeline.consumer_stats WHERE consumer = 'alo'});
+	like($body, qr/^pipeline_consumer_stats_messages\{consumer="alo",server="[^"]*"\} $alo$/m,
+		"exporter: consumer_stats as metrics (alo's $alo messages, as the view says)")
+	  or diag("exporter said:\n" . slurp_file($log) . "\n" . substr($body, 0, 2000));
+	like($body, qr/^pipeline_consumer_lag_lag_messages\{consumer="big_up",partition="0",server="[^"]*"\} 0$/m,
+		'exporter: consumer_lag per partition');
+	like($body, qr/^pipeline_health_level\{consumer="priv",server="[^"]*",status="(ok|warning|critical)"\} [012]$/m,
+		'exporter: health level with its status');
+	like($body, qr/^pipeline_consumer_status_running\{consumer="tomb",server="[^"]*",slot="0",state="running"\} 1$/m,
+		'exporter: consumer_status per slot');
+	like($body, qr/^pipeline_producer_messages\{server="[^"]*"\} \d+/m, 'exporter: producer_stats');
+}
 
 # --- SIGHUP and postmaster death -------------------------------------------
 sql(q{SELECT pg_reload_conf()});
