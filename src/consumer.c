@@ -550,7 +550,7 @@ pe_reset_offsets(PG_FUNCTION_ARGS)
 	}
 
 	conn = pe_connection_lookup(def->connection, false);
-	conf = pe_kafka_conf(conn, list_make1(pe_property("client.id", "pipeline_ext", "pipeline_ext")), "consumer");
+	conf = pe_kafka_conf(conn, list_make1(pe_property("client.id", "pipeline_ext", "pipeline_ext")));
 	rd_kafka_conf_set_log_cb(conf, pe_quiet_log_cb);
 	rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr));
 	if (rk == NULL)
@@ -845,12 +845,7 @@ pe_slots(PG_FUNCTION_ARGS)
 
 	pe_require_preload();
 	InitMaterializedSRF(fcinfo, 0);
-	copy = palloc(sizeof(PeSlot) * pe_shared->max_slots);
-	LWLockAcquire(pe_shared->lock, LW_SHARED);
-	for (int i = 0; i < pe_shared->max_slots; i++)
-		if (pe_shared->slots[i].state != PE_SLOT_FREE && pe_shared->slots[i].dboid == MyDatabaseId)
-			copy[n++] = pe_shared->slots[i];
-	LWLockRelease(pe_shared->lock);
+	copy = pe_snapshot_slots(&n);
 
 	for (int i = 0; i < n; i++)
 	{

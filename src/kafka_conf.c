@@ -498,7 +498,7 @@ pe_parse_eventhubs(const char *connstr, PeEventHubsConfig *out)
  * name the property and redact the connection's secrets.
  */
 rd_kafka_conf_t *
-pe_kafka_conf(PeConnection *conn, List *defaults, const char *what)
+pe_kafka_conf(PeConnection *conn, List *defaults)
 {
 	rd_kafka_conf_t *conf = rd_kafka_conf_new();
 	char		errstr[512];
@@ -514,7 +514,7 @@ pe_kafka_conf(PeConnection *conn, List *defaults, const char *what)
 			rd_kafka_conf_destroy(conf);
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("invalid property \"%s\" in connection \"%s\" for a %s", prop->name, conn->name, what),
+					 errmsg("invalid property \"%s\" in connection \"%s\"", prop->name, conn->name),
 					 errdetail("%s", pe_redact(errstr, pe_connection_secrets(conn))),
 					 errhint("Recreate the connection with a valid value.")));
 		}

@@ -136,6 +136,7 @@ extern PeSharedState *pe_shared;
 
 extern void pe_shmem_init_hooks(void);
 extern void pe_require_preload(void);
+extern PeSlot *pe_snapshot_slots(int *n);
 
 /* kafka_conf.c: librdkafka configuration, validation and secrets */
 typedef enum PePropertyAccess
@@ -274,7 +275,7 @@ extern PGDLLEXPORT void pe_manager_main(Datum arg);
 extern PGDLLEXPORT void pe_slot_main(Datum arg);
 
 /* kafka_conf.c */
-extern rd_kafka_conf_t *pe_kafka_conf(PeConnection *conn, List *defaults, const char *what);
+extern rd_kafka_conf_t *pe_kafka_conf(PeConnection *conn, List *defaults);
 extern PeProperty *pe_property(const char *name, const char *value, const char *source);
 
 /* consumer.c: the consumer catalog and its SQL functions */

@@ -337,26 +337,11 @@ static void pe_xact_cb(XactEvent event, void *arg);
 static void
 pe_producer_create(PeProducer *p, PeConnection *conn)
 {
-	rd_kafka_conf_t *conf = rd_kafka_conf_new();
+	rd_kafka_conf_t *conf = pe_kafka_conf(conn, pe_producer_default_props());
 	char		errstr[512];
-	List	   *props = list_concat(pe_producer_default_props(), conn->props);
 	ListCell   *lc;
 	MemoryContext old;
 
-	foreach(lc, props)
-	{
-		PeProperty *prop = lfirst(lc);
-
-		if (rd_kafka_conf_set(conf, prop->name, prop->value, errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK)
-		{
-			rd_kafka_conf_destroy(conf);
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("invalid property \"%s\" in connection \"%s\"", prop->name, conn->name),
-					 errdetail("%s", pe_redact(errstr, pe_connection_secrets(conn))),
-					 errhint("Recreate the connection with a valid value.")));
-		}
-	}
 	if (rd_kafka_conf_set(conf, "log.queue", "true", errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK)
 		elog(ERROR, "could not set log.queue: %s", errstr);
 	rd_kafka_conf_set_opaque(conf, p);

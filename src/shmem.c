@@ -189,3 +189,21 @@ pe_hist_percentile_ms(PeHistogram *h, double q, uint64 *total_out)
 	}
 	return max_ms;
 }
+
+/*
+ * A copy of this database's slot entries, taken under the lock, for the
+ * status and statistics functions to read at leisure.
+ */
+PeSlot *
+pe_snapshot_slots(int *n)
+{
+	PeSlot	   *copy = palloc(sizeof(PeSlot) * pe_shared->max_slots);
+
+	*n = 0;
+	LWLockAcquire(pe_shared->lock, LW_SHARED);
+	for (int i = 0; i < pe_shared->max_slots; i++)
+		if (pe_shared->slots[i].state != PE_SLOT_FREE && pe_shared->slots[i].dboid == MyDatabaseId)
+			copy[(*n)++] = pe_shared->slots[i];
+	LWLockRelease(pe_shared->lock);
+	return copy;
+}

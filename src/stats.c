@@ -130,12 +130,7 @@ pe_partitions(PG_FUNCTION_ARGS)
 
 	pe_require_preload();
 	InitMaterializedSRF(fcinfo, 0);
-	copy = palloc(sizeof(PeSlot) * pe_shared->max_slots);
-	LWLockAcquire(pe_shared->lock, LW_SHARED);
-	for (int i = 0; i < pe_shared->max_slots; i++)
-		if (pe_shared->slots[i].state != PE_SLOT_FREE && pe_shared->slots[i].dboid == MyDatabaseId)
-			copy[n++] = pe_shared->slots[i];
-	LWLockRelease(pe_shared->lock);
+	copy = pe_snapshot_slots(&n);
 
 	for (int i = 0; i < n; i++)
 	{
@@ -203,12 +198,7 @@ pe_consumer_stats(PG_FUNCTION_ARGS)
 
 	pe_require_preload();
 	InitMaterializedSRF(fcinfo, 0);
-	copy = palloc(sizeof(PeSlot) * pe_shared->max_slots);
-	LWLockAcquire(pe_shared->lock, LW_SHARED);
-	for (int i = 0; i < pe_shared->max_slots; i++)
-		if (pe_shared->slots[i].state != PE_SLOT_FREE && pe_shared->slots[i].dboid == MyDatabaseId)
-			copy[n++] = pe_shared->slots[i];
-	LWLockRelease(pe_shared->lock);
+	copy = pe_snapshot_slots(&n);
 	done = palloc0(sizeof(bool) * Max(n, 1));
 
 	for (int i = 0; i < n; i++)

@@ -97,6 +97,7 @@ typedef struct PeColumn
 	PeSource	source;
 	char	  **path;			/* PE_SRC_FIELD */
 	int			npath;
+	size_t		path0len;		/* strlen(path[0]), for the fast JSON path */
 	int			csv_index;		/* PE_SRC_CSV */
 	char	   *header;			/* PE_SRC_HEADER */
 	char	   *default_expr;	/* used when the value is NULL, or NULL */
@@ -744,8 +745,13 @@ pe_target_open(PeConsumerDef *def, bool check_privileges)
 
 	t->flat_json = (def->format == PE_FORMAT_JSON);
 	for (int c = 0; c < t->ncols; c++)
-		if (t->cols[c].source == PE_SRC_FIELD && t->cols[c].npath != 1)
+	{
+		if (t->cols[c].source != PE_SRC_FIELD)
+			continue;
+		t->cols[c].path0len = strlen(t->cols[c].path[0]);
+		if (t->cols[c].npath != 1)
 			t->flat_json = false;
+	}
 
 	pe_resolve_keys(t, rel);
 	if (check_privileges && t->nkeys > 0)
@@ -1015,7 +1021,7 @@ pe_decode_json_fast(PeTarget *t, const char *data, size_t len, PeFound *found)
 		{
 			PeColumn   *pc = &t->cols[c];
 
-			if (pc->source == PE_SRC_FIELD && strlen(pc->path[0]) == kend - kstart &&
+			if (pc->source == PE_SRC_FIELD && pc->path0len == kend - kstart &&
 				memcmp(pc->path[0], data + kstart, kend - kstart) == 0)
 			{
 				col = c;

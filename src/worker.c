@@ -1139,7 +1139,7 @@ static void
 pe_slot_connect(int npart_hint)
 {
 	List	   *defaults = pe_consumer_defaults(run->def, npart_hint, run->dbname);
-	rd_kafka_conf_t *conf = pe_kafka_conf(run->conn, defaults, "consumer");
+	rd_kafka_conf_t *conf = pe_kafka_conf(run->conn, defaults);
 	char		errstr[512];
 
 	if (rd_kafka_conf_set(conf, "log.queue", "true", errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK)
