@@ -12,6 +12,7 @@ OBJS = \
 	src/target.o \
 	src/consumer.o \
 	src/worker.o \
+	src/probe.o \
 	src/stats.o
 
 DATA = $(wildcard sql/pipeline_ext--*.sql)

@@ -485,7 +485,8 @@ pe_drop_consumer(PG_FUNCTION_ARGS)
  * ---------------------------------------------------------------------
  */
 
-static void
+/* librdkafka's log lines of short-lived clients: dropped (they may name brokers' errors at length) */
+void
 pe_quiet_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
 {
 	(void) rk;
@@ -855,6 +856,7 @@ pe_slots(PG_FUNCTION_ARGS)
 		PeConsumerDef *def = pe_consumer_read(s->consumer, true);
 		bool		may_see = def != NULL && pe_may_see_secrets(def->owner);
 		Datum	   *parts = palloc(sizeof(Datum) * Max(s->npartitions, 1));
+		int			nparts;
 
 		memset(nl, false, sizeof(nl));
 		v[0] = CStringGetTextDatum(s->consumer);
@@ -869,9 +871,11 @@ pe_slots(PG_FUNCTION_ARGS)
 		nl[6] = (s->last_error_at == 0);
 		v[7] = TimestampTzGetDatum(s->last_batch_at);
 		nl[7] = (s->last_batch_at == 0);
-		for (int p = 0; p < s->npartitions; p++)
+		/* assigned partitions: those of a running worker */
+		nparts = (s->state == PE_SLOT_RUNNING || s->state == PE_SLOT_STARTING) ? s->npartitions : 0;
+		for (int p = 0; p < nparts; p++)
 			parts[p] = Int32GetDatum(s->partitions[p]);
-		v[8] = PointerGetDatum(construct_array(parts, s->npartitions, INT4OID, 4, true, TYPALIGN_INT));
+		v[8] = PointerGetDatum(construct_array(parts, nparts, INT4OID, 4, true, TYPALIGN_INT));
 		v[9] = Int64GetDatum((int64) s->messages);
 		v[10] = Int64GetDatum((int64) s->batches);
 		v[11] = Int64GetDatum((int64) s->dead_letters);

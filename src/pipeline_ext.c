@@ -1,7 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * pipeline_ext.c
- *	  Module entry point: GUCs and shared memory hooks.
+ *	  Module entry point: GUCs, shared memory hooks, and the utility hook
+ *	  that lets DROP DATABASE through.
  *
  * IDENTIFICATION
  *	  src/pipeline_ext.c
@@ -10,8 +11,11 @@
  */
 #include "postgres.h"
 
+#include "commands/dbcommands.h"
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "tcop/utility.h"
+#include "utils/acl.h"
 #include "utils/guc.h"
 
 #include "pipeline_ext.h"
@@ -20,11 +24,45 @@ PG_MODULE_MAGIC;
 
 int			pe_produce_timeout_ms = 30000;
 int			pe_max_consumer_slots = 64;
+int			pe_lag_window_ms = 300000;
 int			pe_health_lag_messages = 1000;
 int			pe_health_latency_ms = 500;
 double		pe_health_error_rate = 0.001;
 
 void		_PG_init(void);
+
+static ProcessUtility_hook_type prev_ProcessUtility = NULL;
+
+/*
+ * DROP DATABASE and ALTER DATABASE ... RENAME fail while other sessions
+ * are connected, and a database with consumers has pipeline_ext's workers
+ * connected: ask them to leave first, when the caller may run the command.
+ */
+static void
+pe_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
+				   ProcessUtilityContext context, ParamListInfo params,
+				   QueryEnvironment *queryEnv, DestReceiver *dest, QueryCompletion *qc)
+{
+	Node	   *stmt = pstmt->utilityStmt;
+	const char *dbname = NULL;
+
+	if (IsA(stmt, DropdbStmt))
+		dbname = ((DropdbStmt *) stmt)->dbname;
+	else if (IsA(stmt, RenameStmt) && ((RenameStmt *) stmt)->renameType == OBJECT_DATABASE)
+		dbname = ((RenameStmt *) stmt)->subname;
+	if (dbname && pe_shared)
+	{
+		Oid			dboid = get_database_oid(dbname, true);
+
+		if (OidIsValid(dboid) && dboid != MyDatabaseId && pg_database_ownercheck(dboid, GetUserId()))
+			pe_release_database(dboid);
+	}
+
+	if (prev_ProcessUtility)
+		prev_ProcessUtility(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
+	else
+		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
+}
 
 void
 _PG_init(void)
@@ -41,6 +79,16 @@ _PG_init(void)
 							GUC_UNIT_MS,
 							NULL, NULL, NULL);
 
+	DefineCustomIntVariable("pipeline_ext.lag_window",
+							"Window over which pipeline.consumer_lag judges each partition's status.",
+							"A partition behind for longer than this without moving is STOP "
+							"(no batch at all) or STALL (other partitions move); one whose lag "
+							"grew at every sample across it is WARN.",
+							&pe_lag_window_ms,
+							300000, 1000, 24 * 3600 * 1000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
 	DefineCustomIntVariable("pipeline_ext.health_lag_messages",
 							"Lag, in messages, above which pipeline.health warns about a consumer.",
 							"Ten times this is critical.",
@@ -81,6 +129,8 @@ _PG_init(void)
 
 		pe_shmem_init_hooks();
 		pe_register_launcher();
+		prev_ProcessUtility = ProcessUtility_hook;
+		ProcessUtility_hook = pe_process_utility;
 	}
 
 	/* after every definition, so that settings in postgresql.conf apply */

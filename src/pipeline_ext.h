@@ -26,6 +26,7 @@
 /* GUCs (pipeline_ext.c) */
 extern int	pe_produce_timeout_ms;
 extern int	pe_max_consumer_slots;
+extern int	pe_lag_window_ms;
 
 /* shmem.c */
 #define PE_MAX_DBS 64
@@ -34,6 +35,7 @@ extern int	pe_max_consumer_slots;
 #define PE_PERIOD_SECS 10
 #define PE_PERIODS 360				/* one hour */
 #define PE_LATENCY_WINDOW_SECS 300
+#define PE_LAG_SAMPLES 10			/* lag history: one sample per tenth of the window */
 
 typedef enum PeSlotState
 {
@@ -77,6 +79,8 @@ typedef struct PeSlot
 	uint32		reseeks;		/* bumped when the stored offsets were reset */
 	pid_t		pid;
 	bool		error_exit;		/* the worker recorded an error */
+	bool		terminated;		/* ... which was a termination (pg_terminate_backend) */
+	bool		stop_requested; /* pipeline_ext itself told the worker to stop */
 	int			restarts;		/* since server start */
 	int			backoff;		/* consecutive quick failures */
 	TimestampTz started_at;
@@ -90,6 +94,14 @@ typedef struct PeSlot
 	int64		applied[PE_SLOT_MAX_PARTITIONS];	/* next offset committed */
 	int64		high[PE_SLOT_MAX_PARTITIONS];	/* high watermark, -1 unknown */
 	TimestampTz high_at[PE_SLOT_MAX_PARTITIONS];	/* when it was seen */
+	/* time of the oldest message not applied yet (0: none, or unknown) */
+	TimestampTz oldest[PE_SLOT_MAX_PARTITIONS];
+	TimestampTz progress_at[PE_SLOT_MAX_PARTITIONS];	/* applied last moved */
+	/* lag history for consumer_lag's status, sampled with the watermarks */
+	TimestampTz sample_at[PE_LAG_SAMPLES];
+	int64		sample_lag[PE_LAG_SAMPLES][PE_SLOT_MAX_PARTITIONS];	/* -1: unknown */
+	int			sample_next;
+	TimestampTz created_at;		/* the entry, for "no batch for longer than" */
 	uint64		messages;
 	uint64		bytes;
 	uint64		batches;
@@ -116,6 +128,7 @@ typedef struct PeDatabase
 	int			failures;		/* consecutive error exits */
 	uint64		wakeups;		/* bumped by every wake-up request */
 	TimestampTz restart_at;
+	TimestampTz hold_until;		/* no manager before: DROP DATABASE under way */
 } PeDatabase;
 
 typedef struct PeSharedState
@@ -137,6 +150,18 @@ extern PeSharedState *pe_shared;
 extern void pe_shmem_init_hooks(void);
 extern void pe_require_preload(void);
 extern PeSlot *pe_snapshot_slots(int *n);
+extern PeSlot *pe_slot_entry(Oid dboid, const char *consumer, int slot, bool create);
+extern int	pe_slot_period(PeSlot *s, TimestampTz t);
+extern void pe_slot_reset_partitions(PeSlot *s, TimestampTz now);
+extern void pe_slot_note_watermarks(PeSlot *s, TimestampTz now);
+extern const char *pe_lag_status(const PeSlot *s, int k, TimestampTz now);
+
+/* A Kafka timestamp (milliseconds since 1970) as a timestamptz. */
+static inline TimestampTz
+pe_kafka_ms_to_timestamptz(int64 ms)
+{
+	return ms * 1000 - (int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY * USECS_PER_SEC;
+}
 
 /* kafka_conf.c: librdkafka configuration, validation and secrets */
 typedef enum PePropertyAccess
@@ -270,6 +295,7 @@ extern bool pe_error_is_row_specific(int sqlerrcode);
 /* worker.c: launcher, per-database managers, consumer slot workers */
 extern void pe_register_launcher(void);
 extern void pe_wake_manager(Oid dboid);
+extern void pe_release_database(Oid dboid);
 extern PGDLLEXPORT void pe_launcher_main(Datum arg);
 extern PGDLLEXPORT void pe_manager_main(Datum arg);
 extern PGDLLEXPORT void pe_slot_main(Datum arg);
@@ -282,5 +308,9 @@ extern PeProperty *pe_property(const char *name, const char *value, const char *
 extern PeConsumerDef *pe_consumer_read(const char *name, bool missing_ok);
 extern List *pe_consumer_defaults(PeConsumerDef *def, int npartitions, const char *dbname);
 extern void pe_consumer_record_error(const char *name, const char *error, bool disable);
+extern void pe_quiet_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf);
+
+/* probe.c: fresh lag figures for consumers that have no running worker */
+extern void pe_probe_round(Oid dboid, const char (*names)[NAMEDATALEN], int n);
 
 #endif							/* PIPELINE_EXT_H */

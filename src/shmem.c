@@ -207,3 +207,165 @@ pe_snapshot_slots(int *n)
 	LWLockRelease(pe_shared->lock);
 	return copy;
 }
+
+/*
+ * This database's entry for a consumer's slot, or a new one (state
+ * stopped) when create is set and one is free; lock held exclusively.
+ */
+PeSlot *
+pe_slot_entry(Oid dboid, const char *consumer, int slot, bool create)
+{
+	PeSlot	   *free_s = NULL;
+
+	for (int i = 0; i < pe_shared->max_slots; i++)
+	{
+		PeSlot	   *s = &pe_shared->slots[i];
+
+		if (s->state == PE_SLOT_FREE)
+		{
+			if (free_s == NULL)
+				free_s = s;
+			continue;
+		}
+		if (s->dboid == dboid && s->slot == slot && strcmp(s->consumer, consumer) == 0)
+			return s;
+	}
+	if (!create || free_s == NULL)
+		return NULL;
+	memset(free_s, 0, sizeof(PeSlot));
+	free_s->created_at = GetCurrentTimestamp();
+	free_s->dboid = dboid;
+	strlcpy(free_s->consumer, consumer, NAMEDATALEN);
+	free_s->slot = slot;
+	free_s->state = PE_SLOT_STOPPED;
+	return free_s;
+}
+
+/* The 10-second period bucket for a time, cleared when it is reused. */
+int
+pe_slot_period(PeSlot *s, TimestampTz t)
+{
+	uint32		period = (uint32) (t / (PE_PERIOD_SECS * USECS_PER_SEC));
+	int			b = period % PE_PERIODS;
+
+	if (s->period[b] != period)
+	{
+		s->period[b] = period;
+		s->period_msgs[b] = 0;
+		s->period_lag[b] = -1;
+	}
+	return b;
+}
+
+/* ---------------------------------------------------------------------
+ * Per-partition lag: the oldest unapplied message, progress, history
+ *
+ * Written by the slot's worker, or by its database's manager while no
+ * worker runs (stopped consumers); pe_shared->lock held exclusively.
+ * ---------------------------------------------------------------------
+ */
+
+/* A new set of partitions: their figures and lag history start afresh. */
+void
+pe_slot_reset_partitions(PeSlot *s, TimestampTz now)
+{
+	for (int k = 0; k < PE_SLOT_MAX_PARTITIONS; k++)
+	{
+		s->oldest[k] = 0;
+		s->progress_at[k] = now;
+	}
+	memset(s->sample_at, 0, sizeof(s->sample_at));
+	s->sample_next = 0;
+}
+
+static int64
+pe_partition_lag(const PeSlot *s, int k)
+{
+	if (s->high[k] < 0)
+		return -1;
+	return Max(s->high[k] - Max(s->applied[k], 0), 0);
+}
+
+/*
+ * applied[] or high[] were just updated.  A partition that is caught up
+ * has nothing unapplied and counts as progressing; one that fell behind
+ * without a known oldest message gets "now" (its first unapplied message
+ * cannot be older than the watermark that revealed it, give or take one
+ * refresh) until a fetched message says better.  Then a lag sample, once
+ * per tenth of pipeline_ext.lag_window.
+ */
+void
+pe_slot_note_watermarks(PeSlot *s, TimestampTz now)
+{
+	int64		every = (int64) pe_lag_window_ms * 1000 / PE_LAG_SAMPLES;
+	int			last = (s->sample_next + PE_LAG_SAMPLES - 1) % PE_LAG_SAMPLES;
+	int			n = Min(s->npartitions, PE_SLOT_MAX_PARTITIONS);
+
+	for (int k = 0; k < n; k++)
+	{
+		int64		lag = pe_partition_lag(s, k);
+
+		if (lag == 0)
+		{
+			s->oldest[k] = 0;
+			s->progress_at[k] = now;
+		}
+		else if (lag > 0 && s->oldest[k] == 0)
+			s->oldest[k] = now;
+	}
+	if (s->sample_at[last] != 0 && now - s->sample_at[last] < every)
+		return;
+	s->sample_at[s->sample_next] = now;
+	for (int k = 0; k < n; k++)
+		s->sample_lag[s->sample_next][k] = pe_partition_lag(s, k);
+	s->sample_next = (s->sample_next + 1) % PE_LAG_SAMPLES;
+}
+
+/*
+ * A partition's status over the last pipeline_ext.lag_window, after
+ * Burrow's rules, in the order Burrow applies them:
+ *	 OK		caught up, or behind and moving
+ *	 STOP	behind for the whole window, and the slot applied no batch in it
+ *	 STALL	behind for the whole window without moving, while the slot
+ *			applies batches for its other partitions
+ *	 WARN	lag grew at every sample across the window
+ * NULL when the partition's high watermark is unknown.
+ */
+const char *
+pe_lag_status(const PeSlot *s, int k, TimestampTz now)
+{
+	int64		window = (int64) pe_lag_window_ms * 1000;
+	int64		lag = pe_partition_lag(s, k);
+	int64		prev = -1;
+	int			nsamples = 0;
+	TimestampTz first_at = 0;
+	bool		growing = true;
+
+	if (lag < 0)
+		return NULL;
+	if (lag == 0)
+		return "OK";
+	if (now - s->progress_at[k] > window)
+	{
+		TimestampTz last_batch = Max(s->last_batch_at, s->created_at);
+
+		return now - last_batch > window ? "STOP" : "STALL";
+	}
+	for (int i = 0; i < PE_LAG_SAMPLES; i++)
+	{
+		int			b = (s->sample_next + i) % PE_LAG_SAMPLES;	/* oldest first */
+		int64		v = s->sample_lag[b][k];
+
+		if (s->sample_at[b] == 0 || now - s->sample_at[b] > window || v < 0)
+			continue;
+		if (nsamples == 0)
+			first_at = s->sample_at[b];
+		else if (v <= prev)
+			growing = false;
+		prev = v;
+		nsamples++;
+	}
+	if (growing && nsamples >= 3 && now - first_at >= window / 2)
+		return "WARN";
+	return "OK";
+}

@@ -120,13 +120,19 @@ pe_reset_stats(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
-/* pipeline._partitions(): each slot's partitions, as its worker last saw them */
+/*
+ * pipeline._partitions(): each slot entry's partitions, as its worker (or,
+ * with no worker running, its database's manager) last saw them: applied
+ * and high offsets, the time of the oldest unapplied message, and the
+ * partition's status over pipeline_ext.lag_window.
+ */
 Datum
 pe_partitions(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	PeSlot	   *copy;
 	int			n = 0;
+	TimestampTz now = GetCurrentTimestamp();
 
 	pe_require_preload();
 	InitMaterializedSRF(fcinfo, 0);
@@ -138,8 +144,9 @@ pe_partitions(PG_FUNCTION_ARGS)
 
 		for (int k = 0; k < s->npartitions; k++)
 		{
-			Datum		v[6];
-			bool		nl[6] = {false, false, false, false, false, false};
+			Datum		v[8];
+			bool		nl[8] = {false, false, false, false, false, false, false, false};
+			const char *status = pe_lag_status(s, k, now);
 
 			v[0] = CStringGetTextDatum(s->consumer);
 			v[1] = Int32GetDatum(s->slot);
@@ -150,6 +157,11 @@ pe_partitions(PG_FUNCTION_ARGS)
 			nl[4] = (s->high[k] < 0);
 			v[5] = TimestampTzGetDatum(s->high_at[k]);
 			nl[5] = (s->high_at[k] == 0);
+			v[6] = TimestampTzGetDatum(s->oldest[k]);
+			nl[6] = (s->oldest[k] == 0);
+			if (status)
+				v[7] = CStringGetTextDatum(status);
+			nl[7] = (status == NULL);
 			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, nl);
 		}
 	}

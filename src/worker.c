@@ -74,6 +74,10 @@
 #define PE_DISCOVER_MS 5000
 #define PE_BATCH_MAX_BYTES (32 * 1024 * 1024)
 #define PE_SLICE_MS 100
+#define PE_RELEASE_HOLD_MS 10000
+#define PE_ASK_EVERY_MS 5000		/* ask for idle partitions' watermarks */
+#define PE_ASK_TIMEOUT_MS 1000
+#define PE_RELEASE_WAIT_MS 5000
 
 typedef struct PeWorkerExtra
 {
@@ -149,6 +153,59 @@ pe_wake_manager(Oid dboid)
 	if (i == PE_MAX_DBS)
 		ereport(WARNING,
 				(errmsg("pipeline_ext runs consumers in at most %d databases", PE_MAX_DBS)));
+}
+
+/*
+ * DROP DATABASE (and renaming one) waits a few seconds for the other
+ * sessions in it to leave, then fails.  A database with consumers keeps
+ * its manager and slot workers connected, so they are asked to leave
+ * first, and the launcher holds off a new manager for a while: if the
+ * command fails, the consumers come back then.  TimescaleDB stops its
+ * schedulers the same way.  Called by the command's backend, which owns
+ * the database.
+ */
+void
+pe_release_database(Oid dboid)
+{
+	TimestampTz start = GetCurrentTimestamp();
+	bool		any = false;
+
+	if (pe_shared == NULL)
+		return;
+	for (;;)
+	{
+		pid_t		pids[PE_MAX_DBS + 1024];
+		int			npids = 0;
+
+		LWLockAcquire(pe_shared->lock, LW_EXCLUSIVE);
+		for (int i = 0; i < PE_MAX_DBS; i++)
+			if (pe_shared->dbs[i].dboid == dboid)
+			{
+				pe_shared->dbs[i].hold_until = GetCurrentTimestamp() + PE_RELEASE_HOLD_MS * 1000;
+				if (pe_shared->dbs[i].pid != 0)
+					pids[npids++] = pe_shared->dbs[i].pid;
+			}
+		for (int i = 0; i < pe_shared->max_slots && npids < (int) lengthof(pids); i++)
+			if (pe_shared->slots[i].state != PE_SLOT_FREE && pe_shared->slots[i].dboid == dboid &&
+				pe_shared->slots[i].pid != 0)
+			{
+				pe_shared->slots[i].stop_requested = true;
+				pids[npids++] = pe_shared->slots[i].pid;
+			}
+		LWLockRelease(pe_shared->lock);
+
+		if (npids == 0 || pe_ms_since(start) > PE_RELEASE_WAIT_MS)
+			break;
+		if (!any)
+			ereport(LOG,
+					(errmsg("pipeline_ext: stopping the consumers' workers of database %u for %s",
+							dboid, "DROP or RENAME DATABASE")));
+		any = true;
+		for (int i = 0; i < npids; i++)
+			(void) kill(pids[i], SIGTERM);
+		CHECK_FOR_INTERRUPTS();
+		pg_usleep(20 * 1000L);
+	}
 }
 
 static void
@@ -265,7 +322,8 @@ pe_launcher_main(Datum arg)
 		{
 			PeDatabase *db = &pe_shared->dbs[i];
 
-			if (db->dboid != InvalidOid && db->wanted && handles[i] == NULL && now >= db->restart_at)
+			if (db->dboid != InvalidOid && db->wanted && handles[i] == NULL &&
+				now >= db->restart_at && now >= db->hold_until)
 				start[nstart++] = i;
 		}
 		LWLockRelease(pe_shared->lock);
@@ -344,34 +402,6 @@ pe_manager_exit(int code, Datum arg)
 	LWLockRelease(pe_shared->lock);
 }
 
-static PeSlot *
-pe_find_slot(Oid dboid, const char *consumer, int slot, bool create)
-{
-	PeSlot	   *free_s = NULL;
-
-	for (int i = 0; i < pe_shared->max_slots; i++)
-	{
-		PeSlot	   *s = &pe_shared->slots[i];
-
-		if (s->state == PE_SLOT_FREE)
-		{
-			if (free_s == NULL)
-				free_s = s;
-			continue;
-		}
-		if (s->dboid == dboid && s->slot == slot && strcmp(s->consumer, consumer) == 0)
-			return s;
-	}
-	if (!create || free_s == NULL)
-		return NULL;
-	memset(free_s, 0, sizeof(PeSlot));
-	free_s->dboid = dboid;
-	strlcpy(free_s->consumer, consumer, NAMEDATALEN);
-	free_s->slot = slot;
-	free_s->state = PE_SLOT_STOPPED;
-	return free_s;
-}
-
 /* Start the worker of a slot entry; lock held exclusively on entry and exit. */
 static void
 pe_start_slot(PeSlot *s)
@@ -384,8 +414,10 @@ pe_start_slot(PeSlot *s)
 
 	s->incarnation++;
 	s->state = PE_SLOT_STARTING;
+	s->stop_requested = false;
 	s->pid = 0;
 	s->error_exit = false;
+	s->terminated = false;
 	s->started_at = GetCurrentTimestamp();
 
 	memset(&w, 0, sizeof(w));
@@ -444,7 +476,7 @@ pe_reconcile(Oid dboid, PeManagedConsumer *cons, int ncons, PeErrorNote *notes, 
 			continue;
 		for (int k = 0; k < cons[c].parallelism; k++)
 		{
-			PeSlot	   *s = pe_find_slot(dboid, cons[c].name, k, true);
+			PeSlot	   *s = pe_slot_entry(dboid, cons[c].name, k, true);
 			int			idx;
 
 			if (s == NULL)
@@ -490,7 +522,7 @@ pe_reconcile(Oid dboid, PeManagedConsumer *cons, int ncons, PeErrorNote *notes, 
 						delay = Min((int64) 1000 << Min(s->backoff, 6), PE_BACKOFF_MAX_MS);
 						s->backoff++;
 						s->restarts++;
-						if (s->error_exit)
+						if (s->error_exit && !s->terminated)
 							s->errors++;
 						s->state = PE_SLOT_RESTARTING;
 						s->restart_at = now + delay * 1000;
@@ -528,7 +560,10 @@ pe_reconcile(Oid dboid, PeManagedConsumer *cons, int ncons, PeErrorNote *notes, 
 		if (!wanted)
 		{
 			if (s->pid != 0)
+			{
+				s->stop_requested = true;
 				kill(s->pid, SIGTERM);
+			}
 			else if (s->state == PE_SLOT_STARTING && slot_handles[i])
 				TerminateBackgroundWorker(slot_handles[i]);
 			else if (!exists)
@@ -577,7 +612,6 @@ pe_manager_main(Datum arg)
 	{
 		PeManagedConsumer *cons = NULL;
 		int			ncons = 0;
-		int			nenabled = 0;
 		uint64		wakeups;
 		PeErrorNote notes[64];
 		int			nnotes = 0;
@@ -622,8 +656,6 @@ pe_manager_main(Datum arg)
 				strlcpy(cons[i].name, name, NAMEDATALEN);
 				cons[i].parallelism = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull));
 				cons[i].enabled = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 3, &isnull));
-				if (cons[i].enabled)
-					nenabled++;
 			}
 			SPI_finish();
 		}
@@ -643,9 +675,20 @@ pe_manager_main(Datum arg)
 			PopActiveSnapshot();
 			CommitTransactionCommand();
 		}
+		/* lag figures of the consumers that have no running worker */
+		if (ncons > 0)
+		{
+			char		(*names)[NAMEDATALEN] = MemoryContextAlloc(cxt, sizeof(*names) * ncons);
+
+			for (int i = 0; i < ncons; i++)
+				strlcpy(names[i], cons[i].name, NAMEDATALEN);
+			pgstat_report_activity(STATE_RUNNING, "watching the lag of stopped consumers");
+			pe_probe_round(MyDatabaseId, (const char (*)[NAMEDATALEN]) names, ncons);
+		}
 		pgstat_report_activity(STATE_IDLE, NULL);
 
-		if (nenabled == 0 && live == 0)
+		/* stay while the database has consumers, running or not */
+		if (ncons == 0 && live == 0)
 		{
 			bool		done = false;
 
@@ -681,6 +724,9 @@ typedef struct PePartState
 	int32		partition;
 	bool		assigned;
 	int64		stored;			/* next offset in pipeline.offsets; -1: none */
+	int			shm;			/* index in the PeSlot's partitions[], -1: none */
+	int64		asked_high;		/* high watermark the broker gave when asked; -1 */
+	TimestampTz moved_at;		/* stored last moved (or the partition was assigned) */
 } PePartState;
 
 typedef struct PeSlotRun
@@ -699,6 +745,7 @@ typedef struct PeSlotRun
 	PePartState *parts;			/* indexed by partition number */
 	TimestampTz last_discover;
 	TimestampTz last_watermarks;
+	TimestampTz last_asked;		/* last ListOffsets for idle partitions */
 	SPIPlanPtr	offset_plan;
 	SPIPlanPtr	dead_plan;
 	bool		need_reseek;	/* offsets moved under us: seek again */
@@ -740,22 +787,6 @@ pe_slot_drain_logs(void)
 	log_ring_count = 0;
 }
 
-/* The 10-second period bucket for a time, cleared when it is reused. */
-static int
-pe_slot_period(PeSlot *s, TimestampTz t)
-{
-	uint32		period = (uint32) (t / (PE_PERIOD_SECS * USECS_PER_SEC));
-	int			b = period % PE_PERIODS;
-
-	if (s->period[b] != period)
-	{
-		s->period[b] = period;
-		s->period_msgs[b] = 0;
-		s->period_lag[b] = -1;
-	}
-	return b;
-}
-
 /*
  * After a commit: counters, the throughput of this period, and each
  * message's end-to-end latency (commit time minus its Kafka timestamp).
@@ -765,7 +796,6 @@ pe_slot_record_batch(rd_kafka_message_t **batch, int n, size_t bytes, int64 ndea
 {
 	PeSlot	   *s = &pe_shared->slots[run->slot_index];
 	TimestampTz now = GetCurrentTimestamp();
-	int64		now_unix_ms = now / 1000 + (int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY * 1000;
 	PeHistogram *h;
 
 	LWLockAcquire(pe_shared->lock, LW_EXCLUSIVE);
@@ -791,8 +821,40 @@ pe_slot_record_batch(rd_kafka_message_t **batch, int n, size_t bytes, int64 ndea
 		int64		ts = rd_kafka_message_timestamp(batch[i], &type);
 
 		if (ts > 0)
-			pe_hist_add(h, (now_unix_ms - ts) * 1000);
+			pe_hist_add(h, now - pe_kafka_ms_to_timestamptz(ts));
 	}
+}
+
+/*
+ * The time of each batch partition's oldest unapplied message.  Before the
+ * apply it is the partition's first message in the batch (everything
+ * before it is applied).  After the commit the next message is not older
+ * than the last one applied, which stands in until the next batch, or the
+ * watermarks showing the partition caught up, say better.
+ */
+static void
+pe_slot_note_oldest(rd_kafka_message_t **batch, int n, bool before_apply)
+{
+	PeSlot	   *s = &pe_shared->slots[run->slot_index];
+	bool		seen[PE_SLOT_MAX_PARTITIONS];
+
+	memset(seen, false, sizeof(seen));
+	LWLockAcquire(pe_shared->lock, LW_EXCLUSIVE);
+	for (int j = 0; j < n; j++)
+	{
+		rd_kafka_message_t *m = batch[before_apply ? j : n - 1 - j];
+		rd_kafka_timestamp_type_t type;
+		int64		ts;
+		int			k = m->partition < run->npart ? run->parts[m->partition].shm : -1;
+
+		if (k < 0 || seen[k])
+			continue;
+		seen[k] = true;
+		ts = rd_kafka_message_timestamp(m, &type);
+		if (ts > 0)
+			s->oldest[k] = pe_kafka_ms_to_timestamptz(ts);
+	}
+	LWLockRelease(pe_shared->lock);
 }
 
 static void
@@ -802,17 +864,54 @@ pe_slot_publish_partitions(void)
 	int			n = 0;
 
 	LWLockAcquire(pe_shared->lock, LW_EXCLUSIVE);
-	for (int p = 0; p < run->npart && n < PE_SLOT_MAX_PARTITIONS; p++)
-		if (run->parts[p].assigned)
+	pe_slot_reset_partitions(s, GetCurrentTimestamp());
+	for (int p = 0; p < run->npart; p++)
+	{
+		run->parts[p].shm = -1;
+		if (run->parts[p].assigned && n < PE_SLOT_MAX_PARTITIONS)
 		{
+			run->parts[p].shm = n;
+			run->parts[p].moved_at = GetCurrentTimestamp();
+			run->parts[p].asked_high = -1;
 			s->partitions[n] = p;
 			s->applied[n] = run->parts[p].stored;
 			s->high[n] = -1;
 			s->high_at[n] = 0;
 			n++;
 		}
+	}
 	s->npartitions = n;
 	LWLockRelease(pe_shared->lock);
+}
+
+/*
+ * librdkafka learns a partition's high watermark from fetch responses
+ * only, so a partition that cannot be fetched (its leader unreachable,
+ * fetches failing) would look caught up.  Every few seconds, the
+ * partitions that have not moved for that long (idle, or stuck) are asked
+ * for with one ListOffsets round, bounded in time; busy partitions never
+ * are, so a healthy slot does not wait on this.
+ */
+static void
+pe_slot_ask_watermarks(TimestampTz now)
+{
+	rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(8);
+
+	for (int p = 0; p < run->npart; p++)
+		if (run->parts[p].assigned && now - run->parts[p].moved_at >= (int64) PE_ASK_EVERY_MS * 1000)
+			rd_kafka_topic_partition_list_add(l, run->def->topic, p)->offset = RD_KAFKA_OFFSET_END;
+	if (l->cnt > 0 &&
+		rd_kafka_offsets_for_times(run->rk, l, PE_ASK_TIMEOUT_MS) == RD_KAFKA_RESP_ERR_NO_ERROR)
+	{
+		for (int i = 0; i < l->cnt; i++)
+		{
+			int32		p = l->elems[i].partition;
+
+			if (l->elems[i].err == RD_KAFKA_RESP_ERR_NO_ERROR && p < run->npart)
+				run->parts[p].asked_high = Max(run->parts[p].asked_high, l->elems[i].offset);
+		}
+	}
+	rd_kafka_topic_partition_list_destroy(l);
 }
 
 /*
@@ -829,11 +928,20 @@ pe_slot_publish_watermarks(void)
 	int64		hi[PE_SLOT_MAX_PARTITIONS];
 	int			n = s->npartitions;	/* only this process writes it */
 
+	if (now - run->last_asked >= (int64) PE_ASK_EVERY_MS * 1000)
+	{
+		pe_slot_ask_watermarks(now);
+		run->last_asked = now;
+	}
 	for (int k = 0; k < n; k++)
 	{
-		if (rd_kafka_get_watermark_offsets(run->rk, run->def->topic, s->partitions[k],
+		int32		p = s->partitions[k];
+
+		if (rd_kafka_get_watermark_offsets(run->rk, run->def->topic, p,
 										   &lo[k], &hi[k]) != RD_KAFKA_RESP_ERR_NO_ERROR)
 			hi[k] = -1;
+		if (p < run->npart)
+			hi[k] = Max(hi[k], run->parts[p].asked_high);
 	}
 	LWLockAcquire(pe_shared->lock, LW_EXCLUSIVE);
 	{
@@ -844,8 +952,12 @@ pe_slot_publish_watermarks(void)
 		{
 			int32		p = s->partitions[k];
 
-			if (p < run->npart)
+			if (p < run->npart && s->applied[k] != run->parts[p].stored)
+			{
 				s->applied[k] = run->parts[p].stored;
+				s->progress_at[k] = now;
+				run->parts[p].moved_at = now;
+			}
 			if (hi[k] >= 0)
 			{
 				s->high[k] = hi[k];
@@ -856,6 +968,7 @@ pe_slot_publish_watermarks(void)
 		}
 		if (known)
 			s->period_lag[pe_slot_period(s, now)] = lag;
+		pe_slot_note_watermarks(s, now);
 	}
 	LWLockRelease(pe_shared->lock);
 }
@@ -873,6 +986,9 @@ pe_slot_grow(int npart)
 		run->parts[p].partition = p;
 		run->parts[p].assigned = false;
 		run->parts[p].stored = -1;
+		run->parts[p].shm = -1;
+		run->parts[p].asked_high = -1;
+		run->parts[p].moved_at = 0;
 	}
 	run->npart = npart;
 }
@@ -1339,19 +1455,48 @@ pe_slot_reseek(void)
 	MemoryContextSwitchTo(old);
 }
 
+/* The FATAL message the worker ends with, for pe_slot_exit to keep. */
+static char slot_fatal[PE_ERROR_LEN];
+static bool slot_fatal_terminated = false;
+static emit_log_hook_type prev_emit_log_hook = NULL;
+
+static void
+pe_slot_emit_log(ErrorData *edata)
+{
+	if (edata->elevel >= FATAL && slot_fatal[0] == '\0' && edata->message)
+	{
+		strlcpy(slot_fatal, edata->message, sizeof(slot_fatal));
+		slot_fatal_terminated = (edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN);
+	}
+	if (prev_emit_log_hook)
+		prev_emit_log_hook(edata);
+}
+
 static void
 pe_slot_exit(int code, Datum arg)
 {
 	int			idx = DatumGetInt32(arg);
 	PeSlot	   *s = &pe_shared->slots[idx];
 
-	(void) code;
 	LWLockAcquire(pe_shared->lock, LW_EXCLUSIVE);
 	if (s->pid == MyProcPid)
 	{
+		/*
+		 * FATAL exits do not unwind to pe_slot_main's PG_CATCH: a
+		 * termination nobody in pipeline_ext asked for (pg_terminate_backend)
+		 * is kept as the last error here, and the slot restarts with backoff.
+		 */
+		if (code != 0 && !s->error_exit && !s->stop_requested)
+		{
+			strlcpy(s->last_error, slot_fatal[0] ? slot_fatal : "worker exited unexpectedly",
+					sizeof(s->last_error));
+			s->last_error_at = GetCurrentTimestamp();
+			s->error_exit = true;
+			s->terminated = slot_fatal_terminated;
+		}
 		s->pid = 0;
 		s->state = s->error_exit ? PE_SLOT_FAILED : PE_SLOT_STOPPED;
-		s->npartitions = 0;
+		/* the partitions' figures stay, for the manager to keep fresh */
 	}
 	LWLockRelease(pe_shared->lock);
 }
@@ -1754,6 +1899,7 @@ pe_slot_loop(const char *activity)
 			continue;
 
 		/* apply it, in one transaction, retrying transient errors */
+		pe_slot_note_oldest(batch, n, true);
 		elog(DEBUG2, "pipeline_ext consumer %s/%d: batch of %d messages collected in %lld ms",
 			 run->def->name, run->slot, n, (long long) pe_ms_since(first_at));
 		while (!pe_slot_try_batch(batch, n, &outcome, &ndead, &stop_error))
@@ -1795,6 +1941,7 @@ pe_slot_loop(const char *activity)
 
 		/* committed: only now does the batch count */
 		pe_slot_record_batch(batch, n, bytes, ndead);
+		pe_slot_note_oldest(batch, n, false);
 		pe_slot_publish_watermarks();
 		run->last_watermarks = GetCurrentTimestamp();
 
@@ -1836,8 +1983,11 @@ pe_slot_main(Datum arg)
 	s->pid = MyProcPid;
 	s->state = PE_SLOT_RUNNING;
 	s->error_exit = false;
+	s->terminated = false;
 	LWLockRelease(pe_shared->lock);
 	before_shmem_exit(pe_slot_exit, Int32GetDatum(idx));
+	prev_emit_log_hook = emit_log_hook;
+	emit_log_hook = pe_slot_emit_log;
 
 	BackgroundWorkerInitializeConnectionByOid(extra.dboid, InvalidOid, 0);
 

@@ -19,6 +19,7 @@
  *	    down ID|all / up ID|all                 take brokers down / up
  *	    rtt ID|all MS                           round-trip time of a broker
  *	    error APIKEY ERRCODE [COUNT]            fail the next COUNT requests
+ *	    broker_error ID APIKEY ERRCODE [COUNT]  ... of that kind to one broker
  *	    topic_error NAME ERRCODE                error for a topic in Metadata
  *	    clear APIKEY                            drop queued request errors
  *	    leader TOPIC PARTITION ID               move a partition's leader
@@ -249,6 +250,32 @@ run_command(char *line, char *out, size_t outlen)
 			rd_kafka_mock_push_request_errors_array(mcluster, key, count, errs);
 			free(errs);
 			snprintf(out, outlen, "OK error %d %s x%d\n", key, rd_kafka_err2name(err), count);
+		}
+	}
+	else if (strcmp(argv[0], "broker_error") == 0 && (argc == 4 || argc == 5))
+	{
+		int16_t		key;
+		rd_kafka_resp_err_t err;
+		int32_t		id = atoi(argv[1]);
+		int			count = argc == 5 ? atoi(argv[4]) : 1;
+
+		if (parse_api_key(argv[2], &key) != 0)
+			snprintf(out, outlen, "ERR unknown api key \"%s\"\n", argv[2]);
+		else if (parse_err_code(argv[3], &err) != 0)
+			snprintf(out, outlen, "ERR unknown error code \"%s\"\n", argv[3]);
+		else if (count < 1 || count > 100000)
+			snprintf(out, outlen, "ERR bad count\n");
+		else
+		{
+			rd_kafka_resp_err_t r = RD_KAFKA_RESP_ERR_NO_ERROR;
+
+			/* the next count requests of that kind to that broker fail */
+			for (int i = 0; i < count && !r; i++)
+				r = rd_kafka_mock_broker_push_request_error_rtts(mcluster, id, key, 1, err, 0);
+			if (r)
+				snprintf(out, outlen, "ERR %s\n", rd_kafka_err2str(r));
+			else
+				snprintf(out, outlen, "OK broker_error %d %d %s x%d\n", id, key, rd_kafka_err2name(err), count);
 		}
 	}
 	else if (strcmp(argv[0], "topic_error") == 0 && argc == 3)

@@ -432,8 +432,10 @@ is(sql(q{SELECT messages || '/' || errors FROM pipeline.consumer_stats WHERE con
 	like($body, qr/^pipeline_consumer_stats_messages\{consumer="alo",server="[^"]*"\} $alo$/m,
 		"exporter: consumer_stats as metrics (alo's $alo messages, as the view says)")
 	  or diag("exporter said:\n" . slurp_file($log) . "\n" . substr($body, 0, 2000));
-	like($body, qr/^pipeline_consumer_lag_lag_messages\{consumer="big_up",partition="0",server="[^"]*"\} 0$/m,
-		'exporter: consumer_lag per partition');
+	like($body, qr/^pipeline_consumer_lag_lag_messages\{consumer="big_up",partition="0",server="[^"]*",status="OK"\} 0$/m,
+		'exporter: consumer_lag per partition, with its status');
+	like($body, qr/^pipeline_consumer_lag_lag_seconds\{consumer="big_up",partition="0",server="[^"]*",status="OK"\} 0$/m,
+		'exporter: lag in time per partition');
 	like($body, qr/^pipeline_health_level\{consumer="priv",server="[^"]*",status="(ok|warning|critical)"\} [012]$/m,
 		'exporter: health level with its status');
 	like($body, qr/^pipeline_consumer_status_running\{consumer="tomb",server="[^"]*",slot="0",state="running"\} 1$/m,
