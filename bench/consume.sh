@@ -23,32 +23,10 @@ pe_setup
 BENCH=${PE_BENCH_DIR:-/tmp/pipeline_ext-bench}
 pe_workdir "$BENCH"
 PORT=${PE_BENCH_PORT:-55433}
-DATA=$BENCH/data
-cleanup() {
-	set +e
-	pe_as_user pg_ctl -D "$DATA" -m immediate stop >/dev/null 2>&1
-	[ -n "${BROKER_PID:-}" ] && kill "$BROKER_PID" 2>/dev/null
-	wait 2>/dev/null
-}
-trap cleanup EXIT
-
-pe_as_user "$BENCH/test/broker/pe_broker" --brokers 1 --topic bench:$PARTS \
-	--info-file "$BENCH/broker.info" >"$BENCH/broker.log" 2>&1 &
-BROKER_PID=$!
-for _ in $(seq 50); do [ -s "$BENCH/broker.info" ] && break; sleep 0.1; done
-BOOTSTRAP=$(sed -n 's/^bootstrap=//p' "$BENCH/broker.info")
-
-pe_as_user initdb -D "$DATA" -A trust -U postgres >/dev/null
-cat >>"$DATA/postgresql.conf" <<CONF
-shared_preload_libraries = 'pipeline_ext'
-port = $PORT
-unix_socket_directories = '$BENCH'
-listen_addresses = ''
-shared_buffers = 512MB
+PE_EXTRA_CONF="shared_buffers = 512MB
 max_wal_size = 4GB
-max_worker_processes = 16
-CONF
-pe_as_user pg_ctl -D "$DATA" -l "$BENCH/postgres.log" -w start >/dev/null
+max_worker_processes = 16"
+pe_scratch "$BENCH" "$PORT" --brokers 1 --topic bench:$PARTS
 psql_b() { pe_as_user psql -X -q -v ON_ERROR_STOP=1 -h "$BENCH" -p "$PORT" -U postgres -d postgres "$@"; }
 now() { date +%s.%N; }
 

@@ -197,11 +197,21 @@ pe_hist_percentile_ms(PeHistogram *h, double q, uint64 *total_out)
 PeSlot *
 pe_snapshot_slots(int *n)
 {
-	PeSlot	   *copy = palloc(sizeof(PeSlot) * pe_shared->max_slots);
+	PeSlot	   *copy;
+	int			room = 0;
 
-	*n = 0;
+	/* count first: an entry is large, and most of the table is usually free */
 	LWLockAcquire(pe_shared->lock, LW_SHARED);
 	for (int i = 0; i < pe_shared->max_slots; i++)
+		if (pe_shared->slots[i].state != PE_SLOT_FREE && pe_shared->slots[i].dboid == MyDatabaseId)
+			room++;
+	LWLockRelease(pe_shared->lock);
+
+	/* entries added in between are left for the next read */
+	copy = palloc(sizeof(PeSlot) * Max(room, 1));
+	*n = 0;
+	LWLockAcquire(pe_shared->lock, LW_SHARED);
+	for (int i = 0; i < pe_shared->max_slots && *n < room; i++)
 		if (pe_shared->slots[i].state != PE_SLOT_FREE && pe_shared->slots[i].dboid == MyDatabaseId)
 			copy[(*n)++] = pe_shared->slots[i];
 	LWLockRelease(pe_shared->lock);
@@ -288,10 +298,10 @@ pe_partition_lag(const PeSlot *s, int k)
 
 /*
  * applied[] or high[] were just updated.  A partition that is caught up
- * has nothing unapplied and counts as progressing; one that fell behind
- * without a known oldest message gets "now" (its first unapplied message
- * cannot be older than the watermark that revealed it, give or take one
- * refresh) until a fetched message says better.  Then a lag sample, once
+ * has nothing unapplied and counts as progressing; one first seen behind
+ * gets "now" as the time of its oldest unapplied message (give or take one
+ * refresh) until a fetched message says better, and starts its window
+ * then.  Then a lag sample, once
  * per tenth of pipeline_ext.lag_window.
  */
 void
@@ -311,7 +321,11 @@ pe_slot_note_watermarks(PeSlot *s, TimestampTz now)
 			s->progress_at[k] = now;
 		}
 		else if (lag > 0 && s->oldest[k] == 0)
+		{
+			/* first seen behind: the window starts now, never earlier */
 			s->oldest[k] = now;
+			s->progress_at[k] = now;
+		}
 	}
 	if (s->sample_at[last] != 0 && now - s->sample_at[last] < every)
 		return;

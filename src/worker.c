@@ -836,24 +836,27 @@ static void
 pe_slot_note_oldest(rd_kafka_message_t **batch, int n, bool before_apply)
 {
 	PeSlot	   *s = &pe_shared->slots[run->slot_index];
+	TimestampTz ts[PE_SLOT_MAX_PARTITIONS];
 	bool		seen[PE_SLOT_MAX_PARTITIONS];
 
 	memset(seen, false, sizeof(seen));
-	LWLockAcquire(pe_shared->lock, LW_EXCLUSIVE);
 	for (int j = 0; j < n; j++)
 	{
 		rd_kafka_message_t *m = batch[before_apply ? j : n - 1 - j];
 		rd_kafka_timestamp_type_t type;
-		int64		ts;
+		int64		ms;
 		int			k = m->partition < run->npart ? run->parts[m->partition].shm : -1;
 
 		if (k < 0 || seen[k])
 			continue;
 		seen[k] = true;
-		ts = rd_kafka_message_timestamp(m, &type);
-		if (ts > 0)
-			s->oldest[k] = pe_kafka_ms_to_timestamptz(ts);
+		ms = rd_kafka_message_timestamp(m, &type);
+		ts[k] = ms > 0 ? pe_kafka_ms_to_timestamptz(ms) : 0;
 	}
+	LWLockAcquire(pe_shared->lock, LW_EXCLUSIVE);
+	for (int k = 0; k < s->npartitions; k++)
+		if (seen[k] && ts[k] != 0)
+			s->oldest[k] = ts[k];
 	LWLockRelease(pe_shared->lock);
 }
 

@@ -12,34 +12,9 @@ pe_setup
 DEMO=${PE_DEMO_DIR:-/tmp/pipeline_ext-demo}
 pe_workdir "$DEMO"
 PORT=${PE_DEMO_PORT:-55432}
-DATA=$DEMO/data
-BROKER_INFO=$DEMO/broker.info
-
-cleanup() {
-	set +e
-	pe_as_user pg_ctl -D "$DATA" -m fast stop >/dev/null 2>&1
-	[ -n "${BROKER_PID:-}" ] && kill "$BROKER_PID" 2>/dev/null
-	wait 2>/dev/null
-}
-trap cleanup EXIT
-
-echo "== starting the test broker (librdkafka mock cluster, 3 brokers)"
-pe_as_user "$DEMO/test/broker/pe_broker" --brokers 3 --topic readings:6 --topic alerts:1 \
-	--info-file "$BROKER_INFO" >"$DEMO/broker.log" 2>&1 &
-BROKER_PID=$!
-for _ in $(seq 50); do [ -s "$BROKER_INFO" ] && break; sleep 0.1; done
-BOOTSTRAP=$(sed -n 's/^bootstrap=//p' "$BROKER_INFO")
+echo "== starting the test broker (librdkafka mock cluster, 3 brokers) and a scratch PostgreSQL 15 instance on port $PORT"
+pe_scratch "$DEMO" "$PORT" --brokers 3 --topic readings:6 --topic alerts:1
 echo "   bootstrap.servers = $BOOTSTRAP"
-
-echo "== starting a scratch PostgreSQL 15 instance on port $PORT"
-pe_as_user initdb -D "$DATA" -A trust -U postgres >/dev/null
-cat >>"$DATA/postgresql.conf" <<CONF
-shared_preload_libraries = 'pipeline_ext'
-port = $PORT
-unix_socket_directories = '$DEMO'
-listen_addresses = ''
-CONF
-pe_as_user pg_ctl -D "$DATA" -l "$DEMO/postgres.log" -w start >/dev/null
 
 psql_demo() { pe_as_user psql -X -v ON_ERROR_STOP=1 -h "$DEMO" -p "$PORT" -U postgres -d postgres "$@"; }
 
@@ -97,7 +72,16 @@ psql_demo -e <<SQL
 SELECT device, seq, temperature FROM device_latest ORDER BY seq DESC LIMIT 5;
 SELECT count(*) AS rows, count(DISTINCT ("partition", "offset")) AS distinct_messages FROM reading_log;
 SELECT consumer, "partition", "offset", convert_from(value, 'UTF8') AS value, error FROM pipeline.dead_letters;
-SELECT consumer, slot, state, partitions, messages, batches FROM pipeline._slots() ORDER BY 1, 2;
+SQL
+echo "== monitoring, in plain SQL"
+psql_demo -e <<SQL
+SELECT consumer, slot, state, partitions, restarts, last_batch_at IS NOT NULL AS applied FROM pipeline.consumer_status;
+SELECT consumer, "partition", committed_offset, high_watermark, lag_messages, lag_time, status
+  FROM pipeline.consumer_lag WHERE consumer = 'log' ORDER BY "partition";
+SELECT consumer, messages, dead_letters, round(error_rate::numeric, 4) AS error_rate,
+       latency_p50_ms AS p50_ms, latency_p99_ms AS p99_ms, throughput_trend
+  FROM pipeline.consumer_stats ORDER BY consumer;
+SELECT * FROM pipeline.health ORDER BY consumer;
 SQL
 latest=$(psql_demo -At -c "SELECT count(*) FROM device_latest")
 logged=$(psql_demo -At -c "SELECT count(*) FROM reading_log")

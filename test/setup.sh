@@ -66,3 +66,36 @@ pe_setup() {
 	pe_install_packages
 	pe_build_install
 }
+
+# pe_scratch DIR PORT BROKER_ARGS...: in DIR (made by pe_workdir), start the
+# test broker with BROKER_ARGS and a scratch instance preloading
+# pipeline_ext on PORT (more postgresql.conf lines from $PE_EXTRA_CONF);
+# both stop when the calling script exits.  Sets BOOTSTRAP and CONTROL.
+pe_scratch() {
+	local dir=$1 port=$2
+	shift 2
+	PE_SCRATCH_DATA=$dir/data
+	trap pe_scratch_stop EXIT
+	pe_as_user "$dir/test/broker/pe_broker" "$@" --info-file "$dir/broker.info" >"$dir/broker.log" 2>&1 &
+	PE_BROKER_PID=$!
+	for _ in $(seq 50); do [ -s "$dir/broker.info" ] && break; sleep 0.1; done
+	BOOTSTRAP=$(sed -n 's/^bootstrap=//p' "$dir/broker.info")
+	CONTROL=$(sed -n 's/^control=//p' "$dir/broker.info")
+	[ -n "$BOOTSTRAP" ] || { echo "the test broker did not start; see $dir/broker.log" >&2; return 1; }
+	pe_as_user initdb -D "$PE_SCRATCH_DATA" -A trust -U postgres >/dev/null
+	cat >>"$PE_SCRATCH_DATA/postgresql.conf" <<CONF
+shared_preload_libraries = 'pipeline_ext'
+port = $port
+unix_socket_directories = '$dir'
+listen_addresses = ''
+${PE_EXTRA_CONF:-}
+CONF
+	pe_as_user pg_ctl -D "$PE_SCRATCH_DATA" -l "$dir/postgres.log" -w start >/dev/null
+}
+
+pe_scratch_stop() {
+	set +e
+	pe_as_user pg_ctl -D "$PE_SCRATCH_DATA" -m fast stop >/dev/null 2>&1
+	[ -n "${PE_BROKER_PID:-}" ] && kill "$PE_BROKER_PID" 2>/dev/null
+	wait 2>/dev/null
+}

@@ -397,10 +397,14 @@ wait_for(q{SELECT count(*) FROM pipeline._slots() WHERE consumer = 'priv' AND la
 wait_for(q{SELECT status || ': ' || reason FROM pipeline.health WHERE consumer = 'priv'},
 	'critical: worker failing: permission denied for table priv_t', 'health: a failing worker is critical, with its error');
 is(sql('SELECT count(*) FROM priv_t'), '0', '... and nothing is written');
+is(sql(q{SELECT messages || '/' || batches FROM pipeline.consumer_stats WHERE consumer = 'priv'}), '0/0',
+	'consumer_stats: the rolled-back batches are not counted as applied');
 wait_for(q{SELECT last_error LIKE 'permission denied%' FROM pipeline.consumers WHERE name = 'priv'}, 't',
 	'the last error is kept in pipeline.consumers');
 sql(q{GRANT INSERT ON priv_t TO writer});
 wait_for('SELECT count(*) FROM priv_t', '1', 'after the grant the restarted worker applies the message');
+wait_for(q{SELECT messages || '/' || batches FROM pipeline.consumer_stats WHERE consumer = 'priv'}, '1/1',
+	'consumer_stats: counted once committed');
 ok(sql(q{SELECT restarts FROM pipeline._slots() WHERE consumer = 'priv'}) >= 1, 'restarts are counted');
 ok(sql(q{SELECT errors FROM pipeline.consumer_stats WHERE consumer = 'priv'}) >= 1, 'consumer_stats counts the failed batches');
 like(sql(q{SELECT restarts || '|' || last_error FROM pipeline.consumer_status WHERE consumer = 'priv'}),

@@ -92,10 +92,21 @@ is(sql(q{SELECT bool_and(high_watermark_age < interval '5 s') FROM pipeline.cons
 # the oldest unapplied message of each partition was produced in [t_produce, t_produced]
 wait_for(sprintf(q{SELECT bool_and(now() - lag_time BETWEEN to_timestamp(%.3f) - interval '50 ms' AND to_timestamp(%.3f) + interval '50 ms')
                      FROM pipeline.consumer_lag WHERE consumer = 'mon' AND lag_messages > 0}, $t_produce, $t_produced),
-	't', 'consumer_lag: lag_time is the age of the oldest unapplied message (fetched by the manager)');
+	't', 'consumer_lag: lag_time is the age of an unapplied message produced in this interval');
+# ... and exactly the Kafka timestamp of the partition's first unapplied message
+{
+	my $off = sql(q{SELECT committed_offset FROM pipeline.consumer_lag WHERE consumer = 'mon' AND "partition" = 0});
+	my $kafka_ts = `kcat -C -b $bs -t mon -p 0 -o $off -c 1 -e -q -f '%T'`;
+	chomp $kafka_ts;
+	wait_for(q{SELECT round(extract(epoch FROM now() - lag_time) * 1000) FROM pipeline.consumer_lag WHERE consumer = 'mon' AND "partition" = 0},
+		$kafka_ts, "consumer_lag: now() - lag_time is the Kafka timestamp ($kafka_ts) of the message at the committed offset $off");
+}
 wait_for(q{SELECT string_agg(DISTINCT status, ',') FROM pipeline.consumer_lag WHERE consumer = 'mon' AND lag_messages > 0},
 	'STOP', 'consumer_lag: STOP once the lag has stood for the window with no batch');
 ok(time - $t_produce >= 10, sprintf('STOP came after the window (%.1f s)', time - $t_produce));
+note "consumer_lag of the stopped consumer:\n" . $node->safe_psql('postgres',
+	q{SELECT "partition", lag_messages, lag_time, status, high_watermark_age FROM pipeline.consumer_lag WHERE consumer = 'mon' ORDER BY 1},
+	extra_params => ['-P', 'format=aligned', '-P', 'footer=off']);
 is(sql(q{SELECT status || ': ' || reason FROM pipeline.health WHERE consumer = 'mon'}), 'warning: stopped',
 	'health: a stopped consumer is a warning');
 
@@ -212,6 +223,13 @@ produce('stall', 11, 10, 2);
 	like(sql(q{SELECT status || ': ' || reason FROM pipeline.health WHERE consumer = 'stall'}),
 		qr/^critical: 1 of 3 partitions stalled: behind and not moving for 10s/, 'health: a stalled partition is critical');
 }
+
+# --- a server restart resets the counters (they live in shared memory) -------
+$node->restart;
+wait_for(q{SELECT state FROM pipeline.consumer_status WHERE consumer = 'mon'}, 'running', 'consumers come back after a restart');
+is(sql(q{SELECT messages || '/' || batches FROM pipeline.consumer_stats WHERE consumer = 'mon'}), '0/0',
+	'consumer_stats: a server restart resets the counters');
+is(sql(q{SELECT count(*) FROM mon}), '1600', '... and nothing was applied twice');
 
 $node->stop;
 $broker->stop;
