@@ -457,6 +457,33 @@ typedef struct PeErrorNote
 } PeErrorNote;
 
 /*
+ * The slot table is full: free an entry that only keeps the lag figures of
+ * a stopped consumer (or of one gone), so that a running one gets a slot.
+ * Lock held exclusively.
+ */
+static bool
+pe_reclaim_entry(Oid dboid, PeManagedConsumer *cons, int ncons)
+{
+	for (int i = 0; i < pe_shared->max_slots; i++)
+	{
+		PeSlot	   *s = &pe_shared->slots[i];
+		bool		enabled = false;
+
+		if (s->state != PE_SLOT_STOPPED || s->pid != 0 || s->dboid != dboid)
+			continue;
+		for (int c = 0; c < ncons; c++)
+			if (cons[c].enabled && strcmp(cons[c].name, s->consumer) == 0)
+				enabled = true;
+		if (!enabled)
+		{
+			s->state = PE_SLOT_FREE;
+			return true;
+		}
+	}
+	return false;
+}
+
+/*
  * Make the slots of this database match its consumers.  Returns the number
  * of slots that still have a live worker; fills notes with errors to keep
  * in the catalog.
@@ -479,6 +506,8 @@ pe_reconcile(Oid dboid, PeManagedConsumer *cons, int ncons, PeErrorNote *notes, 
 			PeSlot	   *s = pe_slot_entry(dboid, cons[c].name, k, true);
 			int			idx;
 
+			if (s == NULL && pe_reclaim_entry(dboid, cons, ncons))
+				s = pe_slot_entry(dboid, cons[c].name, k, true);
 			if (s == NULL)
 			{
 				ereport(LOG,
