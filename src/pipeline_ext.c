@@ -11,6 +11,7 @@
  */
 #include "postgres.h"
 
+#include "catalog/pg_database.h"
 #include "commands/dbcommands.h"
 #include "fmgr.h"
 #include "miscadmin.h"
@@ -54,7 +55,14 @@ pe_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTre
 	{
 		Oid			dboid = get_database_oid(dbname, true);
 
-		if (OidIsValid(dboid) && dboid != MyDatabaseId && pg_database_ownercheck(dboid, GetUserId()))
+		/* a missing database, or a caller who may not: the command says so */
+		if (OidIsValid(dboid) && dboid != MyDatabaseId &&
+#if PG_VERSION_NUM >= 160000
+			object_ownercheck(DatabaseRelationId, dboid, GetUserId())
+#else
+			pg_database_ownercheck(dboid, GetUserId())
+#endif
+			)
 			pe_release_database(dboid);
 	}
 

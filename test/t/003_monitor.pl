@@ -187,6 +187,16 @@ sql("CREATE EXTENSION pipeline_ext; SELECT pipeline.create_connection('local', '
      SELECT count(pipeline.produce_async('local', 'dropme', 'm' || g)) FROM generate_series(1, 5) g", 'dropme');
 wait_for(q{SELECT count(*) FROM t}, '5', 'a consumer runs in a second database', 'dropme');
 {
+	my $pid = sql(q{SELECT worker_pid FROM pipeline.consumer_status WHERE consumer = 'd'}, 'dropme');
+	sql(q{CREATE ROLE stranger LOGIN});
+	my ($r0, $o0, $e0) = $node->psql('postgres', 'DROP DATABASE dropme', extra_params => ['-U', 'stranger']);
+	like($e0, qr/must be owner of database dropme/, 'DROP DATABASE by a role that does not own it fails as usual ...');
+	is(sql(q{SELECT worker_pid FROM pipeline.consumer_status WHERE consumer = 'd'}, 'dropme'), $pid,
+		'... and leaves the consumers alone');
+	($r0, $o0, $e0) = $node->psql('postgres', 'DROP DATABASE IF EXISTS no_such_db');
+	is($r0, 0, 'DROP DATABASE IF EXISTS of a missing database still works');
+}
+{
 	my ($ret, $out, $err) = $node->psql('postgres', 'ALTER DATABASE dropme RENAME TO dropped');
 	is($ret, 0, 'ALTER DATABASE ... RENAME succeeds while it has a running consumer') or diag($err);
 	wait_for(q{SELECT state FROM pipeline.consumer_status WHERE consumer = 'd'}, 'running',
