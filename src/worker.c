@@ -754,6 +754,8 @@ typedef struct PePartState
 	bool		assigned;
 	int64		stored;			/* next offset in pipeline.offsets; -1: none */
 	int			shm;			/* index in the PeSlot's partitions[], -1: none */
+	int64		start;			/* where it started without a stored offset (or a
+								 * RD_KAFKA_OFFSET_ sentinel) */
 	int64		asked_high;		/* high watermark the broker gave when asked; -1 */
 	TimestampTz moved_at;		/* stored last moved (or the partition was assigned) */
 } PePartState;
@@ -855,6 +857,26 @@ pe_slot_record_batch(rd_kafka_message_t **batch, int n, size_t bytes, int64 ndea
 }
 
 /*
+ * The next offset to apply, as the views show it: the stored one, else
+ * where the partition started (its log start for 'earliest'), so that a
+ * consumer that starts at 'latest' is not shown behind by the whole log.
+ * -1 when unknown.
+ */
+static int64
+pe_slot_next_offset(int32 p, int64 low)
+{
+	PePartState *ps = &run->parts[p];
+
+	if (ps->stored >= 0)
+		return ps->stored;
+	if (ps->start >= 0)
+		return ps->start;
+	if (ps->start == RD_KAFKA_OFFSET_BEGINNING && low >= 0)
+		return low;
+	return -1;
+}
+
+/*
  * The time of each batch partition's oldest unapplied message.  Before the
  * apply it is the partition's first message in the batch (everything
  * before it is applied).  After the commit the next message is not older
@@ -906,7 +928,7 @@ pe_slot_publish_partitions(void)
 			run->parts[p].moved_at = GetCurrentTimestamp();
 			run->parts[p].asked_high = -1;
 			s->partitions[n] = p;
-			s->applied[n] = run->parts[p].stored;
+			s->applied[n] = pe_slot_next_offset(p, -1);
 			s->high[n] = -1;
 			s->high_at[n] = 0;
 			n++;
@@ -984,9 +1006,9 @@ pe_slot_publish_watermarks(void)
 		{
 			int32		p = s->partitions[k];
 
-			if (p < run->npart && s->applied[k] != run->parts[p].stored)
+			if (p < run->npart && s->applied[k] != pe_slot_next_offset(p, lo[k]))
 			{
-				s->applied[k] = run->parts[p].stored;
+				s->applied[k] = pe_slot_next_offset(p, lo[k]);
 				s->progress_at[k] = now;
 				run->parts[p].moved_at = now;
 			}
@@ -1021,6 +1043,7 @@ pe_slot_grow(int npart)
 		run->parts[p].shm = -1;
 		run->parts[p].asked_high = -1;
 		run->parts[p].moved_at = 0;
+		run->parts[p].start = RD_KAFKA_OFFSET_INVALID;
 	}
 	run->npart = npart;
 }
@@ -1149,16 +1172,19 @@ pe_slot_partition_count(int timeout_ms)
 static int64
 pe_slot_resume_offset(int32 p, bool new_partition)
 {
+	int64		o = RD_KAFKA_OFFSET_INVALID;	/* the group's committed offset */
+
 	if (run->exactly_once || run->def->group_id == NULL)
 	{
 		if (run->parts[p].stored >= 0)
 			return run->parts[p].stored;
-		if (!run->exactly_once)
-			return RD_KAFKA_OFFSET_INVALID;	/* the group's committed offset */
-		return pe_slot_start_offset(p, new_partition);
+		if (run->exactly_once)
+			o = pe_slot_start_offset(p, new_partition);
 	}
-	return RD_KAFKA_OFFSET_INVALID;
+	run->parts[p].start = o;
+	return o;
 }
+
 
 /*
  * Manual assignment: assign every partition p with p % parallelism = slot

@@ -241,6 +241,18 @@ is(sql(q{SELECT messages || '/' || batches FROM pipeline.consumer_stats WHERE co
 	'consumer_stats: a server restart resets the counters');
 is(sql(q{SELECT count(*) FROM mon}), '1600', '... and nothing was applied twice');
 
+# --- a consumer that starts at 'latest' is not behind by the log before it ---
+sql(q{CREATE TABLE late (id int, v int);
+      SELECT pipeline.create_consumer('late', 'local', 'mon', 'late', mode => 'append', start_offset => 'latest')});
+wait_for(q{SELECT count(*) || '|' || sum(lag_messages) || '|' || string_agg(DISTINCT status, ',') FROM pipeline.consumer_lag WHERE consumer = 'late'},
+	'4|0|OK', "consumer_lag: a consumer that starts at 'latest' shows no lag before its first message");
+is(sql(q{SELECT status FROM pipeline.health WHERE consumer = 'late'}), 'ok', 'health: ... and it is ok');
+produce('mon', 2001, 20);
+wait_for(q{SELECT count(*) FROM late}, '20', '... and it applies only what comes after');
+wait_for(q{SELECT sum(lag_messages) || '|' || count(*) FILTER (WHERE committed_offset IS NOT NULL) FROM pipeline.consumer_lag WHERE consumer = 'late'},
+	'0|' . sql(q{SELECT count(DISTINCT "partition") FROM pipeline.offsets WHERE consumer = 'late'}),
+	'... with lag 0 once committed');
+
 $node->stop;
 $broker->stop;
 done_testing();
