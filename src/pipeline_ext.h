@@ -291,11 +291,14 @@ extern void pe_target_apply(PeTarget *t, PeMessage *msgs, int n, PeBatchResult *
 extern void pe_target_close(PeTarget *t);
 extern Jsonb *pe_message_headers(PeMessage *msg);
 extern bool pe_error_is_row_specific(int sqlerrcode);
+extern Datum pe_bytes_to_bytea(const char *data, size_t len);
 
 /* worker.c: launcher, per-database managers, consumer slot workers */
 extern void pe_register_launcher(void);
 extern void pe_wake_manager(Oid dboid);
 extern void pe_release_database(Oid dboid);
+extern void pe_xact_begin(void);
+extern void pe_xact_commit(void);
 extern PGDLLEXPORT void pe_launcher_main(Datum arg);
 extern PGDLLEXPORT void pe_manager_main(Datum arg);
 extern PGDLLEXPORT void pe_slot_main(Datum arg);

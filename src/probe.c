@@ -461,16 +461,13 @@ pe_probe_round(Oid dboid, const char (*names)[NAMEDATALEN], int n)
 	{
 		PG_TRY();
 		{
-			SetCurrentStatementStartTimestamp();
-			StartTransactionCommand();
-			PushActiveSnapshot(GetTransactionSnapshot());
+			pe_xact_begin();
 			if (SPI_connect() != SPI_OK_CONNECT)
 				elog(ERROR, "SPI_connect failed");
 			foreach(lc, due)
 				pe_probe_prepare(lfirst(lc), get_database_name(dboid));
 			SPI_finish();
-			PopActiveSnapshot();
-			CommitTransactionCommand();
+			pe_xact_commit();
 		}
 		PG_CATCH();
 		{

@@ -952,6 +952,14 @@ pe_json_is_number(const char *p, size_t n)
 
 #define PE_WS(c) ((c) == ' ' || (c) == '\t' || (c) == '\n' || (c) == '\r')
 
+static inline size_t
+pe_json_skip_ws(const char *data, size_t len, size_t i)
+{
+	while (i < len && PE_WS(data[i]))
+		i++;
+	return i;
+}
+
 /* Scan a string starting after its opening quote; false if it has escapes. */
 static bool
 pe_json_scan_string(const char *data, size_t len, size_t *i, size_t *end)
@@ -978,13 +986,11 @@ pe_decode_json_fast(PeTarget *t, const char *data, size_t len, PeFound *found)
 
 	if (!t->flat_json)
 		return false;
-	while (i < len && PE_WS(data[i]))
-		i++;
+	i = pe_json_skip_ws(data, len, i);
 	if (i >= len || data[i] != '{')
 		return false;
 	i++;
-	while (i < len && PE_WS(data[i]))
-		i++;
+	i = pe_json_skip_ws(data, len, i);
 	if (i < len && data[i] == '}')
 	{
 		i++;
@@ -1000,20 +1006,17 @@ pe_decode_json_fast(PeTarget *t, const char *data, size_t len, PeFound *found)
 		bool		is_string = false;
 
 		/* key */
-		while (i < len && PE_WS(data[i]))
-			i++;
+		i = pe_json_skip_ws(data, len, i);
 		if (i >= len || data[i] != '"')
 			return false;
 		kstart = ++i;
 		if (!pe_json_scan_string(data, len, &i, &kend))
 			return false;
-		while (i < len && PE_WS(data[i]))
-			i++;
+		i = pe_json_skip_ws(data, len, i);
 		if (i >= len || data[i] != ':')
 			return false;
 		i++;
-		while (i < len && PE_WS(data[i]))
-			i++;
+		i = pe_json_skip_ws(data, len, i);
 		if (i >= len)
 			return false;
 
@@ -1103,8 +1106,7 @@ pe_decode_json_fast(PeTarget *t, const char *data, size_t len, PeFound *found)
 			f->json_string = is_string;
 		}
 
-		while (i < len && PE_WS(data[i]))
-			i++;
+		i = pe_json_skip_ws(data, len, i);
 		if (i < len && data[i] == ',')
 		{
 			i++;
@@ -1118,8 +1120,7 @@ pe_decode_json_fast(PeTarget *t, const char *data, size_t len, PeFound *found)
 		return false;
 	}
 tail:
-	while (i < len && PE_WS(data[i]))
-		i++;
+	i = pe_json_skip_ws(data, len, i);
 	return i == len;
 }
 
@@ -1346,7 +1347,7 @@ pe_message_headers(PeMessage *msg)
 	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
 }
 
-static Datum
+Datum
 pe_bytes_to_bytea(const char *data, size_t len)
 {
 	bytea	   *b = palloc(VARHDRSZ + len);

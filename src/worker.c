@@ -85,6 +85,25 @@ typedef struct PeWorkerExtra
 	uint32		incarnation;
 } PeWorkerExtra;
 
+/*
+ * A background worker's transaction around catalog and SPI work: a
+ * statement start time (for now() and the logs) and a snapshot.
+ */
+void
+pe_xact_begin(void)
+{
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+}
+
+void
+pe_xact_commit(void)
+{
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+}
+
 static int64
 pe_ms_since(TimestampTz t)
 {
@@ -659,9 +678,7 @@ pe_manager_main(Datum arg)
 		wakeups = pe_shared->dbs[idx].wakeups;
 		LWLockRelease(pe_shared->lock);
 
-		SetCurrentStatementStartTimestamp();
-		StartTransactionCommand();
-		PushActiveSnapshot(GetTransactionSnapshot());
+		pe_xact_begin();
 		pgstat_report_activity(STATE_RUNNING, "reading consumers");
 		installed = OidIsValid(get_extension_oid("pipeline_ext", true)) &&
 			OidIsValid(get_namespace_oid(PE_SCHEMA, true)) &&
@@ -688,21 +705,17 @@ pe_manager_main(Datum arg)
 			}
 			SPI_finish();
 		}
-		PopActiveSnapshot();
-		CommitTransactionCommand();
+		pe_xact_commit();
 
 		live = pe_reconcile(MyDatabaseId, cons, ncons, notes, &nnotes);
 
 		if (nnotes > 0)
 		{
 			/* keep the last error of each failed consumer in the catalog */
-			SetCurrentStatementStartTimestamp();
-			StartTransactionCommand();
-			PushActiveSnapshot(GetTransactionSnapshot());
+			pe_xact_begin();
 			for (int i = 0; i < nnotes; i++)
 				pe_consumer_record_error(notes[i].consumer, notes[i].error, false);
-			PopActiveSnapshot();
-			CommitTransactionCommand();
+			pe_xact_commit();
 		}
 		/* lag figures of the consumers that have no running worker */
 		if (ncons > 0)
@@ -1056,9 +1069,7 @@ pe_slot_load_offsets(void)
 	Datum		values[1];
 	int			rc;
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	PushActiveSnapshot(GetTransactionSnapshot());
+	pe_xact_begin();
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	values[0] = CStringGetTextDatum(run->def->name);
@@ -1085,8 +1096,7 @@ pe_slot_load_offsets(void)
 		run->parts[p].stored = o;
 	}
 	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
+	pe_xact_commit();
 }
 
 static int64
@@ -1412,16 +1422,13 @@ pe_slot_init(void)
 	run->slot = s->slot;
 	LWLockRelease(pe_shared->lock);
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	PushActiveSnapshot(GetTransactionSnapshot());
+	pe_xact_begin();
 	old = MemoryContextSwitchTo(TopMemoryContext);
 	run->def = pe_consumer_read(name, true);
 	if (run->def == NULL || !run->def->enabled)
 	{
 		MemoryContextSwitchTo(old);
-		PopActiveSnapshot();
-		CommitTransactionCommand();
+		pe_xact_commit();
 		proc_exit(0);
 	}
 	run->exactly_once = strcmp(run->def->delivery, "exactly_once") == 0;
@@ -1441,8 +1448,7 @@ pe_slot_init(void)
 	pe_slot_prepare_catalog_plans();
 	SPI_finish();
 	MemoryContextSwitchTo(old);
-	PopActiveSnapshot();
-	CommitTransactionCommand();
+	pe_xact_commit();
 
 	old = MemoryContextSwitchTo(TopMemoryContext);
 	pe_slot_load_offsets();
@@ -1675,23 +1681,11 @@ pe_slot_apply_batch(rd_kafka_message_t **rkm, int n, int64 *ndead, char **stop_e
 		v[3] = Int32GetDatum(m->partition);
 		v[4] = Int64GetDatum(m->offset);
 		if (m->key)
-		{
-			bytea	   *b = palloc(VARHDRSZ + m->key_len);
-
-			SET_VARSIZE(b, VARHDRSZ + m->key_len);
-			memcpy(VARDATA(b), m->key, m->key_len);
-			v[5] = PointerGetDatum(b);
-		}
+			v[5] = pe_bytes_to_bytea(m->key, m->key_len);
 		else
 			nl[5] = 'n';
 		if (m->value)
-		{
-			bytea	   *b = palloc(VARHDRSZ + m->value_len);
-
-			SET_VARSIZE(b, VARHDRSZ + m->value_len);
-			memcpy(VARDATA(b), m->value, m->value_len);
-			v[6] = PointerGetDatum(b);
-		}
+			v[6] = pe_bytes_to_bytea(m->value, m->value_len);
 		else
 			nl[6] = 'n';
 		h = NULL;
@@ -1781,9 +1775,7 @@ pe_slot_try_batch(rd_kafka_message_t **batch, int n, PeBatchOutcome *outcome,
 						 errmsg("could not commit offsets to the Kafka group before applying: %s",
 								rd_kafka_err2str(err))));
 		}
-		SetCurrentStatementStartTimestamp();
-		StartTransactionCommand();
-		PushActiveSnapshot(GetTransactionSnapshot());
+		pe_xact_begin();
 		pgstat_report_activity(STATE_RUNNING, "applying a batch");
 		if (SPI_connect() != SPI_OK_CONNECT)
 			elog(ERROR, "SPI_connect failed");
@@ -1975,12 +1967,9 @@ pe_slot_loop(const char *activity)
 
 			ereport(LOG,
 					(errmsg("pipeline_ext consumer %s/%d stopped: %s", run->def->name, run->slot, stop_error)));
-			SetCurrentStatementStartTimestamp();
-			StartTransactionCommand();
-			PushActiveSnapshot(GetTransactionSnapshot());
+			pe_xact_begin();
 			pe_consumer_record_error(run->def->name, msg, true);
-			PopActiveSnapshot();
-			CommitTransactionCommand();
+			pe_xact_commit();
 			pe_slot_record_error(msg);
 			pe_wake_manager(MyDatabaseId);
 			proc_exit(0);
