@@ -6,13 +6,32 @@ MODULE_big = pipeline_ext
 OBJS = \
 	src/pipeline_ext.o \
 	src/shmem.o \
-	src/kafka_conf.o \
+	src/histogram.o \
+	src/lag.o \
+	src/kafka_props.o \
+	src/kafka_client.o \
+	src/eventhubs.o \
 	src/connection.o \
+	src/producer.o \
 	src/produce.o \
+	src/consumer_catalog.o \
+	src/consumer_api.o \
+	src/offsets_api.o \
+	src/deadletter_api.o \
 	src/target.o \
-	src/consumer.o \
-	src/worker.o \
+	src/decode.o \
+	src/decode_json.o \
+	src/decode_csv.o \
+	src/dedup.o \
+	src/apply.o \
+	src/deadletter.o \
+	src/launcher.o \
+	src/manager.o \
 	src/probe.o \
+	src/slot.o \
+	src/slot_assign.o \
+	src/slot_metrics.o \
+	src/offsets.o \
 	src/stats.o
 
 DATA = $(wildcard sql/pipeline_ext--*.sql)
@@ -39,9 +58,9 @@ include $(PGXS)
 # -Werror in CI) judge our code alone.
 override CPPFLAGS := $(patsubst -I%,-isystem %,$(filter -I/%,$(CPPFLAGS))) $(filter-out -I/%,$(CPPFLAGS))
 
-# Every object depends on the shared header (PGXS does not track headers
-# unless PostgreSQL was configured with --enable-depend).
-$(OBJS): src/pipeline_ext.h
+# Every object depends on the headers (PGXS does not track headers unless
+# PostgreSQL was configured with --enable-depend).
+$(OBJS): $(wildcard src/*.h)
 
 # The test and demo broker (test/broker/); not installed.
 BROKER = test/broker/pe_broker

@@ -33,7 +33,8 @@
 #include "utils/lsyscache.h"
 #include "utils/syscache.h"
 
-#include "pipeline_ext.h"
+#include "connection.h"
+#include "kafka.h"
 
 #define PE_MASK "********"
 

@@ -19,7 +19,9 @@
 #include "utils/acl.h"
 #include "utils/guc.h"
 
-#include "pipeline_ext.h"
+#include "connection.h"
+#include "shmem.h"
+#include "workers.h"
 
 PG_MODULE_MAGIC;
 

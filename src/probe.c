@@ -34,7 +34,11 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
-#include "pipeline_ext.h"
+#include "connection.h"
+#include "consumer.h"
+#include "kafka.h"
+#include "shmem.h"
+#include "workers.h"
 
 #define PE_PROBE_EVERY_MS 2000		/* watermarks of each consumer */
 #define PE_PROBE_RETRY_MS 10000		/* ... after the brokers did not answer */

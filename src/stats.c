@@ -22,12 +22,15 @@
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
 
-#include "pipeline_ext.h"
+#include "connection.h"
+#include "consumer.h"
+#include "shmem.h"
 
 PG_FUNCTION_INFO_V1(pe_producer_stats);
 PG_FUNCTION_INFO_V1(pe_reset_stats);
 PG_FUNCTION_INFO_V1(pe_partitions);
 PG_FUNCTION_INFO_V1(pe_consumer_stats);
+PG_FUNCTION_INFO_V1(pe_slots);
 
 /* pipeline.producer_stats: totals of every backend's producers */
 Datum
@@ -311,6 +314,92 @@ pe_consumer_stats(PG_FUNCTION_ARGS)
 		v[15] = CStringGetTextDatum(pe_sparkline(lag, lag_known, PE_TREND_POINTS));
 		v[16] = TimestampTzGetDatum(reset);
 		nl[16] = (reset == 0);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, nl);
+	}
+	return (Datum) 0;
+}
+
+
+static const char *
+pe_slot_state_name(PeSlotState s)
+{
+	switch (s)
+	{
+		case PE_SLOT_FREE:
+			return "stopped";
+		case PE_SLOT_STARTING:
+			return "starting";
+		case PE_SLOT_RUNNING:
+			return "running";
+		case PE_SLOT_STOPPED:
+			return "stopped";
+		case PE_SLOT_FAILED:
+			return "failed";
+		case PE_SLOT_RESTARTING:
+			return "restarting";
+	}
+	return "unknown";
+}
+
+Datum
+pe_slots(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	PeSlot	   *copy;
+	int			n = 0;
+
+	bool	   *may;
+
+	pe_require_preload();
+	InitMaterializedSRF(fcinfo, 0);
+	copy = pe_snapshot_slots(&n);
+	may = palloc(sizeof(bool) * Max(n, 1));
+
+	for (int i = 0; i < n; i++)
+	{
+		PeSlot	   *s = &copy[i];
+		Datum		v[12];
+		bool		nl[12];
+		bool		may_see = false;
+		int			j;
+		Datum	   *parts = palloc(sizeof(Datum) * Max(s->npartitions, 1));
+		int			nparts;
+
+		/* one catalog look-up per consumer, not per slot */
+		for (j = 0; j < i; j++)
+			if (strcmp(copy[j].consumer, s->consumer) == 0)
+				break;
+		if (j < i)
+			may_see = may[j];
+		else
+		{
+			PeConsumerDef *def = pe_consumer_read(s->consumer, true);
+
+			may_see = def != NULL && pe_may_see_secrets(def->owner);
+		}
+		may[i] = may_see;
+
+		memset(nl, false, sizeof(nl));
+		v[0] = CStringGetTextDatum(s->consumer);
+		v[1] = Int32GetDatum(s->slot);
+		v[2] = Int32GetDatum(s->pid);
+		nl[2] = (s->pid == 0);
+		v[3] = CStringGetTextDatum(pe_slot_state_name(s->state));
+		v[4] = Int32GetDatum(s->restarts);
+		v[5] = CStringGetTextDatum(s->last_error);
+		nl[5] = (s->last_error[0] == '\0' || !may_see);
+		v[6] = TimestampTzGetDatum(s->last_error_at);
+		nl[6] = (s->last_error_at == 0);
+		v[7] = TimestampTzGetDatum(s->last_batch_at);
+		nl[7] = (s->last_batch_at == 0);
+		/* assigned partitions: those of a running worker */
+		nparts = (s->state == PE_SLOT_RUNNING || s->state == PE_SLOT_STARTING) ? s->npartitions : 0;
+		for (int p = 0; p < nparts; p++)
+			parts[p] = Int32GetDatum(s->partitions[p]);
+		v[8] = PointerGetDatum(construct_array(parts, nparts, INT4OID, 4, true, TYPALIGN_INT));
+		v[9] = Int64GetDatum((int64) s->messages);
+		v[10] = Int64GetDatum((int64) s->batches);
+		v[11] = Int64GetDatum((int64) s->dead_letters);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, nl);
 	}
 	return (Datum) 0;

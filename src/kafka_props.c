@@ -1,26 +1,22 @@
 /*-------------------------------------------------------------------------
  *
- * kafka_conf.c
- *	  librdkafka configuration: which properties exist, which are secret,
- *	  which only a superuser may set, checking a user's options one by one,
- *	  and deriving the Kafka endpoint settings from an Azure Event Hubs
- *	  connection string.
- *
- *	  Nothing here puts a secret into an error message: values of secret
- *	  properties are redacted from librdkafka's own error text, and the Event
- *	  Hubs parser names the part that is wrong, never its value.
+ * kafka_props.c
+ *	  librdkafka properties: which exist, which are secret, which only a
+ *	  superuser may set, and checking a user's options one by one.  Nothing
+ *	  here puts a secret into an error message: values of secret properties
+ *	  are redacted from librdkafka's own error text.
  *
  * IDENTIFICATION
- *	  src/kafka_conf.c
+ *	  src/kafka_props.c
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#include <limits.h>
 #include <stdio.h>
 
 #include "catalog/pg_authid.h"
-#include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
@@ -28,7 +24,7 @@
 #include "utils/numeric.h"
 #include "utils/varlena.h"
 
-#include "pipeline_ext.h"
+#include "kafka.h"
 
 /* Every property name librdkafka knows, read once per process. */
 static List *known_properties = NIL;
@@ -186,45 +182,6 @@ pe_jsonb_scalar_to_cstring(JsonbValue *v, const char *key)
 }
 
 /*
- * Replace every occurrence of each secret in text with asterisks.
- */
-char *
-pe_redact(const char *text, List *secrets)
-{
-	char	   *result = pstrdup(text);
-	ListCell   *lc;
-	size_t		len = strlen(result);
-
-	/* librdkafka's texts sometimes end in a newline */
-	while (len > 0 && (result[len - 1] == '\n' || result[len - 1] == ' '))
-		result[--len] = '\0';
-
-	foreach(lc, secrets)
-	{
-		const char *secret = lfirst(lc);
-		size_t		slen = strlen(secret);
-		StringInfoData buf;
-		const char *p;
-		const char *hit;
-
-		if (slen < 3)
-			continue;
-		initStringInfo(&buf);
-		p = result;
-		while ((hit = strstr(p, secret)) != NULL)
-		{
-			appendBinaryStringInfo(&buf, p, hit - p);
-			appendStringInfoString(&buf, "********");
-			p = hit + slen;
-		}
-		appendStringInfoString(&buf, p);
-		pfree(result);
-		result = buf.data;
-	}
-	return result;
-}
-
-/*
  * Check every key and value of a connection's options against librdkafka,
  * and who may set it.  Raises an error for the first bad one.
  */
@@ -350,186 +307,4 @@ pe_validate_options(Jsonb *options, bool for_eventhubs_derived)
 		rd_kafka_conf_destroy(conf);
 	}
 	PG_END_TRY();
-}
-
-/*
- * Parse "Endpoint=sb://NS.servicebus.windows.net/;SharedAccessKeyName=..;
- * SharedAccessKey=..[;EntityPath=..]".  Errors name the part that is wrong
- * and never include the key.
- */
-void
-pe_parse_eventhubs(const char *connstr, PeEventHubsConfig *out)
-{
-	char	   *copy = pstrdup(connstr);
-	char	   *part;
-	char	   *save = NULL;
-	char	   *endpoint = NULL;
-	char	   *key_name = NULL;
-	char	   *key = NULL;
-	char	   *entity = NULL;
-	int			partno = 0;
-	const char *hint =
-		"An Event Hubs connection string looks like "
-		"Endpoint=sb://NAMESPACE.servicebus.windows.net/;SharedAccessKeyName=NAME;"
-		"SharedAccessKey=KEY[;EntityPath=HUB]; copy it from the namespace's "
-		"\"Shared access policies\" page.";
-
-	memset(out, 0, sizeof(*out));
-
-	if (connstr[strspn(connstr, " \t\r\n;")] == '\0')
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid Event Hubs connection string"),
-				 errdetail("The string is empty."),
-				 errhint("%s", hint), errhidestmt(true)));
-
-	for (part = strtok_r(copy, ";", &save); part; part = strtok_r(NULL, ";", &save))
-	{
-		char	   *eq;
-		char	   *name;
-		char	   *value;
-		char	  **slot;
-
-		partno++;
-		while (*part == ' ' || *part == '\t' || *part == '\r' || *part == '\n')
-			part++;
-		if (*part == '\0')
-			continue;
-		eq = strchr(part, '=');
-		if (eq == NULL)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("invalid Event Hubs connection string"),
-					 errdetail("Part %d is not of the form Name=Value.", partno),
-					 errhint("%s", hint), errhidestmt(true)));
-		*eq = '\0';
-		name = part;
-		value = eq + 1;
-
-		if (pg_strcasecmp(name, "Endpoint") == 0)
-			slot = &endpoint;
-		else if (pg_strcasecmp(name, "SharedAccessKeyName") == 0)
-			slot = &key_name;
-		else if (pg_strcasecmp(name, "SharedAccessKey") == 0)
-			slot = &key;
-		else if (pg_strcasecmp(name, "EntityPath") == 0)
-			slot = &entity;
-		else
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("invalid Event Hubs connection string"),
-					 errdetail("Unknown part \"%.64s\"; the known parts are Endpoint, SharedAccessKeyName, SharedAccessKey and EntityPath.", name),
-					 errhint("%s", hint), errhidestmt(true)));
-
-		if (*slot != NULL)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("invalid Event Hubs connection string"),
-					 errdetail("The %s part appears more than once.", name),
-					 errhint("%s", hint), errhidestmt(true)));
-		*slot = value;
-	}
-
-	if (endpoint == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid Event Hubs connection string"),
-				 errdetail("The Endpoint part is missing."),
-				 errhint("%s", hint), errhidestmt(true)));
-	if (pg_strncasecmp(endpoint, "sb://", 5) != 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid Event Hubs connection string"),
-				 errdetail("The Endpoint must start with \"sb://\"."),
-				 errhint("%s", hint), errhidestmt(true)));
-	{
-		char	   *host = endpoint + 5;
-		size_t		hlen = strcspn(host, "/");
-		bool		ok = hlen > 0 && host[hlen + strspn(host + hlen, "/")] == '\0';
-
-		for (size_t i = 0; ok && i < hlen; i++)
-			if (!(isalnum((unsigned char) host[i]) || host[i] == '.' || host[i] == '-'))
-				ok = false;
-		if (!ok || strchr(host, '.') == NULL || host[0] == '.' || host[0] == '-')
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("invalid Event Hubs connection string"),
-					 errdetail("The Endpoint must be sb:// followed by a namespace host name such as NAMESPACE.servicebus.windows.net, with no port or path."),
-					 errhint("%s", hint), errhidestmt(true)));
-		out->namespace_host = pnstrdup(host, hlen);
-	}
-
-	if (key_name == NULL || *key_name == '\0')
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid Event Hubs connection string"),
-				 errdetail("The SharedAccessKeyName part is missing or empty."),
-				 errhint("%s", hint), errhidestmt(true)));
-	if (key == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid Event Hubs connection string"),
-				 errdetail("The SharedAccessKey part is missing."),
-				 errhint("%s", hint), errhidestmt(true)));
-	if (*key == '\0')
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid Event Hubs connection string"),
-				 errdetail("The SharedAccessKey is empty."),
-				 errhint("%s", hint), errhidestmt(true)));
-	if (entity != NULL && *entity == '\0')
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid Event Hubs connection string"),
-				 errdetail("The EntityPath is empty."),
-				 errhint("Leave EntityPath out for a namespace-level connection string."),
-				 errhidestmt(true)));
-
-	out->key_name = pstrdup(key_name);
-	out->entity_path = entity ? pstrdup(entity) : NULL;
-	/* Wipe our copy of the key before it goes back to the allocator. */
-	memset(copy, 0, strlen(connstr));
-	pfree(copy);
-}
-
-/*
- * A librdkafka configuration from a connection's properties, after the
- * given defaults (which the connection's own options override).  Errors
- * name the property and redact the connection's secrets.
- */
-rd_kafka_conf_t *
-pe_kafka_conf(PeConnection *conn, List *defaults)
-{
-	rd_kafka_conf_t *conf = rd_kafka_conf_new();
-	char		errstr[512];
-	List	   *props = list_concat(list_copy(defaults), conn->props);
-	ListCell   *lc;
-
-	foreach(lc, props)
-	{
-		PeProperty *prop = lfirst(lc);
-
-		if (rd_kafka_conf_set(conf, prop->name, prop->value, errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK)
-		{
-			rd_kafka_conf_destroy(conf);
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("invalid property \"%s\" in connection \"%s\"", prop->name, conn->name),
-					 errdetail("%s", pe_redact(errstr, pe_connection_secrets(conn))),
-					 errhint("Recreate the connection with a valid value.")));
-		}
-	}
-	return conf;
-}
-
-/* A property list entry, for defaults lists. */
-PeProperty *
-pe_property(const char *name, const char *value, const char *source)
-{
-	PeProperty *p = palloc(sizeof(PeProperty));
-
-	p->name = pstrdup(name);
-	p->value = pstrdup(value);
-	p->source = source;
-	return p;
 }

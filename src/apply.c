@@ -1,0 +1,304 @@
+/*-------------------------------------------------------------------------
+ *
+ * apply.c
+ *	  Applying a batch of rows to the target with set-based statements
+ *	  prepared once: one INSERT (append) or INSERT ... ON CONFLICT DO UPDATE
+ *	  (upsert) over unnest() of one array per column, and one DELETE for
+ *	  tombstones.  Decoding and applying run as the consumer's owner, with
+ *	  SECURITY_RESTRICTED_OPERATION as for REFRESH MATERIALIZED VIEW, so a
+ *	  trigger on the target runs with the owner's privileges and no more.
+ *
+ * IDENTIFICATION
+ *	  src/apply.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "lib/stringinfo.h"
+#include "miscadmin.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
+#include "utils/resowner.h"
+
+#include "datapath.h"
+
+void
+pe_build_statements(PeTarget *t)
+{
+	StringInfoData sql;
+	Oid		   *argtypes = palloc(sizeof(Oid) * t->ncols);
+	bool		first;
+
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "INSERT INTO %s AS t (", t->relname);
+	for (int c = 0; c < t->ncols; c++)
+		appendStringInfo(&sql, "%s%s", c ? ", " : "", quote_identifier(t->cols[c].name));
+	appendStringInfoString(&sql, ") SELECT ");
+	for (int c = 0; c < t->ncols; c++)
+	{
+		if (t->cols[c].default_expr)
+			appendStringInfo(&sql, "%sCOALESCE(u.a%d, %s)", c ? ", " : "", c, t->cols[c].default_expr);
+		else
+			appendStringInfo(&sql, "%su.a%d", c ? ", " : "", c);
+		argtypes[c] = t->cols[c].arraytyp;
+	}
+	appendStringInfoString(&sql, " FROM ROWS FROM (");
+	for (int c = 0; c < t->ncols; c++)
+		appendStringInfo(&sql, "%spg_catalog.unnest($%d)", c ? ", " : "", c + 1);
+	appendStringInfoString(&sql, ") AS u(");
+	for (int c = 0; c < t->ncols; c++)
+		appendStringInfo(&sql, "%sa%d", c ? ", " : "", c);
+	appendStringInfoChar(&sql, ')');
+
+	if (t->def->upsert)
+	{
+		appendStringInfoString(&sql, " ON CONFLICT (");
+		for (int k = 0; k < t->nkeys; k++)
+			appendStringInfo(&sql, "%s%s", k ? ", " : "", quote_identifier(t->cols[t->keycols[k]].name));
+		appendStringInfoChar(&sql, ')');
+		first = true;
+		for (int c = 0; c < t->ncols; c++)
+		{
+			if (t->cols[c].is_key)
+				continue;
+			appendStringInfo(&sql, "%s%s = EXCLUDED.%s", first ? " DO UPDATE SET " : ", ",
+							 quote_identifier(t->cols[c].name), quote_identifier(t->cols[c].name));
+			first = false;
+		}
+		if (first)
+			appendStringInfoString(&sql, " DO NOTHING");
+	}
+
+	t->apply_plan = SPI_prepare(sql.data, t->ncols, argtypes);
+	if (t->apply_plan == NULL)
+		elog(ERROR, "could not prepare the apply statement of consumer \"%s\": %s",
+			 t->def->name, SPI_result_code_string(SPI_result));
+	SPI_keepplan(t->apply_plan);
+
+	if (t->def->delete_on_tombstone)
+	{
+		resetStringInfo(&sql);
+		appendStringInfo(&sql, "DELETE FROM %s AS t USING ROWS FROM (", t->relname);
+		for (int k = 0; k < t->nkeys; k++)
+		{
+			appendStringInfo(&sql, "%spg_catalog.unnest($%d)", k ? ", " : "", k + 1);
+			argtypes[k] = t->cols[t->keycols[k]].arraytyp;
+		}
+		appendStringInfoString(&sql, ") AS u(");
+		for (int k = 0; k < t->nkeys; k++)
+			appendStringInfo(&sql, "%sa%d", k ? ", " : "", k);
+		appendStringInfoString(&sql, ") WHERE ");
+		for (int k = 0; k < t->nkeys; k++)
+			appendStringInfo(&sql, "%st.%s = u.a%d", k ? " AND " : "",
+							 quote_identifier(t->cols[t->keycols[k]].name), k);
+		t->delete_plan = SPI_prepare(sql.data, t->nkeys, argtypes);
+		if (t->delete_plan == NULL)
+			elog(ERROR, "could not prepare the delete statement of consumer \"%s\": %s",
+				 t->def->name, SPI_result_code_string(SPI_result));
+		SPI_keepplan(t->delete_plan);
+	}
+}
+
+/* Execute the insert (or delete) for rows[0..n) in a subtransaction. */
+ErrorData *
+pe_try_statement(PeTarget *t, PeRow **rows, int n, bool is_delete, int64 *processed)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	int			nargs = is_delete ? t->nkeys : t->ncols;
+	Datum	   *args = palloc(sizeof(Datum) * nargs);
+	Datum	   *elems = palloc(sizeof(Datum) * n);
+	bool	   *enulls = palloc(sizeof(bool) * n);
+	ErrorData  *volatile edata = NULL;
+
+	for (int a = 0; a < nargs; a++)
+	{
+		int			c = is_delete ? t->keycols[a] : a;
+		PeColumn   *col = &t->cols[c];
+		int			dims[1] = {n};
+		int			lbs[1] = {1};
+
+		for (int i = 0; i < n; i++)
+		{
+			elems[i] = rows[i]->values[c];
+			enulls[i] = rows[i]->nulls[c];
+		}
+		args[a] = PointerGetDatum(construct_md_array(elems, enulls, 1, dims, lbs, col->typid,
+													 col->typlen, col->typbyval, col->typalign));
+	}
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		int			rc = SPI_execute_plan(is_delete ? t->delete_plan : t->apply_plan, args, NULL, false, 0);
+
+		if (rc < 0)
+			elog(ERROR, "could not apply a batch of consumer \"%s\": %s", t->def->name, SPI_result_code_string(rc));
+		*processed = SPI_processed;
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+	}
+	PG_END_TRY();
+
+	for (int a = 0; a < nargs; a++)
+		pfree(DatumGetPointer(args[a]));
+	pfree(args);
+	pfree(elems);
+	pfree(enulls);
+	return edata;
+}
+
+/* Order rows by their keys, as the unique index does (NULL keys last). */
+static int
+pe_row_key_cmp(const void *a, const void *b, void *arg)
+{
+	PeTarget   *t = arg;
+	PeRow	   *ra = *(PeRow *const *) a;
+	PeRow	   *rb = *(PeRow *const *) b;
+
+	for (int k = 0; k < t->nkeys; k++)
+	{
+		int			c = t->keycols[k];
+		int32		r;
+
+		if (ra->nulls[c] || rb->nulls[c])
+		{
+			if (ra->nulls[c] != rb->nulls[c])
+				return ra->nulls[c] ? 1 : -1;
+			continue;
+		}
+		r = DatumGetInt32(FunctionCall2Coll(t->cols[c].cmp_fn, t->cols[c].collation,
+											ra->values[c], rb->values[c]));
+		if (r != 0)
+			return r;
+	}
+	return 0;
+}
+
+static bool
+pe_can_sort(PeTarget *t)
+{
+	for (int k = 0; k < t->nkeys; k++)
+		if (t->cols[t->keycols[k]].cmp_fn == NULL)
+			return false;
+	return t->nkeys > 0;
+}
+
+/*
+ * Decode and apply msgs[0..n) in the current transaction.  SPI must be
+ * connected and a snapshot active.  Messages that fail go to res->dead; an
+ * error that is not about rows propagates.
+ */
+void
+pe_target_apply(PeTarget *t, PeMessage *msgs, int n, PeBatchResult *res)
+{
+	PeRow	   *rows = palloc0(sizeof(PeRow) * Max(n, 1));
+	volatile int nrows = 0;
+	volatile int i = 0;
+	PeRow	  **ins;
+	PeRow	  **del;
+	int			nins = 0;
+	int			ndel = 0;
+	Oid			save_userid;
+	int			save_sec;
+
+	GetUserIdAndSecContext(&save_userid, &save_sec);
+	SetUserIdAndSecContext(t->def->owner,
+						   save_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
+
+	/*
+	 * Decode in one subtransaction; a message whose decoding raises an error
+	 * becomes a dead letter and decoding resumes after it in a new one.
+	 */
+	while (i < n)
+	{
+		MemoryContext cxt = CurrentMemoryContext;
+		ResourceOwner owner = CurrentResourceOwner;
+
+		BeginInternalSubTransaction(NULL);
+		MemoryContextSwitchTo(cxt);
+		PG_TRY();
+		{
+			for (; i < n; i++)
+			{
+				CHECK_FOR_INTERRUPTS();
+				rows[nrows].msg_index = i;
+				pe_decode_one(t, &msgs[i], &rows[nrows]);
+				nrows++;
+			}
+			ReleaseCurrentSubTransaction();
+			MemoryContextSwitchTo(cxt);
+			CurrentResourceOwner = owner;
+		}
+		PG_CATCH();
+		{
+			ErrorData  *edata;
+
+			MemoryContextSwitchTo(cxt);
+			edata = CopyErrorData();
+			FlushErrorState();
+			RollbackAndReleaseCurrentSubTransaction();
+			MemoryContextSwitchTo(cxt);
+			CurrentResourceOwner = owner;
+			if (!pe_error_is_row_specific(edata->sqlerrcode))
+			{
+				SetUserIdAndSecContext(save_userid, save_sec);
+				ReThrowError(edata);
+			}
+			pe_add_dead(res, i, edata);
+			memset(&rows[nrows], 0, sizeof(PeRow));
+			i++;
+		}
+		PG_END_TRY();
+	}
+
+	if (t->def->upsert && t->nkeys > 0)
+		pe_dedup(t, msgs, rows, nrows);
+
+	ins = palloc(sizeof(PeRow *) * Max(nrows, 1));
+	del = palloc(sizeof(PeRow *) * Max(nrows, 1));
+	for (int r = 0; r < nrows; r++)
+	{
+		if (rows[r].superseded)
+			res->applied++;		/* a newer message of its key wins */
+		else if (rows[r].tombstone)
+			del[ndel++] = &rows[r];
+		else
+			ins[nins++] = &rows[r];
+	}
+
+	/*
+	 * Apply upserts in key order: the index and heap pages are then visited
+	 * in order, as INSERT ... SELECT DISTINCT ON (key) ... ORDER BY would,
+	 * and two slots touching the same keys lock them in the same order.
+	 */
+	if (t->def->upsert && pe_can_sort(t))
+	{
+		qsort_arg(ins, nins, sizeof(PeRow *), pe_row_key_cmp, t);
+		qsort_arg(del, ndel, sizeof(PeRow *), pe_row_key_cmp, t);
+	}
+
+	/*
+	 * On an error the (sub)transaction abort restores the user id; on
+	 * success we do.
+	 */
+	pe_apply_rows(t, ins, nins, false, res);
+	pe_apply_rows(t, del, ndel, true, res);
+	SetUserIdAndSecContext(save_userid, save_sec);
+}

@@ -1,0 +1,64 @@
+/*-------------------------------------------------------------------------
+ *
+ * consumer.h
+ *	  Consumers: what a catalog row says (consumer_catalog.c) and the
+ *	  SQL functions that manage them (consumer_api.c, offsets_api.c,
+ *	  deadletter_api.c).
+ *
+ * IDENTIFICATION
+ *	  src/consumer.h
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef PE_CONSUMER_H
+#define PE_CONSUMER_H
+
+#include "pipeline_ext.h"
+
+#include "nodes/pg_list.h"
+#include "utils/array.h"
+#include "utils/jsonb.h"
+
+typedef enum PeFormat
+{
+	PE_FORMAT_JSON,
+	PE_FORMAT_CSV,
+	PE_FORMAT_TEXT,
+	PE_FORMAT_BYTEA
+} PeFormat;
+
+/* What a consumer's catalog row says about decoding and applying. */
+typedef struct PeConsumerDef
+{
+	char	   *name;
+	Oid			owner;
+	char	   *connection;
+	char	   *topic;
+	Oid			target;
+	PeFormat	format;
+	bool		upsert;
+	ArrayType  *key_columns;	/* NULL: the primary key */
+	char	   *delivery;
+	int			parallelism;
+	char	   *start_offset;
+	int			batch_size;
+	int			batch_timeout_ms;
+	Jsonb	   *column_map;		/* NULL: none */
+	char	   *group_id;		/* NULL: manual assignment */
+	bool		stop_on_error;
+	bool		delete_on_tombstone;
+	Jsonb	   *format_options;
+	bool		enabled;
+} PeConsumerDef;
+
+/* consumer_catalog.c */
+extern PeConsumerDef *pe_consumer_read(const char *name, bool missing_ok);
+extern List *pe_consumer_defaults(PeConsumerDef *def, int npartitions, const char *dbname);
+extern void pe_consumer_record_error(const char *name, const char *error, bool disable);
+
+/* consumer_api.c */
+extern PeConsumerDef *pe_consumer_for_owner(const char *name, const char *action);
+extern void pe_wake_at_commit(void);
+extern void pe_reseek_at_commit(const char *name);
+
+#endif							/* PE_CONSUMER_H */

@@ -1,0 +1,153 @@
+/*-------------------------------------------------------------------------
+ *
+ * consumer_catalog.c
+ *	  A consumer's catalog row: reading it into a PeConsumerDef, keeping its
+ *	  last error, and the librdkafka settings its slots start from.
+ *
+ * IDENTIFICATION
+ *	  src/consumer_catalog.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+#include "utils/memutils.h"
+
+#include "connection.h"
+#include "consumer.h"
+#include "datapath.h"
+#include "kafka.h"
+
+
+
+#define PE_CONSUMER_COLUMNS \
+	"owner, connection, topic, target, format, mode, key_columns, delivery, parallelism, " \
+	"start_offset, batch_size, (EXTRACT(epoch FROM batch_timeout) OPERATOR(pg_catalog.*) 1000)::int, " \
+	"column_map, group_id, on_error, delete_on_tombstone, format_options, enabled"
+
+/* Read a consumer's definition; run as the catalog owner. */
+PeConsumerDef *
+pe_consumer_read(const char *name, bool missing_ok)
+{
+	PeCatalogAccess acc;
+	Oid			argtypes[1] = {TEXTOID};
+	Datum		values[1];
+	int			rc;
+	PeConsumerDef *def = NULL;
+	MemoryContext caller = CurrentMemoryContext;
+
+	values[0] = CStringGetTextDatum(name);
+	pe_catalog_begin(&acc);
+	rc = SPI_execute_with_args("SELECT " PE_CONSUMER_COLUMNS " FROM pipeline.consumer "
+							   "WHERE name OPERATOR(pg_catalog.=) $1",
+							   1, argtypes, values, NULL, true, 1);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "could not read consumer: %s", SPI_result_code_string(rc));
+	if (SPI_processed == 1)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[0];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		Datum		d;
+		MemoryContext spi = MemoryContextSwitchTo(caller);
+
+		def = palloc0(sizeof(PeConsumerDef));
+		def->name = pstrdup(name);
+		def->owner = DatumGetObjectId(SPI_getbinval(tup, desc, 1, &isnull));
+		def->connection = TextDatumGetCString(SPI_getbinval(tup, desc, 2, &isnull));
+		def->topic = TextDatumGetCString(SPI_getbinval(tup, desc, 3, &isnull));
+		def->target = DatumGetObjectId(SPI_getbinval(tup, desc, 4, &isnull));
+		def->format = pe_parse_format(TextDatumGetCString(SPI_getbinval(tup, desc, 5, &isnull)));
+		def->upsert = strcmp(TextDatumGetCString(SPI_getbinval(tup, desc, 6, &isnull)), "upsert") == 0;
+		d = SPI_getbinval(tup, desc, 7, &isnull);
+		def->key_columns = isnull ? NULL : DatumGetArrayTypePCopy(d);
+		def->delivery = TextDatumGetCString(SPI_getbinval(tup, desc, 8, &isnull));
+		def->parallelism = DatumGetInt32(SPI_getbinval(tup, desc, 9, &isnull));
+		def->start_offset = TextDatumGetCString(SPI_getbinval(tup, desc, 10, &isnull));
+		def->batch_size = DatumGetInt32(SPI_getbinval(tup, desc, 11, &isnull));
+		def->batch_timeout_ms = DatumGetInt32(SPI_getbinval(tup, desc, 12, &isnull));
+		d = SPI_getbinval(tup, desc, 13, &isnull);
+		def->column_map = isnull ? NULL : DatumGetJsonbPCopy(d);
+		d = SPI_getbinval(tup, desc, 14, &isnull);
+		def->group_id = isnull ? NULL : TextDatumGetCString(d);
+		def->stop_on_error = strcmp(TextDatumGetCString(SPI_getbinval(tup, desc, 15, &isnull)), "stop") == 0;
+		def->delete_on_tombstone = DatumGetBool(SPI_getbinval(tup, desc, 16, &isnull));
+		def->format_options = DatumGetJsonbPCopy(SPI_getbinval(tup, desc, 17, &isnull));
+		def->enabled = DatumGetBool(SPI_getbinval(tup, desc, 18, &isnull));
+		MemoryContextSwitchTo(spi);
+	}
+	pe_catalog_end(&acc);
+
+	if (def == NULL && !missing_ok)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("consumer \"%s\" does not exist", name),
+				 errhint("pipeline.consumers lists the existing consumers.")));
+	return def;
+}
+
+/* Keep the last error of a consumer in its catalog row; optionally stop it. */
+void
+pe_consumer_record_error(const char *name, const char *error, bool disable)
+{
+	PeCatalogAccess acc;
+	Oid			argtypes[3] = {TEXTOID, TEXTOID, BOOLOID};
+	Datum		values[3];
+	int			rc;
+
+	values[0] = CStringGetTextDatum(name);
+	values[1] = CStringGetTextDatum(error);
+	values[2] = BoolGetDatum(disable);
+	pe_catalog_begin(&acc);
+	rc = SPI_execute_with_args("UPDATE pipeline.consumer SET last_error = $2, last_error_at = pg_catalog.now(), "
+							   "enabled = enabled AND NOT $3 WHERE name OPERATOR(pg_catalog.=) $1",
+							   3, argtypes, values, NULL, false, 0);
+	if (rc != SPI_OK_UPDATE)
+		elog(ERROR, "could not record the error of consumer \"%s\": %s", name, SPI_result_code_string(rc));
+	pe_catalog_end(&acc);
+}
+
+/* librdkafka properties a consumer slot starts from (the connection overrides). */
+List *
+pe_consumer_defaults(PeConsumerDef *def, int npartitions, const char *dbname)
+{
+	List	   *props = NIL;
+	char	   *group;
+	int			kbytes;
+
+	if (def->group_id)
+		group = def->group_id;
+	else
+		group = psprintf("pipeline_ext.%s.%s", dbname, def->name);
+
+	/*
+	 * librdkafka 2.0 stops fetching a partition while the prefetch queue
+	 * holds more than queued.max.messages.kbytes and looks again only about
+	 * once a second.  With partitions forwarded to the consumer queue, the
+	 * limit applies to that one queue, whatever the number of partitions:
+	 * 20 MB holds about a second of what a busy slot applies, so it rarely
+	 * waits on it, and with fetch.max.bytes it bounds the worker's memory
+	 * however far behind it is (bench/consume.sh measures both).
+	 */
+	(void) npartitions;
+	kbytes = 20 * 1024;
+
+	props = lappend(props, pe_property("client.id", "pipeline_ext", "pipeline_ext"));
+	props = lappend(props, pe_property("group.id", group, "pipeline_ext"));
+	props = lappend(props, pe_property("enable.auto.commit", "false", "pipeline_ext"));
+	props = lappend(props, pe_property("enable.auto.offset.store", "false", "pipeline_ext"));
+	props = lappend(props, pe_property("enable.partition.eof", "false", "pipeline_ext"));
+	props = lappend(props, pe_property("auto.offset.reset",
+									   strcmp(def->start_offset, "latest") == 0 ? "latest" : "earliest",
+									   "pipeline_ext"));
+	props = lappend(props, pe_property("fetch.wait.max.ms", "100", "pipeline_ext"));
+	props = lappend(props, pe_property("queued.min.messages", "1000000", "pipeline_ext"));
+	props = lappend(props, pe_property("queued.max.messages.kbytes", psprintf("%d", kbytes), "pipeline_ext"));
+	props = lappend(props, pe_property("fetch.max.bytes", "4194304", "pipeline_ext"));
+	return props;
+}

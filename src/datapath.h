@@ -1,0 +1,176 @@
+/*-------------------------------------------------------------------------
+ *
+ * datapath.h
+ *	  The data path of a batch of messages: the target's description
+ *	  (target.c), decoding (decode.c and a decoder per format), keeping
+ *	  the newest message per key (dedup.c), applying with prepared
+ *	  statements (apply.c), and isolating bad rows into dead letters
+ *	  (deadletter.c).
+ *
+ * IDENTIFICATION
+ *	  src/datapath.h
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef PE_DATAPATH_H
+#define PE_DATAPATH_H
+
+#include "pipeline_ext.h"
+
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "nodes/pg_list.h"
+#include "utils/jsonb.h"
+#include "utils/rel.h"
+
+#include <librdkafka/rdkafka.h>
+
+#include "consumer.h"
+
+#define PE_JSON_MAX_DEPTH 16
+
+/* A message to decode: from librdkafka, or a dead letter being replayed. */
+typedef struct PeMessage
+{
+	const char *topic;
+	int32		partition;
+	int64		offset;
+	int64		timestamp_ms;	/* -1: none */
+	const char *key;			/* NULL: no key */
+	size_t		key_len;
+	const char *value;			/* NULL: tombstone */
+	size_t		value_len;
+	rd_kafka_headers_t *hdrs;	/* librdkafka's headers, or NULL */
+	Jsonb	   *headers_jsonb;	/* replayed dead letter's headers, or NULL */
+} PeMessage;
+
+/* A message that could not be decoded or applied. */
+typedef struct PeDeadLetter
+{
+	int			msg_index;
+	char	   *error;
+	char		sqlstate[6];
+} PeDeadLetter;
+
+typedef struct PeBatchResult
+{
+	int64		applied;		/* rows inserted or updated (incl. superseded) */
+	int64		deleted;		/* tombstones applied */
+	List	   *dead;			/* PeDeadLetter */
+} PeBatchResult;
+
+/* Where a column's value comes from. */
+typedef enum PeSource
+{
+	PE_SRC_FIELD,				/* JSON field path */
+	PE_SRC_CSV,					/* CSV field by position */
+	PE_SRC_VALUE,				/* the whole value */
+	PE_SRC_KEY,
+	PE_SRC_TOPIC,
+	PE_SRC_PARTITION,
+	PE_SRC_OFFSET,
+	PE_SRC_TIMESTAMP,
+	PE_SRC_HEADERS,
+	PE_SRC_HEADER
+} PeSource;
+
+typedef struct PeColumn
+{
+	char	   *name;
+	AttrNumber	attnum;
+	Oid			typid;
+	int32		typmod;
+	Oid			collation;
+	Oid			arraytyp;
+	int16		typlen;
+	bool		typbyval;
+	char		typalign;
+	FmgrInfo	infunc;
+	Oid			ioparam;
+	bool		is_json;		/* json or jsonb: nested values as JSON text */
+	bool		is_bytea;
+	PeSource	source;
+	char	  **path;			/* PE_SRC_FIELD */
+	int			npath;
+	size_t		path0len;		/* strlen(path[0]), for the fast JSON path */
+	int			csv_index;		/* PE_SRC_CSV */
+	char	   *header;			/* PE_SRC_HEADER */
+	char	   *default_expr;	/* used when the value is NULL, or NULL */
+	bool		is_key;
+	FmgrInfo   *hash_fn;		/* key columns: for de-duplication */
+	FmgrInfo   *eq_fn;
+	FmgrInfo   *cmp_fn;			/* key columns: btree order, or NULL */
+} PeColumn;
+
+/* A consumer's target table, as the data path sees it. */
+typedef struct PeTarget
+{
+	PeConsumerDef *def;
+	Oid			relid;
+	char	   *relname;		/* schema-qualified, quoted */
+	int			ncols;
+	PeColumn   *cols;
+	int			nkeys;
+	int		   *keycols;		/* indexes into cols */
+	int			ncsv;
+	char		csv_delim;
+	char		csv_quote;
+	char	   *csv_null;
+	bool		needs_headers;
+	bool		flat_json;		/* every field column is a top-level field */
+	SPIPlanPtr	apply_plan;
+	SPIPlanPtr	delete_plan;
+} PeTarget;
+
+/* One decoded message. */
+typedef struct PeRow
+{
+	int			msg_index;
+	bool		tombstone;
+	bool		superseded;		/* a newer message of the same key won */
+	Datum	   *values;
+	bool	   *nulls;
+	uint32		hash;
+} PeRow;
+
+/* Found values of one message, per column, as text (or raw bytes). */
+typedef struct PeFound
+{
+	bool		found;
+	bool		isnull;
+	char	   *text;
+	size_t		len;
+	bool		raw;			/* text holds raw bytes, not verified text */
+	bool		json_string;	/* JSON string: a json column needs it quoted */
+} PeFound;
+
+/* target.c */
+extern PeTarget *pe_target_open(PeConsumerDef *def, bool check_privileges);
+extern void pe_target_close(PeTarget *t);
+
+/* decode.c */
+extern PeFormat pe_parse_format(const char *format);
+extern void pe_decode_one(PeTarget *t, PeMessage *msg, PeRow *row);
+extern void pe_verify_text(const char *data, size_t len, const char *what);
+extern Jsonb *pe_message_headers(PeMessage *msg);
+extern Datum pe_bytes_to_bytea(const char *data, size_t len);
+
+/* decode_json.c, decode_csv.c */
+extern bool pe_decode_json_fast(PeTarget *t, const char *data, size_t len, PeFound *found);
+extern void pe_decode_json(PeTarget *t, const char *data, size_t len, PeFound *found, const char *what);
+extern void pe_decode_csv(PeTarget *t, const char *data, size_t len, PeFound *found);
+
+/* dedup.c */
+extern void pe_dedup(PeTarget *t, PeMessage *msgs, PeRow *rows, int nrows);
+
+/* apply.c */
+extern void pe_build_statements(PeTarget *t);
+extern ErrorData *pe_try_statement(PeTarget *t, PeRow **rows, int n, bool is_delete, int64 *processed);
+extern void pe_target_apply(PeTarget *t, PeMessage *msgs, int n, PeBatchResult *res);
+
+/* deadletter.c */
+extern bool pe_error_is_row_specific(int sqlerrcode);
+extern void pe_add_dead(PeBatchResult *res, int msg_index, ErrorData *edata);
+extern void pe_apply_rows(PeTarget *t, PeRow **rows, int n, bool is_delete, PeBatchResult *res);
+
+#endif							/* PE_DATAPATH_H */

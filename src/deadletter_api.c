@@ -1,0 +1,170 @@
+/*-------------------------------------------------------------------------
+ *
+ * deadletter_api.c
+ *	  pipeline.replay_dead_letters(): apply a consumer's dead letters again,
+ *	  through the same data path as the slots, deleting those that apply now
+ *	  and keeping the new error of the others.
+ *
+ * IDENTIFICATION
+ *	  src/deadletter_api.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+
+#include "connection.h"
+#include "consumer.h"
+#include "datapath.h"
+
+PG_FUNCTION_INFO_V1(pe_replay_dead_letters);
+
+/*
+ * Re-apply a consumer's dead letters (all, or the given ids) in the order
+ * they were recorded; delete the ones that now apply, and record the new
+ * error of the others.
+ */
+Datum
+pe_replay_dead_letters(PG_FUNCTION_ARGS)
+{
+	char	   *name;
+	PeConsumerDef *def;
+	PeTarget   *t;
+	PeCatalogAccess acc;
+	Oid			argtypes[2] = {TEXTOID, INT8ARRAYOID};
+	Datum		args[2];
+	char		argnulls[2] = {' ', ' '};
+	int			rc;
+	int			n;
+	PeMessage  *msgs;
+	int64	   *ids;
+	PeBatchResult res;
+	TupleDesc	tupdesc;
+	Datum		out[2];
+	bool		outnulls[2] = {false, false};
+	bool	   *failed;
+	MemoryContext caller = CurrentMemoryContext;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("consumer must not be null")));
+	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	def = pe_consumer_for_owner(name, "replay its dead letters");
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+
+	args[0] = CStringGetTextDatum(name);
+	if (PG_ARGISNULL(1))
+		argnulls[1] = 'n';
+	else
+		args[1] = PG_GETARG_DATUM(1);
+
+	pe_catalog_begin(&acc);
+	rc = SPI_execute_with_args("SELECT id, topic, \"partition\", \"offset\", key, value, headers, "
+							   "(EXTRACT(epoch FROM \"timestamp\") OPERATOR(pg_catalog.*) 1000)::bigint "
+							   "FROM pipeline.dead_letters WHERE consumer OPERATOR(pg_catalog.=) $1 "
+							   "AND ($2 IS NULL OR id OPERATOR(pg_catalog.=) ANY ($2)) ORDER BY id FOR UPDATE",
+							   2, argtypes, args, argnulls, false, 0);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "could not read dead letters: %s", SPI_result_code_string(rc));
+	n = SPI_processed;
+	{
+		MemoryContext spi = MemoryContextSwitchTo(caller);
+
+		msgs = palloc0(sizeof(PeMessage) * Max(n, 1));
+		ids = palloc(sizeof(int64) * Max(n, 1));
+		for (int i = 0; i < n; i++)
+		{
+			HeapTuple	tup = SPI_tuptable->vals[i];
+			TupleDesc	desc = SPI_tuptable->tupdesc;
+			bool		isnull;
+			Datum		d;
+
+			ids[i] = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+			msgs[i].topic = TextDatumGetCString(SPI_getbinval(tup, desc, 2, &isnull));
+			msgs[i].partition = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull));
+			msgs[i].offset = DatumGetInt64(SPI_getbinval(tup, desc, 4, &isnull));
+			d = SPI_getbinval(tup, desc, 5, &isnull);
+			if (!isnull)
+			{
+				bytea	   *b = DatumGetByteaPCopy(d);
+
+				msgs[i].key = VARDATA(b);
+				msgs[i].key_len = VARSIZE(b) - VARHDRSZ;
+			}
+			d = SPI_getbinval(tup, desc, 6, &isnull);
+			if (!isnull)
+			{
+				bytea	   *b = DatumGetByteaPCopy(d);
+
+				msgs[i].value = VARDATA(b);
+				msgs[i].value_len = VARSIZE(b) - VARHDRSZ;
+			}
+			d = SPI_getbinval(tup, desc, 7, &isnull);
+			msgs[i].headers_jsonb = isnull ? NULL : DatumGetJsonbPCopy(d);
+			d = SPI_getbinval(tup, desc, 8, &isnull);
+			msgs[i].timestamp_ms = isnull ? -1 : DatumGetInt64(d);
+		}
+		MemoryContextSwitchTo(spi);
+	}
+	pe_catalog_end(&acc);
+
+	memset(&res, 0, sizeof(res));
+	if (n > 0)
+	{
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		t = pe_target_open(def, false);
+		pe_target_apply(t, msgs, n, &res);
+		SPI_finish();
+	}
+
+	failed = palloc0(sizeof(bool) * Max(n, 1));
+	pe_catalog_begin(&acc);
+	{
+		ListCell   *lc;
+		Oid			types[3] = {INT8OID, TEXTOID, TEXTOID};
+
+		foreach(lc, res.dead)
+		{
+			PeDeadLetter *dl = lfirst(lc);
+			Datum		a[3];
+
+			failed[dl->msg_index] = true;
+			a[0] = Int64GetDatum(ids[dl->msg_index]);
+			a[1] = CStringGetTextDatum(dl->error);
+			a[2] = CStringGetTextDatum(dl->sqlstate);
+			rc = SPI_execute_with_args("UPDATE pipeline.dead_letters SET error = $2, sqlstate = $3, "
+									   "failed_at = pg_catalog.now() WHERE id OPERATOR(pg_catalog.=) $1",
+									   3, types, a, NULL, false, 0);
+			if (rc != SPI_OK_UPDATE)
+				elog(ERROR, "could not update a dead letter: %s", SPI_result_code_string(rc));
+		}
+		for (int i = 0; i < n; i++)
+		{
+			Datum		a[1];
+
+			if (failed[i])
+				continue;
+			a[0] = Int64GetDatum(ids[i]);
+			rc = SPI_execute_with_args("DELETE FROM pipeline.dead_letters WHERE id OPERATOR(pg_catalog.=) $1",
+									   1, types, a, NULL, false, 0);
+			if (rc != SPI_OK_DELETE)
+				elog(ERROR, "could not delete a dead letter: %s", SPI_result_code_string(rc));
+		}
+	}
+	pe_catalog_end(&acc);
+
+	out[0] = Int64GetDatum(n - list_length(res.dead));
+	out[1] = Int64GetDatum(list_length(res.dead));
+	tupdesc = BlessTupleDesc(tupdesc);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, out, outnulls)));
+}

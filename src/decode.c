@@ -1,0 +1,373 @@
+/*-------------------------------------------------------------------------
+ *
+ * decode.c
+ *	  Decoding one message into a row of the target: the format's decoder
+ *	  finds the value's fields (decode_json.c, decode_csv.c), and each column
+ *	  takes its field, the whole value, the key or the message's metadata
+ *	  (topic, partition, offset, timestamp, headers).  A tombstone's key
+ *	  columns come from its key.  Errors here are about the message: the
+ *	  caller makes it a dead letter.
+ *
+ * IDENTIFICATION
+ *	  src/decode.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "mb/pg_wchar.h"
+#include "lib/stringinfo.h"
+#include "utils/builtins.h"
+#include "utils/json.h"
+#include "utils/jsonb.h"
+#include "utils/timestamp.h"
+
+#include "datapath.h"
+
+PeFormat
+pe_parse_format(const char *format)
+{
+	if (strcmp(format, "json") == 0)
+		return PE_FORMAT_JSON;
+	if (strcmp(format, "csv") == 0)
+		return PE_FORMAT_CSV;
+	if (strcmp(format, "text") == 0)
+		return PE_FORMAT_TEXT;
+	if (strcmp(format, "bytea") == 0)
+		return PE_FORMAT_BYTEA;
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("unknown format \"%s\"", format),
+			 errhint("Use 'json', 'csv', 'text' or 'bytea'.")));
+	return PE_FORMAT_JSON;		/* keep compiler quiet */
+}
+
+void
+pe_verify_text(const char *data, size_t len, const char *what)
+{
+	if (!pg_verifymbstr(data, len, true))
+		ereport(ERROR,
+				(errcode(ERRCODE_CHARACTER_NOT_IN_REPERTOIRE),
+				 errmsg("message %s is not valid %s text", what, GetDatabaseEncodingName()),
+				 errhint("Use the bytea format, or map the %s to a bytea column.", what)));
+}
+
+static bool
+pe_message_header(PeMessage *msg, const char *name, const char **val, size_t *len)
+{
+	if (msg->hdrs)
+	{
+		const void *v;
+
+		if (rd_kafka_header_get_last(msg->hdrs, name, &v, len) != RD_KAFKA_RESP_ERR_NO_ERROR)
+			return false;
+		*val = v;
+		return true;
+	}
+	if (msg->headers_jsonb)
+	{
+		JsonbValue	k;
+		JsonbValue *v;
+
+		k.type = jbvString;
+		k.val.string.val = (char *) name;
+		k.val.string.len = strlen(name);
+		v = findJsonbValueFromContainer(&msg->headers_jsonb->root, JB_FOBJECT, &k);
+		if (v == NULL)
+			return false;
+		if (v->type == jbvString)
+		{
+			*val = v->val.string.val;
+			*len = v->val.string.len;
+		}
+		else
+		{
+			*val = NULL;
+			*len = 0;
+		}
+		return true;
+	}
+	return false;
+}
+
+/* The message's headers as a jsonb object of strings (null for null values). */
+Jsonb *
+pe_message_headers(PeMessage *msg)
+{
+	StringInfoData buf;
+	size_t		idx = 0;
+	const char *name;
+	const void *val;
+	size_t		len;
+	bool		first = true;
+
+	if (msg->headers_jsonb)
+		return msg->headers_jsonb;
+	if (msg->hdrs == NULL)
+		return NULL;
+	initStringInfo(&buf);
+	appendStringInfoChar(&buf, '{');
+	while (rd_kafka_header_get_all(msg->hdrs, idx++, &name, &val, &len) == RD_KAFKA_RESP_ERR_NO_ERROR)
+	{
+		char	   *n = pnstrdup(name, strlen(name));
+
+		if (!first)
+			appendStringInfoString(&buf, ", ");
+		first = false;
+		pe_verify_text(n, strlen(n), "header name");
+		escape_json(&buf, n);
+		appendStringInfoString(&buf, ": ");
+		if (val == NULL)
+			appendStringInfoString(&buf, "null");
+		else
+		{
+			char	   *v = pnstrdup(val, len);
+
+			if (strlen(v) != len || !pg_verifymbstr(v, len, true))
+			{
+				/* binary header: keep it, hex-encoded, rather than fail */
+				StringInfoData hex;
+
+				initStringInfo(&hex);
+				appendStringInfoString(&hex, "\\x");
+				for (size_t i = 0; i < len; i++)
+					appendStringInfo(&hex, "%02x", ((const unsigned char *) val)[i]);
+				escape_json(&buf, hex.data);
+			}
+			else
+				escape_json(&buf, v);
+		}
+	}
+	appendStringInfoChar(&buf, '}');
+	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
+}
+
+Datum
+pe_bytes_to_bytea(const char *data, size_t len)
+{
+	bytea	   *b = palloc(VARHDRSZ + len);
+
+	SET_VARSIZE(b, VARHDRSZ + len);
+	memcpy(VARDATA(b), data, len);
+	return PointerGetDatum(b);
+}
+
+static Datum
+pe_input(PeColumn *col, const char *text)
+{
+	return InputFunctionCall(&col->infunc, (char *) text, col->ioparam, col->typmod);
+}
+
+/* Convert raw bytes (key, value, header) for a column. */
+static Datum
+pe_raw_value(PeColumn *col, const char *data, size_t len, const char *what)
+{
+	char	   *s;
+
+	if (col->is_bytea)
+		return pe_bytes_to_bytea(data, len);
+	pe_verify_text(data, len, what);
+	s = pnstrdup(data, len);
+	return pe_input(col, s);
+}
+
+static Datum
+pe_found_value(PeColumn *col, PeFound *f)
+{
+	if (col->is_json && f->json_string)
+	{
+		StringInfoData buf;
+
+		initStringInfo(&buf);
+		escape_json(&buf, f->text);
+		return pe_input(col, buf.data);
+	}
+	return pe_input(col, f->text);
+}
+
+/*
+ * Fill the key columns of a tombstone from the message key: a JSON object's
+ * fields by column name (or column_map path), or the whole key for a
+ * single key column.
+ */
+static void
+pe_decode_tombstone_key(PeTarget *t, PeMessage *msg, PeRow *row)
+{
+	PeFound    *found = palloc0(sizeof(PeFound) * t->ncols);
+	bool		json_key = false;
+
+	if (msg->key == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("tombstone without a key"),
+				 errhint("A tombstone (null value) deletes the row of its key; this one has no key.")));
+	pe_verify_text(msg->key, msg->key_len, "key");
+	for (size_t i = 0; i < msg->key_len; i++)
+	{
+		if (msg->key[i] == ' ' || msg->key[i] == '\t' || msg->key[i] == '\n' || msg->key[i] == '\r')
+			continue;
+		json_key = (msg->key[i] == '{');
+		break;
+	}
+	if (json_key)
+		pe_decode_json(t, msg->key, msg->key_len, found, "key");
+
+	for (int k = 0; k < t->nkeys; k++)
+	{
+		int			c = t->keycols[k];
+		PeColumn   *col = &t->cols[c];
+
+		if (col->source == PE_SRC_KEY || (!json_key && t->nkeys == 1))
+		{
+			row->values[c] = pe_raw_value(col, msg->key, msg->key_len, "key");
+			row->nulls[c] = false;
+		}
+		else if (json_key && found[c].found && !found[c].isnull)
+		{
+			row->values[c] = pe_found_value(col, &found[c]);
+			row->nulls[c] = false;
+		}
+		else
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("cannot find key column \"%s\" in the key of a tombstone", col->name),
+					 errhint("Use a JSON object key with a field per key column, or a plain key for a single key column.")));
+	}
+}
+
+void
+pe_decode_one(PeTarget *t, PeMessage *msg, PeRow *row)
+{
+	PeConsumerDef *def = t->def;
+	PeFound    *found;
+
+	row->values = palloc0(sizeof(Datum) * t->ncols);
+	row->nulls = palloc(sizeof(bool) * t->ncols);
+	memset(row->nulls, true, sizeof(bool) * t->ncols);
+
+	if (msg->value == NULL)
+	{
+		if (!def->delete_on_tombstone)
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("message has a null value (a tombstone)"),
+					 errhint("Create the consumer with delete_on_tombstone => true to delete the key's row on a tombstone.")));
+		row->tombstone = true;
+		pe_decode_tombstone_key(t, msg, row);
+		return;
+	}
+
+	found = palloc0(sizeof(PeFound) * t->ncols);
+	switch (def->format)
+	{
+		case PE_FORMAT_JSON:
+			pe_verify_text(msg->value, msg->value_len, "value");
+			if (!pe_decode_json_fast(t, msg->value, msg->value_len, found))
+			{
+				memset(found, 0, sizeof(PeFound) * t->ncols);
+				pe_decode_json(t, msg->value, msg->value_len, found, "value");
+			}
+			break;
+		case PE_FORMAT_CSV:
+			pe_verify_text(msg->value, msg->value_len, "value");
+			pe_decode_csv(t, msg->value, msg->value_len, found);
+			break;
+		case PE_FORMAT_TEXT:
+		case PE_FORMAT_BYTEA:
+			break;
+	}
+
+	for (int c = 0; c < t->ncols; c++)
+	{
+		PeColumn   *col = &t->cols[c];
+
+		switch (col->source)
+		{
+			case PE_SRC_FIELD:
+			case PE_SRC_CSV:
+				if (found[c].found && !found[c].isnull)
+				{
+					row->values[c] = pe_found_value(col, &found[c]);
+					row->nulls[c] = false;
+				}
+				break;
+			case PE_SRC_VALUE:
+				if (def->format == PE_FORMAT_BYTEA && !col->is_bytea)
+				{
+					/* bytea format into a non-bytea column: hex text */
+					row->values[c] = pe_input(col, TextDatumGetCString(DirectFunctionCall1(byteaout,
+																							 pe_bytes_to_bytea(msg->value, msg->value_len))));
+				}
+				else
+					row->values[c] = pe_raw_value(col, msg->value, msg->value_len, "value");
+				row->nulls[c] = false;
+				break;
+			case PE_SRC_KEY:
+				if (msg->key)
+				{
+					row->values[c] = pe_raw_value(col, msg->key, msg->key_len, "key");
+					row->nulls[c] = false;
+				}
+				break;
+			case PE_SRC_TOPIC:
+				row->values[c] = pe_input(col, msg->topic);
+				row->nulls[c] = false;
+				break;
+			case PE_SRC_PARTITION:
+				if (col->typid == INT4OID)
+					row->values[c] = Int32GetDatum(msg->partition);
+				else
+					row->values[c] = pe_input(col, psprintf("%d", msg->partition));
+				row->nulls[c] = false;
+				break;
+			case PE_SRC_OFFSET:
+				if (col->typid == INT8OID)
+					row->values[c] = Int64GetDatum(msg->offset);
+				else
+					row->values[c] = pe_input(col, psprintf(INT64_FORMAT, msg->offset));
+				row->nulls[c] = false;
+				break;
+			case PE_SRC_TIMESTAMP:
+				if (msg->timestamp_ms >= 0)
+				{
+					TimestampTz ts = (TimestampTz) (msg->timestamp_ms -
+													(int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY * 1000) * 1000;
+
+					if (col->typid == TIMESTAMPTZOID)
+						row->values[c] = TimestampTzGetDatum(ts);
+					else
+						row->values[c] = pe_input(col, DatumGetCString(DirectFunctionCall1(timestamptz_out,
+																							 TimestampTzGetDatum(ts))));
+					row->nulls[c] = false;
+				}
+				break;
+			case PE_SRC_HEADERS:
+				{
+					Jsonb	   *h = pe_message_headers(msg);
+
+					if (h)
+					{
+						if (col->typid == JSONBOID)
+							row->values[c] = JsonbPGetDatum(h);
+						else
+							row->values[c] = pe_input(col, JsonbToCString(NULL, &h->root, VARSIZE(h)));
+						row->nulls[c] = false;
+					}
+				}
+				break;
+			case PE_SRC_HEADER:
+				{
+					const char *v;
+					size_t		len;
+
+					if (pe_message_header(msg, col->header, &v, &len) && v != NULL)
+					{
+						row->values[c] = pe_raw_value(col, v, len, "header");
+						row->nulls[c] = false;
+					}
+				}
+				break;
+		}
+	}
+}

@@ -1,0 +1,400 @@
+/*-------------------------------------------------------------------------
+ *
+ * manager.c
+ *	  A database's manager: reads its database's consumers once a second (or
+ *	  when woken) and keeps one worker per enabled slot running: it starts
+ *	  missing ones, restarts failed ones with exponential backoff, and
+ *	  terminates the slots of stopped or dropped consumers.  Slot state lives
+ *	  in shared memory so that it survives the manager and the workers.  Each
+ *	  round it also has probe.c refresh the lag of stopped consumers.
+ *
+ * IDENTIFICATION
+ *	  src/manager.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <signal.h>
+
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "commands/extension.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/lwlock.h"
+#include "tcop/tcopprot.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+
+#include "consumer.h"
+#include "shmem.h"
+#include "workers.h"
+
+#define PE_MANAGER_NAP_MS 1000
+#define PE_BACKOFF_MAX_MS 60000
+
+typedef struct PeManagedConsumer
+{
+	char		name[NAMEDATALEN];
+	int			parallelism;
+	bool		enabled;
+} PeManagedConsumer;
+
+static int	manager_db = -1;
+
+static BackgroundWorkerHandle **slot_handles = NULL;
+
+static void
+pe_manager_exit(int code, Datum arg)
+{
+	(void) code;
+	(void) arg;
+	if (manager_db < 0)
+		return;
+	LWLockAcquire(pe_shared->lock, LW_EXCLUSIVE);
+	if (pe_shared->dbs[manager_db].pid == MyProcPid)
+	{
+		pe_shared->dbs[manager_db].pid = 0;
+		pe_shared->dbs[manager_db].latch = NULL;
+	}
+	LWLockRelease(pe_shared->lock);
+}
+
+/* Start the worker of a slot entry; lock held exclusively on entry and exit. */
+static void
+pe_start_slot(PeSlot *s)
+{
+	int			idx = s - pe_shared->slots;
+	BackgroundWorker w;
+	PeWorkerExtra extra;
+	BackgroundWorkerHandle *h;
+	bool		ok;
+
+	s->incarnation++;
+	s->state = PE_SLOT_STARTING;
+	s->stop_requested = false;
+	s->pid = 0;
+	s->error_exit = false;
+	s->terminated = false;
+	s->started_at = GetCurrentTimestamp();
+
+	memset(&w, 0, sizeof(w));
+	w.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	w.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	w.bgw_restart_time = BGW_NEVER_RESTART;
+	snprintf(w.bgw_library_name, BGW_MAXLEN, "pipeline_ext");
+	snprintf(w.bgw_function_name, BGW_MAXLEN, "pe_slot_main");
+	snprintf(w.bgw_name, BGW_MAXLEN, "pipeline_ext consumer %s/%d", s->consumer, s->slot);
+	snprintf(w.bgw_type, BGW_MAXLEN, "pipeline_ext consumer");
+	w.bgw_main_arg = Int32GetDatum(idx);
+	w.bgw_notify_pid = MyProcPid;
+	extra.dboid = s->dboid;
+	extra.incarnation = s->incarnation;
+	memcpy(w.bgw_extra, &extra, sizeof(extra));
+
+	LWLockRelease(pe_shared->lock);
+	ok = RegisterDynamicBackgroundWorker(&w, &h);
+	LWLockAcquire(pe_shared->lock, LW_EXCLUSIVE);
+	if (slot_handles[idx])
+		pfree(slot_handles[idx]);
+	slot_handles[idx] = ok ? h : NULL;
+	if (!ok)
+	{
+		s->state = PE_SLOT_RESTARTING;
+		s->restart_at = GetCurrentTimestamp() + 5 * USECS_PER_SEC;
+		s->last_error_at = GetCurrentTimestamp();
+		strlcpy(s->last_error, "no free background worker slot; raise max_worker_processes",
+				sizeof(s->last_error));
+	}
+}
+
+typedef struct PeErrorNote
+{
+	char		consumer[NAMEDATALEN];
+	char		error[PE_ERROR_LEN];
+} PeErrorNote;
+
+/*
+ * The slot table is full: free an entry that only keeps the lag figures of
+ * a stopped consumer (or of one gone), so that a running one gets a slot.
+ * Lock held exclusively.
+ */
+static bool
+pe_reclaim_entry(Oid dboid, PeManagedConsumer *cons, int ncons)
+{
+	for (int i = 0; i < pe_shared->max_slots; i++)
+	{
+		PeSlot	   *s = &pe_shared->slots[i];
+		bool		enabled = false;
+
+		if (s->state != PE_SLOT_STOPPED || s->pid != 0 || s->dboid != dboid)
+			continue;
+		for (int c = 0; c < ncons; c++)
+			if (cons[c].enabled && strcmp(cons[c].name, s->consumer) == 0)
+				enabled = true;
+		if (!enabled)
+		{
+			s->state = PE_SLOT_FREE;
+			return true;
+		}
+	}
+	return false;
+}
+
+/*
+ * Make the slots of this database match its consumers.  Returns the number
+ * of slots that still have a live worker; fills notes with errors to keep
+ * in the catalog.
+ */
+static int
+pe_reconcile(Oid dboid, PeManagedConsumer *cons, int ncons, PeErrorNote *notes, int *nnotes)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	int			live = 0;
+
+	LWLockAcquire(pe_shared->lock, LW_EXCLUSIVE);
+
+	/* slots of enabled consumers */
+	for (int c = 0; c < ncons; c++)
+	{
+		if (!cons[c].enabled)
+			continue;
+		for (int k = 0; k < cons[c].parallelism; k++)
+		{
+			PeSlot	   *s = pe_slot_entry(dboid, cons[c].name, k, true);
+			int			idx;
+
+			if (s == NULL && pe_reclaim_entry(dboid, cons, ncons))
+				s = pe_slot_entry(dboid, cons[c].name, k, true);
+			if (s == NULL)
+			{
+				ereport(LOG,
+						(errmsg("pipeline_ext: no free consumer slot for %s/%d", cons[c].name, k),
+						 errhint("Raise pipeline_ext.max_consumer_slots.")));
+				continue;
+			}
+			idx = s - pe_shared->slots;
+
+			if (s->state == PE_SLOT_STARTING && s->pid == 0 && slot_handles[idx])
+			{
+				pid_t		pid;
+
+				if (GetBackgroundWorkerPid(slot_handles[idx], &pid) == BGWH_STOPPED)
+				{
+					s->state = PE_SLOT_FAILED;
+					if (s->last_error[0] == '\0')
+						strlcpy(s->last_error, "worker exited before it started", sizeof(s->last_error));
+				}
+			}
+
+			switch (s->state)
+			{
+				case PE_SLOT_FREE:
+				case PE_SLOT_STOPPED:
+					s->backoff = 0;
+					pe_start_slot(s);
+					break;
+				case PE_SLOT_FAILED:
+					{
+						int64		delay;
+
+						if (s->error_exit && *nnotes < 64)
+						{
+							strlcpy(notes[*nnotes].consumer, s->consumer, NAMEDATALEN);
+							strlcpy(notes[*nnotes].error, s->last_error, PE_ERROR_LEN);
+							(*nnotes)++;
+						}
+						if (now - s->started_at > (int64) PE_BACKOFF_MAX_MS * 1000)
+							s->backoff = 0;
+						delay = Min((int64) 1000 << Min(s->backoff, 6), PE_BACKOFF_MAX_MS);
+						s->backoff++;
+						s->restarts++;
+						if (s->error_exit && !s->terminated)
+							s->errors++;
+						s->state = PE_SLOT_RESTARTING;
+						s->restart_at = now + delay * 1000;
+						ereport(LOG,
+								(errmsg("pipeline_ext: consumer %s/%d failed; restarting in %lld ms",
+										s->consumer, s->slot, (long long) delay)));
+					}
+					break;
+				case PE_SLOT_RESTARTING:
+					if (now >= s->restart_at)
+						pe_start_slot(s);
+					break;
+				case PE_SLOT_STARTING:
+				case PE_SLOT_RUNNING:
+					break;
+			}
+		}
+	}
+
+	/* slots that should not run */
+	for (int i = 0; i < pe_shared->max_slots; i++)
+	{
+		PeSlot	   *s = &pe_shared->slots[i];
+		bool		wanted = false;
+		bool		exists = false;
+
+		if (s->state == PE_SLOT_FREE || s->dboid != dboid)
+			continue;
+		for (int c = 0; c < ncons; c++)
+			if (strcmp(cons[c].name, s->consumer) == 0)
+			{
+				exists = true;
+				wanted = cons[c].enabled && s->slot < cons[c].parallelism;
+			}
+		if (!wanted)
+		{
+			if (s->pid != 0)
+			{
+				s->stop_requested = true;
+				kill(s->pid, SIGTERM);
+			}
+			else if (s->state == PE_SLOT_STARTING && slot_handles[i])
+				TerminateBackgroundWorker(slot_handles[i]);
+			else if (!exists)
+				s->state = PE_SLOT_FREE;
+			else
+				s->state = PE_SLOT_STOPPED;
+		}
+		if (s->pid != 0 || s->state == PE_SLOT_STARTING)
+			live++;
+	}
+	LWLockRelease(pe_shared->lock);
+	return live;
+}
+
+void
+pe_manager_main(Datum arg)
+{
+	PeWorkerExtra extra;
+	int			idx = DatumGetInt32(arg);
+	MemoryContext cxt;
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+	memcpy(&extra, MyBgworkerEntry->bgw_extra, sizeof(extra));
+
+	LWLockAcquire(pe_shared->lock, LW_EXCLUSIVE);
+	if (pe_shared->dbs[idx].dboid != extra.dboid || pe_shared->dbs[idx].pid != 0)
+	{
+		LWLockRelease(pe_shared->lock);
+		proc_exit(0);
+	}
+	pe_shared->dbs[idx].pid = MyProcPid;
+	pe_shared->dbs[idx].latch = MyLatch;
+	manager_db = idx;
+	LWLockRelease(pe_shared->lock);
+	before_shmem_exit(pe_manager_exit, 0);
+
+	BackgroundWorkerInitializeConnectionByOid(extra.dboid, InvalidOid, 0);
+	pgstat_report_appname("pipeline_ext manager");
+	slot_handles = MemoryContextAllocZero(TopMemoryContext,
+										  sizeof(BackgroundWorkerHandle *) * pe_shared->max_slots);
+	cxt = AllocSetContextCreate(TopMemoryContext, "pipeline_ext manager", ALLOCSET_DEFAULT_SIZES);
+
+	for (;;)
+	{
+		PeManagedConsumer *cons = NULL;
+		int			ncons = 0;
+		uint64		wakeups;
+		PeErrorNote notes[64];
+		int			nnotes = 0;
+		int			live;
+		bool		installed;
+
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+		MemoryContextReset(cxt);
+
+		LWLockAcquire(pe_shared->lock, LW_SHARED);
+		wakeups = pe_shared->dbs[idx].wakeups;
+		LWLockRelease(pe_shared->lock);
+
+		pe_xact_begin();
+		pgstat_report_activity(STATE_RUNNING, "reading consumers");
+		installed = OidIsValid(get_extension_oid("pipeline_ext", true)) &&
+			OidIsValid(get_namespace_oid(PE_SCHEMA, true)) &&
+			OidIsValid(get_relname_relid("consumer", get_namespace_oid(PE_SCHEMA, true)));
+		if (installed)
+		{
+			int			rc;
+
+			if (SPI_connect() != SPI_OK_CONNECT)
+				elog(ERROR, "SPI_connect failed");
+			rc = SPI_execute("SELECT name, parallelism, enabled FROM pipeline.consumer", true, 0);
+			if (rc != SPI_OK_SELECT)
+				elog(ERROR, "could not read consumers: %s", SPI_result_code_string(rc));
+			ncons = SPI_processed;
+			cons = MemoryContextAllocZero(cxt, sizeof(PeManagedConsumer) * Max(ncons, 1));
+			for (int i = 0; i < ncons; i++)
+			{
+				bool		isnull;
+				char	   *name = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+
+				strlcpy(cons[i].name, name, NAMEDATALEN);
+				cons[i].parallelism = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull));
+				cons[i].enabled = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 3, &isnull));
+			}
+			SPI_finish();
+		}
+		pe_xact_commit();
+
+		live = pe_reconcile(MyDatabaseId, cons, ncons, notes, &nnotes);
+
+		if (nnotes > 0)
+		{
+			/* keep the last error of each failed consumer in the catalog */
+			pe_xact_begin();
+			for (int i = 0; i < nnotes; i++)
+				pe_consumer_record_error(notes[i].consumer, notes[i].error, false);
+			pe_xact_commit();
+		}
+		/* lag figures of the consumers that have no running worker */
+		if (ncons > 0)
+		{
+			char		(*names)[NAMEDATALEN] = MemoryContextAlloc(cxt, sizeof(*names) * ncons);
+
+			for (int i = 0; i < ncons; i++)
+				strlcpy(names[i], cons[i].name, NAMEDATALEN);
+			pgstat_report_activity(STATE_RUNNING, "watching the lag of stopped consumers");
+			pe_probe_round(MyDatabaseId, (const char (*)[NAMEDATALEN]) names, ncons);
+		}
+		pgstat_report_activity(STATE_IDLE, NULL);
+
+		/* stay while the database has consumers, running or not */
+		if (ncons == 0 && live == 0)
+		{
+			bool		done = false;
+
+			LWLockAcquire(pe_shared->lock, LW_EXCLUSIVE);
+			if (pe_shared->dbs[idx].wakeups == wakeups)
+			{
+				pe_shared->dbs[idx].wanted = false;
+				pe_shared->dbs[idx].failures = 0;
+				done = true;
+			}
+			LWLockRelease(pe_shared->lock);
+			if (done)
+				proc_exit(0);
+			continue;
+		}
+
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 PE_MANAGER_NAP_MS, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
+}

@@ -1,0 +1,78 @@
+/*-------------------------------------------------------------------------
+ *
+ * offsets.c
+ *	  A slot's offsets: reading the next offsets stored in pipeline.offsets,
+ *	  and committing them to the Kafka group (synchronously, or best effort).
+ *
+ * IDENTIFICATION
+ *	  src/offsets.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
+
+#include "slot.h"
+#include "workers.h"
+
+/* Read the stored offsets of this consumer's partitions. */
+void
+pe_slot_load_offsets(void)
+{
+	Oid			argtypes[1] = {TEXTOID};
+	Datum		values[1];
+	int			rc;
+
+	pe_xact_begin();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	values[0] = CStringGetTextDatum(pe_run->def->name);
+	rc = SPI_execute_with_args("SELECT \"partition\", next_offset FROM pipeline.offsets "
+							   "WHERE consumer OPERATOR(pg_catalog.=) $1",
+							   1, argtypes, values, NULL, true, 0);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "could not read offsets: %s", SPI_result_code_string(rc));
+	for (int p = 0; p < pe_run->npart; p++)
+		pe_run->parts[p].stored = -1;
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+		int32		p = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
+		int64		o = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull));
+
+		if (p >= pe_run->npart)
+		{
+			MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+			pe_slot_grow(p + 1);
+			MemoryContextSwitchTo(old);
+		}
+		pe_run->parts[p].stored = o;
+	}
+	SPI_finish();
+	pe_xact_commit();
+}
+
+/* Commit the next offsets to the Kafka group: sync, or best effort. */
+rd_kafka_resp_err_t
+pe_slot_kafka_commit(rd_kafka_message_t **msgs, int n, bool sync)
+{
+	rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(8);
+	rd_kafka_resp_err_t err;
+
+	for (int i = 0; i < n; i++)
+	{
+		rd_kafka_topic_partition_t *tp = rd_kafka_topic_partition_list_find(l, pe_run->def->topic, msgs[i]->partition);
+
+		if (tp == NULL)
+			tp = rd_kafka_topic_partition_list_add(l, pe_run->def->topic, msgs[i]->partition);
+		tp->offset = Max(tp->offset, msgs[i]->offset + 1);
+	}
+	err = rd_kafka_commit(pe_run->rk, l, sync ? 0 : 1);
+	rd_kafka_topic_partition_list_destroy(l);
+	return err;
+}

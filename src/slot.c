@@ -1,0 +1,788 @@
+/*-------------------------------------------------------------------------
+ *
+ * slot.c
+ *	  A consumer slot's worker: it owns a set of partitions (every partition
+ *	  p with p % parallelism = slot, or what the Kafka group gives it;
+ *	  slot_assign.c) and loops: collect a batch, then in one transaction
+ *	  decode and apply it, write its dead letters, and write the next offsets
+ *	  of its partitions with a fence (the stored offset must still be the one
+ *	  the slot started the batch from; otherwise another slot, or
+ *	  reset_offsets(), moved it, and the batch is rolled back and the slot
+ *	  seeks again).  Offsets are then committed to the Kafka group, best
+ *	  effort, so external tools see progress.
+ *
+ * IDENTIFICATION
+ *	  src/slot.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <signal.h>
+#include <unistd.h>
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "commands/dbcommands.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/lwlock.h"
+#include "storage/pmsignal.h"
+#include "storage/proc.h"
+#include "tcop/tcopprot.h"
+#include "utils/acl.h"
+#include "utils/builtins.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "shmem.h"
+#include "slot.h"
+#include "workers.h"
+
+#define PE_DISCOVER_MS 5000
+#define PE_BATCH_MAX_BYTES (32 * 1024 * 1024)
+#define PE_SLICE_MS 100
+#define PE_LOG_RING 32
+#define PE_LOG_LEN 512
+
+PeSlotRun  *pe_run = NULL;
+
+static char log_ring[PE_LOG_RING][PE_LOG_LEN];
+
+static int	log_ring_level[PE_LOG_RING];
+
+static volatile int log_ring_count = 0;
+
+static void
+pe_slot_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
+{
+	(void) rk;
+	if (log_ring_count >= PE_LOG_RING)
+		return;
+	snprintf(log_ring[log_ring_count], PE_LOG_LEN, "%s: %s", fac, buf);
+	log_ring_level[log_ring_count] = level;
+	log_ring_count++;
+}
+
+static void
+pe_slot_drain_logs(void)
+{
+	rd_kafka_poll(pe_run->rk, 0);
+	for (int i = 0; i < log_ring_count; i++)
+	{
+		char	   *line = pe_redact(log_ring[i], pe_run->secrets);
+
+		ereport(log_ring_level[i] <= 4 ? LOG : DEBUG1,
+				(errmsg_internal("pipeline_ext consumer %s/%d: %s", pe_run->def->name, pe_run->slot, line)));
+		pfree(line);
+	}
+	log_ring_count = 0;
+}
+
+static void
+pe_slot_relcache_cb(Datum arg, Oid relid)
+{
+	(void) arg;
+	if (pe_run && pe_run->target && (relid == InvalidOid || relid == pe_run->def->target))
+		pe_run->target_stale = true;
+}
+
+/*
+ * At exit: give back the messages we hold, and leave the group so that its
+ * partitions move at once.  The handle itself is not destroyed: the process
+ * is ending, and rd_kafka_destroy() can wait without bound for a broker.
+ */
+static void
+pe_slot_close_kafka(int code, Datum arg)
+{
+	(void) code;
+	(void) arg;
+	if (pe_run == NULL || pe_run->rk == NULL)
+		return;
+	for (int i = 0; i < pe_run->batch_n; i++)
+		rd_kafka_message_destroy(pe_run->batch[i]);
+	pe_run->batch_n = 0;
+	if (pe_run->def->group_id)
+	{
+		rd_kafka_queue_t *q = rd_kafka_queue_new(pe_run->rk);
+		rd_kafka_error_t *e = rd_kafka_consumer_close_queue(pe_run->rk, q);
+		TimestampTz start = GetCurrentTimestamp();
+
+		if (e)
+			rd_kafka_error_destroy(e);
+		else
+			while (!rd_kafka_consumer_closed(pe_run->rk) && pe_ms_since(start) < 3000)
+			{
+				rd_kafka_event_t *ev = rd_kafka_queue_poll(q, 100);
+
+				if (ev)
+				{
+					if (rd_kafka_event_type(ev) == RD_KAFKA_EVENT_REBALANCE)
+						rd_kafka_assign(pe_run->rk, NULL);
+					rd_kafka_event_destroy(ev);
+				}
+			}
+	}
+}
+
+static void
+pe_slot_connect(int npart_hint)
+{
+	List	   *defaults = pe_consumer_defaults(pe_run->def, npart_hint, pe_run->dbname);
+	rd_kafka_conf_t *conf = pe_kafka_conf(pe_run->conn, defaults);
+	char		errstr[512];
+
+	if (rd_kafka_conf_set(conf, "log.queue", "true", errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK)
+		elog(ERROR, "could not set log.queue: %s", errstr);
+	rd_kafka_conf_set_log_cb(conf, pe_slot_log_cb);
+	if (pe_run->def->group_id)
+		rd_kafka_conf_set_rebalance_cb(conf, pe_slot_rebalance_cb);
+	pe_run->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr));
+	if (pe_run->rk == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("could not create a Kafka consumer for connection \"%s\"", pe_run->conn->name),
+				 errdetail("%s", pe_redact(errstr, pe_run->secrets))));
+	rd_kafka_set_log_queue(pe_run->rk, NULL);
+	pe_run->queue = rd_kafka_queue_get_consumer(pe_run->rk);
+}
+
+static void
+pe_slot_prepare_catalog_plans(void)
+{
+	Oid			off_types[4] = {TEXTOID, INT4OID, INT8OID, INT8OID};
+	Oid			dl_types[13] = {TEXTOID, OIDOID, TEXTOID, INT4OID, INT8OID, BYTEAOID, BYTEAOID,
+	JSONBOID, INT8OID, TEXTOID, TEXTOID};
+
+	/*
+	 * The fence: the row is written only if it still holds what this slot
+	 * expects ($4; NULL when it expects no row).
+	 */
+	pe_run->offset_plan = SPI_prepare("INSERT INTO pipeline.offsets AS o (consumer, \"partition\", next_offset) "
+								   "VALUES ($1, $2, $3) ON CONFLICT (consumer, \"partition\") DO UPDATE "
+								   "SET next_offset = EXCLUDED.next_offset, updated_at = pg_catalog.now() "
+								   "WHERE o.next_offset OPERATOR(pg_catalog.=) $4 OR $4 OPERATOR(pg_catalog.=) -2",
+								   4, off_types);
+	if (pe_run->offset_plan == NULL)
+		elog(ERROR, "could not prepare the offsets statement: %s", SPI_result_code_string(SPI_result));
+	SPI_keepplan(pe_run->offset_plan);
+
+	pe_run->dead_plan = SPI_prepare("INSERT INTO pipeline.dead_letters (consumer, owner, topic, \"partition\", \"offset\", "
+								 "key, value, headers, \"timestamp\", error, sqlstate) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, "
+								 "CASE WHEN $9 OPERATOR(pg_catalog.>=) 0 THEN pg_catalog.to_timestamp($9 OPERATOR(pg_catalog./) 1000.0) END, "
+								 "$10, $11)",
+								 11, dl_types);
+	if (pe_run->dead_plan == NULL)
+		elog(ERROR, "could not prepare the dead letter statement: %s", SPI_result_code_string(SPI_result));
+	SPI_keepplan(pe_run->dead_plan);
+}
+
+static void
+pe_slot_init(void)
+{
+	PeSlot	   *s = &pe_shared->slots[pe_run->slot_index];
+	char		name[NAMEDATALEN];
+	MemoryContext old;
+
+	LWLockAcquire(pe_shared->lock, LW_SHARED);
+	strlcpy(name, s->consumer, NAMEDATALEN);
+	pe_run->slot = s->slot;
+	LWLockRelease(pe_shared->lock);
+
+	pe_xact_begin();
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	pe_run->def = pe_consumer_read(name, true);
+	if (pe_run->def == NULL || !pe_run->def->enabled)
+	{
+		MemoryContextSwitchTo(old);
+		pe_xact_commit();
+		proc_exit(0);
+	}
+	pe_run->exactly_once = strcmp(pe_run->def->delivery, "exactly_once") == 0;
+	pe_run->dbname = get_database_name(MyDatabaseId);
+	pe_run->conn = pe_connection_lookup(pe_run->def->connection, false);
+	if (!superuser_arg(pe_run->def->owner) && !has_privs_of_role(pe_run->def->owner, pe_run->conn->owner))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("owner of consumer \"%s\" may no longer use connection \"%s\"", name, pe_run->conn->name),
+				 errhint("Grant the consumer's owner membership in the connection's owner role, or recreate the consumer.")));
+	pe_run->secrets = pe_connection_secrets(pe_run->conn);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	/* SPI_connect switched to its own context, freed by SPI_finish */
+	MemoryContextSwitchTo(TopMemoryContext);
+	pe_run->target = pe_target_open(pe_run->def, false);
+	pe_slot_prepare_catalog_plans();
+	SPI_finish();
+	MemoryContextSwitchTo(old);
+	pe_xact_commit();
+
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	pe_slot_load_offsets();
+
+	pe_slot_connect(0);
+	if (pe_run->def->group_id)
+	{
+		rd_kafka_topic_partition_list_t *topics = rd_kafka_topic_partition_list_new(1);
+		rd_kafka_resp_err_t err;
+
+		pe_slot_discover(true);
+		rd_kafka_topic_partition_list_add(topics, pe_run->def->topic, RD_KAFKA_PARTITION_UA);
+		err = rd_kafka_subscribe(pe_run->rk, topics);
+		rd_kafka_topic_partition_list_destroy(topics);
+		if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
+			ereport(ERROR,
+					(errcode(ERRCODE_CONNECTION_FAILURE),
+					 errmsg("could not subscribe to topic \"%s\"", pe_run->def->topic),
+					 errdetail("librdkafka: %s", rd_kafka_err2str(err))));
+	}
+	else
+		pe_slot_discover(true);
+	MemoryContextSwitchTo(old);
+	before_shmem_exit(pe_slot_close_kafka, 0);
+
+	/* a 4 MB block kept across resets: no page faults for every batch */
+	pe_run->batch_cxt = AllocSetContextCreate(TopMemoryContext, "pipeline_ext batch",
+										   4 * 1024 * 1024, 1024 * 1024, 16 * 1024 * 1024);
+	CacheRegisterRelcacheCallback(pe_slot_relcache_cb, (Datum) 0);
+}
+
+/* The FATAL message the worker ends with, for pe_slot_exit to keep. */
+static char slot_fatal[PE_ERROR_LEN];
+
+static bool slot_fatal_terminated = false;
+
+static emit_log_hook_type prev_emit_log_hook = NULL;
+
+static void
+pe_slot_emit_log(ErrorData *edata)
+{
+	if (edata->elevel >= FATAL && slot_fatal[0] == '\0' && edata->message)
+	{
+		strlcpy(slot_fatal, edata->message, sizeof(slot_fatal));
+		slot_fatal_terminated = (edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN);
+	}
+	if (prev_emit_log_hook)
+		prev_emit_log_hook(edata);
+}
+
+static void
+pe_slot_exit(int code, Datum arg)
+{
+	int			idx = DatumGetInt32(arg);
+	PeSlot	   *s = &pe_shared->slots[idx];
+
+	LWLockAcquire(pe_shared->lock, LW_EXCLUSIVE);
+	if (s->pid == MyProcPid)
+	{
+		/*
+		 * FATAL exits do not unwind to pe_slot_main's PG_CATCH: a
+		 * termination nobody in pipeline_ext asked for (pg_terminate_backend)
+		 * is kept as the last error here, and the slot restarts with backoff.
+		 */
+		if (code != 0 && !s->error_exit && !s->stop_requested)
+		{
+			strlcpy(s->last_error, slot_fatal[0] ? slot_fatal : "worker exited unexpectedly",
+					sizeof(s->last_error));
+			s->last_error_at = GetCurrentTimestamp();
+			s->error_exit = true;
+			s->terminated = slot_fatal_terminated;
+		}
+		s->pid = 0;
+		s->state = s->error_exit ? PE_SLOT_FAILED : PE_SLOT_STOPPED;
+		/* the partitions' figures stay, for the manager to keep fresh */
+	}
+	LWLockRelease(pe_shared->lock);
+}
+
+static void
+pe_slot_record_error(const char *msg)
+{
+	PeSlot	   *s = &pe_shared->slots[pe_run->slot_index];
+
+	LWLockAcquire(pe_shared->lock, LW_EXCLUSIVE);
+	strlcpy(s->last_error, msg, sizeof(s->last_error));
+	s->last_error_at = GetCurrentTimestamp();
+	LWLockRelease(pe_shared->lock);
+}
+
+typedef enum PeBatchOutcome
+{
+	PE_BATCH_DONE,
+	PE_BATCH_CONFLICT,			/* stored offsets moved: seek again */
+	PE_BATCH_STOP				/* on_error = 'stop' hit a bad message */
+} PeBatchOutcome;
+
+static PeBatchOutcome
+pe_slot_apply_batch(rd_kafka_message_t **rkm, int n, int64 *ndead, char **stop_error)
+{
+	PeMessage  *msgs = palloc0(sizeof(PeMessage) * n);
+	PeBatchResult res;
+	ListCell   *lc;
+	int64		next[PE_SLOT_MAX_PARTITIONS];
+	int32		pids[PE_SLOT_MAX_PARTITIONS];
+	int			np = 0;
+	bool		conflict = false;
+
+	for (int i = 0; i < n; i++)
+	{
+		rd_kafka_message_t *m = rkm[i];
+		rd_kafka_timestamp_type_t tstype;
+		int			k;
+
+		msgs[i].topic = pe_run->def->topic;
+		msgs[i].partition = m->partition;
+		msgs[i].offset = m->offset;
+		msgs[i].timestamp_ms = rd_kafka_message_timestamp(m, &tstype);
+		msgs[i].key = m->key;
+		msgs[i].key_len = m->key_len;
+		msgs[i].value = m->payload;
+		msgs[i].value_len = m->len;
+		if (rd_kafka_message_headers(m, &msgs[i].hdrs) != RD_KAFKA_RESP_ERR_NO_ERROR)
+			msgs[i].hdrs = NULL;
+		for (k = 0; k < np; k++)
+			if (pids[k] == m->partition)
+				break;
+		if (k == np)
+		{
+			pids[np] = m->partition;
+			next[np++] = m->offset + 1;
+		}
+		else
+			next[k] = Max(next[k], m->offset + 1);
+	}
+
+	/* after ALTER TABLE: describe the target again (types, columns, keys) */
+	AcceptInvalidationMessages();
+	if (pe_run->target_stale)
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+		pe_run->target_stale = false;
+		pe_target_close(pe_run->target);
+		pe_run->target = pe_target_open(pe_run->def, false);
+		MemoryContextSwitchTo(old);
+	}
+
+	memset(&res, 0, sizeof(res));
+	pe_target_apply(pe_run->target, msgs, n, &res);
+
+	if (res.dead != NIL && pe_run->def->stop_on_error)
+	{
+		PeDeadLetter *dl = linitial(res.dead);
+
+		*stop_error = psprintf("message at partition %d offset " INT64_FORMAT ": %s",
+							   msgs[dl->msg_index].partition, msgs[dl->msg_index].offset, dl->error);
+		return PE_BATCH_STOP;
+	}
+
+	foreach(lc, res.dead)
+	{
+		PeDeadLetter *dl = lfirst(lc);
+		PeMessage  *m = &msgs[dl->msg_index];
+		Datum		v[11];
+		char		nl[11];
+		Jsonb	   *h;
+
+		memset(nl, ' ', sizeof(nl));
+		v[0] = CStringGetTextDatum(pe_run->def->name);
+		v[1] = ObjectIdGetDatum(pe_run->def->owner);
+		v[2] = CStringGetTextDatum(m->topic);
+		v[3] = Int32GetDatum(m->partition);
+		v[4] = Int64GetDatum(m->offset);
+		if (m->key)
+			v[5] = pe_bytes_to_bytea(m->key, m->key_len);
+		else
+			nl[5] = 'n';
+		if (m->value)
+			v[6] = pe_bytes_to_bytea(m->value, m->value_len);
+		else
+			nl[6] = 'n';
+		h = NULL;
+		PG_TRY();
+		{
+			h = pe_message_headers(m);
+		}
+		PG_CATCH();
+		{
+			/* headers that are not text are kept hex-encoded; anything else: none */
+			FlushErrorState();
+			h = NULL;
+		}
+		PG_END_TRY();
+		if (h)
+			v[7] = JsonbPGetDatum(h);
+		else
+			nl[7] = 'n';
+		v[8] = Int64GetDatum(m->timestamp_ms);
+		v[9] = CStringGetTextDatum(dl->error);
+		v[10] = CStringGetTextDatum(dl->sqlstate);
+		if (SPI_execute_plan(pe_run->dead_plan, v, nl, false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "could not record a dead letter");
+	}
+	*ndead = list_length(res.dead);
+
+	for (int k = 0; k < np; k++)
+	{
+		Datum		v[4];
+		char		nl[4] = {' ', ' ', ' ', ' '};
+		int32		p = pids[k];
+		int64		expected = (p < pe_run->npart) ? pe_run->parts[p].stored : -1;
+
+		v[0] = CStringGetTextDatum(pe_run->def->name);
+		v[1] = Int32GetDatum(p);
+		v[2] = Int64GetDatum(next[k]);
+		if (!pe_run->exactly_once)
+			v[3] = Int64GetDatum(-2);	/* no fence: Kafka holds the offsets */
+		else if (expected >= 0)
+			v[3] = Int64GetDatum(expected);
+		else
+			nl[3] = 'n';
+		if (SPI_execute_plan(pe_run->offset_plan, v, nl, false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "could not write offsets");
+		if (SPI_processed != 1)
+			conflict = true;
+	}
+	if (conflict)
+		return PE_BATCH_CONFLICT;
+
+	for (int k = 0; k < np; k++)
+		if (pids[k] < pe_run->npart)
+			pe_run->parts[pids[k]].stored = next[k];
+	return PE_BATCH_DONE;
+}
+
+static bool
+pe_error_is_transient(int sqlerrcode)
+{
+	return sqlerrcode == ERRCODE_QUERY_CANCELED ||
+		sqlerrcode == ERRCODE_T_R_SERIALIZATION_FAILURE ||
+		sqlerrcode == ERRCODE_T_R_DEADLOCK_DETECTED ||
+		sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE;
+}
+
+/*
+ * One attempt at applying a batch.  False after a transient error (cancel,
+ * serialization failure, deadlock), which is logged and rolled back; other
+ * errors propagate and end the worker.
+ */
+static bool
+pe_slot_try_batch(rd_kafka_message_t **batch, int n, PeBatchOutcome *outcome,
+				  int64 *ndead, char **stop_error)
+{
+	MemoryContext old = MemoryContextSwitchTo(pe_run->batch_cxt);
+	volatile bool ok = true;
+
+	PG_TRY();
+	{
+		if (strcmp(pe_run->def->delivery, "at_most_once") == 0)
+		{
+			rd_kafka_resp_err_t err = pe_slot_kafka_commit(batch, n, true);
+
+			if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
+				ereport(ERROR,
+						(errcode(ERRCODE_CONNECTION_FAILURE),
+						 errmsg("could not commit offsets to the Kafka group before applying: %s",
+								rd_kafka_err2str(err))));
+		}
+		pe_xact_begin();
+		pgstat_report_activity(STATE_RUNNING, "applying a batch");
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		/* decoded rows go to the batch context, which keeps its memory */
+		MemoryContextSwitchTo(pe_run->batch_cxt);
+		*outcome = pe_slot_apply_batch(batch, n, ndead, stop_error);
+		SPI_finish();
+		PopActiveSnapshot();
+		if (*outcome == PE_BATCH_DONE)
+			CommitTransactionCommand();
+		else
+			AbortCurrentTransaction();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		HOLD_INTERRUPTS();
+		MemoryContextSwitchTo(old);
+		edata = CopyErrorData();
+		if (!pe_error_is_transient(edata->sqlerrcode) || ProcDiePending)
+		{
+			RESUME_INTERRUPTS();
+			PG_RE_THROW();
+		}
+		EmitErrorReport();
+		FlushErrorState();
+		AbortOutOfAnyTransaction();
+		RESUME_INTERRUPTS();
+		ok = false;
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(old);
+	if (*stop_error)
+		*stop_error = pstrdup(*stop_error);
+	MemoryContextReset(pe_run->batch_cxt);
+	return ok;
+}
+
+/* The slot's main loop: collect a batch, apply it, commit, repeat. */
+static void
+pe_slot_loop(const char *activity)
+{
+	PeSlot	   *s = &pe_shared->slots[pe_run->slot_index];
+	rd_kafka_message_t **batch;
+	int			batch_cap;
+
+	(void) activity;
+	batch_cap = pe_run->def->batch_size;
+	batch = MemoryContextAlloc(TopMemoryContext, sizeof(rd_kafka_message_t *) * batch_cap);
+	pe_run->batch = batch;
+
+	for (;;)
+	{
+		int			n = 0;
+		size_t		bytes = 0;
+		TimestampTz first_at = 0;
+		int64		ndead = 0;
+		char	   *stop_error = NULL;
+		PeBatchOutcome outcome = PE_BATCH_DONE;
+
+		/* collect a batch */
+		pgstat_report_activity(STATE_IDLE, NULL);
+		while (n < batch_cap && bytes < PE_BATCH_MAX_BYTES)
+		{
+			int			slice = PE_SLICE_MS;
+			ssize_t		got;
+
+			/*
+			 * A cancel aborts the batch being applied (which is then
+			 * retried); while collecting there is nothing to cancel.
+			 */
+			if (QueryCancelPending)
+			{
+				QueryCancelPending = false;
+				ereport(LOG,
+						(errmsg("pipeline_ext consumer %s/%d: no batch is being applied; cancel request ignored",
+								pe_run->def->name, pe_run->slot)));
+			}
+			CHECK_FOR_INTERRUPTS();
+			if (!PostmasterIsAlive())
+				proc_exit(1);
+			if (ConfigReloadPending)
+			{
+				ConfigReloadPending = false;
+				ProcessConfigFile(PGC_SIGHUP);
+			}
+			if (n > 0)
+			{
+				int64		left = pe_run->def->batch_timeout_ms - pe_ms_since(first_at);
+
+				if (left <= 0)
+					break;
+				slice = Min(slice, (int) left);
+			}
+			got = rd_kafka_consume_batch_queue(pe_run->queue, slice, batch + n, batch_cap - n);
+			if (got < 0)
+				got = 0;
+			for (ssize_t i = 0; i < got; i++)
+			{
+				rd_kafka_message_t *m = batch[n + i];
+				int32		p = m->partition;
+
+				if (m->err != RD_KAFKA_RESP_ERR_NO_ERROR)
+				{
+					if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+						ereport(LOG,
+								(errmsg("pipeline_ext consumer %s/%d: %s", pe_run->def->name, pe_run->slot,
+										pe_redact(rd_kafka_message_errstr(m), pe_run->secrets))));
+					rd_kafka_message_destroy(m);
+					batch[n + i] = NULL;
+					continue;
+				}
+				/* revoked meanwhile, or already applied (offset below the stored one) */
+				if (p >= pe_run->npart || !pe_run->parts[p].assigned ||
+					(pe_run->parts[p].stored >= 0 && m->offset < pe_run->parts[p].stored))
+				{
+					rd_kafka_message_destroy(m);
+					batch[n + i] = NULL;
+					continue;
+				}
+			}
+			/* compact out the dropped ones */
+			{
+				int			w = n;
+
+				for (ssize_t i = 0; i < got; i++)
+					if (batch[n + i] != NULL)
+					{
+						batch[w] = batch[n + i];
+						bytes += batch[w]->len + batch[w]->key_len;
+						w++;
+					}
+				if (w > n && first_at == 0)
+					first_at = GetCurrentTimestamp();
+				n = w;
+				pe_run->batch_n = n;
+			}
+			pe_slot_drain_logs();
+			if (s->reseeks != pe_run->reseeks)
+			{
+				/* reset_offsets() moved the stored offsets */
+				LWLockAcquire(pe_shared->lock, LW_SHARED);
+				pe_run->reseeks = s->reseeks;
+				LWLockRelease(pe_shared->lock);
+				pe_run->need_reseek = true;
+			}
+			if (pe_run->need_reseek)
+			{
+				for (int i = 0; i < n; i++)
+					rd_kafka_message_destroy(batch[i]);
+				n = 0;
+				pe_run->batch_n = 0;
+				bytes = 0;
+				first_at = 0;
+				pe_slot_reseek();
+			}
+			if (n == 0 && pe_ms_since(pe_run->last_watermarks) >= 1000)
+			{
+				pe_slot_publish_watermarks();
+				pe_run->last_watermarks = GetCurrentTimestamp();
+			}
+			if (pe_ms_since(pe_run->last_discover) >= PE_DISCOVER_MS)
+			{
+				pe_slot_discover(false);
+				if (n == 0)
+					continue;
+			}
+		}
+		if (n == 0)
+			continue;
+
+		/* apply it, in one transaction, retrying transient errors */
+		pe_slot_note_oldest(batch, n, true);
+		elog(DEBUG2, "pipeline_ext consumer %s/%d: batch of %d messages collected in %lld ms",
+			 pe_run->def->name, pe_run->slot, n, (long long) pe_ms_since(first_at));
+		while (!pe_slot_try_batch(batch, n, &outcome, &ndead, &stop_error))
+		{
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, 1000,
+							 PG_WAIT_EXTENSION);
+			ResetLatch(MyLatch);
+			QueryCancelPending = false; /* the retry answers it */
+			CHECK_FOR_INTERRUPTS();
+		}
+
+		if (outcome == PE_BATCH_STOP)
+		{
+			char	   *msg = psprintf("stopped on error: %s", stop_error);
+
+			ereport(LOG,
+					(errmsg("pipeline_ext consumer %s/%d stopped: %s", pe_run->def->name, pe_run->slot, stop_error)));
+			pe_xact_begin();
+			pe_consumer_record_error(pe_run->def->name, msg, true);
+			pe_xact_commit();
+			pe_slot_record_error(msg);
+			pe_wake_manager(MyDatabaseId);
+			proc_exit(0);
+		}
+		if (outcome == PE_BATCH_CONFLICT)
+		{
+			ereport(LOG,
+					(errmsg("pipeline_ext consumer %s/%d: stored offsets moved (reset_offsets or another slot); seeking to them",
+							pe_run->def->name, pe_run->slot)));
+			for (int i = 0; i < n; i++)
+				rd_kafka_message_destroy(batch[i]);
+			pe_run->batch_n = 0;
+			pe_slot_reseek();
+			continue;
+		}
+
+		/* committed: only now does the batch count */
+		pe_slot_record_batch(batch, n, bytes, ndead);
+		pe_slot_note_oldest(batch, n, false);
+		pe_slot_publish_watermarks();
+		pe_run->last_watermarks = GetCurrentTimestamp();
+
+		{
+			rd_kafka_resp_err_t err = pe_slot_kafka_commit(batch, n,
+														   strcmp(pe_run->def->delivery, "at_least_once") == 0);
+
+			if (err != RD_KAFKA_RESP_ERR_NO_ERROR && err != RD_KAFKA_RESP_ERR__NO_OFFSET &&
+				strcmp(pe_run->def->delivery, "at_least_once") == 0)
+				ereport(LOG,
+						(errmsg("pipeline_ext consumer %s/%d: could not commit offsets to the Kafka group: %s",
+								pe_run->def->name, pe_run->slot, rd_kafka_err2str(err))));
+		}
+		for (int i = 0; i < n; i++)
+			rd_kafka_message_destroy(batch[i]);
+		pe_run->batch_n = 0;
+	}
+}
+
+void
+pe_slot_main(Datum arg)
+{
+	int			idx = DatumGetInt32(arg);
+	PeWorkerExtra extra;
+	PeSlot	   *s = &pe_shared->slots[idx];
+	char		activity[NAMEDATALEN + 32];
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+	memcpy(&extra, MyBgworkerEntry->bgw_extra, sizeof(extra));
+
+	LWLockAcquire(pe_shared->lock, LW_EXCLUSIVE);
+	if (s->dboid != extra.dboid || s->incarnation != extra.incarnation || s->state != PE_SLOT_STARTING)
+	{
+		LWLockRelease(pe_shared->lock);
+		proc_exit(0);
+	}
+	s->pid = MyProcPid;
+	s->state = PE_SLOT_RUNNING;
+	s->error_exit = false;
+	s->terminated = false;
+	LWLockRelease(pe_shared->lock);
+	before_shmem_exit(pe_slot_exit, Int32GetDatum(idx));
+	prev_emit_log_hook = emit_log_hook;
+	emit_log_hook = pe_slot_emit_log;
+
+	BackgroundWorkerInitializeConnectionByOid(extra.dboid, InvalidOid, 0);
+
+	pe_run = MemoryContextAllocZero(TopMemoryContext, sizeof(PeSlotRun));
+	pe_run->slot_index = idx;
+	pe_run->reseeks = s->reseeks;
+
+	PG_TRY();
+	{
+		pe_slot_init();
+		snprintf(activity, sizeof(activity), "pipeline_ext consumer %s/%d", pe_run->def->name, pe_run->slot);
+		pgstat_report_appname(activity);
+		pe_slot_loop(activity);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+		edata = CopyErrorData();
+		MemoryContextSwitchTo(old);
+		if (edata->sqlerrcode != ERRCODE_ADMIN_SHUTDOWN)
+		{
+			LWLockAcquire(pe_shared->lock, LW_EXCLUSIVE);
+			strlcpy(s->last_error, edata->message, sizeof(s->last_error));
+			s->last_error_at = GetCurrentTimestamp();
+			s->error_exit = true;
+			LWLockRelease(pe_shared->lock);
+		}
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+}

@@ -1,0 +1,84 @@
+/*-------------------------------------------------------------------------
+ *
+ * slot.h
+ *	  A slot worker's own state, shared by the files of the slot worker:
+ *	  slot.c (the loop), slot_assign.c (partitions and where to start),
+ *	  slot_metrics.c (what it publishes to shared memory) and offsets.c.
+ *
+ * IDENTIFICATION
+ *	  src/slot.h
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef PE_SLOT_H
+#define PE_SLOT_H
+
+#include "pipeline_ext.h"
+
+#include "executor/spi.h"
+
+#include "connection.h"
+#include "consumer.h"
+#include "datapath.h"
+#include "kafka.h"
+
+typedef struct PePartState
+{
+	int32		partition;
+	bool		assigned;
+	int64		stored;			/* next offset in pipeline.offsets; -1: none */
+	int			shm;			/* index in the PeSlot's partitions[], -1: none */
+	int64		start;			/* where it started without a stored offset (or a
+								 * RD_KAFKA_OFFSET_ sentinel) */
+	int64		asked_high;		/* high watermark the broker gave when asked; -1 */
+	TimestampTz moved_at;		/* stored last moved (or the partition was assigned) */
+} PePartState;
+
+typedef struct PeSlotRun
+{
+	int			slot_index;		/* in pe_shared->slots */
+	int			slot;			/* slot number within the consumer */
+	PeConsumerDef *def;
+	char	   *dbname;
+	PeConnection *conn;
+	List	   *secrets;
+	PeTarget   *target;
+	bool		exactly_once;
+	rd_kafka_t *rk;
+	rd_kafka_queue_t *queue;
+	int			npart;			/* partitions known in the topic */
+	PePartState *parts;			/* indexed by partition number */
+	TimestampTz last_discover;
+	TimestampTz last_watermarks;
+	TimestampTz last_asked;		/* last ListOffsets for idle partitions */
+	SPIPlanPtr	offset_plan;
+	SPIPlanPtr	dead_plan;
+	bool		need_reseek;	/* offsets moved under us: seek again */
+	uint32		reseeks;		/* last seen PeSlot.reseeks */
+	rd_kafka_message_t **batch;	/* messages held, freed at exit too */
+	int			batch_n;
+	bool		target_stale;	/* the target table changed: describe it again */
+	MemoryContext batch_cxt;
+} PeSlotRun;
+
+/* this process's slot (slot.c) */
+extern PeSlotRun *pe_run;
+
+/* slot_assign.c */
+extern void pe_slot_grow(int npart);
+extern void pe_slot_discover(bool first);
+extern void pe_slot_reseek(void);
+extern void pe_slot_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+								 rd_kafka_topic_partition_list_t *partitions, void *opaque);
+
+/* slot_metrics.c */
+extern void pe_slot_record_batch(rd_kafka_message_t **batch, int n, size_t bytes, int64 ndead);
+extern void pe_slot_note_oldest(rd_kafka_message_t **batch, int n, bool before_apply);
+extern void pe_slot_publish_partitions(void);
+extern void pe_slot_publish_watermarks(void);
+
+/* offsets.c */
+extern void pe_slot_load_offsets(void);
+extern rd_kafka_resp_err_t pe_slot_kafka_commit(rd_kafka_message_t **msgs, int n, bool sync);
+
+#endif							/* PE_SLOT_H */

@@ -1,0 +1,295 @@
+/*-------------------------------------------------------------------------
+ *
+ * slot_assign.c
+ *	  Which partitions a slot applies and from which offsets: discovering the
+ *	  topic's partitions (and partitions added later), manual assignment of
+ *	  this slot's share, the group's rebalances, where a partition without a
+ *	  stored offset starts, and seeking again after the stored offsets moved.
+ *
+ * IDENTIFICATION
+ *	  src/slot_assign.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+
+#include "slot.h"
+#include "workers.h"
+
+void
+pe_slot_grow(int npart)
+{
+	if (npart <= pe_run->npart)
+		return;
+	pe_run->parts = pe_run->parts
+		? repalloc(pe_run->parts, sizeof(PePartState) * npart)
+		: palloc(sizeof(PePartState) * npart);
+	for (int p = pe_run->npart; p < npart; p++)
+	{
+		pe_run->parts[p].partition = p;
+		pe_run->parts[p].assigned = false;
+		pe_run->parts[p].stored = -1;
+		pe_run->parts[p].shm = -1;
+		pe_run->parts[p].asked_high = -1;
+		pe_run->parts[p].moved_at = 0;
+		pe_run->parts[p].start = RD_KAFKA_OFFSET_INVALID;
+	}
+	pe_run->npart = npart;
+}
+
+static int64
+pe_kafka_timestamp_ms(const char *iso)
+{
+	TimestampTz ts = DatumGetTimestampTz(DirectFunctionCall3(timestamptz_in, CStringGetDatum(iso),
+															 ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1)));
+
+	return ts / 1000 + (int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY * 1000;
+}
+
+/*
+ * Where a partition with no stored offset starts: 'earliest' is the
+ * beginning; 'latest' and timestamps are resolved now, so that a restart
+ * before the first commit does not move the start.
+ */
+static int64
+pe_slot_start_offset(int32 p, bool new_partition)
+{
+	const char *so = pe_run->def->start_offset;
+	int64		lo,
+				hi;
+	rd_kafka_resp_err_t err;
+
+	if (new_partition || strcmp(so, "earliest") == 0)
+		return RD_KAFKA_OFFSET_BEGINNING;
+	if (strcmp(so, "latest") == 0)
+	{
+		err = rd_kafka_query_watermark_offsets(pe_run->rk, pe_run->def->topic, p, &lo, &hi, 10000);
+		if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
+			ereport(ERROR,
+					(errcode(ERRCODE_CONNECTION_FAILURE),
+					 errmsg("could not look up the end of partition %d of topic \"%s\"", p, pe_run->def->topic),
+					 errdetail("librdkafka: %s", rd_kafka_err2str(err))));
+		return hi;
+	}
+	else
+	{
+		rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+		int64		o;
+
+		rd_kafka_topic_partition_list_add(l, pe_run->def->topic, p)->offset = pe_kafka_timestamp_ms(so);
+		err = rd_kafka_offsets_for_times(pe_run->rk, l, 10000);
+		o = l->elems[0].offset;
+		if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
+			err = l->elems[0].err;
+		rd_kafka_topic_partition_list_destroy(l);
+		if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
+			ereport(ERROR,
+					(errcode(ERRCODE_CONNECTION_FAILURE),
+					 errmsg("could not look up offsets by time in topic \"%s\"", pe_run->def->topic),
+					 errdetail("librdkafka: %s", rd_kafka_err2str(err))));
+		if (o < 0)
+			return RD_KAFKA_OFFSET_END;
+		return o;
+	}
+}
+
+/* Partition count of the topic, or -1 if the broker did not answer in time. */
+static int
+pe_slot_partition_count(int timeout_ms)
+{
+	const struct rd_kafka_metadata *md = NULL;
+	rd_kafka_topic_t *rkt = rd_kafka_topic_new(pe_run->rk, pe_run->def->topic, NULL);
+	rd_kafka_resp_err_t err;
+	int			n = -1;
+
+	err = rd_kafka_metadata(pe_run->rk, 0, rkt, &md, timeout_ms);
+	if (err == RD_KAFKA_RESP_ERR_NO_ERROR && md->topic_cnt == 1)
+	{
+		if (md->topics[0].err == RD_KAFKA_RESP_ERR_NO_ERROR)
+			n = md->topics[0].partition_cnt;
+		else if (md->topics[0].err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
+			n = 0;
+	}
+	if (md)
+		rd_kafka_metadata_destroy(md);
+	rd_kafka_topic_destroy(rkt);
+	return n;
+}
+
+/* Offset to resume a partition from, for an assignment. */
+static int64
+pe_slot_resume_offset(int32 p, bool new_partition)
+{
+	int64		o = RD_KAFKA_OFFSET_INVALID;	/* the group's committed offset */
+
+	if (pe_run->exactly_once || pe_run->def->group_id == NULL)
+	{
+		if (pe_run->parts[p].stored >= 0)
+			return pe_run->parts[p].stored;
+		if (pe_run->exactly_once)
+			o = pe_slot_start_offset(p, new_partition);
+	}
+	pe_run->parts[p].start = o;
+	return o;
+}
+
+/*
+ * Manual assignment: assign every partition p with p % parallelism = slot
+ * not assigned yet (all of them when reassigning).
+ */
+static void
+pe_slot_assign_manual(bool reassign, bool new_partitions)
+{
+	rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(pe_run->npart);
+	rd_kafka_resp_err_t err;
+	rd_kafka_error_t *error = NULL;
+
+	for (int p = 0; p < pe_run->npart; p++)
+	{
+		if (p % pe_run->def->parallelism != pe_run->slot)
+			continue;
+		if (pe_run->parts[p].assigned && !reassign)
+			continue;
+		rd_kafka_topic_partition_list_add(l, pe_run->def->topic, p)->offset =
+			pe_slot_resume_offset(p, new_partitions);
+		pe_run->parts[p].assigned = true;
+	}
+	if (reassign)
+		err = rd_kafka_assign(pe_run->rk, l);
+	else
+	{
+		err = RD_KAFKA_RESP_ERR_NO_ERROR;
+		if (l->cnt > 0)
+			error = rd_kafka_incremental_assign(pe_run->rk, l);
+		if (error)
+		{
+			err = rd_kafka_error_code(error);
+			rd_kafka_error_destroy(error);
+		}
+	}
+	rd_kafka_topic_partition_list_destroy(l);
+	if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("could not assign partitions of topic \"%s\"", pe_run->def->topic),
+				 errdetail("librdkafka: %s", rd_kafka_err2str(err))));
+	pe_slot_publish_partitions();
+}
+
+void
+pe_slot_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+					 rd_kafka_topic_partition_list_t *partitions, void *opaque)
+{
+	(void) opaque;
+	if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS)
+	{
+		for (int i = 0; i < partitions->cnt; i++)
+		{
+			int32		p = partitions->elems[i].partition;
+
+			if (p < pe_run->npart)
+			{
+				pe_run->parts[p].assigned = true;
+				/* exactly once: the offset stored in PostgreSQL */
+				if (pe_run->exactly_once)
+					partitions->elems[i].offset = pe_run->parts[p].stored >= 0
+						? pe_run->parts[p].stored
+						: (strcmp(pe_run->def->start_offset, "latest") == 0 ? RD_KAFKA_OFFSET_END
+						   : RD_KAFKA_OFFSET_BEGINNING);
+			}
+		}
+		rd_kafka_assign(rk, partitions);
+		/* the stored offsets may be older than what another member applied */
+		pe_run->need_reseek = pe_run->exactly_once;
+	}
+	else
+	{
+		for (int p = 0; p < pe_run->npart; p++)
+			pe_run->parts[p].assigned = false;
+		rd_kafka_assign(rk, NULL);
+	}
+}
+
+/* Look for partitions added to the topic; assign this slot's share. */
+void
+pe_slot_discover(bool first)
+{
+	int			n = pe_slot_partition_count(first ? 10000 : 1000);
+	MemoryContext old;
+
+	pe_run->last_discover = GetCurrentTimestamp();
+	if (n < 0)
+	{
+		if (first)
+			ereport(ERROR,
+					(errcode(ERRCODE_CONNECTION_FAILURE),
+					 errmsg("could not read the partitions of topic \"%s\"", pe_run->def->topic),
+					 errhint("Check that the brokers of connection \"%s\" are reachable.", pe_run->conn->name)));
+		return;
+	}
+	if (n == 0)
+	{
+		if (first)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("topic \"%s\" does not exist on connection \"%s\"", pe_run->def->topic, pe_run->conn->name),
+					 errhint("Create the topic, then start the consumer again.")));
+		return;
+	}
+	if (n <= pe_run->npart && !first)
+		return;
+	if (!first)
+		ereport(LOG,
+				(errmsg("pipeline_ext consumer %s/%d: topic \"%s\" now has %d partitions",
+						pe_run->def->name, pe_run->slot, pe_run->def->topic, n)));
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	pe_slot_grow(n);
+	MemoryContextSwitchTo(old);
+	if (pe_run->def->group_id == NULL)
+		pe_slot_assign_manual(first, !first);
+}
+
+/* After the stored offsets moved under us: read them again and seek. */
+void
+pe_slot_reseek(void)
+{
+	MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+	pe_slot_load_offsets();
+	if (pe_run->def->group_id == NULL)
+	{
+		/* re-assign: librdkafka drops what it prefetched */
+		pe_slot_assign_manual(true, false);
+	}
+	else
+	{
+		rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(pe_run->npart);
+		rd_kafka_error_t *e;
+
+		for (int p = 0; p < pe_run->npart; p++)
+			if (pe_run->parts[p].assigned)
+				rd_kafka_topic_partition_list_add(l, pe_run->def->topic, p)->offset =
+					pe_run->parts[p].stored >= 0 ? pe_run->parts[p].stored : RD_KAFKA_OFFSET_BEGINNING;
+		if (l->cnt > 0)
+		{
+			e = rd_kafka_seek_partitions(pe_run->rk, l, 5000);
+			if (e)
+			{
+				ereport(LOG,
+						(errmsg("pipeline_ext consumer %s/%d: seek failed: %s",
+								pe_run->def->name, pe_run->slot, rd_kafka_error_string(e))));
+				rd_kafka_error_destroy(e);
+			}
+		}
+		rd_kafka_topic_partition_list_destroy(l);
+		pe_slot_publish_partitions();
+	}
+	pe_run->need_reseek = false;
+	MemoryContextSwitchTo(old);
+}
