@@ -22,6 +22,7 @@ OBJS = \
 	src/decode.o \
 	src/decode_json.o \
 	src/decode_csv.o \
+	src/batch.o \
 	src/dedup.o \
 	src/apply.o \
 	src/deadletter.o \

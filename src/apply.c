@@ -201,75 +201,19 @@ pe_can_sort(PeTarget *t)
 }
 
 /*
- * Decode and apply msgs[0..n) in the current transaction.  SPI must be
- * connected and a snapshot active.  Messages that fail go to res->dead; an
- * error that is not about rows propagates.
+ * Apply the decoded rows[0..nrows) in the current transaction, as the
+ * current user (the consumer's owner): upserts and appends in one
+ * statement, tombstones in another, each isolating the rows that fail
+ * (deadletter.c).  A row superseded by a newer one of its key counts as
+ * applied.
  */
 void
-pe_target_apply(PeTarget *t, PeMessage *msgs, int n, PeBatchResult *res)
+pe_apply(PeTarget *t, PeRow *rows, int nrows, PeBatchResult *res)
 {
-	PeRow	   *rows = palloc0(sizeof(PeRow) * Max(n, 1));
-	volatile int nrows = 0;
-	volatile int i = 0;
 	PeRow	  **ins;
 	PeRow	  **del;
 	int			nins = 0;
 	int			ndel = 0;
-	Oid			save_userid;
-	int			save_sec;
-
-	GetUserIdAndSecContext(&save_userid, &save_sec);
-	SetUserIdAndSecContext(t->def->owner,
-						   save_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
-
-	/*
-	 * Decode in one subtransaction; a message whose decoding raises an error
-	 * becomes a dead letter and decoding resumes after it in a new one.
-	 */
-	while (i < n)
-	{
-		MemoryContext cxt = CurrentMemoryContext;
-		ResourceOwner owner = CurrentResourceOwner;
-
-		BeginInternalSubTransaction(NULL);
-		MemoryContextSwitchTo(cxt);
-		PG_TRY();
-		{
-			for (; i < n; i++)
-			{
-				CHECK_FOR_INTERRUPTS();
-				rows[nrows].msg_index = i;
-				pe_decode_one(t, &msgs[i], &rows[nrows]);
-				nrows++;
-			}
-			ReleaseCurrentSubTransaction();
-			MemoryContextSwitchTo(cxt);
-			CurrentResourceOwner = owner;
-		}
-		PG_CATCH();
-		{
-			ErrorData  *edata;
-
-			MemoryContextSwitchTo(cxt);
-			edata = CopyErrorData();
-			FlushErrorState();
-			RollbackAndReleaseCurrentSubTransaction();
-			MemoryContextSwitchTo(cxt);
-			CurrentResourceOwner = owner;
-			if (!pe_error_is_row_specific(edata->sqlerrcode))
-			{
-				SetUserIdAndSecContext(save_userid, save_sec);
-				ReThrowError(edata);
-			}
-			pe_add_dead(res, i, edata);
-			memset(&rows[nrows], 0, sizeof(PeRow));
-			i++;
-		}
-		PG_END_TRY();
-	}
-
-	if (t->def->upsert && t->nkeys > 0)
-		pe_dedup(t, msgs, rows, nrows);
 
 	ins = palloc(sizeof(PeRow *) * Max(nrows, 1));
 	del = palloc(sizeof(PeRow *) * Max(nrows, 1));
@@ -294,11 +238,6 @@ pe_target_apply(PeTarget *t, PeMessage *msgs, int n, PeBatchResult *res)
 		qsort_arg(del, ndel, sizeof(PeRow *), pe_row_key_cmp, t);
 	}
 
-	/*
-	 * On an error the (sub)transaction abort restores the user id; on
-	 * success we do.
-	 */
-	pe_apply_rows(t, ins, nins, false, res);
-	pe_apply_rows(t, del, ndel, true, res);
-	SetUserIdAndSecContext(save_userid, save_sec);
+	pe_deadletter_isolate(t, ins, nins, false, res);
+	pe_deadletter_isolate(t, del, ndel, true, res);
 }

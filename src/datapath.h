@@ -1,11 +1,11 @@
 /*-------------------------------------------------------------------------
  *
  * datapath.h
- *	  The data path of a batch of messages: the target's description
- *	  (target.c), decoding (decode.c and a decoder per format), keeping
- *	  the newest message per key (dedup.c), applying with prepared
- *	  statements (apply.c), and isolating bad rows into dead letters
- *	  (deadletter.c).
+ *	  The data path of a batch of messages (batch.c runs it): the target's
+ *	  description (target.c), decoding (decode.c and a decoder per
+ *	  format), keeping the newest message per key (dedup.c), applying with
+ *	  prepared statements (apply.c), isolating and recording dead letters
+ *	  (deadletter.c), and storing offsets (offsets.c).
  *
  * IDENTIFICATION
  *	  src/datapath.h
@@ -148,9 +148,43 @@ typedef struct PeFound
 extern PeTarget *pe_target_open(PeConsumerDef *def, bool check_privileges);
 extern void pe_target_close(PeTarget *t);
 
+/* The next offsets a batch stores, and the fence each must pass. */
+#define PE_OFFSET_NO_FENCE (-2)	/* Kafka holds the offsets: no fence */
+
+typedef struct PeOffsetWrite
+{
+	const char *consumer;
+	SPIPlanPtr	plan;			/* pe_offsets_prepare() */
+	int			n;
+	int32	   *partitions;
+	int64	   *next;			/* next offset to apply */
+	int64	   *expected;		/* what the stored row holds; -1: no row */
+} PeOffsetWrite;
+
+/* One batch through the data path (batch.c). */
+typedef struct PeBatch
+{
+	PeTarget   *target;
+	PeMessage  *msgs;
+	int			n;
+	SPIPlanPtr	dead_plan;		/* a slot: pe_deadletter_prepare() */
+	int64	   *replay_ids;		/* a replay: the dead letters' ids */
+	PeOffsetWrite *offsets;		/* a slot: the offsets to store */
+	PeBatchResult res;			/* out */
+} PeBatch;
+
+typedef enum PeBatchOutcome
+{
+	PE_BATCH_DONE,
+	PE_BATCH_CONFLICT,			/* stored offsets moved: seek again */
+	PE_BATCH_STOP				/* on_error = 'stop' hit a bad message */
+} PeBatchOutcome;
+
+extern PeBatchOutcome pe_batch_apply(PeBatch *b);
+
 /* decode.c */
 extern PeFormat pe_parse_format(const char *format);
-extern void pe_decode_one(PeTarget *t, PeMessage *msg, PeRow *row);
+extern int	pe_decode_batch(PeTarget *t, PeMessage *msgs, int n, PeRow *rows, PeBatchResult *res);
 extern void pe_verify_text(const char *data, size_t len, const char *what);
 extern Jsonb *pe_message_headers(PeMessage *msg);
 extern Datum pe_bytes_to_bytea(const char *data, size_t len);
@@ -166,11 +200,18 @@ extern void pe_dedup(PeTarget *t, PeMessage *msgs, PeRow *rows, int nrows);
 /* apply.c */
 extern void pe_build_statements(PeTarget *t);
 extern ErrorData *pe_try_statement(PeTarget *t, PeRow **rows, int n, bool is_delete, int64 *processed);
-extern void pe_target_apply(PeTarget *t, PeMessage *msgs, int n, PeBatchResult *res);
+extern void pe_apply(PeTarget *t, PeRow *rows, int nrows, PeBatchResult *res);
 
 /* deadletter.c */
 extern bool pe_error_is_row_specific(int sqlerrcode);
 extern void pe_add_dead(PeBatchResult *res, int msg_index, ErrorData *edata);
-extern void pe_apply_rows(PeTarget *t, PeRow **rows, int n, bool is_delete, PeBatchResult *res);
+extern void pe_deadletter_isolate(PeTarget *t, PeRow **rows, int n, bool is_delete, PeBatchResult *res);
+extern SPIPlanPtr pe_deadletter_prepare(void);
+extern void pe_deadletter_record(SPIPlanPtr plan, PeConsumerDef *def, PeMessage *msgs, List *dead);
+extern void pe_deadletter_replayed(int64 *ids, int n, List *dead);
+
+/* offsets.c */
+extern SPIPlanPtr pe_offsets_prepare(void);
+extern bool pe_offsets_store(PeOffsetWrite *w);
 
 #endif							/* PE_DATAPATH_H */

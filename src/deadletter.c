@@ -8,6 +8,10 @@
  *	  are applied.  Errors that are not about rows (privileges, a missing
  *	  table, cancel) propagate: the caller retries or stops the batch.
  *
+ *	  A slot records its dead letters in pipeline.dead_letters, in the
+ *	  batch's transaction; a replay deletes the rows that now apply and
+ *	  keeps the new error of the others.
+ *
  * IDENTIFICATION
  *	  src/deadletter.c
  *
@@ -16,8 +20,13 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "utils/builtins.h"
 #include "utils/elog.h"
+#include "utils/jsonb.h"
 
+#include "connection.h"
 #include "datapath.h"
 
 /*
@@ -55,9 +64,12 @@ pe_add_dead(PeBatchResult *res, int msg_index, ErrorData *edata)
 	res->dead = lappend(res->dead, dl);
 }
 
-/* Apply rows[0..n); isolate the rows that fail by halving. */
+/*
+ * Apply rows[0..n) (apply.c); when the statement fails for reasons of its
+ * rows, isolate the rows that fail by halving.
+ */
 void
-pe_apply_rows(PeTarget *t, PeRow **rows, int n, bool is_delete, PeBatchResult *res)
+pe_deadletter_isolate(PeTarget *t, PeRow **rows, int n, bool is_delete, PeBatchResult *res)
 {
 	int64		processed = 0;
 	ErrorData  *edata;
@@ -81,6 +93,122 @@ pe_apply_rows(PeTarget *t, PeRow **rows, int n, bool is_delete, PeBatchResult *r
 		return;
 	}
 	FreeErrorData(edata);
-	pe_apply_rows(t, rows, n / 2, is_delete, res);
-	pe_apply_rows(t, rows + n / 2, n - n / 2, is_delete, res);
+	pe_deadletter_isolate(t, rows, n / 2, is_delete, res);
+	pe_deadletter_isolate(t, rows + n / 2, n - n / 2, is_delete, res);
+}
+
+/* The statement that records a slot's dead letters; kept by the caller. */
+SPIPlanPtr
+pe_deadletter_prepare(void)
+{
+	Oid			types[11] = {TEXTOID, OIDOID, TEXTOID, INT4OID, INT8OID, BYTEAOID, BYTEAOID,
+	JSONBOID, INT8OID, TEXTOID, TEXTOID};
+	SPIPlanPtr	plan;
+
+	plan = SPI_prepare("INSERT INTO pipeline.dead_letters (consumer, owner, topic, \"partition\", \"offset\", "
+					   "key, value, headers, \"timestamp\", error, sqlstate) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, "
+					   "CASE WHEN $9 OPERATOR(pg_catalog.>=) 0 THEN pg_catalog.to_timestamp($9 OPERATOR(pg_catalog./) 1000.0) END, "
+					   "$10, $11)",
+					   11, types);
+	if (plan == NULL)
+		elog(ERROR, "could not prepare the dead letter statement: %s", SPI_result_code_string(SPI_result));
+	SPI_keepplan(plan);
+	return plan;
+}
+
+/* Record a batch's dead letters, each with its raw bytes and its error. */
+void
+pe_deadletter_record(SPIPlanPtr plan, PeConsumerDef *def, PeMessage *msgs, List *dead)
+{
+	ListCell   *lc;
+
+	foreach(lc, dead)
+	{
+		PeDeadLetter *dl = lfirst(lc);
+		PeMessage  *m = &msgs[dl->msg_index];
+		Datum		v[11];
+		char		nl[11];
+		Jsonb	   *h;
+
+		memset(nl, ' ', sizeof(nl));
+		v[0] = CStringGetTextDatum(def->name);
+		v[1] = ObjectIdGetDatum(def->owner);
+		v[2] = CStringGetTextDatum(m->topic);
+		v[3] = Int32GetDatum(m->partition);
+		v[4] = Int64GetDatum(m->offset);
+		if (m->key)
+			v[5] = pe_bytes_to_bytea(m->key, m->key_len);
+		else
+			nl[5] = 'n';
+		if (m->value)
+			v[6] = pe_bytes_to_bytea(m->value, m->value_len);
+		else
+			nl[6] = 'n';
+		h = NULL;
+		PG_TRY();
+		{
+			h = pe_message_headers(m);
+		}
+		PG_CATCH();
+		{
+			/* headers that are not text are kept hex-encoded; anything else: none */
+			FlushErrorState();
+			h = NULL;
+		}
+		PG_END_TRY();
+		if (h)
+			v[7] = JsonbPGetDatum(h);
+		else
+			nl[7] = 'n';
+		v[8] = Int64GetDatum(m->timestamp_ms);
+		v[9] = CStringGetTextDatum(dl->error);
+		v[10] = CStringGetTextDatum(dl->sqlstate);
+		if (SPI_execute_plan(plan, v, nl, false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "could not record a dead letter");
+	}
+}
+
+/*
+ * After a replay of the dead letters ids[0..n): delete the ones that
+ * applied, and keep the new error of the others.  Runs as the catalog's
+ * owner.
+ */
+void
+pe_deadletter_replayed(int64 *ids, int n, List *dead)
+{
+	PeCatalogAccess acc;
+	bool	   *failed = palloc0(sizeof(bool) * Max(n, 1));
+	ListCell   *lc;
+	Oid			types[3] = {INT8OID, TEXTOID, TEXTOID};
+	int			rc;
+
+	pe_catalog_begin(&acc);
+	foreach(lc, dead)
+	{
+		PeDeadLetter *dl = lfirst(lc);
+		Datum		a[3];
+
+		failed[dl->msg_index] = true;
+		a[0] = Int64GetDatum(ids[dl->msg_index]);
+		a[1] = CStringGetTextDatum(dl->error);
+		a[2] = CStringGetTextDatum(dl->sqlstate);
+		rc = SPI_execute_with_args("UPDATE pipeline.dead_letters SET error = $2, sqlstate = $3, "
+								   "failed_at = pg_catalog.now() WHERE id OPERATOR(pg_catalog.=) $1",
+								   3, types, a, NULL, false, 0);
+		if (rc != SPI_OK_UPDATE)
+			elog(ERROR, "could not update a dead letter: %s", SPI_result_code_string(rc));
+	}
+	for (int i = 0; i < n; i++)
+	{
+		Datum		a[1];
+
+		if (failed[i])
+			continue;
+		a[0] = Int64GetDatum(ids[i]);
+		rc = SPI_execute_with_args("DELETE FROM pipeline.dead_letters WHERE id OPERATOR(pg_catalog.=) $1",
+								   1, types, a, NULL, false, 0);
+		if (rc != SPI_OK_DELETE)
+			elog(ERROR, "could not delete a dead letter: %s", SPI_result_code_string(rc));
+	}
+	pe_catalog_end(&acc);
 }

@@ -36,7 +36,6 @@ pe_replay_dead_letters(PG_FUNCTION_ARGS)
 {
 	char	   *name;
 	PeConsumerDef *def;
-	PeTarget   *t;
 	PeCatalogAccess acc;
 	Oid			argtypes[2] = {TEXTOID, INT8ARRAYOID};
 	Datum		args[2];
@@ -45,11 +44,11 @@ pe_replay_dead_letters(PG_FUNCTION_ARGS)
 	int			n;
 	PeMessage  *msgs;
 	int64	   *ids;
+	PeBatch		b;
 	PeBatchResult res;
 	TupleDesc	tupdesc;
 	Datum		out[2];
 	bool		outnulls[2] = {false, false};
-	bool	   *failed;
 	MemoryContext caller = CurrentMemoryContext;
 
 	if (PG_ARGISNULL(0))
@@ -117,51 +116,19 @@ pe_replay_dead_letters(PG_FUNCTION_ARGS)
 	}
 	pe_catalog_end(&acc);
 
-	memset(&res, 0, sizeof(res));
+	memset(&b, 0, sizeof(b));
+	b.msgs = msgs;
+	b.n = n;
+	b.replay_ids = ids;
 	if (n > 0)
 	{
 		if (SPI_connect() != SPI_OK_CONNECT)
 			elog(ERROR, "SPI_connect failed");
-		t = pe_target_open(def, false);
-		pe_target_apply(t, msgs, n, &res);
+		b.target = pe_target_open(def, false);
+		(void) pe_batch_apply(&b);
 		SPI_finish();
 	}
-
-	failed = palloc0(sizeof(bool) * Max(n, 1));
-	pe_catalog_begin(&acc);
-	{
-		ListCell   *lc;
-		Oid			types[3] = {INT8OID, TEXTOID, TEXTOID};
-
-		foreach(lc, res.dead)
-		{
-			PeDeadLetter *dl = lfirst(lc);
-			Datum		a[3];
-
-			failed[dl->msg_index] = true;
-			a[0] = Int64GetDatum(ids[dl->msg_index]);
-			a[1] = CStringGetTextDatum(dl->error);
-			a[2] = CStringGetTextDatum(dl->sqlstate);
-			rc = SPI_execute_with_args("UPDATE pipeline.dead_letters SET error = $2, sqlstate = $3, "
-									   "failed_at = pg_catalog.now() WHERE id OPERATOR(pg_catalog.=) $1",
-									   3, types, a, NULL, false, 0);
-			if (rc != SPI_OK_UPDATE)
-				elog(ERROR, "could not update a dead letter: %s", SPI_result_code_string(rc));
-		}
-		for (int i = 0; i < n; i++)
-		{
-			Datum		a[1];
-
-			if (failed[i])
-				continue;
-			a[0] = Int64GetDatum(ids[i]);
-			rc = SPI_execute_with_args("DELETE FROM pipeline.dead_letters WHERE id OPERATOR(pg_catalog.=) $1",
-									   1, types, a, NULL, false, 0);
-			if (rc != SPI_OK_DELETE)
-				elog(ERROR, "could not delete a dead letter: %s", SPI_result_code_string(rc));
-		}
-	}
-	pe_catalog_end(&acc);
+	res = b.res;
 
 	out[0] = Int64GetDatum(n - list_length(res.dead));
 	out[1] = Int64GetDatum(list_length(res.dead));

@@ -15,12 +15,16 @@
  */
 #include "postgres.h"
 
+#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "mb/pg_wchar.h"
 #include "lib/stringinfo.h"
 #include "utils/builtins.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
+#include "miscadmin.h"
+#include "utils/memutils.h"
+#include "utils/resowner.h"
 #include "utils/timestamp.h"
 
 #include "datapath.h"
@@ -236,7 +240,7 @@ pe_decode_tombstone_key(PeTarget *t, PeMessage *msg, PeRow *row)
 	}
 }
 
-void
+static void
 pe_decode_one(PeTarget *t, PeMessage *msg, PeRow *row)
 {
 	PeConsumerDef *def = t->def;
@@ -370,4 +374,57 @@ pe_decode_one(PeTarget *t, PeMessage *msg, PeRow *row)
 				break;
 		}
 	}
+}
+
+/*
+ * Decode msgs[0..n) into rows, in order; returns the number of rows.  All
+ * of it runs in one subtransaction: a message whose decoding raises an
+ * error about the message becomes a dead letter, and decoding resumes
+ * after it in a new one.  Any other error propagates.
+ */
+int
+pe_decode_batch(PeTarget *t, PeMessage *msgs, int n, PeRow *rows, PeBatchResult *res)
+{
+	volatile int nrows = 0;
+	volatile int i = 0;
+
+	while (i < n)
+	{
+		MemoryContext cxt = CurrentMemoryContext;
+		ResourceOwner owner = CurrentResourceOwner;
+
+		BeginInternalSubTransaction(NULL);
+		MemoryContextSwitchTo(cxt);
+		PG_TRY();
+		{
+			for (; i < n; i++)
+			{
+				CHECK_FOR_INTERRUPTS();
+				rows[nrows].msg_index = i;
+				pe_decode_one(t, &msgs[i], &rows[nrows]);
+				nrows++;
+			}
+			ReleaseCurrentSubTransaction();
+			MemoryContextSwitchTo(cxt);
+			CurrentResourceOwner = owner;
+		}
+		PG_CATCH();
+		{
+			ErrorData  *edata;
+
+			MemoryContextSwitchTo(cxt);
+			edata = CopyErrorData();
+			FlushErrorState();
+			RollbackAndReleaseCurrentSubTransaction();
+			MemoryContextSwitchTo(cxt);
+			CurrentResourceOwner = owner;
+			if (!pe_error_is_row_specific(edata->sqlerrcode))
+				ReThrowError(edata);
+			pe_add_dead(res, i, edata);
+			memset(&rows[nrows], 0, sizeof(PeRow));
+			i++;
+		}
+		PG_END_TRY();
+	}
+	return nrows;
 }

@@ -2,7 +2,8 @@
  *
  * offsets.c
  *	  A slot's offsets: reading the next offsets stored in pipeline.offsets,
- *	  and committing them to the Kafka group (synchronously, or best effort).
+ *	  storing a batch's next offsets in its transaction behind a fence, and
+ *	  committing them to the Kafka group (synchronously, or best effort).
  *
  * IDENTIFICATION
  *	  src/offsets.c
@@ -75,4 +76,57 @@ pe_slot_kafka_commit(rd_kafka_message_t **msgs, int n, bool sync)
 	err = rd_kafka_commit(pe_run->rk, l, sync ? 0 : 1);
 	rd_kafka_topic_partition_list_destroy(l);
 	return err;
+}
+
+/*
+ * The statement that stores a partition's next offset with its fence: the
+ * row is written only if it still holds what the slot expects ($4; NULL
+ * when it expects no row, PE_OFFSET_NO_FENCE when Kafka holds the
+ * offsets).  Kept by the caller.
+ */
+SPIPlanPtr
+pe_offsets_prepare(void)
+{
+	Oid			types[4] = {TEXTOID, INT4OID, INT8OID, INT8OID};
+	SPIPlanPtr	plan;
+
+	plan = SPI_prepare("INSERT INTO pipeline.offsets AS o (consumer, \"partition\", next_offset) "
+					   "VALUES ($1, $2, $3) ON CONFLICT (consumer, \"partition\") DO UPDATE "
+					   "SET next_offset = EXCLUDED.next_offset, updated_at = pg_catalog.now() "
+					   "WHERE o.next_offset OPERATOR(pg_catalog.=) $4 OR $4 OPERATOR(pg_catalog.=) -2",
+					   4, types);
+	if (plan == NULL)
+		elog(ERROR, "could not prepare the offsets statement: %s", SPI_result_code_string(SPI_result));
+	SPI_keepplan(plan);
+	return plan;
+}
+
+/*
+ * Store a batch's next offsets in its transaction.  False when a fence
+ * did not hold: another slot, or reset_offsets(), moved an offset since
+ * the slot read it, and the batch must be rolled back.
+ */
+bool
+pe_offsets_store(PeOffsetWrite *w)
+{
+	bool		ok = true;
+
+	for (int k = 0; k < w->n; k++)
+	{
+		Datum		v[4];
+		char		nl[4] = {' ', ' ', ' ', ' '};
+
+		v[0] = CStringGetTextDatum(w->consumer);
+		v[1] = Int32GetDatum(w->partitions[k]);
+		v[2] = Int64GetDatum(w->next[k]);
+		if (w->expected[k] >= 0 || w->expected[k] == PE_OFFSET_NO_FENCE)
+			v[3] = Int64GetDatum(w->expected[k]);
+		else
+			nl[3] = 'n';
+		if (SPI_execute_plan(w->plan, v, nl, false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "could not write offsets");
+		if (SPI_processed != 1)
+			ok = false;
+	}
+	return ok;
 }

@@ -158,31 +158,8 @@ pe_slot_connect(int npart_hint)
 static void
 pe_slot_prepare_catalog_plans(void)
 {
-	Oid			off_types[4] = {TEXTOID, INT4OID, INT8OID, INT8OID};
-	Oid			dl_types[13] = {TEXTOID, OIDOID, TEXTOID, INT4OID, INT8OID, BYTEAOID, BYTEAOID,
-	JSONBOID, INT8OID, TEXTOID, TEXTOID};
-
-	/*
-	 * The fence: the row is written only if it still holds what this slot
-	 * expects ($4; NULL when it expects no row).
-	 */
-	pe_run->offset_plan = SPI_prepare("INSERT INTO pipeline.offsets AS o (consumer, \"partition\", next_offset) "
-								   "VALUES ($1, $2, $3) ON CONFLICT (consumer, \"partition\") DO UPDATE "
-								   "SET next_offset = EXCLUDED.next_offset, updated_at = pg_catalog.now() "
-								   "WHERE o.next_offset OPERATOR(pg_catalog.=) $4 OR $4 OPERATOR(pg_catalog.=) -2",
-								   4, off_types);
-	if (pe_run->offset_plan == NULL)
-		elog(ERROR, "could not prepare the offsets statement: %s", SPI_result_code_string(SPI_result));
-	SPI_keepplan(pe_run->offset_plan);
-
-	pe_run->dead_plan = SPI_prepare("INSERT INTO pipeline.dead_letters (consumer, owner, topic, \"partition\", \"offset\", "
-								 "key, value, headers, \"timestamp\", error, sqlstate) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, "
-								 "CASE WHEN $9 OPERATOR(pg_catalog.>=) 0 THEN pg_catalog.to_timestamp($9 OPERATOR(pg_catalog./) 1000.0) END, "
-								 "$10, $11)",
-								 11, dl_types);
-	if (pe_run->dead_plan == NULL)
-		elog(ERROR, "could not prepare the dead letter statement: %s", SPI_result_code_string(SPI_result));
-	SPI_keepplan(pe_run->dead_plan);
+	pe_run->offset_plan = pe_offsets_prepare();
+	pe_run->dead_plan = pe_deadletter_prepare();
 }
 
 static void
@@ -314,40 +291,42 @@ pe_slot_record_error(const char *msg)
 	LWLockRelease(pe_shared->lock);
 }
 
-typedef enum PeBatchOutcome
-{
-	PE_BATCH_DONE,
-	PE_BATCH_CONFLICT,			/* stored offsets moved: seek again */
-	PE_BATCH_STOP				/* on_error = 'stop' hit a bad message */
-} PeBatchOutcome;
-
+/*
+ * Run a batch through the data path (batch.c) in the current transaction:
+ * its messages as librdkafka holds them, and the next offset of each of
+ * its partitions, fenced by the offset this slot last stored.
+ */
 static PeBatchOutcome
 pe_slot_apply_batch(rd_kafka_message_t **rkm, int n, int64 *ndead, char **stop_error)
 {
-	PeMessage  *msgs = palloc0(sizeof(PeMessage) * n);
-	PeBatchResult res;
-	ListCell   *lc;
+	PeBatch		b;
+	PeOffsetWrite w;
+	PeBatchOutcome outcome;
 	int64		next[PE_SLOT_MAX_PARTITIONS];
+	int64		expected[PE_SLOT_MAX_PARTITIONS];
 	int32		pids[PE_SLOT_MAX_PARTITIONS];
 	int			np = 0;
-	bool		conflict = false;
 
+	memset(&b, 0, sizeof(b));
+	b.msgs = palloc0(sizeof(PeMessage) * n);
+	b.n = n;
 	for (int i = 0; i < n; i++)
 	{
 		rd_kafka_message_t *m = rkm[i];
+		PeMessage  *msg = &b.msgs[i];
 		rd_kafka_timestamp_type_t tstype;
 		int			k;
 
-		msgs[i].topic = pe_run->def->topic;
-		msgs[i].partition = m->partition;
-		msgs[i].offset = m->offset;
-		msgs[i].timestamp_ms = rd_kafka_message_timestamp(m, &tstype);
-		msgs[i].key = m->key;
-		msgs[i].key_len = m->key_len;
-		msgs[i].value = m->payload;
-		msgs[i].value_len = m->len;
-		if (rd_kafka_message_headers(m, &msgs[i].hdrs) != RD_KAFKA_RESP_ERR_NO_ERROR)
-			msgs[i].hdrs = NULL;
+		msg->topic = pe_run->def->topic;
+		msg->partition = m->partition;
+		msg->offset = m->offset;
+		msg->timestamp_ms = rd_kafka_message_timestamp(m, &tstype);
+		msg->key = m->key;
+		msg->key_len = m->key_len;
+		msg->value = m->payload;
+		msg->value_len = m->len;
+		if (rd_kafka_message_headers(m, &msg->hdrs) != RD_KAFKA_RESP_ERR_NO_ERROR)
+			msg->hdrs = NULL;
 		for (k = 0; k < np; k++)
 			if (pids[k] == m->partition)
 				break;
@@ -358,6 +337,13 @@ pe_slot_apply_batch(rd_kafka_message_t **rkm, int n, int64 *ndead, char **stop_e
 		}
 		else
 			next[k] = Max(next[k], m->offset + 1);
+	}
+	for (int k = 0; k < np; k++)
+	{
+		if (!pe_run->exactly_once)
+			expected[k] = PE_OFFSET_NO_FENCE;	/* Kafka holds the offsets */
+		else
+			expected[k] = (pids[k] < pe_run->npart) ? pe_run->parts[pids[k]].stored : -1;
 	}
 
 	/* after ALTER TABLE: describe the target again (types, columns, keys) */
@@ -372,92 +358,31 @@ pe_slot_apply_batch(rd_kafka_message_t **rkm, int n, int64 *ndead, char **stop_e
 		MemoryContextSwitchTo(old);
 	}
 
-	memset(&res, 0, sizeof(res));
-	pe_target_apply(pe_run->target, msgs, n, &res);
+	w.consumer = pe_run->def->name;
+	w.plan = pe_run->offset_plan;
+	w.n = np;
+	w.partitions = pids;
+	w.next = next;
+	w.expected = expected;
+	b.target = pe_run->target;
+	b.dead_plan = pe_run->dead_plan;
+	b.offsets = &w;
 
-	if (res.dead != NIL && pe_run->def->stop_on_error)
+	outcome = pe_batch_apply(&b);
+	if (outcome == PE_BATCH_STOP)
 	{
-		PeDeadLetter *dl = linitial(res.dead);
+		PeDeadLetter *dl = linitial(b.res.dead);
 
 		*stop_error = psprintf("message at partition %d offset " INT64_FORMAT ": %s",
-							   msgs[dl->msg_index].partition, msgs[dl->msg_index].offset, dl->error);
-		return PE_BATCH_STOP;
+							   b.msgs[dl->msg_index].partition, b.msgs[dl->msg_index].offset, dl->error);
+		return outcome;
 	}
-
-	foreach(lc, res.dead)
-	{
-		PeDeadLetter *dl = lfirst(lc);
-		PeMessage  *m = &msgs[dl->msg_index];
-		Datum		v[11];
-		char		nl[11];
-		Jsonb	   *h;
-
-		memset(nl, ' ', sizeof(nl));
-		v[0] = CStringGetTextDatum(pe_run->def->name);
-		v[1] = ObjectIdGetDatum(pe_run->def->owner);
-		v[2] = CStringGetTextDatum(m->topic);
-		v[3] = Int32GetDatum(m->partition);
-		v[4] = Int64GetDatum(m->offset);
-		if (m->key)
-			v[5] = pe_bytes_to_bytea(m->key, m->key_len);
-		else
-			nl[5] = 'n';
-		if (m->value)
-			v[6] = pe_bytes_to_bytea(m->value, m->value_len);
-		else
-			nl[6] = 'n';
-		h = NULL;
-		PG_TRY();
-		{
-			h = pe_message_headers(m);
-		}
-		PG_CATCH();
-		{
-			/* headers that are not text are kept hex-encoded; anything else: none */
-			FlushErrorState();
-			h = NULL;
-		}
-		PG_END_TRY();
-		if (h)
-			v[7] = JsonbPGetDatum(h);
-		else
-			nl[7] = 'n';
-		v[8] = Int64GetDatum(m->timestamp_ms);
-		v[9] = CStringGetTextDatum(dl->error);
-		v[10] = CStringGetTextDatum(dl->sqlstate);
-		if (SPI_execute_plan(pe_run->dead_plan, v, nl, false, 0) != SPI_OK_INSERT)
-			elog(ERROR, "could not record a dead letter");
-	}
-	*ndead = list_length(res.dead);
-
-	for (int k = 0; k < np; k++)
-	{
-		Datum		v[4];
-		char		nl[4] = {' ', ' ', ' ', ' '};
-		int32		p = pids[k];
-		int64		expected = (p < pe_run->npart) ? pe_run->parts[p].stored : -1;
-
-		v[0] = CStringGetTextDatum(pe_run->def->name);
-		v[1] = Int32GetDatum(p);
-		v[2] = Int64GetDatum(next[k]);
-		if (!pe_run->exactly_once)
-			v[3] = Int64GetDatum(-2);	/* no fence: Kafka holds the offsets */
-		else if (expected >= 0)
-			v[3] = Int64GetDatum(expected);
-		else
-			nl[3] = 'n';
-		if (SPI_execute_plan(pe_run->offset_plan, v, nl, false, 0) != SPI_OK_INSERT)
-			elog(ERROR, "could not write offsets");
-		if (SPI_processed != 1)
-			conflict = true;
-	}
-	if (conflict)
-		return PE_BATCH_CONFLICT;
-
-	for (int k = 0; k < np; k++)
-		if (pids[k] < pe_run->npart)
-			pe_run->parts[pids[k]].stored = next[k];
-	return PE_BATCH_DONE;
+	*ndead = list_length(b.res.dead);
+	if (outcome == PE_BATCH_DONE)
+		for (int k = 0; k < np; k++)
+			if (pids[k] < pe_run->npart)
+				pe_run->parts[pids[k]].stored = next[k];
+	return outcome;
 }
 
 static bool

@@ -1,0 +1,85 @@
+/*-------------------------------------------------------------------------
+ *
+ * batch.c
+ *	  The data path of one batch, in the caller's transaction, step by
+ *	  step; a slot worker (slot.c) and replay_dead_letters()
+ *	  (deadletter_api.c) both go through it:
+ *
+ *	    1. decode      every message into a row of the target (decode.c)
+ *	    2. dedup       keep the newest message per key, in upsert mode
+ *	                   (dedup.c)
+ *	    3. apply       set-based statements prepared once (apply.c), the
+ *	                   rows that fail isolated as dead letters
+ *	                   (deadletter.c)
+ *	    4. dead        letters recorded (a slot), or the replayed ones
+ *	                   deleted or updated (a replay) (deadletter.c)
+ *	    5. aggregates  the hook point where windowed aggregates fed by
+ *	                   the consumer will be updated, in this transaction
+ *	    6. offsets     the partitions' next offsets, behind their fence
+ *	                   (offsets.c)
+ *
+ *	  Rows, dead letters, aggregates and offsets commit or roll back
+ *	  together: that is what makes a consumer exactly once.
+ *
+ * IDENTIFICATION
+ *	  src/batch.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "miscadmin.h"
+
+#include "datapath.h"
+
+/*
+ * Run the data path for b->msgs[0..b->n).  SPI must be connected and a
+ * snapshot active.  Returns PE_BATCH_STOP when the consumer stops on its
+ * first bad message (b->res.dead says which), PE_BATCH_CONFLICT when an
+ * offset's fence did not hold; the caller then rolls the transaction
+ * back.  Errors that are not about messages propagate.
+ */
+PeBatchOutcome
+pe_batch_apply(PeBatch *b)
+{
+	PeTarget   *t = b->target;
+	PeRow	   *rows = palloc0(sizeof(PeRow) * Max(b->n, 1));
+	int			nrows;
+	Oid			save_userid;
+	int			save_sec;
+
+	/*
+	 * Decoding and applying run as the consumer's owner, restricted as
+	 * REFRESH MATERIALIZED VIEW is.  On an error the (sub)transaction abort
+	 * restores the user id; on success we do.
+	 */
+	GetUserIdAndSecContext(&save_userid, &save_sec);
+	SetUserIdAndSecContext(t->def->owner,
+						   save_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
+
+	/* 1. decode */
+	nrows = pe_decode_batch(t, b->msgs, b->n, rows, &b->res);
+
+	/* 2. dedup */
+	if (t->def->upsert && t->nkeys > 0)
+		pe_dedup(t, b->msgs, rows, nrows);
+
+	/* 3. apply, isolating the rows that fail */
+	pe_apply(t, rows, nrows, &b->res);
+	SetUserIdAndSecContext(save_userid, save_sec);
+
+	/* 4. dead letters */
+	if (b->res.dead != NIL && t->def->stop_on_error && b->replay_ids == NULL)
+		return PE_BATCH_STOP;
+	if (b->replay_ids)
+		pe_deadletter_replayed(b->replay_ids, b->n, b->res.dead);
+	else
+		pe_deadletter_record(b->dead_plan, t->def, b->msgs, b->res.dead);
+
+	/* 5. windowed aggregates: updated here, once they exist */
+
+	/* 6. offsets */
+	if (b->offsets && !pe_offsets_store(b->offsets))
+		return PE_BATCH_CONFLICT;
+	return PE_BATCH_DONE;
+}
