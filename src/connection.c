@@ -437,8 +437,6 @@ pe_connection_secrets(PeConnection *conn)
  * client of this connection is created with, secrets masked for roles that
  * may not see them.
  */
-extern List *pe_producer_default_props(void);
-
 Datum
 pe_connection_config(PG_FUNCTION_ARGS)
 {

@@ -40,7 +40,6 @@ extern Oid	pe_connection_catalog_relid(void);
 extern List *pe_connection_secrets(PeConnection *conn);
 
 /* produce.c */
-extern void pe_produce_init(void);
 extern List *pe_producer_default_props(void);
 
 #endif							/* PE_CONNECTION_H */

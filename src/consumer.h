@@ -53,7 +53,7 @@ typedef struct PeConsumerDef
 
 /* consumer_catalog.c */
 extern PeConsumerDef *pe_consumer_read(const char *name, bool missing_ok);
-extern List *pe_consumer_defaults(PeConsumerDef *def, int npartitions, const char *dbname);
+extern List *pe_consumer_defaults(PeConsumerDef *def, const char *dbname);
 extern void pe_consumer_record_error(const char *name, const char *error, bool disable);
 
 /* consumer_api.c */

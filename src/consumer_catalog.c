@@ -114,7 +114,7 @@ pe_consumer_record_error(const char *name, const char *error, bool disable)
 
 /* librdkafka properties a consumer slot starts from (the connection overrides). */
 List *
-pe_consumer_defaults(PeConsumerDef *def, int npartitions, const char *dbname)
+pe_consumer_defaults(PeConsumerDef *def, const char *dbname)
 {
 	List	   *props = NIL;
 	char	   *group;
@@ -134,7 +134,6 @@ pe_consumer_defaults(PeConsumerDef *def, int npartitions, const char *dbname)
 	 * waits on it, and with fetch.max.bytes it bounds the worker's memory
 	 * however far behind it is (bench/consume.sh measures both).
 	 */
-	(void) npartitions;
 	kbytes = 20 * 1024;
 
 	props = lappend(props, pe_property("client.id", "pipeline_ext", "pipeline_ext"));

@@ -144,6 +144,17 @@ typedef struct PeFound
 	bool		json_string;	/* JSON string: a json column needs it quoted */
 } PeFound;
 
+/* JSON's whitespace, skipped from data[i] on (decode_json.c, decode.c) */
+#define PE_WS(c) ((c) == ' ' || (c) == '\t' || (c) == '\n' || (c) == '\r')
+
+static inline size_t
+pe_json_skip_ws(const char *data, size_t len, size_t i)
+{
+	while (i < len && PE_WS(data[i]))
+		i++;
+	return i;
+}
+
 /* target.c */
 extern PeTarget *pe_target_open(PeConsumerDef *def, bool check_privileges);
 extern void pe_target_close(PeTarget *t);

@@ -25,6 +25,7 @@
 #include "utils/builtins.h"
 #include "utils/elog.h"
 #include "utils/jsonb.h"
+#include "utils/timestamp.h"
 
 #include "connection.h"
 #include "datapath.h"
@@ -102,13 +103,12 @@ SPIPlanPtr
 pe_deadletter_prepare(void)
 {
 	Oid			types[11] = {TEXTOID, OIDOID, TEXTOID, INT4OID, INT8OID, BYTEAOID, BYTEAOID,
-	JSONBOID, INT8OID, TEXTOID, TEXTOID};
+	JSONBOID, TIMESTAMPTZOID, TEXTOID, TEXTOID};
 	SPIPlanPtr	plan;
 
 	plan = SPI_prepare("INSERT INTO pipeline.dead_letters (consumer, owner, topic, \"partition\", \"offset\", "
-					   "key, value, headers, \"timestamp\", error, sqlstate) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, "
-					   "CASE WHEN $9 OPERATOR(pg_catalog.>=) 0 THEN pg_catalog.to_timestamp($9 OPERATOR(pg_catalog./) 1000.0) END, "
-					   "$10, $11)",
+					   "key, value, headers, \"timestamp\", error, sqlstate) "
+					   "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
 					   11, types);
 	if (plan == NULL)
 		elog(ERROR, "could not prepare the dead letter statement: %s", SPI_result_code_string(SPI_result));
@@ -160,7 +160,10 @@ pe_deadletter_record(SPIPlanPtr plan, PeConsumerDef *def, PeMessage *msgs, List 
 			v[7] = JsonbPGetDatum(h);
 		else
 			nl[7] = 'n';
-		v[8] = Int64GetDatum(m->timestamp_ms);
+		if (m->timestamp_ms >= 0)
+			v[8] = TimestampTzGetDatum(pe_kafka_ms_to_timestamptz(m->timestamp_ms));
+		else
+			nl[8] = 'n';
 		v[9] = CStringGetTextDatum(dl->error);
 		v[10] = CStringGetTextDatum(dl->sqlstate);
 		if (SPI_execute_plan(plan, v, nl, false, 0) != SPI_OK_INSERT)

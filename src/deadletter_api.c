@@ -19,6 +19,7 @@
 #include "funcapi.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
+#include "utils/timestamp.h"
 
 #include "connection.h"
 #include "consumer.h"
@@ -68,7 +69,7 @@ pe_replay_dead_letters(PG_FUNCTION_ARGS)
 
 	pe_catalog_begin(&acc);
 	rc = SPI_execute_with_args("SELECT id, topic, \"partition\", \"offset\", key, value, headers, "
-							   "(EXTRACT(epoch FROM \"timestamp\") OPERATOR(pg_catalog.*) 1000)::bigint "
+							   "\"timestamp\" "
 							   "FROM pipeline.dead_letters WHERE consumer OPERATOR(pg_catalog.=) $1 "
 							   "AND ($2 IS NULL OR id OPERATOR(pg_catalog.=) ANY ($2)) ORDER BY id FOR UPDATE",
 							   2, argtypes, args, argnulls, false, 0);
@@ -110,7 +111,7 @@ pe_replay_dead_letters(PG_FUNCTION_ARGS)
 			d = SPI_getbinval(tup, desc, 7, &isnull);
 			msgs[i].headers_jsonb = isnull ? NULL : DatumGetJsonbPCopy(d);
 			d = SPI_getbinval(tup, desc, 8, &isnull);
-			msgs[i].timestamp_ms = isnull ? -1 : DatumGetInt64(d);
+			msgs[i].timestamp_ms = isnull ? -1 : pe_timestamptz_to_kafka_ms(DatumGetTimestampTz(d));
 		}
 		MemoryContextSwitchTo(spi);
 	}

@@ -207,12 +207,10 @@ pe_decode_tombstone_key(PeTarget *t, PeMessage *msg, PeRow *row)
 				 errmsg("tombstone without a key"),
 				 errhint("A tombstone (null value) deletes the row of its key; this one has no key.")));
 	pe_verify_text(msg->key, msg->key_len, "key");
-	for (size_t i = 0; i < msg->key_len; i++)
 	{
-		if (msg->key[i] == ' ' || msg->key[i] == '\t' || msg->key[i] == '\n' || msg->key[i] == '\r')
-			continue;
-		json_key = (msg->key[i] == '{');
-		break;
+		size_t		i = pe_json_skip_ws(msg->key, msg->key_len, 0);
+
+		json_key = (i < msg->key_len && msg->key[i] == '{');
 	}
 	if (json_key)
 		pe_decode_json(t, msg->key, msg->key_len, found, "key");
@@ -335,8 +333,7 @@ pe_decode_one(PeTarget *t, PeMessage *msg, PeRow *row)
 			case PE_SRC_TIMESTAMP:
 				if (msg->timestamp_ms >= 0)
 				{
-					TimestampTz ts = (TimestampTz) (msg->timestamp_ms -
-													(int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY * 1000) * 1000;
+					TimestampTz ts = pe_kafka_ms_to_timestamptz(msg->timestamp_ms);
 
 					if (col->typid == TIMESTAMPTZOID)
 						row->values[c] = TimestampTzGetDatum(ts);

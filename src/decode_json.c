@@ -170,16 +170,6 @@ pe_json_is_number(const char *p, size_t n)
 	return i == n;
 }
 
-#define PE_WS(c) ((c) == ' ' || (c) == '\t' || (c) == '\n' || (c) == '\r')
-
-static inline size_t
-pe_json_skip_ws(const char *data, size_t len, size_t i)
-{
-	while (i < len && PE_WS(data[i]))
-		i++;
-	return i;
-}
-
 /* Scan a string starting after its opening quote; false if it has escapes. */
 static bool
 pe_json_scan_string(const char *data, size_t len, size_t *i, size_t *end)
@@ -350,10 +340,8 @@ pe_decode_json(PeTarget *t, const char *data, size_t len, PeFound *found, const 
 	PeJsonState st;
 	JsonSemAction sem;
 	JsonParseErrorType rc;
-	size_t		i = 0;
+	size_t		i = pe_json_skip_ws(data, len, 0);
 
-	while (i < len && (data[i] == ' ' || data[i] == '\t' || data[i] == '\n' || data[i] == '\r'))
-		i++;
 	if (i == len || data[i] != '{')
 	{
 		/* still report malformed JSON as such */

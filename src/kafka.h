@@ -48,6 +48,9 @@ extern rd_kafka_conf_t *pe_kafka_conf(struct PeConnection *conn, List *defaults)
 extern PeProperty *pe_property(const char *name, const char *value, const char *source);
 extern char *pe_redact(const char *text, List *secrets);
 extern void pe_quiet_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf);
+extern void pe_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf);
+extern bool pe_log_pending(void);
+extern void pe_log_drain(const char *who, List *secrets);
 
 /* eventhubs.c */
 typedef struct PeEventHubsConfig

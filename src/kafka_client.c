@@ -3,8 +3,9 @@
  * kafka_client.c
  *	  Making librdkafka clients: a configuration from a connection's
  *	  properties after the caller's defaults, property lists, the redaction
- *	  of secrets from librdkafka's texts, and the log callback of short-lived
- *	  clients.
+ *	  of secrets from librdkafka's texts, and librdkafka's log lines: the
+ *	  one log ring that producers and slot workers drain, and the silent
+ *	  callback of short-lived clients.
  *
  * IDENTIFICATION
  *	  src/kafka_client.c
@@ -14,6 +15,9 @@
 #include "postgres.h"
 
 #include "lib/stringinfo.h"
+#include "utils/builtins.h"
+#include "utils/timestamp.h"
+#include "utils/elog.h"
 
 #include "connection.h"
 #include "kafka.h"
@@ -107,4 +111,69 @@ pe_quiet_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *bu
 	(void) level;
 	(void) fac;
 	(void) buf;
+}
+
+/*
+ * librdkafka's log lines.  Clients that log through log.queue have their
+ * log callback served by rd_kafka_poll() on this process's own thread; the
+ * callback still neither pallocs nor ereports: it fills a small ring that
+ * pe_log_drain() writes out, with the client's secrets redacted.
+ */
+#define PE_LOG_RING 32
+#define PE_LOG_LEN 512
+
+static char log_ring[PE_LOG_RING][PE_LOG_LEN];
+static int	log_ring_level[PE_LOG_RING];
+static volatile int log_ring_count = 0;
+static volatile int log_ring_dropped = 0;
+
+void
+pe_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
+{
+	(void) rk;
+	if (log_ring_count >= PE_LOG_RING)
+	{
+		log_ring_dropped++;
+		return;
+	}
+	snprintf(log_ring[log_ring_count], PE_LOG_LEN, "%s: %s", fac, buf);
+	log_ring_level[log_ring_count] = level;
+	log_ring_count++;
+}
+
+bool
+pe_log_pending(void)
+{
+	return log_ring_count > 0 || log_ring_dropped > 0;
+}
+
+/* Write the queued lines as "pipeline_ext WHO: line". */
+void
+pe_log_drain(const char *who, List *secrets)
+{
+	for (int i = 0; i < log_ring_count; i++)
+	{
+		char	   *line = pe_redact(log_ring[i], secrets);
+
+		/* librdkafka uses syslog levels: 0-4 are errors and warnings */
+		ereport(log_ring_level[i] <= 4 ? LOG : DEBUG1,
+				(errmsg_internal("pipeline_ext %s: %s", who, line),
+				 errhidestmt(true)));
+		pfree(line);
+	}
+	if (log_ring_dropped > 0)
+		ereport(DEBUG1,
+				(errmsg_internal("pipeline_ext %s: %d log lines dropped", who, log_ring_dropped)));
+	log_ring_count = 0;
+	log_ring_dropped = 0;
+}
+
+/* A timestamp written as text (ISO 8601, any form timestamptz reads) in Kafka's milliseconds. */
+int64
+pe_kafka_ms_from_text(const char *text)
+{
+	Datum		ts = DirectFunctionCall3(timestamptz_in, CStringGetDatum(text),
+										 ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1));
+
+	return pe_timestamptz_to_kafka_ms(DatumGetTimestampTz(ts));
 }

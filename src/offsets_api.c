@@ -63,17 +63,13 @@ pe_reset_offsets(PG_FUNCTION_ARGS)
 		fixed = strtoll(to, &end, 10);
 		if (*end != '\0' || errno != 0 || end == to)
 		{
-			TimestampTz ts;
-
 			fixed = -1;
 			if (!isdigit((unsigned char) to[0]))
 				ereport(ERROR,
 						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 						 errmsg("invalid offset reset target \"%s\"", to),
 						 errhint("Use 'earliest', 'latest', an ISO timestamp, or an offset.")));
-			ts = DatumGetTimestampTz(DirectFunctionCall3(timestamptz_in, CStringGetDatum(to),
-														 ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1)));
-			ts_ms = ts / 1000 + (int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY * 1000;
+			ts_ms = pe_kafka_ms_from_text(to);
 		}
 		else if (fixed < 0)
 			ereport(ERROR,

@@ -42,11 +42,26 @@ extern int	pe_produce_timeout_ms;
 extern int	pe_max_consumer_slots;
 extern int	pe_lag_window_ms;
 
-/* A Kafka timestamp (milliseconds since 1970) as a timestamptz. */
+/*
+ * Kafka's clock: timestamps are milliseconds since 1970; PostgreSQL's are
+ * microseconds since 2000.
+ */
+#define PE_KAFKA_EPOCH_USECS \
+	((int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY * USECS_PER_SEC)
+
 static inline TimestampTz
 pe_kafka_ms_to_timestamptz(int64 ms)
 {
-	return ms * 1000 - (int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY * USECS_PER_SEC;
+	return ms * 1000 - PE_KAFKA_EPOCH_USECS;
 }
+
+static inline int64
+pe_timestamptz_to_kafka_ms(TimestampTz ts)
+{
+	return (ts + PE_KAFKA_EPOCH_USECS) / 1000;
+}
+
+/* kafka_client.c: a timestamp written as text (start_offset, reset_offsets) */
+extern int64 pe_kafka_ms_from_text(const char *text);
 
 #endif							/* PIPELINE_EXT_H */

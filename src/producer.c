@@ -43,23 +43,11 @@
 #include "producer.h"
 #include "shmem.h"
 
-#define PE_LOG_RING 32
-#define PE_LOG_LEN 512
-
 HTAB	   *pe_producers = NULL;
 
 uint64		pe_next_msg_id = 1;
 
 static bool callbacks_registered = false;
-
-/* log lines queued by the log callback, drained after each poll */
-static char log_ring[PE_LOG_RING][PE_LOG_LEN];
-
-static int	log_ring_level[PE_LOG_RING];
-
-static int	log_ring_count = 0;
-
-static int	log_ring_dropped = 0;
 
 /*
  * Send times of this backend's messages, by message sequence number, for
@@ -154,42 +142,13 @@ pe_error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 		p->fatal = true;
 }
 
-static void
-pe_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
-{
-	(void) rk;
-	if (log_ring_count >= PE_LOG_RING)
-	{
-		log_ring_dropped++;
-		return;
-	}
-	snprintf(log_ring[log_ring_count], PE_LOG_LEN, "%s: %s", fac, buf);
-	log_ring_level[log_ring_count] = level;
-	log_ring_count++;
-}
-
 /* Serve callbacks for up to timeout_ms, then write queued log lines. */
 void
 pe_poll(PeProducer *p, int timeout_ms)
 {
 	rd_kafka_poll(p->rk, timeout_ms);
-
-	for (int i = 0; i < log_ring_count; i++)
-	{
-		char	   *line = pe_redact(log_ring[i], p->secrets);
-
-		/* librdkafka uses syslog levels: 0-4 are errors and warnings */
-		ereport(log_ring_level[i] <= 4 ? LOG : DEBUG1,
-				(errmsg_internal("pipeline_ext producer for connection \"%s\": %s", p->name, line),
-				 errhidestmt(true)));
-		pfree(line);
-	}
-	if (log_ring_dropped > 0)
-		ereport(DEBUG1,
-				(errmsg_internal("pipeline_ext producer for connection \"%s\": %d log lines dropped",
-								 p->name, log_ring_dropped)));
-	log_ring_count = 0;
-	log_ring_dropped = 0;
+	if (pe_log_pending())
+		pe_log_drain(psprintf("producer for connection \"%s\"", p->name), p->secrets);
 }
 
 List *
@@ -521,10 +480,4 @@ pe_get_topic(PeProducer *p, const char *topic, bool refresh)
 	}
 	rd_kafka_metadata_destroy(md);
 	return t;
-}
-
-void
-pe_produce_init(void)
-{
-	/* callbacks are registered on first use, in the backend that uses them */
 }

@@ -50,41 +50,14 @@
 #define PE_DISCOVER_MS 5000
 #define PE_BATCH_MAX_BYTES (32 * 1024 * 1024)
 #define PE_SLICE_MS 100
-#define PE_LOG_RING 32
-#define PE_LOG_LEN 512
 
 PeSlotRun  *pe_run = NULL;
-
-static char log_ring[PE_LOG_RING][PE_LOG_LEN];
-
-static int	log_ring_level[PE_LOG_RING];
-
-static volatile int log_ring_count = 0;
-
-static void
-pe_slot_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
-{
-	(void) rk;
-	if (log_ring_count >= PE_LOG_RING)
-		return;
-	snprintf(log_ring[log_ring_count], PE_LOG_LEN, "%s: %s", fac, buf);
-	log_ring_level[log_ring_count] = level;
-	log_ring_count++;
-}
 
 static void
 pe_slot_drain_logs(void)
 {
 	rd_kafka_poll(pe_run->rk, 0);
-	for (int i = 0; i < log_ring_count; i++)
-	{
-		char	   *line = pe_redact(log_ring[i], pe_run->secrets);
-
-		ereport(log_ring_level[i] <= 4 ? LOG : DEBUG1,
-				(errmsg_internal("pipeline_ext consumer %s/%d: %s", pe_run->def->name, pe_run->slot, line)));
-		pfree(line);
-	}
-	log_ring_count = 0;
+	pe_log_drain(pe_run->log_who, pe_run->secrets);
 }
 
 static void
@@ -134,15 +107,15 @@ pe_slot_close_kafka(int code, Datum arg)
 }
 
 static void
-pe_slot_connect(int npart_hint)
+pe_slot_connect(void)
 {
-	List	   *defaults = pe_consumer_defaults(pe_run->def, npart_hint, pe_run->dbname);
+	List	   *defaults = pe_consumer_defaults(pe_run->def, pe_run->dbname);
 	rd_kafka_conf_t *conf = pe_kafka_conf(pe_run->conn, defaults);
 	char		errstr[512];
 
 	if (rd_kafka_conf_set(conf, "log.queue", "true", errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK)
 		elog(ERROR, "could not set log.queue: %s", errstr);
-	rd_kafka_conf_set_log_cb(conf, pe_slot_log_cb);
+	rd_kafka_conf_set_log_cb(conf, pe_log_cb);
 	if (pe_run->def->group_id)
 		rd_kafka_conf_set_rebalance_cb(conf, pe_slot_rebalance_cb);
 	pe_run->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr));
@@ -185,6 +158,7 @@ pe_slot_init(void)
 	}
 	pe_run->exactly_once = strcmp(pe_run->def->delivery, "exactly_once") == 0;
 	pe_run->dbname = get_database_name(MyDatabaseId);
+	pe_run->log_who = psprintf("consumer %s/%d", pe_run->def->name, pe_run->slot);
 	pe_run->conn = pe_connection_lookup(pe_run->def->connection, false);
 	if (!superuser_arg(pe_run->def->owner) && !has_privs_of_role(pe_run->def->owner, pe_run->conn->owner))
 		ereport(ERROR,
@@ -205,7 +179,7 @@ pe_slot_init(void)
 	old = MemoryContextSwitchTo(TopMemoryContext);
 	pe_slot_load_offsets();
 
-	pe_slot_connect(0);
+	pe_slot_connect();
 	if (pe_run->def->group_id)
 	{
 		rd_kafka_topic_partition_list_t *topics = rd_kafka_topic_partition_list_new(1);
@@ -460,13 +434,12 @@ pe_slot_try_batch(rd_kafka_message_t **batch, int n, PeBatchOutcome *outcome,
 
 /* The slot's main loop: collect a batch, apply it, commit, repeat. */
 static void
-pe_slot_loop(const char *activity)
+pe_slot_loop(void)
 {
 	PeSlot	   *s = &pe_shared->slots[pe_run->slot_index];
 	rd_kafka_message_t **batch;
 	int			batch_cap;
 
-	(void) activity;
 	batch_cap = pe_run->def->batch_size;
 	batch = MemoryContextAlloc(TopMemoryContext, sizeof(rd_kafka_message_t *) * batch_cap);
 	pe_run->batch = batch;
@@ -690,7 +663,7 @@ pe_slot_main(Datum arg)
 		pe_slot_init();
 		snprintf(activity, sizeof(activity), "pipeline_ext consumer %s/%d", pe_run->def->name, pe_run->slot);
 		pgstat_report_appname(activity);
-		pe_slot_loop(activity);
+		pe_slot_loop();
 	}
 	PG_CATCH();
 	{

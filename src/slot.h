@@ -59,6 +59,7 @@ typedef struct PeSlotRun
 	int			batch_n;
 	bool		target_stale;	/* the target table changed: describe it again */
 	MemoryContext batch_cxt;
+	char	   *log_who;		/* "consumer NAME/SLOT", for its log lines */
 } PeSlotRun;
 
 /* this process's slot (slot.c) */

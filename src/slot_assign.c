@@ -43,15 +43,6 @@ pe_slot_grow(int npart)
 	pe_run->npart = npart;
 }
 
-static int64
-pe_kafka_timestamp_ms(const char *iso)
-{
-	TimestampTz ts = DatumGetTimestampTz(DirectFunctionCall3(timestamptz_in, CStringGetDatum(iso),
-															 ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1)));
-
-	return ts / 1000 + (int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY * 1000;
-}
-
 /*
  * Where a partition with no stored offset starts: 'earliest' is the
  * beginning; 'latest' and timestamps are resolved now, so that a restart
@@ -82,7 +73,7 @@ pe_slot_start_offset(int32 p, bool new_partition)
 		rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
 		int64		o;
 
-		rd_kafka_topic_partition_list_add(l, pe_run->def->topic, p)->offset = pe_kafka_timestamp_ms(so);
+		rd_kafka_topic_partition_list_add(l, pe_run->def->topic, p)->offset = pe_kafka_ms_from_text(so);
 		err = rd_kafka_offsets_for_times(pe_run->rk, l, 10000);
 		o = l->elems[0].offset;
 		if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
