@@ -22,6 +22,7 @@ OBJS = \
 	src/decode.o \
 	src/decode_json.o \
 	src/decode_csv.o \
+	src/decode_raw.o \
 	src/batch.o \
 	src/dedup.o \
 	src/apply.o \

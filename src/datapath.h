@@ -2,10 +2,11 @@
  *
  * datapath.h
  *	  The data path of a batch of messages (batch.c runs it): the target's
- *	  description (target.c), decoding (decode.c and a decoder per
- *	  format), keeping the newest message per key (dedup.c), applying with
- *	  prepared statements (apply.c), isolating and recording dead letters
- *	  (deadletter.c), and storing offsets (offsets.c).
+ *	  description (target.c), decoding (decode.c and a decoder per format:
+ *	  decode_json.c, decode_csv.c, decode_raw.c), keeping the newest
+ *	  message per key (dedup.c), applying with prepared statements
+ *	  (apply.c), isolating and recording dead letters (deadletter.c), and
+ *	  storing offsets (offsets.c).
  *
  * IDENTIFICATION
  *	  src/datapath.h
@@ -198,12 +199,23 @@ extern PeFormat pe_parse_format(const char *format);
 extern int	pe_decode_batch(PeTarget *t, PeMessage *msgs, int n, PeRow *rows, PeBatchResult *res);
 extern void pe_verify_text(const char *data, size_t len, const char *what);
 extern Jsonb *pe_message_headers(PeMessage *msg);
-extern Datum pe_bytes_to_bytea(const char *data, size_t len);
 
-/* decode_json.c, decode_csv.c */
-extern bool pe_decode_json_fast(PeTarget *t, const char *data, size_t len, PeFound *found);
+/* A column's value from its text. */
+static inline Datum
+pe_input(PeColumn *col, const char *text)
+{
+	return InputFunctionCall(&col->infunc, (char *) text, col->ioparam, col->typmod);
+}
+
+/* the decoders: decode_json.c, decode_csv.c */
+extern void pe_decode_json_value(PeTarget *t, const char *data, size_t len, PeFound *found);
 extern void pe_decode_json(PeTarget *t, const char *data, size_t len, PeFound *found, const char *what);
-extern void pe_decode_csv(PeTarget *t, const char *data, size_t len, PeFound *found);
+extern void pe_decode_csv_value(PeTarget *t, const char *data, size_t len, PeFound *found);
+
+/* decode_raw.c: bytes taken whole */
+extern Datum pe_bytes_to_bytea(const char *data, size_t len);
+extern Datum pe_raw_value(PeColumn *col, const char *data, size_t len, const char *what);
+extern Datum pe_raw_whole_value(PeTarget *t, PeColumn *col, PeMessage *msg);
 
 /* dedup.c */
 extern void pe_dedup(PeTarget *t, PeMessage *msgs, PeRow *rows, int nrows);

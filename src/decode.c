@@ -1,10 +1,11 @@
 /*-------------------------------------------------------------------------
  *
  * decode.c
- *	  Decoding one message into a row of the target: the format's decoder
- *	  finds the value's fields (decode_json.c, decode_csv.c), and each column
- *	  takes its field, the whole value, the key or the message's metadata
- *	  (topic, partition, offset, timestamp, headers).  A tombstone's key
+ *	  Decoding messages into rows of the target: the decoder of the
+ *	  consumer's format finds the value's fields (decode_json.c,
+ *	  decode_csv.c), and each column takes its field, the whole value
+ *	  (decode_raw.c), the key or the message's metadata (topic, partition,
+ *	  offset, timestamp, headers).  A tombstone's key
  *	  columns come from its key.  Errors here are about the message: the
  *	  caller makes it a dead letter.
  *
@@ -28,22 +29,42 @@
 #include "utils/timestamp.h"
 
 #include "datapath.h"
+/*
+ * The decoders, one per format, in PeFormat's order: how the fields of a
+ * message's value are found for the columns that take them.  A format
+ * without fields (text, bytea) puts the whole value into one column
+ * (decode_raw.c).  A new format is one more entry.
+ */
+typedef struct PeDecoder
+{
+	const char *name;			/* as create_consumer() takes it */
+	PeFormat	format;
+	void		(*fields) (PeTarget *t, const char *data, size_t len, PeFound *found);
+} PeDecoder;
+
+static const PeDecoder pe_decoders[] = {
+	{"json", PE_FORMAT_JSON, pe_decode_json_value},
+	{"csv", PE_FORMAT_CSV, pe_decode_csv_value},
+	{"text", PE_FORMAT_TEXT, NULL},
+	{"bytea", PE_FORMAT_BYTEA, NULL},
+};
 
 PeFormat
 pe_parse_format(const char *format)
 {
-	if (strcmp(format, "json") == 0)
-		return PE_FORMAT_JSON;
-	if (strcmp(format, "csv") == 0)
-		return PE_FORMAT_CSV;
-	if (strcmp(format, "text") == 0)
-		return PE_FORMAT_TEXT;
-	if (strcmp(format, "bytea") == 0)
-		return PE_FORMAT_BYTEA;
+	StringInfoData names;
+	int			n = lengthof(pe_decoders);
+
+	for (int i = 0; i < n; i++)
+		if (strcmp(format, pe_decoders[i].name) == 0)
+			return pe_decoders[i].format;
+	initStringInfo(&names);
+	for (int i = 0; i < n; i++)
+		appendStringInfo(&names, "%s'%s'", i == 0 ? "" : (i == n - 1 ? " or " : ", "), pe_decoders[i].name);
 	ereport(ERROR,
 			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 			 errmsg("unknown format \"%s\"", format),
-			 errhint("Use 'json', 'csv', 'text' or 'bytea'.")));
+			 errhint("Use %s.", names.data)));
 	return PE_FORMAT_JSON;		/* keep compiler quiet */
 }
 
@@ -147,35 +168,6 @@ pe_message_headers(PeMessage *msg)
 	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
 }
 
-Datum
-pe_bytes_to_bytea(const char *data, size_t len)
-{
-	bytea	   *b = palloc(VARHDRSZ + len);
-
-	SET_VARSIZE(b, VARHDRSZ + len);
-	memcpy(VARDATA(b), data, len);
-	return PointerGetDatum(b);
-}
-
-static Datum
-pe_input(PeColumn *col, const char *text)
-{
-	return InputFunctionCall(&col->infunc, (char *) text, col->ioparam, col->typmod);
-}
-
-/* Convert raw bytes (key, value, header) for a column. */
-static Datum
-pe_raw_value(PeColumn *col, const char *data, size_t len, const char *what)
-{
-	char	   *s;
-
-	if (col->is_bytea)
-		return pe_bytes_to_bytea(data, len);
-	pe_verify_text(data, len, what);
-	s = pnstrdup(data, len);
-	return pe_input(col, s);
-}
-
 static Datum
 pe_found_value(PeColumn *col, PeFound *f)
 {
@@ -261,24 +253,9 @@ pe_decode_one(PeTarget *t, PeMessage *msg, PeRow *row)
 	}
 
 	found = palloc0(sizeof(PeFound) * t->ncols);
-	switch (def->format)
-	{
-		case PE_FORMAT_JSON:
-			pe_verify_text(msg->value, msg->value_len, "value");
-			if (!pe_decode_json_fast(t, msg->value, msg->value_len, found))
-			{
-				memset(found, 0, sizeof(PeFound) * t->ncols);
-				pe_decode_json(t, msg->value, msg->value_len, found, "value");
-			}
-			break;
-		case PE_FORMAT_CSV:
-			pe_verify_text(msg->value, msg->value_len, "value");
-			pe_decode_csv(t, msg->value, msg->value_len, found);
-			break;
-		case PE_FORMAT_TEXT:
-		case PE_FORMAT_BYTEA:
-			break;
-	}
+	Assert(pe_decoders[def->format].format == def->format);
+	if (pe_decoders[def->format].fields)
+		pe_decoders[def->format].fields(t, msg->value, msg->value_len, found);
 
 	for (int c = 0; c < t->ncols; c++)
 	{
@@ -295,14 +272,7 @@ pe_decode_one(PeTarget *t, PeMessage *msg, PeRow *row)
 				}
 				break;
 			case PE_SRC_VALUE:
-				if (def->format == PE_FORMAT_BYTEA && !col->is_bytea)
-				{
-					/* bytea format into a non-bytea column: hex text */
-					row->values[c] = pe_input(col, TextDatumGetCString(DirectFunctionCall1(byteaout,
-																							 pe_bytes_to_bytea(msg->value, msg->value_len))));
-				}
-				else
-					row->values[c] = pe_raw_value(col, msg->value, msg->value_len, "value");
+				row->values[c] = pe_raw_whole_value(t, col, msg);
 				row->nulls[c] = false;
 				break;
 			case PE_SRC_KEY:

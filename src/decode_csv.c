@@ -16,7 +16,7 @@
 
 #include "datapath.h"
 
-void
+static void
 pe_decode_csv(PeTarget *t, const char *data, size_t len, PeFound *found)
 {
 	StringInfoData field;
@@ -99,4 +99,12 @@ pe_decode_csv(PeTarget *t, const char *data, size_t len, PeFound *found)
 					(errcode(ERRCODE_BAD_COPY_FILE_FORMAT),
 					 errmsg("CSV record has %d fields, expected %d", n, t->ncsv),
 					 errhint("Missing trailing fields are allowed only for columns with a default.")));
+}
+
+/* The csv decoder: the fields of a message value that is one CSV record. */
+void
+pe_decode_csv_value(PeTarget *t, const char *data, size_t len, PeFound *found)
+{
+	pe_verify_text(data, len, "value");
+	pe_decode_csv(t, data, len, found);
 }

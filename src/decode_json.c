@@ -189,7 +189,7 @@ pe_json_scan_string(const char *data, size_t len, size_t *i, size_t *end)
 	return true;
 }
 
-bool
+static bool
 pe_decode_json_fast(PeTarget *t, const char *data, size_t len, PeFound *found)
 {
 	size_t		i = 0;
@@ -378,4 +378,16 @@ pe_decode_json(PeTarget *t, const char *data, size_t len, PeFound *found, const 
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
 				 errmsg("message %s is not valid JSON: %s", what, json_errdetail(rc, st.lex))));
+}
+
+/* The json decoder: the fields of a message value that is a JSON object. */
+void
+pe_decode_json_value(PeTarget *t, const char *data, size_t len, PeFound *found)
+{
+	pe_verify_text(data, len, "value");
+	if (!pe_decode_json_fast(t, data, len, found))
+	{
+		memset(found, 0, sizeof(PeFound) * t->ncols);
+		pe_decode_json(t, data, len, found, "value");
+	}
 }

@@ -11,17 +11,23 @@
  *	    backends: connection.c, produce.c, consumer_api.c, offsets_api.c,
  *	              deadletter_api.c, stats.c (SQL functions and views)
  *
- *	  A message's way through a slot, one transaction per batch (datapath.h):
- *	    slot.c          poll a batch (slot_assign.c: partitions, offsets)
- *	      decode.c      message → row (decode_json.c, decode_csv.c;
- *	                    target.c describes the table)
+ *	  A message's way through a slot (datapath.h):
+ *	    slot.c          poll a batch from librdkafka (slot_assign.c: which
+ *	                    partitions, from which offsets)
+ *	    batch.c         one transaction, the steps below in this order; a
+ *	                    replay of dead letters (deadletter_api.c) too
+ *	      decode.c      message → row, through the format's decoder:
+ *	                    decode_json.c, decode_csv.c, decode_raw.c
+ *	                    (target.c: which column takes what)
  *	      dedup.c       newest message per key (upsert)
  *	      apply.c       set-based INSERT / DELETE, prepared once
- *	      deadletter.c  isolate the rows that fail
- *	      offsets.c     stored offsets; commits to the Kafka group
+ *	      deadletter.c  the rows that fail, isolated; dead-letter rows
+ *	      (aggregates)  the hook point for windowed aggregates
+ *	      offsets.c     next offsets, fenced; then the Kafka group
  *	    slot_metrics.c  after commit: counters, latency, watermarks
  *	                    (shmem.h: shmem.c, histogram.c, lag.c)
- *	  Kafka side (kafka.h): kafka_props.c, kafka_client.c, eventhubs.c.
+ *	  Kafka side (kafka.h): kafka_props.c, kafka_client.c, eventhubs.c;
+ *	  producing (producer.h): producer.c, produce.c.
  *
  * IDENTIFICATION
  *	  src/pipeline_ext.h
