@@ -4,7 +4,8 @@
  *	  Applying a batch of rows to the target with set-based statements
  *	  prepared once: one INSERT (append) or INSERT ... ON CONFLICT DO UPDATE
  *	  (upsert) over unnest() of one array per column, and one DELETE for
- *	  tombstones.  Decoding and applying run as the consumer's owner, with
+ *	  tombstones, run by deadletter.c, which isolates the rows that fail.
+ *	  They run as the consumer's owner (batch.c switches to it), with
  *	  SECURITY_RESTRICTED_OPERATION as for REFRESH MATERIALIZED VIEW, so a
  *	  trigger on the target runs with the owner's privileges and no more.
  *

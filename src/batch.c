@@ -11,8 +11,8 @@
  *	    3. apply       set-based statements prepared once (apply.c), the
  *	                   rows that fail isolated as dead letters
  *	                   (deadletter.c)
- *	    4. dead        letters recorded (a slot), or the replayed ones
- *	                   deleted or updated (a replay) (deadletter.c)
+ *	    4. dead letters  recorded (a slot), or the replayed ones deleted
+ *	                   or updated (a replay) (deadletter.c)
  *	    5. aggregates  the hook point where windowed aggregates fed by
  *	                   the consumer will be updated, in this transaction
  *	    6. offsets     the partitions' next offsets, behind their fence

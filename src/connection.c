@@ -35,6 +35,7 @@
 
 #include "connection.h"
 #include "kafka.h"
+#include "producer.h"
 
 #define PE_MASK "********"
 

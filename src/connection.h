@@ -2,8 +2,7 @@
  *
  * connection.h
  *	  Connections: their catalog rows, who may use them, their secrets, and
- *	  running catalog statements as the catalog's owner (connection.c);
- *	  the producer defaults a connection's clients start from (produce.c).
+ *	  running catalog statements as the catalog's owner (connection.c).
  *
  * IDENTIFICATION
  *	  src/connection.h
@@ -38,8 +37,5 @@ extern PeConnection *pe_connection_lookup(const char *name, bool missing_ok);
 extern void pe_check_connection_use(PeConnection *conn);
 extern Oid	pe_connection_catalog_relid(void);
 extern List *pe_connection_secrets(PeConnection *conn);
-
-/* produce.c */
-extern List *pe_producer_default_props(void);
 
 #endif							/* PE_CONNECTION_H */

@@ -58,7 +58,6 @@ extern void pe_consumer_record_error(const char *name, const char *error, bool d
 
 /* consumer_api.c */
 extern PeConsumerDef *pe_consumer_for_owner(const char *name, const char *action);
-extern void pe_wake_at_commit(void);
 extern void pe_reseek_at_commit(const char *name);
 
 #endif							/* PE_CONSUMER_H */

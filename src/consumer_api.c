@@ -74,7 +74,7 @@ pe_consumer_xact_cb(XactEvent event, void *arg)
 }
 
 /* Wake this database's manager once the current transaction commits. */
-void
+static void
 pe_wake_at_commit(void)
 {
 	if (!xact_cb_registered)

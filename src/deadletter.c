@@ -160,7 +160,7 @@ pe_deadletter_record(SPIPlanPtr plan, PeConsumerDef *def, PeMessage *msgs, List 
 			v[7] = JsonbPGetDatum(h);
 		else
 			nl[7] = 'n';
-		if (m->timestamp_ms >= 0)
+		if (m->timestamp_ms >= 0 && m->timestamp_ms <= PE_KAFKA_MS_MAX)
 			v[8] = TimestampTzGetDatum(pe_kafka_ms_to_timestamptz(m->timestamp_ms));
 		else
 			nl[8] = 'n';

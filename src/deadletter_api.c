@@ -46,7 +46,7 @@ pe_replay_dead_letters(PG_FUNCTION_ARGS)
 	PeMessage  *msgs;
 	int64	   *ids;
 	PeBatch		b;
-	PeBatchResult res;
+	int			nfailed = 0;
 	TupleDesc	tupdesc;
 	Datum		out[2];
 	bool		outnulls[2] = {false, false};
@@ -127,12 +127,13 @@ pe_replay_dead_letters(PG_FUNCTION_ARGS)
 			elog(ERROR, "SPI_connect failed");
 		b.target = pe_target_open(def, false);
 		(void) pe_batch_apply(&b);
+		/* the list lives in SPI's memory: count it before SPI_finish() */
+		nfailed = list_length(b.res.dead);
 		SPI_finish();
 	}
-	res = b.res;
 
-	out[0] = Int64GetDatum(n - list_length(res.dead));
-	out[1] = Int64GetDatum(list_length(res.dead));
+	out[0] = Int64GetDatum(n - nfailed);
+	out[1] = Int64GetDatum(nfailed);
 	tupdesc = BlessTupleDesc(tupdesc);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, out, outnulls)));
 }

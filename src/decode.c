@@ -5,9 +5,10 @@
  *	  consumer's format finds the value's fields (decode_json.c,
  *	  decode_csv.c), and each column takes its field, the whole value
  *	  (decode_raw.c), the key or the message's metadata (topic, partition,
- *	  offset, timestamp, headers).  A tombstone's key
- *	  columns come from its key.  Errors here are about the message: the
- *	  caller makes it a dead letter.
+ *	  offset, timestamp, headers).  A tombstone's key columns come from its
+ *	  key.  A message whose decoding fails with an error about its data
+ *	  becomes a dead letter, and decoding goes on with the next; any other
+ *	  error ends the batch.
  *
  * IDENTIFICATION
  *	  src/decode.c
@@ -30,7 +31,7 @@
 
 #include "datapath.h"
 /*
- * The decoders, one per format, in PeFormat's order: how the fields of a
+ * The decoders, one per format, indexed by PeFormat: how the fields of a
  * message's value are found for the columns that take them.  A format
  * without fields (text, bytea) puts the whole value into one column
  * (decode_raw.c).  A new format is one more entry.
@@ -38,15 +39,14 @@
 typedef struct PeDecoder
 {
 	const char *name;			/* as create_consumer() takes it */
-	PeFormat	format;
 	void		(*fields) (PeTarget *t, const char *data, size_t len, PeFound *found);
 } PeDecoder;
 
 static const PeDecoder pe_decoders[] = {
-	{"json", PE_FORMAT_JSON, pe_decode_json_value},
-	{"csv", PE_FORMAT_CSV, pe_decode_csv_value},
-	{"text", PE_FORMAT_TEXT, NULL},
-	{"bytea", PE_FORMAT_BYTEA, NULL},
+	[PE_FORMAT_JSON] = {"json", pe_decode_json_value},
+	[PE_FORMAT_CSV] = {"csv", pe_decode_csv_value},
+	[PE_FORMAT_TEXT] = {"text", NULL},
+	[PE_FORMAT_BYTEA] = {"bytea", NULL},
 };
 
 PeFormat
@@ -57,7 +57,7 @@ pe_parse_format(const char *format)
 
 	for (int i = 0; i < n; i++)
 		if (strcmp(format, pe_decoders[i].name) == 0)
-			return pe_decoders[i].format;
+			return (PeFormat) i;
 	initStringInfo(&names);
 	for (int i = 0; i < n; i++)
 		appendStringInfo(&names, "%s'%s'", i == 0 ? "" : (i == n - 1 ? " or " : ", "), pe_decoders[i].name);
@@ -253,7 +253,6 @@ pe_decode_one(PeTarget *t, PeMessage *msg, PeRow *row)
 	}
 
 	found = palloc0(sizeof(PeFound) * t->ncols);
-	Assert(pe_decoders[def->format].format == def->format);
 	if (pe_decoders[def->format].fields)
 		pe_decoders[def->format].fields(t, msg->value, msg->value_len, found);
 
@@ -303,7 +302,15 @@ pe_decode_one(PeTarget *t, PeMessage *msg, PeRow *row)
 			case PE_SRC_TIMESTAMP:
 				if (msg->timestamp_ms >= 0)
 				{
-					TimestampTz ts = pe_kafka_ms_to_timestamptz(msg->timestamp_ms);
+					TimestampTz ts;
+
+					if (msg->timestamp_ms > PE_KAFKA_MS_MAX)
+						ereport(ERROR,
+								(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+								 errmsg("message timestamp " INT64_FORMAT " ms is out of range for type timestamp with time zone",
+										msg->timestamp_ms),
+								 errhint("Kafka timestamps are milliseconds since 1970; correct the producer's timestamps, then replay the dead letter.")));
+					ts = pe_kafka_ms_to_timestamptz(msg->timestamp_ms);
 
 					if (col->typid == TIMESTAMPTZOID)
 						row->values[c] = TimestampTzGetDatum(ts);

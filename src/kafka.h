@@ -49,8 +49,8 @@ extern PeProperty *pe_property(const char *name, const char *value, const char *
 extern char *pe_redact(const char *text, List *secrets);
 extern void pe_quiet_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf);
 extern void pe_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf);
-extern bool pe_log_pending(void);
-extern void pe_log_drain(const char *who, List *secrets);
+extern bool pe_log_pending(const rd_kafka_t *rk);
+extern void pe_log_drain(const rd_kafka_t *rk, const char *who, List *secrets);
 
 /* eventhubs.c */
 typedef struct PeEventHubsConfig

@@ -117,54 +117,77 @@ pe_quiet_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *bu
  * librdkafka's log lines.  Clients that log through log.queue have their
  * log callback served by rd_kafka_poll() on this process's own thread; the
  * callback still neither pallocs nor ereports: it fills a small ring that
- * pe_log_drain() writes out, with the client's secrets redacted.
+ * pe_log_drain() writes out.  Each line keeps the client it came from, so
+ * that a process with several clients (a slot worker whose target's
+ * trigger produces, a backend with producers for two connections) labels
+ * each line with its own client and redacts that client's secrets.
  */
 #define PE_LOG_RING 32
 #define PE_LOG_LEN 512
 
-static char log_ring[PE_LOG_RING][PE_LOG_LEN];
-static int	log_ring_level[PE_LOG_RING];
-static volatile int log_ring_count = 0;
-static volatile int log_ring_dropped = 0;
+typedef struct PeLogLine
+{
+	const rd_kafka_t *rk;
+	int			level;
+	char		text[PE_LOG_LEN];
+} PeLogLine;
+
+static PeLogLine log_ring[PE_LOG_RING];
+static int	log_ring_count = 0;
+static int	log_ring_dropped = 0;
 
 void
 pe_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
 {
-	(void) rk;
 	if (log_ring_count >= PE_LOG_RING)
 	{
 		log_ring_dropped++;
 		return;
 	}
-	snprintf(log_ring[log_ring_count], PE_LOG_LEN, "%s: %s", fac, buf);
-	log_ring_level[log_ring_count] = level;
+	log_ring[log_ring_count].rk = rk;
+	log_ring[log_ring_count].level = level;
+	snprintf(log_ring[log_ring_count].text, PE_LOG_LEN, "%s: %s", fac, buf);
 	log_ring_count++;
 }
 
+/* Does the ring hold lines of this client (or dropped ones to report)? */
 bool
-pe_log_pending(void)
-{
-	return log_ring_count > 0 || log_ring_dropped > 0;
-}
-
-/* Write the queued lines as "pipeline_ext WHO: line". */
-void
-pe_log_drain(const char *who, List *secrets)
+pe_log_pending(const rd_kafka_t *rk)
 {
 	for (int i = 0; i < log_ring_count; i++)
-	{
-		char	   *line = pe_redact(log_ring[i], secrets);
+		if (log_ring[i].rk == rk)
+			return true;
+	return log_ring_dropped > 0;
+}
 
+/* Write this client's queued lines as "pipeline_ext WHO: line"; keep the others. */
+void
+pe_log_drain(const rd_kafka_t *rk, const char *who, List *secrets)
+{
+	int			kept = 0;
+
+	for (int i = 0; i < log_ring_count; i++)
+	{
+		char	   *line;
+
+		if (log_ring[i].rk != rk)
+		{
+			if (kept != i)
+				log_ring[kept] = log_ring[i];
+			kept++;
+			continue;
+		}
+		line = pe_redact(log_ring[i].text, secrets);
 		/* librdkafka uses syslog levels: 0-4 are errors and warnings */
-		ereport(log_ring_level[i] <= 4 ? LOG : DEBUG1,
+		ereport(log_ring[i].level <= 4 ? LOG : DEBUG1,
 				(errmsg_internal("pipeline_ext %s: %s", who, line),
 				 errhidestmt(true)));
 		pfree(line);
 	}
+	log_ring_count = kept;
 	if (log_ring_dropped > 0)
 		ereport(DEBUG1,
-				(errmsg_internal("pipeline_ext %s: %d log lines dropped", who, log_ring_dropped)));
-	log_ring_count = 0;
+				(errmsg_internal("pipeline_ext: %d librdkafka log lines dropped", log_ring_dropped)));
 	log_ring_dropped = 0;
 }
 

@@ -145,5 +145,4 @@ _PG_init(void)
 
 	/* after every definition, so that settings in postgresql.conf apply */
 	MarkGUCPrefixReserved("pipeline_ext");
-
 }

@@ -23,7 +23,8 @@
  *	      apply.c       set-based INSERT / DELETE, prepared once
  *	      deadletter.c  the rows that fail, isolated; dead-letter rows
  *	      (aggregates)  the hook point for windowed aggregates
- *	      offsets.c     next offsets, fenced; then the Kafka group
+ *	      offsets.c     next offsets, fenced (the slot commits them to the
+ *	                    Kafka group after the commit)
  *	    slot_metrics.c  after commit: counters, latency, watermarks
  *	                    (shmem.h: shmem.c, histogram.c, lag.c)
  *	  Kafka side (kafka.h): kafka_props.c, kafka_client.c, eventhubs.c;
@@ -64,8 +65,15 @@ pe_kafka_ms_to_timestamptz(int64 ms)
 static inline int64
 pe_timestamptz_to_kafka_ms(TimestampTz ts)
 {
-	return (ts + PE_KAFKA_EPOCH_USECS) / 1000;
+	return ts / 1000 + PE_KAFKA_EPOCH_USECS / 1000;
 }
+
+/*
+ * The largest Kafka timestamp pe_kafka_ms_to_timestamptz() takes: beyond
+ * it the microseconds overflow (producers may send any int64).  Up to it
+ * the result is a valid timestamptz (the year 294247 at the most).
+ */
+#define PE_KAFKA_MS_MAX (PG_INT64_MAX / 1000)
 
 /* kafka_client.c: a timestamp written as text (start_offset, reset_offsets) */
 extern int64 pe_kafka_ms_from_text(const char *text);

@@ -147,8 +147,8 @@ void
 pe_poll(PeProducer *p, int timeout_ms)
 {
 	rd_kafka_poll(p->rk, timeout_ms);
-	if (pe_log_pending())
-		pe_log_drain(psprintf("producer for connection \"%s\"", p->name), p->secrets);
+	if (pe_log_pending(p->rk))
+		pe_log_drain(p->rk, psprintf("producer for connection \"%s\"", p->name), p->secrets);
 }
 
 List *

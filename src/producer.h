@@ -74,6 +74,7 @@ extern void pe_note_sent(uint64 seq);
 extern TimestampTz pe_deadline(int ms);
 extern bool pe_past(TimestampTz deadline);
 extern const char *pe_last_error(PeProducer *p);
+extern List *pe_producer_default_props(void);
 
 /* produce.c */
 extern void pe_xact_cb(XactEvent event, void *arg);

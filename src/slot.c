@@ -57,7 +57,7 @@ static void
 pe_slot_drain_logs(void)
 {
 	rd_kafka_poll(pe_run->rk, 0);
-	pe_log_drain(pe_run->log_who, pe_run->secrets);
+	pe_log_drain(pe_run->rk, pe_run->log_who, pe_run->secrets);
 }
 
 static void

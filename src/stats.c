@@ -1,8 +1,10 @@
 /*-------------------------------------------------------------------------
  *
  * stats.c
- *	  Statistics kept in shared memory: producer totals and delivery
- *	  latency, per-slot consumer counters, and resetting them.
+ *	  The monitoring functions over shared memory, behind the views: slot
+ *	  status (_slots, for consumer_status), per-partition figures
+ *	  (_partitions, for consumer_lag), consumer and producer statistics,
+ *	  and resetting them.
  *
  *	  Counters live in shared memory, so they survive a worker's restart
  *	  and are reset by a server restart or pipeline.reset_stats().

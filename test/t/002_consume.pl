@@ -287,6 +287,28 @@ wait_for('SELECT count(*) FROM bytes_t', '1', 'bytea: the message arrives');
 is(sql(sprintf(q{SELECT encode(raw, 'hex') || '|' || topic || '|' || part || '|' || off || '|' || src || '|' || convert_from(k, 'UTF8')
        || '|' || hdrs::text || '|' || (ts BETWEEN to_timestamp(%.6f) - interval '1 ms' AND now()) FROM bytes_t}, $t_meta)),
 	'00ff10|bytes|0|0|tap|kb|{"n": null, "src": "tap"}|true', 'bytea: raw bytes and every metadata column');
+# a producer's timestamp past what a timestamptz holds (the largest a Kafka
+# timestamp can be, whose microseconds overflow an int64): the message is a
+# dead letter saying so, its own timestamp left NULL there, and the next
+# message is applied
+{
+	my ($out, $err);
+	run([ '/usr/bin/python3', '-c', q{
+import sys
+from confluent_kafka import Producer
+p = Producer({"bootstrap.servers": sys.argv[1]})
+p.produce("bytes", value=b"\x01", key=b"far", timestamp=9223372036854775807)
+p.produce("bytes", value=b"\x02", key=b"near")
+if p.flush(30) != 0:
+    sys.exit("not delivered")
+}, $bs ], '>', \$out, '2>', \$err, timeout(60)) or diag($err);
+	wait_for('SELECT count(*) FROM bytes_t', '2', '$timestamp: the message after one with an impossible timestamp is applied');
+	is(sql(q{SELECT sqlstate || '|' || ("timestamp" IS NULL) || '|' || encode(value, 'hex') || '|' || convert_from(key, 'UTF8')
+	           || '|' || error FROM pipeline.dead_letters WHERE consumer = 'bytes'}),
+		'22008|true|01|far|message timestamp 9223372036854775807 ms is out of range for type timestamp with time zone',
+		'$timestamp: a timestamp out of range is a dead letter with its raw bytes and the reason');
+	is(sql(q{SELECT string_agg(encode(raw, 'hex'), ',' ORDER BY off) FROM bytes_t}), '00ff10,02', '... and nothing wrong was applied');
+}
 
 # --- tombstones ---------------------------------------------------------------
 sql(q{
