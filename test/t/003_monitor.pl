@@ -104,8 +104,12 @@ for (1 .. 10 * $PostgreSQL::Test::Utils::timeout_default)
 	$window_from = $t if $lag eq '0';
 	usleep(100_000);
 }
+my $seen_after = time - $t_produced;
 is($lag, '500', 'consumer_lag: a stopped consumer shows lag = M, from high watermarks its manager asks for')
 	or diag("partitions: " . sql('SELECT * FROM pipeline._partitions()'));
+# the manager asks every 2 s, and 10 s after a round the brokers did not
+# answer (probe.c): the fresh lag comes within one such retry and a round
+cmp_ok($seen_after, '<', 2 + 10 + 2, sprintf('... seen %.1f s after producing: within the manager\'s rounds', $seen_after));
 my $early = sql(q{SELECT string_agg(DISTINCT status, ',') FROM pipeline.consumer_lag WHERE consumer = 'mon' AND lag_messages > 0});
 my $early_at = time - $window_from;
 ok($early_at < 10, sprintf('fresh lag seen %.1f s after producing; status read %.1f s after the last look without lag, inside the 10 s window',
