@@ -147,8 +147,39 @@ pe_insert_connection(const char *name, const char *kind, const char *bootstrap,
 	CacheInvalidateRelcacheByRelid(pe_connection_catalog_relid());
 }
 
-Datum
-pe_create_connection(PG_FUNCTION_ARGS)
+/*
+ * Run a function that received a secret (a SASL password in its options,
+ * an Event Hubs key in its connection string) so that every error it
+ * raises, its own or one from deeper down (a catalog insert, librdkafka's
+ * checks, out of memory), hides the statement: PostgreSQL would otherwise
+ * log the statement, secret included, beside the error.
+ */
+static Datum
+pe_call_hiding_statement(PGFunction fn, FunctionCallInfo fcinfo)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	Datum		result = (Datum) 0;
+
+	PG_TRY();
+	{
+		result = fn(fcinfo);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		edata->hide_stmt = true;
+		ReThrowError(edata);
+	}
+	PG_END_TRY();
+	return result;
+}
+
+static Datum
+pe_create_connection_checked(PG_FUNCTION_ARGS)
 {
 	char	   *name;
 	char	   *bootstrap;
@@ -221,7 +252,13 @@ pe_jsonb_from_pairs(int n, const char **pairs)
 }
 
 Datum
-pe_create_eventhubs_connection(PG_FUNCTION_ARGS)
+pe_create_connection(PG_FUNCTION_ARGS)
+{
+	return pe_call_hiding_statement(pe_create_connection_checked, fcinfo);
+}
+
+static Datum
+pe_create_eventhubs_connection_checked(PG_FUNCTION_ARGS)
 {
 	char	   *name;
 	char	   *connstr;
@@ -270,6 +307,12 @@ pe_create_eventhubs_connection(PG_FUNCTION_ARGS)
 	pe_insert_connection(name, "eventhubs", bootstrap, options,
 						 pe_jsonb_from_pairs(7, pairs), eh.entity_path);
 	PG_RETURN_VOID();
+}
+
+Datum
+pe_create_eventhubs_connection(PG_FUNCTION_ARGS)
+{
+	return pe_call_hiding_statement(pe_create_eventhubs_connection_checked, fcinfo);
 }
 
 Datum

@@ -347,6 +347,11 @@ $node->reload;
 	$node->psql('postgres', "SELECT pipeline.create_eventhubs_connection('hub', 'Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=a;SharedAccessKey=$key')");
 	$node->psql('postgres', qq{SELECT pipeline.create_connection('sasl', '$bs', '{"security.protocol": "SASL_PLAINTEXT", "sasl.mechanisms": "PLAIN", "sasl.username": "u", "sasl.password": "$pw"}')});
 	$node->psql('postgres', qq{SELECT pipeline.create_connection('sasl', '$bs', '{"sasl.password": "$pw", "ackz": 1}')});
+	# ... failing on something else than the secret: the name
+	($ret, $stdout, $stderr) = $node->psql('postgres', qq{SELECT pipeline.create_connection('bad name', '$bs', '{"sasl.password": "$pw"}')});
+	like($stderr, qr/invalid connection name "bad name"/, 'a bad connection name with a password in the options fails on the name');
+	($ret, $stdout, $stderr) = $node->psql('postgres', "SELECT pipeline.create_eventhubs_connection('bad name', 'Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=a;SharedAccessKey=$key')");
+	like($stderr, qr/invalid connection name "bad name"/, '... and so does one with an Event Hubs key');
 	# a producer that tries SASL against a broker that does not speak it
 	($ret, $stdout, $stderr) = $node->psql('postgres',
 		q{SET pipeline_ext.produce_timeout = '2s'; SELECT * FROM pipeline.produce('sasl', 'small', 'x')});
