@@ -16,17 +16,38 @@
  */
 #include "postgres.h"
 
+#include "access/htup_details.h"
 #include "access/xact.h"
+#include "catalog/pg_operator.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/syscache.h"
 #include "utils/memutils.h"
 #include "utils/resowner.h"
 
 #include "datapath.h"
+
+/* An operator as OPERATOR(schema.name), whatever the search_path. */
+static char *
+pe_qualified_operator(Oid opr)
+{
+	HeapTuple	tup = SearchSysCache1(OPEROID, ObjectIdGetDatum(opr));
+	Form_pg_operator form;
+	char	   *result;
+
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for operator %u", opr);
+	form = (Form_pg_operator) GETSTRUCT(tup);
+	result = psprintf("OPERATOR(%s.%s)", quote_identifier(get_namespace_name(form->oprnamespace)),
+					  NameStr(form->oprname));
+	ReleaseSysCache(tup);
+	return result;
+}
 
 void
 pe_build_statements(PeTarget *t)
@@ -94,9 +115,15 @@ pe_build_statements(PeTarget *t)
 		for (int k = 0; k < t->nkeys; k++)
 			appendStringInfo(&sql, "%sa%d", k ? ", " : "", k);
 		appendStringInfoString(&sql, ") WHERE ");
+		/*
+		 * The key type's own equality operator (the one de-duplication
+		 * uses), named with its schema: no operator of that name planted
+		 * in a schema on some search_path can stand in for it.
+		 */
 		for (int k = 0; k < t->nkeys; k++)
-			appendStringInfo(&sql, "%st.%s = u.a%d", k ? " AND " : "",
-							 quote_identifier(t->cols[t->keycols[k]].name), k);
+			appendStringInfo(&sql, "%st.%s %s u.a%d", k ? " AND " : "",
+							 quote_identifier(t->cols[t->keycols[k]].name),
+							 pe_qualified_operator(t->cols[t->keycols[k]].eq_opr), k);
 		t->delete_plan = SPI_prepare(sql.data, t->nkeys, argtypes);
 		if (t->delete_plan == NULL)
 			elog(ERROR, "could not prepare the delete statement of consumer \"%s\": %s",

@@ -100,6 +100,7 @@ typedef struct PeColumn
 	bool		is_key;
 	FmgrInfo   *hash_fn;		/* key columns: for de-duplication */
 	FmgrInfo   *eq_fn;
+	Oid			eq_opr;			/* key columns: the type's equality operator */
 	FmgrInfo   *cmp_fn;			/* key columns: btree order, or NULL */
 } PeColumn;
 

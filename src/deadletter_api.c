@@ -18,6 +18,7 @@
 #include "fmgr.h"
 #include "funcapi.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/jsonb.h"
 #include "utils/timestamp.h"
 
@@ -123,6 +124,11 @@ pe_replay_dead_letters(PG_FUNCTION_ARGS)
 	b.replay_ids = ids;
 	if (n > 0)
 	{
+		/* as in a worker, the statements do not depend on the caller's search_path */
+		int			nestlevel = NewGUCNestLevel();
+
+		(void) set_config_option("search_path", "", PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_SAVE, true, 0, false);
 		if (SPI_connect() != SPI_OK_CONNECT)
 			elog(ERROR, "SPI_connect failed");
 		b.target = pe_target_open(def, false);
@@ -130,6 +136,8 @@ pe_replay_dead_letters(PG_FUNCTION_ARGS)
 		/* the list lives in SPI's memory: count it before SPI_finish() */
 		nfailed = list_length(b.res.dead);
 		SPI_finish();
+		pe_target_close(b.target);
+		AtEOXact_GUC(true, nestlevel);
 	}
 
 	out[0] = Int64GetDatum(n - nfailed);

@@ -297,6 +297,7 @@ pe_manager_main(Datum arg)
 	before_shmem_exit(pe_manager_exit, 0);
 
 	BackgroundWorkerInitializeConnectionByOid(extra.dboid, InvalidOid, 0);
+	pe_pin_search_path();
 	pgstat_report_appname("pipeline_ext manager");
 	slot_handles = MemoryContextAllocZero(TopMemoryContext,
 										  sizeof(BackgroundWorkerHandle *) * pe_shared->max_slots);

@@ -653,6 +653,7 @@ pe_slot_main(Datum arg)
 	emit_log_hook = pe_slot_emit_log;
 
 	BackgroundWorkerInitializeConnectionByOid(extra.dboid, InvalidOid, 0);
+	pe_pin_search_path();
 
 	pe_run = MemoryContextAllocZero(TopMemoryContext, sizeof(PeSlotRun));
 	pe_run->slot_index = idx;

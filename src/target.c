@@ -364,7 +364,7 @@ pe_resolve_keys(PeTarget *t, Relation rel)
 	for (int k = 0; k < t->nkeys; k++)
 	{
 		PeColumn   *col = &t->cols[t->keycols[k]];
-		TypeCacheEntry *tc = lookup_type_cache(col->typid, TYPECACHE_HASH_PROC_FINFO | TYPECACHE_EQ_OPR_FINFO |
+		TypeCacheEntry *tc = lookup_type_cache(col->typid, TYPECACHE_HASH_PROC_FINFO | TYPECACHE_EQ_OPR | TYPECACHE_EQ_OPR_FINFO |
 											   TYPECACHE_CMP_PROC_FINFO);
 
 		if (!OidIsValid(tc->hash_proc_finfo.fn_oid) || !OidIsValid(tc->eq_opr_finfo.fn_oid))
@@ -375,6 +375,7 @@ pe_resolve_keys(PeTarget *t, Relation rel)
 					 errhint("Use key columns of hashable types.")));
 		col->hash_fn = &tc->hash_proc_finfo;
 		col->eq_fn = &tc->eq_opr_finfo;
+		col->eq_opr = tc->eq_opr;
 		col->cmp_fn = OidIsValid(tc->cmp_proc_finfo.fn_oid) ? &tc->cmp_proc_finfo : NULL;
 	}
 }

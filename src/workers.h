@@ -16,6 +16,7 @@
 #include "pipeline_ext.h"
 
 #include "access/xact.h"
+#include "utils/guc.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
@@ -43,6 +44,19 @@ pe_xact_commit(void)
 {
 	PopActiveSnapshot();
 	CommitTransactionCommand();
+}
+
+/*
+ * A worker's statements must not depend on anybody's search_path: like
+ * logical replication's apply worker, ours run with an empty one (only
+ * pg_catalog), so that nothing planted in a schema on a default path
+ * (an operator, a function) stands in for what we mean, and column
+ * defaults are deparsed with their schemas.
+ */
+static inline void
+pe_pin_search_path(void)
+{
+	SetConfigOption("search_path", "", PGC_SUSET, PGC_S_OVERRIDE);
 }
 
 static inline int64

@@ -17,7 +17,7 @@ my $broker = PipelineExt::Broker->start(
 	topics => {
 		big => 6, faults => 4, bad => 2, csv => 1, text => 1, bytes => 1,
 		tomb => 2, grp => 4, priv => 1, stopstart => 1, alo => 2, amo => 2,
-		stoponerr => 1, nested => 1
+		stoponerr => 1, nested => 1, tombv => 1
 	});
 my $bs = $broker->bootstrap;
 
@@ -326,6 +326,35 @@ wait_for('SELECT count(*) FROM tomb_t', '10', 'tombstones: ten rows first');
 sql(q{SELECT pipeline.produce('local', 'tomb', NULL::text, '2'); SELECT pipeline.produce('local', 'tomb', NULL::text, '{"id": 4}');});
 wait_for('SELECT string_agg(id::text, \',\' ORDER BY id) FROM tomb_t', '1,3,5,6,7,8,9,10',
 	'a tombstone deletes its key (plain key and JSON key)');
+
+# --- the worker's statements do not depend on a search_path ------------------
+# A role that may create objects in public (on the default search_path)
+# plants an = for varchar that records who calls it.  The tombstone DELETE
+# of a varchar key must not run it as the consumer's owner: the worker uses
+# the key type's own operator, named with its schema, under an empty
+# search_path.
+sql(q{
+CREATE ROLE regress_mallory;
+GRANT CREATE ON SCHEMA public TO regress_mallory;
+CREATE TABLE public.stolen (who text);
+GRANT INSERT ON public.stolen TO PUBLIC;
+SET ROLE regress_mallory;
+CREATE FUNCTION public.evil_eq(varchar, varchar) RETURNS bool LANGUAGE plpgsql AS $$
+BEGIN INSERT INTO public.stolen VALUES (current_user); RETURN $1::text OPERATOR(pg_catalog.=) $2::text; END $$;
+CREATE OPERATOR public.= (LEFTARG = varchar, RIGHTARG = varchar, FUNCTION = public.evil_eq);
+RESET ROLE;
+CREATE TABLE tombv_t (k varchar(20) PRIMARY KEY, v text, seen timestamptz DEFAULT now());
+SELECT pipeline.create_consumer('tombv', 'local', 'tombv', 'tombv_t', delete_on_tombstone => true);
+});
+produce('tombv', q{SELECT json_build_object('k', k, 'v', 'v-' || k)::text, k FROM (VALUES ('a'), ('b'), ('c')) s(k)});
+wait_for(q{SELECT count(*) FROM tombv_t}, '3', 'search_path: three rows with varchar keys');
+sql(q{SELECT pipeline.produce('local', 'tombv', NULL::text, 'b')});
+wait_for(q{SELECT string_agg(k::text, ',' ORDER BY k::text) FROM tombv_t}, 'a,c', 'search_path: a tombstone deletes its varchar key');
+is(sql(q{SELECT count(*) FROM public.stolen}), '0',
+	'search_path: an = planted in public is never called by the worker, as the consumer\'s owner');
+is(sql(q{SELECT count(*) FROM tombv_t WHERE seen IS NULL}), '0', '... and the column default still applies');
+sql(q{DROP OPERATOR public.= (varchar, varchar); DROP FUNCTION public.evil_eq(varchar, varchar);
+      SELECT pipeline.drop_consumer('tombv'); DROP TABLE public.stolen; REVOKE CREATE ON SCHEMA public FROM regress_mallory;});
 
 # --- stop, start, drop, restart -------------------------------------------
 sql(q{
