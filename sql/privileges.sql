@@ -23,6 +23,12 @@ SELECT pipeline.create_eventhubs_connection('alices_hub',
 SELECT pipeline.create_connection('evil', 'broker:9092', '{"sasl.kerberos.kinit.cmd": "touch /tmp/owned"}');
 SELECT pipeline.create_connection('evil', 'broker:9092', '{"plugin.library.paths": "/tmp/evil.so"}');
 SELECT pipeline.create_connection('evil', 'broker:9092', '{"ssl.ca.location": "/etc/shadow"}');
+-- ... whatever librdkafka's name for it: ordinary roles may set only the
+-- reviewed properties of librdkafka 2.0.2 (ssl.providers loads a library)
+SELECT pipeline.create_connection('evil', 'broker:9092', '{"ssl.providers": "/tmp/evil"}');
+SELECT pipeline.create_connection('evil', 'broker:9092', '{"ssl.engine.location": "/tmp/evil.so"}');
+SELECT pipeline.create_connection('evil', 'broker:9092', '{"offset.store.path": "/tmp/x"}');
+SELECT pipeline.create_connection('evil', 'broker:9092', '{"ssl_key": "x"}');
 -- the owner sees her secrets
 SELECT name, owner, options->>'sasl.password' AS password FROM pipeline.connections WHERE name LIKE 'alice%' ORDER BY 1;
 SELECT value FROM pipeline.connection_config('alices') WHERE property = 'sasl.password';
@@ -50,6 +56,14 @@ RESET ROLE;
 
 -- a superuser sees everything and may drop
 SELECT value FROM pipeline.connection_config('alices') WHERE property = 'sasl.password';
+-- ... and may set what ordinary roles may not; secrets are masked by the
+-- list (ssl.key.pem), not by the words in their names
+SELECT pipeline.create_connection('supers', 'broker:9092',
+  '{"ssl.providers": "default", "ssl.key.pem": "-----BEGIN PRIVATE KEY-----abc123", "ssl.cipher.suites": "HIGH"}');
+SET ROLE regress_bob;
+SELECT property, value FROM pipeline.connection_config('supers') WHERE source = 'options' ORDER BY 1;
+RESET ROLE;
+SELECT pipeline.drop_connection('supers');
 SET ROLE regress_alice;
 SELECT pipeline.drop_connection('alices');
 SELECT pipeline.drop_connection('alices_hub');

@@ -27,8 +27,10 @@ struct PeConnection;
 typedef enum PePropertyAccess
 {
 	PE_PROP_USER,				/* any role may set it */
-	PE_PROP_SUPERUSER,			/* reads server files or runs programs */
-	PE_PROP_MANAGED				/* set by pipeline_ext itself */
+	PE_PROP_SERVER_FILE,		/* reads a server file: pg_read_server_files */
+	PE_PROP_SUPERUSER,			/* loads code, runs programs, writes files */
+	PE_PROP_MANAGED,			/* set by pipeline_ext itself */
+	PE_PROP_UNLISTED			/* not reviewed (a newer librdkafka's): superusers */
 } PePropertyAccess;
 
 extern bool pe_property_is_secret(const char *name);

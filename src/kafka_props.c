@@ -116,37 +116,193 @@ pe_closest_property(const char *name)
 	return best;
 }
 
+/*
+ * Who may set each property, and which are secret: a list pinned to the
+ * properties of librdkafka 2.0.2, the version pipeline_ext is tested with
+ * (every string-valued property of its CONFIGURATION.md is here; callbacks
+ * and pointers cannot be set from SQL at all).  A property that is not in
+ * the list -- one that a newer librdkafka adds -- is for superusers, and
+ * its value is masked, until it has been reviewed and listed: a rule that
+ * refused known names over whatever librdkafka accepts would let every new
+ * release add one more way to load code or read files.
+ *
+ * Sorted by name, for bsearch().
+ */
+typedef struct PeKnownProperty
+{
+	const char *name;
+	PePropertyAccess access;
+	bool		secret;			/* masked for other roles, redacted from texts */
+} PeKnownProperty;
+
+static const PeKnownProperty pe_known[] = {
+	{"acks", PE_PROP_USER, false},
+	{"allow.auto.create.topics", PE_PROP_USER, false},
+	{"api.version.fallback.ms", PE_PROP_USER, false},
+	{"api.version.request", PE_PROP_USER, false},
+	{"api.version.request.timeout.ms", PE_PROP_USER, false},
+	{"auto.commit.enable", PE_PROP_USER, false},
+	{"auto.commit.interval.ms", PE_PROP_USER, false},
+	{"auto.offset.reset", PE_PROP_USER, false},
+	{"batch.num.messages", PE_PROP_USER, false},
+	{"batch.size", PE_PROP_USER, false},
+	{"bootstrap.servers", PE_PROP_MANAGED, false},
+	{"broker.address.family", PE_PROP_USER, false},
+	{"broker.address.ttl", PE_PROP_USER, false},
+	{"broker.version.fallback", PE_PROP_USER, false},
+	{"builtin.features", PE_PROP_MANAGED, false},
+	{"check.crcs", PE_PROP_USER, false},
+	{"client.id", PE_PROP_USER, false},
+	{"client.rack", PE_PROP_USER, false},
+	{"compression.codec", PE_PROP_USER, false},
+	{"compression.level", PE_PROP_USER, false},
+	{"compression.type", PE_PROP_USER, false},
+	{"connections.max.idle.ms", PE_PROP_USER, false},
+	{"consume.callback.max.messages", PE_PROP_USER, false},
+	{"coordinator.query.interval.ms", PE_PROP_USER, false},
+	{"debug", PE_PROP_USER, false},
+	{"delivery.report.only.error", PE_PROP_USER, false},
+	{"delivery.timeout.ms", PE_PROP_USER, false},
+	{"enable.auto.commit", PE_PROP_USER, false},
+	{"enable.auto.offset.store", PE_PROP_USER, false},
+	{"enable.gapless.guarantee", PE_PROP_USER, false},
+	{"enable.idempotence", PE_PROP_USER, false},
+	{"enable.partition.eof", PE_PROP_USER, false},
+	{"enable.random.seed", PE_PROP_USER, false},
+	{"enable.sasl.oauthbearer.unsecure.jwt", PE_PROP_USER, false},
+	{"enable.ssl.certificate.verification", PE_PROP_USER, false},
+	{"enabled_events", PE_PROP_SUPERUSER, false},
+	{"fetch.error.backoff.ms", PE_PROP_USER, false},
+	{"fetch.max.bytes", PE_PROP_USER, false},
+	{"fetch.message.max.bytes", PE_PROP_USER, false},
+	{"fetch.min.bytes", PE_PROP_USER, false},
+	{"fetch.wait.max.ms", PE_PROP_USER, false},
+	{"group.id", PE_PROP_USER, false},
+	{"group.instance.id", PE_PROP_USER, false},
+	{"group.protocol.type", PE_PROP_USER, false},
+	{"heartbeat.interval.ms", PE_PROP_USER, false},
+	{"internal.termination.signal", PE_PROP_SUPERUSER, false},
+	{"isolation.level", PE_PROP_USER, false},
+	{"linger.ms", PE_PROP_USER, false},
+	{"log.connection.close", PE_PROP_USER, false},
+	{"log.queue", PE_PROP_MANAGED, false},
+	{"log.thread.name", PE_PROP_USER, false},
+	{"log_level", PE_PROP_USER, false},
+	{"max.in.flight", PE_PROP_USER, false},
+	{"max.in.flight.requests.per.connection", PE_PROP_USER, false},
+	{"max.partition.fetch.bytes", PE_PROP_USER, false},
+	{"max.poll.interval.ms", PE_PROP_USER, false},
+	{"message.copy.max.bytes", PE_PROP_USER, false},
+	{"message.max.bytes", PE_PROP_USER, false},
+	{"message.send.max.retries", PE_PROP_USER, false},
+	{"message.timeout.ms", PE_PROP_USER, false},
+	{"metadata.broker.list", PE_PROP_MANAGED, false},
+	{"metadata.max.age.ms", PE_PROP_USER, false},
+	{"offset.store.method", PE_PROP_SUPERUSER, false},
+	{"offset.store.path", PE_PROP_SUPERUSER, false},
+	{"offset.store.sync.interval.ms", PE_PROP_USER, false},
+	{"partition.assignment.strategy", PE_PROP_USER, false},
+	{"partitioner", PE_PROP_USER, false},
+	{"plugin.library.paths", PE_PROP_SUPERUSER, false},
+	{"produce.offset.report", PE_PROP_USER, false},
+	{"queue.buffering.backpressure.threshold", PE_PROP_USER, false},
+	{"queue.buffering.max.kbytes", PE_PROP_USER, false},
+	{"queue.buffering.max.messages", PE_PROP_USER, false},
+	{"queue.buffering.max.ms", PE_PROP_USER, false},
+	{"queued.max.messages.kbytes", PE_PROP_USER, false},
+	{"queued.min.messages", PE_PROP_USER, false},
+	{"queuing.strategy", PE_PROP_USER, false},
+	{"receive.message.max.bytes", PE_PROP_USER, false},
+	{"reconnect.backoff.jitter.ms", PE_PROP_USER, false},
+	{"reconnect.backoff.max.ms", PE_PROP_USER, false},
+	{"reconnect.backoff.ms", PE_PROP_USER, false},
+	{"request.required.acks", PE_PROP_USER, false},
+	{"request.timeout.ms", PE_PROP_USER, false},
+	{"retries", PE_PROP_USER, false},
+	{"retry.backoff.ms", PE_PROP_USER, false},
+	{"sasl.kerberos.keytab", PE_PROP_SUPERUSER, false},
+	{"sasl.kerberos.kinit.cmd", PE_PROP_SUPERUSER, false},
+	{"sasl.kerberos.min.time.before.relogin", PE_PROP_USER, false},
+	{"sasl.kerberos.principal", PE_PROP_USER, false},
+	{"sasl.kerberos.service.name", PE_PROP_USER, false},
+	{"sasl.mechanism", PE_PROP_USER, false},
+	{"sasl.mechanisms", PE_PROP_USER, false},
+	{"sasl.oauthbearer.client.id", PE_PROP_USER, false},
+	{"sasl.oauthbearer.client.secret", PE_PROP_USER, true},
+	{"sasl.oauthbearer.config", PE_PROP_USER, true},
+	{"sasl.oauthbearer.extensions", PE_PROP_USER, true},
+	{"sasl.oauthbearer.method", PE_PROP_USER, false},
+	{"sasl.oauthbearer.scope", PE_PROP_USER, false},
+	{"sasl.oauthbearer.token.endpoint.url", PE_PROP_USER, false},
+	{"sasl.password", PE_PROP_USER, true},
+	{"sasl.username", PE_PROP_USER, false},
+	{"security.protocol", PE_PROP_USER, false},
+	{"session.timeout.ms", PE_PROP_USER, false},
+	{"socket.blocking.max.ms", PE_PROP_USER, false},
+	{"socket.connection.setup.timeout.ms", PE_PROP_USER, false},
+	{"socket.keepalive.enable", PE_PROP_USER, false},
+	{"socket.max.fails", PE_PROP_USER, false},
+	{"socket.nagle.disable", PE_PROP_USER, false},
+	{"socket.receive.buffer.bytes", PE_PROP_USER, false},
+	{"socket.send.buffer.bytes", PE_PROP_USER, false},
+	{"socket.timeout.ms", PE_PROP_USER, false},
+	{"ssl.ca.certificate.stores", PE_PROP_SUPERUSER, false},
+	{"ssl.ca.location", PE_PROP_SERVER_FILE, false},
+	{"ssl.ca.pem", PE_PROP_USER, false},
+	{"ssl.certificate.location", PE_PROP_SERVER_FILE, false},
+	{"ssl.certificate.pem", PE_PROP_USER, false},
+	{"ssl.cipher.suites", PE_PROP_USER, false},
+	{"ssl.crl.location", PE_PROP_SERVER_FILE, false},
+	{"ssl.curves.list", PE_PROP_USER, false},
+	{"ssl.endpoint.identification.algorithm", PE_PROP_USER, false},
+	{"ssl.engine.id", PE_PROP_SUPERUSER, false},
+	{"ssl.engine.location", PE_PROP_SUPERUSER, false},
+	{"ssl.key.location", PE_PROP_SERVER_FILE, false},
+	{"ssl.key.password", PE_PROP_USER, true},
+	{"ssl.key.pem", PE_PROP_USER, true},
+	{"ssl.keystore.location", PE_PROP_SERVER_FILE, false},
+	{"ssl.keystore.password", PE_PROP_USER, true},
+	{"ssl.providers", PE_PROP_SUPERUSER, false},
+	{"ssl.sigalgs.list", PE_PROP_USER, false},
+	{"statistics.interval.ms", PE_PROP_USER, false},
+	{"sticky.partitioning.linger.ms", PE_PROP_USER, false},
+	{"topic.blacklist", PE_PROP_USER, false},
+	{"topic.metadata.propagation.max.ms", PE_PROP_USER, false},
+	{"topic.metadata.refresh.fast.cnt", PE_PROP_USER, false},
+	{"topic.metadata.refresh.fast.interval.ms", PE_PROP_USER, false},
+	{"topic.metadata.refresh.interval.ms", PE_PROP_USER, false},
+	{"topic.metadata.refresh.sparse", PE_PROP_USER, false},
+	{"transaction.timeout.ms", PE_PROP_USER, false},
+	{"transactional.id", PE_PROP_USER, false},
+};
+
+static int
+pe_known_cmp(const void *key, const void *elem)
+{
+	return strcmp((const char *) key, ((const PeKnownProperty *) elem)->name);
+}
+
+static const PeKnownProperty *
+pe_known_property(const char *name)
+{
+	return bsearch(name, pe_known, lengthof(pe_known), sizeof(PeKnownProperty), pe_known_cmp);
+}
+
+/* Secret: listed as such, or not listed at all (not reviewed: masked). */
 bool
 pe_property_is_secret(const char *name)
 {
-	return strstr(name, "password") != NULL ||
-		strstr(name, "secret") != NULL ||
-		strcmp(name, "ssl.key.pem") == 0 ||
-		strcmp(name, "sasl.oauthbearer.config") == 0;
+	const PeKnownProperty *p = pe_known_property(name);
+
+	return p == NULL || p->secret;
 }
 
 PePropertyAccess
 pe_property_access(const char *name)
 {
-	size_t		len = strlen(name);
+	const PeKnownProperty *p = pe_known_property(name);
 
-	if (strcmp(name, "bootstrap.servers") == 0 ||
-		strcmp(name, "metadata.broker.list") == 0 ||
-		strcmp(name, "log.queue") == 0 ||
-		strcmp(name, "builtin.features") == 0)
-		return PE_PROP_MANAGED;
-
-	/*
-	 * Properties that load code, run programs or read files of the server
-	 * would hand the server's operating-system user to whoever sets them.
-	 */
-	if (strcmp(name, "plugin.library.paths") == 0 ||
-		strcmp(name, "sasl.kerberos.kinit.cmd") == 0 ||
-		strcmp(name, "sasl.kerberos.keytab") == 0 ||
-		(len > 9 && strcmp(name + len - 9, ".location") == 0))
-		return PE_PROP_SUPERUSER;
-
-	return PE_PROP_USER;
+	return p ? p->access : PE_PROP_UNLISTED;
 }
 
 /*
@@ -254,16 +410,32 @@ pe_validate_options(Jsonb *options, bool for_eventhubs_derived)
 							 errhint("Remove it from the options."),
 							 errhidestmt(true)));
 					break;
-				case PE_PROP_SUPERUSER:
-					if (!superuser() &&
-						!(strstr(key, ".location") != NULL &&
-						  has_privs_of_role(GetUserId(), ROLE_PG_READ_SERVER_FILES)))
+				case PE_PROP_SERVER_FILE:
+					if (!superuser() && !has_privs_of_role(GetUserId(), ROLE_PG_READ_SERVER_FILES))
 						ereport(ERROR,
 								(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 								 errmsg("permission denied to set property \"%s\"", key),
-								 errdetail("It makes the server read its own files or run programs."),
-								 errhint("Ask a superuser to create the connection%s.",
-										 strstr(key, ".location") ? ", or to grant you pg_read_server_files" : ""),
+								 errdetail("It makes the server read one of its own files."),
+								 errhint("Ask a superuser to create the connection, or to grant you pg_read_server_files."),
+								 errhidestmt(true)));
+					break;
+				case PE_PROP_SUPERUSER:
+					if (!superuser())
+						ereport(ERROR,
+								(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+								 errmsg("permission denied to set property \"%s\"", key),
+								 errdetail("It makes the server load code, read or write its own files, run programs or signal itself."),
+								 errhint("Ask a superuser to create the connection."),
+								 errhidestmt(true)));
+					break;
+				case PE_PROP_UNLISTED:
+					if (!superuser())
+						ereport(ERROR,
+								(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+								 errmsg("permission denied to set property \"%s\"", key),
+								 errdetail("Ordinary roles may set only the properties of librdkafka 2.0.2 that pipeline_ext has reviewed; librdkafka %s knows this one, but it is not among them.",
+										   rd_kafka_version_str()),
+								 errhint("Ask a superuser to create the connection."),
 								 errhidestmt(true)));
 					break;
 				case PE_PROP_USER:
