@@ -394,7 +394,8 @@ pe_get_topic(PeProducer *p, const char *topic, bool refresh)
 		if (strcmp(((PeTopic *) lfirst(lc))->name, topic) == 0)
 		{
 			t = lfirst(lc);
-			if (!refresh)
+			/* only a topic the cluster confirmed is taken from the cache */
+			if (!refresh && t->partition_cnt > 0)
 				return t;
 			break;
 		}

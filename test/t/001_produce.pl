@@ -198,6 +198,19 @@ $broker->ctl('topic_error ghost UNKNOWN_TOPIC_OR_PART');
 ($ret, $stdout, $stderr) = $node->psql('postgres',
 	q{SELECT * FROM pipeline.produce('local', 'ghost', 'boo')});
 like($stderr, qr/topic "ghost" does not exist/, 'unknown topic: clear error');
+# ... and again in the same session: the failed look-up is not cached, so
+# the second produce() and a produce_async() fail the same way at once (not
+# after the timeout, not at COMMIT)
+($ret, $stdout, $stderr) = $node->psql('postgres', q{
+	SET pipeline_ext.produce_timeout = '2s';
+	SELECT * FROM pipeline.produce('local', 'ghost', 'boo');
+	SELECT * FROM pipeline.produce('local', 'ghost', 'boo again');
+	BEGIN;
+	SELECT pipeline.produce_async('local', 'ghost', 'boo async');
+	COMMIT;}, on_error_stop => 0);
+is(scalar(() = $stderr =~ /ERROR:  topic "ghost" does not exist on connection "local"/g), 3,
+	'unknown topic: the second produce() and a produce_async() in the same session fail the same way');
+unlike($stderr, qr/acknowledg|timed out|could not be delivered/, '... not by waiting for an acknowledgement');
 ($ret, $stdout, $stderr) = $node->psql('postgres',
 	q{SELECT * FROM pipeline.produce('local', 'small', repeat('x', 2000000))});
 like($stderr, qr/message of 2000000 bytes to topic "small" is larger than the limit/,
