@@ -20,6 +20,9 @@ SELECT pipeline.create_consumer('bad name!', 'cons', 't', 'readings', start => f
 SELECT pipeline.create_consumer('c', 'nosuch', 't', 'readings', start => false);
 SELECT pipeline.create_consumer('c', 'cons', '', 'readings', start => false);
 SELECT pipeline.create_consumer('c', 'cons', 't', 'readings_v', start => false);
+CREATE TEMP TABLE readings_tmp (device text PRIMARY KEY, temp numeric);
+SELECT pipeline.create_consumer('c', 'cons', 't', 'readings_tmp', start => false);
+DROP TABLE readings_tmp;
 SELECT pipeline.create_consumer('c', 'cons', 't', 'nosuch_table', start => false);
 
 -- formats, modes, delivery, errors, sizes

@@ -24,6 +24,7 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
+#include "utils/memutils.h"
 #include "utils/timestamp.h"
 
 #include "connection.h"
@@ -44,23 +45,27 @@ static bool wake_at_commit = false;
 
 static bool xact_cb_registered = false;
 
-static char reseek_at_commit[NAMEDATALEN] = "";
+/* consumers whose stored offsets this transaction moved (TopMemoryContext) */
+static List *reseek_at_commit = NIL;
 
 static void
 pe_consumer_xact_cb(XactEvent event, void *arg)
 {
 	(void) arg;
-	if (event == XACT_EVENT_COMMIT && reseek_at_commit[0] != '\0')
+	if (event == XACT_EVENT_COMMIT && reseek_at_commit != NIL)
 	{
 		/* tell the running slots that their stored offsets moved */
 		LWLockAcquire(pe_shared->lock, LW_EXCLUSIVE);
 		for (int i = 0; i < pe_shared->max_slots; i++)
 		{
 			PeSlot	   *s = &pe_shared->slots[i];
+			ListCell   *lc;
 
-			if (s->state != PE_SLOT_FREE && s->dboid == MyDatabaseId &&
-				strcmp(s->consumer, reseek_at_commit) == 0)
-				s->reseeks++;
+			if (s->state == PE_SLOT_FREE || s->dboid != MyDatabaseId)
+				continue;
+			foreach(lc, reseek_at_commit)
+				if (strcmp(s->consumer, (char *) lfirst(lc)) == 0)
+					s->reseeks++;
 		}
 		LWLockRelease(pe_shared->lock);
 	}
@@ -69,7 +74,8 @@ pe_consumer_xact_cb(XactEvent event, void *arg)
 	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT)
 	{
 		wake_at_commit = false;
-		reseek_at_commit[0] = '\0';
+		list_free_deep(reseek_at_commit);
+		reseek_at_commit = NIL;
 	}
 }
 
@@ -85,12 +91,15 @@ pe_wake_at_commit(void)
 	wake_at_commit = true;
 }
 
-/* At commit, tell the consumer's running slots that its stored offsets moved. */
+/* At commit, tell the consumer's running slots that its stored offsets moved (any number of consumers a transaction). */
 void
 pe_reseek_at_commit(const char *name)
 {
+	MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
 	pe_wake_at_commit();
-	strlcpy(reseek_at_commit, name, sizeof(reseek_at_commit));
+	reseek_at_commit = lappend(reseek_at_commit, pstrdup(name));
+	MemoryContextSwitchTo(old);
 }
 
 static void

@@ -41,6 +41,7 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
+#include "utils/syscache.h"
 #include "utils/timestamp.h"
 
 #include "shmem.h"
@@ -52,6 +53,8 @@
 #define PE_SLICE_MS 100
 
 PeSlotRun  *pe_run = NULL;
+
+static void pe_slot_record_error(const char *msg);
 
 static void
 pe_slot_drain_logs(void)
@@ -166,6 +169,26 @@ pe_slot_init(void)
 				 errmsg("owner of consumer \"%s\" may no longer use connection \"%s\"", name, pe_run->conn->name),
 				 errhint("Grant the consumer's owner membership in the connection's owner role, or recreate the consumer.")));
 	pe_run->secrets = pe_connection_secrets(pe_run->conn);
+
+	/*
+	 * The target is kept by its number: once it is dropped there is nothing
+	 * to retry, so the consumer stops, saying why, instead of restarting
+	 * forever on "could not open relation".
+	 */
+	if (!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(pe_run->def->target)))
+	{
+		char	   *msg = psprintf("stopped: the target table of consumer \"%s\" was dropped", name);
+
+		ereport(LOG,
+				(errmsg("pipeline_ext consumer %s/%d %s", name, pe_run->slot, msg),
+				 errhint("Drop the consumer, or create it again on a new table.")));
+		pe_consumer_record_error(name, msg, true);
+		MemoryContextSwitchTo(old);
+		pe_xact_commit();
+		pe_slot_record_error(msg);
+		pe_wake_manager(MyDatabaseId);
+		proc_exit(0);
+	}
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	/* SPI_connect switched to its own context, freed by SPI_finish */

@@ -401,6 +401,12 @@ pe_target_open(PeConsumerDef *def, bool check_privileges)
 				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
 				 errmsg("\"%s\" is not a table", RelationGetRelationName(rel)),
 				 errhint("A consumer writes into a table or a partitioned table.")));
+	if (rel->rd_rel->relpersistence == RELPERSISTENCE_TEMP)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("\"%s\" is a temporary table", RelationGetRelationName(rel)),
+				 errdetail("A temporary table belongs to the session that created it; the consumer's workers cannot write into it."),
+				 errhint("Use a permanent or an unlogged table.")));
 	t->relid = RelationGetRelid(rel);
 	t->relname = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
 											RelationGetRelationName(rel));

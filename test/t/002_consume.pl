@@ -17,7 +17,7 @@ my $broker = PipelineExt::Broker->start(
 	topics => {
 		big => 6, faults => 4, bad => 2, csv => 1, text => 1, bytes => 1,
 		tomb => 2, grp => 4, priv => 1, stopstart => 1, alo => 2, amo => 2,
-		stoponerr => 1, nested => 1, tombv => 1
+		stoponerr => 1, nested => 1, tombv => 1, droptgt => 1
 	});
 my $bs = $broker->bootstrap;
 
@@ -142,6 +142,20 @@ wait_for(qq{SELECT sum(messages) >= $msgs_before + 100000 FROM pipeline._slots()
 	't', 'the consumer reads the topic again after the reset');
 is(sql($digest), $before,
 	'replaying the topic into the upsert table changes nothing');
+# two consumers reset in one transaction: both running slots are told, even
+# when no new message comes to make them find out by themselves
+sql(q{CREATE TABLE big_up2 (LIKE big_up INCLUDING ALL);
+      SELECT pipeline.create_consumer('big_up2', 'local', 'big', 'big_up2')});
+wait_for(q{SELECT sum(messages) FROM pipeline._slots() WHERE consumer = 'big_up2'}, '100000', 'a second upsert consumer applies the topic');
+$msgs_before = sql(q{SELECT sum(messages) FROM pipeline._slots() WHERE consumer = 'big_up'});
+sql(q{BEGIN;
+      SELECT count(*) FROM pipeline.reset_offsets('big_up', 'earliest');
+      SELECT count(*) FROM pipeline.reset_offsets('big_up2', 'earliest');
+      COMMIT;});
+wait_for(qq{SELECT (SELECT sum(messages) >= $msgs_before + 100000 FROM pipeline._slots() WHERE consumer = 'big_up')
+               || '|' || (SELECT sum(messages) >= 200000 FROM pipeline._slots() WHERE consumer = 'big_up2')},
+	'true|true', 'reset_offsets of two consumers in one transaction: both read the topic again');
+sql(q{SELECT pipeline.drop_consumer('big_up2'); DROP TABLE big_up2});
 
 # --- exactly once under faults ----------------------------------------------
 # A trigger slows the apply down so that each fault lands mid-stream.
@@ -326,6 +340,22 @@ wait_for('SELECT count(*) FROM tomb_t', '10', 'tombstones: ten rows first');
 sql(q{SELECT pipeline.produce('local', 'tomb', NULL::text, '2'); SELECT pipeline.produce('local', 'tomb', NULL::text, '{"id": 4}');});
 wait_for('SELECT string_agg(id::text, \',\' ORDER BY id) FROM tomb_t', '1,3,5,6,7,8,9,10',
 	'a tombstone deletes its key (plain key and JSON key)');
+
+# --- a dropped target stops its consumer, saying why --------------------------
+sql(q{
+CREATE TABLE droptgt_t (id int PRIMARY KEY, v int);
+SELECT pipeline.create_consumer('droptgt', 'local', 'droptgt', 'droptgt_t');
+});
+produce('droptgt', q{SELECT json_build_object('id', 1, 'v', 1)::text, '1'});
+wait_for(q{SELECT count(*) FROM droptgt_t}, '1', 'dropped target: the consumer applies a first message');
+sql(q{DROP TABLE droptgt_t});
+produce('droptgt', q{SELECT json_build_object('id', 2, 'v', 2)::text, '2'});
+wait_for(q{SELECT enabled || '|' || last_error FROM pipeline.consumers WHERE name = 'droptgt'},
+	'false|stopped: the target table of consumer "droptgt" was dropped',
+	'dropped target: the consumer stops, and says why, instead of restarting forever');
+wait_for(q{SELECT state || '|' || (worker_pid IS NULL) FROM pipeline.consumer_status WHERE consumer = 'droptgt'},
+	'stopped|true', '... and its worker is gone');
+sql(q{SELECT pipeline.drop_consumer('droptgt')});
 
 # --- the worker's statements do not depend on a search_path ------------------
 # A role that may create objects in public (on the default search_path)
