@@ -73,7 +73,34 @@ pe_slot_kafka_commit(rd_kafka_message_t **msgs, int n, bool sync)
 			tp = rd_kafka_topic_partition_list_add(l, pe_run->def->topic, msgs[i]->partition);
 		tp->offset = Max(tp->offset, msgs[i]->offset + 1);
 	}
-	err = rd_kafka_commit(pe_run->rk, l, sync ? 0 : 1);
+	if (!sync)
+		err = rd_kafka_commit(pe_run->rk, l, 1);
+	else
+	{
+		/*
+		 * A synchronous rd_kafka_commit() waits for the coordinator without
+		 * a bound; its result comes to a queue of ours instead, polled in
+		 * slices so that a SIGTERM is answered meanwhile.
+		 */
+		rd_kafka_queue_t *q = rd_kafka_queue_new(pe_run->rk);
+
+		err = rd_kafka_commit_queue(pe_run->rk, l, q, NULL, NULL);
+		while (err == RD_KAFKA_RESP_ERR_NO_ERROR)
+		{
+			rd_kafka_event_t *ev = rd_kafka_queue_poll(q, PE_WAIT_SLICE_MS);
+
+			if (ev != NULL && rd_kafka_event_type(ev) == RD_KAFKA_EVENT_OFFSET_COMMIT)
+			{
+				err = rd_kafka_event_error(ev);
+				rd_kafka_event_destroy(ev);
+				break;
+			}
+			if (ev != NULL)
+				rd_kafka_event_destroy(ev);
+			pe_slot_wait_tick();
+		}
+		rd_kafka_queue_destroy(q);
+	}
 	rd_kafka_topic_partition_list_destroy(l);
 	return err;
 }

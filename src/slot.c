@@ -56,6 +56,27 @@ PeSlotRun  *pe_run = NULL;
 
 static void pe_slot_record_error(const char *msg);
 
+/*
+ * Between two slices of a wait on the brokers (at most PE_WAIT_SLICE_MS
+ * each): a SIGTERM (stop_consumer, DROP DATABASE, shutdown) or the
+ * postmaster's death is answered here, whatever the brokers do.  A cancel
+ * is for a batch being applied; outside one there is nothing to cancel.
+ */
+void
+pe_slot_wait_tick(void)
+{
+	if (QueryCancelPending)
+	{
+		QueryCancelPending = false;
+		ereport(LOG,
+				(errmsg("pipeline_ext consumer %s/%d: no batch is being applied; cancel request ignored",
+						pe_run->def->name, pe_run->slot)));
+	}
+	CHECK_FOR_INTERRUPTS();
+	if (!PostmasterIsAlive())
+		proc_exit(1);
+}
+
 static void
 pe_slot_drain_logs(void)
 {
@@ -512,7 +533,16 @@ pe_slot_loop(void)
 			}
 			got = rd_kafka_consume_batch_queue(pe_run->queue, slice, batch + n, batch_cap - n);
 			if (got < 0)
+			{
+				/* the queue failed at once: wait the slice out, do not spin */
+				ereport(LOG,
+						(errmsg("pipeline_ext consumer %s/%d: could not read from the consumer queue: %s",
+								pe_run->def->name, pe_run->slot, rd_kafka_err2str(rd_kafka_last_error()))));
+				(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, slice,
+								 PG_WAIT_EXTENSION);
+				ResetLatch(MyLatch);
 				got = 0;
+			}
 			for (ssize_t i = 0; i < got; i++)
 			{
 				rd_kafka_message_t *m = batch[n + i];

@@ -65,6 +65,10 @@ typedef struct PeSlotRun
 /* this process's slot (slot.c) */
 extern PeSlotRun *pe_run;
 
+/* slot.c */
+#define PE_WAIT_SLICE_MS 200
+extern void pe_slot_wait_tick(void);
+
 /* slot_assign.c */
 extern void pe_slot_grow(int npart);
 extern void pe_slot_discover(bool first);

@@ -44,6 +44,71 @@ pe_slot_grow(int npart)
 }
 
 /*
+ * librdkafka's calls that wait on the brokers, made in slices of
+ * PE_WAIT_SLICE_MS up to the whole timeout with pe_slot_wait_tick() in
+ * between, so that the worker answers a SIGTERM within a slice even while
+ * the brokers do not answer.
+ */
+/* A slice ended without an answer: no broker usable yet, or none answered. */
+static bool
+pe_slot_wait_more(rd_kafka_resp_err_t err)
+{
+	return err == RD_KAFKA_RESP_ERR__TIMED_OUT || err == RD_KAFKA_RESP_ERR__TRANSPORT;
+}
+
+static rd_kafka_resp_err_t
+pe_slot_query_watermarks(int32 p, int64 *lo, int64 *hi, int timeout_ms)
+{
+	TimestampTz start = GetCurrentTimestamp();
+	rd_kafka_resp_err_t err;
+
+	for (;;)
+	{
+		int			left = timeout_ms - (int) pe_ms_since(start);
+
+		err = rd_kafka_query_watermark_offsets(pe_run->rk, pe_run->def->topic, p, lo, hi,
+											   Max(1, Min(left, PE_WAIT_SLICE_MS)));
+		if (!pe_slot_wait_more(err) || left <= PE_WAIT_SLICE_MS)
+			return err;
+		pe_slot_wait_tick();
+	}
+}
+
+static rd_kafka_resp_err_t
+pe_slot_offsets_for_times(rd_kafka_topic_partition_list_t *l, int timeout_ms)
+{
+	TimestampTz start = GetCurrentTimestamp();
+	rd_kafka_resp_err_t err;
+
+	for (;;)
+	{
+		int			left = timeout_ms - (int) pe_ms_since(start);
+
+		err = rd_kafka_offsets_for_times(pe_run->rk, l, Max(1, Min(left, PE_WAIT_SLICE_MS)));
+		if (!pe_slot_wait_more(err) || left <= PE_WAIT_SLICE_MS)
+			return err;
+		pe_slot_wait_tick();
+	}
+}
+
+static rd_kafka_resp_err_t
+pe_slot_metadata(rd_kafka_topic_t *rkt, const struct rd_kafka_metadata **md, int timeout_ms)
+{
+	TimestampTz start = GetCurrentTimestamp();
+	rd_kafka_resp_err_t err;
+
+	for (;;)
+	{
+		int			left = timeout_ms - (int) pe_ms_since(start);
+
+		err = rd_kafka_metadata(pe_run->rk, 0, rkt, md, Max(1, Min(left, PE_WAIT_SLICE_MS)));
+		if (!pe_slot_wait_more(err) || left <= PE_WAIT_SLICE_MS)
+			return err;
+		pe_slot_wait_tick();
+	}
+}
+
+/*
  * Where a partition with no stored offset starts: 'earliest' is the
  * beginning; 'latest' and timestamps are resolved now, so that a restart
  * before the first commit does not move the start.
@@ -60,7 +125,7 @@ pe_slot_start_offset(int32 p, bool new_partition)
 		return RD_KAFKA_OFFSET_BEGINNING;
 	if (strcmp(so, "latest") == 0)
 	{
-		err = rd_kafka_query_watermark_offsets(pe_run->rk, pe_run->def->topic, p, &lo, &hi, 10000);
+		err = pe_slot_query_watermarks(p, &lo, &hi, 10000);
 		if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
 			ereport(ERROR,
 					(errcode(ERRCODE_CONNECTION_FAILURE),
@@ -74,7 +139,7 @@ pe_slot_start_offset(int32 p, bool new_partition)
 		int64		o;
 
 		rd_kafka_topic_partition_list_add(l, pe_run->def->topic, p)->offset = pe_kafka_ms_from_text(so);
-		err = rd_kafka_offsets_for_times(pe_run->rk, l, 10000);
+		err = pe_slot_offsets_for_times(l, 10000);
 		o = l->elems[0].offset;
 		if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
 			err = l->elems[0].err;
@@ -99,7 +164,13 @@ pe_slot_partition_count(int timeout_ms)
 	rd_kafka_resp_err_t err;
 	int			n = -1;
 
-	err = rd_kafka_metadata(pe_run->rk, 0, rkt, &md, timeout_ms);
+	/* without a handle, librdkafka would describe every topic instead */
+	if (rkt == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid topic \"%s\" for consumer \"%s\"", pe_run->def->topic, pe_run->def->name),
+				 errdetail("librdkafka: %s", rd_kafka_err2str(rd_kafka_last_error()))));
+	err = pe_slot_metadata(rkt, &md, timeout_ms);
 	if (err == RD_KAFKA_RESP_ERR_NO_ERROR && md->topic_cnt == 1)
 	{
 		if (md->topics[0].err == RD_KAFKA_RESP_ERR_NO_ERROR)

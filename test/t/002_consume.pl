@@ -415,6 +415,29 @@ wait_for(q{SELECT count(*) FROM pipeline._slots() WHERE consumer = 'ss'}, '0', '
 is(sql(q{SELECT count(*) FROM pipeline.offsets WHERE consumer = 'ss'}) . sql(q{SELECT count(*) FROM pipeline.consumers WHERE name = 'ss'}),
 	'00', '... and removes its definition and offsets');
 
+# --- a worker waiting on brokers that do not answer still stops at once ------
+# With a 12 s round trip to every broker (a broker that takes requests and
+# does not answer; one that is down refuses the connection, and the look-up
+# fails at once), a new consumer's worker waits up to 10 s for the topic's
+# partitions.  stop_consumer must end it within a slice of that wait (200 ms)
+# and the manager's wake-up, not when the look-up gives up: the bound is
+# half the look-up's 10 s.
+sql(q{CREATE TABLE blocked_t (id int PRIMARY KEY, v int)});
+$broker->ctl('rtt all 12000');
+sql(q{SELECT pipeline.create_consumer('blocked', 'local', 'stopstart', 'blocked_t')});
+wait_for(q{SELECT state || ':' || (worker_pid IS NOT NULL) FROM pipeline.consumer_status WHERE consumer = 'blocked'},
+	'running:true', 'brokers not answering: a new consumer\'s worker runs, waiting for them');
+usleep(1_000_000);
+is(sql(q{SELECT state FROM pipeline.consumer_status WHERE consumer = 'blocked'}), 'running', '... still waiting a second later');
+my $t_blocked = time;
+sql(q{SELECT pipeline.stop_consumer('blocked')});
+wait_for(q{SELECT count(*) FROM pipeline._slots() WHERE consumer = 'blocked' AND pid IS NOT NULL}, '0',
+	'... and stop_consumer ends it');
+my $stop_took = time - $t_blocked;
+$broker->ctl('rtt all 0');
+cmp_ok($stop_took, '<', 5, sprintf('... at once (%.2f s), not when the 10 s look-up gives up', $stop_took));
+sql(q{SELECT pipeline.drop_consumer('blocked'); DROP TABLE blocked_t});
+
 # --- group mode: two slots share a Kafka consumer group ----------------------
 sql(q{
 CREATE TABLE grp_t (seq int, p int, o bigint);
