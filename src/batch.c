@@ -28,7 +28,9 @@
  */
 #include "postgres.h"
 
+#include "commands/trigger.h"
 #include "miscadmin.h"
+#include "nodes/parsenodes.h"
 
 #include "datapath.h"
 
@@ -47,6 +49,23 @@ pe_batch_apply(PeBatch *b)
 	int			nrows;
 	Oid			save_userid;
 	int			save_sec;
+
+	/*
+	 * A batch in a transaction of its own (a slot's) checks deferred
+	 * constraints and fires deferred constraint triggers at the end of each
+	 * statement, inside the subtransactions that isolate bad rows: checked
+	 * at COMMIT they would fail the whole batch, again at every retry, with
+	 * no row to blame.  A replay runs in its caller's transaction, whose
+	 * constraint modes are the caller's.
+	 */
+	if (b->own_transaction)
+	{
+		ConstraintsSetStmt *immediate = makeNode(ConstraintsSetStmt);
+
+		immediate->constraints = NIL;
+		immediate->deferred = false;
+		AfterTriggerSetState(immediate);
+	}
 
 	/*
 	 * Decoding and applying run as the consumer's owner, restricted as

@@ -183,6 +183,7 @@ typedef struct PeBatch
 	SPIPlanPtr	dead_plan;		/* a slot: pe_deadletter_prepare() */
 	int64	   *replay_ids;		/* a replay: the dead letters' ids */
 	PeOffsetWrite *offsets;		/* a slot: the offsets to store */
+	bool		own_transaction;	/* a slot: the transaction is the batch's */
 	PeBatchResult res;			/* out */
 } PeBatch;
 

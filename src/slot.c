@@ -385,6 +385,7 @@ pe_slot_apply_batch(rd_kafka_message_t **rkm, int n, int64 *ndead, char **stop_e
 	b.target = pe_run->target;
 	b.dead_plan = pe_run->dead_plan;
 	b.offsets = &w;
+	b.own_transaction = true;
 
 	outcome = pe_batch_apply(&b);
 	if (outcome == PE_BATCH_STOP)

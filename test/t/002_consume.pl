@@ -17,7 +17,7 @@ my $broker = PipelineExt::Broker->start(
 	topics => {
 		big => 6, faults => 4, bad => 2, csv => 1, text => 1, bytes => 1,
 		tomb => 2, grp => 4, priv => 1, stopstart => 1, alo => 2, amo => 2,
-		stoponerr => 1, nested => 1, tombv => 1, droptgt => 1
+		stoponerr => 1, nested => 1, tombv => 1, droptgt => 1, deferred => 1
 	});
 my $bs = $broker->bootstrap;
 
@@ -340,6 +340,27 @@ wait_for('SELECT count(*) FROM tomb_t', '10', 'tombstones: ten rows first');
 sql(q{SELECT pipeline.produce('local', 'tomb', NULL::text, '2'); SELECT pipeline.produce('local', 'tomb', NULL::text, '{"id": 4}');});
 wait_for('SELECT string_agg(id::text, \',\' ORDER BY id) FROM tomb_t', '1,3,5,6,7,8,9,10',
 	'a tombstone deletes its key (plain key and JSON key)');
+
+# --- deferred constraints are checked per statement, so bad rows are isolated -
+# A deferred foreign key (and a deferred constraint trigger) would fire at
+# COMMIT, where no row can be blamed and the whole batch fails again at every
+# retry.  The message without a parent becomes a dead letter; the others commit.
+sql(q{
+CREATE TABLE def_parent (id int PRIMARY KEY);
+INSERT INTO def_parent SELECT generate_series(1, 10);
+CREATE TABLE def_child (id int PRIMARY KEY, parent int REFERENCES def_parent DEFERRABLE INITIALLY DEFERRED);
+CREATE FUNCTION def_check() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN IF NEW.id = 13 THEN RAISE EXCEPTION 'id 13 is refused by a deferred trigger'; END IF; RETURN NULL; END $$;
+CREATE CONSTRAINT TRIGGER def_check AFTER INSERT ON def_child DEFERRABLE INITIALLY DEFERRED
+  FOR EACH ROW EXECUTE FUNCTION def_check();
+SELECT pipeline.create_consumer('deferred', 'local', 'deferred', 'def_child', batch_size => 100);
+});
+produce('deferred', q{SELECT json_build_object('id', g, 'parent', CASE WHEN g = 7 THEN 99 ELSE g % 10 + 1 END)::text, g::text
+                        FROM generate_series(1, 20) g});
+wait_for(q{SELECT count(*) FROM def_child}, '18', 'deferred constraints: the good rows of the batch commit');
+is(sql(q{SELECT string_agg(convert_from(key, 'UTF8') || ':' || sqlstate, ',' ORDER BY "offset") FROM pipeline.dead_letters WHERE consumer = 'deferred'}),
+	'7:23503,13:P0001', '... and the row without a parent and the one the deferred trigger refuses are dead letters');
+sql(q{SELECT pipeline.drop_consumer('deferred')});
 
 # --- a dropped target stops its consumer, saying why --------------------------
 sql(q{
