@@ -20,7 +20,7 @@
 
 #define PE_MAX_DBS 64
 #define PE_ERROR_LEN 512
-#define PE_SLOT_MAX_PARTITIONS 256
+#define PE_SLOT_MAX_PARTITIONS 1024	/* figures kept per slot (Event Hubs Dedicated: 1,024) */
 #define PE_PERIOD_SECS 10
 #define PE_PERIODS 360				/* one hour */
 #define PE_LATENCY_WINDOW_SECS 300

@@ -320,11 +320,16 @@ pe_slot_apply_batch(rd_kafka_message_t **rkm, int n, int64 *ndead, char **stop_e
 	PeBatch		b;
 	PeOffsetWrite w;
 	PeBatchOutcome outcome;
-	int64		next[PE_SLOT_MAX_PARTITIONS];
-	int64		expected[PE_SLOT_MAX_PARTITIONS];
-	int32		pids[PE_SLOT_MAX_PARTITIONS];
+	int			maxp = Min(n, pe_run->npart);	/* partitions the batch can touch */
+	int64	   *next = palloc(sizeof(int64) * maxp);
+	int64	   *expected = palloc(sizeof(int64) * maxp);
+	int32	   *pids = palloc(sizeof(int32) * maxp);
+	int		   *where = palloc(sizeof(int) * pe_run->npart);	/* partition -> k */
 	int			np = 0;
 
+	/* the collector kept only messages of known partitions (p < npart) */
+	for (int p = 0; p < pe_run->npart; p++)
+		where[p] = -1;
 	memset(&b, 0, sizeof(b));
 	b.msgs = palloc0(sizeof(PeMessage) * n);
 	b.n = n;
@@ -345,13 +350,12 @@ pe_slot_apply_batch(rd_kafka_message_t **rkm, int n, int64 *ndead, char **stop_e
 		msg->value_len = m->len;
 		if (rd_kafka_message_headers(m, &msg->hdrs) != RD_KAFKA_RESP_ERR_NO_ERROR)
 			msg->hdrs = NULL;
-		for (k = 0; k < np; k++)
-			if (pids[k] == m->partition)
-				break;
-		if (k == np)
+		k = where[m->partition];
+		if (k < 0)
 		{
-			pids[np] = m->partition;
-			next[np++] = m->offset + 1;
+			k = where[m->partition] = np++;
+			pids[k] = m->partition;
+			next[k] = m->offset + 1;
 		}
 		else
 			next[k] = Max(next[k], m->offset + 1);

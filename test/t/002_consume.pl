@@ -17,7 +17,7 @@ my $broker = PipelineExt::Broker->start(
 	topics => {
 		big => 6, faults => 4, bad => 2, csv => 1, text => 1, bytes => 1,
 		tomb => 2, grp => 4, priv => 1, stopstart => 1, alo => 2, amo => 2,
-		stoponerr => 1, nested => 1, tombv => 1, droptgt => 1, deferred => 1
+		stoponerr => 1, nested => 1, tombv => 1, droptgt => 1, deferred => 1, wide => 1024
 	});
 my $bs = $broker->bootstrap;
 
@@ -406,6 +406,25 @@ is(sql(q{SELECT count(*) FROM public.stolen}), '0',
 is(sql(q{SELECT count(*) FROM tombv_t WHERE seen IS NULL}), '0', '... and the column default still applies');
 sql(q{DROP OPERATOR public.= (varchar, varchar); DROP FUNCTION public.evil_eq(varchar, varchar);
       SELECT pipeline.drop_consumer('tombv'); DROP TABLE public.stolen; REVOKE CREATE ON SCHEMA public FROM regress_mallory;});
+
+# --- one slot, 1,024 partitions (Event Hubs Dedicated's most) --------------
+# Every partition gets two messages; one slot applies them all, and keeps
+# correct offsets and lag figures for each partition.
+sql(q{
+CREATE TABLE wide_t (p int, o bigint, v int);
+SELECT pipeline.create_consumer('wide', 'local', 'wide', 'wide_t', mode => 'append',
+    column_map => '{"p": "$partition", "o": "$offset"}');
+});
+sql(q{SELECT count(pipeline.produce_async('local', 'wide', json_build_object('v', g)::text, NULL, NULL, g % 1024))
+        FROM generate_series(0, 2047) g});
+wait_for(q{SELECT count(*) || '|' || count(DISTINCT p) || '|' || count(DISTINCT (p, o)) FROM wide_t}, '2048|1024|2048',
+	'1,024 partitions: one slot applies both messages of every partition, once');
+wait_for(q{SELECT count(*) || '|' || count(*) FILTER (WHERE committed_offset = 2 AND high_watermark = 2 AND lag_messages = 0 AND status = 'OK')
+             FROM pipeline.consumer_lag WHERE consumer = 'wide'},
+	'1024|1024', '... and consumer_lag shows every partition caught up at offset 2');
+is(sql(q{SELECT count(*) || '|' || sum(next_offset) FROM pipeline.offsets WHERE consumer = 'wide'}), '1024|2048',
+	'... with the next offset of every partition stored');
+sql(q{SELECT pipeline.drop_consumer('wide')});
 
 # --- stop, start, drop, restart -------------------------------------------
 sql(q{
