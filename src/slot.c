@@ -513,16 +513,7 @@ pe_slot_loop(void)
 			 * A cancel aborts the batch being applied (which is then
 			 * retried); while collecting there is nothing to cancel.
 			 */
-			if (QueryCancelPending)
-			{
-				QueryCancelPending = false;
-				ereport(LOG,
-						(errmsg("pipeline_ext consumer %s/%d: no batch is being applied; cancel request ignored",
-								pe_run->def->name, pe_run->slot)));
-			}
-			CHECK_FOR_INTERRUPTS();
-			if (!PostmasterIsAlive())
-				proc_exit(1);
+			pe_slot_wait_tick();
 			if (ConfigReloadPending)
 			{
 				ConfigReloadPending = false;
