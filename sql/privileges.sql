@@ -29,6 +29,8 @@ SELECT pipeline.create_connection('evil', 'broker:9092', '{"ssl.providers": "/tm
 SELECT pipeline.create_connection('evil', 'broker:9092', '{"ssl.engine.location": "/tmp/evil.so"}');
 SELECT pipeline.create_connection('evil', 'broker:9092', '{"offset.store.path": "/tmp/x"}');
 SELECT pipeline.create_connection('evil', 'broker:9092', '{"ssl_key": "x"}');
+-- librdkafka's default kinit command puts the principal, unquoted, into a shell command
+SELECT pipeline.create_connection('evil', 'broker:9092', '{"sasl.mechanisms": "GSSAPI", "sasl.kerberos.principal": "x;touch /tmp/owned"}');
 -- the owner sees her secrets
 SELECT name, owner, options->>'sasl.password' AS password FROM pipeline.connections WHERE name LIKE 'alice%' ORDER BY 1;
 SELECT value FROM pipeline.connection_config('alices') WHERE property = 'sasl.password';

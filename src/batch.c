@@ -53,10 +53,13 @@ pe_batch_apply(PeBatch *b)
 	/*
 	 * A batch in a transaction of its own (a slot's) checks deferred
 	 * constraints and fires deferred constraint triggers at the end of each
-	 * statement, inside the subtransactions that isolate bad rows: checked
-	 * at COMMIT they would fail the whole batch, again at every retry, with
-	 * no row to blame.  A replay runs in its caller's transaction, whose
-	 * constraint modes are the caller's.
+	 * statement, inside the subtransactions that isolate bad rows.  It has
+	 * to: the apply runs as a security-restricted operation, where
+	 * PostgreSQL refuses to queue a deferred trigger event at all ("cannot
+	 * fire deferred trigger within security-restricted operation"), and
+	 * checked at COMMIT a failure would have no row to blame.  A replay
+	 * runs in its caller's transaction, whose constraint modes are the
+	 * caller's.
 	 */
 	if (b->own_transaction)
 	{

@@ -133,10 +133,10 @@ pe_replay_dead_letters(PG_FUNCTION_ARGS)
 			elog(ERROR, "SPI_connect failed");
 		b.target = pe_target_open(def, false);
 		(void) pe_batch_apply(&b);
-		/* the list lives in SPI's memory: count it before SPI_finish() */
+		/* the list and the target live in SPI's memory: before SPI_finish() */
 		nfailed = list_length(b.res.dead);
-		SPI_finish();
 		pe_target_close(b.target);
+		SPI_finish();
 		AtEOXact_GUC(true, nestlevel);
 	}
 

@@ -67,6 +67,7 @@ extern PeSlotRun *pe_run;
 
 /* slot.c */
 #define PE_WAIT_SLICE_MS 200
+#define PE_WAIT_SLICE_MAX_MS 2000
 extern void pe_slot_wait_tick(void);
 
 /* slot_assign.c */

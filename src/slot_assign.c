@@ -44,10 +44,11 @@ pe_slot_grow(int npart)
 }
 
 /*
- * librdkafka's calls that wait on the brokers, made in slices of
- * PE_WAIT_SLICE_MS up to the whole timeout with pe_slot_wait_tick() in
- * between, so that the worker answers a SIGTERM within a slice even while
- * the brokers do not answer.
+ * librdkafka's calls that wait on the brokers, made in slices up to the
+ * whole timeout with pe_slot_wait_tick() in between, so that the worker
+ * answers a SIGTERM within a slice even while the brokers do not answer.
+ * Each slice asks again, so slices grow from 200 ms to 2 s: a broker that
+ * answers in more than one slice (far away, or loaded) still answers one.
  */
 /* A slice ended without an answer: no broker usable yet, or none answered. */
 static bool
@@ -61,15 +62,17 @@ pe_slot_query_watermarks(int32 p, int64 *lo, int64 *hi, int timeout_ms)
 {
 	TimestampTz start = GetCurrentTimestamp();
 	rd_kafka_resp_err_t err;
+	int			slice = PE_WAIT_SLICE_MS;
 
 	for (;;)
 	{
 		int			left = timeout_ms - (int) pe_ms_since(start);
 
 		err = rd_kafka_query_watermark_offsets(pe_run->rk, pe_run->def->topic, p, lo, hi,
-											   Max(1, Min(left, PE_WAIT_SLICE_MS)));
-		if (!pe_slot_wait_more(err) || left <= PE_WAIT_SLICE_MS)
+											   Max(1, Min(left, slice)));
+		if (!pe_slot_wait_more(err) || left <= slice)
 			return err;
+		slice = Min(slice * 2, PE_WAIT_SLICE_MAX_MS);
 		pe_slot_wait_tick();
 	}
 }
@@ -79,14 +82,16 @@ pe_slot_offsets_for_times(rd_kafka_topic_partition_list_t *l, int timeout_ms)
 {
 	TimestampTz start = GetCurrentTimestamp();
 	rd_kafka_resp_err_t err;
+	int			slice = PE_WAIT_SLICE_MS;
 
 	for (;;)
 	{
 		int			left = timeout_ms - (int) pe_ms_since(start);
 
-		err = rd_kafka_offsets_for_times(pe_run->rk, l, Max(1, Min(left, PE_WAIT_SLICE_MS)));
-		if (!pe_slot_wait_more(err) || left <= PE_WAIT_SLICE_MS)
+		err = rd_kafka_offsets_for_times(pe_run->rk, l, Max(1, Min(left, slice)));
+		if (!pe_slot_wait_more(err) || left <= slice)
 			return err;
+		slice = Min(slice * 2, PE_WAIT_SLICE_MAX_MS);
 		pe_slot_wait_tick();
 	}
 }
@@ -96,14 +101,16 @@ pe_slot_metadata(rd_kafka_topic_t *rkt, const struct rd_kafka_metadata **md, int
 {
 	TimestampTz start = GetCurrentTimestamp();
 	rd_kafka_resp_err_t err;
+	int			slice = PE_WAIT_SLICE_MS;
 
 	for (;;)
 	{
 		int			left = timeout_ms - (int) pe_ms_since(start);
 
-		err = rd_kafka_metadata(pe_run->rk, 0, rkt, md, Max(1, Min(left, PE_WAIT_SLICE_MS)));
-		if (!pe_slot_wait_more(err) || left <= PE_WAIT_SLICE_MS)
+		err = rd_kafka_metadata(pe_run->rk, 0, rkt, md, Max(1, Min(left, slice)));
+		if (!pe_slot_wait_more(err) || left <= slice)
 			return err;
+		slice = Min(slice * 2, PE_WAIT_SLICE_MAX_MS);
 		pe_slot_wait_tick();
 	}
 }

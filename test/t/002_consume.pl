@@ -477,6 +477,14 @@ my $stop_took = time - $t_blocked;
 $broker->ctl('rtt all 0');
 cmp_ok($stop_took, '<', 5, sprintf('... at once (%.2f s), not when the 10 s look-up gives up', $stop_took));
 sql(q{SELECT pipeline.drop_consumer('blocked'); DROP TABLE blocked_t});
+# ... while a broker that answers more slowly than one slice (500 ms) is
+# still heard: the slices grow
+sql(q{CREATE TABLE slowb_t (id int PRIMARY KEY, v int)});
+$broker->ctl('rtt all 500');
+sql(q{SELECT pipeline.create_consumer('slowb', 'local', 'stopstart', 'slowb_t')});
+wait_for(q{SELECT count(*) FROM slowb_t}, '2', 'a broker slower than a slice: the new consumer starts and applies the topic');
+$broker->ctl('rtt all 0');
+sql(q{SELECT pipeline.drop_consumer('slowb'); DROP TABLE slowb_t});
 
 # --- group mode: two slots share a Kafka consumer group ----------------------
 sql(q{
