@@ -13,7 +13,7 @@ SELECT to_regclass('pipeline.offsets') IS NOT NULL AS offsets, to_regclass('pipe
 -- 0.2.0 -> 0.3.0: consumer_lag gains lag_time and status, health reads them
 SELECT count(*) AS lag_columns_before FROM information_schema.columns
  WHERE table_schema = 'pipeline' AND table_name = 'consumer_lag' AND column_name IN ('lag_time', 'status');
-ALTER EXTENSION pipeline_ext UPDATE;
+ALTER EXTENSION pipeline_ext UPDATE TO '0.3.0';
 SELECT extversion FROM pg_extension WHERE extname = 'pipeline_ext';
 SELECT string_agg(column_name, ', ' ORDER BY ordinal_position) AS consumer_lag_columns
   FROM information_schema.columns WHERE table_schema = 'pipeline' AND table_name = 'consumer_lag';
@@ -21,5 +21,28 @@ SELECT count(*) FROM pipeline.health;
 SELECT has_table_privilege('public', 'pipeline.consumer_lag', 'SELECT') AS lag_public,
        has_table_privilege('public', 'pipeline.health', 'SELECT') AS health_public;
 SELECT name FROM pipeline.connections;
+-- 0.3.0 -> 0.4.0: consumers get an identity; dead letters point at it.  A
+-- 0.3.0 dead letter is the current consumer's when name and owner match
+-- and it came after the consumer was created; older ones belong to none.
+CREATE TABLE up_t (id int PRIMARY KEY);
+INSERT INTO pipeline.consumer (name, owner, connection, topic, target, format, mode, delivery, parallelism,
+    start_offset, batch_size, batch_timeout, on_error, delete_on_tombstone, enabled, created_at)
+VALUES ('kept_c', 10, 'kept', 't', 'up_t', 'json', 'upsert', 'exactly_once', 1, 'earliest', 100, '100ms',
+    'dead_letter', false, false, now() - interval '1 hour');
+INSERT INTO pipeline.dead_letters (consumer, owner, topic, "partition", "offset", error, sqlstate, failed_at)
+VALUES ('kept_c', 10, 't', 0, 1, 'now', '22P02', now()),
+       ('kept_c', 10, 't', 0, 0, 'from an older consumer of that name', '22P02', now() - interval '2 hours'),
+       ('kept_c', 16384, 't', 0, 2, 'another owner''s', '22P02', now());
+ALTER EXTENSION pipeline_ext UPDATE;
+SELECT extversion FROM pg_extension WHERE extname = 'pipeline_ext';
+SELECT name, id IS NOT NULL AS has_id, target FROM pipeline.consumer;
+SELECT "offset", consumer_id IS NOT DISTINCT FROM (SELECT id FROM pipeline.consumer WHERE name = 'kept_c') AS belongs
+  FROM pipeline.dead_letters ORDER BY "offset";
+SELECT evtname, evtevent, evtenabled FROM pg_event_trigger;
+-- the event trigger: a dropped target is forgotten, and its consumer disabled
+DROP TABLE up_t;
+SELECT name, target, enabled, last_error FROM pipeline.consumer;
+SELECT pipeline.drop_consumer('kept_c');
+SELECT "offset", consumer_id FROM pipeline.dead_letters ORDER BY "offset";
 \c :orig
 DROP DATABASE regress_upgrade;

@@ -30,11 +30,12 @@ typedef enum PeFormat
 /* What a consumer's catalog row says about decoding and applying. */
 typedef struct PeConsumerDef
 {
+	int64		id;				/* its identity: a name can be reused, an id not */
 	char	   *name;
 	Oid			owner;
 	char	   *connection;
 	char	   *topic;
-	Oid			target;
+	Oid			target;			/* InvalidOid: the table was dropped */
 	PeFormat	format;
 	bool		upsert;
 	ArrayType  *key_columns;	/* NULL: the primary key */
@@ -54,7 +55,8 @@ typedef struct PeConsumerDef
 /* consumer_catalog.c */
 extern PeConsumerDef *pe_consumer_read(const char *name, bool missing_ok);
 extern List *pe_consumer_defaults(PeConsumerDef *def, const char *dbname);
-extern void pe_consumer_record_error(const char *name, const char *error, bool disable);
+extern void pe_consumer_check_target(PeConsumerDef *def);
+extern void pe_consumer_record_error(int64 id, const char *error, bool disable);
 
 /* consumer_api.c */
 extern PeConsumerDef *pe_consumer_for_owner(const char *name, const char *action);

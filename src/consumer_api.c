@@ -48,6 +48,42 @@ static bool xact_cb_registered = false;
 /* consumers whose stored offsets this transaction moved (TopMemoryContext) */
 static List *reseek_at_commit = NIL;
 
+/* consumers this transaction dropped (TopMemoryContext) */
+typedef struct PeDropped
+{
+	int64		id;
+	int			nest_level;		/* the subtransaction that dropped it */
+} PeDropped;
+
+static List *dropped_at_commit = NIL;
+
+/* A rolled-back savepoint takes back the drops made under it. */
+static void
+pe_consumer_subxact_cb(SubXactEvent event, SubTransactionId mySubid,
+					   SubTransactionId parentSubid, void *arg)
+{
+	ListCell   *lc;
+	int			level = GetCurrentTransactionNestLevel();
+
+	(void) mySubid;
+	(void) parentSubid;
+	(void) arg;
+	foreach(lc, dropped_at_commit)
+	{
+		PeDropped  *d = lfirst(lc);
+
+		if (d->nest_level < level)
+			continue;
+		if (event == SUBXACT_EVENT_ABORT_SUB)
+		{
+			dropped_at_commit = foreach_delete_current(dropped_at_commit, lc);
+			pfree(d);
+		}
+		else if (event == SUBXACT_EVENT_COMMIT_SUB)
+			d->nest_level = level - 1;
+	}
+}
+
 static void
 pe_consumer_xact_cb(XactEvent event, void *arg)
 {
@@ -69,6 +105,14 @@ pe_consumer_xact_cb(XactEvent event, void *arg)
 		}
 		LWLockRelease(pe_shared->lock);
 	}
+	if (event == XACT_EVENT_COMMIT)
+	{
+		ListCell   *lc;
+
+		/* a dropped consumer's figures and errors go with it */
+		foreach(lc, dropped_at_commit)
+			pe_slots_forget_consumer(MyDatabaseId, ((PeDropped *) lfirst(lc))->id);
+	}
 	if (event == XACT_EVENT_COMMIT && wake_at_commit)
 		pe_wake_manager(MyDatabaseId);
 	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT)
@@ -76,6 +120,8 @@ pe_consumer_xact_cb(XactEvent event, void *arg)
 		wake_at_commit = false;
 		list_free_deep(reseek_at_commit);
 		reseek_at_commit = NIL;
+		list_free_deep(dropped_at_commit);
+		dropped_at_commit = NIL;
 	}
 }
 
@@ -86,6 +132,7 @@ pe_wake_at_commit(void)
 	if (!xact_cb_registered)
 	{
 		RegisterXactCallback(pe_consumer_xact_cb, NULL);
+		RegisterSubXactCallback(pe_consumer_subxact_cb, NULL);
 		xact_cb_registered = true;
 	}
 	wake_at_commit = true;
@@ -336,8 +383,11 @@ pe_start_consumer(PG_FUNCTION_ARGS)
 {
 	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
 
+	PeConsumerDef *def;
+
 	pe_require_preload();
-	(void) pe_consumer_for_owner(name, "start it");
+	def = pe_consumer_for_owner(name, "start it");
+	pe_consumer_check_target(def);
 	pe_consumer_exec("UPDATE pipeline.consumer SET enabled = true WHERE name OPERATOR(pg_catalog.=) $1", name);
 	pe_wake_at_commit();
 	PG_RETURN_VOID();
@@ -360,10 +410,27 @@ pe_drop_consumer(PG_FUNCTION_ARGS)
 {
 	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
 
+	PeConsumerDef *def;
+	MemoryContext old;
+
 	pe_require_preload();
-	(void) pe_consumer_for_owner(name, "drop it");
-	/* its offsets go with it (ON DELETE CASCADE); its dead letters stay */
+	def = pe_consumer_for_owner(name, "drop it");
+
+	/*
+	 * Its offsets go with it (ON DELETE CASCADE); its dead letters stay,
+	 * their owner's, but belong to no consumer any more (ON DELETE SET
+	 * NULL), so that a new consumer of the same name cannot replay them.
+	 */
 	pe_consumer_exec("DELETE FROM pipeline.consumer WHERE name OPERATOR(pg_catalog.=) $1", name);
 	pe_wake_at_commit();
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	{
+		PeDropped  *d = palloc(sizeof(PeDropped));
+
+		d->id = def->id;
+		d->nest_level = GetCurrentTransactionNestLevel();
+		dropped_at_commit = lappend(dropped_at_commit, d);
+	}
+	MemoryContextSwitchTo(old);
 	PG_RETURN_VOID();
 }

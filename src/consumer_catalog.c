@@ -28,7 +28,7 @@
 #define PE_CONSUMER_COLUMNS \
 	"owner, connection, topic, target, format, mode, key_columns, delivery, parallelism, " \
 	"start_offset, batch_size, (EXTRACT(epoch FROM batch_timeout) OPERATOR(pg_catalog.*) 1000)::int, " \
-	"column_map, group_id, on_error, delete_on_tombstone, format_options, enabled"
+	"column_map, group_id, on_error, delete_on_tombstone, format_options, enabled, id"
 
 /* Read a consumer's definition; run as the catalog owner. */
 PeConsumerDef *
@@ -61,7 +61,8 @@ pe_consumer_read(const char *name, bool missing_ok)
 		def->owner = DatumGetObjectId(SPI_getbinval(tup, desc, 1, &isnull));
 		def->connection = TextDatumGetCString(SPI_getbinval(tup, desc, 2, &isnull));
 		def->topic = TextDatumGetCString(SPI_getbinval(tup, desc, 3, &isnull));
-		def->target = DatumGetObjectId(SPI_getbinval(tup, desc, 4, &isnull));
+		d = SPI_getbinval(tup, desc, 4, &isnull);
+		def->target = isnull ? InvalidOid : DatumGetObjectId(d);
 		def->format = pe_parse_format(TextDatumGetCString(SPI_getbinval(tup, desc, 5, &isnull)));
 		def->upsert = strcmp(TextDatumGetCString(SPI_getbinval(tup, desc, 6, &isnull)), "upsert") == 0;
 		d = SPI_getbinval(tup, desc, 7, &isnull);
@@ -79,6 +80,7 @@ pe_consumer_read(const char *name, bool missing_ok)
 		def->delete_on_tombstone = DatumGetBool(SPI_getbinval(tup, desc, 16, &isnull));
 		def->format_options = DatumGetJsonbPCopy(SPI_getbinval(tup, desc, 17, &isnull));
 		def->enabled = DatumGetBool(SPI_getbinval(tup, desc, 18, &isnull));
+		def->id = DatumGetInt64(SPI_getbinval(tup, desc, 19, &isnull));
 		MemoryContextSwitchTo(spi);
 	}
 	pe_catalog_end(&acc);
@@ -91,24 +93,38 @@ pe_consumer_read(const char *name, bool missing_ok)
 	return def;
 }
 
-/* Keep the last error of a consumer in its catalog row; optionally stop it. */
+/* Refuse to work for a consumer whose target table was dropped. */
 void
-pe_consumer_record_error(const char *name, const char *error, bool disable)
+pe_consumer_check_target(PeConsumerDef *def)
+{
+	if (!OidIsValid(def->target))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("the target table of consumer \"%s\" was dropped", def->name),
+				 errhint("Drop the consumer and create it again on an existing table.")));
+}
+
+/*
+ * Keep the last error of a consumer in its catalog row; optionally stop it.
+ * By id: a consumer of the same name created since is another one.
+ */
+void
+pe_consumer_record_error(int64 id, const char *error, bool disable)
 {
 	PeCatalogAccess acc;
-	Oid			argtypes[3] = {TEXTOID, TEXTOID, BOOLOID};
+	Oid			argtypes[3] = {INT8OID, TEXTOID, BOOLOID};
 	Datum		values[3];
 	int			rc;
 
-	values[0] = CStringGetTextDatum(name);
+	values[0] = Int64GetDatum(id);
 	values[1] = CStringGetTextDatum(error);
 	values[2] = BoolGetDatum(disable);
 	pe_catalog_begin(&acc);
 	rc = SPI_execute_with_args("UPDATE pipeline.consumer SET last_error = $2, last_error_at = pg_catalog.now(), "
-							   "enabled = enabled AND NOT $3 WHERE name OPERATOR(pg_catalog.=) $1",
+							   "enabled = enabled AND NOT $3 WHERE id OPERATOR(pg_catalog.=) $1",
 							   3, argtypes, values, NULL, false, 0);
 	if (rc != SPI_OK_UPDATE)
-		elog(ERROR, "could not record the error of consumer \"%s\": %s", name, SPI_result_code_string(rc));
+		elog(ERROR, "could not record the error of consumer " INT64_FORMAT ": %s", id, SPI_result_code_string(rc));
 	pe_catalog_end(&acc);
 }
 

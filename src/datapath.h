@@ -42,7 +42,7 @@ typedef struct PeMessage
 	const char *value;			/* NULL: tombstone */
 	size_t		value_len;
 	rd_kafka_headers_t *hdrs;	/* librdkafka's headers, or NULL */
-	Jsonb	   *headers_jsonb;	/* replayed dead letter's headers, or NULL */
+	Jsonb	   *headers_jsonb;	/* replayed dead letter from 0.3.0 (no headers_raw), or NULL */
 } PeMessage;
 
 /* A message that could not be decoded or applied. */
@@ -162,11 +162,11 @@ extern PeTarget *pe_target_open(PeConsumerDef *def, bool check_privileges);
 extern void pe_target_close(PeTarget *t);
 
 /* The next offsets a batch stores, and the fence each must pass. */
-#define PE_OFFSET_NO_FENCE (-2)	/* Kafka holds the offsets: no fence */
 
 typedef struct PeOffsetWrite
 {
 	const char *consumer;
+	int64		consumer_id;	/* fence: the consumer the slot started for */
 	SPIPlanPtr	plan;			/* pe_offsets_prepare() */
 	int			n;
 	int32	   *partitions;
@@ -201,6 +201,8 @@ extern PeFormat pe_parse_format(const char *format);
 extern int	pe_decode_batch(PeTarget *t, PeMessage *msgs, int n, PeRow *rows, PeBatchResult *res);
 extern void pe_verify_text(const char *data, size_t len, const char *what);
 extern Jsonb *pe_message_headers(PeMessage *msg);
+extern ArrayType *pe_message_headers_raw(PeMessage *msg);
+extern rd_kafka_headers_t *pe_headers_from_raw(ArrayType *raw);
 
 /* A column's value from its text. */
 static inline Datum

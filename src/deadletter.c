@@ -102,21 +102,24 @@ pe_deadletter_isolate(PeTarget *t, PeRow **rows, int n, bool is_delete, PeBatchR
 SPIPlanPtr
 pe_deadletter_prepare(void)
 {
-	Oid			types[11] = {TEXTOID, OIDOID, TEXTOID, INT4OID, INT8OID, BYTEAOID, BYTEAOID,
-	JSONBOID, TIMESTAMPTZOID, TEXTOID, TEXTOID};
+	Oid			types[13] = {TEXTOID, OIDOID, TEXTOID, INT4OID, INT8OID, BYTEAOID, BYTEAOID,
+	JSONBOID, TIMESTAMPTZOID, TEXTOID, TEXTOID, INT8OID, BYTEAARRAYOID};
 	SPIPlanPtr	plan;
 
 	plan = SPI_prepare("INSERT INTO pipeline.dead_letters (consumer, owner, topic, \"partition\", \"offset\", "
-					   "key, value, headers, \"timestamp\", error, sqlstate) "
-					   "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-					   11, types);
+					   "key, value, headers, \"timestamp\", error, sqlstate, consumer_id, headers_raw) "
+					   "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+					   13, types);
 	if (plan == NULL)
 		elog(ERROR, "could not prepare the dead letter statement: %s", SPI_result_code_string(SPI_result));
 	SPI_keepplan(plan);
 	return plan;
 }
 
-/* Record a batch's dead letters, each with its raw bytes and its error. */
+/*
+ * Record a batch's dead letters, each with its raw bytes (headers
+ * included, exactly as they came) and its error.
+ */
 void
 pe_deadletter_record(SPIPlanPtr plan, PeConsumerDef *def, PeMessage *msgs, List *dead)
 {
@@ -126,9 +129,10 @@ pe_deadletter_record(SPIPlanPtr plan, PeConsumerDef *def, PeMessage *msgs, List 
 	{
 		PeDeadLetter *dl = lfirst(lc);
 		PeMessage  *m = &msgs[dl->msg_index];
-		Datum		v[11];
-		char		nl[11];
+		Datum		v[13];
+		char		nl[13];
 		Jsonb	   *h;
+		ArrayType  *raw;
 
 		memset(nl, ' ', sizeof(nl));
 		v[0] = CStringGetTextDatum(def->name);
@@ -144,18 +148,7 @@ pe_deadletter_record(SPIPlanPtr plan, PeConsumerDef *def, PeMessage *msgs, List 
 			v[6] = pe_bytes_to_bytea(m->value, m->value_len);
 		else
 			nl[6] = 'n';
-		h = NULL;
-		PG_TRY();
-		{
-			h = pe_message_headers(m);
-		}
-		PG_CATCH();
-		{
-			/* headers that are not text are kept hex-encoded; anything else: none */
-			FlushErrorState();
-			h = NULL;
-		}
-		PG_END_TRY();
+		h = pe_message_headers(m);
 		if (h)
 			v[7] = JsonbPGetDatum(h);
 		else
@@ -166,6 +159,12 @@ pe_deadletter_record(SPIPlanPtr plan, PeConsumerDef *def, PeMessage *msgs, List 
 			nl[8] = 'n';
 		v[9] = CStringGetTextDatum(dl->error);
 		v[10] = CStringGetTextDatum(dl->sqlstate);
+		v[11] = Int64GetDatum(def->id);
+		raw = pe_message_headers_raw(m);
+		if (raw)
+			v[12] = PointerGetDatum(raw);
+		else
+			nl[12] = 'n';
 		if (SPI_execute_plan(plan, v, nl, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "could not record a dead letter");
 	}

@@ -28,6 +28,34 @@
 
 PG_FUNCTION_INFO_V1(pe_replay_dead_letters);
 
+static void
+pe_replay_free_headers(PeBatch *b)
+{
+	for (int i = 0; i < b->n; i++)
+		if (b->msgs[i].hdrs)
+		{
+			rd_kafka_headers_destroy(b->msgs[i].hdrs);
+			b->msgs[i].hdrs = NULL;
+		}
+}
+
+/* The batch through the data path; the headers made for it freed after. */
+static void
+pe_replay_apply(PeBatch *b)
+{
+	PG_TRY();
+	{
+		(void) pe_batch_apply(b);
+	}
+	PG_CATCH();
+	{
+		pe_replay_free_headers(b);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	pe_replay_free_headers(b);
+}
+
 /*
  * Re-apply a consumer's dead letters (all, or the given ids) in the order
  * they were recorded; delete the ones that now apply, and record the new
@@ -39,7 +67,7 @@ pe_replay_dead_letters(PG_FUNCTION_ARGS)
 	char	   *name;
 	PeConsumerDef *def;
 	PeCatalogAccess acc;
-	Oid			argtypes[2] = {TEXTOID, INT8ARRAYOID};
+	Oid			argtypes[2] = {INT8OID, INT8ARRAYOID};
 	Datum		args[2];
 	char		argnulls[2] = {' ', ' '};
 	int			rc;
@@ -59,19 +87,21 @@ pe_replay_dead_letters(PG_FUNCTION_ARGS)
 				 errmsg("consumer must not be null")));
 	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	def = pe_consumer_for_owner(name, "replay its dead letters");
+	pe_consumer_check_target(def);
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
 
-	args[0] = CStringGetTextDatum(name);
+	args[0] = Int64GetDatum(def->id);
 	if (PG_ARGISNULL(1))
 		argnulls[1] = 'n';
 	else
 		args[1] = PG_GETARG_DATUM(1);
 
 	pe_catalog_begin(&acc);
+	/* the consumer's own: by its id, never by a name another may have had */
 	rc = SPI_execute_with_args("SELECT id, topic, \"partition\", \"offset\", key, value, headers, "
-							   "\"timestamp\" "
-							   "FROM pipeline.dead_letters WHERE consumer OPERATOR(pg_catalog.=) $1 "
+							   "\"timestamp\", headers_raw "
+							   "FROM pipeline.dead_letters WHERE consumer_id OPERATOR(pg_catalog.=) $1 "
 							   "AND ($2 IS NULL OR id OPERATOR(pg_catalog.=) ANY ($2)) ORDER BY id FOR UPDATE",
 							   2, argtypes, args, argnulls, false, 0);
 	if (rc != SPI_OK_SELECT)
@@ -109,8 +139,15 @@ pe_replay_dead_letters(PG_FUNCTION_ARGS)
 				msgs[i].value = VARDATA(b);
 				msgs[i].value_len = VARSIZE(b) - VARHDRSZ;
 			}
-			d = SPI_getbinval(tup, desc, 7, &isnull);
-			msgs[i].headers_jsonb = isnull ? NULL : DatumGetJsonbPCopy(d);
+			d = SPI_getbinval(tup, desc, 9, &isnull);
+			if (!isnull)
+				msgs[i].hdrs = pe_headers_from_raw(DatumGetArrayTypeP(d));
+			else
+			{
+				/* recorded by 0.3.0: only the readable form was kept */
+				d = SPI_getbinval(tup, desc, 7, &isnull);
+				msgs[i].headers_jsonb = isnull ? NULL : DatumGetJsonbPCopy(d);
+			}
 			d = SPI_getbinval(tup, desc, 8, &isnull);
 			msgs[i].timestamp_ms = isnull ? -1 : pe_timestamptz_to_kafka_ms(DatumGetTimestampTz(d));
 		}
@@ -132,7 +169,7 @@ pe_replay_dead_letters(PG_FUNCTION_ARGS)
 		if (SPI_connect() != SPI_OK_CONNECT)
 			elog(ERROR, "SPI_connect failed");
 		b.target = pe_target_open(def, false);
-		(void) pe_batch_apply(&b);
+		pe_replay_apply(&b);
 		/* the list and the target live in SPI's memory: before SPI_finish() */
 		nfailed = list_length(b.res.dead);
 		pe_target_close(b.target);

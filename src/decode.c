@@ -21,6 +21,7 @@
 #include "catalog/pg_type.h"
 #include "mb/pg_wchar.h"
 #include "lib/stringinfo.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
@@ -116,7 +117,33 @@ pe_message_header(PeMessage *msg, const char *name, const char **val, size_t *le
 	return false;
 }
 
-/* The message's headers as a jsonb object of strings (null for null values). */
+/* Text as it is when it is valid text, else "\x" and its bytes in hex. */
+static void
+pe_escape_header_part(StringInfo buf, const char *bytes, size_t len)
+{
+	char	   *t = pnstrdup(bytes, len);
+
+	if (strlen(t) == len && pg_verifymbstr(t, len, true))
+		escape_json(buf, t);
+	else
+	{
+		StringInfoData hex;
+
+		initStringInfo(&hex);
+		appendStringInfoString(&hex, "\\x");
+		for (size_t i = 0; i < len; i++)
+			appendStringInfo(&hex, "%02x", ((const unsigned char *) bytes)[i]);
+		escape_json(buf, hex.data);
+		pfree(hex.data);
+	}
+	pfree(t);
+}
+
+/*
+ * The message's headers as a jsonb object of strings, for reading: null
+ * for a null value, names and values that are not text hex-encoded, the
+ * last one of a repeated name.  pe_message_headers_raw() keeps them all.
+ */
 Jsonb *
 pe_message_headers(PeMessage *msg)
 {
@@ -135,37 +162,99 @@ pe_message_headers(PeMessage *msg)
 	appendStringInfoChar(&buf, '{');
 	while (rd_kafka_header_get_all(msg->hdrs, idx++, &name, &val, &len) == RD_KAFKA_RESP_ERR_NO_ERROR)
 	{
-		char	   *n = pnstrdup(name, strlen(name));
-
 		if (!first)
 			appendStringInfoString(&buf, ", ");
 		first = false;
-		pe_verify_text(n, strlen(n), "header name");
-		escape_json(&buf, n);
+		pe_escape_header_part(&buf, name, strlen(name));
 		appendStringInfoString(&buf, ": ");
 		if (val == NULL)
 			appendStringInfoString(&buf, "null");
 		else
-		{
-			char	   *v = pnstrdup(val, len);
-
-			if (strlen(v) != len || !pg_verifymbstr(v, len, true))
-			{
-				/* binary header: keep it, hex-encoded, rather than fail */
-				StringInfoData hex;
-
-				initStringInfo(&hex);
-				appendStringInfoString(&hex, "\\x");
-				for (size_t i = 0; i < len; i++)
-					appendStringInfo(&hex, "%02x", ((const unsigned char *) val)[i]);
-				escape_json(&buf, hex.data);
-			}
-			else
-				escape_json(&buf, v);
-		}
+			pe_escape_header_part(&buf, val, len);
 	}
 	appendStringInfoChar(&buf, '}');
 	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
+}
+
+/*
+ * The message's headers exactly: an n x 2 bytea array of names and values
+ * (null values stay null), in order, repeated names included.  NULL when
+ * the message has none.
+ */
+ArrayType *
+pe_message_headers_raw(PeMessage *msg)
+{
+	size_t		n = 0;
+	const char *name;
+	const void *val;
+	size_t		len;
+	Datum	   *elems;
+	bool	   *nulls;
+	int			dims[2];
+	int			lbs[2] = {1, 1};
+
+	if (msg->hdrs == NULL)
+		return NULL;
+	while (rd_kafka_header_get_all(msg->hdrs, n, &name, &val, &len) == RD_KAFKA_RESP_ERR_NO_ERROR)
+		n++;
+	if (n == 0)
+		return NULL;
+	elems = palloc(sizeof(Datum) * 2 * n);
+	nulls = palloc0(sizeof(bool) * 2 * n);
+	for (size_t i = 0; i < n; i++)
+	{
+		(void) rd_kafka_header_get_all(msg->hdrs, i, &name, &val, &len);
+		elems[2 * i] = pe_bytes_to_bytea(name, strlen(name));
+		if (val == NULL)
+		{
+			nulls[2 * i + 1] = true;
+			elems[2 * i + 1] = (Datum) 0;
+		}
+		else
+			elems[2 * i + 1] = pe_bytes_to_bytea(val, len);
+	}
+	dims[0] = n;
+	dims[1] = 2;
+	return construct_md_array(elems, nulls, 2, dims, lbs, BYTEAOID, -1, false, TYPALIGN_INT);
+}
+
+/*
+ * librdkafka headers from pe_message_headers_raw()'s array, so that a
+ * replayed dead letter goes through the data path as it first came.
+ */
+rd_kafka_headers_t *
+pe_headers_from_raw(ArrayType *raw)
+{
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n;
+	rd_kafka_headers_t *hdrs;
+
+	if (ARR_NDIM(raw) != 2 || ARR_DIMS(raw)[1] != 2 || ARR_ELEMTYPE(raw) != BYTEAOID)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("headers_raw of a dead letter must be an n x 2 array of bytea")));
+	deconstruct_array(raw, BYTEAOID, -1, false, TYPALIGN_INT, &elems, &nulls, &n);
+	hdrs = rd_kafka_headers_new(n / 2);
+	for (int i = 0; i + 1 < n; i += 2)
+	{
+		bytea	   *name;
+		char	   *cname;
+
+		if (nulls[i])
+			continue;
+		name = DatumGetByteaPP(elems[i]);
+		cname = pnstrdup(VARDATA_ANY(name), VARSIZE_ANY_EXHDR(name));
+		if (nulls[i + 1])
+			(void) rd_kafka_header_add(hdrs, cname, -1, NULL, 0);
+		else
+		{
+			bytea	   *val = DatumGetByteaPP(elems[i + 1]);
+
+			(void) rd_kafka_header_add(hdrs, cname, -1, VARDATA_ANY(val), VARSIZE_ANY_EXHDR(val));
+		}
+	}
+	return hdrs;
 }
 
 static Datum

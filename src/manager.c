@@ -19,6 +19,7 @@
 
 #include "access/xact.h"
 #include "catalog/namespace.h"
+#include "commands/dbcommands.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
@@ -42,12 +43,14 @@
 
 typedef struct PeManagedConsumer
 {
-	char		name[NAMEDATALEN];
+	PeConsumerRef ref;
 	int			parallelism;
 	bool		enabled;
 } PeManagedConsumer;
 
 static int	manager_db = -1;
+
+static bool said_outdated = false;
 
 static BackgroundWorkerHandle **slot_handles = NULL;
 
@@ -117,7 +120,7 @@ pe_start_slot(PeSlot *s)
 
 typedef struct PeErrorNote
 {
-	char		consumer[NAMEDATALEN];
+	int64		consumer_id;
 	char		error[PE_ERROR_LEN];
 } PeErrorNote;
 
@@ -137,7 +140,7 @@ pe_reclaim_entry(Oid dboid, PeManagedConsumer *cons, int ncons)
 		if (s->state != PE_SLOT_STOPPED || s->pid != 0 || s->dboid != dboid)
 			continue;
 		for (int c = 0; c < ncons; c++)
-			if (cons[c].enabled && strcmp(cons[c].name, s->consumer) == 0)
+			if (cons[c].enabled && cons[c].ref.id == s->consumer_id && !s->dropped)
 				enabled = true;
 		if (!enabled)
 		{
@@ -168,15 +171,15 @@ pe_reconcile(Oid dboid, PeManagedConsumer *cons, int ncons, PeErrorNote *notes, 
 			continue;
 		for (int k = 0; k < cons[c].parallelism; k++)
 		{
-			PeSlot	   *s = pe_slot_entry(dboid, cons[c].name, k, true);
+			PeSlot	   *s = pe_slot_entry(dboid, &cons[c].ref, k, true);
 			int			idx;
 
 			if (s == NULL && pe_reclaim_entry(dboid, cons, ncons))
-				s = pe_slot_entry(dboid, cons[c].name, k, true);
+				s = pe_slot_entry(dboid, &cons[c].ref, k, true);
 			if (s == NULL)
 			{
 				ereport(LOG,
-						(errmsg("pipeline_ext: no free consumer slot for %s/%d", cons[c].name, k),
+						(errmsg("pipeline_ext: no free consumer slot for %s/%d", cons[c].ref.name, k),
 						 errhint("Raise pipeline_ext.max_consumer_slots.")));
 				continue;
 			}
@@ -207,7 +210,7 @@ pe_reconcile(Oid dboid, PeManagedConsumer *cons, int ncons, PeErrorNote *notes, 
 
 						if (s->error_exit && *nnotes < 64)
 						{
-							strlcpy(notes[*nnotes].consumer, s->consumer, NAMEDATALEN);
+							notes[*nnotes].consumer_id = s->consumer_id;
 							strlcpy(notes[*nnotes].error, s->last_error, PE_ERROR_LEN);
 							(*nnotes)++;
 						}
@@ -246,7 +249,7 @@ pe_reconcile(Oid dboid, PeManagedConsumer *cons, int ncons, PeErrorNote *notes, 
 		if (s->state == PE_SLOT_FREE || s->dboid != dboid)
 			continue;
 		for (int c = 0; c < ncons; c++)
-			if (strcmp(cons[c].name, s->consumer) == 0)
+			if (cons[c].ref.id == s->consumer_id && !s->dropped)
 			{
 				exists = true;
 				wanted = cons[c].enabled && s->slot < cons[c].parallelism;
@@ -312,6 +315,7 @@ pe_manager_main(Datum arg)
 		int			nnotes = 0;
 		int			live;
 		bool		installed;
+		bool		outdated;
 
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
@@ -330,25 +334,37 @@ pe_manager_main(Datum arg)
 		installed = OidIsValid(get_extension_oid("pipeline_ext", true)) &&
 			OidIsValid(get_namespace_oid(PE_SCHEMA, true)) &&
 			OidIsValid(get_relname_relid("consumer", get_namespace_oid(PE_SCHEMA, true)));
-		if (installed)
+		/* the library is newer than the catalog until ALTER EXTENSION UPDATE */
+		outdated = installed &&
+			get_attnum(get_relname_relid("consumer", get_namespace_oid(PE_SCHEMA, true)), "id") == InvalidAttrNumber;
+		if (outdated && !said_outdated)
+			ereport(WARNING,
+					(errmsg("pipeline_ext: the extension in database \"%s\" is older than its library; its consumers do not run",
+							get_database_name(MyDatabaseId)),
+					 errhint("Run ALTER EXTENSION pipeline_ext UPDATE in that database.")));
+		said_outdated = outdated;
+		if (installed && !outdated)
 		{
 			int			rc;
 
 			if (SPI_connect() != SPI_OK_CONNECT)
 				elog(ERROR, "SPI_connect failed");
-			rc = SPI_execute("SELECT name, parallelism, enabled FROM pipeline.consumer", true, 0);
+			rc = SPI_execute("SELECT id, name, parallelism, enabled FROM pipeline.consumer", true, 0);
 			if (rc != SPI_OK_SELECT)
 				elog(ERROR, "could not read consumers: %s", SPI_result_code_string(rc));
 			ncons = SPI_processed;
 			cons = MemoryContextAllocZero(cxt, sizeof(PeManagedConsumer) * Max(ncons, 1));
 			for (int i = 0; i < ncons; i++)
 			{
+				HeapTuple	tup = SPI_tuptable->vals[i];
+				TupleDesc	desc = SPI_tuptable->tupdesc;
 				bool		isnull;
-				char	   *name = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+				char	   *name = SPI_getvalue(tup, desc, 2);
 
-				strlcpy(cons[i].name, name, NAMEDATALEN);
-				cons[i].parallelism = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull));
-				cons[i].enabled = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 3, &isnull));
+				cons[i].ref.id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+				strlcpy(cons[i].ref.name, name, NAMEDATALEN);
+				cons[i].parallelism = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull));
+				cons[i].enabled = DatumGetBool(SPI_getbinval(tup, desc, 4, &isnull));
 			}
 			SPI_finish();
 		}
@@ -361,23 +377,23 @@ pe_manager_main(Datum arg)
 			/* keep the last error of each failed consumer in the catalog */
 			pe_xact_begin();
 			for (int i = 0; i < nnotes; i++)
-				pe_consumer_record_error(notes[i].consumer, notes[i].error, false);
+				pe_consumer_record_error(notes[i].consumer_id, notes[i].error, false);
 			pe_xact_commit();
 		}
 		/* lag figures of the consumers that have no running worker */
 		if (ncons > 0)
 		{
-			char		(*names)[NAMEDATALEN] = MemoryContextAlloc(cxt, sizeof(*names) * ncons);
+			PeConsumerRef *refs = MemoryContextAlloc(cxt, sizeof(PeConsumerRef) * ncons);
 
 			for (int i = 0; i < ncons; i++)
-				strlcpy(names[i], cons[i].name, NAMEDATALEN);
+				refs[i] = cons[i].ref;
 			pgstat_report_activity(STATE_RUNNING, "watching the lag of stopped consumers");
-			pe_probe_round(MyDatabaseId, (const char (*)[NAMEDATALEN]) names, ncons);
+			pe_probe_round(MyDatabaseId, refs, ncons);
 		}
 		pgstat_report_activity(STATE_IDLE, NULL);
 
 		/* stay while the database has consumers, running or not */
-		if (ncons == 0 && live == 0)
+		if (ncons == 0 && live == 0 && !outdated)
 		{
 			bool		done = false;
 

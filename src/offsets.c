@@ -106,22 +106,25 @@ pe_slot_kafka_commit(rd_kafka_message_t **msgs, int n, bool sync)
 }
 
 /*
- * The statement that stores a partition's next offset with its fence: the
- * row is written only if it still holds what the slot expects ($4; NULL
- * when it expects no row, PE_OFFSET_NO_FENCE when Kafka holds the
- * offsets).  Kept by the caller.
+ * The statement that stores a partition's next offset with its fences: the
+ * consumer must still be the one the slot started for ($5, its id: not
+ * dropped, its name not taken by another), and the row must still hold
+ * what the slot expects ($4; NULL when it expects no row).  Kept by the
+ * caller.
  */
 SPIPlanPtr
 pe_offsets_prepare(void)
 {
-	Oid			types[4] = {TEXTOID, INT4OID, INT8OID, INT8OID};
+	Oid			types[5] = {TEXTOID, INT4OID, INT8OID, INT8OID, INT8OID};
 	SPIPlanPtr	plan;
 
 	plan = SPI_prepare("INSERT INTO pipeline.offsets AS o (consumer, \"partition\", next_offset) "
-					   "VALUES ($1, $2, $3) ON CONFLICT (consumer, \"partition\") DO UPDATE "
+					   "SELECT c.name, $2, $3 FROM pipeline.consumer c "
+					   "WHERE c.name OPERATOR(pg_catalog.=) $1 AND c.id OPERATOR(pg_catalog.=) $5 "
+					   "ON CONFLICT (consumer, \"partition\") DO UPDATE "
 					   "SET next_offset = EXCLUDED.next_offset, updated_at = pg_catalog.now() "
-					   "WHERE o.next_offset OPERATOR(pg_catalog.=) $4 OR $4 OPERATOR(pg_catalog.=) -2",
-					   4, types);
+					   "WHERE o.next_offset IS NOT DISTINCT FROM $4",
+					   5, types);
 	if (plan == NULL)
 		elog(ERROR, "could not prepare the offsets statement: %s", SPI_result_code_string(SPI_result));
 	SPI_keepplan(plan);
@@ -130,8 +133,9 @@ pe_offsets_prepare(void)
 
 /*
  * Store a batch's next offsets in its transaction.  False when a fence
- * did not hold: another slot, or reset_offsets(), moved an offset since
- * the slot read it, and the batch must be rolled back.
+ * did not hold: reset_offsets() or another slot moved an offset since the
+ * slot read it, or the consumer was dropped, and the batch must be rolled
+ * back.
  */
 bool
 pe_offsets_store(PeOffsetWrite *w)
@@ -140,16 +144,17 @@ pe_offsets_store(PeOffsetWrite *w)
 
 	for (int k = 0; k < w->n; k++)
 	{
-		Datum		v[4];
-		char		nl[4] = {' ', ' ', ' ', ' '};
+		Datum		v[5];
+		char		nl[5] = {' ', ' ', ' ', ' ', ' '};
 
 		v[0] = CStringGetTextDatum(w->consumer);
 		v[1] = Int32GetDatum(w->partitions[k]);
 		v[2] = Int64GetDatum(w->next[k]);
-		if (w->expected[k] >= 0 || w->expected[k] == PE_OFFSET_NO_FENCE)
+		if (w->expected[k] >= 0)
 			v[3] = Int64GetDatum(w->expected[k]);
 		else
 			nl[3] = 'n';
+		v[4] = Int64GetDatum(w->consumer_id);
 		if (SPI_execute_plan(w->plan, v, nl, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "could not write offsets");
 		if (SPI_processed != 1)

@@ -49,7 +49,8 @@
 
 typedef struct PeProbe
 {
-	char		name[NAMEDATALEN];
+	PeConsumerRef ref;
+	char	   *name;			/* ref.name */
 	bool		wanted;			/* still without a worker, this round */
 	bool		broken;			/* no client could be made; said once */
 	char	   *topic;
@@ -70,7 +71,7 @@ static MemoryContext probe_cxt = NULL;
 static List *probes = NIL;
 
 static bool
-pe_probe_has_worker(Oid dboid, const char *name)
+pe_probe_has_worker(Oid dboid, const PeConsumerRef *consumer)
 {
 	bool		found = false;
 
@@ -79,7 +80,7 @@ pe_probe_has_worker(Oid dboid, const char *name)
 	{
 		PeSlot	   *s = &pe_shared->slots[i];
 
-		if (s->state != PE_SLOT_FREE && s->dboid == dboid && strcmp(s->consumer, name) == 0 &&
+		if (s->state != PE_SLOT_FREE && s->dboid == dboid && s->consumer_id == consumer->id && !s->dropped &&
 			(s->pid != 0 || s->state == PE_SLOT_STARTING || s->state == PE_SLOT_RUNNING))
 			found = true;
 	}
@@ -146,7 +147,7 @@ pe_probe_prepare(PeProbe *p, const char *dbname)
 	Oid			argtypes[1] = {TEXTOID};
 	Datum		values[1];
 
-	if (def == NULL)
+	if (def == NULL || def->id != p->ref.id)
 	{
 		p->wanted = false;
 		return;
@@ -226,7 +227,7 @@ pe_probe_locate(Oid dboid, PeProbe *p, int32 part, bool create, TimestampTz now,
 
 	for (int slot = 0; slot < p->parallelism; slot++)
 	{
-		s = pe_slot_entry(dboid, p->name, slot, false);
+		s = pe_slot_entry(dboid, &p->ref, slot, false);
 		if (s == NULL)
 			continue;
 		if (s->pid != 0 || s->state == PE_SLOT_STARTING || s->state == PE_SLOT_RUNNING)
@@ -240,7 +241,7 @@ pe_probe_locate(Oid dboid, PeProbe *p, int32 part, bool create, TimestampTz now,
 	}
 	if (!create)
 		return NULL;
-	s = pe_slot_entry(dboid, p->name, part % Max(p->parallelism, 1), true);
+	s = pe_slot_entry(dboid, &p->ref, part % Max(p->parallelism, 1), true);
 	if (s == NULL || s->npartitions >= PE_SLOT_MAX_PARTITIONS)
 		return NULL;
 	k = s->npartitions++;
@@ -354,7 +355,7 @@ pe_probe_watermarks(Oid dboid, PeProbe *p, TimestampTz now)
 	}
 	for (int slot = 0; slot < p->parallelism; slot++)
 	{
-		PeSlot	   *s = pe_slot_entry(dboid, p->name, slot, false);
+		PeSlot	   *s = pe_slot_entry(dboid, &p->ref, slot, false);
 		int64		lag = 0;
 
 		if (s == NULL || s->pid != 0 || s->state == PE_SLOT_STARTING || s->state == PE_SLOT_RUNNING)
@@ -429,7 +430,7 @@ pe_probe_overdue_cmp(const ListCell *a, const ListCell *b)
  * dropped.  Errors are logged and the round skipped: the manager must go on.
  */
 void
-pe_probe_round(Oid dboid, const char (*names)[NAMEDATALEN], int n)
+pe_probe_round(Oid dboid, const PeConsumerRef *consumers, int n)
 {
 	TimestampTz now = GetCurrentTimestamp();
 	List	   *due = NIL;
@@ -445,15 +446,16 @@ pe_probe_round(Oid dboid, const char (*names)[NAMEDATALEN], int n)
 	{
 		PeProbe    *p = NULL;
 
-		if (pe_probe_has_worker(dboid, names[i]))
+		if (pe_probe_has_worker(dboid, &consumers[i]))
 			continue;
 		foreach(lc, probes)
-			if (strcmp(((PeProbe *) lfirst(lc))->name, names[i]) == 0)
+			if (((PeProbe *) lfirst(lc))->ref.id == consumers[i].id)
 				p = lfirst(lc);
 		if (p == NULL)
 		{
 			p = MemoryContextAllocZero(probe_cxt, sizeof(PeProbe));
-			strlcpy(p->name, names[i], NAMEDATALEN);
+			p->ref = consumers[i];
+			p->name = p->ref.name;
 			probes = lappend(probes, p);
 		}
 		p->wanted = true;

@@ -109,7 +109,8 @@ pe_snapshot_slots(int *n)
 	/* count first: an entry is large, and most of the table is usually free */
 	LWLockAcquire(pe_shared->lock, LW_SHARED);
 	for (int i = 0; i < pe_shared->max_slots; i++)
-		if (pe_shared->slots[i].state != PE_SLOT_FREE && pe_shared->slots[i].dboid == MyDatabaseId)
+		if (pe_shared->slots[i].state != PE_SLOT_FREE && pe_shared->slots[i].dboid == MyDatabaseId &&
+			!pe_shared->slots[i].dropped)
 			room++;
 	LWLockRelease(pe_shared->lock);
 
@@ -118,7 +119,8 @@ pe_snapshot_slots(int *n)
 	*n = 0;
 	LWLockAcquire(pe_shared->lock, LW_SHARED);
 	for (int i = 0; i < pe_shared->max_slots && *n < room; i++)
-		if (pe_shared->slots[i].state != PE_SLOT_FREE && pe_shared->slots[i].dboid == MyDatabaseId)
+		if (pe_shared->slots[i].state != PE_SLOT_FREE && pe_shared->slots[i].dboid == MyDatabaseId &&
+			!pe_shared->slots[i].dropped)
 			copy[(*n)++] = pe_shared->slots[i];
 	LWLockRelease(pe_shared->lock);
 	return copy;
@@ -129,7 +131,7 @@ pe_snapshot_slots(int *n)
  * stopped) when create is set and one is free; lock held exclusively.
  */
 PeSlot *
-pe_slot_entry(Oid dboid, const char *consumer, int slot, bool create)
+pe_slot_entry(Oid dboid, const PeConsumerRef *consumer, int slot, bool create)
 {
 	PeSlot	   *free_s = NULL;
 
@@ -143,7 +145,7 @@ pe_slot_entry(Oid dboid, const char *consumer, int slot, bool create)
 				free_s = s;
 			continue;
 		}
-		if (s->dboid == dboid && s->slot == slot && strcmp(s->consumer, consumer) == 0)
+		if (s->dboid == dboid && s->slot == slot && s->consumer_id == consumer->id && !s->dropped)
 			return s;
 	}
 	if (!create || free_s == NULL)
@@ -151,10 +153,46 @@ pe_slot_entry(Oid dboid, const char *consumer, int slot, bool create)
 	memset(free_s, 0, sizeof(PeSlot));
 	free_s->created_at = GetCurrentTimestamp();
 	free_s->dboid = dboid;
-	strlcpy(free_s->consumer, consumer, NAMEDATALEN);
+	free_s->consumer_id = consumer->id;
+	strlcpy(free_s->consumer, consumer->name, NAMEDATALEN);
 	free_s->slot = slot;
 	free_s->state = PE_SLOT_STOPPED;
 	return free_s;
+}
+
+/*
+ * A consumer was dropped: its entries are shown nowhere from now on, and
+ * what they held (its last error, its figures) is cleared.  Entries whose
+ * worker still runs stay, marked, until their database's manager has
+ * stopped it; the others are free at once.
+ */
+void
+pe_slots_forget_consumer(Oid dboid, int64 consumer_id)
+{
+	LWLockAcquire(pe_shared->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < pe_shared->max_slots; i++)
+	{
+		PeSlot	   *s = &pe_shared->slots[i];
+		PeSlotState state = s->state;
+		pid_t		pid = s->pid;
+		int			slot = s->slot;
+		uint32		incarnation = s->incarnation;
+
+		if (state == PE_SLOT_FREE || s->dboid != dboid || s->consumer_id != consumer_id)
+			continue;
+		memset(s, 0, sizeof(PeSlot));
+		if (pid == 0 && state != PE_SLOT_STARTING)
+			continue;			/* PE_SLOT_FREE */
+		s->state = state;
+		s->pid = pid;
+		s->dboid = dboid;
+		s->consumer_id = consumer_id;
+		s->slot = slot;
+		s->incarnation = incarnation;
+		s->dropped = true;
+		s->stop_requested = true;
+	}
+	LWLockRelease(pe_shared->lock);
 }
 
 /* The 10-second period bucket for a time, cleared when it is reused. */

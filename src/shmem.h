@@ -63,7 +63,9 @@ typedef struct PeSlot
 {
 	PeSlotState state;
 	Oid			dboid;
-	char		consumer[NAMEDATALEN];
+	int64		consumer_id;	/* the consumer's identity (pipeline.consumer.id) */
+	char		consumer[NAMEDATALEN];	/* its name, for display */
+	bool		dropped;		/* the consumer was dropped: shown nowhere */
 	int			slot;
 	uint32		incarnation;	/* bumped at every start */
 	uint32		reseeks;		/* bumped when the stored offsets were reset */
@@ -108,6 +110,13 @@ typedef struct PeSlot
 	TimestampTz latency_since;
 } PeSlot;
 
+/* A consumer as the shared-memory entries know it: identity and name. */
+typedef struct PeConsumerRef
+{
+	int64		id;
+	char		name[NAMEDATALEN];
+} PeConsumerRef;
+
 /* One database the launcher keeps a manager running in. */
 typedef struct PeDatabase
 {
@@ -141,7 +150,8 @@ extern PeSharedState *pe_shared;
 extern void pe_shmem_init_hooks(void);
 extern void pe_require_preload(void);
 extern PeSlot *pe_snapshot_slots(int *n);
-extern PeSlot *pe_slot_entry(Oid dboid, const char *consumer, int slot, bool create);
+extern PeSlot *pe_slot_entry(Oid dboid, const PeConsumerRef *consumer, int slot, bool create);
+extern void pe_slots_forget_consumer(Oid dboid, int64 consumer_id);
 extern int	pe_slot_period(PeSlot *s, TimestampTz t);
 
 /* lag.c */

@@ -164,17 +164,20 @@ pe_slot_init(void)
 {
 	PeSlot	   *s = &pe_shared->slots[pe_run->slot_index];
 	char		name[NAMEDATALEN];
+	int64		id;
 	MemoryContext old;
 
 	LWLockAcquire(pe_shared->lock, LW_SHARED);
 	strlcpy(name, s->consumer, NAMEDATALEN);
+	id = s->consumer_id;
 	pe_run->slot = s->slot;
 	LWLockRelease(pe_shared->lock);
 
 	pe_xact_begin();
 	old = MemoryContextSwitchTo(TopMemoryContext);
 	pe_run->def = pe_consumer_read(name, true);
-	if (pe_run->def == NULL || !pe_run->def->enabled)
+	/* gone, stopped, or dropped and its name taken by another consumer */
+	if (pe_run->def == NULL || !pe_run->def->enabled || pe_run->def->id != id)
 	{
 		MemoryContextSwitchTo(old);
 		pe_xact_commit();
@@ -203,7 +206,7 @@ pe_slot_init(void)
 		ereport(LOG,
 				(errmsg("pipeline_ext consumer %s/%d %s", name, pe_run->slot, msg),
 				 errhint("Drop the consumer, or create it again on a new table.")));
-		pe_consumer_record_error(name, msg, true);
+		pe_consumer_record_error(pe_run->def->id, msg, true);
 		MemoryContextSwitchTo(old);
 		pe_xact_commit();
 		pe_slot_record_error(msg);
@@ -360,13 +363,12 @@ pe_slot_apply_batch(rd_kafka_message_t **rkm, int n, int64 *ndead, char **stop_e
 		else
 			next[k] = Max(next[k], m->offset + 1);
 	}
+	/*
+	 * Fenced in every delivery mode: a reset_offsets() that committed while
+	 * this batch was collected or applied must not be overwritten by it.
+	 */
 	for (int k = 0; k < np; k++)
-	{
-		if (!pe_run->exactly_once)
-			expected[k] = PE_OFFSET_NO_FENCE;	/* Kafka holds the offsets */
-		else
-			expected[k] = (pids[k] < pe_run->npart) ? pe_run->parts[pids[k]].stored : -1;
-	}
+		expected[k] = (pids[k] < pe_run->npart) ? pe_run->parts[pids[k]].stored : -1;
 
 	/* after ALTER TABLE: describe the target again (types, columns, keys) */
 	AcceptInvalidationMessages();
@@ -381,6 +383,7 @@ pe_slot_apply_batch(rd_kafka_message_t **rkm, int n, int64 *ndead, char **stop_e
 	}
 
 	w.consumer = pe_run->def->name;
+	w.consumer_id = pe_run->def->id;
 	w.plan = pe_run->offset_plan;
 	w.n = np;
 	w.partitions = pids;
@@ -633,7 +636,7 @@ pe_slot_loop(void)
 			ereport(LOG,
 					(errmsg("pipeline_ext consumer %s/%d stopped: %s", pe_run->def->name, pe_run->slot, stop_error)));
 			pe_xact_begin();
-			pe_consumer_record_error(pe_run->def->name, msg, true);
+			pe_consumer_record_error(pe_run->def->id, msg, true);
 			pe_xact_commit();
 			pe_slot_record_error(msg);
 			pe_wake_manager(MyDatabaseId);

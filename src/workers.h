@@ -75,7 +75,8 @@ extern PGDLLEXPORT void pe_launcher_main(Datum arg);
 extern PGDLLEXPORT void pe_manager_main(Datum arg);
 
 /* probe.c: fresh lag figures for consumers that have no running worker */
-extern void pe_probe_round(Oid dboid, const char (*names)[NAMEDATALEN], int n);
+struct PeConsumerRef;
+extern void pe_probe_round(Oid dboid, const struct PeConsumerRef *consumers, int n);
 
 /* slot.c */
 extern PGDLLEXPORT void pe_slot_main(Datum arg);

@@ -372,7 +372,7 @@ wait_for(q{SELECT count(*) FROM droptgt_t}, '1', 'dropped target: the consumer a
 sql(q{DROP TABLE droptgt_t});
 produce('droptgt', q{SELECT json_build_object('id', 2, 'v', 2)::text, '2'});
 wait_for(q{SELECT enabled || '|' || last_error FROM pipeline.consumers WHERE name = 'droptgt'},
-	'false|stopped: the target table of consumer "droptgt" was dropped',
+	'false|the target table public.droptgt_t was dropped',
 	'dropped target: the consumer stops, and says why, instead of restarting forever');
 wait_for(q{SELECT state || '|' || (worker_pid IS NULL) FROM pipeline.consumer_status WHERE consumer = 'droptgt'},
 	'stopped|true', '... and its worker is gone');

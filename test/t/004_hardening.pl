@@ -1,0 +1,173 @@
+# Hardening (issue 9): what belongs to a consumer follows its identity, not
+# its name; a dropped target is never written to again, whatever table later
+# gets its number; reset_offsets holds in every delivery mode; dead letters
+# keep their headers as bytes, so that a replay reproduces the message.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use IPC::Run qw(run timeout);
+use PipelineExt::Broker;
+
+my $broker = PipelineExt::Broker->start(
+	brokers => 1,
+	topics => { ident => 1, ident2 => 1, fence => 1, hdrs => 1, gone => 1 });
+my $bs = $broker->bootstrap;
+
+my $node = PostgreSQL::Test::Cluster->new('hardening');
+$node->init;
+$node->append_conf('postgresql.conf', qq{
+shared_preload_libraries = 'pipeline_ext'
+max_worker_processes = 20
+log_min_messages = info
+});
+$node->start;
+$node->safe_psql('postgres', 'CREATE EXTENSION pipeline_ext');
+$node->safe_psql('postgres', "SELECT pipeline.create_connection('local', '$bs')");
+
+sub sql { return $node->safe_psql('postgres', $_[0]); }
+
+sub wait_for
+{
+	my ($query, $expected, $name) = @_;
+	my $ok = $node->poll_query_until('postgres', $query, $expected);
+	ok($ok, $name) or diag("last result: " . $node->safe_psql('postgres', $query));
+}
+
+sub produce
+{
+	my ($topic, $select) = @_;
+	sql("SELECT count(*) FROM ($select) s(v, k), LATERAL pipeline.produce('local', '$topic', v, k)");
+}
+
+# --- points 2 and 4: a consumer's name can be reused, its identity not -------
+# alice's consumer has a dead letter, figures and an error of hers in shared
+# memory.  She drops it, and bob creates a consumer of the same name in the
+# same transaction (so that nothing in between can tidy up): bob gets none
+# of it, and cannot replay her dead letter into his table.
+sql(qq{
+CREATE ROLE alice; CREATE ROLE bob;
+GRANT EXECUTE ON FUNCTION pipeline.create_connection(text, text, jsonb) TO alice, bob;
+GRANT CREATE ON SCHEMA public TO alice, bob;
+SET ROLE alice;
+SELECT pipeline.create_connection('alice_conn', '$bs');
+CREATE TABLE alice_t (id int PRIMARY KEY, secret text CHECK (secret <> 'reject'));
+CREATE FUNCTION alice_guard() RETURNS trigger LANGUAGE plpgsql AS \$\$
+BEGIN
+  IF NEW.secret = 'boom' THEN
+    RAISE EXCEPTION 'alice-private: % refused', NEW.secret USING ERRCODE = 'insufficient_privilege';
+  END IF;
+  RETURN NEW;
+END \$\$;
+CREATE TRIGGER alice_guard BEFORE INSERT ON alice_t FOR EACH ROW EXECUTE FUNCTION alice_guard();
+SELECT pipeline.create_consumer('shared', 'alice_conn', 'ident', 'alice_t');
+RESET ROLE;
+SET ROLE bob;
+SELECT pipeline.create_connection('bob_conn', '$bs');
+CREATE TABLE bob_t (id int PRIMARY KEY, secret text);
+});
+produce('ident', q{VALUES ('{"id": 1, "secret": "alice-one"}', '1'), ('{"id": 2, "secret": "reject"}', '2')});
+wait_for(q{SELECT (SELECT count(*) FROM alice_t) || '/' || (SELECT count(*) FROM pipeline.dead_letters WHERE consumer = 'shared')},
+	'1/1', "alice's consumer applies one message and keeps one dead letter");
+produce('ident', q{VALUES ('{"id": 3, "secret": "boom"}', '3')});
+wait_for(q{SELECT last_error FROM pipeline._slots() WHERE consumer = 'shared'},
+	'alice-private: boom refused', "alice's worker fails with an error about her data");
+sql(q{
+BEGIN;
+SET ROLE alice;
+SELECT pipeline.drop_consumer('shared');
+RESET ROLE;
+SET ROLE bob;
+SELECT pipeline.create_consumer('shared', 'bob_conn', 'ident2', 'bob_t');
+COMMIT;
+});
+is(sql(q{SELECT count(*) FROM pipeline._slots() WHERE consumer = 'shared' AND (messages > 0 OR dead_letters > 0 OR last_error IS NOT NULL)}),
+	'0', "point 4: bob's new consumer shows none of alice's figures or errors, at once");
+wait_for(q{SELECT string_agg(state, ',') FROM pipeline.consumer_status WHERE consumer = 'shared'}, 'running',
+	"bob's consumer runs");
+is(sql(q{SET ROLE bob; SELECT coalesce(last_error, '-') || '|' || messages || '|' || dead_letters
+          FROM pipeline._slots() WHERE consumer = 'shared'}),
+	'-|0|0', "point 4: ... nor once its worker runs: no error, no messages, no dead letters");
+is(sql(q{SET ROLE bob; SELECT replayed || '/' || failed FROM pipeline.replay_dead_letters('shared')}), '0/0',
+	"point 2: bob's replay_dead_letters of the same name replays nothing of alice's");
+is(sql('SELECT count(*) FROM bob_t'), '0', "point 2: ... and nothing of hers is written to bob's table");
+is(sql(q{SET ROLE alice; SELECT consumer || '|' || (consumer_id IS NULL) || '|' || convert_from(value, 'UTF8') FROM pipeline.dead_letters}),
+	'shared|true|{"id": 2, "secret": "reject"}', "point 2: alice's dead letter stays hers, belonging to no consumer");
+is(sql(q{SET ROLE bob; SELECT count(*) FROM pipeline.dead_letters}), '0', '... and bob cannot see it');
+sql(q{SET ROLE bob; SELECT pipeline.drop_consumer('shared')});
+
+# --- point 7: a dropped target is forgotten ----------------------------------
+# PostgreSQL may give a dropped table's number to a new table: the consumer
+# must never write there.  Dropping the target disables the consumer and
+# forgets the number; starting it again is refused.
+sql(q{
+CREATE TABLE gone_t (id int PRIMARY KEY);
+SELECT pipeline.create_consumer('gone', 'local', 'gone', 'gone_t');
+DROP TABLE gone_t;
+});
+is(sql(q{SELECT coalesce(target::text, 'NULL') || '|' || enabled || '|' || last_error FROM pipeline.consumers WHERE name = 'gone'}),
+	'NULL|false|the target table public.gone_t was dropped',
+	'point 7: dropping the target disables its consumer and forgets the table number, at once');
+my ($ret, $out, $err) = $node->psql('postgres', q{SELECT pipeline.start_consumer('gone')});
+like($err, qr/ERROR:  the target table of consumer "gone" was dropped\nHINT:  Drop the consumer and create it again/,
+	'point 7: start_consumer refuses a consumer whose target was dropped');
+sql(q{SELECT pipeline.drop_consumer('gone')});
+
+# --- point 10: reset_offsets holds outside exactly_once too -------------------
+# The worker's batch waits on a lock of the target while reset_offsets
+# commits; when the lock goes, the batch must not overwrite the reset.
+sql(q{
+CREATE TABLE fence_t (n int);
+SELECT pipeline.create_consumer('fence', 'local', 'fence', 'fence_t', mode => 'append', delivery => 'at_least_once');
+});
+produce('fence', q{SELECT json_build_object('n', g)::text, NULL FROM generate_series(1, 5) g});
+wait_for(q{SELECT count(*) FROM fence_t}, '5', 'fence: five messages applied');
+my $locker = $node->background_psql('postgres');
+$locker->query_safe('BEGIN; LOCK TABLE fence_t IN ACCESS EXCLUSIVE MODE;');
+produce('fence', q{SELECT json_build_object('n', g)::text, NULL FROM generate_series(6, 10) g});
+wait_for(q{SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pipeline_ext consumer fence/0' AND wait_event_type = 'Lock'},
+	'1', 'fence: the batch waits on the lock of its table');
+is(sql(q{SELECT string_agg(new_offset::text, ',') FROM pipeline.reset_offsets('fence', 'earliest')}), '0',
+	'fence: reset_offsets commits while the batch waits');
+$locker->query_safe('COMMIT;');
+$locker->quit;
+# the waiting batch is rolled back and the whole topic read again: the
+# first five twice, the next five once (without the fence: 10 rows, the
+# reset lost under the batch's offsets)
+wait_for(q{SELECT count(*) || '/' || count(DISTINCT n) FROM fence_t}, '15/10',
+	'point 10: at_least_once: the waiting batch did not overwrite the reset: the topic is read again');
+is(sql(q{SELECT next_offset FROM pipeline.offsets WHERE consumer = 'fence'}), '10', '... and its offset is where it should be');
+sql(q{SELECT pipeline.drop_consumer('fence')});
+
+# --- point 15: dead-letter headers kept as bytes -------------------------------
+# A header name that is not UTF-8, and a repeated name: the dead letter keeps
+# all of them as they came (headers_raw), a readable form besides (headers),
+# and a replay applies the message with the headers it came with.
+sql(q{
+CREATE TABLE hdr_t (id int PRIMARY KEY, v text CHECK (v <> 'reject'), h jsonb, dup text);
+SELECT pipeline.create_consumer('hdrs', 'local', 'hdrs', 'hdr_t',
+    column_map => '{"h": "$headers", "dup": "$header.dup"}');
+});
+my ($kout, $kerr);
+run([ 'kcat', '-P', '-b', $bs, '-t', 'hdrs', '-k', 'k1', '-H', "\xff\xfe=bin", '-H', 'dup=first', '-H', 'dup=second' ],
+	'<', \'{"id": 1, "v": "reject"}', '>', \$kout, '2>', \$kerr, timeout(60)) or diag("kcat: $kerr");
+wait_for(q{SELECT count(*) FROM pipeline.dead_letters WHERE consumer = 'hdrs'}, '1', 'headers: the message is a dead letter');
+is(sql(q{SELECT array_length(headers_raw, 1) || '|' || encode(headers_raw[1][1], 'hex') || '=' || encode(headers_raw[1][2], 'escape')
+          || '|' || encode(headers_raw[2][1], 'escape') || '=' || encode(headers_raw[2][2], 'escape')
+          || '|' || encode(headers_raw[3][1], 'escape') || '=' || encode(headers_raw[3][2], 'escape')
+          FROM pipeline.dead_letters WHERE consumer = 'hdrs'}),
+	'3|fffe=bin|dup=first|dup=second', 'point 15: headers_raw keeps every header as bytes, in order, repeats included');
+is(sql(q{SELECT headers FROM pipeline.dead_letters WHERE consumer = 'hdrs'}),
+	'{"dup": "second", "\\\\xfffe": "bin"}', 'point 15: headers keeps a readable form, the name that is not text in hex');
+sql(q{ALTER TABLE hdr_t DROP CONSTRAINT hdr_t_v_check});
+is(sql(q{SELECT replayed || '/' || failed FROM pipeline.replay_dead_letters('hdrs')}), '1/0', 'headers: the replay applies it');
+is(sql(q{SELECT h::text || '|' || dup FROM hdr_t}), '{"dup": "second", "\\\\xfffe": "bin"}|second',
+	'point 15: ... with the headers it came with');
+sql(q{SELECT pipeline.drop_consumer('hdrs')});
+
+$node->stop;
+my $log = slurp_file($node->logfile);
+unlike($log, qr/terminated by signal/, 'no worker crashed');
+$broker->stop;
+done_testing();
