@@ -202,6 +202,7 @@ pe_reconcile(Oid dboid, PeManagedConsumer *cons, int ncons, PeErrorNote *notes, 
 				case PE_SLOT_FREE:
 				case PE_SLOT_STOPPED:
 					s->backoff = 0;
+					s->apply_failures = 0;
 					pe_start_slot(s);
 					break;
 				case PE_SLOT_FAILED:

@@ -28,6 +28,7 @@ PG_MODULE_MAGIC;
 int			pe_produce_timeout_ms = 30000;
 int			pe_max_consumer_slots = 64;
 int			pe_lag_window_ms = 300000;
+int			pe_max_apply_failures = 10;
 int			pe_health_lag_messages = 1000;
 int			pe_health_latency_ms = 500;
 double		pe_health_error_rate = 0.001;
@@ -98,6 +99,16 @@ _PG_init(void)
 							300000, 1000, 24 * 3600 * 1000,
 							PGC_SIGHUP,
 							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("pipeline_ext.max_apply_failures",
+							"Failed attempts in a row to apply a batch after which a consumer stops.",
+							"For errors that are not about a row (those make dead letters) and "
+							"not transient: a trigger that runs SET ROLE, a revoked privilege. "
+							"The worker is restarted with backoff until then. 0 retries forever.",
+							&pe_max_apply_failures,
+							10, 0, 1000,
+							PGC_SIGHUP,
+							0,
 							NULL, NULL, NULL);
 	DefineCustomIntVariable("pipeline_ext.health_lag_messages",
 							"Lag, in messages, above which pipeline.health warns about a consumer.",

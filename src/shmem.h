@@ -75,6 +75,7 @@ typedef struct PeSlot
 	bool		stop_requested; /* pipeline_ext itself told the worker to stop */
 	int			restarts;		/* since server start */
 	int			backoff;		/* consecutive quick failures */
+	int			apply_failures; /* failed attempts to apply a batch since the last commit */
 	TimestampTz started_at;
 	TimestampTz restart_at;
 	TimestampTz last_error_at;

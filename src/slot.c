@@ -411,6 +411,22 @@ pe_slot_apply_batch(rd_kafka_message_t **rkm, int n, int64 *ndead, char **stop_e
 	return outcome;
 }
 
+/*
+ * Count a failed attempt to apply a batch (shared memory: it outlives the
+ * worker).  True when it was the last one allowed.
+ */
+static bool
+pe_slot_count_apply_failure(void)
+{
+	PeSlot	   *s = &pe_shared->slots[pe_run->slot_index];
+	int			n;
+
+	LWLockAcquire(pe_shared->lock, LW_EXCLUSIVE);
+	n = ++s->apply_failures;
+	LWLockRelease(pe_shared->lock);
+	return pe_max_apply_failures > 0 && n >= pe_max_apply_failures;
+}
+
 static bool
 pe_error_is_transient(int sqlerrcode)
 {
@@ -465,16 +481,40 @@ pe_slot_try_batch(rd_kafka_message_t **batch, int n, PeBatchOutcome *outcome,
 		HOLD_INTERRUPTS();
 		MemoryContextSwitchTo(old);
 		edata = CopyErrorData();
-		if (!pe_error_is_transient(edata->sqlerrcode) || ProcDiePending)
+		if (ProcDiePending)
 		{
 			RESUME_INTERRUPTS();
 			PG_RE_THROW();
 		}
-		EmitErrorReport();
+		if (!pe_error_is_transient(edata->sqlerrcode))
+		{
+			/*
+			 * Not about a row, and not transient (a trigger that runs SET
+			 * ROLE, a revoked privilege): the worker fails and is restarted
+			 * with backoff, in case someone fixes the cause, but only so
+			 * many times in a row before the consumer stops.  The brokers
+			 * (a group commit before the apply) are retried forever.
+			 */
+			if (ERRCODE_TO_CATEGORY(edata->sqlerrcode) == ERRCODE_CONNECTION_EXCEPTION ||
+				!pe_slot_count_apply_failure())
+			{
+				RESUME_INTERRUPTS();
+				PG_RE_THROW();
+			}
+			EmitErrorReport();
+			*outcome = PE_BATCH_STOP;
+			*stop_error = psprintf("%d attempts in a row to apply a batch failed "
+								   "(pipeline_ext.max_apply_failures): %s",
+								   pe_max_apply_failures, edata->message);
+		}
+		else
+		{
+			EmitErrorReport();
+			ok = false;
+		}
 		FlushErrorState();
 		AbortOutOfAnyTransaction();
 		RESUME_INTERRUPTS();
-		ok = false;
 	}
 	PG_END_TRY();
 	MemoryContextSwitchTo(old);

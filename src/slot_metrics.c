@@ -39,6 +39,7 @@ pe_slot_record_batch(rd_kafka_message_t **batch, int n, size_t bytes, int64 ndea
 	s->bytes += bytes;
 	s->batches++;
 	s->dead_letters += ndead;
+	s->apply_failures = 0;
 	s->last_batch_at = now;
 	s->period_msgs[pe_slot_period(s, now)] += n;
 	if (s->latency_since == 0 || now - s->latency_since >= (int64) PE_LATENCY_WINDOW_SECS * USECS_PER_SEC)

@@ -12,7 +12,7 @@ use PipelineExt::Broker;
 
 my $broker = PipelineExt::Broker->start(
 	brokers => 1,
-	topics => { ident => 1, ident2 => 1, fence => 1, hdrs => 1, gone => 1 });
+	topics => { ident => 1, ident2 => 1, fence => 1, hdrs => 1, gone => 1, setrole => 1 });
 my $bs = $broker->bootstrap;
 
 my $node = PostgreSQL::Test::Cluster->new('hardening');
@@ -165,6 +165,29 @@ is(sql(q{SELECT replayed || '/' || failed FROM pipeline.replay_dead_letters('hdr
 is(sql(q{SELECT h::text || '|' || dup FROM hdr_t}), '{"dup": "second", "\\\\xfffe": "bin"}|second',
 	'point 15: ... with the headers it came with');
 sql(q{SELECT pipeline.drop_consumer('hdrs')});
+
+# --- point 11: an error that is not about a row stops the consumer -----------
+# A trigger that runs SET ROLE fails whatever the row: the worker is
+# restarted with backoff, but after pipeline_ext.max_apply_failures attempts
+# in a row the consumer stops, with the error shown.  Nothing is lost: once
+# the cause is fixed, start_consumer applies the message.
+sql(q{
+ALTER SYSTEM SET pipeline_ext.max_apply_failures = 3;
+SELECT pg_reload_conf();
+CREATE TABLE setrole_t (id int PRIMARY KEY);
+CREATE FUNCTION setrole_trg() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN SET ROLE alice; RETURN NEW; END $$;
+CREATE TRIGGER setrole_trg BEFORE INSERT ON setrole_t FOR EACH ROW EXECUTE FUNCTION setrole_trg();
+SELECT pipeline.create_consumer('setrole', 'local', 'setrole', 'setrole_t');
+});
+produce('setrole', q{VALUES ('{"id": 1}', '1')});
+wait_for(q{SELECT enabled || '|' || last_error FROM pipeline.consumers WHERE name = 'setrole'},
+	'false|stopped on error: 3 attempts in a row to apply a batch failed (pipeline_ext.max_apply_failures): '
+	  . 'cannot set parameter "role" within security-definer function',
+	'point 11: a non-row error stops the consumer after max_apply_failures attempts, saying why');
+is(sql(q{SELECT count(*) FROM pipeline.dead_letters WHERE consumer = 'setrole'}), '0', '... the message is not a dead letter');
+sql(q{DROP TRIGGER setrole_trg ON setrole_t; SELECT pipeline.start_consumer('setrole')});
+wait_for(q{SELECT count(*) FROM setrole_t}, '1', '... and once the cause is gone, start_consumer applies it');
+sql(q{SELECT pipeline.drop_consumer('setrole'); ALTER SYSTEM RESET pipeline_ext.max_apply_failures; SELECT pg_reload_conf()});
 
 $node->stop;
 my $log = slurp_file($node->logfile);
