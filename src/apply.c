@@ -132,9 +132,13 @@ pe_build_statements(PeTarget *t)
 	}
 }
 
-/* Execute the insert (or delete) for rows[0..n) in a subtransaction. */
+/*
+ * Execute the insert (or delete) for rows[0..n) in a subtransaction: kept
+ * when keep is set, else rolled back even when it succeeds (a trial, which
+ * leaves nothing behind, not even a subtransaction id in the cache).
+ */
 ErrorData *
-pe_try_statement(PeTarget *t, PeRow **rows, int n, bool is_delete, int64 *processed)
+pe_try_statement(PeTarget *t, PeRow **rows, int n, bool is_delete, bool keep, int64 *processed)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	ResourceOwner owner = CurrentResourceOwner;
@@ -169,7 +173,10 @@ pe_try_statement(PeTarget *t, PeRow **rows, int n, bool is_delete, int64 *proces
 		if (rc < 0)
 			elog(ERROR, "could not apply a batch of consumer \"%s\": %s", t->def->name, SPI_result_code_string(rc));
 		*processed = SPI_processed;
-		ReleaseCurrentSubTransaction();
+		if (keep)
+			ReleaseCurrentSubTransaction();
+		else
+			RollbackAndReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(cxt);
 		CurrentResourceOwner = owner;
 	}

@@ -122,6 +122,7 @@ typedef struct PeTarget
 	bool		flat_json;		/* every field column is a top-level field */
 	SPIPlanPtr	apply_plan;
 	SPIPlanPtr	delete_plan;
+	MemoryContext cxt;			/* holds all of the above (pe_target_open) */
 } PeTarget;
 
 /* One decoded message. */
@@ -226,7 +227,8 @@ extern void pe_dedup(PeTarget *t, PeMessage *msgs, PeRow *rows, int nrows);
 
 /* apply.c */
 extern void pe_build_statements(PeTarget *t);
-extern ErrorData *pe_try_statement(PeTarget *t, PeRow **rows, int n, bool is_delete, int64 *processed);
+extern ErrorData *pe_try_statement(PeTarget *t, PeRow **rows, int n, bool is_delete, bool keep,
+								   int64 *processed);
 extern void pe_apply(PeTarget *t, PeRow *rows, int nrows, PeBatchResult *res);
 
 /* deadletter.c */

@@ -3,10 +3,11 @@
  * deadletter.c
  *	  Nothing is dropped: a statement that fails for reasons of its rows
  *	  (data errors, constraint violations, errors raised by triggers) is
- *	  retried on halves of the batch until the bad rows are isolated, each
- *	  becoming a dead letter with its error and SQLSTATE, while the good ones
- *	  are applied.  Errors that are not about rows (privileges, a missing
- *	  table, cancel) propagate: the caller retries or stops the batch.
+ *	  tried again on halves of the batch, each trial rolled back, until the
+ *	  bad rows are found, each becoming a dead letter with its error and
+ *	  SQLSTATE; the good ones are then applied in one statement.  Errors
+ *	  that are not about rows (privileges, a missing table, cancel)
+ *	  propagate: the caller retries or stops the batch.
  *
  *	  A slot records its dead letters in pipeline.dead_letters, in the
  *	  batch's transaction; a replay deletes the rows that now apply and
@@ -66,18 +67,55 @@ pe_add_dead(PeBatchResult *res, int msg_index, ErrorData *edata)
 }
 
 /*
- * Apply rows[0..n) (apply.c); when the statement fails for reasons of its
- * rows, isolate the rows that fail by halving.
+ * Find the rows of rows[0..n), known to fail together, that fail on their
+ * own, by halving: every trial is rolled back, so however many there are,
+ * none stays open in the transaction.  Marks them in bad[], adds their dead
+ * letters; returns how many.
  */
-void
-pe_deadletter_isolate(PeTarget *t, PeRow **rows, int n, bool is_delete, PeBatchResult *res)
+static int
+pe_deadletter_find(PeTarget *t, PeRow **rows, int n, bool *bad, bool is_delete,
+				   ErrorData *edata, PeBatchResult *res)
+{
+	int			found = 0;
+
+	if (n == 1)
+	{
+		pe_add_dead(res, rows[0]->msg_index, edata);
+		bad[0] = true;
+		return 1;
+	}
+	for (int half = 0; half < 2; half++)
+	{
+		int			from = half == 0 ? 0 : n / 2;
+		int			m = half == 0 ? n / 2 : n - n / 2;
+		int64		processed = 0;
+		ErrorData  *e = pe_try_statement(t, rows + from, m, is_delete, false, &processed);
+
+		if (e == NULL)
+			continue;
+		if (!pe_error_is_row_specific(e->sqlerrcode))
+			ReThrowError(e);
+		found += pe_deadletter_find(t, rows + from, m, bad + from, is_delete, e, res);
+		FreeErrorData(e);
+	}
+	return found;
+}
+
+/*
+ * The bisection of 0.3.0, for rows that fail together but each half alone
+ * succeeds (two rows of an append batch with one unique key): the first
+ * half is applied, then the second fails on its own.  Each applied half is
+ * a subtransaction kept until the commit, so it runs only in that case.
+ */
+static void
+pe_deadletter_bisect(PeTarget *t, PeRow **rows, int n, bool is_delete, PeBatchResult *res)
 {
 	int64		processed = 0;
 	ErrorData  *edata;
 
 	if (n == 0)
 		return;
-	edata = pe_try_statement(t, rows, n, is_delete, &processed);
+	edata = pe_try_statement(t, rows, n, is_delete, true, &processed);
 	if (edata == NULL)
 	{
 		if (is_delete)
@@ -94,8 +132,61 @@ pe_deadletter_isolate(PeTarget *t, PeRow **rows, int n, bool is_delete, PeBatchR
 		return;
 	}
 	FreeErrorData(edata);
-	pe_deadletter_isolate(t, rows, n / 2, is_delete, res);
-	pe_deadletter_isolate(t, rows + n / 2, n - n / 2, is_delete, res);
+	pe_deadletter_bisect(t, rows, n / 2, is_delete, res);
+	pe_deadletter_bisect(t, rows + n / 2, n - n / 2, is_delete, res);
+}
+
+/*
+ * Apply rows[0..n) (apply.c) in one statement; when it fails for reasons of
+ * its rows, find the rows that fail with trials that are rolled back, then
+ * apply all the others in one statement again.  With k bad rows that is
+ * about 2k log n trials, as before, but only one or two subtransactions
+ * are kept until the commit, where halving kept k log n of them: past 64,
+ * PostgreSQL's cache of a transaction's subtransactions overflows, and
+ * every snapshot in the cluster has to look into pg_subtrans until the
+ * commit.
+ */
+void
+pe_deadletter_isolate(PeTarget *t, PeRow **rows, int n, bool is_delete, PeBatchResult *res)
+{
+	while (n > 0)
+	{
+		int64		processed = 0;
+		ErrorData  *edata = pe_try_statement(t, rows, n, is_delete, true, &processed);
+		bool	   *bad;
+		int			nbad;
+		int			ngood = 0;
+		PeRow	  **good;
+
+		if (edata == NULL)
+		{
+			if (is_delete)
+				res->deleted += n;
+			else
+				res->applied += n;
+			return;
+		}
+		if (!pe_error_is_row_specific(edata->sqlerrcode))
+			ReThrowError(edata);
+		bad = palloc0(sizeof(bool) * n);
+		nbad = pe_deadletter_find(t, rows, n, bad, is_delete, edata, res);
+		FreeErrorData(edata);
+		if (nbad == 0)
+		{
+			/* no row fails alone: they fail together */
+			pfree(bad);
+			pe_deadletter_bisect(t, rows, n, is_delete, res);
+			return;
+		}
+		good = palloc(sizeof(PeRow *) * n);
+		for (int i = 0; i < n; i++)
+			if (!bad[i])
+				good[ngood++] = rows[i];
+		pfree(bad);
+		/* the others, in one statement (again: they may fail together) */
+		rows = good;
+		n = ngood;
+	}
 }
 
 /* The statement that records a slot's dead letters; kept by the caller. */
