@@ -288,7 +288,7 @@ pe_create_consumer(PG_FUNCTION_ARGS)
 	/* the target, its columns, keys and the caller's privileges */
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	(void) pe_target_open(&def, true);
+	pe_target_close(pe_target_open(&def, true));
 	SPI_finish();
 
 	memset(nulls, ' ', sizeof(nulls));

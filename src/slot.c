@@ -250,6 +250,8 @@ pe_slot_init(void)
 	/* a 4 MB block kept across resets: no page faults for every batch */
 	pe_run->batch_cxt = AllocSetContextCreate(TopMemoryContext, "pipeline_ext batch",
 										   4 * 1024 * 1024, 1024 * 1024, 16 * 1024 * 1024);
+	pe_run->loop_cxt = AllocSetContextCreate(TopMemoryContext, "pipeline_ext slot loop",
+											 ALLOCSET_DEFAULT_SIZES);
 	CacheRegisterRelcacheCallback(pe_slot_relcache_cb, (Datum) 0);
 }
 
@@ -544,6 +546,14 @@ pe_slot_loop(void)
 		int64		ndead = 0;
 		char	   *stop_error = NULL;
 		PeBatchOutcome outcome = PE_BATCH_DONE;
+
+		/*
+		 * What one turn allocates (log lines, redacted errors, an error's
+		 * copy at each retry) goes here and is freed at the next: a worker
+		 * runs for months.  What must last switches to TopMemoryContext.
+		 */
+		MemoryContextSwitchTo(pe_run->loop_cxt);
+		MemoryContextReset(pe_run->loop_cxt);
 
 		/* collect a batch */
 		pgstat_report_activity(STATE_IDLE, NULL);

@@ -58,7 +58,8 @@ typedef struct PeSlotRun
 	rd_kafka_message_t **batch;	/* messages held, freed at exit too */
 	int			batch_n;
 	bool		target_stale;	/* the target table changed: describe it again */
-	MemoryContext batch_cxt;
+	MemoryContext batch_cxt;	/* a batch's decoded rows; reset after each */
+	MemoryContext loop_cxt;		/* anything else of one turn of the loop; reset at each */
 	char	   *log_who;		/* "consumer NAME/SLOT", for its log lines */
 } PeSlotRun;
 

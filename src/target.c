@@ -30,6 +30,7 @@
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/ruleutils.h"
 #include "utils/syscache.h"
@@ -386,8 +387,8 @@ pe_resolve_keys(PeTarget *t, Relation rel)
  * allowed to do what the consumer will do.  Needs SPI and a transaction;
  * the result lives in CurrentMemoryContext, the plans are kept.
  */
-PeTarget *
-pe_target_open(PeConsumerDef *def, bool check_privileges)
+static PeTarget *
+pe_target_describe(PeConsumerDef *def, bool check_privileges)
 {
 	PeTarget   *t = palloc0(sizeof(PeTarget));
 	Relation	rel;
@@ -580,7 +581,26 @@ pe_target_open(PeConsumerDef *def, bool check_privileges)
 	return t;
 }
 
-/* Release what pe_target_open() kept (its prepared statements). */
+/*
+ * A target's description and prepared statements, in a memory context of
+ * its own under the current one: a worker describes its target again after
+ * every ALTER TABLE (and after the relcache invalidations autovacuum
+ * sends), and pe_target_close() gives all of it back at once.
+ */
+PeTarget *
+pe_target_open(PeConsumerDef *def, bool check_privileges)
+{
+	MemoryContext cxt = AllocSetContextCreate(CurrentMemoryContext, "pipeline_ext target",
+											  ALLOCSET_SMALL_SIZES);
+	MemoryContext old = MemoryContextSwitchTo(cxt);
+	PeTarget   *t = pe_target_describe(def, check_privileges);
+
+	t->cxt = cxt;
+	MemoryContextSwitchTo(old);
+	return t;
+}
+
+/* Release what pe_target_open() kept: its statements and its memory. */
 void
 pe_target_close(PeTarget *t)
 {
@@ -588,6 +608,5 @@ pe_target_close(PeTarget *t)
 		SPI_freeplan(t->apply_plan);
 	if (t->delete_plan)
 		SPI_freeplan(t->delete_plan);
-	t->apply_plan = NULL;
-	t->delete_plan = NULL;
+	MemoryContextDelete(t->cxt);
 }
