@@ -62,6 +62,19 @@ produce() {
 	    (g % 10000)::text)) FROM generate_series($from, $from + $n - 1) g" >/dev/null
 }
 applied() { psql_b -At -c "SELECT coalesce(sum(messages), 0) FROM pipeline._slots() WHERE consumer = '$1'"; }
+# the worker's PostgreSQL memory (all its memory contexts), from
+# pg_log_backend_memory_contexts(): what a leak of ours would grow
+pg_mem_bytes() {
+	local pid before
+	pid=$(psql_b -At -c "SELECT pid FROM pipeline._slots() WHERE consumer = '$1' AND pid IS NOT NULL LIMIT 1")
+	before=$(wc -l < "$BENCH/postgres.log")
+	psql_b -At -c "SELECT pg_log_backend_memory_contexts($pid)" >/dev/null
+	for _ in $(seq 50); do
+		tail -n +"$((before + 1))" "$BENCH/postgres.log" | grep -q "\[$pid\] LOG:  Grand total" && break
+		sleep 0.1
+	done
+	tail -n +"$((before + 1))" "$BENCH/postgres.log" | sed -n "s/.*\[$pid\] LOG:  Grand total: \([0-9]*\) bytes.*/\1/p" | tail -1
+}
 rss_kb() {
 	local pid
 	pid=$(psql_b -At -c "SELECT pid FROM pipeline._slots() WHERE consumer = '$1' AND pid IS NOT NULL LIMIT 1")
@@ -70,14 +83,15 @@ rss_kb() {
 
 echo "== 1. memory: $ROUNDS rounds of $ROUND messages into one upsert slot, autovacuum every ~1 s"
 psql_b -c "SELECT pipeline.create_consumer('mem', 'bench', 'mem', 'devices')" >/dev/null
-declare -a RSS
+declare -a RSS PGM
 for r in $(seq 1 "$ROUNDS"); do
 	produce mem $(( (r - 1) * ROUND + 1 )) "$ROUND"
 	while [ "$(applied mem)" -lt $(( r * ROUND )) ]; do sleep 0.2; done
 	RSS[$r]=$(rss_kb mem)
+	PGM[$r]=$(pg_mem_bytes mem)
 	vac=$(grep -cE 'automatic (aggressive )?(vacuum|analyze) of table "postgres.public.devices"' "$BENCH/postgres.log" || true)
-	printf '   round %2d: %9d messages applied, worker RssAnon %6d kB, autovacuum/analyze runs on the table so far %d\n' \
-		"$r" $(( r * ROUND )) "${RSS[$r]}" "$vac"
+	printf '   round %2d: %9d messages applied, worker RssAnon %6d kB, memory contexts %7d B, autovacuum/analyze runs on the table so far %d\n' \
+		"$r" $(( r * ROUND )) "${RSS[$r]}" "${PGM[$r]}" "$vac"
 done
 psql_b -c "SELECT pipeline.stop_consumer('mem')" >/dev/null
 
@@ -106,6 +120,8 @@ base_r=$(( ROUNDS >= 3 ? 2 : 1 )); base=${RSS[$base_r]}; top=0
 for r in $(seq "$base_r" "$ROUNDS"); do [ "${RSS[$r]}" -gt "$top" ] && top=${RSS[$r]}; done
 printf 'memory: worker RssAnon after round %d %d kB, largest after it %d kB (round %d: %d kB): ratio %s (flat: <= 1.10)\n' \
 	"$base_r" "$base" "$top" "$ROUNDS" "${RSS[$ROUNDS]}" "$(echo "scale=3; $top / $base" | bc)"
+printf 'memory: the worker'"'"'s memory contexts after round %d %d B, after round %d %d B: ratio %s (flat: <= 1.10)\n' \
+	"$base_r" "${PGM[$base_r]}" "$ROUNDS" "${PGM[$ROUNDS]}" "$(echo "scale=3; ${PGM[$ROUNDS]} / ${PGM[$base_r]}" | bc)"
 printf 'bad messages: all accepted %.2f s (%d msg/s), 1 %% refused %.2f s (%d msg/s): ratio %s\n' \
 	"$ok_s" "$(echo "$BAD_N / $ok_s" | bc)" "$bad_s" "$(echo "$BAD_N / $bad_s" | bc)" "$(echo "scale=2; $ok_s / $bad_s" | bc)"
 echo "   dead letters $dead (expected $((BAD_N / 100))); rows (10,000 keys, append) accepted / checked: $rows"

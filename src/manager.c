@@ -392,6 +392,7 @@ pe_manager_main(Datum arg)
 			pe_probe_round(MyDatabaseId, refs, ncons);
 		}
 		pgstat_report_activity(STATE_IDLE, NULL);
+		(void) pgstat_report_stat(false);	/* its catalog writes, for autovacuum */
 
 		/* stay while the database has consumers, running or not */
 		if (ncons == 0 && live == 0 && !outdated)

@@ -526,6 +526,27 @@ pe_slot_try_batch(rd_kafka_message_t **batch, int n, PeBatchOutcome *outcome,
 	return ok;
 }
 
+/*
+ * The table statistics of what the batches wrote: without them autovacuum
+ * never learns of the target's dead rows.  pgstat_report_stat(false) sends
+ * them at most once a second, judged by the last commit's time, so an idle
+ * worker would hold its last batches' figures back until the next one:
+ * once a second has passed since that commit, they are sent anyway.
+ */
+static void
+pe_slot_report_table_stats(void)
+{
+	if (!pe_run->stats_pending)
+		return;
+	if (pe_ms_since(pe_run->last_commit_at) < 1000)
+	{
+		(void) pgstat_report_stat(false);
+		return;
+	}
+	(void) pgstat_report_stat(true);
+	pe_run->stats_pending = false;
+}
+
 /* The slot's main loop: collect a batch, apply it, commit, repeat. */
 static void
 pe_slot_loop(void)
@@ -567,6 +588,8 @@ pe_slot_loop(void)
 			 * retried); while collecting there is nothing to cancel.
 			 */
 			pe_slot_wait_tick();
+
+			pe_slot_report_table_stats();
 			if (ConfigReloadPending)
 			{
 				ConfigReloadPending = false;
@@ -633,6 +656,17 @@ pe_slot_loop(void)
 				pe_run->batch_n = n;
 			}
 			pe_slot_drain_logs();
+			if (pe_run->rebalance_error[0] != '\0')
+				ereport(ERROR,
+						(errcode(ERRCODE_CONNECTION_FAILURE),
+						 errmsg("could not take the partitions the group \"%s\" gave", pe_run->def->group_id),
+						 errdetail("librdkafka: %s", pe_run->rebalance_error),
+						 errhint("The worker restarts and joins the group again.")));
+			if (pe_run->assignment_changed)
+			{
+				pe_run->assignment_changed = false;
+				pe_slot_publish_partitions();
+			}
 			if (s->reseeks != pe_run->reseeks)
 			{
 				/* reset_offsets() moved the stored offsets */
@@ -705,6 +739,8 @@ pe_slot_loop(void)
 		}
 
 		/* committed: only now does the batch count */
+		pe_run->stats_pending = true;
+		pe_run->last_commit_at = GetCurrentTimestamp();
 		pe_slot_record_batch(batch, n, bytes, ndead);
 		pe_slot_note_oldest(batch, n, false);
 		pe_slot_publish_watermarks();

@@ -58,6 +58,10 @@ typedef struct PeSlotRun
 	rd_kafka_message_t **batch;	/* messages held, freed at exit too */
 	int			batch_n;
 	bool		target_stale;	/* the target table changed: describe it again */
+	bool		assignment_changed; /* a rebalance: publish the partitions */
+	bool		stats_pending;	/* table statistics not sent since the last commit */
+	TimestampTz last_commit_at;
+	char		rebalance_error[256];	/* a rebalance failed: the loop raises it */
 	MemoryContext batch_cxt;	/* a batch's decoded rows; reset after each */
 	MemoryContext loop_cxt;		/* anything else of one turn of the loop; reset at each */
 	char	   *log_who;		/* "consumer NAME/SLOT", for its log lines */

@@ -22,6 +22,21 @@
 #include "slot.h"
 #include "workers.h"
 
+static void
+pe_slot_init_parts(PePartState *parts, int from, int to)
+{
+	for (int p = from; p < to; p++)
+	{
+		parts[p].partition = p;
+		parts[p].assigned = false;
+		parts[p].stored = -1;
+		parts[p].shm = -1;
+		parts[p].asked_high = -1;
+		parts[p].moved_at = 0;
+		parts[p].start = RD_KAFKA_OFFSET_INVALID;
+	}
+}
+
 void
 pe_slot_grow(int npart)
 {
@@ -30,17 +45,33 @@ pe_slot_grow(int npart)
 	pe_run->parts = pe_run->parts
 		? repalloc(pe_run->parts, sizeof(PePartState) * npart)
 		: palloc(sizeof(PePartState) * npart);
-	for (int p = pe_run->npart; p < npart; p++)
-	{
-		pe_run->parts[p].partition = p;
-		pe_run->parts[p].assigned = false;
-		pe_run->parts[p].stored = -1;
-		pe_run->parts[p].shm = -1;
-		pe_run->parts[p].asked_high = -1;
-		pe_run->parts[p].moved_at = 0;
-		pe_run->parts[p].start = RD_KAFKA_OFFSET_INVALID;
-	}
+	pe_slot_init_parts(pe_run->parts, pe_run->npart, npart);
 	pe_run->npart = npart;
+}
+
+/*
+ * pe_slot_grow() for a librdkafka callback, which must not throw (an
+ * ERROR would jump through librdkafka's frames): false when out of memory.
+ */
+static bool
+pe_slot_grow_quietly(int npart)
+{
+	PePartState *parts;
+
+	if (npart <= pe_run->npart)
+		return true;
+	parts = MemoryContextAllocExtended(TopMemoryContext, sizeof(PePartState) * npart, MCXT_ALLOC_NO_OOM);
+	if (parts == NULL)
+		return false;
+	if (pe_run->parts)
+	{
+		memcpy(parts, pe_run->parts, sizeof(PePartState) * pe_run->npart);
+		pfree(pe_run->parts);
+	}
+	pe_slot_init_parts(parts, pe_run->npart, npart);
+	pe_run->parts = parts;
+	pe_run->npart = npart;
+	return true;
 }
 
 /*
@@ -251,38 +282,79 @@ pe_slot_assign_manual(bool reassign, bool new_partitions)
 	pe_slot_publish_partitions();
 }
 
+/*
+ * A rebalance of the group gives or takes partitions.  Every partition
+ * given is taken, numbered past what the slot knew or not (partitions added
+ * to the topic since): its messages must not be dropped while the group's
+ * position moves on.  Runs inside a librdkafka call, so it never throws:
+ * what fails is kept in rebalance_error, for the loop to raise.
+ */
 void
 pe_slot_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 					 rd_kafka_topic_partition_list_t *partitions, void *opaque)
 {
+	bool		cooperative = strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0;
+	rd_kafka_error_t *error = NULL;
+	rd_kafka_resp_err_t aerr = RD_KAFKA_RESP_ERR_NO_ERROR;
+
 	(void) opaque;
 	if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS)
 	{
+		int32		top = -1;
+
+		for (int i = 0; i < partitions->cnt; i++)
+			top = Max(top, partitions->elems[i].partition);
+		if (!pe_slot_grow_quietly(top + 1))
+		{
+			snprintf(pe_run->rebalance_error, sizeof(pe_run->rebalance_error),
+					 "out of memory for %d partitions", top + 1);
+			return;
+		}
 		for (int i = 0; i < partitions->cnt; i++)
 		{
 			int32		p = partitions->elems[i].partition;
 
-			if (p < pe_run->npart)
-			{
-				pe_run->parts[p].assigned = true;
-				/* exactly once: the offset stored in PostgreSQL */
-				if (pe_run->exactly_once)
-					partitions->elems[i].offset = pe_run->parts[p].stored >= 0
-						? pe_run->parts[p].stored
-						: (strcmp(pe_run->def->start_offset, "latest") == 0 ? RD_KAFKA_OFFSET_END
-						   : RD_KAFKA_OFFSET_BEGINNING);
-			}
+			pe_run->parts[p].assigned = true;
+			/* exactly once: the offset stored in PostgreSQL */
+			if (pe_run->exactly_once)
+				partitions->elems[i].offset = pe_run->parts[p].stored >= 0
+					? pe_run->parts[p].stored
+					: (strcmp(pe_run->def->start_offset, "latest") == 0 ? RD_KAFKA_OFFSET_END
+					   : RD_KAFKA_OFFSET_BEGINNING);
 		}
-		rd_kafka_assign(rk, partitions);
+		if (cooperative)
+			error = rd_kafka_incremental_assign(rk, partitions);
+		else
+			aerr = rd_kafka_assign(rk, partitions);
 		/* the stored offsets may be older than what another member applied */
 		pe_run->need_reseek = pe_run->exactly_once;
 	}
 	else
 	{
-		for (int p = 0; p < pe_run->npart; p++)
-			pe_run->parts[p].assigned = false;
-		rd_kafka_assign(rk, NULL);
+		if (cooperative)
+		{
+			for (int i = 0; i < partitions->cnt; i++)
+				if (partitions->elems[i].partition < pe_run->npart)
+					pe_run->parts[partitions->elems[i].partition].assigned = false;
+			error = rd_kafka_incremental_unassign(rk, partitions);
+		}
+		else
+		{
+			for (int p = 0; p < pe_run->npart; p++)
+				pe_run->parts[p].assigned = false;
+			aerr = rd_kafka_assign(rk, NULL);
+		}
 	}
+	if (error)
+	{
+		snprintf(pe_run->rebalance_error, sizeof(pe_run->rebalance_error),
+				 "%s", rd_kafka_error_string(error));
+		rd_kafka_error_destroy(error);
+	}
+	else if (aerr != RD_KAFKA_RESP_ERR_NO_ERROR)
+		snprintf(pe_run->rebalance_error, sizeof(pe_run->rebalance_error),
+				 "%s", rd_kafka_err2str(aerr));
+	pe_run->assignment_changed = true;
 }
 
 /* Look for partitions added to the topic; assign this slot's share. */

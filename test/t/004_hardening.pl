@@ -185,6 +185,10 @@ wait_for(q{SELECT sum(messages) FROM pipeline._slots() WHERE consumer = 'bisect'
 my $batches = sql(q{SELECT sum(batches) FROM pipeline._slots() WHERE consumer = 'bisect'});
 is(sql(q{SELECT count(DISTINCT xmin::text) FROM bisect_t}), $batches,
 	"point 14: one subtransaction kept per batch ($batches), whatever the number of bad rows");
+# the workers report their table statistics: without them autovacuum never
+# learns of a target's dead rows
+wait_for(q{SELECT n_live_tup FROM pg_stat_user_tables WHERE relname = 'bisect_t'}, '190',
+	"the worker's writes reach the statistics that autovacuum reads");
 sql(q{SELECT pipeline.drop_consumer('bisect')});
 
 # --- point 11: an error that is not about a row stops the consumer -----------
