@@ -14,6 +14,7 @@
 
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
+#include "pgstat.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
 
@@ -84,6 +85,7 @@ pe_slot_kafka_commit(rd_kafka_message_t **msgs, int n, bool sync)
 		 */
 		rd_kafka_queue_t *q = rd_kafka_queue_new(pe_run->rk);
 
+		pgstat_report_activity(STATE_RUNNING, "committing offsets to the Kafka group");
 		err = rd_kafka_commit_queue(pe_run->rk, l, q, NULL, NULL);
 		while (err == RD_KAFKA_RESP_ERR_NO_ERROR)
 		{

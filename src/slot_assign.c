@@ -419,7 +419,11 @@ pe_slot_reseek(void)
 					pe_run->parts[p].stored >= 0 ? pe_run->parts[p].stored : RD_KAFKA_OFFSET_BEGINNING;
 		if (l->cnt > 0)
 		{
-			e = rd_kafka_seek_partitions(pe_run->rk, l, 5000);
+			/*
+			 * Asynchronous (no wait on the brokers, nothing to slice): a
+			 * failed seek shows as a fetch error of the partition.
+			 */
+			e = rd_kafka_seek_partitions(pe_run->rk, l, 0);
 			if (e)
 			{
 				ereport(LOG,

@@ -20,6 +20,7 @@
  *	    rtt ID|all MS                           round-trip time of a broker
  *	    error APIKEY ERRCODE [COUNT]            fail the next COUNT requests
  *	    broker_error ID APIKEY ERRCODE [COUNT]  ... of that kind to one broker
+ *	    delay ID APIKEY MS [COUNT]              ... or answer them MS late, without error
  *	    topic_error NAME ERRCODE                error for a topic in Metadata
  *	    clear APIKEY                            drop queued request errors
  *	    leader TOPIC PARTITION ID               move a partition's leader
@@ -276,6 +277,31 @@ run_command(char *line, char *out, size_t outlen)
 				snprintf(out, outlen, "ERR %s\n", rd_kafka_err2str(r));
 			else
 				snprintf(out, outlen, "OK broker_error %d %d %s x%d\n", id, key, rd_kafka_err2name(err), count);
+		}
+	}
+	else if (strcmp(argv[0], "delay") == 0 && (argc == 4 || argc == 5))
+	{
+		int16_t		key;
+		int32_t		id = atoi(argv[1]);
+		int			ms = atoi(argv[3]);
+		int			count = argc == 5 ? atoi(argv[4]) : 1;
+
+		if (parse_api_key(argv[2], &key) != 0)
+			snprintf(out, outlen, "ERR unknown api key \"%s\"\n", argv[2]);
+		else if (ms < 0 || count < 1 || count > 100000)
+			snprintf(out, outlen, "ERR bad delay or count\n");
+		else
+		{
+			rd_kafka_resp_err_t r = RD_KAFKA_RESP_ERR_NO_ERROR;
+
+			/* the next count requests of that kind to that broker are answered ms late */
+			for (int i = 0; i < count && !r; i++)
+				r = rd_kafka_mock_broker_push_request_error_rtts(mcluster, id, key, 1,
+																 RD_KAFKA_RESP_ERR_NO_ERROR, ms);
+			if (r)
+				snprintf(out, outlen, "ERR %s\n", rd_kafka_err2str(r));
+			else
+				snprintf(out, outlen, "OK delay %d %d %d ms x%d\n", id, key, ms, count);
 		}
 	}
 	else if (strcmp(argv[0], "topic_error") == 0 && argc == 3)

@@ -8,11 +8,12 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use IPC::Run qw(run timeout);
+use Time::HiRes qw(time);
 use PipelineExt::Broker;
 
 my $broker = PipelineExt::Broker->start(
 	brokers => 1,
-	topics => { ident => 1, ident2 => 1, fence => 1, hdrs => 1, gone => 1, setrole => 1, bisect => 1 });
+	topics => { ident => 1, ident2 => 1, fence => 1, hdrs => 1, gone => 1, setrole => 1, bisect => 1, slowc => 1 });
 my $bs = $broker->bootstrap;
 
 my $node = PostgreSQL::Test::Cluster->new('hardening');
@@ -213,6 +214,36 @@ is(sql(q{SELECT count(*) FROM pipeline.dead_letters WHERE consumer = 'setrole'})
 sql(q{DROP TRIGGER setrole_trg ON setrole_t; SELECT pipeline.start_consumer('setrole')});
 wait_for(q{SELECT count(*) FROM setrole_t}, '1', '... and once the cause is gone, start_consumer applies it');
 sql(q{SELECT pipeline.drop_consumer('setrole'); ALTER SYSTEM RESET pipeline_ext.max_apply_failures; SELECT pg_reload_conf()});
+
+# --- point 16: a Kafka commit the coordinator does not answer ----------------
+# at_least_once commits each batch's offsets to the Kafka group and waits
+# for the answer.  With the next OffsetCommit answered 20 s late, the worker
+# is in that wait; a cancel is answered (there is no batch to cancel) and
+# stop_consumer ends it within a slice of the wait, not when the broker
+# answers.
+sql(q{
+CREATE TABLE slowc_t (id int PRIMARY KEY, v int);
+SELECT pipeline.create_consumer('slowc', 'local', 'slowc', 'slowc_t', delivery => 'at_least_once');
+});
+produce('slowc', q{VALUES ('{"id": 1, "v": 1}', '1')});
+wait_for(q{SELECT count(*) FROM slowc_t}, '1', 'slow commit: the consumer applies a first message');
+$broker->ctl('delay 1 OffsetCommit 20000 1');
+produce('slowc', q{VALUES ('{"id": 2, "v": 2}', '2')});
+wait_for(q{SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pipeline_ext consumer slowc/0'
+             AND query = 'committing offsets to the Kafka group'}, '1',
+	'slow commit: the worker waits for the coordinator');
+my $log_pos = -s $node->logfile;
+sql(q{SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE application_name = 'pipeline_ext consumer slowc/0'});
+ok($node->wait_for_log(qr/consumer slowc\/0: no batch is being applied; cancel request ignored/, $log_pos),
+	'point 16: a cancel during the wait is answered');
+my $t_stop = time;
+sql(q{SELECT pipeline.stop_consumer('slowc')});
+wait_for(q{SELECT count(*) FROM pipeline._slots() WHERE consumer = 'slowc' AND pid IS NOT NULL}, '0',
+	'point 16: stop_consumer ends the worker waiting on the coordinator');
+my $took = time - $t_stop;
+cmp_ok($took, '<', 10, sprintf('... at once (%.2f s), not when the coordinator answers (20 s)', $took));
+is(sql(q{SELECT count(*) FROM slowc_t}), '2', '... with the batch it had applied kept');
+sql(q{SELECT pipeline.drop_consumer('slowc')});
 
 $node->stop;
 my $log = slurp_file($node->logfile);
