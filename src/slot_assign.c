@@ -88,8 +88,11 @@ pe_slot_wait_more(rd_kafka_resp_err_t err)
 	return err == RD_KAFKA_RESP_ERR__TIMED_OUT || err == RD_KAFKA_RESP_ERR__TRANSPORT;
 }
 
+/* One librdkafka call that waits on the brokers, given a slice's timeout. */
+typedef rd_kafka_resp_err_t (*PeBrokerCall) (void *arg, int timeout_ms);
+
 static rd_kafka_resp_err_t
-pe_slot_query_watermarks(int32 p, int64 *lo, int64 *hi, int timeout_ms)
+pe_slot_sliced(PeBrokerCall call, void *arg, int timeout_ms)
 {
 	TimestampTz start = GetCurrentTimestamp();
 	rd_kafka_resp_err_t err;
@@ -99,51 +102,69 @@ pe_slot_query_watermarks(int32 p, int64 *lo, int64 *hi, int timeout_ms)
 	{
 		int			left = timeout_ms - (int) pe_ms_since(start);
 
-		err = rd_kafka_query_watermark_offsets(pe_run->rk, pe_run->def->topic, p, lo, hi,
-											   Max(1, Min(left, slice)));
+		err = call(arg, Max(1, Min(left, slice)));
 		if (!pe_slot_wait_more(err) || left <= slice)
 			return err;
 		slice = Min(slice * 2, PE_WAIT_SLICE_MAX_MS);
 		pe_slot_wait_tick();
 	}
+}
+
+typedef struct PeWatermarksCall
+{
+	int32		p;
+	int64	   *lo;
+	int64	   *hi;
+} PeWatermarksCall;
+
+static rd_kafka_resp_err_t
+pe_call_watermarks(void *arg, int timeout_ms)
+{
+	PeWatermarksCall *c = arg;
+
+	return rd_kafka_query_watermark_offsets(pe_run->rk, pe_run->def->topic, c->p, c->lo, c->hi, timeout_ms);
+}
+
+static rd_kafka_resp_err_t
+pe_slot_query_watermarks(int32 p, int64 *lo, int64 *hi, int timeout_ms)
+{
+	PeWatermarksCall c = {p, lo, hi};
+
+	return pe_slot_sliced(pe_call_watermarks, &c, timeout_ms);
+}
+
+static rd_kafka_resp_err_t
+pe_call_offsets_for_times(void *arg, int timeout_ms)
+{
+	return rd_kafka_offsets_for_times(pe_run->rk, arg, timeout_ms);
 }
 
 static rd_kafka_resp_err_t
 pe_slot_offsets_for_times(rd_kafka_topic_partition_list_t *l, int timeout_ms)
 {
-	TimestampTz start = GetCurrentTimestamp();
-	rd_kafka_resp_err_t err;
-	int			slice = PE_WAIT_SLICE_MS;
+	return pe_slot_sliced(pe_call_offsets_for_times, l, timeout_ms);
+}
 
-	for (;;)
-	{
-		int			left = timeout_ms - (int) pe_ms_since(start);
+typedef struct PeMetadataCall
+{
+	rd_kafka_topic_t *rkt;
+	const struct rd_kafka_metadata **md;
+} PeMetadataCall;
 
-		err = rd_kafka_offsets_for_times(pe_run->rk, l, Max(1, Min(left, slice)));
-		if (!pe_slot_wait_more(err) || left <= slice)
-			return err;
-		slice = Min(slice * 2, PE_WAIT_SLICE_MAX_MS);
-		pe_slot_wait_tick();
-	}
+static rd_kafka_resp_err_t
+pe_call_metadata(void *arg, int timeout_ms)
+{
+	PeMetadataCall *c = arg;
+
+	return rd_kafka_metadata(pe_run->rk, 0, c->rkt, c->md, timeout_ms);
 }
 
 static rd_kafka_resp_err_t
 pe_slot_metadata(rd_kafka_topic_t *rkt, const struct rd_kafka_metadata **md, int timeout_ms)
 {
-	TimestampTz start = GetCurrentTimestamp();
-	rd_kafka_resp_err_t err;
-	int			slice = PE_WAIT_SLICE_MS;
+	PeMetadataCall c = {rkt, md};
 
-	for (;;)
-	{
-		int			left = timeout_ms - (int) pe_ms_since(start);
-
-		err = rd_kafka_metadata(pe_run->rk, 0, rkt, md, Max(1, Min(left, slice)));
-		if (!pe_slot_wait_more(err) || left <= slice)
-			return err;
-		slice = Min(slice * 2, PE_WAIT_SLICE_MAX_MS);
-		pe_slot_wait_tick();
-	}
+	return pe_slot_sliced(pe_call_metadata, &c, timeout_ms);
 }
 
 /*
