@@ -630,9 +630,12 @@ pe_slot_loop(void)
 					batch[n + i] = NULL;
 					continue;
 				}
-				/* revoked meanwhile, or already applied (offset below the stored one) */
+				/*
+				 * Revoked meanwhile, or already applied: below the stored
+				 * offset, or below where the group resumed the partition.
+				 */
 				if (p >= pe_run->npart || !pe_run->parts[p].assigned ||
-					(pe_run->parts[p].stored >= 0 && m->offset < pe_run->parts[p].stored))
+					m->offset < Max(pe_run->parts[p].stored, pe_run->parts[p].floor))
 				{
 					rd_kafka_message_destroy(m);
 					batch[n + i] = NULL;
@@ -747,11 +750,16 @@ pe_slot_loop(void)
 		pe_run->last_watermarks = GetCurrentTimestamp();
 
 		{
-			rd_kafka_resp_err_t err = pe_slot_kafka_commit(batch, n,
-														   strcmp(pe_run->def->delivery, "at_least_once") == 0);
+			/*
+			 * Waited for in at_least_once (the group holds the offsets),
+			 * and in a group shared with other servers, where the group's
+			 * offset is what the next owner of a partition resumes from.
+			 */
+			bool		sync = strcmp(pe_run->def->delivery, "at_least_once") == 0 ||
+				(pe_run->exactly_once && pe_run->def->group_id != NULL);
+			rd_kafka_resp_err_t err = pe_slot_kafka_commit(batch, n, sync);
 
-			if (err != RD_KAFKA_RESP_ERR_NO_ERROR && err != RD_KAFKA_RESP_ERR__NO_OFFSET &&
-				strcmp(pe_run->def->delivery, "at_least_once") == 0)
+			if (err != RD_KAFKA_RESP_ERR_NO_ERROR && err != RD_KAFKA_RESP_ERR__NO_OFFSET && sync)
 				ereport(LOG,
 						(errmsg("pipeline_ext consumer %s/%d: could not commit offsets to the Kafka group: %s",
 								pe_run->def->name, pe_run->slot, rd_kafka_err2str(err))));

@@ -31,6 +31,8 @@ typedef struct PePartState
 	int64		start;			/* where it started without a stored offset (or a
 								 * RD_KAFKA_OFFSET_ sentinel) */
 	int64		asked_high;		/* high watermark the broker gave when asked; -1 */
+	int64		floor;			/* the group resumed it here: anything below was
+								 * applied (by this server or another); -1 */
 	TimestampTz moved_at;		/* stored last moved (or the partition was assigned) */
 } PePartState;
 

@@ -32,6 +32,7 @@ pe_slot_init_parts(PePartState *parts, int from, int to)
 		parts[p].stored = -1;
 		parts[p].shm = -1;
 		parts[p].asked_high = -1;
+		parts[p].floor = -1;
 		parts[p].moved_at = 0;
 		parts[p].start = RD_KAFKA_OFFSET_INVALID;
 	}
@@ -165,6 +166,12 @@ pe_slot_metadata(rd_kafka_topic_t *rkt, const struct rd_kafka_metadata **md, int
 	PeMetadataCall c = {rkt, md};
 
 	return pe_slot_sliced(pe_call_metadata, &c, timeout_ms);
+}
+
+static rd_kafka_resp_err_t
+pe_call_committed(void *arg, int timeout_ms)
+{
+	return rd_kafka_committed(pe_run->rk, arg, timeout_ms);
 }
 
 /*
@@ -433,11 +440,47 @@ pe_slot_reseek(void)
 	{
 		rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(pe_run->npart);
 		rd_kafka_error_t *e;
+		rd_kafka_resp_err_t err;
 
 		for (int p = 0; p < pe_run->npart; p++)
 			if (pe_run->parts[p].assigned)
-				rd_kafka_topic_partition_list_add(l, pe_run->def->topic, p)->offset =
-					pe_run->parts[p].stored >= 0 ? pe_run->parts[p].stored : RD_KAFKA_OFFSET_BEGINNING;
+				rd_kafka_topic_partition_list_add(l, pe_run->def->topic, p);
+
+		/*
+		 * Each partition resumes from the furthest of what this server
+		 * applied (its stored offset) and what the group committed: a
+		 * partition that comes from a member on another server (several
+		 * servers sharing a topic through one group) resumes where that
+		 * one stopped, having committed each batch to the group after its
+		 * own commit.
+		 */
+		err = l->cnt > 0 ? pe_slot_sliced(pe_call_committed, l, 30000) : RD_KAFKA_RESP_ERR_NO_ERROR;
+		if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
+			ereport(ERROR,
+					(errcode(ERRCODE_CONNECTION_FAILURE),
+					 errmsg("could not read the offsets group \"%s\" committed for topic \"%s\"",
+							pe_run->def->group_id, pe_run->def->topic),
+					 errdetail("librdkafka: %s", rd_kafka_err2str(err)),
+					 errhint("The worker restarts and asks again.")));
+		for (int i = 0; i < l->cnt; i++)
+		{
+			int32		p = l->elems[i].partition;
+			int64		committed = l->elems[i].err == RD_KAFKA_RESP_ERR_NO_ERROR ? l->elems[i].offset : -1;
+			int64		from = Max(pe_run->parts[p].stored, committed);
+
+			if (from < 0)
+				from = pe_slot_start_offset(p, false);
+			else if (committed > pe_run->parts[p].stored)
+				ereport(LOG,
+						(errmsg("pipeline_ext consumer %s/%d: partition %d resumes at offset " INT64_FORMAT
+								", where group \"%s\" committed (applied here up to " INT64_FORMAT ")",
+								pe_run->def->name, pe_run->slot, p, committed,
+								pe_run->def->group_id, pe_run->parts[p].stored)));
+			l->elems[i].offset = from;
+			l->elems[i].err = RD_KAFKA_RESP_ERR_NO_ERROR;
+			/* what was fetched from the old position may still come: dropped */
+			pe_run->parts[p].floor = from;
+		}
 		if (l->cnt > 0)
 		{
 			/*

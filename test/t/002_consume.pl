@@ -512,22 +512,7 @@ produce('amo', q{SELECT json_build_object('seq', g)::text, g::text FROM generate
 wait_for('SELECT count(DISTINCT (p, o)) FROM alo_t', '2000', 'at_least_once: every message arrives');
 wait_for('SELECT count(DISTINCT (p, o)) FROM amo_t', '2000', 'at_most_once: every message arrives');
 
-# what the Kafka group has committed, read by another client
-sub group_committed
-{
-	my ($group, $topic, $parts) = @_;
-	my ($out, $err);
-	run([ '/usr/bin/python3', '-c', q{
-import sys
-from confluent_kafka import Consumer, TopicPartition
-b, g, t, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-c = Consumer({"bootstrap.servers": b, "group.id": g, "enable.auto.commit": False})
-parts = c.committed([TopicPartition(t, p) for p in range(n)], timeout=10)
-print(sum(max(tp.offset, 0) for tp in parts))
-}, $bs, $group, $topic, $parts ], '>', \$out, '2>', \$err, timeout(60));
-	chomp $out;
-	return $out;
-}
+sub group_committed { return $broker->group_committed(@_); }
 my $ok = 0;
 for (1 .. 50) { $ok = 1, last if group_committed('pipeline_ext.postgres.alo', 'alo', 2) eq '2000'; usleep(200_000); }
 ok($ok, 'at_least_once: the Kafka group holds the committed offsets (2,000 messages)');

@@ -7,6 +7,7 @@ use warnings;
 use IO::Socket::INET;
 use Time::HiRes qw(usleep);
 use File::Temp qw(tempdir);
+use IPC::Run ();
 use Test::More;
 
 # PipelineExt::Broker->start(brokers => 1, topics => { events => 8 })
@@ -56,6 +57,24 @@ sub ctl
 	die "broker command '$cmd' failed: " . ($answer // 'no answer') unless $answer && $answer =~ /^OK/;
 	chomp $answer;
 	return $answer;
+}
+
+# The sum of the offsets a Kafka consumer group committed for a topic's
+# partitions 0..parts-1, read by another client (python3-confluent-kafka).
+sub group_committed
+{
+	my ($self, $group, $topic, $parts) = @_;
+	my ($out, $err);
+	IPC::Run::run([ '/usr/bin/python3', '-c', q{
+import sys
+from confluent_kafka import Consumer, TopicPartition
+b, g, t, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+c = Consumer({"bootstrap.servers": b, "group.id": g, "enable.auto.commit": False})
+parts = c.committed([TopicPartition(t, p) for p in range(n)], timeout=10)
+print(sum(max(tp.offset, 0) for tp in parts))
+}, $self->{bootstrap}, $group, $topic, $parts ], '>', \$out, '2>', \$err, IPC::Run::timeout(60));
+	chomp $out if defined $out;
+	return $out // '';
 }
 
 sub stop
