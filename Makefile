@@ -32,6 +32,7 @@ OBJS = \
 	src/probe.o \
 	src/slot.o \
 	src/slot_assign.o \
+	src/slot_batch.o \
 	src/slot_metrics.o \
 	src/offsets.o \
 	src/stats.o

@@ -14,8 +14,9 @@
  *	  A message's way through a slot (datapath.h):
  *	    slot.c          poll a batch from librdkafka (slot_assign.c: which
  *	                    partitions, from which offsets)
- *	    batch.c         one transaction, the steps below in this order; a
- *	                    replay of dead letters (deadletter_api.c) too
+ *	    slot_batch.c    the batch in one transaction, retried when transient
+ *	    batch.c         the steps below in this order; a replay of dead
+ *	                    letters (deadletter_api.c) too
  *	      decode.c      message → row, through the format's decoder:
  *	                    decode_json.c, decode_csv.c, decode_raw.c
  *	                    (target.c: which column takes what)

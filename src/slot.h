@@ -77,6 +77,10 @@ extern PeSlotRun *pe_run;
 #define PE_WAIT_SLICE_MAX_MS 2000
 extern void pe_slot_wait_tick(void);
 
+/* slot_batch.c */
+extern bool pe_slot_try_batch(rd_kafka_message_t **batch, int n, PeBatchOutcome *outcome,
+							  int64 *ndead, char **stop_error);
+
 /* slot_assign.c */
 extern void pe_slot_grow(int npart);
 extern void pe_slot_discover(bool first);

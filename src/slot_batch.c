@@ -1,0 +1,238 @@
+/*-------------------------------------------------------------------------
+ *
+ * slot_batch.c
+ *	  One batch of a slot through one transaction: the data path (batch.c)
+ *	  with the partitions' next offsets, retried on transient errors, and
+ *	  counted when it fails for a reason that is not about its rows.
+ *
+ * IDENTIFICATION
+ *	  src/slot_batch.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "storage/lwlock.h"
+#include "utils/inval.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+
+#include "shmem.h"
+#include "slot.h"
+#include "workers.h"
+
+/*
+ * Run a batch through the data path (batch.c) in the current transaction:
+ * its messages as librdkafka holds them, and the next offset of each of
+ * its partitions, fenced by the offset this slot last stored.
+ */
+static PeBatchOutcome
+pe_slot_apply_batch(rd_kafka_message_t **rkm, int n, int64 *ndead, char **stop_error)
+{
+	PeBatch		b;
+	PeOffsetWrite w;
+	PeBatchOutcome outcome;
+	int			maxp = Min(n, pe_run->npart);	/* partitions the batch can touch */
+	int64	   *next = palloc(sizeof(int64) * maxp);
+	int64	   *expected = palloc(sizeof(int64) * maxp);
+	int32	   *pids = palloc(sizeof(int32) * maxp);
+	int		   *where = palloc(sizeof(int) * pe_run->npart);	/* partition -> k */
+	int			np = 0;
+
+	/* the collector kept only messages of known partitions (p < npart) */
+	for (int p = 0; p < pe_run->npart; p++)
+		where[p] = -1;
+	memset(&b, 0, sizeof(b));
+	b.msgs = palloc0(sizeof(PeMessage) * n);
+	b.n = n;
+	for (int i = 0; i < n; i++)
+	{
+		rd_kafka_message_t *m = rkm[i];
+		PeMessage  *msg = &b.msgs[i];
+		rd_kafka_timestamp_type_t tstype;
+		int			k;
+
+		msg->topic = pe_run->def->topic;
+		msg->partition = m->partition;
+		msg->offset = m->offset;
+		msg->timestamp_ms = rd_kafka_message_timestamp(m, &tstype);
+		msg->key = m->key;
+		msg->key_len = m->key_len;
+		msg->value = m->payload;
+		msg->value_len = m->len;
+		if (rd_kafka_message_headers(m, &msg->hdrs) != RD_KAFKA_RESP_ERR_NO_ERROR)
+			msg->hdrs = NULL;
+		k = where[m->partition];
+		if (k < 0)
+		{
+			k = where[m->partition] = np++;
+			pids[k] = m->partition;
+			next[k] = m->offset + 1;
+		}
+		else
+			next[k] = Max(next[k], m->offset + 1);
+	}
+	/*
+	 * Fenced in every delivery mode: a reset_offsets() that committed while
+	 * this batch was collected or applied must not be overwritten by it.
+	 */
+	for (int k = 0; k < np; k++)
+		expected[k] = (pids[k] < pe_run->npart) ? pe_run->parts[pids[k]].stored : -1;
+
+	/* after ALTER TABLE: describe the target again (types, columns, keys) */
+	AcceptInvalidationMessages();
+	if (pe_run->target_stale)
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+		pe_run->target_stale = false;
+		pe_target_close(pe_run->target);
+		pe_run->target = pe_target_open(pe_run->def, false);
+		MemoryContextSwitchTo(old);
+	}
+
+	w.consumer = pe_run->def->name;
+	w.consumer_id = pe_run->def->id;
+	w.plan = pe_run->offset_plan;
+	w.n = np;
+	w.partitions = pids;
+	w.next = next;
+	w.expected = expected;
+	b.target = pe_run->target;
+	b.dead_plan = pe_run->dead_plan;
+	b.offsets = &w;
+	b.own_transaction = true;
+
+	outcome = pe_batch_apply(&b);
+	if (outcome == PE_BATCH_STOP)
+	{
+		PeDeadLetter *dl = linitial(b.res.dead);
+
+		*stop_error = psprintf("message at partition %d offset " INT64_FORMAT ": %s",
+							   b.msgs[dl->msg_index].partition, b.msgs[dl->msg_index].offset, dl->error);
+		return outcome;
+	}
+	*ndead = list_length(b.res.dead);
+	if (outcome == PE_BATCH_DONE)
+		for (int k = 0; k < np; k++)
+			if (pids[k] < pe_run->npart)
+				pe_run->parts[pids[k]].stored = next[k];
+	return outcome;
+}
+
+/*
+ * Count a failed attempt to apply a batch (shared memory: it outlives the
+ * worker).  True when it was the last one allowed.
+ */
+static bool
+pe_slot_count_apply_failure(void)
+{
+	PeSlot	   *s = &pe_shared->slots[pe_run->slot_index];
+	int			n;
+
+	LWLockAcquire(pe_shared->lock, LW_EXCLUSIVE);
+	n = ++s->apply_failures;
+	LWLockRelease(pe_shared->lock);
+	return pe_max_apply_failures > 0 && n >= pe_max_apply_failures;
+}
+
+static bool
+pe_error_is_transient(int sqlerrcode)
+{
+	return sqlerrcode == ERRCODE_QUERY_CANCELED ||
+		sqlerrcode == ERRCODE_T_R_SERIALIZATION_FAILURE ||
+		sqlerrcode == ERRCODE_T_R_DEADLOCK_DETECTED ||
+		sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE;
+}
+
+/*
+ * One attempt at applying a batch.  False after a transient error (cancel,
+ * serialization failure, deadlock), which is logged and rolled back; other
+ * errors propagate and end the worker.
+ */
+bool
+pe_slot_try_batch(rd_kafka_message_t **batch, int n, PeBatchOutcome *outcome,
+				  int64 *ndead, char **stop_error)
+{
+	MemoryContext old = MemoryContextSwitchTo(pe_run->batch_cxt);
+	volatile bool ok = true;
+
+	PG_TRY();
+	{
+		if (strcmp(pe_run->def->delivery, "at_most_once") == 0)
+		{
+			rd_kafka_resp_err_t err = pe_slot_kafka_commit(batch, n, true);
+
+			if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
+				ereport(ERROR,
+						(errcode(ERRCODE_CONNECTION_FAILURE),
+						 errmsg("could not commit offsets to the Kafka group before applying: %s",
+								rd_kafka_err2str(err))));
+		}
+		pe_xact_begin();
+		pgstat_report_activity(STATE_RUNNING, "applying a batch");
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		/* decoded rows go to the batch context, which keeps its memory */
+		MemoryContextSwitchTo(pe_run->batch_cxt);
+		*outcome = pe_slot_apply_batch(batch, n, ndead, stop_error);
+		SPI_finish();
+		PopActiveSnapshot();
+		if (*outcome == PE_BATCH_DONE)
+			CommitTransactionCommand();
+		else
+			AbortCurrentTransaction();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		HOLD_INTERRUPTS();
+		MemoryContextSwitchTo(old);
+		edata = CopyErrorData();
+		if (ProcDiePending)
+		{
+			RESUME_INTERRUPTS();
+			PG_RE_THROW();
+		}
+		if (!pe_error_is_transient(edata->sqlerrcode))
+		{
+			/*
+			 * Not about a row, and not transient (a trigger that runs SET
+			 * ROLE, a revoked privilege): the worker fails and is restarted
+			 * with backoff, in case someone fixes the cause, but only so
+			 * many times in a row before the consumer stops.  The brokers
+			 * (a group commit before the apply) are retried forever.
+			 */
+			if (ERRCODE_TO_CATEGORY(edata->sqlerrcode) == ERRCODE_CONNECTION_EXCEPTION ||
+				!pe_slot_count_apply_failure())
+			{
+				RESUME_INTERRUPTS();
+				PG_RE_THROW();
+			}
+			EmitErrorReport();
+			*outcome = PE_BATCH_STOP;
+			*stop_error = psprintf("%d attempts in a row to apply a batch failed "
+								   "(pipeline_ext.max_apply_failures): %s",
+								   pe_max_apply_failures, edata->message);
+		}
+		else
+		{
+			EmitErrorReport();
+			ok = false;
+		}
+		FlushErrorState();
+		AbortOutOfAnyTransaction();
+		RESUME_INTERRUPTS();
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(old);
+	if (*stop_error)
+		*stop_error = pstrdup(*stop_error);
+	MemoryContextReset(pe_run->batch_cxt);
+	return ok;
+}
