@@ -67,6 +67,29 @@ pe_add_dead(PeBatchResult *res, int msg_index, ErrorData *edata)
 }
 
 /*
+ * rows[0..n) in one statement, kept: NULL when it applied them (counted),
+ * else its error, which is about rows (any other is thrown).
+ */
+static ErrorData *
+pe_deadletter_apply(PeTarget *t, PeRow **rows, int n, bool is_delete, PeBatchResult *res)
+{
+	int64		processed = 0;
+	ErrorData  *edata = pe_try_statement(t, rows, n, is_delete, true, &processed);
+
+	if (edata == NULL)
+	{
+		if (is_delete)
+			res->deleted += n;
+		else
+			res->applied += n;
+		return NULL;
+	}
+	if (!pe_error_is_row_specific(edata->sqlerrcode))
+		ReThrowError(edata);
+	return edata;
+}
+
+/*
  * Find the rows of rows[0..n), known to fail together, that fail on their
  * own, by halving: every trial is rolled back, so however many there are,
  * none stays open in the transaction.  Marks them in bad[], adds their dead
@@ -110,22 +133,13 @@ pe_deadletter_find(PeTarget *t, PeRow **rows, int n, bool *bad, bool is_delete,
 static void
 pe_deadletter_bisect(PeTarget *t, PeRow **rows, int n, bool is_delete, PeBatchResult *res)
 {
-	int64		processed = 0;
 	ErrorData  *edata;
 
 	if (n == 0)
 		return;
-	edata = pe_try_statement(t, rows, n, is_delete, true, &processed);
+	edata = pe_deadletter_apply(t, rows, n, is_delete, res);
 	if (edata == NULL)
-	{
-		if (is_delete)
-			res->deleted += n;
-		else
-			res->applied += n;
 		return;
-	}
-	if (!pe_error_is_row_specific(edata->sqlerrcode))
-		ReThrowError(edata);
 	if (n == 1)
 	{
 		pe_add_dead(res, rows[0]->msg_index, edata);
@@ -151,23 +165,14 @@ pe_deadletter_isolate(PeTarget *t, PeRow **rows, int n, bool is_delete, PeBatchR
 {
 	while (n > 0)
 	{
-		int64		processed = 0;
-		ErrorData  *edata = pe_try_statement(t, rows, n, is_delete, true, &processed);
+		ErrorData  *edata = pe_deadletter_apply(t, rows, n, is_delete, res);
 		bool	   *bad;
 		int			nbad;
 		int			ngood = 0;
 		PeRow	  **good;
 
 		if (edata == NULL)
-		{
-			if (is_delete)
-				res->deleted += n;
-			else
-				res->applied += n;
 			return;
-		}
-		if (!pe_error_is_row_specific(edata->sqlerrcode))
-			ReThrowError(edata);
 		bad = palloc0(sizeof(bool) * n);
 		nbad = pe_deadletter_find(t, rows, n, bad, is_delete, edata, res);
 		FreeErrorData(edata);
