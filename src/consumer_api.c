@@ -115,7 +115,8 @@ pe_consumer_xact_cb(XactEvent event, void *arg)
 	}
 	if (event == XACT_EVENT_COMMIT && wake_at_commit)
 		pe_wake_manager(MyDatabaseId);
-	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT)
+	/* (a prepared transaction's drop is left to the manager) */
+	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT || event == XACT_EVENT_PREPARE)
 	{
 		wake_at_commit = false;
 		list_free_deep(reseek_at_commit);

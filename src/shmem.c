@@ -177,6 +177,7 @@ pe_slots_forget_consumer(Oid dboid, int64 consumer_id)
 		pid_t		pid = s->pid;
 		int			slot = s->slot;
 		uint32		incarnation = s->incarnation;
+		uint32		reseeks = s->reseeks;
 
 		if (state == PE_SLOT_FREE || s->dboid != dboid || s->consumer_id != consumer_id)
 			continue;
@@ -189,6 +190,7 @@ pe_slots_forget_consumer(Oid dboid, int64 consumer_id)
 		s->consumer_id = consumer_id;
 		s->slot = slot;
 		s->incarnation = incarnation;
+		s->reseeks = reseeks;	/* (a change would make its worker seek) */
 		s->dropped = true;
 		s->stop_requested = true;
 	}

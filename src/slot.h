@@ -56,6 +56,7 @@ typedef struct PeSlotRun
 	SPIPlanPtr	offset_plan;
 	SPIPlanPtr	dead_plan;
 	bool		need_reseek;	/* offsets moved under us: seek again */
+	bool		reseek_from_group;	/* ... after a rebalance: the group's offsets count */
 	uint32		reseeks;		/* last seen PeSlot.reseeks */
 	rd_kafka_message_t **batch;	/* messages held, freed at exit too */
 	int			batch_n;

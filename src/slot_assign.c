@@ -356,6 +356,7 @@ pe_slot_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 			aerr = rd_kafka_assign(rk, partitions);
 		/* the stored offsets may be older than what another member applied */
 		pe_run->need_reseek = pe_run->exactly_once;
+		pe_run->reseek_from_group = true;
 	}
 	else
 	{
@@ -466,11 +467,16 @@ pe_slot_reseek(void)
 		{
 			int32		p = l->elems[i].partition;
 			int64		committed = l->elems[i].err == RD_KAFKA_RESP_ERR_NO_ERROR ? l->elems[i].offset : -1;
-			int64		from = Max(pe_run->parts[p].stored, committed);
+			/*
+			 * After reset_offsets() (or a fence that did not hold), the
+			 * stored offset is the one to go to, backwards too.
+			 */
+			int64		from = pe_run->reseek_from_group ? Max(pe_run->parts[p].stored, committed)
+				: pe_run->parts[p].stored;
 
 			if (from < 0)
 				from = pe_slot_start_offset(p, false);
-			else if (committed > pe_run->parts[p].stored)
+			else if (pe_run->reseek_from_group && committed > pe_run->parts[p].stored)
 				ereport(LOG,
 						(errmsg("pipeline_ext consumer %s/%d: partition %d resumes at offset " INT64_FORMAT
 								", where group \"%s\" committed (applied here up to " INT64_FORMAT ")",
@@ -500,5 +506,6 @@ pe_slot_reseek(void)
 		pe_slot_publish_partitions();
 	}
 	pe_run->need_reseek = false;
+	pe_run->reseek_from_group = false;
 	MemoryContextSwitchTo(old);
 }

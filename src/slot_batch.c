@@ -85,13 +85,20 @@ pe_slot_apply_batch(rd_kafka_message_t **rkm, int n, int64 *ndead, char **stop_e
 
 	/* after ALTER TABLE: describe the target again (types, columns, keys) */
 	AcceptInvalidationMessages();
-	if (pe_run->target_stale)
+	if (pe_run->target_stale || pe_run->target == NULL)
 	{
 		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
 
-		pe_run->target_stale = false;
-		pe_target_close(pe_run->target);
+		/*
+		 * Closed first, then forgotten: if opening it again fails (a
+		 * transient error is retried), the next attempt opens it afresh
+		 * instead of using a description that is gone.
+		 */
+		if (pe_run->target)
+			pe_target_close(pe_run->target);
+		pe_run->target = NULL;
 		pe_run->target = pe_target_open(pe_run->def, false);
+		pe_run->target_stale = false;
 		MemoryContextSwitchTo(old);
 	}
 
