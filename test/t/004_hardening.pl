@@ -8,7 +8,7 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use IPC::Run qw(run timeout);
-use Time::HiRes qw(time usleep);
+use Time::HiRes qw(time);
 use PipelineExt::Broker;
 
 my $broker = PipelineExt::Broker->start(
@@ -228,16 +228,8 @@ SELECT pipeline.create_consumer('slowc', 'local', 'slowc', 'slowc_t', delivery =
 produce('slowc', q{VALUES ('{"id": 1, "v": 1}', '1')});
 wait_for(q{SELECT count(*) FROM slowc_t}, '1', 'slow commit: the consumer applies a first message');
 # (its commit to the group comes after its own: the delay is for the next one)
-{
-	my $committed = '';
-	for (1 .. 150)
-	{
-		$committed = $broker->group_committed('pipeline_ext.postgres.slowc', 'slowc', 1);
-		last if $committed eq '1';
-		usleep(200_000);
-	}
-	is($committed, '1', 'slow commit: the group has the first message\'s offset');
-}
+is($broker->wait_group_committed('pipeline_ext.postgres.slowc', 'slowc', 1, '1'), '1',
+	'slow commit: the group has the first message\'s offset');
 $broker->ctl('delay 1 OffsetCommit 20000 1');
 produce('slowc', q{VALUES ('{"id": 2, "v": 2}', '2')});
 wait_for(q{SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pipeline_ext consumer slowc/0'

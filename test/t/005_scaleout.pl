@@ -108,14 +108,7 @@ sub wait_partitions
 sub wait_committed
 {
 	my ($n, $name) = @_;
-	my $got = '';
-	for (1 .. 300)
-	{
-		$got = $broker->group_committed('pe-scaleout', 'shared', 4);
-		last if $got eq $n;
-		usleep(200_000);
-	}
-	is($got, $n, $name);
+	is($broker->wait_group_committed('pe-scaleout', 'shared', 4, $n), $n, $name);
 }
 
 # both servers join the group: the 4 partitions are shared

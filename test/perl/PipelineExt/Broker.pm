@@ -77,6 +77,21 @@ print(sum(max(tp.offset, 0) for tp in parts))
 	return $out // '';
 }
 
+# group_committed() asked again until it is $expected (at most 60 s);
+# returns what it last said.
+sub wait_group_committed
+{
+	my ($self, $group, $topic, $parts, $expected) = @_;
+	my $got = '';
+	for (1 .. 300)
+	{
+		$got = $self->group_committed($group, $topic, $parts);
+		last if $got eq $expected;
+		usleep(200_000);
+	}
+	return $got;
+}
+
 sub stop
 {
 	my ($self) = @_;
