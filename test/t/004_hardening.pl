@@ -232,8 +232,11 @@ is($broker->wait_group_committed('pipeline_ext.postgres.slowc', 'slowc', 1, '1')
 	'slow commit: the group has the first message\'s offset');
 $broker->ctl('delay 1 OffsetCommit 20000 1');
 produce('slowc', q{VALUES ('{"id": 2, "v": 2}', '2')});
+# the row commits before its offsets go to the group; an idle worker keeps
+# its last activity's text, hence the state
+wait_for(q{SELECT count(*) FROM slowc_t}, '2', 'slow commit: the second message is applied');
 wait_for(q{SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pipeline_ext consumer slowc/0'
-             AND query = 'committing offsets to the Kafka group'}, '1',
+             AND state = 'active' AND query = 'committing offsets to the Kafka group'}, '1',
 	'slow commit: the worker waits for the coordinator');
 my $log_pos = -s $node->logfile;
 sql(q{SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE application_name = 'pipeline_ext consumer slowc/0'});
