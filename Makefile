@@ -33,6 +33,7 @@ OBJS = \
 	src/slot.o \
 	src/slot_assign.o \
 	src/slot_batch.o \
+	src/slot_handoff.o \
 	src/slot_metrics.o \
 	src/offsets.o \
 	src/stats.o

@@ -59,21 +59,36 @@ pe_slot_load_offsets(void)
 	pe_xact_commit();
 }
 
-/* Commit the next offsets to the Kafka group: sync, or best effort. */
+/*
+ * Commit the next offsets to the Kafka group: sync, or best effort.  A
+ * group shared between servers (pe_run->handoff) also gets, per partition,
+ * who committed and from which offset the batch started
+ * (pe_slot_handoff_metadata), so that a committer whose own commit did not
+ * follow can find the batch again.
+ */
 rd_kafka_resp_err_t
 pe_slot_kafka_commit(rd_kafka_message_t **msgs, int n, bool sync)
 {
 	rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(8);
 	rd_kafka_resp_err_t err;
+	int64	   *first = palloc(sizeof(int64) * Max(n, 1));	/* per element of l */
 
 	for (int i = 0; i < n; i++)
 	{
 		rd_kafka_topic_partition_t *tp = rd_kafka_topic_partition_list_find(l, pe_run->def->topic, msgs[i]->partition);
 
 		if (tp == NULL)
+		{
 			tp = rd_kafka_topic_partition_list_add(l, pe_run->def->topic, msgs[i]->partition);
+			first[l->cnt - 1] = msgs[i]->offset;
+		}
 		tp->offset = Max(tp->offset, msgs[i]->offset + 1);
+		first[tp - l->elems] = Min(first[tp - l->elems], msgs[i]->offset);
 	}
+	if (pe_run->handoff)
+		for (int k = 0; k < l->cnt; k++)
+			pe_slot_handoff_metadata(&l->elems[k], first[k]);
+	pfree(first);
 	if (!sync)
 		err = rd_kafka_commit(pe_run->rk, l, 1);
 	else

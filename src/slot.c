@@ -184,6 +184,7 @@ pe_slot_init(void)
 		proc_exit(0);
 	}
 	pe_run->exactly_once = strcmp(pe_run->def->delivery, "exactly_once") == 0;
+	pe_run->handoff = pe_run->exactly_once && pe_run->def->group_id != NULL;
 	pe_run->dbname = get_database_name(MyDatabaseId);
 	pe_run->log_who = psprintf("consumer %s/%d", pe_run->def->name, pe_run->slot);
 	pe_run->conn = pe_connection_lookup(pe_run->def->connection, false);
@@ -223,6 +224,12 @@ pe_slot_init(void)
 	MemoryContextSwitchTo(old);
 	pe_xact_commit();
 
+	/* a 4 MB block kept across resets: no page faults for every batch */
+	pe_run->batch_cxt = AllocSetContextCreate(TopMemoryContext, "pipeline_ext batch",
+										   4 * 1024 * 1024, 1024 * 1024, 16 * 1024 * 1024);
+	pe_run->loop_cxt = AllocSetContextCreate(TopMemoryContext, "pipeline_ext slot loop",
+											 ALLOCSET_DEFAULT_SIZES);
+
 	old = MemoryContextSwitchTo(TopMemoryContext);
 	pe_slot_load_offsets();
 
@@ -233,6 +240,8 @@ pe_slot_init(void)
 		rd_kafka_resp_err_t err;
 
 		pe_slot_discover(true);
+		if (pe_run->handoff)
+			pe_slot_catch_up();
 		rd_kafka_topic_partition_list_add(topics, pe_run->def->topic, RD_KAFKA_PARTITION_UA);
 		err = rd_kafka_subscribe(pe_run->rk, topics);
 		rd_kafka_topic_partition_list_destroy(topics);
@@ -246,12 +255,6 @@ pe_slot_init(void)
 		pe_slot_discover(true);
 	MemoryContextSwitchTo(old);
 	before_shmem_exit(pe_slot_close_kafka, 0);
-
-	/* a 4 MB block kept across resets: no page faults for every batch */
-	pe_run->batch_cxt = AllocSetContextCreate(TopMemoryContext, "pipeline_ext batch",
-										   4 * 1024 * 1024, 1024 * 1024, 16 * 1024 * 1024);
-	pe_run->loop_cxt = AllocSetContextCreate(TopMemoryContext, "pipeline_ext slot loop",
-											 ALLOCSET_DEFAULT_SIZES);
 	CacheRegisterRelcacheCallback(pe_slot_relcache_cb, (Datum) 0);
 }
 
@@ -518,6 +521,21 @@ pe_slot_loop(void)
 			pe_wake_manager(MyDatabaseId);
 			proc_exit(0);
 		}
+		if (outcome == PE_BATCH_CONFLICT && pe_run->group_refused)
+		{
+			/*
+			 * The group refused the batch's offsets (rolled back): its
+			 * partitions may be moving.  Each one still held resumes where
+			 * the group committed, the batch's start.
+			 */
+			pe_run->group_refused = false;
+			for (int i = 0; i < n; i++)
+				rd_kafka_message_destroy(batch[i]);
+			pe_run->batch_n = 0;
+			pe_run->need_reseek = true;
+			pe_run->reseek_from_group = true;
+			continue;
+		}
 		if (outcome == PE_BATCH_CONFLICT)
 		{
 			ereport(LOG,
@@ -540,13 +558,14 @@ pe_slot_loop(void)
 
 		{
 			/*
-			 * Waited for in at_least_once (the group holds the offsets),
-			 * and in a group shared with other servers, where the group's
-			 * offset is what the next owner of a partition resumes from.
+			 * Waited for in at_least_once (the group holds the offsets);
+			 * best effort in exactly_once, but for a group shared between
+			 * servers, where the batch committed them before its own
+			 * commit (slot_handoff.c).
 			 */
-			bool		sync = strcmp(pe_run->def->delivery, "at_least_once") == 0 ||
-				(pe_run->exactly_once && pe_run->def->group_id != NULL);
-			rd_kafka_resp_err_t err = pe_slot_kafka_commit(batch, n, sync);
+			bool		sync = strcmp(pe_run->def->delivery, "at_least_once") == 0;
+			rd_kafka_resp_err_t err = pe_run->handoff ? RD_KAFKA_RESP_ERR_NO_ERROR :
+				pe_slot_kafka_commit(batch, n, sync);
 
 			if (err != RD_KAFKA_RESP_ERR_NO_ERROR && err != RD_KAFKA_RESP_ERR__NO_OFFSET && sync)
 				ereport(LOG,

@@ -2,8 +2,10 @@
  *
  * slot.h
  *	  A slot worker's own state, shared by the files of the slot worker:
- *	  slot.c (the loop), slot_assign.c (partitions and where to start),
- *	  slot_metrics.c (what it publishes to shared memory) and offsets.c.
+ *	  slot.c (the loop), slot_batch.c (a batch's transaction),
+ *	  slot_assign.c (partitions and where to start), slot_handoff.c (a
+ *	  group shared between servers), slot_metrics.c (what it publishes to
+ *	  shared memory) and offsets.c.
  *
  * IDENTIFICATION
  *	  src/slot.h
@@ -33,6 +35,9 @@ typedef struct PePartState
 	int64		asked_high;		/* high watermark the broker gave when asked; -1 */
 	int64		floor;			/* the group resumed it here: anything below was
 								 * applied (by this server or another); -1 */
+	int64		catchup_end;	/* pe_slot_catch_up(): apply up to here; -1 */
+	char	   *carried;		/* claims of previous owners, for the group's
+								 * commits (slot_handoff.c); NULL: none */
 	TimestampTz moved_at;		/* stored last moved (or the partition was assigned) */
 } PePartState;
 
@@ -46,6 +51,12 @@ typedef struct PeSlotRun
 	List	   *secrets;
 	PeTarget   *target;
 	bool		exactly_once;
+	bool		handoff;		/* exactly_once in a group: the group's offsets
+								 * hand partitions over between servers */
+	char	   *handoff_identity;	/* this server's database and consumer */
+	bool		catching_up;	/* in pe_slot_catch_up() */
+	bool		group_refused;	/* the group refused a batch's offsets */
+	bool		group_took;		/* ... or took them, and the batch is not committed */
 	rd_kafka_t *rk;
 	rd_kafka_queue_t *queue;
 	int			npart;			/* partitions known in the topic */
@@ -78,11 +89,17 @@ extern PeSlotRun *pe_run;
 #define PE_WAIT_SLICE_MAX_MS 2000
 extern void pe_slot_wait_tick(void);
 
+/* slot_handoff.c */
+extern void pe_slot_handoff_metadata(rd_kafka_topic_partition_t *tp, int64 from);
+extern int64 pe_slot_handoff_assigned(const rd_kafka_topic_partition_t *tp);
+extern void pe_slot_catch_up(void);
+
 /* slot_batch.c */
 extern bool pe_slot_try_batch(rd_kafka_message_t **batch, int n, PeBatchOutcome *outcome,
 							  int64 *ndead, char **stop_error);
 
 /* slot_assign.c */
+extern void pe_slot_read_committed(rd_kafka_topic_partition_list_t *l);
 extern void pe_slot_grow(int npart);
 extern void pe_slot_discover(bool first);
 extern void pe_slot_reseek(void);

@@ -33,6 +33,8 @@ pe_slot_init_parts(PePartState *parts, int from, int to)
 		parts[p].shm = -1;
 		parts[p].asked_high = -1;
 		parts[p].floor = -1;
+		parts[p].catchup_end = -1;
+		parts[p].carried = NULL;
 		parts[p].moved_at = 0;
 		parts[p].start = RD_KAFKA_OFFSET_INVALID;
 	}
@@ -172,6 +174,27 @@ static rd_kafka_resp_err_t
 pe_call_committed(void *arg, int timeout_ms)
 {
 	return rd_kafka_committed(pe_run->rk, arg, timeout_ms);
+}
+
+/*
+ * The group's committed offsets (and their metadata) for a list of
+ * partitions; an error for each partition the group holds none for.
+ */
+void
+pe_slot_read_committed(rd_kafka_topic_partition_list_t *l)
+{
+	rd_kafka_resp_err_t err;
+
+	if (l->cnt == 0)
+		return;
+	err = pe_slot_sliced(pe_call_committed, l, 30000);
+	if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONNECTION_FAILURE),
+				 errmsg("could not read the offsets group \"%s\" committed for topic \"%s\"",
+						pe_run->def->group_id, pe_run->def->topic),
+				 errdetail("librdkafka: %s", rd_kafka_err2str(err)),
+				 errhint("The worker restarts and asks again.")));
 }
 
 /*
@@ -441,28 +464,20 @@ pe_slot_reseek(void)
 	{
 		rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(pe_run->npart);
 		rd_kafka_error_t *e;
-		rd_kafka_resp_err_t err;
 
 		for (int p = 0; p < pe_run->npart; p++)
 			if (pe_run->parts[p].assigned)
 				rd_kafka_topic_partition_list_add(l, pe_run->def->topic, p);
 
 		/*
-		 * Each partition resumes from the furthest of what this server
-		 * applied (its stored offset) and what the group committed: a
-		 * partition that comes from a member on another server (several
-		 * servers sharing a topic through one group) resumes where that
-		 * one stopped, having committed each batch to the group after its
-		 * own commit.
+		 * After a rebalance each partition resumes where the group
+		 * committed, and never before what this server applied (its
+		 * stored offset): a partition that comes from a member on another
+		 * server (several servers sharing a topic through one group)
+		 * resumes where that one stopped.  exactly_once: see
+		 * pe_slot_handoff_assigned().
 		 */
-		err = l->cnt > 0 ? pe_slot_sliced(pe_call_committed, l, 30000) : RD_KAFKA_RESP_ERR_NO_ERROR;
-		if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
-			ereport(ERROR,
-					(errcode(ERRCODE_CONNECTION_FAILURE),
-					 errmsg("could not read the offsets group \"%s\" committed for topic \"%s\"",
-							pe_run->def->group_id, pe_run->def->topic),
-					 errdetail("librdkafka: %s", rd_kafka_err2str(err)),
-					 errhint("The worker restarts and asks again.")));
+		pe_slot_read_committed(l);
 		for (int i = 0; i < l->cnt; i++)
 		{
 			int32		p = l->elems[i].partition;
@@ -471,16 +486,17 @@ pe_slot_reseek(void)
 			 * After reset_offsets() (or a fence that did not hold), the
 			 * stored offset is the one to go to, backwards too.
 			 */
-			int64		from = pe_run->reseek_from_group ? Max(pe_run->parts[p].stored, committed)
-				: pe_run->parts[p].stored;
+			int64		from = !pe_run->reseek_from_group ? pe_run->parts[p].stored
+				: pe_run->handoff ? pe_slot_handoff_assigned(&l->elems[i])
+				: Max(pe_run->parts[p].stored, committed);
 
 			if (from < 0)
 				from = pe_slot_start_offset(p, false);
-			else if (pe_run->reseek_from_group && committed > pe_run->parts[p].stored)
+			else if (pe_run->reseek_from_group && from > pe_run->parts[p].stored)
 				ereport(LOG,
 						(errmsg("pipeline_ext consumer %s/%d: partition %d resumes at offset " INT64_FORMAT
 								", where group \"%s\" committed (applied here up to " INT64_FORMAT ")",
-								pe_run->def->name, pe_run->slot, p, committed,
+								pe_run->def->name, pe_run->slot, p, from,
 								pe_run->def->group_id, pe_run->parts[p].stored)));
 			l->elems[i].offset = from;
 			l->elems[i].err = RD_KAFKA_RESP_ERR_NO_ERROR;

@@ -157,6 +157,46 @@ pe_error_is_transient(int sqlerrcode)
 }
 
 /*
+ * A group shared between servers (slot_handoff.c): the batch's offsets go
+ * to the group before PostgreSQL's commit.  A group that refuses them (a
+ * rebalance under way, this member gone) means the partitions move: the
+ * batch is rolled back and the next owner applies it.  An answer that
+ * never came may hide a commit the group took: the worker restarts, and
+ * pe_slot_catch_up() finds out.
+ */
+static PeBatchOutcome
+pe_slot_commit_to_group(rd_kafka_message_t **batch, int n)
+{
+	rd_kafka_resp_err_t err = pe_slot_kafka_commit(batch, n, true);
+
+	switch (err)
+	{
+		case RD_KAFKA_RESP_ERR_NO_ERROR:
+			pe_run->group_took = true;
+			return PE_BATCH_DONE;
+		case RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS:
+		case RD_KAFKA_RESP_ERR_ILLEGAL_GENERATION:
+		case RD_KAFKA_RESP_ERR_UNKNOWN_MEMBER_ID:
+		case RD_KAFKA_RESP_ERR_FENCED_INSTANCE_ID:
+		case RD_KAFKA_RESP_ERR__ASSIGNMENT_LOST:
+		case RD_KAFKA_RESP_ERR__STATE:	/* not sent: not in the group now */
+			ereport(LOG,
+					(errmsg("pipeline_ext consumer %s/%d: group \"%s\" refused the batch's offsets (%s); "
+							"rolled back, for the partitions' next owner",
+							pe_run->def->name, pe_run->slot, pe_run->def->group_id, rd_kafka_err2str(err))));
+			pe_run->group_refused = true;
+			return PE_BATCH_CONFLICT;
+		default:
+			ereport(ERROR,
+					(errcode(ERRCODE_CONNECTION_FAILURE),
+					 errmsg("could not commit offsets to the Kafka group \"%s\": %s",
+							pe_run->def->group_id, rd_kafka_err2str(err)),
+					 errhint("The worker restarts; a batch the group took is applied then.")));
+	}
+	return PE_BATCH_CONFLICT;		/* keep the compiler quiet */
+}
+
+/*
  * One attempt at applying a batch.  False after a transient error (cancel,
  * serialization failure, deadlock), which is logged and rolled back; other
  * errors propagate and end the worker.
@@ -187,12 +227,15 @@ pe_slot_try_batch(rd_kafka_message_t **batch, int n, PeBatchOutcome *outcome,
 		/* decoded rows go to the batch context, which keeps its memory */
 		MemoryContextSwitchTo(pe_run->batch_cxt);
 		*outcome = pe_slot_apply_batch(batch, n, ndead, stop_error);
+		if (*outcome == PE_BATCH_DONE && pe_run->handoff && !pe_run->catching_up)
+			*outcome = pe_slot_commit_to_group(batch, n);
 		SPI_finish();
 		PopActiveSnapshot();
 		if (*outcome == PE_BATCH_DONE)
 			CommitTransactionCommand();
 		else
 			AbortCurrentTransaction();
+		pe_run->group_took = false;
 	}
 	PG_CATCH();
 	{
@@ -201,7 +244,12 @@ pe_slot_try_batch(rd_kafka_message_t **batch, int n, PeBatchOutcome *outcome,
 		HOLD_INTERRUPTS();
 		MemoryContextSwitchTo(old);
 		edata = CopyErrorData();
-		if (ProcDiePending)
+		/*
+		 * The group took the batch's offsets and PostgreSQL's commit
+		 * failed: the worker restarts, and applies the batch again before
+		 * it joins the group (slot_handoff.c).
+		 */
+		if (ProcDiePending || pe_run->group_took)
 		{
 			RESUME_INTERRUPTS();
 			PG_RE_THROW();
