@@ -39,21 +39,30 @@ pe_replay_free_headers(PeBatch *b)
 		}
 }
 
-/* The batch through the data path; the headers made for it freed after. */
-static void
-pe_replay_apply(PeBatch *b)
+/*
+ * The dead letters through the data path into the consumer's target, as a
+ * worker would apply them; the number that failed again.
+ */
+static int
+pe_replay_apply(PeConsumerDef *def, PeBatch *b)
 {
-	PG_TRY();
-	{
-		(void) pe_batch_apply(b);
-	}
-	PG_CATCH();
-	{
-		pe_replay_free_headers(b);
-		PG_RE_THROW();
-	}
-	PG_END_TRY();
-	pe_replay_free_headers(b);
+	/* as in a worker, the statements do not depend on the caller's search_path */
+	int			nestlevel = NewGUCNestLevel();
+	int			nfailed;
+
+	(void) set_config_option("search_path", "", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	b->target = pe_target_open(def, false);
+	(void) pe_batch_apply(b);
+	/* the list and the target live in SPI's memory: before SPI_finish() */
+	nfailed = list_length(b->res.dead);
+	pe_target_close(b->target);
+	b->target = NULL;
+	SPI_finish();
+	AtEOXact_GUC(true, nestlevel);
+	return nfailed;
 }
 
 /*
@@ -75,7 +84,7 @@ pe_replay_dead_letters(PG_FUNCTION_ARGS)
 	PeMessage  *msgs;
 	int64	   *ids;
 	PeBatch		b;
-	int			nfailed = 0;
+	volatile int nfailed = 0;
 	TupleDesc	tupdesc;
 	Datum		out[2];
 	bool		outnulls[2] = {false, false};
@@ -107,11 +116,19 @@ pe_replay_dead_letters(PG_FUNCTION_ARGS)
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "could not read dead letters: %s", SPI_result_code_string(rc));
 	n = SPI_processed;
+
+	/*
+	 * The librdkafka headers made for the messages are malloc'ed: freed
+	 * after the replay, and on any error from here on.
+	 */
+	memset(&b, 0, sizeof(b));
+	PG_TRY();
 	{
 		MemoryContext spi = MemoryContextSwitchTo(caller);
 
 		msgs = palloc0(sizeof(PeMessage) * Max(n, 1));
 		ids = palloc(sizeof(int64) * Max(n, 1));
+		b.msgs = msgs;
 		for (int i = 0; i < n; i++)
 		{
 			HeapTuple	tup = SPI_tuptable->vals[i];
@@ -140,6 +157,7 @@ pe_replay_dead_letters(PG_FUNCTION_ARGS)
 				msgs[i].value_len = VARSIZE(b) - VARHDRSZ;
 			}
 			d = SPI_getbinval(tup, desc, 9, &isnull);
+			b.n = i + 1;
 			if (!isnull)
 				msgs[i].hdrs = pe_headers_from_raw(DatumGetArrayTypeP(d));
 			else
@@ -152,31 +170,21 @@ pe_replay_dead_letters(PG_FUNCTION_ARGS)
 			msgs[i].timestamp_ms = isnull ? -1 : pe_timestamptz_to_kafka_ms(DatumGetTimestampTz(d));
 		}
 		MemoryContextSwitchTo(spi);
+		pe_catalog_end(&acc);
+		b.n = n;
+		b.replay_ids = ids;
+		if (n > 0)
+			nfailed = pe_replay_apply(def, &b);
 	}
-	pe_catalog_end(&acc);
-
-	memset(&b, 0, sizeof(b));
-	b.msgs = msgs;
-	b.n = n;
-	b.replay_ids = ids;
-	if (n > 0)
+	PG_CATCH();
 	{
-		/* as in a worker, the statements do not depend on the caller's search_path */
-		int			nestlevel = NewGUCNestLevel();
-
-		(void) set_config_option("search_path", "", PGC_USERSET, PGC_S_SESSION,
-								 GUC_ACTION_SAVE, true, 0, false);
-		if (SPI_connect() != SPI_OK_CONNECT)
-			elog(ERROR, "SPI_connect failed");
-		b.target = pe_target_open(def, false);
-		pe_replay_apply(&b);
-		/* the list and the target live in SPI's memory: before SPI_finish() */
-		nfailed = list_length(b.res.dead);
-		pe_target_close(b.target);
-		SPI_finish();
-		AtEOXact_GUC(true, nestlevel);
+		pe_replay_free_headers(&b);
+		PG_RE_THROW();
 	}
+	PG_END_TRY();
+	pe_replay_free_headers(&b);
 
+	out[0] = Int64GetDatum(n - nfailed);
 	out[0] = Int64GetDatum(n - nfailed);
 	out[1] = Int64GetDatum(nfailed);
 	tupdesc = BlessTupleDesc(tupdesc);
