@@ -29,6 +29,7 @@ int			pe_produce_timeout_ms = 30000;
 int			pe_max_consumer_slots = 64;
 int			pe_lag_window_ms = 300000;
 int			pe_max_apply_failures = 10;
+int			pe_batch_linger_ms = 1;
 int			pe_health_lag_messages = 1000;
 int			pe_health_latency_ms = 500;
 double		pe_health_error_rate = 0.001;
@@ -109,6 +110,16 @@ _PG_init(void)
 							10, 0, 1000,
 							PGC_SIGHUP,
 							0,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("pipeline_ext.batch_linger",
+							"How long a slot waits for more messages once its queue is empty, before applying.",
+							"A slot applies what has arrived as soon as its local queue is "
+							"empty; this short wait lets the rest of a fetch join the batch. "
+							"batch_size and batch_timeout bound a batch in any case.",
+							&pe_batch_linger_ms,
+							1, 0, 1000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
 							NULL, NULL, NULL);
 	DefineCustomIntVariable("pipeline_ext.health_lag_messages",
 							"Lag, in messages, above which pipeline.health warns about a consumer.",

@@ -50,6 +50,7 @@ extern int	pe_produce_timeout_ms;
 extern int	pe_max_consumer_slots;
 extern int	pe_lag_window_ms;
 extern int	pe_max_apply_failures;
+extern int	pe_batch_linger_ms;
 
 /*
  * Kafka's clock: timestamps are milliseconds since 1970; PostgreSQL's are

@@ -359,6 +359,8 @@ pe_slot_loop(void)
 		int64		ndead = 0;
 		char	   *stop_error = NULL;
 		PeBatchOutcome outcome = PE_BATCH_DONE;
+		bool		drained = false;	/* the local queue was found empty */
+		bool		lingered = false;
 
 		/*
 		 * What one turn allocates (log lines, redacted errors, an error's
@@ -368,11 +370,19 @@ pe_slot_loop(void)
 		MemoryContextSwitchTo(pe_run->loop_cxt);
 		MemoryContextReset(pe_run->loop_cxt);
 
-		/* collect a batch */
+		/*
+		 * Collect a batch: wait for a first message, then take what has
+		 * arrived, and apply as soon as the local queue is empty (after
+		 * pipeline_ext.batch_linger).  Caught up, batches are small and
+		 * applied at once; behind, what arrives while one is applied makes
+		 * the next one bigger, up to batch_size messages, PE_BATCH_MAX_BYTES
+		 * and batch_timeout from its first message.
+		 */
 		pgstat_report_activity(STATE_IDLE, NULL);
 		while (n < batch_cap && bytes < PE_BATCH_MAX_BYTES)
 		{
 			int			slice = PE_SLICE_MS;
+			int			want = batch_cap - n;
 			ssize_t		got;
 
 			/*
@@ -387,15 +397,30 @@ pe_slot_loop(void)
 				ConfigReloadPending = false;
 				ProcessConfigFile(PGC_SIGHUP);
 			}
-			if (n > 0)
+			if (n == 0)
+			{
+				/* librdkafka waits until it has all it was asked for */
+				want = 1;
+			}
+			else
 			{
 				int64		left = pe_run->def->batch_timeout_ms - pe_ms_since(first_at);
 
 				if (left <= 0)
 					break;
-				slice = Min(slice, (int) left);
+				if (!drained)
+					slice = 0;
+				else if (!lingered && pe_batch_linger_ms > 0)
+				{
+					slice = Min(pe_batch_linger_ms, (int) left);
+					lingered = true;
+				}
+				else
+					break;
 			}
-			got = rd_kafka_consume_batch_queue(pe_run->queue, slice, batch + n, batch_cap - n);
+			got = rd_kafka_consume_batch_queue(pe_run->queue, slice, batch + n, want);
+			if (n > 0 && got < want)
+				drained = true;
 			if (got < 0)
 			{
 				/* the queue failed at once: wait the slice out, do not spin */
@@ -478,6 +503,7 @@ pe_slot_loop(void)
 				pe_run->batch_n = 0;
 				bytes = 0;
 				first_at = 0;
+				drained = lingered = false;
 				pe_slot_reseek();
 			}
 			if (n == 0 && pe_ms_since(pe_run->last_watermarks) >= 1000)

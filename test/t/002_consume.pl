@@ -17,7 +17,7 @@ my $broker = PipelineExt::Broker->start(
 	topics => {
 		big => 6, faults => 4, bad => 2, csv => 1, text => 1, bytes => 1,
 		tomb => 2, grp => 4, priv => 1, stopstart => 1, alo => 2, amo => 2,
-		stoponerr => 1, nested => 1, tombv => 1, droptgt => 1, deferred => 1, wide => 1024
+		stoponerr => 1, nested => 1, tombv => 1, droptgt => 1, deferred => 1, wide => 1024, nat => 2
 	});
 my $bs = $broker->bootstrap;
 
@@ -641,6 +641,27 @@ is(sql(q{SELECT messages || '/' || errors FROM pipeline.consumer_stats WHERE con
 		'exporter: consumer_status per slot');
 	like($body, qr/^pipeline_producer_messages\{server="[^"]*"\} \d+/m, 'exporter: producer_stats');
 }
+
+# --- natural batching -------------------------------------------------------
+# batch_size and batch_timeout are upper bounds.  Messages waiting when a
+# slot starts go in batches of what has arrived; a message that comes alone
+# is applied at once, not when a batch_timeout of an hour has passed.
+sql(q{
+CREATE TABLE nat_t (id int PRIMARY KEY, v int);
+SELECT pipeline.create_consumer('nat', 'local', 'nat', 'nat_t', batch_size => 100000, batch_timeout => '1 hour',
+    start => false);
+});
+produce('nat', q{SELECT json_build_object('id', g, 'v', g)::text, g::text FROM generate_series(1, 5000) g});
+sql(q{SELECT pipeline.start_consumer('nat')});
+wait_for('SELECT count(*) FROM nat_t', '5000', 'natural batching: the 5,000 waiting messages are applied');
+cmp_ok(sql(q{SELECT sum(batches) FROM pipeline._slots() WHERE consumer = 'nat'}), '<', 100,
+	'... in batches of what had arrived, not one by one');
+sql(q{SELECT pipeline.produce('local', 'nat', '{"id": 5001, "v": 1}', '5001')});
+wait_for('SELECT count(*) FROM nat_t', '5001', '... and a message that comes alone is applied at once, not after batch_timeout (1 hour)');
+sql(q{ALTER SYSTEM SET pipeline_ext.batch_linger = 0; SELECT pg_reload_conf()});
+sql(q{SELECT pipeline.produce('local', 'nat', '{"id": 5002, "v": 1}', '5002')});
+wait_for('SELECT count(*) FROM nat_t', '5002', '... with no linger too');
+sql(q{ALTER SYSTEM RESET pipeline_ext.batch_linger; SELECT pg_reload_conf(); SELECT pipeline.drop_consumer('nat')});
 
 # --- SIGHUP and postmaster death -------------------------------------------
 sql(q{SELECT pg_reload_conf()});
