@@ -54,7 +54,7 @@ typedef struct PeConsumerDef
 
 /* consumer_catalog.c */
 extern PeConsumerDef *pe_consumer_read(const char *name, bool missing_ok);
-extern List *pe_consumer_defaults(PeConsumerDef *def, const char *dbname);
+extern List *pe_consumer_defaults(PeConsumerDef *def, const char *dbname, List **forced);
 extern void pe_consumer_check_target(PeConsumerDef *def);
 extern void pe_consumer_record_error(int64 id, const char *error, bool disable);
 

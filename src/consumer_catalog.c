@@ -128,9 +128,15 @@ pe_consumer_record_error(int64 id, const char *error, bool disable)
 	pe_catalog_end(&acc);
 }
 
-/* librdkafka properties a consumer slot starts from (the connection overrides). */
+/*
+ * librdkafka properties of a consumer slot: the defaults (the connection's
+ * options override them), and in *forced those its offsets and delivery
+ * depend on, which override the connection's: the group, no automatic
+ * offset store or commit, no partition-end events, and only committed
+ * messages of transactional producers.
+ */
 List *
-pe_consumer_defaults(PeConsumerDef *def, const char *dbname)
+pe_consumer_defaults(PeConsumerDef *def, const char *dbname, List **forced)
 {
 	List	   *props = NIL;
 	char	   *group;
@@ -152,11 +158,13 @@ pe_consumer_defaults(PeConsumerDef *def, const char *dbname)
 	 */
 	kbytes = 20 * 1024;
 
+	*forced = lappend(*forced, pe_property("group.id", group, "pipeline_ext"));
+	*forced = lappend(*forced, pe_property("enable.auto.commit", "false", "pipeline_ext"));
+	*forced = lappend(*forced, pe_property("enable.auto.offset.store", "false", "pipeline_ext"));
+	*forced = lappend(*forced, pe_property("enable.partition.eof", "false", "pipeline_ext"));
+	*forced = lappend(*forced, pe_property("isolation.level", "read_committed", "pipeline_ext"));
+
 	props = lappend(props, pe_property("client.id", "pipeline_ext", "pipeline_ext"));
-	props = lappend(props, pe_property("group.id", group, "pipeline_ext"));
-	props = lappend(props, pe_property("enable.auto.commit", "false", "pipeline_ext"));
-	props = lappend(props, pe_property("enable.auto.offset.store", "false", "pipeline_ext"));
-	props = lappend(props, pe_property("enable.partition.eof", "false", "pipeline_ext"));
 	props = lappend(props, pe_property("auto.offset.reset",
 									   strcmp(def->start_offset, "latest") == 0 ? "latest" : "earliest",
 									   "pipeline_ext"));

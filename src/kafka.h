@@ -46,7 +46,7 @@ typedef struct PeProperty
 	const char *source;			/* "connection", "eventhubs", "default" */
 } PeProperty;
 
-extern rd_kafka_conf_t *pe_kafka_conf(struct PeConnection *conn, List *defaults);
+extern rd_kafka_conf_t *pe_kafka_conf(struct PeConnection *conn, List *defaults, List *forced);
 extern PeProperty *pe_property(const char *name, const char *value, const char *source);
 extern char *pe_redact(const char *text, List *secrets);
 extern void pe_quiet_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf);

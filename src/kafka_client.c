@@ -63,15 +63,16 @@ pe_redact(const char *text, List *secrets)
 
 /*
  * A librdkafka configuration from a connection's properties, after the
- * given defaults (which the connection's own options override).  Errors
- * name the property and redact the connection's secrets.
+ * given defaults (which the connection's own options override) and before
+ * the forced ones (which override them: what exactly-once depends on).
+ * Errors name the property and redact the connection's secrets.
  */
 rd_kafka_conf_t *
-pe_kafka_conf(PeConnection *conn, List *defaults)
+pe_kafka_conf(PeConnection *conn, List *defaults, List *forced)
 {
 	rd_kafka_conf_t *conf = rd_kafka_conf_new();
 	char		errstr[512];
-	List	   *props = list_concat(list_copy(defaults), conn->props);
+	List	   *props = list_concat(list_concat(list_copy(defaults), conn->props), forced);
 	ListCell   *lc;
 
 	foreach(lc, props)

@@ -78,7 +78,7 @@ pe_reset_offsets(PG_FUNCTION_ARGS)
 	}
 
 	conn = pe_connection_lookup(def->connection, false);
-	conf = pe_kafka_conf(conn, list_make1(pe_property("client.id", "pipeline_ext", "pipeline_ext")));
+	conf = pe_kafka_conf(conn, list_make1(pe_property("client.id", "pipeline_ext", "pipeline_ext")), NIL);
 	rd_kafka_conf_set_log_cb(conf, pe_quiet_log_cb);
 	rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr));
 	if (rk == NULL)

@@ -157,6 +157,7 @@ pe_probe_prepare(PeProbe *p, const char *dbname)
 		PeConnection *conn = pe_connection_lookup(def->connection, true);
 		MemoryContext old;
 		List	   *props = NIL;
+		List	   *forced = NIL;
 		rd_kafka_conf_t *conf;
 		char		errstr[512];
 
@@ -169,17 +170,17 @@ pe_probe_prepare(PeProbe *p, const char *dbname)
 
 		/* a small client: it never joins the group, commits or prefetches much */
 		props = lappend(props, pe_property("client.id", "pipeline_ext", "pipeline_ext"));
-		props = lappend(props, pe_property("group.id", psprintf("pipeline_ext.%s.%s.lag", dbname, p->name),
-										   "pipeline_ext"));
-		props = lappend(props, pe_property("enable.auto.commit", "false", "pipeline_ext"));
-		props = lappend(props, pe_property("enable.auto.offset.store", "false", "pipeline_ext"));
-		props = lappend(props, pe_property("enable.partition.eof", "false", "pipeline_ext"));
+		forced = lappend(forced, pe_property("group.id", psprintf("pipeline_ext.%s.%s.lag", dbname, p->name),
+											 "pipeline_ext"));
+		forced = lappend(forced, pe_property("enable.auto.commit", "false", "pipeline_ext"));
+		forced = lappend(forced, pe_property("enable.auto.offset.store", "false", "pipeline_ext"));
+		forced = lappend(forced, pe_property("enable.partition.eof", "false", "pipeline_ext"));
 		props = lappend(props, pe_property("auto.offset.reset", "earliest", "pipeline_ext"));
 		props = lappend(props, pe_property("queued.min.messages", "1", "pipeline_ext"));
 		props = lappend(props, pe_property("queued.max.messages.kbytes", "1024", "pipeline_ext"));
 		props = lappend(props, pe_property("max.partition.fetch.bytes", "65536", "pipeline_ext"));
 		props = lappend(props, pe_property("fetch.max.bytes", "1048576", "pipeline_ext"));
-		conf = pe_kafka_conf(conn, props);
+		conf = pe_kafka_conf(conn, props, forced);
 		rd_kafka_conf_set_log_cb(conf, pe_quiet_log_cb);
 		p->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr));
 		if (p->rk == NULL)

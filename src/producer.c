@@ -240,7 +240,7 @@ pe_relcache_cb(Datum arg, Oid relid)
 static void
 pe_producer_create(PeProducer *p, PeConnection *conn)
 {
-	rd_kafka_conf_t *conf = pe_kafka_conf(conn, pe_producer_default_props());
+	rd_kafka_conf_t *conf = pe_kafka_conf(conn, pe_producer_default_props(), NIL);
 	char		errstr[512];
 	ListCell   *lc;
 	MemoryContext old;

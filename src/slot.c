@@ -133,8 +133,9 @@ pe_slot_close_kafka(int code, Datum arg)
 static void
 pe_slot_connect(void)
 {
-	List	   *defaults = pe_consumer_defaults(pe_run->def, pe_run->dbname);
-	rd_kafka_conf_t *conf = pe_kafka_conf(pe_run->conn, defaults);
+	List	   *forced = NIL;
+	List	   *defaults = pe_consumer_defaults(pe_run->def, pe_run->dbname, &forced);
+	rd_kafka_conf_t *conf = pe_kafka_conf(pe_run->conn, defaults, forced);
 	char		errstr[512];
 
 	if (rd_kafka_conf_set(conf, "log.queue", "true", errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK)

@@ -13,7 +13,7 @@ use PipelineExt::Broker;
 
 my $broker = PipelineExt::Broker->start(
 	brokers => 1,
-	topics => { ident => 1, ident2 => 1, fence => 1, hdrs => 1, gone => 1, setrole => 1, bisect => 1, slowc => 1 });
+	topics => { ident => 1, ident2 => 1, fence => 1, hdrs => 1, gone => 1, setrole => 1, bisect => 1, slowc => 1, forced => 1 });
 my $bs = $broker->bootstrap;
 
 my $node = PostgreSQL::Test::Cluster->new('hardening');
@@ -214,6 +214,23 @@ is(sql(q{SELECT count(*) FROM pipeline.dead_letters WHERE consumer = 'setrole'})
 sql(q{DROP TRIGGER setrole_trg ON setrole_t; SELECT pipeline.start_consumer('setrole')});
 wait_for(q{SELECT count(*) FROM setrole_t}, '1', '... and once the cause is gone, start_consumer applies it');
 sql(q{SELECT pipeline.drop_consumer('setrole'); ALTER SYSTEM RESET pipeline_ext.max_apply_failures; SELECT pg_reload_conf()});
+
+# --- what exactly-once depends on is not the connection's to change ----------
+# A connection's options cannot move a consumer's commits to another group,
+# turn on librdkafka's automatic offset store or commit, or read the
+# messages of aborted transactions.
+sql(q{
+SELECT pipeline.create_connection('overrides', '} . $bs . q{',
+    '{"group.id": "hijack", "enable.auto.commit": "true", "enable.auto.offset.store": "true", "isolation.level": "read_uncommitted"}');
+CREATE TABLE forced_t (id int PRIMARY KEY, v int);
+SELECT pipeline.create_consumer('forced', 'overrides', 'forced', 'forced_t', delivery => 'at_least_once');
+});
+produce('forced', q{VALUES ('{"id": 1, "v": 1}', '1')});
+wait_for(q{SELECT count(*) FROM forced_t}, '1', 'forced settings: the consumer applies a message');
+is($broker->wait_group_committed('pipeline_ext.postgres.forced', 'forced', 1, '1'), '1',
+	'... and commits it to its own group, whatever group.id the connection says');
+is($broker->group_committed('hijack', 'forced', 1), '0', '... and nothing to the connection\'s');
+sql(q{SELECT pipeline.drop_consumer('forced')});
 
 # --- point 16: a Kafka commit the coordinator does not answer ----------------
 # at_least_once commits each batch's offsets to the Kafka group and waits
