@@ -340,6 +340,39 @@ pe_slot_report_table_stats(void)
 	pe_run->stats_pending = false;
 }
 
+/* Apply a batch, retrying transient errors (after a second) in place. */
+PeBatchOutcome
+pe_slot_apply_with_retries(rd_kafka_message_t **batch, int n, int64 *ndead, char **stop_error)
+{
+	PeBatchOutcome outcome = PE_BATCH_DONE;
+
+	while (!pe_slot_try_batch(batch, n, &outcome, ndead, stop_error))
+	{
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, 1000,
+						 PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		QueryCancelPending = false; /* the retry answers it */
+		CHECK_FOR_INTERRUPTS();
+	}
+	return outcome;
+}
+
+/* on_error 'stop' (or max_apply_failures): the consumer stops, saying why. */
+void
+pe_slot_stop_on_error(const char *stop_error)
+{
+	char	   *msg = psprintf("stopped on error: %s", stop_error);
+
+	ereport(LOG,
+			(errmsg("pipeline_ext consumer %s/%d stopped: %s", pe_run->def->name, pe_run->slot, stop_error)));
+	pe_xact_begin();
+	pe_consumer_record_error(pe_run->def->id, msg, true);
+	pe_xact_commit();
+	pe_slot_record_error(msg);
+	pe_wake_manager(MyDatabaseId);
+	proc_exit(0);
+}
+
 /* The slot's main loop: collect a batch, apply it, commit, repeat. */
 static void
 pe_slot_loop(void)
@@ -526,28 +559,9 @@ pe_slot_loop(void)
 		pe_slot_note_oldest(batch, n, true);
 		elog(DEBUG2, "pipeline_ext consumer %s/%d: batch of %d messages collected in %lld ms",
 			 pe_run->def->name, pe_run->slot, n, (long long) pe_ms_since(first_at));
-		while (!pe_slot_try_batch(batch, n, &outcome, &ndead, &stop_error))
-		{
-			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, 1000,
-							 PG_WAIT_EXTENSION);
-			ResetLatch(MyLatch);
-			QueryCancelPending = false; /* the retry answers it */
-			CHECK_FOR_INTERRUPTS();
-		}
-
+		outcome = pe_slot_apply_with_retries(batch, n, &ndead, &stop_error);
 		if (outcome == PE_BATCH_STOP)
-		{
-			char	   *msg = psprintf("stopped on error: %s", stop_error);
-
-			ereport(LOG,
-					(errmsg("pipeline_ext consumer %s/%d stopped: %s", pe_run->def->name, pe_run->slot, stop_error)));
-			pe_xact_begin();
-			pe_consumer_record_error(pe_run->def->id, msg, true);
-			pe_xact_commit();
-			pe_slot_record_error(msg);
-			pe_wake_manager(MyDatabaseId);
-			proc_exit(0);
-		}
+			pe_slot_stop_on_error(stop_error);
 		if (outcome == PE_BATCH_CONFLICT && pe_run->group_refused)
 		{
 			/*

@@ -88,6 +88,9 @@ extern PeSlotRun *pe_run;
 #define PE_WAIT_SLICE_MS 200
 #define PE_WAIT_SLICE_MAX_MS 2000
 extern void pe_slot_wait_tick(void);
+extern PeBatchOutcome pe_slot_apply_with_retries(rd_kafka_message_t **batch, int n, int64 *ndead,
+												 char **stop_error);
+extern void pe_slot_stop_on_error(const char *stop_error) pg_attribute_noreturn();
 
 /* slot_handoff.c */
 extern void pe_slot_handoff_metadata(rd_kafka_topic_partition_t *tp, int64 from);
