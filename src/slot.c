@@ -231,6 +231,9 @@ pe_slot_init(void)
 	pe_run->loop_cxt = AllocSetContextCreate(TopMemoryContext, "pipeline_ext slot loop",
 											 ALLOCSET_DEFAULT_SIZES);
 
+	/* (before the catch-up, which applies batches) */
+	CacheRegisterRelcacheCallback(pe_slot_relcache_cb, (Datum) 0);
+
 	old = MemoryContextSwitchTo(TopMemoryContext);
 	pe_slot_load_offsets();
 
@@ -256,7 +259,6 @@ pe_slot_init(void)
 		pe_slot_discover(true);
 	MemoryContextSwitchTo(old);
 	before_shmem_exit(pe_slot_close_kafka, 0);
-	CacheRegisterRelcacheCallback(pe_slot_relcache_cb, (Datum) 0);
 }
 
 /* The FATAL message the worker ends with, for pe_slot_exit to keep. */

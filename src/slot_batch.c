@@ -81,7 +81,12 @@ pe_slot_apply_batch(rd_kafka_message_t **rkm, int n, int64 *ndead, char **stop_e
 	 * this batch was collected or applied must not be overwritten by it.
 	 */
 	for (int k = 0; k < np; k++)
+	{
 		expected[k] = (pids[k] < pe_run->npart) ? pe_run->parts[pids[k]].stored : -1;
+		/* what a claim on the group says the batch started from (slot_handoff.c) */
+		if (pids[k] < pe_run->npart)
+			pe_run->parts[pids[k]].claim_base = expected[k];
+	}
 
 	/* after ALTER TABLE: describe the target again (types, columns, keys) */
 	AcceptInvalidationMessages();
@@ -167,7 +172,29 @@ pe_error_is_transient(int sqlerrcode)
 static PeBatchOutcome
 pe_slot_commit_to_group(rd_kafka_message_t **batch, int n)
 {
-	rd_kafka_resp_err_t err = pe_slot_kafka_commit(batch, n, true);
+	rd_kafka_resp_err_t err;
+
+	/*
+	 * A partition revoked while the batch was collected (cooperative
+	 * rebalancing takes partitions without a new assignment): its next
+	 * owner may have read the group's offset already, and the group would
+	 * take this commit under the new generation.
+	 */
+	for (int i = 0; i < n; i++)
+	{
+		int32		p = batch[i]->partition;
+
+		if (p >= pe_run->npart || !pe_run->parts[p].assigned)
+		{
+			ereport(LOG,
+					(errmsg("pipeline_ext consumer %s/%d: partition %d was revoked while the batch was collected; "
+							"rolled back, for its next owner",
+							pe_run->def->name, pe_run->slot, p)));
+			pe_run->group_refused = true;
+			return PE_BATCH_CONFLICT;
+		}
+	}
+	err = pe_slot_kafka_commit(batch, n, true);
 
 	switch (err)
 	{

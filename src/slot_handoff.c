@@ -45,6 +45,7 @@ typedef struct PeClaim
 	char		who[64];		/* SYSTEMID/DBOID/CONSUMERID */
 	int64		from;
 	int64		to;				/* exclusive */
+	int64		base;			/* the claimer's stored offset then (-1: none) */
 } PeClaim;
 
 /* "SYSTEMID/DBOID/CONSUMERID": this server's database and consumer. */
@@ -60,9 +61,44 @@ pe_handoff_identity(void)
 }
 
 /*
- * The claims in a committed offset's metadata, the committer's first (its
- * range ends at the committed offset).  None when the metadata is not ours
- * (another client committed) or cannot be read.
+ * One claim, "WHO:FROM@BASE" (the committer's: it ends at the committed
+ * offset) or "WHO:FROM-TO@BASE" (carried).
+ */
+static bool
+pe_handoff_parse_claim(char *tok, bool first, int64 committed, PeClaim *c)
+{
+	char	   *colon = strrchr(tok, ':');
+	char	   *at = strrchr(tok, '@');
+	char	   *end;
+
+	if (colon == NULL || at == NULL || at < colon || colon - tok >= (int) sizeof(c->who))
+		return false;
+	memcpy(c->who, tok, colon - tok);
+	c->who[colon - tok] = '\0';
+	errno = 0;
+	c->from = strtoll(colon + 1, &end, 10);
+	if (errno != 0 || end == colon + 1 || c->from < 0)
+		return false;
+	if (first && end == at)
+		c->to = committed;
+	else if (!first && *end == '-')
+	{
+		char	   *dash = end;
+
+		c->to = strtoll(dash + 1, &end, 10);
+		if (errno != 0 || end == dash + 1 || end != at)
+			return false;
+	}
+	else
+		return false;
+	c->base = strtoll(at + 1, &end, 10);
+	return errno == 0 && end != at + 1 && *end == '\0' && c->base >= -1 && c->to > c->from;
+}
+
+/*
+ * The claims in a committed offset's metadata, the committer's first.
+ * None when the metadata is not ours (another client committed) or cannot
+ * be read.
  */
 static int
 pe_handoff_parse(const rd_kafka_topic_partition_t *tp, PeClaim *claims)
@@ -79,54 +115,24 @@ pe_handoff_parse(const rd_kafka_topic_partition_t *tp, PeClaim *claims)
 	memcpy(buf, tp->metadata, tp->metadata_size);
 	buf[tp->metadata_size] = '\0';
 	tok = strtok_r(buf, " ", &save);
-	if (tok == NULL || strcmp(tok, PE_HANDOFF_TAG) != 0)
-		return 0;
-	while ((tok = strtok_r(NULL, " ", &save)) != NULL && n < PE_HANDOFF_MAX_CLAIMS)
-	{
-		char	   *colon = strrchr(tok, ':');
-		char	   *end;
-		PeClaim    *c = &claims[n];
-
-		if (colon == NULL || colon - tok >= (int) sizeof(c->who))
-			break;
-		memcpy(c->who, tok, colon - tok);
-		c->who[colon - tok] = '\0';
-		errno = 0;
-		c->from = strtoll(colon + 1, &end, 10);
-		if (errno != 0 || end == colon + 1 || c->from < 0)
-			break;
-		if (n == 0 && *end == '\0')
-			c->to = tp->offset;
-		else if (n > 0 && *end == '-')
-		{
-			char	   *dash = end;
-
-			c->to = strtoll(dash + 1, &end, 10);
-			if (errno != 0 || end == dash + 1 || *end != '\0')
-				break;
-		}
-		else
-			break;
-		if (c->to <= c->from)
-			break;
-		n++;
-	}
+	if (tok != NULL && strcmp(tok, PE_HANDOFF_TAG) == 0)
+		while ((tok = strtok_r(NULL, " ", &save)) != NULL && n < PE_HANDOFF_MAX_CLAIMS &&
+			   pe_handoff_parse_claim(tok, n == 0, tp->offset, &claims[n]))
+			n++;
 	pfree(buf);
 	return n;
 }
 
 /*
  * Whether a claim is this server's and its database does not hold it: the
- * stored offset is before the claim's end and not past its start (past the
- * start, the batch was applied, and the offset moved on since).
+ * stored offset is still the one the claiming batch started from (once the
+ * batch is applied, or reset_offsets() moved it, it is not).
  */
 static bool
 pe_handoff_owed(const PeClaim *c, int32 p)
 {
-	int64		stored = pe_run->parts[p].stored;
-
 	return strcmp(c->who, pe_handoff_identity()) == 0 &&
-		stored < c->to && (stored < 0 || stored <= c->from);
+		pe_run->parts[p].stored == c->base && c->base < c->to;
 }
 
 static void
@@ -143,8 +149,9 @@ void
 pe_slot_handoff_metadata(rd_kafka_topic_partition_t *tp, int64 from)
 {
 	char	   *carried = tp->partition < pe_run->npart ? pe_run->parts[tp->partition].carried : NULL;
-	char	   *md = psprintf(PE_HANDOFF_TAG " %s:" INT64_FORMAT "%s",
-							  pe_handoff_identity(), from, carried ? carried : "");
+	int64		base = tp->partition < pe_run->npart ? pe_run->parts[tp->partition].claim_base : -1;
+	char	   *md = psprintf(PE_HANDOFF_TAG " %s:" INT64_FORMAT "@" INT64_FORMAT "%s",
+							  pe_handoff_identity(), from, base, carried ? carried : "");
 
 	if (tp->metadata)
 		free(tp->metadata);
@@ -182,8 +189,8 @@ pe_slot_handoff_assigned(const rd_kafka_topic_partition_t *tp)
 			seen = strcmp(claims[j].who, claims[i].who) == 0;
 		if (seen)
 			continue;
-		appendStringInfo(&carried, " %s:" INT64_FORMAT "-" INT64_FORMAT,
-						 claims[i].who, claims[i].from, claims[i].to);
+		appendStringInfo(&carried, " %s:" INT64_FORMAT "-" INT64_FORMAT "@" INT64_FORMAT,
+						 claims[i].who, claims[i].from, claims[i].to, claims[i].base);
 		kept++;
 	}
 	if (pe_run->parts[p].carried)
@@ -228,8 +235,10 @@ pe_slot_catch_up_check(int32 p, int64 seen)
 /*
  * At a slot's start, before it joins the group: the ranges the group took
  * from this server that its database does not hold are read again and
- * applied.  Each slot looks at the partitions p with p % parallelism =
- * slot, so that two slots never read the same range again.
+ * applied.  Every partition: in a group, any slot may have claimed any of
+ * them.  Two slots of the server starting at once may read the same range
+ * again; the offsets' fence lets one of them apply it, and the other
+ * restarts and finds nothing owed.
  */
 void
 pe_slot_catch_up(void)
@@ -241,8 +250,7 @@ pe_slot_catch_up(void)
 	int			cap = pe_run->def->batch_size;
 
 	for (int p = 0; p < pe_run->npart; p++)
-		if (p % pe_run->def->parallelism == pe_run->slot)
-			rd_kafka_topic_partition_list_add(l, pe_run->def->topic, p);
+		rd_kafka_topic_partition_list_add(l, pe_run->def->topic, p);
 	pe_slot_read_committed(l);
 	for (int i = 0; i < l->cnt; i++)
 	{
@@ -252,13 +260,36 @@ pe_slot_catch_up(void)
 
 		for (int k = 0; k < n; k++)
 		{
+			int64		lo,
+						hi,
+						from = claims[k].from;
+
 			if (!pe_handoff_owed(&claims[k], p))
 				continue;
 			pe_handoff_log_owed(p, &claims[k]);
+			err = pe_slot_query_watermarks(p, &lo, &hi, 30000);
+			if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
+				ereport(ERROR,
+						(errcode(ERRCODE_CONNECTION_FAILURE),
+						 errmsg("could not look up the offsets kept in partition %d of topic \"%s\"",
+								p, pe_run->def->topic),
+						 errdetail("librdkafka: %s", rd_kafka_err2str(err)),
+						 errhint("The worker restarts and asks again.")));
+			if (lo > from)
+			{
+				/* retention removed them meanwhile: nothing can bring them back */
+				ereport(WARNING,
+						(errmsg("pipeline_ext consumer %s/%d: partition %d: offsets " INT64_FORMAT " to " INT64_FORMAT
+								" are no longer kept by the broker and cannot be applied",
+								pe_run->def->name, pe_run->slot, p, from, Min(lo, claims[k].to) - 1)));
+				from = lo;
+				if (from >= claims[k].to)
+					break;
+			}
 			pe_run->parts[p].catchup_end = claims[k].to;
-			pe_run->parts[p].floor = claims[k].from;
+			pe_run->parts[p].floor = from;
 			pe_run->parts[p].assigned = true;
-			rd_kafka_topic_partition_list_add(todo, pe_run->def->topic, p)->offset = claims[k].from;
+			rd_kafka_topic_partition_list_add(todo, pe_run->def->topic, p)->offset = from;
 			break;
 		}
 	}
@@ -283,12 +314,17 @@ pe_slot_catch_up(void)
 		ssize_t		got;
 		int			n = 0;
 		size_t		bytes = 0;
-		PeBatchOutcome outcome = PE_BATCH_DONE;
+		PeBatchOutcome outcome;
 		int64		ndead = 0;
 		char	   *stop_error = NULL;
 
 		pe_slot_wait_tick();
 		got = rd_kafka_consume_batch_queue(pe_run->queue, PE_WAIT_SLICE_MS, batch, cap);
+		if (got < 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_CONNECTION_FAILURE),
+					 errmsg("could not read from the consumer queue: %s", rd_kafka_err2str(rd_kafka_last_error())),
+					 errhint("The worker restarts and reads the partitions again.")));
 		for (ssize_t i = 0; i < got; i++)
 		{
 			rd_kafka_message_t *m = batch[i];
@@ -317,14 +353,15 @@ pe_slot_catch_up(void)
 		}
 		if (n == 0)
 			continue;
-		while (!pe_slot_try_batch(batch, n, &outcome, &ndead, &stop_error))
-			pe_slot_wait_tick();
+		outcome = pe_slot_apply_with_retries(batch, n, &ndead, &stop_error);
+		if (outcome == PE_BATCH_STOP)
+			pe_slot_stop_on_error(stop_error);
 		if (outcome != PE_BATCH_DONE)
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("could not apply again the offsets group \"%s\" took from this server: %s",
-							pe_run->def->group_id, stop_error ? stop_error : "the stored offsets moved"),
-					 errhint("The worker restarts and tries again.")));
+					 errmsg("the stored offsets moved while offsets group \"%s\" took from this server were applied again",
+							pe_run->def->group_id),
+					 errhint("The worker restarts and looks again (another slot may have applied them).")));
 		pe_slot_record_batch(batch, n, bytes, ndead);
 		for (int i = 0; i < n; i++)
 		{
