@@ -90,6 +90,12 @@ pe_reset_offsets(PG_FUNCTION_ARGS)
 	PG_TRY();
 	{
 		rkt = rd_kafka_topic_new(rk, def->topic, NULL);
+		/* without a handle librdkafka would describe every topic */
+		if (rkt == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("invalid topic \"%s\" for consumer \"%s\"", def->topic, def->name),
+					 errdetail("librdkafka: %s", rd_kafka_err2str(rd_kafka_last_error()))));
 		err = rd_kafka_metadata(rk, 0, rkt, &md, timeout);
 		if (err == RD_KAFKA_RESP_ERR_NO_ERROR && md->topic_cnt == 1 && md->topics[0].err == RD_KAFKA_RESP_ERR_NO_ERROR)
 			nparts = md->topics[0].partition_cnt;

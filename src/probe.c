@@ -290,6 +290,9 @@ pe_probe_watermarks(Oid dboid, PeProbe *p, TimestampTz now)
 		rd_kafka_topic_t *rkt = rd_kafka_topic_new(p->rk, p->topic, NULL);
 		const struct rd_kafka_metadata *md = NULL;
 
+		/* without a handle librdkafka would describe every topic: look later */
+		if (rkt == NULL)
+			return false;
 		err = rd_kafka_metadata(p->rk, 0, rkt, &md, PE_PROBE_TIMEOUT_MS);
 		if (err == RD_KAFKA_RESP_ERR_NO_ERROR && md->topic_cnt == 1 &&
 			md->topics[0].err == RD_KAFKA_RESP_ERR_NO_ERROR)
@@ -401,7 +404,7 @@ pe_probe_poll(Oid dboid, PeProbe *p)
 			/* the stored offset's message, or the first one retention kept */
 			p->fetching[part] = false;
 			p->known_for[part] = p->fetch_from[part];
-			p->known_ts[part] = ts > 0 ? pe_kafka_ms_to_timestamptz(ts) : 0;
+			p->known_ts[part] = ts > 0 && ts <= PE_KAFKA_MS_MAX ? pe_kafka_ms_to_timestamptz(ts) : 0;
 			reassign = true;
 			LWLockAcquire(pe_shared->lock, LW_EXCLUSIVE);
 			s = pe_probe_locate(dboid, p, part, false, 0, &k);

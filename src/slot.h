@@ -36,6 +36,7 @@ typedef struct PePartState
 	int64		floor;			/* the group resumed it here: anything below was
 								 * applied (by this server or another); -1 */
 	int64		catchup_end;	/* pe_slot_catch_up(): apply up to here; -1 */
+	int64		claim_base;		/* stored offset the last batch started from */
 	char	   *carried;		/* claims of previous owners, for the group's
 								 * commits (slot_handoff.c); NULL: none */
 	TimestampTz moved_at;		/* stored last moved (or the partition was assigned) */
@@ -60,6 +61,7 @@ typedef struct PeSlotRun
 	rd_kafka_t *rk;
 	rd_kafka_queue_t *queue;
 	int			npart;			/* partitions known in the topic */
+	int			npart_at_start;	/* ... when the slot started: later ones are new */
 	PePartState *parts;			/* indexed by partition number */
 	TimestampTz last_discover;
 	TimestampTz last_watermarks;
@@ -86,7 +88,7 @@ extern PeSlotRun *pe_run;
 
 /* slot.c */
 #define PE_WAIT_SLICE_MS 200
-#define PE_WAIT_SLICE_MAX_MS 2000
+#define PE_WAIT_SLICE_MAX_MS 1000	/* SIGTERM is answered within a second */
 extern void pe_slot_wait_tick(void);
 extern PeBatchOutcome pe_slot_apply_with_retries(rd_kafka_message_t **batch, int n, int64 *ndead,
 												 char **stop_error);
@@ -103,6 +105,7 @@ extern bool pe_slot_try_batch(rd_kafka_message_t **batch, int n, PeBatchOutcome 
 
 /* slot_assign.c */
 extern void pe_slot_read_committed(rd_kafka_topic_partition_list_t *l);
+extern rd_kafka_resp_err_t pe_slot_query_watermarks(int32 p, int64 *lo, int64 *hi, int timeout_ms);
 extern void pe_slot_grow(int npart);
 extern void pe_slot_discover(bool first);
 extern void pe_slot_reseek(void);

@@ -35,6 +35,7 @@ pe_slot_init_parts(PePartState *parts, int from, int to)
 		parts[p].floor = -1;
 		parts[p].catchup_end = -1;
 		parts[p].carried = NULL;
+		parts[p].claim_base = -1;
 		parts[p].moved_at = 0;
 		parts[p].start = RD_KAFKA_OFFSET_INVALID;
 	}
@@ -81,8 +82,9 @@ pe_slot_grow_quietly(int npart)
  * librdkafka's calls that wait on the brokers, made in slices up to the
  * whole timeout with pe_slot_wait_tick() in between, so that the worker
  * answers a SIGTERM within a slice even while the brokers do not answer.
- * Each slice asks again, so slices grow from 200 ms to 2 s: a broker that
- * answers in more than one slice (far away, or loaded) still answers one.
+ * Each slice asks again, so slices grow from 200 ms to 1 s: a broker that
+ * answers in more than one slice (far away, or loaded) still answers one,
+ * if it answers within a second, and a SIGTERM is answered within one.
  */
 /* A slice ended without an answer: no broker usable yet, or none answered. */
 static bool
@@ -128,7 +130,7 @@ pe_call_watermarks(void *arg, int timeout_ms)
 	return rd_kafka_query_watermark_offsets(pe_run->rk, pe_run->def->topic, c->p, c->lo, c->hi, timeout_ms);
 }
 
-static rd_kafka_resp_err_t
+rd_kafka_resp_err_t
 pe_slot_query_watermarks(int32 p, int64 *lo, int64 *hi, int timeout_ms)
 {
 	PeWatermarksCall c = {p, lo, hi};
@@ -370,8 +372,9 @@ pe_slot_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 			if (pe_run->exactly_once)
 				partitions->elems[i].offset = pe_run->parts[p].stored >= 0
 					? pe_run->parts[p].stored
-					: (strcmp(pe_run->def->start_offset, "latest") == 0 ? RD_KAFKA_OFFSET_END
-					   : RD_KAFKA_OFFSET_BEGINNING);
+					: (strcmp(pe_run->def->start_offset, "latest") == 0 && p < pe_run->npart_at_start
+					   ? RD_KAFKA_OFFSET_END
+					   : RD_KAFKA_OFFSET_BEGINNING);	/* (a partition added since: all of it) */
 		}
 		if (cooperative)
 			error = rd_kafka_incremental_assign(rk, partitions);
@@ -443,6 +446,8 @@ pe_slot_discover(bool first)
 						pe_run->def->name, pe_run->slot, pe_run->def->topic, n)));
 	old = MemoryContextSwitchTo(TopMemoryContext);
 	pe_slot_grow(n);
+	if (first)
+		pe_run->npart_at_start = n;
 	MemoryContextSwitchTo(old);
 	if (pe_run->def->group_id == NULL)
 		pe_slot_assign_manual(first, !first);
@@ -491,7 +496,7 @@ pe_slot_reseek(void)
 				: Max(pe_run->parts[p].stored, committed);
 
 			if (from < 0)
-				from = pe_slot_start_offset(p, false);
+				from = pe_slot_start_offset(p, p >= pe_run->npart_at_start);
 			else if (pe_run->reseek_from_group && from > pe_run->parts[p].stored)
 				ereport(LOG,
 						(errmsg("pipeline_ext consumer %s/%d: partition %d resumes at offset " INT64_FORMAT

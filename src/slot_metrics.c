@@ -57,7 +57,8 @@ pe_slot_record_batch(rd_kafka_message_t **batch, int n, size_t bytes, int64 ndea
 		rd_kafka_timestamp_type_t type;
 		int64		ts = rd_kafka_message_timestamp(batch[i], &type);
 
-		if (ts > 0)
+		/* (a producer's timestamp may be anything: past the range, not a figure) */
+		if (ts > 0 && ts <= PE_KAFKA_MS_MAX)
 			pe_hist_add(h, now - pe_kafka_ms_to_timestamptz(ts));
 	}
 }
@@ -108,7 +109,7 @@ pe_slot_note_oldest(rd_kafka_message_t **batch, int n, bool before_apply)
 			continue;
 		seen[k] = true;
 		ms = rd_kafka_message_timestamp(m, &type);
-		ts[k] = ms > 0 ? pe_kafka_ms_to_timestamptz(ms) : 0;
+		ts[k] = ms > 0 && ms <= PE_KAFKA_MS_MAX ? pe_kafka_ms_to_timestamptz(ms) : 0;
 	}
 	LWLockAcquire(pe_shared->lock, LW_EXCLUSIVE);
 	for (int k = 0; k < s->npartitions; k++)
