@@ -252,6 +252,7 @@ pe_send(FunctionCallInfo fcinfo, bool async, PeProducer **pp, size_t *lenp)
 		else if (pe_past(deadline))
 			break;
 		pe_poll(p, PE_POLL_SLICE_MS);
+		pe_producer_check_auth(p);
 		CHECK_FOR_INTERRUPTS();
 	}
 	if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
@@ -313,6 +314,7 @@ pe_produce(PG_FUNCTION_ARGS)
 						 errdetail("Last broker error: %s", pe_last_error(p)),
 						 errhint("Check that the brokers are up and reachable; pipeline_ext.produce_timeout sets how long to wait.")));
 			pe_poll(p, PE_POLL_SLICE_MS);
+			pe_producer_check_auth(p);
 		}
 	}
 	PG_CATCH();
@@ -386,6 +388,11 @@ pe_confirm_async(void)
 								 "Check that the brokers are reachable.")));
 			}
 			pe_poll(p, PE_POLL_SLICE_MS);
+			if (p->auth_failed)
+			{
+				hash_seq_term(&seq);
+				pe_producer_check_auth(p);
+			}
 		}
 		if (p->async_failed > 0)
 		{

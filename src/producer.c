@@ -140,6 +140,25 @@ pe_error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 	strlcpy(p->last_error, reason, sizeof(p->last_error));
 	if (err == RD_KAFKA_RESP_ERR__FATAL)
 		p->fatal = true;
+	if (err == RD_KAFKA_RESP_ERR__AUTHENTICATION)
+		p->auth_failed = true;
+}
+
+/*
+ * A broker refused the connection's credentials: that is the answer, and
+ * waiting for the timeout would only hide it behind "could not reach".
+ * Called by the waits after they served callbacks.
+ */
+void
+pe_producer_check_auth(PeProducer *p)
+{
+	if (p->auth_failed)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
+				 errmsg("authentication failed for connection \"%s\"", p->name),
+				 errdetail("The broker said: %s", pe_last_error(p)),
+				 errhint("Check the connection's credentials (sasl.username and sasl.password, "
+						 "or the Event Hubs connection string), then create the connection again.")));
 }
 
 /* Serve callbacks for up to timeout_ms, then write queued log lines. */
@@ -274,6 +293,7 @@ pe_producer_create(PeProducer *p, PeConnection *conn)
 	p->timeout_ms = pe_produce_timeout_ms;
 	p->stale = false;
 	p->fatal = false;
+	p->auth_failed = false;
 	p->topics = NIL;
 	p->sync_wait_id = 0;
 	p->xact_first_id = pe_next_msg_id << 1;
@@ -429,6 +449,7 @@ pe_get_topic(PeProducer *p, const char *topic, bool refresh)
 		err = rd_kafka_metadata(p->rk, 0, t->rkt, &md, slice);
 		slice = Min(slice * 2, 2000);
 		pe_poll(p, 0);
+		pe_producer_check_auth(p);
 		if (err == RD_KAFKA_RESP_ERR_NO_ERROR || pe_past(deadline))
 			break;
 		if (err != RD_KAFKA_RESP_ERR__TIMED_OUT && err != RD_KAFKA_RESP_ERR__TRANSPORT)

@@ -34,6 +34,7 @@ typedef struct PeProducer
 	char		name[NAMEDATALEN];	/* hash key: connection name */
 	bool		stale;			/* catalog may have changed: re-check */
 	bool		fatal;			/* librdkafka raised a fatal error */
+	bool		auth_failed;	/* a broker refused the credentials */
 	Oid			owner;
 	int			timeout_ms;		/* pipeline_ext.produce_timeout when made */
 	char	   *fingerprint;	/* effective properties, to spot changes */
@@ -74,6 +75,7 @@ extern void pe_note_sent(uint64 seq);
 extern TimestampTz pe_deadline(int ms);
 extern bool pe_past(TimestampTz deadline);
 extern const char *pe_last_error(PeProducer *p);
+extern void pe_producer_check_auth(PeProducer *p);
 extern List *pe_producer_default_props(void);
 
 /* produce.c */

@@ -62,6 +62,33 @@ static void pe_slot_record_error(const char *msg);
  * postmaster's death is answered here, whatever the brokers do.  A cancel
  * is for a batch being applied; outside one there is nothing to cancel.
  */
+/* librdkafka's error callback (served by rd_kafka_poll in the loop's thread) */
+static void
+pe_slot_error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
+{
+	(void) rk;
+	(void) opaque;
+	if (err == RD_KAFKA_RESP_ERR__AUTHENTICATION && pe_run)
+		strlcpy(pe_run->auth_error, reason, sizeof(pe_run->auth_error));
+}
+
+/*
+ * A broker refused the connection's credentials: the worker fails at once
+ * with that reason (its last error), and is restarted with backoff.
+ */
+static void
+pe_slot_check_auth(void)
+{
+	if (pe_run->rk)
+		rd_kafka_poll(pe_run->rk, 0);
+	if (pe_run->auth_error[0] != '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
+				 errmsg("authentication failed for connection \"%s\"", pe_run->conn->name),
+				 errdetail("The broker said: %s", pe_redact(pe_run->auth_error, pe_run->secrets)),
+				 errhint("Fix the connection's credentials; the worker retries with backoff.")));
+}
+
 void
 pe_slot_wait_tick(void)
 {
@@ -75,6 +102,7 @@ pe_slot_wait_tick(void)
 	CHECK_FOR_INTERRUPTS();
 	if (!PostmasterIsAlive())
 		proc_exit(1);
+	pe_slot_check_auth();
 }
 
 static void
@@ -141,6 +169,7 @@ pe_slot_connect(void)
 	if (rd_kafka_conf_set(conf, "log.queue", "true", errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK)
 		elog(ERROR, "could not set log.queue: %s", errstr);
 	rd_kafka_conf_set_log_cb(conf, pe_log_cb);
+	rd_kafka_conf_set_error_cb(conf, pe_slot_error_cb);
 	if (pe_run->def->group_id)
 		rd_kafka_conf_set_rebalance_cb(conf, pe_slot_rebalance_cb);
 	pe_run->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr));

@@ -78,6 +78,7 @@ typedef struct PeSlotRun
 	bool		stats_pending;	/* table statistics not sent since the last commit */
 	TimestampTz last_commit_at;
 	char		rebalance_error[256];	/* a rebalance failed: the loop raises it */
+	char		auth_error[256];	/* a broker refused the credentials: raised */
 	MemoryContext batch_cxt;	/* a batch's decoded rows; reset after each */
 	MemoryContext loop_cxt;		/* anything else of one turn of the loop; reset at each */
 	char	   *log_who;		/* "consumer NAME/SLOT", for its log lines */

@@ -365,11 +365,29 @@ $node->reload;
 	like($stderr, qr/invalid connection name "bad name"/, 'a bad connection name with a password in the options fails on the name');
 	($ret, $stdout, $stderr) = $node->psql('postgres', "SELECT pipeline.create_eventhubs_connection('bad name', 'Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=a;SharedAccessKey=$key')");
 	like($stderr, qr/invalid connection name "bad name"/, '... and so does one with an Event Hubs key');
-	# a producer that tries SASL against a broker that does not speak it
+	# a producer that tries SASL against a broker that does not speak it: the
+	# broker's answer is an authentication failure, given at once, not after
+	# produce_timeout as "could not reach the brokers"
 	($ret, $stdout, $stderr) = $node->psql('postgres',
-		q{SET pipeline_ext.produce_timeout = '2s'; SELECT * FROM pipeline.produce('sasl', 'small', 'x')});
+		q{SET pipeline_ext.produce_timeout = '10min'; SET log_min_error_statement = panic;
+		  \set VERBOSITY verbose
+		  SELECT * FROM pipeline.produce('sasl', 'small', 'x')});
 	isnt($ret, 0, 'producing through a SASL connection to a non-SASL broker fails');
+	like($stderr, qr/ERROR:  28000: authentication failed for connection "sasl"/,
+		'... at once, saying that authentication failed (28000)');
 	unlike($stderr, qr/\Q$pw\E/, '... and the error does not contain the password');
+	($ret, $stdout, $stderr) = $node->psql('postgres',
+		q{SET pipeline_ext.produce_timeout = '10min'; SET log_min_error_statement = panic;
+		  BEGIN; SELECT pipeline.produce_async('sasl', 'small', 'x'); COMMIT;});
+	like($stderr, qr/authentication failed for connection "sasl"/, '... and so does the commit of produce_async');
+	# a consumer on it shows the failure as its last error, and is retried
+	$node->safe_psql('postgres', q{CREATE TABLE sasl_t (v text);
+		SELECT pipeline.create_consumer('sasl_c', 'sasl', 'small', 'sasl_t', mode => 'append', format => 'text',
+		    column_map => '{"v": "$value"}')});
+	ok($node->poll_query_until('postgres',
+		q{SELECT coalesce(bool_or(last_error LIKE 'authentication failed for connection "sasl"%'), false) FROM pipeline.consumer_status WHERE consumer = 'sasl_c'}),
+		'a consumer shows the authentication failure as its last error');
+	$node->safe_psql('postgres', q{SELECT pipeline.drop_consumer('sasl_c')});
 	my $log = slurp_file($node->logfile);
 	unlike($log, qr/\Q$key\E/, 'the server log never contains the SAS key');
 	unlike($log, qr/\Q$pw\E/, 'the server log never contains the SASL password');
