@@ -61,3 +61,29 @@ REVOKE ALL ON FUNCTION @extschema@._target_dropped() FROM PUBLIC;
 
 CREATE EVENT TRIGGER pipeline_ext_target_dropped ON sql_drop
     EXECUTE FUNCTION @extschema@._target_dropped();
+
+-- parallelism's default is now NULL, 'auto': one slot per core, at most 4
+-- (resolved when the consumer is created, and stored).  Consumers created
+-- before keep their number.
+CREATE OR REPLACE FUNCTION @extschema@.create_consumer(
+    name text,
+    connection text,
+    topic text,
+    target regclass,
+    format text DEFAULT 'json',
+    mode text DEFAULT 'upsert',
+    key_columns text[] DEFAULT NULL,
+    delivery text DEFAULT 'exactly_once',
+    parallelism int DEFAULT NULL,
+    start_offset text DEFAULT 'earliest',
+    batch_size int DEFAULT 10000,
+    batch_timeout interval DEFAULT '100ms',
+    column_map jsonb DEFAULT NULL,
+    group_id text DEFAULT NULL,
+    on_error text DEFAULT 'dead_letter',
+    delete_on_tombstone boolean DEFAULT false,
+    format_options jsonb DEFAULT '{}',
+    start boolean DEFAULT true)
+RETURNS void
+LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'pe_create_consumer';

@@ -15,6 +15,8 @@
  */
 #include "postgres.h"
 
+#include <unistd.h>
+
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
@@ -187,6 +189,26 @@ pe_check_start_offset(const char *s)
 	(void) DirectFunctionCall3(timestamptz_in, CStringGetDatum(s), ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1));
 }
 
+/*
+ * A consumer created without a parallelism gets
+ * pipeline_ext.default_parallelism, by default 0, 'auto': one slot per
+ * core, since a slot applies on one core (its own backend) while librdkafka
+ * fetches and decodes on threads; at most PE_AUTO_PARALLELISM_MAX, since
+ * each slot is a background worker (max_worker_processes).  A slot that
+ * gets no partition (more slots than partitions) waits idle.
+ */
+#define PE_AUTO_PARALLELISM_MAX 4
+
+static int
+pe_auto_parallelism(void)
+{
+	long		cores = sysconf(_SC_NPROCESSORS_ONLN);
+
+	if (pe_default_parallelism > 0)
+		return pe_default_parallelism;
+	return (int) Max(1, Min(cores, PE_AUTO_PARALLELISM_MAX));
+}
+
 Datum
 pe_create_consumer(PG_FUNCTION_ARGS)
 {
@@ -238,7 +260,7 @@ pe_create_consumer(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("unknown delivery \"%s\"", def.delivery),
 				 errhint("Use 'exactly_once', 'at_least_once' or 'at_most_once'.")));
-	def.parallelism = PG_ARGISNULL(8) ? 1 : PG_GETARG_INT32(8);
+	def.parallelism = PG_ARGISNULL(8) ? pe_auto_parallelism() : PG_GETARG_INT32(8);
 	if (def.parallelism < 1 || def.parallelism > 64)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),

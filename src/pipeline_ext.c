@@ -30,6 +30,7 @@ int			pe_max_consumer_slots = 64;
 int			pe_lag_window_ms = 300000;
 int			pe_max_apply_failures = 10;
 int			pe_batch_linger_ms = 1;
+int			pe_default_parallelism = 0;
 int			pe_health_lag_messages = 1000;
 int			pe_health_latency_ms = 500;
 double		pe_health_error_rate = 0.001;
@@ -109,6 +110,15 @@ _PG_init(void)
 							&pe_max_apply_failures,
 							10, 0, 1000,
 							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("pipeline_ext.default_parallelism",
+							"Slots of a consumer created without a parallelism; 0 is auto.",
+							"Auto is one slot per core of the server, at most 4. Read when "
+							"the consumer is created; its number is stored.",
+							&pe_default_parallelism,
+							0, 0, 64,
+							PGC_USERSET,
 							0,
 							NULL, NULL, NULL);
 	DefineCustomIntVariable("pipeline_ext.batch_linger",

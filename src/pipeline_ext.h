@@ -51,6 +51,7 @@ extern int	pe_max_consumer_slots;
 extern int	pe_lag_window_ms;
 extern int	pe_max_apply_failures;
 extern int	pe_batch_linger_ms;
+extern int	pe_default_parallelism;
 
 /*
  * Kafka's clock: timestamps are milliseconds since 1970; PostgreSQL's are

@@ -34,7 +34,7 @@ fi
 
 echo "== TAP (prove)"
 set +e
-pe_as_user make -s PG_CONFIG="$PG_CONFIG" installcheck REGRESS= \
+pe_as_user env TEMP_CONFIG="$WORK/test/tap.conf" make -s PG_CONFIG="$PG_CONFIG" installcheck REGRESS= \
 	${PROVE_TESTS:+PROVE_TESTS="$PROVE_TESTS"} PROVE_FLAGS="-I $WORK/test/perl -v" 2>&1 | tee "$WORK/tap.log"
 set -e
 t_ok=$(grep -cE '^ok [0-9]+' "$WORK/tap.log" || true)

@@ -663,6 +663,19 @@ sql(q{SELECT pipeline.produce('local', 'nat', '{"id": 5002, "v": 1}', '5002')});
 wait_for('SELECT count(*) FROM nat_t', '5002', '... with no linger too');
 sql(q{ALTER SYSTEM RESET pipeline_ext.batch_linger; SELECT pg_reload_conf(); SELECT pipeline.drop_consumer('nat')});
 
+# --- parallelism 'auto' ----------------------------------------------------
+# A consumer created without a parallelism gets one slot per core, at most
+# 4 (pipeline_ext.default_parallelism 0; the test nodes set 1).
+{
+	chomp(my $cores = `getconf _NPROCESSORS_ONLN`);
+	my $want = $cores < 1 ? 1 : ($cores > 4 ? 4 : $cores);
+	sql(q{SET pipeline_ext.default_parallelism = 0;
+	      SELECT pipeline.create_consumer('autop', 'local', 'nat', 'nat_t', start => false)});
+	is(sql(q{SELECT parallelism FROM pipeline.consumers WHERE name = 'autop'}), $want,
+		"parallelism auto: one slot per core, at most 4 ($cores cores)");
+	sql(q{SELECT pipeline.drop_consumer('autop')});
+}
+
 # --- SIGHUP and postmaster death -------------------------------------------
 sql(q{SELECT pg_reload_conf()});
 sql(q{SELECT pipeline.produce('local', 'tomb', '{"id": 43, "v": "after reload"}', '43')});

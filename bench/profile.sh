@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Where one slot's time goes (not a test): loads N events of the reference
+# data (../shared/bench/gen_events.py) into the test broker, starts one
+# upsert slot and records it with perf (Debian's linux-perf) until all N
+# are committed; prints the top of the profile, by symbol and by library.
+#
+#   sudo bash bench/profile.sh               N = 200,000
+#   MODE=append N=400000 PARTS=12 sudo -E bash bench/profile.sh
+set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/../test/setup.sh"
+
+N=${N:-200000}
+PARTS=${PARTS:-6}
+MODE=${MODE:-upsert}
+REF=${REF:-$PE_ROOT/../shared/bench}
+command -v perf >/dev/null || pe_sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q linux-perf >/dev/null
+
+pe_setup
+BENCH=${PE_BENCH_DIR:-/tmp/pipeline_ext-bench-profile}
+pe_workdir "$BENCH"
+PORT=${PE_BENCH_PORT:-55435}
+PE_EXTRA_CONF="shared_buffers = 512MB
+max_wal_size = 4GB
+${PROFILE_CONF:-}"
+pe_scratch "$BENCH" "$PORT" --brokers 1 --topic events:$PARTS
+psql_b() { pe_as_user psql -X -q -v ON_ERROR_STOP=1 -h "$BENCH" -p "$PORT" -U postgres -d postgres "$@"; }
+
+cp "$REF/gen_events.py" "$BENCH/"
+pe_as_user /usr/bin/python3 "$BENCH/gen_events.py" "$N" 10000 "$BENCH/events.txt"
+kcat -P -b "$BOOTSTRAP" -t events -K$'\t' -l "$BENCH/events.txt"
+psql_b <<SQL
+CREATE EXTENSION pipeline_ext;
+SELECT pipeline.create_connection('bench', '$BOOTSTRAP');
+CREATE TABLE devices (device text PRIMARY KEY, id bigint NOT NULL, ts timestamptz NOT NULL,
+                      temp double precision, note text);
+SELECT pipeline.create_consumer('prof', 'bench', 'events', 'devices', mode => '$MODE', parallelism => 1, start => false);
+SELECT pipeline.start_consumer('prof');
+SQL
+pid=
+until [ -n "$pid" ]; do pid=$(psql_b -At -c "SELECT pid FROM pipeline._slots() WHERE consumer = 'prof' AND pid IS NOT NULL"); sleep 0.05; done
+perf record -F 999 -g -p "$pid" -o "$BENCH/perf.data" 2>/dev/null &
+rec=$!
+until [ "$(psql_b -At -c "SELECT coalesce(sum(messages), 0) FROM pipeline._slots() WHERE consumer = 'prof'")" -ge "$N" ]; do sleep 0.05; done
+kill -INT "$rec"; wait "$rec" 2>/dev/null || true
+echo "== top symbols (self), one $MODE slot, $N events"
+perf report -i "$BENCH/perf.data" --stdio --no-children --sort symbol -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -40
+echo "== by library"
+perf report -i "$BENCH/perf.data" --stdio --no-children --sort dso -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -12
