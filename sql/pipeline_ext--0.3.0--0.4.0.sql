@@ -63,8 +63,10 @@ CREATE EVENT TRIGGER pipeline_ext_target_dropped ON sql_drop
     EXECUTE FUNCTION @extschema@._target_dropped();
 
 -- parallelism's default is now NULL, 'auto': one slot per core, at most 4
--- (resolved when the consumer is created, and stored).  Consumers created
--- before keep their number.
+-- (resolved when the consumer is created, and stored).  batch_size's is now
+-- 50,000: an upper bound, which a caught-up slot never reaches (it applies
+-- what has arrived), and which lets a slot that is behind commit less often.
+-- Consumers created before keep their numbers.
 CREATE OR REPLACE FUNCTION @extschema@.create_consumer(
     name text,
     connection text,
@@ -76,7 +78,7 @@ CREATE OR REPLACE FUNCTION @extschema@.create_consumer(
     delivery text DEFAULT 'exactly_once',
     parallelism int DEFAULT NULL,
     start_offset text DEFAULT 'earliest',
-    batch_size int DEFAULT 10000,
+    batch_size int DEFAULT 50000,
     batch_timeout interval DEFAULT '100ms',
     column_map jsonb DEFAULT NULL,
     group_id text DEFAULT NULL,
