@@ -89,7 +89,7 @@ SELECT date_trunc('second', ts), count(*),
 done
 
 echo
-echo "== end-to-end latency, defaults (1 slot), producer linger.ms 5, $DURATION s per rate"
+echo "== end-to-end latency, defaults, producer linger.ms 5, $DURATION s per rate"
 printf '%-10s %22s %22s %30s\n' "msgs/s" "consumer_stats p50/p99" "" "trigger (insert) p50/p99 ms"
 for r in "${results[@]}"; do
 	read -r rate s50 s99 t50 t99 cnt <<<"$r"
