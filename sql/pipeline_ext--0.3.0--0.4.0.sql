@@ -89,3 +89,9 @@ CREATE OR REPLACE FUNCTION @extschema@.create_consumer(
 RETURNS void
 LANGUAGE C VOLATILE
 AS 'MODULE_PATHNAME', 'pe_create_consumer';
+
+-- A partition's offset set by reset_offsets() and not yet moved by a batch:
+-- a slot that takes the partition from the group resumes there, not where
+-- the group committed (which would undo a reset made while the consumer
+-- was stopped).
+ALTER TABLE @extschema@.offsets ADD COLUMN reset boolean NOT NULL DEFAULT false;

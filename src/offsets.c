@@ -33,13 +33,16 @@ pe_slot_load_offsets(void)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	values[0] = CStringGetTextDatum(pe_run->def->name);
-	rc = SPI_execute_with_args("SELECT \"partition\", next_offset FROM pipeline.offsets "
+	rc = SPI_execute_with_args("SELECT \"partition\", next_offset, reset FROM pipeline.offsets "
 							   "WHERE consumer OPERATOR(pg_catalog.=) $1",
 							   1, argtypes, values, NULL, true, 0);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "could not read offsets: %s", SPI_result_code_string(rc));
 	for (int p = 0; p < pe_run->npart; p++)
+	{
 		pe_run->parts[p].stored = -1;
+		pe_run->parts[p].reset = false;
+	}
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
 		bool		isnull;
@@ -54,6 +57,7 @@ pe_slot_load_offsets(void)
 			MemoryContextSwitchTo(old);
 		}
 		pe_run->parts[p].stored = o;
+		pe_run->parts[p].reset = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 3, &isnull));
 	}
 	SPI_finish();
 	pe_xact_commit();
@@ -139,7 +143,7 @@ pe_offsets_prepare(void)
 					   "SELECT c.name, $2, $3 FROM pipeline.consumer c "
 					   "WHERE c.name OPERATOR(pg_catalog.=) $1 AND c.id OPERATOR(pg_catalog.=) $5 "
 					   "ON CONFLICT (consumer, \"partition\") DO UPDATE "
-					   "SET next_offset = EXCLUDED.next_offset, updated_at = pg_catalog.now() "
+					   "SET next_offset = EXCLUDED.next_offset, updated_at = pg_catalog.now(), reset = false "
 					   "WHERE o.next_offset IS NOT DISTINCT FROM $4",
 					   5, types);
 	if (plan == NULL)

@@ -178,9 +178,9 @@ pe_reset_offsets(PG_FUNCTION_ARGS)
 		args[2] = Int64GetDatum(newoff[p]);
 		rc = SPI_execute_with_args("WITH old AS (SELECT next_offset FROM pipeline.offsets "
 								   "  WHERE consumer OPERATOR(pg_catalog.=) $1 AND \"partition\" OPERATOR(pg_catalog.=) $2 FOR UPDATE) "
-								   "INSERT INTO pipeline.offsets AS o (consumer, \"partition\", next_offset) VALUES ($1, $2, $3) "
+								   "INSERT INTO pipeline.offsets AS o (consumer, \"partition\", next_offset, reset) VALUES ($1, $2, $3, true) "
 								   "ON CONFLICT (consumer, \"partition\") DO UPDATE SET next_offset = EXCLUDED.next_offset, "
-								   "updated_at = pg_catalog.now() "
+								   "updated_at = pg_catalog.now(), reset = true "
 								   "RETURNING (SELECT next_offset FROM old)",
 								   3, argtypes, args, NULL, false, 0);
 		if (rc != SPI_OK_INSERT_RETURNING || SPI_processed != 1)

@@ -29,6 +29,7 @@ typedef struct PePartState
 	int32		partition;
 	bool		assigned;
 	int64		stored;			/* next offset in pipeline.offsets; -1: none */
+	bool		reset;			/* ... set by reset_offsets(), no batch since */
 	int			shm;			/* index in the PeSlot's partitions[], -1: none */
 	int64		start;			/* where it started without a stored offset (or a
 								 * RD_KAFKA_OFFSET_ sentinel) */

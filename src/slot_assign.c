@@ -30,6 +30,7 @@ pe_slot_init_parts(PePartState *parts, int from, int to)
 		parts[p].partition = p;
 		parts[p].assigned = false;
 		parts[p].stored = -1;
+		parts[p].reset = false;
 		parts[p].shm = -1;
 		parts[p].asked_high = -1;
 		parts[p].floor = -1;
@@ -487,13 +488,23 @@ pe_slot_reseek(void)
 		{
 			int32		p = l->elems[i].partition;
 			int64		committed = l->elems[i].err == RD_KAFKA_RESP_ERR_NO_ERROR ? l->elems[i].offset : -1;
+			int64		from;
+
 			/*
 			 * After reset_offsets() (or a fence that did not hold), the
-			 * stored offset is the one to go to, backwards too.
+			 * stored offset is the one to go to, backwards too; and after a
+			 * rebalance as well when no batch moved the offset since a
+			 * reset (made while the consumer was stopped, say).
 			 */
-			int64		from = !pe_run->reseek_from_group ? pe_run->parts[p].stored
-				: pe_run->handoff ? pe_slot_handoff_assigned(&l->elems[i])
-				: Max(pe_run->parts[p].stored, committed);
+			if (!pe_run->reseek_from_group)
+				from = pe_run->parts[p].stored;
+			else
+			{
+				from = pe_run->handoff ? pe_slot_handoff_assigned(&l->elems[i])
+					: Max(pe_run->parts[p].stored, committed);
+				if (pe_run->parts[p].reset && pe_run->parts[p].stored >= 0)
+					from = pe_run->parts[p].stored;
+			}
 
 			if (from < 0)
 				from = pe_slot_start_offset(p, p >= pe_run->npart_at_start);

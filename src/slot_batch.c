@@ -132,7 +132,10 @@ pe_slot_apply_batch(rd_kafka_message_t **rkm, int n, int64 *ndead, char **stop_e
 	if (outcome == PE_BATCH_DONE)
 		for (int k = 0; k < np; k++)
 			if (pids[k] < pe_run->npart)
+			{
 				pe_run->parts[pids[k]].stored = next[k];
+				pe_run->parts[pids[k]].reset = false;
+			}
 	return outcome;
 }
 

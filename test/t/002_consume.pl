@@ -507,6 +507,18 @@ cmp_ok($broker->group_committed('pipeline-tap-group', 'grp', 4), '>', 0,
 is(sql(q{SELECT sum(new_offset) FROM pipeline.reset_offsets('grp', 'earliest')}), '0', 'group mode: reset_offsets to earliest');
 wait_for('SELECT count(*) || \'/\' || count(DISTINCT (p, o)) FROM grp_t', '8000/4000',
 	'group mode: the slots read the topic again after the reset, not from where the group committed');
+# ... and so does a reset made while the consumer is stopped: when it
+# starts, its slots resume at the reset offsets, not where the group committed
+is($broker->wait_group_committed('pipeline-tap-group', 'grp', 4, '4000'), '4000',
+	'group mode: the group committed the whole topic again');
+sql(q{SELECT pipeline.stop_consumer('grp')});
+wait_for(q{SELECT count(*) FROM pipeline._slots() WHERE consumer = 'grp' AND pid IS NOT NULL}, '0',
+	'group mode: the consumer is stopped');
+is(sql(q{SELECT sum(new_offset) FROM pipeline.reset_offsets('grp', 'earliest')}), '0',
+	'group mode: reset_offsets of the stopped consumer');
+sql(q{SELECT pipeline.start_consumer('grp')});
+wait_for('SELECT count(*) || \'/\' || count(DISTINCT (p, o)) FROM grp_t', '12000/4000',
+	'group mode: started again, the slots read the topic from the reset, not from where the group committed');
 
 # --- at-least-once and at-most-once keep offsets in the Kafka group ---------
 sql(q{
