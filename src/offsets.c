@@ -183,3 +183,36 @@ pe_offsets_store(PeOffsetWrite *w)
 	}
 	return ok;
 }
+
+/*
+ * Move one partition's stored offset to next in a transaction of its own,
+ * behind the same fences as a batch's (slot_handoff.c: a claim whose
+ * messages retention removed).  False when a fence did not hold.
+ */
+bool
+pe_slot_store_offset(int32 p, int64 next)
+{
+	PeOffsetWrite w;
+	int64		expected = pe_run->parts[p].stored;
+	bool		ok;
+
+	w.consumer = pe_run->def->name;
+	w.consumer_id = pe_run->def->id;
+	w.plan = pe_run->offset_plan;
+	w.n = 1;
+	w.partitions = &p;
+	w.next = &next;
+	w.expected = &expected;
+	pe_xact_begin();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	ok = pe_offsets_store(&w);
+	SPI_finish();
+	pe_xact_commit();
+	if (ok)
+	{
+		pe_run->parts[p].stored = next;
+		pe_run->parts[p].reset = false;
+	}
+	return ok;
+}

@@ -97,6 +97,10 @@ pe_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaque)
 
 	(void) rk;
 
+	/* a broker took a message: whatever refused the credentials before is over */
+	if (msg->err == RD_KAFKA_RESP_ERR_NO_ERROR)
+		p->auth_failed = false;
+
 	if (pe_shared)
 	{
 		if (msg->err == RD_KAFKA_RESP_ERR_NO_ERROR)
@@ -449,7 +453,10 @@ pe_get_topic(PeProducer *p, const char *topic, bool refresh)
 		err = rd_kafka_metadata(p->rk, 0, t->rkt, &md, slice);
 		slice = Min(slice * 2, 2000);
 		pe_poll(p, 0);
-		pe_producer_check_auth(p);
+		if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
+			p->auth_failed = false; /* a broker answered: the credentials passed */
+		else
+			pe_producer_check_auth(p);
 		if (err == RD_KAFKA_RESP_ERR_NO_ERROR || pe_past(deadline))
 			break;
 		if (err != RD_KAFKA_RESP_ERR__TIMED_OUT && err != RD_KAFKA_RESP_ERR__TRANSPORT)

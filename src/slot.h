@@ -123,5 +123,6 @@ extern void pe_slot_publish_watermarks(void);
 /* offsets.c */
 extern void pe_slot_load_offsets(void);
 extern rd_kafka_resp_err_t pe_slot_kafka_commit(rd_kafka_message_t **msgs, int n, bool sync);
+extern bool pe_slot_store_offset(int32 p, int64 next);
 
 #endif							/* PE_SLOT_H */

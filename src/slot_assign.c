@@ -500,10 +500,19 @@ pe_slot_reseek(void)
 				from = pe_run->parts[p].stored;
 			else
 			{
+				/*
+				 * The group could not say: resuming at this server's own
+				 * offset might apply again what another server applied.
+				 */
+				if (pe_run->handoff && l->elems[i].err != RD_KAFKA_RESP_ERR_NO_ERROR)
+					ereport(ERROR,
+							(errcode(ERRCODE_CONNECTION_FAILURE),
+							 errmsg("could not read the offset group \"%s\" committed for partition %d of topic \"%s\"",
+									pe_run->def->group_id, p, pe_run->def->topic),
+							 errdetail("librdkafka: %s", rd_kafka_err2str(l->elems[i].err)),
+							 errhint("The worker restarts and asks again.")));
 				from = pe_run->handoff ? pe_slot_handoff_assigned(&l->elems[i])
 					: Max(pe_run->parts[p].stored, committed);
-				if (pe_run->parts[p].reset && pe_run->parts[p].stored >= 0)
-					from = pe_run->parts[p].stored;
 			}
 
 			if (from < 0)

@@ -294,6 +294,7 @@ pe_slot_try_batch(rd_kafka_message_t **batch, int n, PeBatchOutcome *outcome,
 			 * (a group commit before the apply) are retried forever.
 			 */
 			if (ERRCODE_TO_CATEGORY(edata->sqlerrcode) == ERRCODE_CONNECTION_EXCEPTION ||
+				edata->sqlerrcode == ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION ||
 				!pe_slot_count_apply_failure())
 			{
 				RESUME_INTERRUPTS();
@@ -310,6 +311,7 @@ pe_slot_try_batch(rd_kafka_message_t **batch, int n, PeBatchOutcome *outcome,
 			EmitErrorReport();
 			ok = false;
 		}
+		FreeErrorData(edata);
 		FlushErrorState();
 		AbortOutOfAnyTransaction();
 		RESUME_INTERRUPTS();

@@ -124,15 +124,27 @@ pe_handoff_parse(const rd_kafka_topic_partition_t *tp, PeClaim *claims)
 }
 
 /*
- * Whether a claim is this server's and its database does not hold it: the
- * stored offset is still the one the claiming batch started from (once the
- * batch is applied, or reset_offsets() moved it, it is not).
+ * Whether a claim is this server's and its database does not hold all of
+ * it: the stored offset is still at least the one the claiming batch
+ * started from, and before its end.  (A slot of this server may have
+ * applied part of it again already: what is left is still owed.)
  */
 static bool
 pe_handoff_owed(const PeClaim *c, int32 p)
 {
+	int64		stored = pe_run->parts[p].stored;
+
 	return strcmp(c->who, pe_handoff_identity()) == 0 &&
-		pe_run->parts[p].stored == c->base && c->base < c->to;
+		stored >= c->base && stored < c->to;
+}
+
+/* Where what is owed of a claim starts. */
+static int64
+pe_handoff_owed_from(const PeClaim *c, int32 p)
+{
+	int64		stored = pe_run->parts[p].stored;
+
+	return stored == c->base ? c->from : stored;
 }
 
 static void
@@ -201,8 +213,17 @@ pe_slot_handoff_assigned(const rd_kafka_topic_partition_t *tp)
 	if (n > 0 && pe_handoff_owed(&claims[0], p))
 	{
 		pe_handoff_log_owed(p, &claims[0]);
-		return claims[0].from;
+		return pe_handoff_owed_from(&claims[0], p);
 	}
+
+	/*
+	 * reset_offsets() since this server's last batch of the partition:
+	 * the stored offset, if the group's last commit is this server's (or
+	 * there is none); after another server's, what it applied stands.
+	 */
+	if (pe_run->parts[p].reset && pe_run->parts[p].stored >= 0 &&
+		(n == 0 || strcmp(claims[0].who, pe_handoff_identity()) == 0))
+		return pe_run->parts[p].stored;
 	for (int i = 1; i < n; i++)
 		if (pe_handoff_owed(&claims[i], p))
 			ereport(ERROR,
@@ -256,16 +277,26 @@ pe_slot_catch_up(void)
 	{
 		int32		p = l->elems[i].partition;
 		PeClaim		claims[PE_HANDOFF_MAX_CLAIMS];
-		int			n = pe_handoff_parse(&l->elems[i], claims);
+		int			n;
+
+		if (l->elems[i].err != RD_KAFKA_RESP_ERR_NO_ERROR)
+			ereport(ERROR,
+					(errcode(ERRCODE_CONNECTION_FAILURE),
+					 errmsg("could not read the offset group \"%s\" committed for partition %d of topic \"%s\"",
+							pe_run->def->group_id, p, pe_run->def->topic),
+					 errdetail("librdkafka: %s", rd_kafka_err2str(l->elems[i].err)),
+					 errhint("The worker restarts and asks again.")));
+		n = pe_handoff_parse(&l->elems[i], claims);
 
 		for (int k = 0; k < n; k++)
 		{
 			int64		lo,
 						hi,
-						from = claims[k].from;
+						from;
 
 			if (!pe_handoff_owed(&claims[k], p))
 				continue;
+			from = pe_handoff_owed_from(&claims[k], p);
 			pe_handoff_log_owed(p, &claims[k]);
 			err = pe_slot_query_watermarks(p, &lo, &hi, 30000);
 			if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
@@ -284,7 +315,11 @@ pe_slot_catch_up(void)
 								pe_run->def->name, pe_run->slot, p, from, Min(lo, claims[k].to) - 1)));
 				from = lo;
 				if (from >= claims[k].to)
+				{
+					/* nothing of it is left: the claim is retired */
+					pe_slot_store_offset(p, claims[k].to);
 					break;
+				}
 			}
 			pe_run->parts[p].catchup_end = claims[k].to;
 			pe_run->parts[p].floor = from;
