@@ -76,19 +76,26 @@ pe_slot_kafka_commit(rd_kafka_message_t **msgs, int n, bool sync)
 	rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(8);
 	rd_kafka_resp_err_t err;
 	int64	   *first = palloc(sizeof(int64) * Max(n, 1));	/* per element of l */
+	int		   *where = palloc(sizeof(int) * Max(pe_run->npart, 1));	/* partition -> element */
 
+	/* (the collector kept only messages of known partitions: p < npart) */
+	for (int p = 0; p < pe_run->npart; p++)
+		where[p] = -1;
 	for (int i = 0; i < n; i++)
 	{
-		rd_kafka_topic_partition_t *tp = rd_kafka_topic_partition_list_find(l, pe_run->def->topic, msgs[i]->partition);
+		int32		p = msgs[i]->partition;
+		int			k = where[p];
 
-		if (tp == NULL)
+		if (k < 0)
 		{
-			tp = rd_kafka_topic_partition_list_add(l, pe_run->def->topic, msgs[i]->partition);
-			first[l->cnt - 1] = msgs[i]->offset;
+			rd_kafka_topic_partition_list_add(l, pe_run->def->topic, p);
+			k = where[p] = l->cnt - 1;
+			first[k] = msgs[i]->offset;
 		}
-		tp->offset = Max(tp->offset, msgs[i]->offset + 1);
-		first[tp - l->elems] = Min(first[tp - l->elems], msgs[i]->offset);
+		l->elems[k].offset = Max(l->elems[k].offset, msgs[i]->offset + 1);
+		first[k] = Min(first[k], msgs[i]->offset);
 	}
+	pfree(where);
 	if (pe_run->handoff)
 		for (int k = 0; k < l->cnt; k++)
 			pe_slot_handoff_metadata(&l->elems[k], first[k]);
