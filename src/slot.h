@@ -106,7 +106,7 @@ extern bool pe_slot_try_batch(rd_kafka_message_t **batch, int n, PeBatchOutcome 
 							  int64 *ndead, char **stop_error);
 
 /* slot_assign.c */
-extern void pe_slot_read_committed(rd_kafka_topic_partition_list_t *l);
+extern void pe_slot_read_committed(rd_kafka_topic_partition_list_t *l, bool each_partition);
 extern rd_kafka_resp_err_t pe_slot_query_watermarks(int32 p, int64 *lo, int64 *hi, int timeout_ms);
 extern void pe_slot_grow(int npart);
 extern void pe_slot_discover(bool first);

@@ -181,10 +181,13 @@ pe_call_committed(void *arg, int timeout_ms)
 
 /*
  * The group's committed offsets (and their metadata) for a list of
- * partitions; an error for each partition the group holds none for.
+ * partitions.  With each_partition, a partition the group could not say
+ * anything about is an error too (in a group shared between servers,
+ * resuming at this server's own offset might apply again what another
+ * server applied); otherwise its element carries the error.
  */
 void
-pe_slot_read_committed(rd_kafka_topic_partition_list_t *l)
+pe_slot_read_committed(rd_kafka_topic_partition_list_t *l, bool each_partition)
 {
 	rd_kafka_resp_err_t err;
 
@@ -198,6 +201,14 @@ pe_slot_read_committed(rd_kafka_topic_partition_list_t *l)
 						pe_run->def->group_id, pe_run->def->topic),
 				 errdetail("librdkafka: %s", rd_kafka_err2str(err)),
 				 errhint("The worker restarts and asks again.")));
+	for (int i = 0; each_partition && i < l->cnt; i++)
+		if (l->elems[i].err != RD_KAFKA_RESP_ERR_NO_ERROR)
+			ereport(ERROR,
+					(errcode(ERRCODE_CONNECTION_FAILURE),
+					 errmsg("could not read the offset group \"%s\" committed for partition %d of topic \"%s\"",
+							pe_run->def->group_id, l->elems[i].partition, pe_run->def->topic),
+					 errdetail("librdkafka: %s", rd_kafka_err2str(l->elems[i].err)),
+					 errhint("The worker restarts and asks again.")));
 }
 
 /*
@@ -483,7 +494,7 @@ pe_slot_reseek(void)
 		 * resumes where that one stopped.  exactly_once: see
 		 * pe_slot_handoff_assigned().
 		 */
-		pe_slot_read_committed(l);
+		pe_slot_read_committed(l, pe_run->handoff && pe_run->reseek_from_group);
 		for (int i = 0; i < l->cnt; i++)
 		{
 			int32		p = l->elems[i].partition;
@@ -500,17 +511,6 @@ pe_slot_reseek(void)
 				from = pe_run->parts[p].stored;
 			else
 			{
-				/*
-				 * The group could not say: resuming at this server's own
-				 * offset might apply again what another server applied.
-				 */
-				if (pe_run->handoff && l->elems[i].err != RD_KAFKA_RESP_ERR_NO_ERROR)
-					ereport(ERROR,
-							(errcode(ERRCODE_CONNECTION_FAILURE),
-							 errmsg("could not read the offset group \"%s\" committed for partition %d of topic \"%s\"",
-									pe_run->def->group_id, p, pe_run->def->topic),
-							 errdetail("librdkafka: %s", rd_kafka_err2str(l->elems[i].err)),
-							 errhint("The worker restarts and asks again.")));
 				from = pe_run->handoff ? pe_slot_handoff_assigned(&l->elems[i])
 					: Max(pe_run->parts[p].stored, committed);
 			}

@@ -272,21 +272,12 @@ pe_slot_catch_up(void)
 
 	for (int p = 0; p < pe_run->npart; p++)
 		rd_kafka_topic_partition_list_add(l, pe_run->def->topic, p);
-	pe_slot_read_committed(l);
+	pe_slot_read_committed(l, true);
 	for (int i = 0; i < l->cnt; i++)
 	{
 		int32		p = l->elems[i].partition;
 		PeClaim		claims[PE_HANDOFF_MAX_CLAIMS];
-		int			n;
-
-		if (l->elems[i].err != RD_KAFKA_RESP_ERR_NO_ERROR)
-			ereport(ERROR,
-					(errcode(ERRCODE_CONNECTION_FAILURE),
-					 errmsg("could not read the offset group \"%s\" committed for partition %d of topic \"%s\"",
-							pe_run->def->group_id, p, pe_run->def->topic),
-					 errdetail("librdkafka: %s", rd_kafka_err2str(l->elems[i].err)),
-					 errhint("The worker restarts and asks again.")));
-		n = pe_handoff_parse(&l->elems[i], claims);
+		int			n = pe_handoff_parse(&l->elems[i], claims);
 
 		for (int k = 0; k < n; k++)
 		{
