@@ -14,22 +14,27 @@
 #      append ceiling)
 #   7. INSERT ... SELECT DISTINCT ON ... ON CONFLICT from a staging table, in
 #      batches of the peer's shape (5,000; the upsert ceiling)
-# pipeline_ext is timed from create_consumer, its slot's start-up included,
-# and also after its first commit (the messages after it, over the time after
-# it), since the peer times itself from its first message.
+# Every case is timed as the peer times itself: from its first message (for
+# pipeline_ext, the start of its first batch, when that batch's messages are
+# in hand) to all N committed; pipeline_ext also from create_consumer, its
+# slot's start-up included.
 # For each: msgs/s, and CPU-seconds per million messages of the whole system
 # (every process of the PostgreSQL instance, plus the peer's own process).
+# The cases run in rounds (ROUNDS, 3 by default), each round on fresh tables
+# after a CHECKPOINT, and the median of each case is printed with every
+# round's figures: single runs on a shared VM vary by up to a factor of two.
 # Then the ratios against the peer and the ceilings, whether every upsert
 # table equals the data's last event per device, and one slot worker's peak
 # private memory.
 #
-#   sudo bash bench/consume.sh               N = 200,000 over 6 partitions
-#   N=400000 PARTS=12 sudo -E bash bench/consume.sh
+#   sudo bash bench/consume.sh               N = 400,000 over 12 partitions
+#   N=200000 PARTS=6 sudo -E bash bench/consume.sh
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/../test/setup.sh"
 
-N=${N:-200000}
-PARTS=${PARTS:-6}           # the test broker keeps about 5 MB per partition
+N=${N:-400000}
+PARTS=${PARTS:-12}          # the test broker keeps about 5 MB per partition
+ROUNDS=${ROUNDS:-3}          # each case this many times, the median printed
 REF=${REF:-$PE_ROOT/../shared/bench}
 [ -x "$REF/reference_peer.py" ] && [ -x "$REF/gen_events.py" ] ||
 	{ echo "the reference inputs are not in $REF (set REF)" >&2; exit 1; }
@@ -67,16 +72,12 @@ fi
 avg=$(awk -F'\t' '{s += length($2)} END {printf "%d", s / NR}' "$BENCH/events.txt")
 
 COLS="device text PRIMARY KEY, id bigint NOT NULL, ts timestamptz NOT NULL, temp double precision, note text"
+EVCOLS="device text, id bigint, ts timestamptz, temp double precision, note text"
 psql_b <<SQL
 CREATE EXTENSION pipeline_ext;
 SELECT pipeline.create_connection('bench', '$BOOTSTRAP');
 CREATE TABLE devices ($COLS);                 -- the reference peer's
-CREATE TABLE dev_auto ($COLS);
-CREATE TABLE dev_1 ($COLS);
-CREATE TABLE dev_2 ($COLS);
-CREATE TABLE dev_stage ($COLS);
-CREATE TABLE ev_app (device text, id bigint, ts timestamptz, temp double precision, note text);
-CREATE TABLE ev_copy (device text, id bigint, ts timestamptz, temp double precision, note text);
+CREATE TABLE ev_app ($EVCOLS);
 CREATE TABLE expected (device text PRIMARY KEY, id bigint);
 CREATE UNLOGGED TABLE raw (seq bigserial, line text);
 SQL
@@ -102,106 +103,169 @@ instance_cpu() {
 	} | awk -v hz="$hz" '{s += $1} END {printf "%.2f", s / hz}'
 }
 
-# run_consumer NAME MODE TABLE PARALLELISM: seconds from create_consumer to
-# all N committed, CPU-seconds, and one slot worker's peak RssAnon (kB)
+# Waits in one backend (a psql per poll would fork a backend each time and
+# count in the instance's CPU) until consumer C committed N messages.  The
+# start is the first batch's start, when its messages are in hand, which
+# is where the peer starts its own clock (its first message); the poller's
+# own CPU is left out of the instance's.
+psql_b <<'SQL'
+CREATE FUNCTION bench_wait(c text, n bigint, OUT first_batch_at timestamptz, OUT done_at timestamptz,
+                           OUT poller_cpu numeric)
+LANGUAGE plpgsql AS $$
+DECLARE
+  m bigint;
+  stat text[];
+BEGIN
+  LOOP
+    IF first_batch_at IS NULL THEN
+      PERFORM pg_catalog.pg_stat_clear_snapshot();
+      SELECT min(a.query_start) INTO first_batch_at
+        FROM pipeline._slots() s JOIN pg_catalog.pg_stat_activity a ON a.pid = s.pid
+       WHERE s.consumer = c AND a.query = 'applying a batch';
+    END IF;
+    SELECT coalesce(sum(messages), 0) INTO m FROM pipeline._slots() WHERE consumer = c;
+    EXIT WHEN m >= n;
+    PERFORM pg_catalog.pg_sleep(0.002);
+  END LOOP;
+  done_at := clock_timestamp();
+  stat := regexp_split_to_array(split_part(pg_read_file('/proc/' || pg_backend_pid() || '/stat'), ') ', 2), ' ');
+  poller_cpu := (stat[12]::numeric + stat[13]::numeric) / 100;   -- utime, stime (USER_HZ)
+END $$;
+SQL
+
+# run_consumer NAME MODE TABLE PARALLELISM: seconds from the first batch to
+# all N committed, CPU-seconds of the instance from create_consumer on,
+# one slot worker's peak RssAnon (kB), the number of slots, and seconds
+# from create_consumer
 run_consumer() {
-	local name=$1 mode=$2 table=$3 par=$4 start end cpu0 cpu1 pid peak=0 rss done_n first= first_n=0
+	local name=$1 mode=$2 table=$3 par=$4 start end cpu0 cpu1 peak=0 sampler out
 	cpu0=$(instance_cpu)
 	start=$(now)
 	psql_b -c "SELECT pipeline.create_consumer('$name', 'bench', 'events', '$table', mode => '$mode' $par)" >/dev/null
-	while :; do
-		done_n=$(psql_b -At -c "SELECT coalesce(sum(messages), 0) FROM pipeline._slots() WHERE consumer = '$name'")
-		for pid in $(psql_b -At -c "SELECT pid FROM pipeline._slots() WHERE consumer = '$name' AND pid IS NOT NULL"); do
+	# the slot workers' peak private memory, read from /proc (no backend)
+	( peak=0
+	  while :; do
+		for pid in $(pgrep -f "pipeline_ext consumer $name/" || true); do
 			rss=$(awk '/^RssAnon:/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
 			[ "${rss:-0}" -gt "$peak" ] && peak=$rss
 		done
-		[ -z "$first" ] && [ "$done_n" -gt 0 ] && { first=$(now); first_n=$done_n; }
-		[ "$done_n" -ge "$N" ] && break
-		sleep 0.02
-	done
-	end=$(now)
+		echo "$peak" > "$BENCH/peak.$name"
+		sleep 0.05
+	  done ) &
+	sampler=$!
+	out=$(psql_b -At -F' ' -c "SELECT extract(epoch FROM first_batch_at), extract(epoch FROM done_at), poller_cpu
+	                             FROM bench_wait('$name', $N)")
+	kill "$sampler"; wait "$sampler" 2>/dev/null || true
+	peak=$(cat "$BENCH/peak.$name")
+	read -r first end poller <<<"$out"
 	psql_b -At -c "SELECT '   slots ' || count(*) || ', batches ' || sum(batches) || ', average batch '
-	                      || round(sum(messages)::numeric / nullif(sum(batches), 0)) || ', first commit after '
+	                      || round(sum(messages)::numeric / nullif(sum(batches), 0)) || ', first batch after '
 	                      || round($first - $start, 2) || ' s'
 	                 FROM pipeline._slots() WHERE consumer = '$name'" >&2
 	cpu1=$(instance_cpu)
 	slots=$(psql_b -At -c "SELECT count(*) FROM pipeline._slots() WHERE consumer = '$name'")
 	psql_b -c "SELECT pipeline.stop_consumer('$name')" >/dev/null
-	# steady: the messages after the first commit seen, over the time after it
-	echo "$(echo "$end - $start" | bc) $(echo "$cpu1 - $cpu0" | bc) $peak $slots $(echo "scale=0; ($N - $first_n) / ($end - $first)" | bc)"
+	echo "$(echo "$end - $first" | bc) $(echo "$cpu1 - $cpu0 - $poller" | bc) $peak $slots $(echo "$end - $start" | bc)"
 }
-
-echo "== pipeline_ext upsert, defaults"
-read -r auto_s auto_cpu auto_mem auto_slots auto_ss < <(run_consumer c_auto upsert dev_auto "")
-echo "   $auto_slots slots"
-echo "== pipeline_ext upsert, 1 slot"
-read -r one_s one_cpu one_mem _ one_ss < <(run_consumer c_1 upsert dev_1 ", parallelism => 1")
-echo "== pipeline_ext upsert, 2 slots"
-read -r two_s two_cpu two_mem _ two_ss < <(run_consumer c_2 upsert dev_2 ", parallelism => 2")
-echo "== pipeline_ext append, defaults"
-read -r app_s app_cpu app_mem _ app_ss < <(run_consumer c_app append ev_app "")
-
-echo "== the reference peer (confluent-kafka + psycopg2)"
-cpu0=$(instance_cpu)
-peer=$(cd "$BENCH" && pe_as_user env P1_TOPIC=events P1_PGPORT="$PORT" P1_DB=bench \
-	/usr/bin/python3 "$BENCH/reference_peer.py" "$BOOTSTRAP" "$N" bench-peer)
-cpu1=$(instance_cpu)
-peer_s=$(echo "$peer" | python3 -c 'import json,sys; print(json.load(sys.stdin)["t_from_first"])')
-peer_client=$(echo "$peer" | python3 -c 'import json,sys; print(json.load(sys.stdin)["client_cpu"])')
-peer_cpu=$(echo "$cpu1 - $cpu0 + $peer_client" | bc)
-echo "   $peer"
-
-echo "== COPY of the same rows (append ceiling)"
-cpu0=$(instance_cpu)
-t0=$(now)
-psql_b -c "COPY ev_copy FROM '$BENCH/events.copy'"
-copy_s=$(echo "$(now) - $t0" | bc)
-copy_cpu=$(echo "$(instance_cpu) - $cpu0" | bc)
-
-echo "== INSERT ... SELECT ... ON CONFLICT from the staging table, batches of 5,000 (upsert ceiling)"
-psql_b <<'SQL'
-CREATE PROCEDURE stage_load(n bigint, b int) LANGUAGE plpgsql AS $$
-DECLARE lo bigint := 1;
-BEGIN
-  WHILE lo <= n LOOP
-    INSERT INTO dev_stage
-    SELECT DISTINCT ON (device) device, id, ts, temp, note FROM stage
-     WHERE seq >= lo AND seq < lo + b AND id IS NOT NULL ORDER BY device, seq DESC
-    ON CONFLICT (device) DO UPDATE SET id = EXCLUDED.id, ts = EXCLUDED.ts, temp = EXCLUDED.temp, note = EXCLUDED.note;
-    COMMIT;
-    lo := lo + b;
-  END LOOP;
-END $$;
-SQL
-cpu0=$(instance_cpu)
-t0=$(now)
-psql_b -c "CALL stage_load($N, 5000)"
-st_s=$(echo "$(now) - $t0" | bc)
-st_cpu=$(echo "$(instance_cpu) - $cpu0" | bc)
 
 check() { psql_b -At -c "SELECT count(*) = (SELECT count(*) FROM expected)
                                AND NOT EXISTS (SELECT FROM expected e LEFT JOIN $1 t USING (device)
                                                WHERE t.id IS DISTINCT FROM e.id) FROM $1"; }
 
-rate() { echo "scale=0; $N / $1" | bc; }
-cpm() { echo "scale=1; $1 * 1000000 / $N" | bc; }
-r_auto=$(rate "$auto_s"); r_one=$(rate "$one_s"); r_two=$(rate "$two_s"); r_app=$(rate "$app_s")
-r_peer=$(rate "$peer_s"); r_copy=$(rate "$copy_s"); r_st=$(rate "$st_s")
+cat >"$BENCH/stage_load.sql" <<'SQL'
+CREATE PROCEDURE stage_load(tab text, n bigint, b int) LANGUAGE plpgsql AS $$
+DECLARE lo bigint := 1;
+BEGIN
+  WHILE lo <= n LOOP
+    EXECUTE format('INSERT INTO %I
+    SELECT DISTINCT ON (device) device, id, ts, temp, note FROM stage
+     WHERE seq >= $1 AND seq < $1 + $2 AND id IS NOT NULL ORDER BY device, seq DESC
+    ON CONFLICT (device) DO UPDATE SET id = EXCLUDED.id, ts = EXCLUDED.ts, temp = EXCLUDED.temp, note = EXCLUDED.note', tab)
+    USING lo, b;
+    COMMIT;
+    lo := lo + b;
+  END LOOP;
+END $$;
+SQL
+psql_b -f "$BENCH/stage_load.sql"
+
+# One line per case and round in $BENCH/results: case msgs/s CPU-s peak-kB
+# slots msgs/s-from-create_consumer
+: >"$BENCH/results"
+record() { echo "$1 $(echo "scale=0; $N / $2" | bc) $(printf %.2f "$3") ${4:-0} ${5:-0} ${6:+$(echo "scale=0; $N / $6" | bc)}" >>"$BENCH/results"; }
+for r in $(seq "$ROUNDS"); do
+	echo "== round $r of $ROUNDS"
+	psql_b -c "CREATE TABLE dev_auto_$r ($COLS); CREATE TABLE dev_1_$r ($COLS); CREATE TABLE dev_2_$r ($COLS);
+	           CREATE TABLE dev_stage_$r ($COLS); CREATE TABLE ev_app_$r ($EVCOLS); CREATE TABLE ev_copy_$r ($EVCOLS);
+	           TRUNCATE devices; CHECKPOINT"
+	echo "   pipeline_ext upsert, defaults"
+	read -r s cpu mem slots cs < <(run_consumer "c_auto_$r" upsert "dev_auto_$r" "")
+	record auto "$s" "$cpu" "$mem" "$slots" "$cs"
+	echo "   pipeline_ext upsert, 1 slot"
+	read -r s cpu mem slots cs < <(run_consumer "c_1_$r" upsert "dev_1_$r" ", parallelism => 1")
+	record one "$s" "$cpu" "$mem" "$slots" "$cs"
+	echo "   pipeline_ext upsert, 2 slots"
+	read -r s cpu mem slots cs < <(run_consumer "c_2_$r" upsert "dev_2_$r" ", parallelism => 2")
+	record two "$s" "$cpu" "$mem" "$slots" "$cs"
+	echo "   pipeline_ext append, defaults"
+	read -r s cpu mem slots cs < <(run_consumer "c_app_$r" append "ev_app_$r" "")
+	record app "$s" "$cpu" "$mem" "$slots" "$cs"
+
+	echo "   the reference peer (confluent-kafka + psycopg2)"
+	cpu0=$(instance_cpu)
+	peer=$(cd "$BENCH" && pe_as_user env P1_TOPIC=events P1_PGPORT="$PORT" P1_DB=bench \
+		/usr/bin/python3 "$BENCH/reference_peer.py" "$BOOTSTRAP" "$N" "bench-peer-$r")
+	cpu1=$(instance_cpu)
+	echo "   $peer"
+	peer_s=$(echo "$peer" | python3 -c 'import json,sys; print(json.load(sys.stdin)["t_from_first"])')
+	peer_client=$(echo "$peer" | python3 -c 'import json,sys; print(json.load(sys.stdin)["client_cpu"])')
+	record peer "$peer_s" "$(echo "$cpu1 - $cpu0 + $peer_client" | bc)"
+	peer_ok=$(check devices)
+
+	echo "   COPY of the same rows (append ceiling)"
+	cpu0=$(instance_cpu)
+	t0=$(now)
+	psql_b -c "COPY ev_copy_$r FROM '$BENCH/events.copy'"
+	record copy "$(echo "$(now) - $t0" | bc)" "$(echo "$(instance_cpu) - $cpu0" | bc)"
+
+	echo "   INSERT ... SELECT ... ON CONFLICT from the staging table, batches of 5,000 (upsert ceiling)"
+	cpu0=$(instance_cpu)
+	t0=$(now)
+	psql_b -c "CALL stage_load('dev_stage_$r', $N, 5000)"
+	record stage "$(echo "$(now) - $t0" | bc)" "$(echo "$(instance_cpu) - $cpu0" | bc)"
+done
+
+# the median over the rounds of column K (2 msgs/s, 3 CPU-s, 4 peak kB,
+# 5 slots, 6 msgs/s from create_consumer) of case C
+med() { awk -v c="$1" -v k="$2" '$1 == c {print $k}' "$BENCH/results" | sort -g |
+	awk '{v[NR] = $1} END {if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+cpm() { echo "scale=1; $(med "$1" 3) * 1000000 / $N" | bc; }
+ratio() { echo "scale=2; $1 / $2" | bc; }
+row() { printf '%-52s %10s %16s %22s\n' "$1" "$(med "$2" 2)" "$(cpm "$2")" "${3:-}"; }
 echo
-echo "== results: $N events of ~$avg bytes (gen_events.py), 10,000 devices, $PARTS partitions, test broker"
-printf '%-52s %10s %12s %16s %18s\n' "case" "msgs/s" "seconds" "CPU s / M msgs" "after 1st commit"
-printf '%-52s %10s %12s %16s %18s\n' "pipeline_ext upsert, defaults ($auto_slots slots)" "$r_auto" "$auto_s" "$(cpm "$auto_cpu")" "$auto_ss"
-printf '%-52s %10s %12s %16s %18s\n' "pipeline_ext upsert, 1 slot" "$r_one" "$one_s" "$(cpm "$one_cpu")" "$one_ss"
-printf '%-52s %10s %12s %16s %18s\n' "pipeline_ext upsert, 2 slots" "$r_two" "$two_s" "$(cpm "$two_cpu")" "$two_ss"
-printf '%-52s %10s %12s %16s %18s\n' "pipeline_ext append, defaults" "$r_app" "$app_s" "$(cpm "$app_cpu")" "$app_ss"
-printf '%-52s %10s %12s %16s\n' "reference peer (from its first message)" "$r_peer" "$peer_s" "$(cpm "$peer_cpu")"
-printf '%-52s %10s %12s %16s\n' "COPY of the same rows" "$r_copy" "$copy_s" "$(cpm "$copy_cpu")"
-printf '%-52s %10s %12s %16s\n' "staging INSERT ... ON CONFLICT, batches of 5,000" "$r_st" "$st_s" "$(cpm "$st_cpu")"
+echo "== results: $N events of ~$avg bytes (gen_events.py), 10,000 devices, $PARTS partitions, test broker,"
+echo "   the median of $ROUNDS rounds; each case from its first message (pipeline_ext: the start of"
+echo "   its first batch) to all N committed"
+printf '%-52s %10s %16s %22s\n' "case" "msgs/s" "CPU s / M msgs" "from create_consumer"
+row "pipeline_ext upsert, defaults ($(med auto 5) slots)" auto "$(med auto 6) msgs/s"
+row "pipeline_ext upsert, 1 slot" one "$(med one 6) msgs/s"
+row "pipeline_ext upsert, 2 slots" two "$(med two 6) msgs/s"
+row "pipeline_ext append, defaults" app "$(med app 6) msgs/s"
+row "reference peer" peer
+row "COPY of the same rows" copy
+row "staging INSERT ... ON CONFLICT, batches of 5,000" stage
 echo
-echo "upsert / reference peer: defaults $(echo "scale=2; $r_auto / $r_peer" | bc)x (target >= 4x), 1 slot $(echo "scale=2; $r_one / $r_peer" | bc)x, 2 slots $(echo "scale=2; $r_two / $r_peer" | bc)x (target >= 5x)"
-echo "   after pipeline_ext's first commit (its start-up left out, as the peer's is): defaults $(echo "scale=2; $auto_ss / $r_peer" | bc)x, 1 slot $(echo "scale=2; $one_ss / $r_peer" | bc)x, 2 slots $(echo "scale=2; $two_ss / $r_peer" | bc)x; append / COPY $(echo "scale=0; 100 * $app_ss / $r_copy" | bc)%"
-echo "CPU per message, reference peer / pipeline_ext upsert defaults: $(echo "scale=2; $peer_cpu / $auto_cpu" | bc)x (target >= 4x)"
-echo "append / COPY: $(echo "scale=0; 100 * $r_app / $r_copy" | bc)% (target >= 70%)"
-echo "upsert defaults / staging upsert: $(echo "scale=0; 100 * $r_auto / $r_st" | bc)%"
-echo "slot worker peak private memory (RssAnon): defaults $((auto_mem / 1024)) MB, 1 slot $((one_mem / 1024)) MB, append $((app_mem / 1024)) MB"
-echo "tables equal the last event per device: defaults $(check dev_auto), 1 slot $(check dev_1), 2 slots $(check dev_2), peer $(check devices), staging $(check dev_stage); append rows $(psql_b -At -c 'SELECT count(*) FROM ev_app') of $N"
+echo "every round (case msgs/s CPU-s peak-kB slots msgs/s-from-create_consumer):"
+sed 's/^/   /' "$BENCH/results"
+echo
+echo "upsert / reference peer: defaults $(ratio "$(med auto 2)" "$(med peer 2)")x (target >= 4x), 1 slot $(ratio "$(med one 2)" "$(med peer 2)")x, 2 slots $(ratio "$(med two 2)" "$(med peer 2)")x (target >= 5x)"
+echo "CPU per message, reference peer / pipeline_ext upsert defaults: $(ratio "$(med peer 3)" "$(med auto 3)")x (target >= 4x)"
+echo "append / COPY: $(echo "scale=0; 100 * $(med app 2) / $(med copy 2)" | bc)% (target >= 70%)"
+echo "upsert defaults / staging upsert: $(echo "scale=0; 100 * $(med auto 2) / $(med stage 2)" | bc)%"
+echo "slot worker peak private memory (RssAnon): defaults $(( $(med auto 4 | cut -d. -f1) / 1024 )) MB, 1 slot $(( $(med one 4 | cut -d. -f1) / 1024 )) MB, append $(( $(med app 4 | cut -d. -f1) / 1024 )) MB"
+ok=t
+for r in $(seq "$ROUNDS"); do
+	for tab in dev_auto_$r dev_1_$r dev_2_$r dev_stage_$r; do [ "$(check "$tab")" = t ] || { ok=f; echo "$tab differs from the data's last event per device"; }; done
+	[ "$(psql_b -At -c "SELECT count(*) FROM ev_app_$r")" -eq "$N" ] || { ok=f; echo "ev_app_$r does not hold $N rows"; }
+done
+echo "every upsert table equals the last event per device, every append table holds N rows, the peer's too: $ok${peer_ok:+ (peer $peer_ok)}"
