@@ -319,14 +319,20 @@ pe_decode_tombstone_key(PeTarget *t, PeMessage *msg, PeRow *row)
 	}
 }
 
+/*
+ * Decode one message into row, whose values and nulls arrays the caller
+ * gave.  What finding the fields takes (the found array, the fields' text)
+ * goes to scratch, which the caller resets after each message; only the
+ * row's values are allocated in the current context, the batch's.
+ */
 static void
-pe_decode_one(PeTarget *t, PeMessage *msg, PeRow *row)
+pe_decode_one(PeTarget *t, PeMessage *msg, PeRow *row, MemoryContext scratch)
 {
 	PeConsumerDef *def = t->def;
 	PeFound    *found;
+	MemoryContext batch_cxt;
 
-	row->values = palloc0(sizeof(Datum) * t->ncols);
-	row->nulls = palloc(sizeof(bool) * t->ncols);
+	memset(row->values, 0, sizeof(Datum) * t->ncols);
 	memset(row->nulls, true, sizeof(bool) * t->ncols);
 
 	if (msg->value == NULL)
@@ -341,9 +347,11 @@ pe_decode_one(PeTarget *t, PeMessage *msg, PeRow *row)
 		return;
 	}
 
+	batch_cxt = MemoryContextSwitchTo(scratch);
 	found = palloc0(sizeof(PeFound) * t->ncols);
 	if (pe_decoders[def->format].fields)
 		pe_decoders[def->format].fields(t, msg->value, msg->value_len, found);
+	MemoryContextSwitchTo(batch_cxt);
 
 	for (int c = 0; c < t->ncols; c++)
 	{
@@ -450,6 +458,11 @@ pe_decode_batch(PeTarget *t, PeMessage *msgs, int n, PeRow *rows, PeBatchResult 
 {
 	volatile int nrows = 0;
 	volatile int i = 0;
+	/* the rows' values and nulls, in two allocations for the whole batch */
+	Datum	   *values = MemoryContextAllocHuge(CurrentMemoryContext, sizeof(Datum) * t->ncols * Max(n, 1));
+	bool	   *nulls = MemoryContextAllocHuge(CurrentMemoryContext, sizeof(bool) * t->ncols * Max(n, 1));
+	MemoryContext scratch = AllocSetContextCreate(CurrentMemoryContext, "pipeline_ext decode",
+												  ALLOCSET_DEFAULT_SIZES);
 
 	while (i < n)
 	{
@@ -464,7 +477,10 @@ pe_decode_batch(PeTarget *t, PeMessage *msgs, int n, PeRow *rows, PeBatchResult 
 			{
 				CHECK_FOR_INTERRUPTS();
 				rows[nrows].msg_index = i;
-				pe_decode_one(t, &msgs[i], &rows[nrows]);
+				rows[nrows].values = values + (size_t) nrows * t->ncols;
+				rows[nrows].nulls = nulls + (size_t) nrows * t->ncols;
+				pe_decode_one(t, &msgs[i], &rows[nrows], scratch);
+				MemoryContextReset(scratch);
 				nrows++;
 			}
 			ReleaseCurrentSubTransaction();
@@ -485,9 +501,11 @@ pe_decode_batch(PeTarget *t, PeMessage *msgs, int n, PeRow *rows, PeBatchResult 
 				ReThrowError(edata);
 			pe_add_dead(res, i, edata);
 			memset(&rows[nrows], 0, sizeof(PeRow));
+			MemoryContextReset(scratch);
 			i++;
 		}
 		PG_END_TRY();
 	}
+	MemoryContextDelete(scratch);
 	return nrows;
 }
