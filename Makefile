@@ -26,6 +26,7 @@ OBJS = \
 	src/batch.o \
 	src/dedup.o \
 	src/apply.o \
+	src/apply_append.o \
 	src/deadletter.o \
 	src/launcher.o \
 	src/manager.o \

@@ -132,21 +132,13 @@ pe_build_statements(PeTarget *t)
 	}
 }
 
-/*
- * Execute the insert (or delete) for rows[0..n) in a subtransaction: kept
- * when keep is set, else rolled back even when it succeeds (a trial, which
- * leaves nothing behind, not even a subtransaction id in the cache).
- */
-ErrorData *
-pe_try_statement(PeTarget *t, PeRow **rows, int n, bool is_delete, bool keep, int64 *processed)
+/* The statement's arguments for rows[0..n): an array per column (or key). */
+static void
+pe_statement_args(PeTarget *t, PeRow **rows, int n, bool is_delete, Datum *args)
 {
-	MemoryContext cxt = CurrentMemoryContext;
-	ResourceOwner owner = CurrentResourceOwner;
 	int			nargs = is_delete ? t->nkeys : t->ncols;
-	Datum	   *args = palloc(sizeof(Datum) * nargs);
-	Datum	   *elems = palloc(sizeof(Datum) * n);
-	bool	   *enulls = palloc(sizeof(bool) * n);
-	ErrorData  *volatile edata = NULL;
+	Datum	   *elems = palloc(sizeof(Datum) * Max(n, 1));
+	bool	   *enulls = palloc(sizeof(bool) * Max(n, 1));
 
 	for (int a = 0; a < nargs; a++)
 	{
@@ -163,16 +155,45 @@ pe_try_statement(PeTarget *t, PeRow **rows, int n, bool is_delete, bool keep, in
 		args[a] = PointerGetDatum(construct_md_array(elems, enulls, 1, dims, lbs, col->typid,
 													 col->typlen, col->typbyval, col->typalign));
 	}
+	pfree(elems);
+	pfree(enulls);
+}
+
+/*
+ * Execute the insert (or delete) for rows[0..n) in a subtransaction: kept
+ * when keep is set, else rolled back even when it succeeds (a trial, which
+ * leaves nothing behind, not even a subtransaction id in the cache).
+ * Appends go straight into the heap where the target allows it
+ * (apply_append.c), else through the statement.
+ */
+ErrorData *
+pe_try_statement(PeTarget *t, PeRow **rows, int n, bool is_delete, bool keep, int64 *processed)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	int			nargs = is_delete ? t->nkeys : t->ncols;
+	Datum	   *args = palloc0(sizeof(Datum) * nargs);
+	ErrorData  *volatile edata = NULL;
+	bool		direct = !is_delete && !t->def->upsert;
+
+	if (!direct)
+		pe_statement_args(t, rows, n, is_delete, args);
 
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(cxt);
 	PG_TRY();
 	{
-		int			rc = SPI_execute_plan(is_delete ? t->delete_plan : t->apply_plan, args, NULL, false, 0);
+		if (!direct || !pe_append_rows(t, rows, n, processed))
+		{
+			int			rc;
 
-		if (rc < 0)
-			elog(ERROR, "could not apply a batch of consumer \"%s\": %s", t->def->name, SPI_result_code_string(rc));
-		*processed = SPI_processed;
+			if (direct)
+				pe_statement_args(t, rows, n, false, args);	/* not a plain table */
+			rc = SPI_execute_plan(is_delete ? t->delete_plan : t->apply_plan, args, NULL, false, 0);
+			if (rc < 0)
+				elog(ERROR, "could not apply a batch of consumer \"%s\": %s", t->def->name, SPI_result_code_string(rc));
+			*processed = SPI_processed;
+		}
 		if (keep)
 			ReleaseCurrentSubTransaction();
 		else
@@ -192,14 +213,17 @@ pe_try_statement(PeTarget *t, PeRow **rows, int n, bool is_delete, bool keep, in
 	PG_END_TRY();
 
 	for (int a = 0; a < nargs; a++)
-		pfree(DatumGetPointer(args[a]));
+		if (args[a] != (Datum) 0)
+			pfree(DatumGetPointer(args[a]));
 	pfree(args);
-	pfree(elems);
-	pfree(enulls);
 	return edata;
 }
 
-/* Order rows by their keys, as the unique index does (NULL keys last). */
+/*
+ * Order rows by their keys, as the unique index does (NULL keys last);
+ * bytewise text keys in byte order, which is a total order of the rows
+ * left after de-duplication all the same, and close to the index's.
+ */
 static int
 pe_row_key_cmp(const void *a, const void *b, void *arg)
 {
@@ -218,8 +242,11 @@ pe_row_key_cmp(const void *a, const void *b, void *arg)
 				return ra->nulls[c] ? 1 : -1;
 			continue;
 		}
-		r = DatumGetInt32(FunctionCall2Coll(t->cols[c].cmp_fn, t->cols[c].collation,
-											ra->values[c], rb->values[c]));
+		if (t->cols[c].bytewise)
+			r = pe_key_bytes_cmp(ra->values[c], rb->values[c]);
+		else
+			r = DatumGetInt32(FunctionCall2Coll(t->cols[c].cmp_fn, t->cols[c].collation,
+												ra->values[c], rb->values[c]));
 		if (r != 0)
 			return r;
 	}
@@ -230,7 +257,7 @@ static bool
 pe_can_sort(PeTarget *t)
 {
 	for (int k = 0; k < t->nkeys; k++)
-		if (t->cols[t->keycols[k]].cmp_fn == NULL)
+		if (t->cols[t->keycols[k]].cmp_fn == NULL && !t->cols[t->keycols[k]].bytewise)
 			return false;
 	return t->nkeys > 0;
 }

@@ -102,6 +102,9 @@ typedef struct PeColumn
 	FmgrInfo   *eq_fn;
 	Oid			eq_opr;			/* key columns: the type's equality operator */
 	FmgrInfo   *cmp_fn;			/* key columns: btree order, or NULL */
+	bool		bytewise;		/* key columns: text or varchar whose collation
+								 * is deterministic: equal iff the same bytes,
+								 * so hashed, compared and ordered as bytes */
 } PeColumn;
 
 /* A consumer's target table, as the data path sees it. */
@@ -224,12 +227,16 @@ extern Datum pe_raw_whole_value(PeTarget *t, PeColumn *col, PeMessage *msg);
 
 /* dedup.c */
 extern void pe_dedup(PeTarget *t, PeMessage *msgs, PeRow *rows, int nrows);
+extern int	pe_key_bytes_cmp(Datum a, Datum b);
 
 /* apply.c */
 extern void pe_build_statements(PeTarget *t);
 extern ErrorData *pe_try_statement(PeTarget *t, PeRow **rows, int n, bool is_delete, bool keep,
 								   int64 *processed);
 extern void pe_apply(PeTarget *t, PeRow *rows, int nrows, PeBatchResult *res);
+
+/* apply_append.c */
+extern bool pe_append_rows(PeTarget *t, PeRow **rows, int n, int64 *processed);
 
 /* deadletter.c */
 extern bool pe_error_is_row_specific(int sqlerrcode);

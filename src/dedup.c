@@ -18,6 +18,21 @@
 
 #include "datapath.h"
 
+/* Two text values as bytes: memcmp order, the shorter first on a tie. */
+int
+pe_key_bytes_cmp(Datum a, Datum b)
+{
+	text	   *ta = DatumGetTextPP(a);
+	text	   *tb = DatumGetTextPP(b);
+	size_t		la = VARSIZE_ANY_EXHDR(ta);
+	size_t		lb = VARSIZE_ANY_EXHDR(tb);
+	int			r = memcmp(VARDATA_ANY(ta), VARDATA_ANY(tb), Min(la, lb));
+
+	if (r != 0)
+		return r;
+	return (la > lb) - (la < lb);
+}
+
 static uint32
 pe_row_hash(PeTarget *t, PeRow *row, bool *hasnull)
 {
@@ -33,8 +48,16 @@ pe_row_hash(PeTarget *t, PeRow *row, bool *hasnull)
 			*hasnull = true;
 			return 0;
 		}
-		h = hash_combine(h, DatumGetUInt32(FunctionCall1Coll(t->cols[c].hash_fn, t->cols[c].collation,
-															 row->values[c])));
+		if (t->cols[c].bytewise)
+		{
+			text	   *v = DatumGetTextPP(row->values[c]);
+
+			h = hash_combine(h, DatumGetUInt32(hash_any((unsigned char *) VARDATA_ANY(v),
+														VARSIZE_ANY_EXHDR(v))));
+		}
+		else
+			h = hash_combine(h, DatumGetUInt32(FunctionCall1Coll(t->cols[c].hash_fn, t->cols[c].collation,
+																 row->values[c])));
 	}
 	return h;
 }
@@ -46,7 +69,13 @@ pe_row_keys_equal(PeTarget *t, PeRow *a, PeRow *b)
 	{
 		int			c = t->keycols[k];
 
-		if (!DatumGetBool(FunctionCall2Coll(t->cols[c].eq_fn, t->cols[c].collation, a->values[c], b->values[c])))
+		if (t->cols[c].bytewise)
+		{
+			if (pe_key_bytes_cmp(a->values[c], b->values[c]) != 0)
+				return false;
+		}
+		else if (!DatumGetBool(FunctionCall2Coll(t->cols[c].eq_fn, t->cols[c].collation,
+												 a->values[c], b->values[c])))
 			return false;
 	}
 	return true;

@@ -378,6 +378,14 @@ pe_resolve_keys(PeTarget *t, Relation rel)
 		col->eq_fn = &tc->eq_opr_finfo;
 		col->eq_opr = tc->eq_opr;
 		col->cmp_fn = OidIsValid(tc->cmp_proc_finfo.fn_oid) ? &tc->cmp_proc_finfo : NULL;
+
+		/*
+		 * text and varchar under a deterministic collation are equal only
+		 * when their bytes are: de-duplication and the apply's lock order
+		 * then need no collation (strcoll was a tenth of a busy slot).
+		 */
+		col->bytewise = (getBaseType(col->typid) == TEXTOID || getBaseType(col->typid) == VARCHAROID) &&
+			OidIsValid(col->collation) && get_collation_isdeterministic(col->collation);
 	}
 }
 

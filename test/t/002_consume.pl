@@ -17,7 +17,8 @@ my $broker = PipelineExt::Broker->start(
 	topics => {
 		big => 6, faults => 4, bad => 2, csv => 1, text => 1, bytes => 1,
 		tomb => 2, grp => 4, priv => 1, stopstart => 1, alo => 2, amo => 2,
-		stoponerr => 1, nested => 1, tombv => 1, droptgt => 1, deferred => 1, wide => 1024, nat => 2
+		stoponerr => 1, nested => 1, tombv => 1, droptgt => 1, deferred => 1, wide => 1024, nat => 2,
+		multi => 2
 	});
 my $bs = $broker->bootstrap;
 
@@ -271,6 +272,45 @@ is(sql(q{SELECT convert_from(key, 'UTF8') FROM pipeline.dead_letters WHERE consu
 	'only the malformed message is still a dead letter');
 sql(q{SELECT pipeline.produce('local', 'bad', '{"id": 2000, "qty": "lots", "code": "now-long-enough"}', 'after')});
 wait_for(q{SELECT count(*) FROM bad_t WHERE id = 2000}, '1', 'the worker applies new messages with the altered table');
+
+# --- appends go into the heap as COPY does, where the table allows ----------
+# multi_t is a plain table: its rows go in with heap multi-inserts
+# (apply_append.c), which the WAL shows; multi_trig has a row trigger, so
+# its rows take the INSERT statement, and the trigger runs for each.  Both
+# give defaults, identities, constraints and dead letters as a statement.
+sql(q{
+CREATE EXTENSION pg_walinspect;
+CREATE SEQUENCE multi_seq;
+CREATE TABLE multi_t (id int NOT NULL CHECK (id > 0), note text DEFAULT 'dflt',
+                      seq bigint GENERATED ALWAYS AS IDENTITY, n bigint DEFAULT nextval('multi_seq'));
+CREATE TABLE multi_trig (id int NOT NULL, note text DEFAULT 'dflt');
+CREATE FUNCTION multi_trig_f() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN NEW.id := NEW.id * 10; RETURN NEW; END$$;
+CREATE TRIGGER multi_trig BEFORE INSERT ON multi_trig FOR EACH ROW EXECUTE FUNCTION multi_trig_f();
+});
+my $multi_lsn = sql('SELECT pg_current_wal_insert_lsn()');
+sql(q{
+SELECT pipeline.create_consumer('multi', 'local', 'multi', 'multi_t', mode => 'append');
+SELECT pipeline.create_consumer('multi_trig', 'local', 'multi', 'multi_trig', mode => 'append');
+});
+produce('multi', q{SELECT json_build_object('id', g)::text, g::text FROM generate_series(1, 300) g
+                   UNION ALL SELECT '{"id": -1}', 'negative' UNION ALL SELECT '{"id": null}', 'null'});
+wait_for(q{SELECT (SELECT count(*) FROM multi_t) || '/' || (SELECT count(*) FROM multi_trig) || '/'
+                  || (SELECT count(*) FROM pipeline.dead_letters WHERE consumer IN ('multi', 'multi_trig'))},
+	'300/301/3', 'append straight into the heap: 300 rows, two dead letters; through the statement: 301 rows, one');
+is(sql(q{SELECT count(*) || '/' || count(DISTINCT seq) || '/' || count(DISTINCT n) || '/' || min(note) || '/' || max(note) FROM multi_t}),
+	'300/300/300/dflt/dflt', 'defaults and the identity are evaluated for each row');
+is(sql(q{SELECT string_agg(sqlstate, ',' ORDER BY sqlstate) FROM pipeline.dead_letters WHERE consumer = 'multi'}),
+	'23502,23514', 'the NOT NULL and CHECK violations are dead letters with their SQLSTATEs');
+is(sql(q{SELECT sum(id) FROM multi_trig}), 10 * (150 * 301 - 1), 'the row trigger ran for each row of the other table');
+my $multi_wal = sql(qq{
+SELECT string_agg(r || ':' || n, ',' ORDER BY r) FROM (
+  SELECT CASE WHEN block_ref LIKE '%/' || pg_relation_filenode('multi_t') || ' %' THEN 'multi_t' ELSE 'multi_trig' END AS r,
+         count(*) FILTER (WHERE record_type = 'MULTI_INSERT') AS n
+    FROM pg_get_wal_records_info('$multi_lsn', pg_current_wal_flush_lsn())
+   WHERE block_ref LIKE '%/' || pg_relation_filenode('multi_t') || ' %'
+      OR block_ref LIKE '%/' || pg_relation_filenode('multi_trig') || ' %'
+   GROUP BY 1) s});
+like($multi_wal, qr/^multi_t:[1-9]\d*,multi_trig:0$/, "multi-inserts for the plain table only ($multi_wal)");
 
 # --- formats and metadata ---------------------------------------------------
 sql(q{
