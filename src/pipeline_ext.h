@@ -21,7 +21,8 @@
  *	                    decode_json.c, decode_csv.c, decode_raw.c
  *	                    (target.c: which column takes what)
  *	      dedup.c       newest message per key (upsert)
- *	      apply.c       set-based INSERT / DELETE, prepared once
+ *	      apply.c       set-based INSERT / DELETE, prepared once;
+ *	                    apply_append.c: appends straight into the heap
  *	      deadletter.c  the rows that fail, isolated; dead-letter rows
  *	      (aggregates)  the hook point for windowed aggregates
  *	      offsets.c     next offsets, fenced (the slot commits them to the
