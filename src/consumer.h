@@ -57,6 +57,7 @@ extern PeConsumerDef *pe_consumer_read(const char *name, bool missing_ok);
 extern List *pe_consumer_defaults(PeConsumerDef *def, const char *dbname, List **forced);
 extern void pe_consumer_check_target(PeConsumerDef *def);
 extern void pe_consumer_record_error(int64 id, const char *error, bool disable);
+extern void pe_consumer_record_target_gone(int64 id, const char *error);
 
 /* consumer_api.c */
 extern PeConsumerDef *pe_consumer_for_owner(const char *name, const char *action);

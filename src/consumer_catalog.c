@@ -108,8 +108,8 @@ pe_consumer_check_target(PeConsumerDef *def)
  * Keep the last error of a consumer in its catalog row; optionally stop it.
  * By id: a consumer of the same name created since is another one.
  */
-void
-pe_consumer_record_error(int64 id, const char *error, bool disable)
+static void
+pe_consumer_record(int64 id, const char *error, bool disable, bool unless_forgotten)
 {
 	PeCatalogAccess acc;
 	Oid			argtypes[3] = {INT8OID, TEXTOID, BOOLOID};
@@ -120,12 +120,32 @@ pe_consumer_record_error(int64 id, const char *error, bool disable)
 	values[1] = CStringGetTextDatum(error);
 	values[2] = BoolGetDatum(disable);
 	pe_catalog_begin(&acc);
-	rc = SPI_execute_with_args("UPDATE pipeline.consumer SET last_error = $2, last_error_at = pg_catalog.now(), "
+	rc = SPI_execute_with_args(unless_forgotten ?
+							   "UPDATE pipeline.consumer SET last_error = $2, last_error_at = pg_catalog.now(), "
+							   "enabled = enabled AND NOT $3 WHERE id OPERATOR(pg_catalog.=) $1 AND target IS NOT NULL" :
+							   "UPDATE pipeline.consumer SET last_error = $2, last_error_at = pg_catalog.now(), "
 							   "enabled = enabled AND NOT $3 WHERE id OPERATOR(pg_catalog.=) $1",
 							   3, argtypes, values, NULL, false, 0);
 	if (rc != SPI_OK_UPDATE)
 		elog(ERROR, "could not record the error of consumer " INT64_FORMAT ": %s", id, SPI_result_code_string(rc));
 	pe_catalog_end(&acc);
+}
+
+void
+pe_consumer_record_error(int64 id, const char *error, bool disable)
+{
+	pe_consumer_record(id, error, disable, false);
+}
+
+/*
+ * A slot found its target gone: stop the consumer, saying so, unless the
+ * drop already did (it forgets the table's number and says which table it
+ * was, which is the better message to keep).
+ */
+void
+pe_consumer_record_target_gone(int64 id, const char *error)
+{
+	pe_consumer_record(id, error, true, true);
 }
 
 /*

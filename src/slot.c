@@ -240,7 +240,7 @@ pe_slot_init(void)
 		ereport(LOG,
 				(errmsg("pipeline_ext consumer %s/%d %s", name, pe_run->slot, msg),
 				 errhint("Drop the consumer, or create it again on a new table.")));
-		pe_consumer_record_error(pe_run->def->id, msg, true);
+		pe_consumer_record_target_gone(pe_run->def->id, msg);
 		MemoryContextSwitchTo(old);
 		pe_xact_commit();
 		pe_slot_record_error(msg);
