@@ -23,6 +23,7 @@ OBJS = \
 	src/decode_json.o \
 	src/decode_csv.o \
 	src/decode_raw.o \
+	src/decode_time.o \
 	src/batch.o \
 	src/dedup.o \
 	src/apply.o \

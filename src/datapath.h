@@ -19,6 +19,7 @@
 #include "pipeline_ext.h"
 
 #include "executor/spi.h"
+#include "datatype/timestamp.h"
 #include "fmgr.h"
 #include "nodes/pg_list.h"
 #include "utils/jsonb.h"
@@ -219,6 +220,9 @@ pe_input(PeColumn *col, const char *text)
 extern void pe_decode_json_value(PeTarget *t, const char *data, size_t len, PeFound *found);
 extern void pe_decode_json(PeTarget *t, const char *data, size_t len, PeFound *found, const char *what);
 extern void pe_decode_csv_value(PeTarget *t, const char *data, size_t len, PeFound *found);
+
+/* decode_time.c */
+extern bool pe_iso_timestamptz(const char *s, size_t len, TimestampTz *result);
 
 /* decode_raw.c: bytes taken whole */
 extern Datum pe_bytes_to_bytea(const char *data, size_t len);

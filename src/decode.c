@@ -260,6 +260,12 @@ pe_headers_from_raw(ArrayType *raw)
 static Datum
 pe_found_value(PeColumn *col, PeFound *f)
 {
+	TimestampTz ts;
+
+	/* ISO 8601 with a zone into timestamptz, without its input function */
+	if (col->typid == TIMESTAMPTZOID && col->typmod < 0 && !f->raw &&
+		pe_iso_timestamptz(f->text, f->len, &ts))
+		return TimestampTzGetDatum(ts);
 	if (col->is_json && f->json_string)
 	{
 		StringInfoData buf;

@@ -18,7 +18,7 @@ my $broker = PipelineExt::Broker->start(
 		big => 6, faults => 4, bad => 2, csv => 1, text => 1, bytes => 1,
 		tomb => 2, grp => 4, priv => 1, stopstart => 1, alo => 2, amo => 2,
 		stoponerr => 1, nested => 1, tombv => 1, droptgt => 1, deferred => 1, wide => 1024, nat => 2,
-		multi => 2
+		multi => 2, iso => 1
 	});
 my $bs = $broker->bootstrap;
 
@@ -311,6 +311,29 @@ SELECT string_agg(r || ':' || n, ',' ORDER BY r) FROM (
       OR block_ref LIKE '%/' || pg_relation_filenode('multi_trig') || ' %'
    GROUP BY 1) s});
 like($multi_wal, qr/^multi_t:[1-9]\d*,multi_trig:0$/, "multi-inserts for the plain table only ($multi_wal)");
+
+# --- ISO 8601 timestamps read without timestamptz_in (decode_time.c) -------
+# Each is also kept as text: the value must be what ::timestamptz gives,
+# for the forms read directly and for those left to timestamptz_in.
+sql(q{
+CREATE TABLE iso_t (k int, raw text, ts timestamptz);
+SELECT pipeline.create_consumer('iso', 'local', 'iso', 'iso_t', mode => 'append');
+});
+my @iso = ('2026-11-24T00:00:01Z', '2026-11-24 00:00:01.25+02:00', '2026-11-24T23:59:59.123456-05:30',
+	'1999-12-31T00:00:00+0100', '2024-02-29T12:00:00-03', '0001-01-01T00:00:00Z', '9999-12-31T23:59:59.999999+14:00',
+	'2026-11-24T00:00:00.5Z', '2026-11-24T24:00:00Z', '2026-11-24T00:00:01.1234567Z', '2026-11-24t00:00:01z',
+	'2026-11-24T00:00:01+15:00', '2026-11-24T00:00:01 +02:00', '1970-01-01T00:00:00Z');
+my $iso_values = join(' UNION ALL ', map {
+	my $v = $iso[$_];
+	sprintf(q{SELECT json_build_object('k', %d, 'raw', '%s', 'ts', '%s')::text, '%d'}, $_, $v, $v, $_)
+} 0 .. $#iso);
+produce('iso', $iso_values . q{ UNION ALL SELECT '{"k": 99, "raw": "bad", "ts": "2026-02-30T00:00:00Z"}', '99'});
+wait_for(q{SELECT (SELECT count(*) FROM iso_t) || '/' || (SELECT count(*) FROM pipeline.dead_letters WHERE consumer = 'iso')},
+	scalar(@iso) . '/1', 'every ISO timestamp is applied, and an invalid date is a dead letter');
+is(sql(q{SELECT string_agg(raw, ', ' ORDER BY k) FROM iso_t WHERE ts IS DISTINCT FROM raw::timestamptz}), '',
+	'each timestamptz equals its text cast, read directly or by timestamptz_in');
+is(sql(q{SELECT sqlstate FROM pipeline.dead_letters WHERE consumer = 'iso'}), '22008',
+	'February 30th: date/time field value out of range');
 
 # --- formats and metadata ---------------------------------------------------
 sql(q{
