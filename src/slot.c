@@ -54,6 +54,9 @@
 #define PE_DISCOVER_MS 5000
 #define PE_BATCH_MAX_BYTES (32 * 1024 * 1024)
 #define PE_SLICE_MS 100
+/* a batch this large means a backlog: wake the fetchers (slot_metrics.c) */
+#define PE_WAKE_MESSAGES 10000
+#define PE_WAKE_BYTES (1024 * 1024)
 
 PeSlotRun  *pe_run = NULL;
 
@@ -588,6 +591,10 @@ pe_slot_loop(void)
 		}
 		if (n == 0)
 			continue;
+
+		/* a backlog: let the fetchers fill the queue while this is applied */
+		if (n >= PE_WAKE_MESSAGES || bytes >= PE_WAKE_BYTES)
+			pe_slot_wake_fetchers();
 
 		/* apply it, in one transaction, retrying transient errors */
 		pe_slot_note_oldest(batch, n, true);

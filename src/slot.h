@@ -118,6 +118,7 @@ extern void pe_slot_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 extern void pe_slot_record_batch(rd_kafka_message_t **batch, int n, size_t bytes, int64 ndead);
 extern void pe_slot_note_oldest(rd_kafka_message_t **batch, int n, bool before_apply);
 extern void pe_slot_publish_partitions(void);
+extern void pe_slot_wake_fetchers(void);
 extern void pe_slot_publish_watermarks(void);
 
 /* offsets.c */

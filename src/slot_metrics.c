@@ -154,15 +154,16 @@ pe_slot_publish_partitions(void)
  * are, so a healthy slot does not wait on this.
  */
 static void
-pe_slot_ask_watermarks(TimestampTz now)
+pe_slot_ask_watermarks(TimestampTz now, bool all, int timeout_ms)
 {
 	rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(8);
 
 	for (int p = 0; p < pe_run->npart; p++)
-		if (pe_run->parts[p].assigned && now - pe_run->parts[p].moved_at >= (int64) PE_ASK_EVERY_MS * 1000)
+		if (pe_run->parts[p].assigned &&
+			(all || now - pe_run->parts[p].moved_at >= (int64) PE_ASK_EVERY_MS * 1000))
 			rd_kafka_topic_partition_list_add(l, pe_run->def->topic, p)->offset = RD_KAFKA_OFFSET_END;
 	if (l->cnt > 0 &&
-		rd_kafka_offsets_for_times(pe_run->rk, l, PE_ASK_TIMEOUT_MS) == RD_KAFKA_RESP_ERR_NO_ERROR)
+		rd_kafka_offsets_for_times(pe_run->rk, l, timeout_ms) == RD_KAFKA_RESP_ERR_NO_ERROR)
 	{
 		for (int i = 0; i < l->cnt; i++)
 		{
@@ -191,7 +192,7 @@ pe_slot_publish_watermarks(void)
 
 	if (now - pe_run->last_asked >= (int64) PE_ASK_EVERY_MS * 1000)
 	{
-		pe_slot_ask_watermarks(now);
+		pe_slot_ask_watermarks(now, false, PE_ASK_TIMEOUT_MS);
 		pe_run->last_asked = now;
 	}
 	for (int k = 0; k < n; k++)
@@ -232,4 +233,22 @@ pe_slot_publish_watermarks(void)
 		pe_slot_note_watermarks(s, now);
 	}
 	LWLockRelease(pe_shared->lock);
+}
+
+/*
+ * A slot that took a large batch from a full prefetch queue wakes the
+ * brokers' fetchers.  librdkafka 2.0 stops fetching a partition while the
+ * queue holds queued.max.messages.kbytes, and its broker thread looks at
+ * the queue again only when something wakes it, at the latest after a
+ * second: a slot that applies faster than that drains the queue and
+ * waits, idle, for the rest of the second (one append slot was idle half
+ * its time).  A request to each leader wakes its thread, which then
+ * fetches while the batch is applied: one ListOffsets round for all the
+ * slot's partitions, bounded to 100 ms, whose answers also freshen the
+ * lag.  Only under a backlog: a caught-up slot's queue never fills.
+ */
+void
+pe_slot_wake_fetchers(void)
+{
+	pe_slot_ask_watermarks(GetCurrentTimestamp(), true, 100);
 }
