@@ -168,15 +168,17 @@ pe_consumer_defaults(PeConsumerDef *def, const char *dbname, List **forced)
 		group = psprintf("pipeline_ext.%s.%s", dbname, def->name);
 
 	/*
-	 * librdkafka 2.0 stops fetching a partition while the prefetch queue
-	 * holds more than queued.max.messages.kbytes and looks again only about
-	 * once a second.  With partitions forwarded to the consumer queue, the
-	 * limit applies to that one queue, whatever the number of partitions:
-	 * 20 MB holds about a second of what a busy slot applies, so it rarely
-	 * waits on it, and with fetch.max.bytes it bounds the worker's memory
-	 * however far behind it is (bench/consume.sh measures both).
+	 * The prefetch queue: librdkafka stops fetching while it holds
+	 * queued.max.messages.kbytes of messages (with partitions forwarded to
+	 * the consumer queue, that one queue, whatever the number of
+	 * partitions), and each message costs it another 200 to 300 bytes of
+	 * its own.  librdkafka 2.0 looks at a full queue again only when its
+	 * broker thread wakes, so a slot with a backlog wakes it when it takes
+	 * a batch (pe_slot_wake_fetchers): then 8 MB keeps a busy slot fed as
+	 * well as 20 or 64 MB did, and bounds the worker's memory however far
+	 * behind it is (bench/consume.sh measures both).
 	 */
-	kbytes = 20 * 1024;
+	kbytes = 8 * 1024;
 
 	*forced = lappend(*forced, pe_property("group.id", group, "pipeline_ext"));
 	*forced = lappend(*forced, pe_property("enable.auto.commit", "false", "pipeline_ext"));
