@@ -31,8 +31,8 @@ kcat -P -b "$BOOTSTRAP" -t events -K$'\t' -l "$BENCH/events.txt"
 psql_b <<SQL
 CREATE EXTENSION pipeline_ext;
 SELECT pipeline.create_connection('bench', '$BOOTSTRAP');
-CREATE TABLE devices (device text PRIMARY KEY, id bigint NOT NULL, ts timestamptz NOT NULL,
-                      temp double precision, note text);
+CREATE TABLE devices (device text $( [ "$MODE" = upsert ] && echo PRIMARY KEY ), id bigint NOT NULL,
+                      ts timestamptz NOT NULL, temp double precision, note text);
 SELECT pipeline.create_consumer('prof', 'bench', 'events', 'devices', mode => '$MODE', parallelism => 1, start => false);
 SELECT pipeline.start_consumer('prof');
 SQL
