@@ -42,21 +42,53 @@
 /* rows put into the heap together, as COPY FROM's buffer of tuples */
 #define PE_APPEND_GROUP 1000
 
-/* Can rows go straight into rel's heap, with what the INSERT would do? */
+/*
+ * Can rows go straight into rel's heap, with what the INSERT would do?
+ * colof maps each attribute to its column of the target, or -1.
+ */
 static bool
-pe_append_direct_ok(PeTarget *t, Relation rel)
+pe_append_direct_ok(PeTarget *t, Relation rel, const int *colof)
 {
 	TupleDesc	desc = RelationGetDescr(rel);
 
-	if (rel->rd_rel->relkind != RELKIND_RELATION || rel->rd_rel->relispartition ||
-		rel->trigdesc != NULL ||
+	if (XactReadOnly ||
+		rel->rd_rel->relkind != RELKIND_RELATION || rel->rd_rel->relispartition ||
+		rel->trigdesc != NULL || rel->rd_rules != NULL ||
 		(desc->constr && desc->constr->has_generated_stored) ||
 		check_enable_rls(RelationGetRelid(rel), InvalidOid, true) != RLS_NONE)
 		return false;
-	/* the statement refuses a value for a GENERATED ALWAYS identity column */
 	for (int c = 0; c < t->ncols; c++)
-		if (TupleDescAttr(desc, t->cols[c].attnum - 1)->attidentity == ATTRIBUTE_IDENTITY_ALWAYS)
+	{
+		PeColumn   *col = &t->cols[c];
+		Form_pg_attribute att;
+
+		/*
+		 * The rows were decoded for the columns as they were described: an
+		 * ALTER TABLE committed since (the table is not locked while a batch
+		 * is decoded) leaves it to the statement, which casts or fails.
+		 */
+		if (col->attnum < 1 || col->attnum > desc->natts)
 			return false;
+		att = TupleDescAttr(desc, col->attnum - 1);
+		if (att->attisdropped || att->atttypid != col->typid || att->atttypmod != col->typmod ||
+			att->attcollation != col->collation || strcmp(NameStr(att->attname), col->name) != 0)
+			return false;
+		/* the statement refuses a value for a GENERATED ALWAYS identity column */
+		if (att->attidentity == ATTRIBUTE_IDENTITY_ALWAYS)
+			return false;
+	}
+	for (int a = 0; a < desc->natts; a++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, a);
+
+		/*
+		 * A column the statement leaves out and that has no default gets a
+		 * null coerced to its type, which a NOT NULL domain refuses.
+		 */
+		if (!att->attisdropped && colof[a] < 0 && !att->atthasdef && !att->attidentity &&
+			get_typtype(att->atttypid) == TYPTYPE_DOMAIN)
+			return false;
+	}
 	return true;
 }
 
@@ -66,8 +98,8 @@ pe_append_direct_ok(PeTarget *t, Relation rel)
  * done nothing, when the target is not one this path serves.  Errors
  * propagate, as the statement's would (the caller isolates bad rows).
  */
-bool
-pe_append_rows(PeTarget *t, PeRow **rows, int n, int64 *processed)
+static bool
+pe_append_rows_in(PeTarget *t, PeRow **rows, int n)
 {
 	Relation	rel = table_open(t->relid, RowExclusiveLock);
 	TupleDesc	desc = RelationGetDescr(rel);
@@ -82,7 +114,13 @@ pe_append_rows(PeTarget *t, PeRow **rows, int n, int64 *processed)
 	BulkInsertState bistate;
 	CommandId	cid;
 
-	if (!pe_append_direct_ok(t, rel))
+	colof = palloc(sizeof(int) * natts);
+	for (int a = 0; a < natts; a++)
+		colof[a] = -1;
+	for (int c = 0; c < t->ncols; c++)
+		if (t->cols[c].attnum >= 1 && t->cols[c].attnum <= natts)
+			colof[t->cols[c].attnum - 1] = c;
+	if (!pe_append_direct_ok(t, rel, colof))
 	{
 		table_close(rel, NoLock);
 		return false;
@@ -113,12 +151,7 @@ pe_append_rows(PeTarget *t, PeRow **rows, int n, int64 *processed)
 	ExecOpenIndices(rri, false);
 	econtext = GetPerTupleExprContext(estate);
 
-	colof = palloc(sizeof(int) * natts);
 	defaults = palloc0(sizeof(ExprState *) * natts);
-	for (int a = 0; a < natts; a++)
-		colof[a] = -1;
-	for (int c = 0; c < t->ncols; c++)
-		colof[t->cols[c].attnum - 1] = c;
 	for (int a = 0; a < natts; a++)
 	{
 		Form_pg_attribute att = TupleDescAttr(desc, a);
@@ -158,7 +191,8 @@ pe_append_rows(PeTarget *t, PeRow **rows, int n, int64 *processed)
 					slot->tts_isnull[a] = false;
 				}
 				else if (defaults[a] != NULL)
-					slot->tts_values[a] = ExecEvalExpr(defaults[a], econtext, &slot->tts_isnull[a]);
+					slot->tts_values[a] = ExecEvalExprSwitchContext(defaults[a], econtext,
+																	&slot->tts_isnull[a]);
 				else
 				{
 					slot->tts_values[a] = (Datum) 0;
@@ -170,7 +204,13 @@ pe_append_rows(PeTarget *t, PeRow **rows, int n, int64 *processed)
 				ExecConstraints(rri, slot, estate);
 		}
 
-		table_multi_insert(rel, slots, count, cid, 0, bistate);
+		/* what the insert allocates goes with the group, as in COPY FROM */
+		{
+			MemoryContext old = MemoryContextSwitchTo(GetPerTupleMemoryContext(estate));
+
+			table_multi_insert(rel, slots, count, cid, 0, bistate);
+			MemoryContextSwitchTo(old);
+		}
 
 		if (rri->ri_NumIndices > 0)
 			for (int i = 0; i < count; i++)
@@ -192,6 +232,37 @@ pe_append_rows(PeTarget *t, PeRow **rows, int n, int64 *processed)
 	PopActiveSnapshot();
 	CommandCounterIncrement();
 	table_close(rel, NoLock);
-	*processed = n;
 	return true;
+}
+
+bool
+pe_append_rows(PeTarget *t, PeRow **rows, int n, int64 *processed)
+{
+	MemoryContext caller = CurrentMemoryContext;
+
+	/*
+	 * Everything it allocates (executor state, slots, bulk-insert state) in
+	 * a context of its own, deleted on the way out, error or not: the
+	 * caller's is the batch's, and bisecting bad rows makes many attempts.
+	 */
+	MemoryContext cxt = AllocSetContextCreate(caller, "pipeline_ext append", ALLOCSET_DEFAULT_SIZES);
+	bool		done;
+
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		done = pe_append_rows_in(t, rows, n);
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(caller);
+		MemoryContextDelete(cxt);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(caller);
+	MemoryContextDelete(cxt);
+	if (done)
+		*processed = n;
+	return done;
 }

@@ -172,11 +172,12 @@ pe_consumer_defaults(PeConsumerDef *def, const char *dbname, List **forced)
 	 * queued.max.messages.kbytes of messages (with partitions forwarded to
 	 * the consumer queue, that one queue, whatever the number of
 	 * partitions), and each message costs it another 200 to 300 bytes of
-	 * its own.  librdkafka 2.0 looks at a full queue again only when its
-	 * broker thread wakes, so a slot with a backlog wakes it when it takes
-	 * a batch (pe_slot_wake_fetchers): then 8 MB keeps a busy slot fed as
-	 * well as 20 or 64 MB did, and bounds the worker's memory however far
-	 * behind it is (bench/consume.sh measures both).
+	 * its own.  librdkafka 2.0 and 2.1 look at a full queue again only when
+	 * the broker thread wakes, so a slot with a backlog wakes it when it
+	 * takes a batch (pe_slot_wake_fetchers); 2.2 and later back off for
+	 * fetch.queue.backoff.ms, set below.  Then 8 MB keeps a busy slot fed
+	 * as well as 20 or 64 MB did, and bounds the worker's memory however
+	 * far behind it is (bench/consume.sh measures both).
 	 */
 	kbytes = 8 * 1024;
 
@@ -203,6 +204,9 @@ pe_consumer_defaults(PeConsumerDef *def, const char *dbname, List **forced)
 	props = lappend(props, pe_property("fetch.wait.max.ms", "5", "pipeline_ext"));
 	props = lappend(props, pe_property("queued.min.messages", "1000000", "pipeline_ext"));
 	props = lappend(props, pe_property("queued.max.messages.kbytes", psprintf("%d", kbytes), "pipeline_ext"));
+	/* from librdkafka 2.2 a full queue backs off this long, not a second */
+	if (rd_kafka_version() >= PE_RDKAFKA_FETCH_QUEUE_BACKOFF)
+		props = lappend(props, pe_property("fetch.queue.backoff.ms", "10", "pipeline_ext"));
 	props = lappend(props, pe_property("fetch.max.bytes", "4194304", "pipeline_ext"));
 	return props;
 }

@@ -222,6 +222,7 @@ extern void pe_decode_json(PeTarget *t, const char *data, size_t len, PeFound *f
 extern void pe_decode_csv_value(PeTarget *t, const char *data, size_t len, PeFound *found);
 
 /* decode_time.c */
+extern void pe_iso_prepare(void);
 extern bool pe_iso_timestamptz(const char *s, size_t len, TimestampTz *result);
 
 /* decode_raw.c: bytes taken whole */

@@ -415,7 +415,8 @@ pe_decode_one(PeTarget *t, PeMessage *msg, PeRow *row, MemoryContext scratch)
 								 errhint("Kafka timestamps are milliseconds since 1970; correct the producer's timestamps, then replay the dead letter.")));
 					ts = pe_kafka_ms_to_timestamptz(msg->timestamp_ms);
 
-					if (col->typid == TIMESTAMPTZOID)
+					/* with a precision, through the input function, which rounds */
+					if (col->typid == TIMESTAMPTZOID && col->typmod < 0)
 						row->values[c] = TimestampTzGetDatum(ts);
 					else
 						row->values[c] = pe_input(col, DatumGetCString(DirectFunctionCall1(timestamptz_out,
@@ -469,6 +470,8 @@ pe_decode_batch(PeTarget *t, PeMessage *msgs, int n, PeRow *rows, PeBatchResult 
 	bool	   *nulls = MemoryContextAllocHuge(CurrentMemoryContext, sizeof(bool) * t->ncols * Max(n, 1));
 	MemoryContext scratch = AllocSetContextCreate(CurrentMemoryContext, "pipeline_ext decode",
 												  ALLOCSET_DEFAULT_SIZES);
+
+	pe_iso_prepare();
 
 	while (i < n)
 	{

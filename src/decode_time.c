@@ -6,9 +6,11 @@
  *	  straight into a timestamptz, without timestamptz_in's general parser
  *	  (a tenth of decoding the benchmark's events).  Only what has one
  *	  meaning whatever the session's settings is taken: four-digit years,
- *	  valid fields, at most microseconds, a zone of Z or +/-HH[[:]MM];
- *	  anything else (no zone, 24:00, leap seconds, BC, typmods) is left to
- *	  timestamptz_in, so the result is always what it would give.
+ *	  valid fields, at most microseconds, a zone of +/-HH[[:]MM], or Z while
+ *	  timezone_abbreviations has it as UTC (it is an abbreviation, and a
+ *	  custom set can lack it or move it); anything else (no zone, 24:00,
+ *	  leap seconds, BC, typmods) is left to timestamptz_in, so the result
+ *	  is always what it would give.
  *
  * IDENTIFICATION
  *	  src/decode_time.c
@@ -21,6 +23,20 @@
 #include "utils/datetime.h"
 
 #include "datapath.h"
+
+/* "Z" is UTC in the current timezone_abbreviations (pe_iso_prepare) */
+static bool pe_z_is_utc = false;
+
+/* Look up what "Z" means now: once per batch, as the setting can change. */
+void
+pe_iso_prepare(void)
+{
+	int			offset = 0;
+	pg_tz	   *tz = NULL;
+	char		z[] = "z";
+
+	pe_z_is_utc = (DecodeTimezoneAbbrev(0, z, &offset, &tz) == TZ && offset == 0);
+}
 
 /* n decimal digits at s, or -1 */
 static int
@@ -91,7 +107,7 @@ pe_iso_timestamptz(const char *s, size_t len, TimestampTz *result)
 	}
 
 	/* Z, or +/-HH, +/-HHMM, +/-HH:MM */
-	if (i < len && s[i] == 'Z')
+	if (i < len && s[i] == 'Z' && pe_z_is_utc)
 		i++;
 	else if (i < len && (s[i] == '+' || s[i] == '-'))
 	{

@@ -23,6 +23,13 @@
 
 struct PeConnection;
 
+/*
+ * librdkafka 2.2.0 (rd_kafka_version()) and later: a partition whose
+ * prefetch queue is full backs off fetch.queue.backoff.ms.  Before, it
+ * waited for its broker thread to wake (slot_metrics.c wakes it).
+ */
+#define PE_RDKAFKA_FETCH_QUEUE_BACKOFF 0x02020000
+
 /* kafka_props.c */
 typedef enum PePropertyAccess
 {

@@ -57,6 +57,8 @@
 /* a batch this large means a backlog: wake the fetchers (slot_metrics.c) */
 #define PE_WAKE_MESSAGES 10000
 #define PE_WAKE_BYTES (1024 * 1024)
+/* idle this long, a slot gives its kept batch memory back */
+#define PE_TRIM_IDLE_MS 10000
 
 PeSlotRun  *pe_run = NULL;
 
@@ -581,6 +583,14 @@ pe_slot_loop(void)
 			{
 				pe_slot_publish_watermarks();
 				pe_run->last_watermarks = GetCurrentTimestamp();
+#ifdef __GLIBC__
+				/* idle for a while: give back the batch memory kept (mallopt below) */
+				if (!pe_run->heap_trimmed && pe_ms_since(pe_run->last_commit_at) >= PE_TRIM_IDLE_MS)
+				{
+					malloc_trim(0);
+					pe_run->heap_trimmed = true;
+				}
+#endif
 			}
 			if (pe_ms_since(pe_run->last_discover) >= PE_DISCOVER_MS)
 			{
@@ -633,6 +643,7 @@ pe_slot_loop(void)
 		/* committed: only now does the batch count */
 		pe_run->stats_pending = true;
 		pe_run->last_commit_at = GetCurrentTimestamp();
+		pe_run->heap_trimmed = false;
 		pe_slot_record_batch(batch, n, bytes, ndead);
 		pe_slot_note_oldest(batch, n, false);
 		pe_slot_publish_watermarks();
@@ -680,7 +691,8 @@ pe_slot_main(Datum arg)
 	 * back to the kernel (and serves large blocks with mmap), so each batch
 	 * faulted in and zeroed fresh pages: a tenth of a busy slot's time
 	 * (bench/profile.sh).  Kept instead, up to what a batch takes, which
-	 * batch_size and the decoder bound.
+	 * batch_size and the decoder bound, and given back with malloc_trim()
+	 * once the slot has been idle for PE_TRIM_IDLE_MS.
 	 */
 	mallopt(M_MMAP_THRESHOLD, 32 * 1024 * 1024);
 	mallopt(M_TRIM_THRESHOLD, 64 * 1024 * 1024);

@@ -78,6 +78,7 @@ typedef struct PeSlotRun
 	bool		assignment_changed; /* a rebalance: publish the partitions */
 	bool		stats_pending;	/* table statistics not sent since the last commit */
 	TimestampTz last_commit_at;
+	bool		heap_trimmed;	/* idle: freed batch memory given back */
 	char		rebalance_error[256];	/* a rebalance failed: the loop raises it */
 	char		auth_error[256];	/* a broker refused the credentials: raised */
 	MemoryContext batch_cxt;	/* a batch's decoded rows; reset after each */

@@ -245,10 +245,13 @@ pe_slot_publish_watermarks(void)
  * its time).  A request to each leader wakes its thread, which then
  * fetches while the batch is applied: one ListOffsets round for all the
  * slot's partitions, bounded to 100 ms, whose answers also freshen the
- * lag.  Only under a backlog: a caught-up slot's queue never fills.
+ * lag.  Only under a backlog: a caught-up slot's queue never fills.  Not
+ * with librdkafka 2.2 and later, which back off fetch.queue.backoff.ms
+ * instead (consumer_catalog.c sets it).
  */
 void
 pe_slot_wake_fetchers(void)
 {
-	pe_slot_ask_watermarks(GetCurrentTimestamp(), true, 100);
+	if (rd_kafka_version() < PE_RDKAFKA_FETCH_QUEUE_BACKOFF)
+		pe_slot_ask_watermarks(GetCurrentTimestamp(), true, 100);
 }

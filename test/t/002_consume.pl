@@ -18,7 +18,7 @@ my $broker = PipelineExt::Broker->start(
 		big => 6, faults => 4, bad => 2, csv => 1, text => 1, bytes => 1,
 		tomb => 2, grp => 4, priv => 1, stopstart => 1, alo => 2, amo => 2,
 		stoponerr => 1, nested => 1, tombv => 1, droptgt => 1, deferred => 1, wide => 1024, nat => 2,
-		multi => 2, iso => 1
+		multi => 2, iso => 1, multi_ts => 1
 	});
 my $bs = $broker->bootstrap;
 
@@ -311,6 +311,42 @@ SELECT string_agg(r || ':' || n, ',' ORDER BY r) FROM (
       OR block_ref LIKE '%/' || pg_relation_filenode('multi_trig') || ' %'
    GROUP BY 1) s});
 like($multi_wal, qr/^multi_t:[1-9]\d*,multi_trig:0$/, "multi-inserts for the plain table only ($multi_wal)");
+
+# What else makes a table take the statement, or the statement's checks:
+# a rule (the direct path would skip it), a column left out whose NOT NULL
+# domain refuses the null the statement would give it, and a timestamptz(0)
+# that $timestamp's milliseconds are rounded to.
+sql(q{
+CREATE TABLE multi_rule (id int);
+CREATE TABLE multi_audit (id int);
+CREATE RULE multi_rule_audit AS ON INSERT TO multi_rule DO ALSO INSERT INTO multi_audit VALUES (NEW.id);
+CREATE DOMAIN multi_nn AS int NOT NULL;
+CREATE TABLE multi_dom (id int, extra multi_nn);
+CREATE TABLE multi_ts (k text, ts timestamptz(0));
+SELECT pipeline.create_consumer('multi_rule', 'local', 'multi', 'multi_rule', mode => 'append');
+SELECT pipeline.create_consumer('multi_dom', 'local', 'multi', 'multi_dom', mode => 'append',
+                                column_map => '{"extra": null}');
+SELECT pipeline.create_consumer('multi_ts', 'local', 'multi_ts', 'multi_ts', mode => 'append', format => 'text',
+                                column_map => '{"k": "$value", "ts": "$timestamp"}');
+});
+{
+	my ($out, $err);
+	run([ '/usr/bin/python3', '-c', q{
+import sys
+from confluent_kafka import Producer
+p = Producer({"bootstrap.servers": sys.argv[1]})
+p.produce("multi_ts", value=b"ms", timestamp=1700000000123)
+if p.flush(30) != 0:
+    sys.exit("not delivered")
+}, $bs ], '>', \$out, '2>', \$err, timeout(60)) or diag($err);
+}
+wait_for(q{SELECT (SELECT count(*) FROM multi_audit) || '/' || (SELECT count(*) FROM multi_rule)},
+	'302/302', 'a rule on the target runs for each appended row');
+wait_for(q{SELECT count(*) FILTER (WHERE sqlstate = '23502') || '/' || count(*) FROM pipeline.dead_letters WHERE consumer = 'multi_dom'},
+	'302/302', 'a column left out whose NOT NULL domain refuses null: each message a dead letter, as the INSERT makes it');
+is(sql('SELECT count(*) FROM multi_dom'), '0', '... and no null is stored in it');
+wait_for(q{SELECT ts = '2023-11-14 22:13:20+00' FROM multi_ts}, 't', '$timestamp into timestamptz(0) is rounded to the column\'s precision');
+
 
 # --- ISO 8601 timestamps read without timestamptz_in (decode_time.c) -------
 # Each is also kept as text: the value must be what ::timestamptz gives,
