@@ -27,13 +27,13 @@
 # table equals the data's last event per device, and one slot worker's peak
 # private memory.
 #
-#   sudo bash bench/consume.sh               N = 400,000 over 12 partitions
+#   sudo bash bench/consume.sh               N = 1,000,000 over 40 partitions
 #   N=200000 PARTS=6 sudo -E bash bench/consume.sh
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/../test/setup.sh"
 
-N=${N:-400000}
-PARTS=${PARTS:-12}          # the test broker keeps about 5 MB per partition
+N=${N:-1000000}
+PARTS=${PARTS:-40}          # the test broker keeps about 5 MB per partition
 ROUNDS=${ROUNDS:-3}          # each case this many times, the median printed
 REF=${REF:-$PE_ROOT/../shared/bench}
 [ -x "$REF/reference_peer.py" ] && [ -x "$REF/gen_events.py" ] ||
@@ -94,9 +94,11 @@ COPY (SELECT device, id, ts, temp, note FROM stage ORDER BY seq) TO '$BENCH/even
 SQL
 
 # CPU-seconds so far of every process of the instance (the postmaster
-# collects those of exited children)
+# collects those of exited children, once it has reaped them: a backend
+# whose psql just ended may not be yet, hence the pause)
 instance_cpu() {
 	local pm hz=$(getconf CLK_TCK)
+	sleep 0.3
 	pm=$(head -1 "$PE_SCRATCH_DATA/postmaster.pid")
 	{ awk '{print $14 + $15 + $16 + $17}' "/proc/$pm/stat"
 	  for c in $(pgrep -P "$pm"); do awk '{print $14 + $15}' "/proc/$c/stat" 2>/dev/null || true; done
@@ -149,7 +151,7 @@ run_consumer() {
 			rss=$(awk '/^RssAnon:/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
 			[ "${rss:-0}" -gt "$peak" ] && peak=$rss
 		done
-		echo "$peak" > "$BENCH/peak.$name"
+		echo "$peak" > "$BENCH/peak.$name.tmp" && mv "$BENCH/peak.$name.tmp" "$BENCH/peak.$name"
 		sleep 0.05
 	  done ) &
 	sampler=$!
