@@ -22,6 +22,7 @@
 
 #define PE_ASK_EVERY_MS 5000		/* ask for idle partitions' watermarks */
 #define PE_ASK_TIMEOUT_MS 1000
+#define PE_WAKE_WAIT_MS 1			/* pe_slot_wake_fetchers */
 
 /*
  * After a commit: counters, the throughput of this period, and each
@@ -244,8 +245,12 @@ pe_slot_publish_watermarks(void)
  * waits, idle, for the rest of the second (one append slot was idle half
  * its time).  A request to each leader wakes its thread, which then
  * fetches while the batch is applied: one ListOffsets round for all the
- * slot's partitions, bounded to 100 ms, whose answers also freshen the
- * lag.  Only under a backlog: a caught-up slot's queue never fills.  Not
+ * slot's partitions.  The request wakes the thread as soon as it is
+ * queued, so the slot waits for the answers only PE_WAKE_WAIT_MS (they
+ * freshen the lag when they come in time; a late one is dropped by
+ * librdkafka): a broker round trip before each batch would cost a slot
+ * far from its brokers (Event Hubs over the internet) a tenth of its
+ * time.  Only under a backlog: a caught-up slot's queue never fills.  Not
  * with librdkafka 2.2 and later, which back off fetch.queue.backoff.ms
  * instead (consumer_catalog.c sets it).
  */
@@ -253,5 +258,5 @@ void
 pe_slot_wake_fetchers(void)
 {
 	if (rd_kafka_version() < PE_RDKAFKA_FETCH_QUEUE_BACKOFF)
-		pe_slot_ask_watermarks(GetCurrentTimestamp(), true, 100);
+		pe_slot_ask_watermarks(GetCurrentTimestamp(), true, PE_WAKE_WAIT_MS);
 }
