@@ -31,6 +31,7 @@
 #   N=200000 PARTS=6 sudo -E bash bench/consume.sh
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/../test/setup.sh"
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 N=${N:-1000000}
 PARTS=${PARTS:-40}          # the test broker keeps about 5 MB per partition
@@ -56,19 +57,7 @@ pe_as_user psql -X -q -h "$BENCH" -p "$PORT" -U postgres -d postgres -c "CREATE 
 echo "== generating $N events (gen_events.py) and loading them"
 cp "$REF/gen_events.py" "$REF/reference_peer.py" "$BENCH/"
 pe_as_user /usr/bin/python3 "$BENCH/gen_events.py" "$N" 10000 "$BENCH/events.txt"
-kcat -P -b "$BOOTSTRAP" -t events -K$'\t' -l "$BENCH/events.txt"
-held=$(/usr/bin/python3 - "$BOOTSTRAP" "$PARTS" <<'PY'
-import sys
-from confluent_kafka import Consumer, TopicPartition
-c = Consumer({"bootstrap.servers": sys.argv[1], "group.id": "bench-check"})
-print(sum(h - l for l, h in (c.get_watermark_offsets(TopicPartition("events", p), timeout=10)
-                             for p in range(int(sys.argv[2])))))
-PY
-)
-if [ "$held" -ne "$N" ]; then
-	echo "the broker holds $held of $N messages (the test broker keeps about 5 MB per partition): raise PARTS" >&2
-	exit 1
-fi
+bench_load "$BENCH/events.txt" events "$PARTS" "$N"
 avg=$(awk -F'\t' '{s += length($2)} END {printf "%d", s / NR}' "$BENCH/events.txt")
 
 COLS="device text PRIMARY KEY, id bigint NOT NULL, ts timestamptz NOT NULL, temp double precision, note text"
@@ -195,23 +184,22 @@ psql_b -f "$BENCH/stage_load.sql"
 # slots msgs/s-from-create_consumer
 : >"$BENCH/results"
 record() { echo "$1 $(echo "scale=0; $N / $2" | bc) $(printf %.2f "$3") ${4:-0} ${5:-0} ${6:+$(echo "scale=0; $N / $6" | bc)}" >>"$BENCH/results"; }
+# consumer_case KEY TITLE NAME MODE TABLE PARALLELISM: one pipeline_ext case, recorded
+consumer_case() {
+	local s cpu mem slots cs
+	echo "   $2"
+	read -r s cpu mem slots cs < <(run_consumer "$3" "$4" "$5" "$6")
+	record "$1" "$s" "$cpu" "$mem" "$slots" "$cs"
+}
 for r in $(seq "$ROUNDS"); do
 	echo "== round $r of $ROUNDS"
 	psql_b -c "CREATE TABLE dev_auto_$r ($COLS); CREATE TABLE dev_1_$r ($COLS); CREATE TABLE dev_2_$r ($COLS);
 	           CREATE TABLE dev_stage_$r ($COLS); CREATE TABLE ev_app_$r ($EVCOLS); CREATE TABLE ev_copy_$r ($EVCOLS);
 	           TRUNCATE devices; CHECKPOINT"
-	echo "   pipeline_ext upsert, defaults"
-	read -r s cpu mem slots cs < <(run_consumer "c_auto_$r" upsert "dev_auto_$r" "")
-	record auto "$s" "$cpu" "$mem" "$slots" "$cs"
-	echo "   pipeline_ext upsert, 1 slot"
-	read -r s cpu mem slots cs < <(run_consumer "c_1_$r" upsert "dev_1_$r" ", parallelism => 1")
-	record one "$s" "$cpu" "$mem" "$slots" "$cs"
-	echo "   pipeline_ext upsert, 2 slots"
-	read -r s cpu mem slots cs < <(run_consumer "c_2_$r" upsert "dev_2_$r" ", parallelism => 2")
-	record two "$s" "$cpu" "$mem" "$slots" "$cs"
-	echo "   pipeline_ext append, defaults"
-	read -r s cpu mem slots cs < <(run_consumer "c_app_$r" append "ev_app_$r" "")
-	record app "$s" "$cpu" "$mem" "$slots" "$cs"
+	consumer_case auto "pipeline_ext upsert, defaults" "c_auto_$r" upsert "dev_auto_$r" ""
+	consumer_case one "pipeline_ext upsert, 1 slot" "c_1_$r" upsert "dev_1_$r" ", parallelism => 1"
+	consumer_case two "pipeline_ext upsert, 2 slots" "c_2_$r" upsert "dev_2_$r" ", parallelism => 2"
+	consumer_case app "pipeline_ext append, defaults" "c_app_$r" append "ev_app_$r" ""
 
 	echo "   the reference peer (confluent-kafka + psycopg2)"
 	cpu0=$(instance_cpu)

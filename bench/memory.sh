@@ -13,6 +13,7 @@
 #   N=2000000 PARTS=80 sudo -E bash bench/memory.sh
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/../test/setup.sh"
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 N=${N:-10000000}
 PARTS=${PARTS:-400}         # the test broker keeps about 5 MB per partition
@@ -32,21 +33,9 @@ echo "== generating and loading $N events (gen_events.py) into big, 100,000 into
 cp "$REF/gen_events.py" "$BENCH/"
 pe_as_user /usr/bin/python3 "$BENCH/gen_events.py" "$N" 10000 "$BENCH/big.txt"
 pe_as_user /usr/bin/python3 "$BENCH/gen_events.py" 100000 10000 "$BENCH/small.txt"
-kcat -P -b "$BOOTSTRAP" -t big -K$'\t' -l "$BENCH/big.txt"
-kcat -P -b "$BOOTSTRAP" -t small -K$'\t' -l "$BENCH/small.txt"
+bench_load "$BENCH/big.txt" big "$PARTS" "$N"
+bench_load "$BENCH/small.txt" small 4 100000
 rm -f "$BENCH/big.txt"
-held=$(/usr/bin/python3 - "$BOOTSTRAP" "$PARTS" <<'PY'
-import sys
-from confluent_kafka import Consumer, TopicPartition
-c = Consumer({"bootstrap.servers": sys.argv[1], "group.id": "bench-check"})
-print(sum(h - l for l, h in (c.get_watermark_offsets(TopicPartition("big", p), timeout=30)
-                             for p in range(int(sys.argv[2])))))
-PY
-)
-if [ "$held" -ne "$N" ]; then
-	echo "the broker holds $held of $N messages (the test broker keeps about 5 MB per partition): raise PARTS" >&2
-	exit 1
-fi
 
 COLS="device text PRIMARY KEY, id bigint NOT NULL, ts timestamptz NOT NULL, temp double precision, note text"
 psql_b <<SQL
