@@ -29,6 +29,7 @@
 #include "catalog/pg_attribute.h"
 #include "catalog/pg_class.h"
 #include "executor/executor.h"
+#include "miscadmin.h"
 #include "nodes/makefuncs.h"
 #include "optimizer/optimizer.h"
 #include "rewrite/rewriteHandler.h"
@@ -51,7 +52,7 @@ pe_append_direct_ok(PeTarget *t, Relation rel, const int *colof)
 {
 	TupleDesc	desc = RelationGetDescr(rel);
 
-	if (XactReadOnly ||
+	if (XactReadOnly || IsInParallelMode() ||
 		rel->rd_rel->relkind != RELKIND_RELATION || rel->rd_rel->relispartition ||
 		rel->trigdesc != NULL || rel->rd_rules != NULL ||
 		(desc->constr && desc->constr->has_generated_stored) ||
@@ -162,7 +163,7 @@ pe_append_rows_in(PeTarget *t, PeRow **rows, int n)
 			Node	   *expr = build_column_default(rel, a + 1);
 
 			if (expr != NULL)
-				defaults[a] = ExecPrepareExpr(expression_planner((Expr *) expr), estate);
+				defaults[a] = ExecPrepareExpr((Expr *) expr, estate);	/* plans it too */
 		}
 	}
 
@@ -174,6 +175,8 @@ pe_append_rows_in(PeTarget *t, PeRow **rows, int n)
 	for (int start = 0; start < n; start += PE_APPEND_GROUP)
 	{
 		int			count = Min(n - start, PE_APPEND_GROUP);
+
+		CHECK_FOR_INTERRUPTS();
 
 		for (int i = 0; i < count; i++)
 		{
@@ -200,6 +203,8 @@ pe_append_rows_in(PeTarget *t, PeRow **rows, int n)
 				}
 			}
 			ExecStoreVirtualTuple(slot);
+			/* a CHECK constraint may read tableoid, as in ExecInsert */
+			slot->tts_tableOid = RelationGetRelid(rel);
 			if (rel->rd_att->constr)
 				ExecConstraints(rri, slot, estate);
 		}
@@ -246,7 +251,7 @@ pe_append_rows(PeTarget *t, PeRow **rows, int n, int64 *processed)
 	 * caller's is the batch's, and bisecting bad rows makes many attempts.
 	 */
 	MemoryContext cxt = AllocSetContextCreate(caller, "pipeline_ext append", ALLOCSET_DEFAULT_SIZES);
-	bool		done;
+	volatile bool done = false;
 
 	MemoryContextSwitchTo(cxt);
 	PG_TRY();

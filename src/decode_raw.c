@@ -15,6 +15,7 @@
  */
 #include "postgres.h"
 
+#include "catalog/pg_type.h"
 #include "utils/builtins.h"
 
 #include "datapath.h"
@@ -38,7 +39,14 @@ pe_raw_value(PeColumn *col, const char *data, size_t len, const char *what)
 	char	   *s;
 
 	if (col->is_bytea)
-		return pe_bytes_to_bytea(data, len);
+	{
+		Datum		b = pe_bytes_to_bytea(data, len);
+
+		/* a domain over bytea: its constraints, as its input function would */
+		if (col->typid != BYTEAOID)
+			domain_check(b, false, col->typid, NULL, CurrentMemoryContext);
+		return b;
+	}
 	pe_verify_text(data, len, what);
 	s = pnstrdup(data, len);
 	return pe_input(col, s);

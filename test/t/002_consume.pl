@@ -18,7 +18,7 @@ my $broker = PipelineExt::Broker->start(
 		big => 6, faults => 4, bad => 2, csv => 1, text => 1, bytes => 1,
 		tomb => 2, grp => 4, priv => 1, stopstart => 1, alo => 2, amo => 2,
 		stoponerr => 1, nested => 1, tombv => 1, droptgt => 1, deferred => 1, wide => 1024, nat => 2,
-		multi => 2, iso => 1, multi_ts => 1
+		multi => 2, iso => 1, multi_ts => 1, multi_bytes => 1
 	});
 my $bs = $broker->bootstrap;
 
@@ -283,6 +283,7 @@ CREATE EXTENSION pg_walinspect;
 CREATE SEQUENCE multi_seq;
 CREATE TABLE multi_t (id int NOT NULL CHECK (id > 0), note text DEFAULT 'dflt',
                       seq bigint GENERATED ALWAYS AS IDENTITY, n bigint DEFAULT nextval('multi_seq'));
+ALTER TABLE multi_t ADD CONSTRAINT multi_t_here CHECK (tableoid = 'multi_t'::regclass);
 CREATE TABLE multi_trig (id int NOT NULL, note text DEFAULT 'dflt');
 CREATE FUNCTION multi_trig_f() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN NEW.id := NEW.id * 10; RETURN NEW; END$$;
 CREATE TRIGGER multi_trig BEFORE INSERT ON multi_trig FOR EACH ROW EXECUTE FUNCTION multi_trig_f();
@@ -323,6 +324,9 @@ CREATE RULE multi_rule_audit AS ON INSERT TO multi_rule DO ALSO INSERT INTO mult
 CREATE DOMAIN multi_nn AS int NOT NULL;
 CREATE TABLE multi_dom (id int, extra multi_nn);
 CREATE TABLE multi_ts (k text, ts timestamptz(0));
+CREATE DOMAIN multi_short AS bytea CHECK (length(VALUE) <= 4);
+CREATE TABLE multi_bytes (v multi_short);
+SELECT pipeline.create_consumer('multi_bytes', 'local', 'multi_bytes', 'multi_bytes', mode => 'append', format => 'bytea');
 SELECT pipeline.create_consumer('multi_rule', 'local', 'multi', 'multi_rule', mode => 'append');
 SELECT pipeline.create_consumer('multi_dom', 'local', 'multi', 'multi_dom', mode => 'append',
                                 column_map => '{"extra": null}');
@@ -345,6 +349,10 @@ wait_for(q{SELECT (SELECT count(*) FROM multi_audit) || '/' || (SELECT count(*) 
 wait_for(q{SELECT count(*) FILTER (WHERE sqlstate = '23502') || '/' || count(*) FROM pipeline.dead_letters WHERE consumer = 'multi_dom'},
 	'302/302', 'a column left out whose NOT NULL domain refuses null: each message a dead letter, as the INSERT makes it');
 is(sql('SELECT count(*) FROM multi_dom'), '0', '... and no null is stored in it');
+sql(q{SELECT pipeline.produce('local', 'multi_bytes', '\x616263'::bytea); SELECT pipeline.produce('local', 'multi_bytes', '\x6162636465'::bytea)});
+wait_for(q{SELECT (SELECT string_agg(encode(v, 'hex'), ',') FROM multi_bytes) || '|'
+                  || (SELECT string_agg(sqlstate || ':' || encode(value, 'hex'), ',') FROM pipeline.dead_letters WHERE consumer = 'multi_bytes')},
+	'616263|23514:6162636465', 'a domain over bytea checks its constraint on a raw value: the long one is a dead letter');
 wait_for(q{SELECT ts = '2023-11-14 22:13:20+00' FROM multi_ts}, 't', '$timestamp into timestamptz(0) is rounded to the column\'s precision');
 
 
