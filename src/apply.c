@@ -176,9 +176,6 @@ pe_try_statement(PeTarget *t, PeRow **rows, int n, bool is_delete, bool keep, in
 	ErrorData  *volatile edata = NULL;
 	bool		direct = !is_delete && !t->def->upsert;
 
-	if (!direct)
-		pe_statement_args(t, rows, n, is_delete, args);
-
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(cxt);
 	PG_TRY();
@@ -187,8 +184,7 @@ pe_try_statement(PeTarget *t, PeRow **rows, int n, bool is_delete, bool keep, in
 		{
 			int			rc;
 
-			if (direct)
-				pe_statement_args(t, rows, n, false, args);	/* not a plain table */
+			pe_statement_args(t, rows, n, is_delete, args);
 			rc = SPI_execute_plan(is_delete ? t->delete_plan : t->apply_plan, args, NULL, false, 0);
 			if (rc < 0)
 				elog(ERROR, "could not apply a batch of consumer \"%s\": %s", t->def->name, SPI_result_code_string(rc));

@@ -263,10 +263,6 @@ pe_found_value(PeColumn *col, PeFound *f)
 {
 	TimestampTz ts;
 
-	/* ISO 8601 with a zone into timestamptz, without its input function */
-	if (col->typid == TIMESTAMPTZOID && col->typmod < 0 && !f->raw &&
-		pe_iso_timestamptz(f->text, f->len, &ts))
-		return TimestampTzGetDatum(ts);
 	if (col->is_json && f->json_string)
 	{
 		StringInfoData buf;
@@ -279,7 +275,8 @@ pe_found_value(PeColumn *col, PeFound *f)
 	/*
 	 * The commonest types, without the function-call round trip: exactly
 	 * what their input functions do in PostgreSQL 15, for columns of the
-	 * type itself (not a domain) without a typmod.
+	 * type itself (not a domain) without a typmod; ISO 8601 timestamps with
+	 * a zone without timestamptz_in's general parser (decode_time.c).
 	 */
 	if (!f->raw && col->typmod < 0)
 		switch (col->typid)
@@ -293,6 +290,10 @@ pe_found_value(PeColumn *col, PeFound *f)
 				return Int32GetDatum(pg_strtoint32(f->text));
 			case FLOAT8OID:
 				return Float8GetDatum(float8in_internal(f->text, NULL, "double precision", f->text));
+			case TIMESTAMPTZOID:
+				if (pe_iso_timestamptz(f->text, f->len, &ts))
+					return TimestampTzGetDatum(ts);
+				break;
 			default:
 				break;
 		}
