@@ -22,6 +22,7 @@
 #include "postgres.h"
 
 #include "access/heapam.h"
+#include "access/hio.h"
 #include "access/sysattr.h"
 #include "access/table.h"
 #include "access/tableam.h"
@@ -33,7 +34,9 @@
 #include "nodes/makefuncs.h"
 #include "optimizer/optimizer.h"
 #include "rewrite/rewriteHandler.h"
+#include "storage/bufmgr.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/rls.h"
 #include "utils/snapmgr.h"
@@ -42,6 +45,15 @@
 
 /* rows put into the heap together, as COPY FROM's buffer of tuples */
 #define PE_APPEND_GROUP 1000
+
+/*
+ * The slot's ring of buffers for new pages, kept from batch to batch as
+ * one COPY FROM keeps its own for all its rows: a ring made per batch
+ * would take a batch's worth of fresh buffers from shared_buffers each
+ * time (a 50,000-row batch fills about 1,000 pages), evicting what other
+ * sessions use, where a kept one goes round the same 16 MB.
+ */
+static BufferAccessStrategy pe_append_ring = NULL;
 
 /*
  * Can rows go straight into rel's heap, with what the INSERT would do?
@@ -112,7 +124,7 @@ pe_append_rows_in(PeTarget *t, PeRow **rows, int n)
 	ResultRelInfo *rri;
 	ExprContext *econtext;
 	TupleTableSlot **slots;
-	BulkInsertState bistate;
+	BulkInsertStateData bistate;
 	CommandId	cid;
 
 	colof = palloc(sizeof(int) * natts);
@@ -170,7 +182,15 @@ pe_append_rows_in(PeTarget *t, PeRow **rows, int n)
 	slots = palloc(sizeof(TupleTableSlot *) * Min(n, PE_APPEND_GROUP));
 	for (int i = 0; i < Min(n, PE_APPEND_GROUP); i++)
 		slots[i] = table_slot_create(rel, NULL);
-	bistate = GetBulkInsertState();
+	if (pe_append_ring == NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+		pe_append_ring = GetAccessStrategy(BAS_BULKWRITE);
+		MemoryContextSwitchTo(old);
+	}
+	bistate.strategy = pe_append_ring;
+	bistate.current_buf = InvalidBuffer;	/* an error's abort drops the pin */
 
 	for (int start = 0; start < n; start += PE_APPEND_GROUP)
 	{
@@ -213,7 +233,7 @@ pe_append_rows_in(PeTarget *t, PeRow **rows, int n)
 		{
 			MemoryContext old = MemoryContextSwitchTo(GetPerTupleMemoryContext(estate));
 
-			table_multi_insert(rel, slots, count, cid, 0, bistate);
+			table_multi_insert(rel, slots, count, cid, 0, &bistate);
 			MemoryContextSwitchTo(old);
 		}
 
@@ -227,7 +247,7 @@ pe_append_rows_in(PeTarget *t, PeRow **rows, int n)
 		ResetPerTupleExprContext(estate);
 	}
 
-	FreeBulkInsertState(bistate);
+	ReleaseBulkInsertStatePin(&bistate);
 	table_finish_bulk_insert(rel, 0);
 	for (int i = 0; i < Min(n, PE_APPEND_GROUP); i++)
 		ExecDropSingleTupleTableSlot(slots[i]);

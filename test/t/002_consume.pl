@@ -29,6 +29,7 @@ shared_preload_libraries = 'pipeline_ext'
 max_worker_processes = 40
 restart_after_crash = on
 log_min_messages = info
+shared_buffers = 128MB    # room for the whole of ring_t, which the ring test needs
 });
 $node->start;
 $node->safe_psql('postgres', 'CREATE EXTENSION pipeline_ext');
@@ -354,6 +355,28 @@ wait_for(q{SELECT (SELECT string_agg(encode(v, 'hex'), ',') FROM multi_bytes) ||
                   || (SELECT string_agg(sqlstate || ':' || encode(value, 'hex'), ',') FROM pipeline.dead_letters WHERE consumer = 'multi_bytes')},
 	'616263|23514:6162636465', 'a domain over bytea checks its constraint on a raw value: the long one is a dead letter');
 wait_for(q{SELECT ts = '2023-11-14 22:13:20+00' FROM multi_ts}, 't', '$timestamp into timestamptz(0) is rounded to the column\'s precision');
+
+# A direct append goes round one ring of buffers for all its batches, as
+# one COPY does (16 MB, 2,048 buffers): the 100,000 rows of big, widened by
+# a default to about 540 bytes (over 7,000 pages), leave at most the ring's
+# worth of the table in shared_buffers.  A ring per batch would leave the
+# whole table there, each batch taking fresh buffers.
+sql(q{
+CREATE EXTENSION pg_buffercache;
+CREATE TABLE ring_t (id int, v int, pad text DEFAULT repeat('x', 500));
+SELECT pipeline.create_consumer('ring', 'local', 'big', 'ring_t', mode => 'append', parallelism => 1,
+                                column_map => '{"id": "id", "v": "v"}', batch_size => 5000);
+});
+wait_for(q{SELECT sum(messages) FROM pipeline._slots() WHERE consumer = 'ring'}, '100000', 'the ring consumer applied all of big');
+my $ring = sql(q{SELECT current_setting('shared_buffers', true)::text || ' '
+                 || (SELECT count(*) FROM pg_buffercache WHERE relfilenode = pg_relation_filenode('ring_t')
+                        AND reldatabase = (SELECT oid FROM pg_database WHERE datname = current_database())
+                        AND relforknumber = 0) || ' ' || pg_relation_size('ring_t') / 8192});
+my ($ring_sb, $ring_bufs, $ring_pages) = split ' ', $ring;
+note "ring_t: $ring_bufs of its $ring_pages pages in shared_buffers ($ring_sb)";
+cmp_ok($ring_pages, '>', 6000, 'the ring test\'s table is well over the ring (16 MB)');
+cmp_ok($ring_bufs, '<=', 2048 + 16, 'a direct append keeps to one ring of buffers across its batches');
+is(sql('SELECT count(*) FROM ring_t'), '100000', '... and every row is there');
 
 
 # --- ISO 8601 timestamps read without timestamptz_in (decode_time.c) -------
