@@ -132,28 +132,15 @@ pe_raise_delivery_error(PeProducer *p, rd_kafka_resp_err_t err, const char *topi
 }
 
 /*
- * Common path of produce() and produce_async(): check arguments, queue one
- * message.  Returns the message id.
+ * The arguments every function that sends a message takes: (connection,
+ * topic, value text|bytea|jsonb, key, headers, partition), checked.  The
+ * value and key point into the arguments; NULL value is a tombstone.
  */
-static uint64
-pe_send(FunctionCallInfo fcinfo, bool async, PeProducer **pp, size_t *lenp)
+void
+pe_message_args(FunctionCallInfo fcinfo, PeMessageArgs *a)
 {
-	char	   *connname;
-	char	   *topic;
-	PeProducer *p;
-	PeTopic    *t;
-	const char *value = NULL;
-	size_t		vlen = 0;
-	const char *key = NULL;
-	size_t		klen = 0;
-	rd_kafka_headers_t *hdrs = NULL;
-	int32		partition = RD_KAFKA_PARTITION_UA;
-	uint64		id;
-	rd_kafka_resp_err_t err;
-	TimestampTz deadline = 0;
-
-	pe_require_preload();
-
+	memset(a, 0, sizeof(*a));
+	a->partition = RD_KAFKA_PARTITION_UA;
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
@@ -164,17 +151,17 @@ pe_send(FunctionCallInfo fcinfo, bool async, PeProducer **pp, size_t *lenp)
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("topic must not be null"),
 				 errhint("Pass the name of an existing topic.")));
-	connname = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	topic = text_to_cstring(PG_GETARG_TEXT_PP(1));
-	if (topic[0] == '\0')
+	a->connection = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	a->topic = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	if (a->topic[0] == '\0')
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("topic must not be empty"),
 				 errhint("Pass the name of an existing topic.")));
 	if (!PG_ARGISNULL(5))
 	{
-		partition = PG_GETARG_INT32(5);
-		if (partition < 0)
+		a->partition = PG_GETARG_INT32(5);
+		if (a->partition < 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("partition must not be negative"),
@@ -190,30 +177,64 @@ pe_send(FunctionCallInfo fcinfo, bool async, PeProducer **pp, size_t *lenp)
 		{
 			Jsonb	   *jb = PG_GETARG_JSONB_P(2);
 
-			value = JsonbToCString(NULL, &jb->root, VARSIZE(jb));
-			vlen = strlen(value);
+			a->value = JsonbToCString(NULL, &jb->root, VARSIZE(jb));
+			a->value_len = strlen(a->value);
 		}
 		else
 		{
 			struct varlena *v = PG_GETARG_VARLENA_PP(2);
 
-			value = VARDATA_ANY(v);
-			vlen = VARSIZE_ANY_EXHDR(v);
+			a->value = VARDATA_ANY(v);
+			a->value_len = VARSIZE_ANY_EXHDR(v);
 		}
 	}
 	if (!PG_ARGISNULL(3))
 	{
 		text	   *k = PG_GETARG_TEXT_PP(3);
 
-		key = VARDATA_ANY(k);
-		klen = VARSIZE_ANY_EXHDR(k);
+		a->key = VARDATA_ANY(k);
+		a->key_len = VARSIZE_ANY_EXHDR(k);
 	}
+	if (!PG_ARGISNULL(4))
+	{
+		a->headers = PG_GETARG_JSONB_P(4);
+		pe_check_headers(a->headers);
+	}
+}
+
+/*
+ * Common path of produce() and produce_async(): check arguments, queue one
+ * message.  Returns the message id.
+ */
+static uint64
+pe_send(FunctionCallInfo fcinfo, bool async, PeProducer **pp, size_t *lenp)
+{
+	PeMessageArgs a;
+	const char *topic;
+	const char *value;
+	size_t		vlen;
+	const char *key;
+	size_t		klen;
+	PeProducer *p;
+	PeTopic    *t;
+	rd_kafka_headers_t *hdrs = NULL;
+	int32		partition;
+	uint64		id;
+	rd_kafka_resp_err_t err;
+	TimestampTz deadline = 0;
+
+	pe_require_preload();
 
 	/* Every argument is checked before the first network round trip. */
-	if (!PG_ARGISNULL(4))
-		pe_check_headers(PG_GETARG_JSONB_P(4));
+	pe_message_args(fcinfo, &a);
+	topic = a.topic;
+	value = a.value;
+	vlen = a.value_len;
+	key = a.key;
+	klen = a.key_len;
+	partition = a.partition;
 
-	p = pe_get_producer(connname);
+	p = pe_get_producer(a.connection);
 	t = pe_get_topic(p, topic, false);
 	if (partition != RD_KAFKA_PARTITION_UA && partition >= t->partition_cnt)
 	{
@@ -227,8 +248,8 @@ pe_send(FunctionCallInfo fcinfo, bool async, PeProducer **pp, size_t *lenp)
 	}
 
 	/* cannot fail now: the headers were checked above */
-	if (!PG_ARGISNULL(4))
-		hdrs = pe_build_headers(PG_GETARG_JSONB_P(4));
+	if (a.headers)
+		hdrs = pe_build_headers(a.headers);
 
 	id = MSG_ID(pe_next_msg_id, async);
 	pe_note_sent(pe_next_msg_id);

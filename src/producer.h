@@ -15,8 +15,10 @@
 #include "pipeline_ext.h"
 
 #include "access/xact.h"
+#include "fmgr.h"
 #include "nodes/pg_list.h"
 #include "utils/hsearch.h"
+#include "utils/jsonb.h"
 
 #include <librdkafka/rdkafka.h>
 
@@ -78,7 +80,21 @@ extern const char *pe_last_error(PeProducer *p);
 extern void pe_producer_check_auth(PeProducer *p);
 extern List *pe_producer_default_props(void);
 
+/* A message's arguments as the SQL functions take them (produce.c). */
+typedef struct PeMessageArgs
+{
+	char	   *connection;
+	char	   *topic;
+	const char *value;			/* NULL: a tombstone */
+	size_t		value_len;
+	const char *key;			/* NULL: none */
+	size_t		key_len;
+	Jsonb	   *headers;		/* checked: an object of strings, or NULL */
+	int32		partition;		/* RD_KAFKA_PARTITION_UA: by key */
+} PeMessageArgs;
+
 /* produce.c */
 extern void pe_xact_cb(XactEvent event, void *arg);
+extern void pe_message_args(FunctionCallInfo fcinfo, PeMessageArgs *a);
 
 #endif							/* PE_PRODUCER_H */
