@@ -14,6 +14,8 @@ OBJS = \
 	src/connection.o \
 	src/producer.o \
 	src/produce.o \
+	src/outbox.o \
+	src/relay.o \
 	src/consumer_catalog.o \
 	src/consumer_api.o \
 	src/offsets_api.o \

@@ -33,7 +33,7 @@ INSERT INTO pipeline.dead_letters (consumer, owner, topic, "partition", "offset"
 VALUES ('kept_c', 10, 't', 0, 1, 'now', '22P02', now()),
        ('kept_c', 10, 't', 0, 0, 'from an older consumer of that name', '22P02', now() - interval '2 hours'),
        ('kept_c', 16384, 't', 0, 2, 'another owner''s', '22P02', now());
-ALTER EXTENSION pipeline_ext UPDATE;
+ALTER EXTENSION pipeline_ext UPDATE TO '0.4.0';
 SELECT extversion FROM pg_extension WHERE extname = 'pipeline_ext';
 SELECT name, id IS NOT NULL AS has_id, target FROM pipeline.consumer;
 SELECT "offset", consumer_id IS NOT DISTINCT FROM (SELECT id FROM pipeline.consumer WHERE name = 'kept_c') AS belongs
@@ -44,5 +44,13 @@ DROP TABLE up_t;
 SELECT name, target, enabled, last_error FROM pipeline.consumer;
 SELECT pipeline.drop_consumer('kept_c');
 SELECT "offset", consumer_id FROM pipeline.dead_letters ORDER BY "offset";
+-- 0.4.0 -> 0.5.0: the transactional outbox; its tables are the extension's
+-- alone, its status view is readable by anyone
+ALTER EXTENSION pipeline_ext UPDATE;
+SELECT extversion FROM pg_extension WHERE extname = 'pipeline_ext';
+SELECT c.relname, has_table_privilege('public', c.oid, 'SELECT') AS public_reads
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = 'pipeline' AND c.relname LIKE 'outbox%' AND c.relkind IN ('r', 'v') ORDER BY 1;
+SELECT count(*) AS send_functions FROM pg_proc WHERE proname = 'send' AND pronamespace = 'pipeline'::regnamespace;
 \c :orig
 DROP DATABASE regress_upgrade;

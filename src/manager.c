@@ -35,6 +35,7 @@
 #include "utils/timestamp.h"
 
 #include "consumer.h"
+#include "relay.h"
 #include "shmem.h"
 #include "workers.h"
 
@@ -115,6 +116,53 @@ pe_start_slot(PeSlot *s)
 		s->last_error_at = GetCurrentTimestamp();
 		strlcpy(s->last_error, "no free background worker slot; raise max_worker_processes",
 				sizeof(s->last_error));
+	}
+}
+
+/*
+ * Start the database's outbox relay (relay.c) if it is needed and not
+ * running; after an error exit, not before its backoff ran out.
+ */
+static void
+pe_start_relay(int idx)
+{
+	static BackgroundWorkerHandle *relay_handle = NULL;
+	PeRelay    *r = &pe_shared->dbs[idx].relay;
+	BackgroundWorker w;
+	PeWorkerExtra extra;
+	pid_t		pid;
+	bool		start;
+
+	if (relay_handle && GetBackgroundWorkerPid(relay_handle, &pid) != BGWH_STOPPED)
+		return;
+	LWLockAcquire(pe_shared->lock, LW_SHARED);
+	start = r->pid == 0 && GetCurrentTimestamp() >= r->restart_at;
+	LWLockRelease(pe_shared->lock);
+	if (!start)
+		return;
+
+	memset(&w, 0, sizeof(w));
+	w.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	w.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	w.bgw_restart_time = BGW_NEVER_RESTART;
+	snprintf(w.bgw_library_name, BGW_MAXLEN, "pipeline_ext");
+	snprintf(w.bgw_function_name, BGW_MAXLEN, "pe_relay_main");
+	snprintf(w.bgw_name, BGW_MAXLEN, "pipeline_ext outbox relay");
+	snprintf(w.bgw_type, BGW_MAXLEN, "pipeline_ext outbox relay");
+	w.bgw_main_arg = Int32GetDatum(idx);
+	w.bgw_notify_pid = MyProcPid;
+	extra.dboid = MyDatabaseId;
+	extra.incarnation = 0;
+	memcpy(w.bgw_extra, &extra, sizeof(extra));
+	if (relay_handle)
+		pfree(relay_handle);
+	relay_handle = NULL;
+	if (!RegisterDynamicBackgroundWorker(&w, &relay_handle))
+	{
+		relay_handle = NULL;
+		ereport(LOG,
+				(errmsg("pipeline_ext: no free background worker slot for the outbox relay; will retry"),
+				 errhint("Raise max_worker_processes.")));
 	}
 }
 
@@ -317,6 +365,9 @@ pe_manager_main(Datum arg)
 		int			live;
 		bool		installed;
 		bool		outdated;
+		bool		relay_needed = false;
+		bool		relay_running;
+		bool		rc_null;
 
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
@@ -367,9 +418,26 @@ pe_manager_main(Datum arg)
 				cons[i].parallelism = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull));
 				cons[i].enabled = DatumGetBool(SPI_getbinval(tup, desc, 4, &isnull));
 			}
+			/* the outbox (0.5.0): in use here, so a relay runs (relay.c) */
+			relay_needed = false;
+			if (OidIsValid(get_relname_relid("outbox_relay", get_namespace_oid(PE_SCHEMA, true))))
+			{
+				rc = SPI_execute("SELECT EXISTS (SELECT FROM pipeline.outbox) "
+								 "OR EXISTS (SELECT FROM pipeline.outbox_relay)",
+								 true, 0);
+				if (rc != SPI_OK_SELECT)
+					elog(ERROR, "could not read the outbox: %s", SPI_result_code_string(rc));
+				relay_needed = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &rc_null));
+			}
 			SPI_finish();
 		}
 		pe_xact_commit();
+
+		if (relay_needed)
+			pe_start_relay(idx);
+		LWLockAcquire(pe_shared->lock, LW_SHARED);
+		relay_running = pe_shared->dbs[idx].relay.pid != 0;
+		LWLockRelease(pe_shared->lock);
 
 		live = pe_reconcile(MyDatabaseId, cons, ncons, notes, &nnotes);
 
@@ -394,8 +462,8 @@ pe_manager_main(Datum arg)
 		pgstat_report_activity(STATE_IDLE, NULL);
 		(void) pgstat_report_stat(false);	/* its catalog writes, for autovacuum */
 
-		/* stay while the database has consumers, running or not */
-		if (ncons == 0 && live == 0 && !outdated)
+		/* stay while the database has consumers, running or not, or an outbox to relay */
+		if (ncons == 0 && live == 0 && !outdated && !relay_needed && !relay_running)
 		{
 			bool		done = false;
 

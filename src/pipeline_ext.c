@@ -20,6 +20,7 @@
 #include "utils/guc.h"
 
 #include "connection.h"
+#include "relay.h"
 #include "shmem.h"
 #include "workers.h"
 
@@ -176,5 +177,33 @@ _PG_init(void)
 	}
 
 	/* after every definition, so that settings in postgresql.conf apply */
+	DefineCustomStringVariable("pipeline_ext.outbox_checkpoint_topic",
+							   "Topic where the outbox relay keeps its checkpoints.",
+							   "One partition, compacted: the relay writes the number of each round "
+							   "it publishes there in the round's Kafka transaction, keyed by its "
+							   "transactional.id, and reads it back after a crash. The relay creates "
+							   "it when it can.",
+							   &pe_outbox_checkpoint_topic,
+							   "pipeline_ext_outbox_checkpoints",
+							   PGC_SIGHUP,
+							   0,
+							   NULL, NULL, NULL);
+	DefineCustomStringVariable("pipeline_ext.outbox_crash_at",
+							   "For tests: makes the outbox relay crash around a round's Kafka commit.",
+							   "'before_commit:N' or 'after_commit:N' (round N, on its first try).",
+							   &pe_outbox_crash_at,
+							   "",
+							   PGC_SIGHUP,
+							   GUC_NOT_IN_SAMPLE | GUC_NO_SHOW_ALL,
+							   NULL, NULL, NULL);
+	DefineCustomIntVariable("pipeline_ext.outbox_round_max",
+							"Most outbox messages the relay publishes in one Kafka transaction.",
+							NULL,
+							&pe_outbox_round_max,
+							10000, 1, 1000000,
+							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
+
 	MarkGUCPrefixReserved("pipeline_ext");
 }

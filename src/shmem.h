@@ -118,6 +118,31 @@ typedef struct PeConsumerRef
 	char		name[NAMEDATALEN];
 } PeConsumerRef;
 
+/*
+ * A database's outbox relay (relay.c), started by its manager.  Counters
+ * are written by the relay under the shared lock's exclusive mode.
+ */
+typedef struct PeRelay
+{
+	pid_t		pid;			/* 0 if not running */
+	struct Latch *latch;		/* set at the commit of a send() */
+	int			failures;		/* consecutive error exits */
+	TimestampTz restart_at;
+	uint64		published;
+	uint64		rounds;
+	uint64		round_failures;
+	uint64		dead_letters;
+	char		last_error[PE_ERROR_LEN];
+	TimestampTz last_error_at;
+	TimestampTz last_publish_at;
+	TimestampTz window_start;	/* msgs_per_sec: the last full 10 s window */
+	uint64		window_msgs;
+	double		rate;
+	int			latency_cur;	/* send() to acknowledged, two windows */
+	TimestampTz latency_since;
+	PeHistogram latency[2];
+} PeRelay;
+
 /* One database the launcher keeps a manager running in. */
 typedef struct PeDatabase
 {
@@ -129,6 +154,7 @@ typedef struct PeDatabase
 	uint64		wakeups;		/* bumped by every wake-up request */
 	TimestampTz restart_at;
 	TimestampTz hold_until;		/* no manager before: DROP DATABASE under way */
+	PeRelay		relay;
 } PeDatabase;
 
 typedef struct PeSharedState

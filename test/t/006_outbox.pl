@@ -1,0 +1,250 @@
+# The transactional outbox end to end against the test broker: send()
+# publishes on COMMIT only (ROLLBACK, a rolled-back savepoint, an error
+# abort and a prepared transaction publish nothing until they commit);
+# 100,000 messages over 1,000 keys from 8 concurrent sessions go out once
+# each, in commit order per key; the relay killed around its Kafka commit,
+# the server stopped with -m immediate and the broker down lose nothing;
+# refused messages become dead letters and the others go on; the status
+# view.  Every topic is read back by another client (confluent-kafka, in
+# read_committed).
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(usleep);
+use IPC::Run qw(run timeout);
+use PipelineExt::Broker;
+
+my $broker = PipelineExt::Broker->start(
+	brokers => 1,
+	topics => { ob_rb => 2, ob => 8, ob_crash => 4, ob_down => 2, ob_small => 1 });
+my $bs = $broker->bootstrap;
+
+my $node = PostgreSQL::Test::Cluster->new('outbox');
+$node->init;
+$node->append_conf('postgresql.conf', qq{
+shared_preload_libraries = 'pipeline_ext'
+max_worker_processes = 16
+max_prepared_transactions = 4
+restart_after_crash = on
+log_min_messages = info
+pipeline_ext.outbox_round_max = 1000
+pipeline_ext.produce_timeout = '5s'
+});
+$node->start;
+$node->safe_psql('postgres', 'CREATE EXTENSION pipeline_ext');
+$node->safe_psql('postgres', "SELECT pipeline.create_connection('local', '$bs')");
+
+sub sql { return $node->safe_psql('postgres', $_[0]); }
+
+sub wait_for
+{
+	my ($query, $expected, $what) = @_;
+	my $ok = $node->poll_query_until('postgres', $query, $expected);
+	ok($ok, $what) or diag("last result: " . $node->safe_psql('postgres', $query)
+		. "\nstatus: " . $node->safe_psql('postgres', 'SELECT * FROM pipeline.outbox_status'));
+	return $ok;
+}
+
+# everything sent so far is out: nothing left in the outbox, no round in flight
+sub wait_drained
+{
+	my ($what) = @_;
+	return wait_for(q{SELECT NOT EXISTS (SELECT FROM pipeline.outbox)
+	                  AND NOT EXISTS (SELECT FROM pipeline.outbox_relay WHERE pending IS NOT NULL)},
+		't', $what);
+}
+
+# the topic as another client reads it: [partition, offset, key, value, outbox id]
+sub read_topic
+{
+	my ($topic) = @_;
+	my ($out, $err);
+	run([ '/usr/bin/python3', "$ENV{TESTDIR}/test/tools/read_topic.py", $bs, $topic ],
+		'>', \$out, '2>', \$err, timeout(120)) or die "read_topic.py $topic: $err";
+	return [ map { [ split /\t/ ] } split /\n/, $out ];
+}
+
+# --- nothing leaves before COMMIT, nothing after ROLLBACK --------------------
+sql(q{BEGIN; SELECT pipeline.send('local', 'ob_rb', 'rolled back', 'k'); ROLLBACK;});
+sql(q{BEGIN;
+SELECT pipeline.send('local', 'ob_rb', 'kept 1', 'k');
+SAVEPOINT s;
+SELECT pipeline.send('local', 'ob_rb', 'in a rolled-back savepoint', 'k');
+ROLLBACK TO s;
+SELECT pipeline.send('local', 'ob_rb', 'kept 2', 'k');
+COMMIT;});
+my ($rc, $out, $err) = $node->psql('postgres', q{BEGIN;
+SELECT pipeline.send('local', 'ob_rb', 'error abort', 'k');
+SELECT 1 / 0;
+COMMIT;});
+like($err, qr/division by zero/, 'a transaction that sent, then failed');
+# prepared: not committed yet, so not published; a later transaction's
+# message goes out meanwhile, and the prepared one follows its COMMIT
+# PREPARED (it is not skipped for having the smaller id)
+sql(q{BEGIN; SELECT pipeline.send('local', 'ob_rb', 'prepared', 'k'); PREPARE TRANSACTION 'ob_prep';});
+sql(q{SELECT pipeline.send('local', 'ob_rb', 'after the prepare', 'k')});
+wait_for(q{SELECT published FROM pipeline.outbox_relay WHERE connection = 'local'}, '3',
+	'the later message is published, the prepared one waits');
+is(join(',', map { $_->[3] } @{ read_topic('ob_rb') }), 'kept 1,kept 2,after the prepare',
+	'ROLLBACK, a rolled-back savepoint, an error abort and an open prepared transaction publish nothing');
+sql(q{COMMIT PREPARED 'ob_prep'});
+wait_drained('the prepared transaction\'s message goes out after COMMIT PREPARED');
+my $rb = read_topic('ob_rb');
+is(join(',', map { $_->[3] } @$rb), 'kept 1,kept 2,after the prepare,prepared',
+	'in commit order, though the prepared message has the smaller outbox id');
+like($rb->[0][4], qr/^\d+$/, 'each message carries its outbox id in a header');
+
+# --- arguments and privileges ------------------------------------------------
+($rc, $out, $err) = $node->psql('postgres', q{SELECT pipeline.send('nope', 'ob', 'x')});
+like($err, qr/connection "nope" does not exist/, 'an unknown connection is refused at send()');
+sql(q{CREATE ROLE ob_other LOGIN; GRANT USAGE ON SCHEMA pipeline TO ob_other;});
+($rc, $out, $err) = $node->psql('postgres', q{SET ROLE ob_other; SELECT pipeline.send('local', 'ob', 'x')});
+like($err, qr/permission denied for connection "local"/, 'a role that may not use the connection cannot send through it');
+($rc, $out, $err) = $node->psql('postgres', q{SET ROLE ob_other; SELECT count(*) FROM pipeline.outbox});
+like($err, qr/permission denied for table outbox/, 'the outbox itself is not readable by other roles');
+is(sql(q{SET ROLE ob_other; SELECT count(*) >= 0 FROM pipeline.outbox_status}), 't', '... its status view is');
+
+# --- 100,000 messages over 1,000 keys from 8 sessions ------------------------
+# Each transaction bumps its key's counter (a row lock: the writers of a
+# key commit one after the other) and sends the new value; one in ten rolls
+# back.  Per key, the topic must hold 1..n, each once, in that order.
+sql(q{CREATE TABLE key_seq (k int PRIMARY KEY, n int NOT NULL DEFAULT 0);
+      INSERT INTO key_seq (k) SELECT g FROM generate_series(1, 1000) g;});
+my $script = $node->basedir . '/send.sql';
+open(my $fh, '>', $script) or die;
+print $fh q{\set k random(1, 1000)
+\set r random(1, 10)
+BEGIN;
+UPDATE key_seq SET n = n + 1 WHERE k = :k;
+SELECT pipeline.send('local', 'ob', n::text, k::text) FROM key_seq WHERE k = :k;
+\if :r = 1
+ROLLBACK;
+\else
+COMMIT;
+\endif
+};
+close($fh);
+$node->command_ok([ 'pgbench', '-n', '-c', '8', '-j', '2', '-t', '14000', '-f', $script,
+	'-h', $node->host, '-p', $node->port, 'postgres' ], '8 sessions send, in transactions that commit or roll back');
+my $committed = sql('SELECT sum(n) FROM key_seq');
+cmp_ok($committed, '>=', 100000, "$committed messages committed");
+wait_drained('the relay publishes the backlog');
+{
+	my $msgs = read_topic('ob');
+	my (%seq, %ids, %part, $bad);
+	for my $m (@$msgs)
+	{
+		my ($p, $o, $k, $v, $id) = @$m;
+		$ids{$id}++;
+		$part{$k} //= $p;
+		$bad .= "key $k in partitions $part{$k} and $p; " if $part{$k} != $p;
+		push @{ $seq{$k} }, $v;
+	}
+	is(scalar(@$msgs), $committed, 'every committed message is in the topic, and nothing else');
+	is(scalar(grep { $ids{$_} > 1 } keys %ids), 0, 'no outbox id twice');
+	my $want = sql(q{SELECT string_agg(k || ':' || n, ',' ORDER BY k) FROM key_seq WHERE n > 0});
+	my @order_bad = grep {
+		my $k = $_;
+		join(',', @{ $seq{$k} }) ne join(',', 1 .. scalar(@{ $seq{$k} }))
+	} keys %seq;
+	is(join(',', map { "$_:" . scalar(@{ $seq{$_} }) } sort { $a <=> $b } keys %seq), $want,
+		'each key\'s count is its committed count');
+	is(scalar(@order_bad), 0, 'per key, the messages are in commit order (1, 2, 3, ...)')
+	  or diag("out of order: @order_bad[0 .. 4]");
+	is($bad // '', '', 'one partition per key');
+}
+is(sql(q{SELECT backlog || '/' || published || '/' || (msgs_per_sec IS NOT NULL) || '/' || (latency_p99_ms IS NOT NULL)
+         FROM pipeline.outbox_status WHERE connection = 'local'}),
+	'0/' . ($committed + 4) . '/true/true', 'outbox_status: no backlog, what was published, a rate and a latency');
+
+# --- the relay killed around its Kafka commit -------------------------------
+# after_commit: the round is in Kafka, its rows are not yet removed; the
+# restarted relay must find its checkpoint and not send it again.
+# before_commit: the round was not committed; it is sent again.  (The test
+# broker writes no transaction markers, so a read_committed consumer still
+# sees the aborted first try: duplicates are allowed there, within that
+# round only.  A real broker hides them.)
+sub crash_case
+{
+	my ($where, $from) = @_;
+	my $round = sql(q{SELECT round FROM pipeline.outbox_relay WHERE connection = 'local'}) + 2;
+	$node->append_conf('postgresql.conf', "pipeline_ext.outbox_crash_at = '$where:$round'");
+	$node->reload;
+	my $log_pos = -s $node->logfile;
+	sql(qq{SELECT pipeline.send('local', 'ob_crash', g::text, (g % 97)::text) FROM generate_series($from, $from + 2999) g});
+	ok($node->wait_for_log(qr/crashing $where of round $round/, $log_pos), "the relay crashed $where of round $round");
+	$node->append_conf('postgresql.conf', "pipeline_ext.outbox_crash_at = ''");
+	$node->poll_query_until('postgres', 'SELECT 1', '1');
+	$node->reload;
+	wait_drained("after the crash $where, the rest goes out");
+	return $round;
+}
+crash_case('after_commit', 1);
+like(slurp_file($node->logfile), qr/round \d+ was committed to Kafka before the relay stopped/,
+	'the restarted relay read its checkpoint and settled the committed round');
+{
+	my %n;
+	$n{ $_->[3] }++ for @{ read_topic('ob_crash') };
+	is(scalar(grep { $n{$_} != 1 } 1 .. 3000) . '/' . scalar(keys %n), '0/3000',
+		'crash after the Kafka commit: every message once, none sent again');
+}
+crash_case('before_commit', 3001);
+{
+	my %n;
+	$n{ $_->[3] }++ for @{ read_topic('ob_crash') };
+	my @missing = grep { !$n{$_} } 3001 .. 6000;
+	my @twice = grep { $n{$_} > 1 } 3001 .. 6000;
+	is(scalar(@missing), 0, 'crash before the Kafka commit: nothing lost');
+	# the second round of 1,000 (ids in order): 4001 .. 5000
+	is(scalar(grep { $_ < 4001 || $_ > 5000 } @twice), 0,
+		'... and only the round in flight was sent again (' . scalar(@twice) . ' seen twice on the test broker)');
+}
+
+# --- -m immediate in the middle of a backlog, then the broker down ----------
+sql(q{SELECT pipeline.send('local', 'ob_crash', g::text, (g % 97)::text) FROM generate_series(6001, 26000) g});
+$node->poll_query_until('postgres', q{SELECT published > 0 FROM pipeline.outbox_relay WHERE connection = 'local'}, 't');
+$node->stop('immediate');
+$node->start;
+wait_drained('after an immediate stop and restart, the backlog goes out');
+{
+	my %n;
+	$n{ $_->[3] }++ for @{ read_topic('ob_crash') };
+	my @missing = grep { !$n{$_} } 6001 .. 26000;
+	my @twice = sort { $a <=> $b } grep { $n{$_} > 1 } 6001 .. 26000;
+	is(scalar(@missing), 0, 'immediate stop: nothing lost');
+	cmp_ok(@twice ? $twice[-1] - $twice[0] + 1 : 0, '<=', 1000,
+		'... sent again at most one round (' . scalar(@twice) . ' seen twice on the test broker)');
+}
+
+$broker->ctl('down all');
+sql(q{SELECT pipeline.send('local', 'ob_down', g::text, g::text) FROM generate_series(1, 2000) g});
+wait_for(q{SELECT failures > 0 AND last_error IS NOT NULL AND backlog > 0 FROM pipeline.outbox_status WHERE connection = 'local'},
+	't', 'broker down: the messages wait in the outbox and the status shows why');
+$broker->ctl('up all');
+wait_drained('broker back: the messages go out');
+{
+	my %n;
+	$n{ $_->[3] }++ for @{ read_topic('ob_down') };
+	is(scalar(grep { ($n{$_} // 0) != 1 } 1 .. 2000) . '/' . scalar(keys %n), '0/2000',
+		'every message of the outage once');
+}
+
+# --- refused messages are dead letters; the others go on --------------------
+sql(q{SELECT pipeline.send('local', 'ob_small', 'before', 'a');
+      SELECT pipeline.send('local', 'ob_small', repeat('x', 2000000), 'b');
+      SELECT pipeline.send('local', 'ob_small', 'no such partition', 'c', NULL, 7);
+      SELECT pipeline.send('local', 'ob_small', 'after', 'd');});
+wait_drained('a round with refused messages settles');
+is(join(',', map { $_->[3] } @{ read_topic('ob_small') }), 'before,after', 'the good messages are published');
+is(sql(q{SELECT string_agg(key::text || ':' || (length(value) > 1000)::text, ',' ORDER BY id) FROM pipeline.outbox_dead_letters}),
+	'\x62:true,\x63:false', 'the too-large one and the one for a missing partition are dead letters, with their bytes');
+like(sql(q{SELECT string_agg(error, ' | ' ORDER BY id) FROM pipeline.outbox_dead_letters}),
+	qr/too large.*\|.*(partition|Partition)/i, '... and the reasons');
+is(sql(q{SELECT dead_letters FROM pipeline.outbox_status WHERE connection = 'local'}), '2', 'the status counts them');
+is(sql(q{SET ROLE ob_other; SELECT count(*) FROM pipeline.outbox_dead_letters}), '0',
+	'another role does not see them');
+
+$node->stop;
+done_testing();
