@@ -16,6 +16,8 @@ OBJS = \
 	src/produce.o \
 	src/outbox.o \
 	src/relay.o \
+	src/relay_kafka.o \
+	src/relay_stats.o \
 	src/consumer_catalog.o \
 	src/consumer_api.o \
 	src/offsets_api.o \

@@ -6,7 +6,8 @@
  *	  missing ones, restarts failed ones with exponential backoff, and
  *	  terminates the slots of stopped or dropped consumers.  Slot state lives
  *	  in shared memory so that it survives the manager and the workers.  Each
- *	  round it also has probe.c refresh the lag of stopped consumers.
+ *	  round it also has probe.c refresh the lag of stopped consumers, and it
+ *	  keeps the outbox relay (relay.c) running once the outbox is used.
  *
  * IDENTIFICATION
  *	  src/manager.c

@@ -25,6 +25,7 @@
 #include "utils/jsonb.h"
 
 #include "connection.h"
+#include "datapath.h"
 #include "producer.h"
 #include "relay.h"
 #include "shmem.h"
@@ -79,8 +80,7 @@ pe_outbox_xact_cb(XactEvent event, void *arg)
 
 /*
  * Write one message into the outbox, as the catalog's owner, for the
- * current role.  Returns its id.  Shared by send() and the change
- * capture's triggers.
+ * current role.  Returns its id.
  */
 int64
 pe_outbox_insert(const PeMessageArgs *a)
@@ -101,23 +101,11 @@ pe_outbox_insert(const PeMessageArgs *a)
 	if (a->partition < 0)
 		nulls[2] = 'n';
 	if (a->key)
-	{
-		bytea	   *k = palloc(VARHDRSZ + a->key_len);
-
-		SET_VARSIZE(k, VARHDRSZ + a->key_len);
-		memcpy(VARDATA(k), a->key, a->key_len);
-		values[3] = PointerGetDatum(k);
-	}
+		values[3] = pe_bytes_to_bytea(a->key, a->key_len);
 	else
 		nulls[3] = 'n';
 	if (a->value)
-	{
-		bytea	   *v = palloc(VARHDRSZ + a->value_len);
-
-		SET_VARSIZE(v, VARHDRSZ + a->value_len);
-		memcpy(VARDATA(v), a->value, a->value_len);
-		values[4] = PointerGetDatum(v);
-	}
+		values[4] = pe_bytes_to_bytea(a->value, a->value_len);
 	else
 		nulls[4] = 'n';
 	if (a->headers)
@@ -142,13 +130,20 @@ pe_outbox_insert(const PeMessageArgs *a)
 	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	pe_catalog_end(&acc);
 
+	pe_outbox_note_sent();
+	return id;
+}
+
+/* This transaction wrote into the outbox: wake the relay at its commit. */
+void
+pe_outbox_note_sent(void)
+{
 	if (!pe_outbox_cb_registered)
 	{
 		RegisterXactCallback(pe_outbox_xact_cb, NULL);
 		pe_outbox_cb_registered = true;
 	}
 	pe_outbox_wake_at_commit = true;
-	return id;
 }
 
 /*

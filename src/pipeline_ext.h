@@ -6,10 +6,14 @@
  *
  *	  Processes (workers.h):
  *	    postmaster ── launcher.c ── one manager.c per database with consumers
+ *	                                  │     or an outbox
  *	                                  ├── probe.c: lag of stopped consumers
- *	                                  └── one slot.c worker per consumer slot
- *	    backends: connection.c, produce.c, consumer_api.c, offsets_api.c,
- *	              deadletter_api.c, stats.c (SQL functions and views)
+ *	                                  ├── one slot.c worker per consumer slot
+ *	                                  └── relay.c: the outbox relay
+ *	                                        (relay_kafka.c, relay_stats.c)
+ *	    backends: connection.c, produce.c, outbox.c, consumer_api.c,
+ *	              offsets_api.c, deadletter_api.c, stats.c (SQL functions
+ *	              and views)
  *
  *	  A message's way through a slot (datapath.h):
  *	    slot.c          poll a batch from librdkafka (slot_assign.c: which
@@ -30,7 +34,7 @@
  *	    slot_metrics.c  after commit: counters, latency, watermarks
  *	                    (shmem.h: shmem.c, histogram.c, lag.c)
  *	  Kafka side (kafka.h): kafka_props.c, kafka_client.c, eventhubs.c;
- *	  producing (producer.h): producer.c, produce.c.
+ *	  producing (producer.h): producer.c, produce.c; the outbox (relay.h).
  *
  * IDENTIFICATION
  *	  src/pipeline_ext.h

@@ -76,7 +76,7 @@ pe_check_headers(Jsonb *jb)
 }
 
 /* librdkafka headers from an object that pe_check_headers() accepted. */
-static rd_kafka_headers_t *
+rd_kafka_headers_t *
 pe_build_headers(Jsonb *jb)
 {
 	rd_kafka_headers_t *hdrs = rd_kafka_headers_new(JB_ROOT_COUNT(jb));

@@ -2,8 +2,11 @@
  *
  * relay.h
  *	  The transactional outbox: pipeline.send() and the outbox rows it
- *	  writes (outbox.c), and the relay worker that publishes committed rows
- *	  exactly once with Kafka transactions (relay.c).
+ *	  writes (outbox.c), and the
+ *	  relay worker that publishes committed rows
+ *	  exactly once with Kafka transactions (relay.c: its loop and rounds;
+ *	  relay_kafka.c: the producer, transactions and checkpoints;
+ *	  relay_stats.c: its figures).
  *
  * IDENTIFICATION
  *	  src/relay.h
@@ -16,18 +19,69 @@
 #include "pipeline_ext.h"
 
 #include "producer.h"
+#include "shmem.h"
+#include "utils/jsonb.h"
+#include "utils/timestamp.h"
+
+#include <librdkafka/rdkafka.h>
 
 /* header that carries a message's outbox id, for consumers that dedupe */
 #define PE_OUTBOX_ID_HEADER "pipeline_ext.outbox_id"
 
 /* outbox.c */
 extern int64 pe_outbox_insert(const PeMessageArgs *a);
+extern void pe_outbox_note_sent(void);
 extern void pe_relay_wake(Oid dboid);
 
+/* The relay's own (relay.c, relay_kafka.c, relay_stats.c). */
+/* A message of the round in hand. */
+typedef struct PeOutMsg
+{
+	int64		id;
+	char	   *topic;
+	int32		partition;		/* RD_KAFKA_PARTITION_UA: by key */
+	bytea	   *key;
+	bytea	   *value;
+	Jsonb	   *headers;
+	TimestampTz sent_at;
+	rd_kafka_resp_err_t err;	/* its delivery report's */
+	bool		reported;
+	char	   *dead;			/* refused for good: the reason */
+} PeOutMsg;
+
+/* A connection the relay publishes through, and its producer. */
+typedef struct PeRelayConn
+{
+	char	   *name;
+	char	   *txn_id;			/* transactional.id */
+	rd_kafka_t *rk;
+	List	   *secrets;
+	bool		checked;		/* the pending round found at start was settled */
+	int			backoff_ms;
+	TimestampTz retry_at;
+	char		error[PE_ERROR_LEN];	/* error callback's last */
+	bool		fatal;
+	bool		gone;			/* the connection was dropped */
+} PeRelayConn;
+
 /* relay.c */
+extern int	pe_outbox_round_max;
+extern int	pe_relay_db;
+extern PGDLLEXPORT void pe_relay_main(Datum arg);
+extern void pe_relay_bury(PeRelayConn *c, PeOutMsg *msgs, int n);
+
+/* relay_kafka.c */
 extern char *pe_outbox_checkpoint_topic;
 extern char *pe_outbox_crash_at;
-extern int	pe_outbox_round_max;
-extern PGDLLEXPORT void pe_relay_main(Datum arg);
+extern bool pe_relay_producer(PeRelayConn *c);
+extern int64 pe_relay_committed_round(PeRelayConn *c);
+extern bool pe_relay_send(PeRelayConn *c, int64 round, PeOutMsg *msgs, int n, bool first_try, bool *refused);
+extern void pe_relay_forget_round(void);
+
+/* relay_stats.c */
+extern struct PeRelay *pe_relay_shared(void);
+extern void pe_relay_exit(int code, Datum arg);
+extern void pe_relay_note_error(PeRelayConn *c, const char *fmt,...) pg_attribute_printf(2, 3);
+extern void pe_relay_note_published(PeOutMsg *msgs, int n, int ndead);
 
 #endif							/* PE_RELAY_H */

@@ -1,0 +1,602 @@
+/*-------------------------------------------------------------------------
+ *
+ * relay_kafka.c
+ *	  The outbox relay's Kafka side (relay.c has the rest): each connection's
+ *	  transactional producer, a round sent in one Kafka transaction with its
+ *	  checkpoint, refusals told apart from failures, and reading back the
+ *	  last committed checkpoint after a restart.
+ *
+ * IDENTIFICATION
+ *	  src/relay_kafka.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+
+#include "connection.h"
+#include "kafka.h"
+#include "relay.h"
+#include "shmem.h"
+#include "workers.h"
+
+char	   *pe_outbox_checkpoint_topic = NULL;
+char	   *pe_outbox_crash_at = NULL;
+
+static PeOutMsg *round_msgs = NULL; /* for the delivery callback */
+static int	round_n = 0;
+
+static void
+pe_relay_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
+{
+	intptr_t	i = (intptr_t) m->_private;
+
+	(void) rk;
+	(void) opaque;
+	if (i >= 0 && i < round_n)
+	{
+		round_msgs[i].err = m->err;
+		round_msgs[i].reported = true;
+	}
+}
+
+static void
+pe_relay_error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
+{
+	PeRelayConn *c = (PeRelayConn *) opaque;
+
+	(void) rk;
+	strlcpy(c->error, reason, sizeof(c->error));
+	if (err == RD_KAFKA_RESP_ERR__FATAL)
+		c->fatal = true;
+}
+
+static void
+pe_relay_drop_producer(PeRelayConn *c)
+{
+	if (c->rk)
+	{
+		rd_kafka_purge(c->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT |
+					   RD_KAFKA_PURGE_F_NON_BLOCKING);
+		rd_kafka_destroy(c->rk);
+	}
+	c->rk = NULL;
+	c->checked = false;
+	c->fatal = false;
+}
+
+/* Serve callbacks, and write the client's queued log lines. */
+static void
+pe_relay_poll(PeRelayConn *c, int ms)
+{
+	rd_kafka_poll(c->rk, ms);
+	if (pe_log_pending(c->rk))
+		pe_log_drain(c->rk, psprintf("outbox relay for connection \"%s\"", c->name), c->secrets);
+}
+
+/* "what failed: librdkafka's reason" into the connection's error */
+static bool
+pe_relay_kafka_failed(PeRelayConn *c, const char *what, rd_kafka_error_t *error)
+{
+	pe_relay_note_error(c, "%s: %s%s%s", what, rd_kafka_error_string(error),
+						c->error[0] ? "; last broker error: " : "", c->error);
+	rd_kafka_error_destroy(error);
+	return false;
+}
+
+/*
+ * The checkpoint topic, created when missing: one partition, compacted
+ * (only each relay's last checkpoint matters), the cluster's replication
+ * factor.  A refusal (no CREATE on the cluster) is only logged: the
+ * topic may exist, or the first round says what is wrong.
+ */
+static void
+pe_relay_checkpoint_topic(PeRelayConn *c)
+{
+	rd_kafka_NewTopic_t *nt;
+	rd_kafka_queue_t *q = rd_kafka_queue_new(c->rk);
+	rd_kafka_AdminOptions_t *opts = rd_kafka_AdminOptions_new(c->rk, RD_KAFKA_ADMIN_OP_CREATETOPICS);
+	rd_kafka_event_t *ev;
+	char		errstr[256];
+	rd_kafka_topic_t *rkt = rd_kafka_topic_new(c->rk, pe_outbox_checkpoint_topic, NULL);
+	const struct rd_kafka_metadata *md = NULL;
+	bool		exists = false;
+
+	/* there already (the usual case): nothing to ask the cluster */
+	if (rkt && rd_kafka_metadata(c->rk, 0, rkt, &md, pe_produce_timeout_ms) == RD_KAFKA_RESP_ERR_NO_ERROR)
+		exists = md->topic_cnt == 1 && md->topics[0].err == RD_KAFKA_RESP_ERR_NO_ERROR &&
+			md->topics[0].partition_cnt > 0;
+	if (md)
+		rd_kafka_metadata_destroy(md);
+	if (rkt)
+		rd_kafka_topic_destroy(rkt);
+	if (exists)
+	{
+		rd_kafka_AdminOptions_destroy(opts);
+		rd_kafka_queue_destroy(q);
+		return;
+	}
+
+	nt = rd_kafka_NewTopic_new(pe_outbox_checkpoint_topic, 1, -1, errstr, sizeof(errstr));
+	if (nt == NULL)
+	{
+		ereport(LOG, (errmsg("pipeline_ext outbox relay: checkpoint topic: %s", errstr)));
+		rd_kafka_AdminOptions_destroy(opts);
+		rd_kafka_queue_destroy(q);
+		return;
+	}
+	(void) rd_kafka_NewTopic_set_config(nt, "cleanup.policy", "compact");
+	(void) rd_kafka_AdminOptions_set_request_timeout(opts, pe_produce_timeout_ms, errstr, sizeof(errstr));
+	rd_kafka_CreateTopics(c->rk, &nt, 1, opts, q);
+	ev = rd_kafka_queue_poll(q, pe_produce_timeout_ms + 1000);
+	if (ev)
+	{
+		const rd_kafka_CreateTopics_result_t *res = rd_kafka_event_CreateTopics_result(ev);
+		size_t		n = 0;
+		const rd_kafka_topic_result_t **tr = res ? rd_kafka_CreateTopics_result_topics(res, &n) : NULL;
+		rd_kafka_resp_err_t err = rd_kafka_event_error(ev);
+
+		if (err == RD_KAFKA_RESP_ERR_NO_ERROR && n == 1)
+			err = rd_kafka_topic_result_error(tr[0]);
+		if (err != RD_KAFKA_RESP_ERR_NO_ERROR && err != RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS)
+			ereport(LOG,
+					(errmsg("pipeline_ext outbox relay, connection \"%s\": could not create checkpoint topic \"%s\": %s",
+							c->name, pe_outbox_checkpoint_topic, rd_kafka_err2str(err)),
+					 errhint("Create it (one partition, cleanup.policy=compact), or let the connection's role create topics.")));
+		rd_kafka_event_destroy(ev);
+	}
+	rd_kafka_NewTopic_destroy(nt);
+	rd_kafka_AdminOptions_destroy(opts);
+	rd_kafka_queue_destroy(q);
+}
+
+/*
+ * The connection's transactional producer, made and initialised
+ * (init_transactions fences an older producer of the same id and settles
+ * what it left open).  In a transaction: reads the catalog.
+ */
+bool
+pe_relay_producer(PeRelayConn *c)
+{
+	PeConnection *conn;
+	rd_kafka_conf_t *conf;
+	List	   *forced = NIL;
+	char		errstr[512];
+	rd_kafka_error_t *error;
+	MemoryContext old;
+
+	if (c->rk && !c->fatal)
+		return true;
+	pe_relay_drop_producer(c);
+
+	pe_xact_begin();
+	conn = pe_connection_lookup(c->name, true);
+	c->gone = (conn == NULL);
+	if (conn == NULL)
+	{
+		pe_xact_commit();
+		return false;			/* the caller dead-letters the rows */
+	}
+	forced = lappend(forced, pe_property("transactional.id", c->txn_id, "pipeline_ext"));
+	forced = lappend(forced, pe_property("enable.idempotence", "true", "pipeline_ext"));
+	forced = lappend(forced, pe_property("acks", "all", "pipeline_ext"));
+	conf = pe_kafka_conf(conn, pe_producer_default_props(), forced);
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	c->secrets = NIL;
+	{
+		ListCell   *lc;
+
+		foreach(lc, pe_connection_secrets(conn))
+			c->secrets = lappend(c->secrets, pstrdup(lfirst(lc)));
+	}
+	MemoryContextSwitchTo(old);
+	pe_xact_commit();
+
+	if (rd_kafka_conf_set(conf, "log.queue", "true", errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK)
+		elog(ERROR, "could not set log.queue: %s", errstr);
+	rd_kafka_conf_set_opaque(conf, c);
+	rd_kafka_conf_set_dr_msg_cb(conf, pe_relay_dr_cb);
+	rd_kafka_conf_set_error_cb(conf, pe_relay_error_cb);
+	rd_kafka_conf_set_log_cb(conf, pe_log_cb);
+	c->error[0] = '\0';
+	c->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
+	if (c->rk == NULL)
+	{
+		pe_relay_note_error(c, "could not create a producer: %s", errstr);
+		return false;
+	}
+	rd_kafka_set_log_queue(c->rk, NULL);
+	error = rd_kafka_init_transactions(c->rk, pe_produce_timeout_ms);
+	if (error)
+	{
+		pe_relay_kafka_failed(c, "could not initialise transactions", error);
+		pe_relay_drop_producer(c);
+		return false;
+	}
+	pe_relay_checkpoint_topic(c);
+	return true;
+}
+
+/* ----------------------------------------------------------- checkpoint */
+
+/*
+ * The last round this relay committed through the connection, from the
+ * checkpoint topic (read_committed: an aborted round's checkpoint is not
+ * seen).  -1 if none; -2 if it could not be read.
+ */
+int64
+pe_relay_committed_round(PeRelayConn *c)
+{
+	PeConnection *conn;
+	rd_kafka_conf_t *conf;
+	List	   *forced = NIL;
+	rd_kafka_t *rk;
+	char		errstr[512];
+	int64		low,
+				high,
+				found = -1;
+	int64		window = 1000;
+	rd_kafka_resp_err_t err;
+	rd_kafka_topic_partition_list_t *parts;
+	size_t		idlen = strlen(c->txn_id);
+
+	pe_xact_begin();
+	conn = pe_connection_lookup(c->name, false);
+	forced = lappend(forced, pe_property("isolation.level", "read_committed", "pipeline_ext"));
+	forced = lappend(forced, pe_property("enable.auto.commit", "false", "pipeline_ext"));
+	forced = lappend(forced, pe_property("enable.partition.eof", "true", "pipeline_ext"));
+	/* assign() needs a group; this one never joins nor commits */
+	forced = lappend(forced, pe_property("group.id", psprintf("%s-checkpoint", c->txn_id), "pipeline_ext"));
+	conf = pe_kafka_conf(conn, list_make1(pe_property("client.id", "pipeline_ext", "pipeline_ext")), forced);
+	pe_xact_commit();
+	rd_kafka_conf_set_log_cb(conf, pe_quiet_log_cb);
+	rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr));
+	if (rk == NULL)
+	{
+		pe_relay_note_error(c, "could not create a consumer for the checkpoint topic: %s", errstr);
+		return -2;
+	}
+	err = rd_kafka_query_watermark_offsets(rk, pe_outbox_checkpoint_topic, 0, &low, &high,
+										   pe_produce_timeout_ms);
+	if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
+	{
+		rd_kafka_destroy(rk);
+		pe_relay_note_error(c, "could not read checkpoint topic \"%s\": %s",
+							pe_outbox_checkpoint_topic, rd_kafka_err2str(err));
+		return -2;
+	}
+
+	/* the newest first: windows back from the end until ours shows up */
+	parts = rd_kafka_topic_partition_list_new(1);
+	rd_kafka_topic_partition_list_add(parts, pe_outbox_checkpoint_topic, 0);
+	for (int64 end = high; found < 0 && end > low; window *= 10)
+	{
+		int64		start = Max(low, end - window);
+		TimestampTz deadline = GetCurrentTimestamp() + (int64) pe_produce_timeout_ms * 1000;
+
+		parts->elems[0].offset = start;
+		if ((err = rd_kafka_assign(rk, parts)) != RD_KAFKA_RESP_ERR_NO_ERROR)
+			break;
+		for (;;)
+		{
+			rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 100);
+
+			CHECK_FOR_INTERRUPTS();
+			if (m == NULL)
+			{
+				if (GetCurrentTimestamp() > deadline)
+				{
+					err = RD_KAFKA_RESP_ERR__TIMED_OUT;
+					break;
+				}
+				continue;
+			}
+			if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF)
+			{
+				rd_kafka_message_destroy(m);
+				break;
+			}
+			if (m->err != RD_KAFKA_RESP_ERR_NO_ERROR)
+			{
+				err = m->err;
+				rd_kafka_message_destroy(m);
+				break;
+			}
+			if (m->offset < end && m->key_len == idlen && memcmp(m->key, c->txn_id, idlen) == 0 &&
+				m->payload != NULL)
+			{
+				char	   *v = pnstrdup(m->payload, m->len);
+				int64		round = strtoll(v, NULL, 10);
+
+				found = Max(found, round);
+			}
+			if (m->offset >= end - 1)
+			{
+				rd_kafka_message_destroy(m);
+				break;
+			}
+			rd_kafka_message_destroy(m);
+		}
+		if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
+			break;
+		end = start;
+	}
+	rd_kafka_topic_partition_list_destroy(parts);
+	rd_kafka_destroy(rk);
+	if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
+	{
+		pe_relay_note_error(c, "could not read checkpoint topic \"%s\": %s",
+							pe_outbox_checkpoint_topic, rd_kafka_err2str(err));
+		return -2;
+	}
+	return found;
+}
+
+/*
+ * For the tests of recovery: pipeline_ext.outbox_crash_at = 'before_commit:N'
+ * or 'after_commit:N' makes the relay crash (abort(), as a kill -9 would
+ * stop it) around the Kafka commit of round N, on the round's first try.
+ */
+static void
+pe_relay_crash_point(const char *where, int64 round, bool first_try)
+{
+	size_t		len = strlen(where);
+
+	if (!first_try || pe_outbox_crash_at == NULL || strncmp(pe_outbox_crash_at, where, len) != 0 ||
+		pe_outbox_crash_at[len] != ':' || strtoll(pe_outbox_crash_at + len + 1, NULL, 10) != round)
+		return;
+	ereport(LOG,
+			(errmsg("pipeline_ext outbox relay: crashing %s of round " INT64_FORMAT " (pipeline_ext.outbox_crash_at)",
+					where, round)));
+	abort();
+}
+
+/* Is a delivery error a refusal for good, rather than a failure to retry? */
+static bool
+pe_relay_refusal(rd_kafka_resp_err_t err)
+{
+	switch (err)
+	{
+		case RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE:
+		case RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC:
+		case RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART:
+		case RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION:
+		case RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED:
+		case RD_KAFKA_RESP_ERR_INVALID_RECORD:
+		case RD_KAFKA_RESP_ERR_INVALID_MSG:
+		case RD_KAFKA_RESP_ERR_TOPIC_EXCEPTION:
+		case RD_KAFKA_RESP_ERR_INVALID_REQUIRED_ACKS:
+			return true;
+		default:
+			return false;
+	}
+}
+
+/* Did a message of the round (not refused) fail its delivery? */
+static bool
+pe_relay_delivery_failed(PeOutMsg *msgs, int n)
+{
+	for (int i = 0; i < n; i++)
+		if (!msgs[i].dead && msgs[i].reported && msgs[i].err != RD_KAFKA_RESP_ERR_NO_ERROR)
+			return true;
+	return false;
+}
+
+static const char *
+pe_relay_first_failure(PeOutMsg *msgs, int n)
+{
+	for (int i = 0; i < n; i++)
+		if (!msgs[i].dead && msgs[i].reported && msgs[i].err != RD_KAFKA_RESP_ERR_NO_ERROR)
+			return rd_kafka_err2str(msgs[i].err);
+	return "unknown";
+}
+
+static rd_kafka_headers_t *
+pe_relay_headers(PeOutMsg *m)
+{
+	rd_kafka_headers_t *hdrs = m->headers ? pe_build_headers(m->headers) : rd_kafka_headers_new(1);
+	char		id[32];
+
+	snprintf(id, sizeof(id), INT64_FORMAT, m->id);
+	rd_kafka_header_add(hdrs, PE_OUTBOX_ID_HEADER, -1, id, -1);
+	return hdrs;
+}
+
+/*
+ * Step 2: the round in one Kafka transaction, with its checkpoint.
+ * Returns true when it committed; false after a failure (noted, rows
+ * kept) or after refusals (buried: the caller sends the rest again).
+ */
+bool
+pe_relay_send(PeRelayConn *c, int64 round, PeOutMsg *msgs, int n, bool first_try, bool *refused)
+{
+	rd_kafka_error_t *error;
+	rd_kafka_resp_err_t err;
+	char		rv[32];
+	int			queued = 0;
+
+	*refused = false;
+	round_msgs = msgs;
+	round_n = n;
+	if ((error = rd_kafka_begin_transaction(c->rk)) != NULL)
+	{
+		c->fatal = true;		/* a new producer, from a clean state */
+		return pe_relay_kafka_failed(c, "could not begin a transaction", error);
+	}
+
+	for (int i = 0; i < n; i++)
+	{
+		PeOutMsg   *m = &msgs[i];
+		rd_kafka_headers_t *hdrs;
+		TimestampTz deadline = 0;
+
+		if (m->dead)
+			continue;
+		hdrs = pe_relay_headers(m);
+		for (;;)
+		{
+			err = rd_kafka_producev(c->rk,
+									RD_KAFKA_V_TOPIC(m->topic),
+									RD_KAFKA_V_PARTITION(m->partition),
+									RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+									RD_KAFKA_V_VALUE(m->value ? VARDATA_ANY(m->value) : NULL,
+													 m->value ? VARSIZE_ANY_EXHDR(m->value) : 0),
+									RD_KAFKA_V_KEY(m->key ? VARDATA_ANY(m->key) : NULL,
+												   m->key ? VARSIZE_ANY_EXHDR(m->key) : 0),
+									RD_KAFKA_V_HEADERS(hdrs),
+									RD_KAFKA_V_OPAQUE((void *) (intptr_t) i),
+									RD_KAFKA_V_END);
+			if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL)
+				break;
+			if (deadline == 0)
+				deadline = GetCurrentTimestamp() + (int64) pe_produce_timeout_ms * 1000;
+			else if (GetCurrentTimestamp() > deadline)
+				break;
+			pe_relay_poll(c, 10);
+			CHECK_FOR_INTERRUPTS();
+		}
+		if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
+		{
+			queued++;
+			continue;
+		}
+		rd_kafka_headers_destroy(hdrs);
+		if (pe_relay_refusal(err))
+		{
+			m->dead = psprintf("%s", rd_kafka_err2str(err));
+			*refused = true;
+			continue;
+		}
+		/* anything else: the whole round again, later */
+		pe_relay_note_error(c, "could not queue a message for topic \"%s\": %s", m->topic, rd_kafka_err2str(err));
+		error = rd_kafka_abort_transaction(c->rk, pe_produce_timeout_ms);
+		if (error)
+			rd_kafka_error_destroy(error);
+		return false;
+	}
+
+	/*
+	 * Every message acknowledged before the checkpoint is queued, so that
+	 * the checkpoint is written last (a broker without transaction markers,
+	 * as the test broker, then never shows a checkpoint without its round).
+	 * A refusal by the broker fails the transaction: abort, bury, again.
+	 */
+	err = rd_kafka_flush(c->rk, pe_produce_timeout_ms);
+	for (int i = 0; i < n; i++)
+		if (!msgs[i].dead && msgs[i].reported && msgs[i].err != RD_KAFKA_RESP_ERR_NO_ERROR &&
+			pe_relay_refusal(msgs[i].err))
+		{
+			msgs[i].dead = psprintf("%s", rd_kafka_err2str(msgs[i].err));
+			*refused = true;
+		}
+	if (err != RD_KAFKA_RESP_ERR_NO_ERROR || rd_kafka_fatal_error(c->rk, NULL, 0) != RD_KAFKA_RESP_ERR_NO_ERROR ||
+		pe_relay_delivery_failed(msgs, n))
+	{
+		error = rd_kafka_abort_transaction(c->rk, pe_produce_timeout_ms);
+		if (error)
+		{
+			c->fatal = true;
+			rd_kafka_error_destroy(error);
+		}
+		if (*refused)
+		{
+			pe_relay_bury(c, msgs, n);
+			return false;
+		}
+		pe_relay_note_error(c, "messages not acknowledged: %s%s%s",
+							err != RD_KAFKA_RESP_ERR_NO_ERROR ? rd_kafka_err2str(err) : pe_relay_first_failure(msgs, n),
+							c->error[0] ? "; last broker error: " : "", c->error);
+		return false;
+	}
+
+	/* refused at once (too large, no such partition): out before the checkpoint */
+	if (*refused)
+		pe_relay_bury(c, msgs, n);
+
+	/* the checkpoint: this round went out if, and only if, this did */
+	snprintf(rv, sizeof(rv), INT64_FORMAT, round);
+	err = rd_kafka_producev(c->rk,
+							RD_KAFKA_V_TOPIC(pe_outbox_checkpoint_topic),
+							RD_KAFKA_V_PARTITION(0),
+							RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+							RD_KAFKA_V_VALUE(rv, strlen(rv)),
+							RD_KAFKA_V_KEY(c->txn_id, strlen(c->txn_id)),
+							RD_KAFKA_V_OPAQUE((void *) (intptr_t) -1),
+							RD_KAFKA_V_END);
+	if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
+	{
+		pe_relay_note_error(c, "could not queue the checkpoint for topic \"%s\": %s",
+							pe_outbox_checkpoint_topic, rd_kafka_err2str(err));
+		error = rd_kafka_abort_transaction(c->rk, pe_produce_timeout_ms);
+		if (error)
+			rd_kafka_error_destroy(error);
+		return false;
+	}
+
+	pe_relay_crash_point("before_commit", round, first_try);
+	error = rd_kafka_commit_transaction(c->rk, pe_produce_timeout_ms);
+	pe_relay_poll(c, 0);
+	if (error == NULL)
+	{
+		pe_relay_crash_point("after_commit", round, first_try);
+		return true;
+	}
+
+	/* what the broker refused for good becomes a dead letter */
+	for (int i = 0; i < n; i++)
+		if (!msgs[i].dead && msgs[i].reported && pe_relay_refusal(msgs[i].err))
+		{
+			msgs[i].dead = psprintf("%s", rd_kafka_err2str(msgs[i].err));
+			*refused = true;
+		}
+	if (rd_kafka_error_is_fatal(error))
+		c->fatal = true;
+	if (rd_kafka_error_txn_requires_abort(error) || *refused)
+	{
+		rd_kafka_error_t *e2 = rd_kafka_abort_transaction(c->rk, pe_produce_timeout_ms);
+
+		if (e2)
+		{
+			if (rd_kafka_error_is_fatal(e2))
+				c->fatal = true;
+			rd_kafka_error_destroy(e2);
+		}
+	}
+	if (*refused)
+	{
+		rd_kafka_error_destroy(error);
+		pe_relay_bury(c, msgs, n);
+		return false;
+	}
+	if (!rd_kafka_error_txn_requires_abort(error) && !c->fatal)
+	{
+		/*
+		 * Retriable (the brokers did not answer in time): abort, which
+		 * drops what is still queued, and send the round again later.  If
+		 * even that fails, a new producer (its init_transactions) settles
+		 * the transaction with the coordinator.
+		 */
+		rd_kafka_error_t *e2 = rd_kafka_abort_transaction(c->rk, pe_produce_timeout_ms);
+
+		if (e2)
+		{
+			c->fatal = true;
+			rd_kafka_error_destroy(e2);
+		}
+	}
+	return pe_relay_kafka_failed(c, "could not commit the transaction", error);
+}
+
+/* The round is over: the delivery callback has nothing to write to. */
+void
+pe_relay_forget_round(void)
+{
+	round_msgs = NULL;
+	round_n = 0;
+}
