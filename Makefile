@@ -15,6 +15,7 @@ OBJS = \
 	src/producer.o \
 	src/produce.o \
 	src/outbox.o \
+	src/capture.o \
 	src/relay.o \
 	src/relay_kafka.o \
 	src/relay_stats.o \

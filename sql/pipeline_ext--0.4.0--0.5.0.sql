@@ -226,3 +226,43 @@ SELECT 'outbox:' OPERATOR(pg_catalog.||) o.connection,
                ], NULL) AS warning
           FROM @extschema@.outbox_status s CROSS JOIN t) o;
 GRANT SELECT ON @extschema@.health TO PUBLIC;
+
+-- Change capture: a table's committed INSERTs, UPDATEs and DELETEs as
+-- outbox messages (capture.c), written by statement triggers with
+-- transition tables, set-based.  One capture per table; owner: the role
+-- that captured it, who owned the table and could use the connection.
+CREATE TABLE @extschema@.capture (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    relid oid NOT NULL UNIQUE,
+    owner oid NOT NULL,
+    connection text NOT NULL,
+    topic text NOT NULL,
+    key_columns text[] NOT NULL,
+    format text NOT NULL CHECK (format IN ('row', 'debezium')),
+    tombstones boolean NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+REVOKE ALL ON @extschema@.capture FROM PUBLIC;
+
+CREATE VIEW @extschema@.captures AS
+SELECT c.id, c.relid::regclass AS "table", c.owner::regrole AS owner, c.connection, c.topic,
+       c.key_columns, c.format, c.tombstones, c.created_at
+  FROM @extschema@.capture c;
+GRANT SELECT ON @extschema@.captures TO PUBLIC;
+
+CREATE FUNCTION @extschema@.capture_changes(
+    "table" regclass, connection text, topic text,
+    key_columns text[] DEFAULT NULL, format text DEFAULT 'row', tombstones boolean DEFAULT true)
+RETURNS bigint
+LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'pe_capture_changes';
+
+CREATE FUNCTION @extschema@.uncapture("table" regclass)
+RETURNS void
+LANGUAGE C STRICT VOLATILE
+AS 'MODULE_PATHNAME', 'pe_uncapture';
+
+CREATE FUNCTION @extschema@._capture_trigger()
+RETURNS trigger
+LANGUAGE C
+AS 'MODULE_PATHNAME', 'pe_capture_trigger';

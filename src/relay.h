@@ -2,7 +2,7 @@
  *
  * relay.h
  *	  The transactional outbox: pipeline.send() and the outbox rows it
- *	  writes (outbox.c), and the
+ *	  writes (outbox.c), table changes written there (capture.c), and the
  *	  relay worker that publishes committed rows
  *	  exactly once with Kafka transactions (relay.c: its loop and rounds;
  *	  relay_kafka.c: the producer, transactions and checkpoints;

@@ -1,0 +1,535 @@
+/*-------------------------------------------------------------------------
+ *
+ * capture.c
+ *	  Change events from tables: pipeline.capture_changes() puts three
+ *	  statement triggers with transition tables on a table (AFTER INSERT,
+ *	  UPDATE, DELETE); each writes the statement's changes into the outbox
+ *	  with one INSERT ... SELECT over the transition tables, so they are
+ *	  published if and only if the transaction commits (relay.c).  Key: a
+ *	  JSON object of the key columns (the primary key by default).  Value:
+ *	  the row as JSON ('row'; a DELETE is a tombstone), or a Debezium-style
+ *	  envelope ('debezium': op, before, after, source, ts_ms; a DELETE is
+ *	  followed by a tombstone).  An UPDATE that changes a key is a delete
+ *	  of the old key and a create of the new one.  uncapture() removes it.
+ *
+ * IDENTIFICATION
+ *	  src/capture.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/relation.h"
+#include "access/table.h"
+#include "catalog/index.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_class.h"
+#include "catalog/pg_type.h"
+#include "commands/trigger.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "lib/stringinfo.h"
+#include "miscadmin.h"
+#include "utils/acl.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+
+#include "connection.h"
+#include "relay.h"
+
+PG_FUNCTION_INFO_V1(pe_capture_changes);
+PG_FUNCTION_INFO_V1(pe_uncapture);
+PG_FUNCTION_INFO_V1(pe_capture_trigger);
+
+static const char *const pe_capture_events[3] = {"insert", "update", "delete"};
+
+/* A trigger's prepared statement, kept for the backend's life. */
+typedef struct PeCapturePlan
+{
+	int64		id;				/* pipeline.capture.id */
+	int			event;			/* index into pe_capture_events */
+	TupleDesc	desc;			/* the table's, when prepared */
+	char	   *connection;
+	char	   *topic;
+	char	   *sql;			/* NULL: nothing to write (deletes, no tombstones) */
+	SPIPlanPtr	plan;			/* sql prepared, once the transition tables are there */
+} PeCapturePlan;
+
+static List *pe_capture_plans = NIL;
+
+/* jsonb_build_object('k1', x."k1", ...) for the key columns */
+static void
+pe_capture_key(StringInfo buf, List *keys, const char *x)
+{
+	ListCell   *lc;
+
+	appendStringInfoString(buf, "pg_catalog.jsonb_build_object(");
+	foreach(lc, keys)
+	{
+		const char *k = lfirst(lc);
+
+		appendStringInfo(buf, "%s%s, %s.%s", foreach_current_index(lc) > 0 ? ", " : "",
+						 quote_literal_cstr(k), x, quote_identifier(k));
+	}
+	appendStringInfoChar(buf, ')');
+}
+
+/* A Debezium-style envelope; op, before and after are SQL expressions. */
+static char *
+pe_capture_envelope(const char *op, const char *before, const char *after, Oid relid)
+{
+	const char *ts = "(pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()) OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8";
+
+	return psprintf("pg_catalog.jsonb_build_object('before', %s, 'after', %s, "
+					"'source', pg_catalog.jsonb_build_object('connector', 'pipeline_ext', 'version', '0.5.0', "
+					"'name', $1, 'db', pg_catalog.current_database(), 'schema', %s, 'table', %s, "
+					"'txId', pg_catalog.pg_current_xact_id()::pg_catalog.text::pg_catalog.int8, "
+					"'lsn', pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_insert_lsn(), '0/0')::pg_catalog.int8, "
+					"'ts_ms', %s), "
+					"'op', %s, 'ts_ms', %s)",
+					before, after,
+					quote_literal_cstr(get_namespace_name(get_rel_namespace(relid))),
+					quote_literal_cstr(get_rel_name(relid)), ts, op, ts);
+}
+
+/*
+ * The statement that writes one event's changes into the outbox, over the
+ * transition tables pe_old and pe_new; $1 connection, $2 topic, $3 the
+ * role whose statement it is.  NULL when the event writes nothing.
+ */
+static char *
+pe_capture_sql(int event, Oid relid, List *keys, bool debezium, bool tombstones)
+{
+	StringInfoData buf;
+	StringInfoData ko;
+	StringInfoData kn;
+	const char *head = "INSERT INTO pipeline.outbox (connection, topic, key, value, sent_by) "
+		"SELECT $1, $2, pg_catalog.convert_to(k::pg_catalog.text, 'UTF8'), "
+		"pg_catalog.convert_to(v::pg_catalog.text, 'UTF8'), $3 FROM (";
+
+	initStringInfo(&buf);
+	initStringInfo(&ko);
+	initStringInfo(&kn);
+	pe_capture_key(&ko, keys, "pe_o");
+	pe_capture_key(&kn, keys, "pe_n");
+
+	if (event == 0)
+	{
+		appendStringInfo(&buf, "%s SELECT %s AS k, %s AS v FROM pe_new pe_n) s", head, kn.data,
+						 debezium ? pe_capture_envelope("'c'", "NULL::pg_catalog.jsonb", "pg_catalog.to_jsonb(pe_n.*)", relid)
+						 : "pg_catalog.to_jsonb(pe_n.*)");
+		return buf.data;
+	}
+	if (event == 2)
+	{
+		if (!debezium && !tombstones)
+			return NULL;
+		appendStringInfoString(&buf, head);
+		if (debezium)
+			appendStringInfo(&buf, "SELECT %s AS k, %s AS v, 1 AS seq FROM pe_old pe_o", ko.data,
+							 pe_capture_envelope("'d'", "pg_catalog.to_jsonb(pe_o.*)", "NULL::pg_catalog.jsonb", relid));
+		if (tombstones)
+			appendStringInfo(&buf, "%s SELECT %s AS k, NULL::pg_catalog.jsonb AS v, 2 AS seq FROM pe_old pe_o",
+							 debezium ? " UNION ALL" : "", ko.data);
+		appendStringInfoString(&buf, ") s ORDER BY seq");
+		return buf.data;
+	}
+
+	/*
+	 * UPDATE: old and new rows paired by key; an old key without a new row
+	 * was changed away (a delete), a new key without an old row a create.
+	 * Deletes go first, so that a key's last message is its state.
+	 */
+	resetStringInfo(&buf);
+	appendStringInfo(&buf, "WITH pe_olds AS (SELECT %s AS k, pg_catalog.to_jsonb(pe_o.*) AS r FROM pe_old pe_o), "
+					 "pe_news AS (SELECT %s AS k, pg_catalog.to_jsonb(pe_n.*) AS r FROM pe_new pe_n), "
+					 "ch AS (SELECT COALESCE(b.k, a.k) AS k, a.r AS before, b.r AS after "
+					 "FROM pe_olds a FULL JOIN pe_news b ON a.k OPERATOR(pg_catalog.=) b.k) %s",
+					 ko.data, kn.data, head);
+	if (debezium)
+		appendStringInfo(&buf, "SELECT k, %s AS v, 1 AS seq FROM ch WHERE after IS NULL UNION ALL ",
+						 pe_capture_envelope("'d'", "before", "NULL::pg_catalog.jsonb", relid));
+	if (tombstones)
+		appendStringInfoString(&buf, "SELECT k, NULL::pg_catalog.jsonb AS v, 2 AS seq FROM ch WHERE after IS NULL UNION ALL ");
+	appendStringInfo(&buf, "SELECT k, %s AS v, 3 AS seq FROM ch WHERE after IS NOT NULL) s ORDER BY seq",
+					 debezium ? pe_capture_envelope("CASE WHEN before IS NULL THEN 'c' ELSE 'u' END", "before", "after", relid)
+					 : "after");
+	return buf.data;
+}
+
+static char *
+pe_capture_qualified(Oid relid)
+{
+	return quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)), get_rel_name(relid));
+}
+
+/* The key columns: the ones given (each NOT NULL), or the primary key's. */
+static List *
+pe_capture_key_columns(Relation rel, ArrayType *given)
+{
+	List	   *keys = NIL;
+	Oid			relid = RelationGetRelid(rel);
+
+	if (given == NULL)
+	{
+		Oid			pk;
+		Relation	idx;
+
+		(void) RelationGetIndexList(rel);
+		pk = rel->rd_pkindex;
+		if (!OidIsValid(pk))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_TABLE_DEFINITION),
+					 errmsg("table \"%s\" has no primary key", RelationGetRelationName(rel)),
+					 errhint("Pass key_columns: the columns whose values identify a row (the message key).")));
+		idx = index_open(pk, AccessShareLock);
+		for (int i = 0; i < idx->rd_index->indnkeyatts; i++)
+			keys = lappend(keys, get_attname(relid, idx->rd_index->indkey.values[i], false));
+		index_close(idx, AccessShareLock);
+		return keys;
+	}
+	{
+		Datum	   *elems;
+		bool	   *nulls;
+		int			n;
+
+		deconstruct_array(given, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &n);
+		if (n == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("key_columns must not be empty"),
+					 errhint("Pass NULL for the primary key, or the key's column names.")));
+		for (int i = 0; i < n; i++)
+		{
+			char	   *name;
+			AttrNumber	att;
+
+			if (nulls[i])
+				ereport(ERROR,
+						(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+						 errmsg("key_columns must not contain null"),
+						 errhint("Pass the key's column names.")));
+			name = TextDatumGetCString(elems[i]);
+			att = get_attnum(relid, name);
+			if (att == InvalidAttrNumber || att < 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_UNDEFINED_COLUMN),
+						 errmsg("column \"%s\" of table \"%s\" does not exist", name, RelationGetRelationName(rel)),
+						 errhint("key_columns names columns of the captured table.")));
+			if (!TupleDescAttr(RelationGetDescr(rel), att - 1)->attnotnull)
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("key column \"%s\" of table \"%s\" may be null", name, RelationGetRelationName(rel)),
+						 errhint("Make it NOT NULL: a key identifies its row in every message, tombstones too.")));
+			keys = lappend(keys, name);
+		}
+	}
+	return keys;
+}
+
+/* The capture of relid, as the catalog's owner: its id, or 0. */
+static int64
+pe_capture_lookup(Oid relid)
+{
+	PeCatalogAccess acc;
+	Oid			types[1] = {OIDOID};
+	Datum		values[1] = {ObjectIdGetDatum(relid)};
+	int64		id = 0;
+	bool		isnull;
+
+	pe_catalog_begin(&acc);
+	if (SPI_execute_with_args("SELECT id FROM pipeline.capture WHERE relid = $1", 1, types, values, NULL, true, 1)
+		!= SPI_OK_SELECT)
+		elog(ERROR, "could not read pipeline.capture");
+	if (SPI_processed == 1)
+		id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	pe_catalog_end(&acc);
+	return id;
+}
+
+/* Only the table's owner captures it, or stops capturing it. */
+static Relation
+pe_capture_open(Oid relid)
+{
+	Relation	rel = relation_open(relid, ShareRowExclusiveLock);
+
+	if (rel->rd_rel->relkind != RELKIND_RELATION && rel->rd_rel->relkind != RELKIND_PARTITIONED_TABLE)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("\"%s\" is not a table", RelationGetRelationName(rel)),
+				 errhint("Changes are captured from tables (partitioned ones too).")));
+	if (!pg_class_ownercheck(relid, GetUserId()))
+		aclcheck_error(ACLCHECK_NOT_OWNER, OBJECT_TABLE, RelationGetRelationName(rel));
+	return rel;
+}
+
+/*
+ * pipeline.capture_changes(table, connection, topic, key_columns, format,
+ * tombstones): the capture's id.
+ */
+Datum
+pe_capture_changes(PG_FUNCTION_ARGS)
+{
+	Oid			relid;
+	char	   *connname;
+	char	   *topic;
+	char	   *format;
+	bool		tombstones;
+	Relation	rel;
+	List	   *keys;
+	PeConnection *conn;
+	int64		id;
+	char	   *table;
+	Datum	   *kd;
+	ListCell   *lc;
+	PeCatalogAccess acc;
+
+	pe_require_preload();
+	for (int i = 0; i < 6; i++)
+		if (i != 3 && PG_ARGISNULL(i))
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("%s must not be null",
+							(const char *[]) {"table", "connection", "topic", "key_columns", "format", "tombstones"}[i]),
+					 errhint("Only key_columns may be null (the primary key).")));
+	relid = PG_GETARG_OID(0);
+	connname = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	topic = text_to_cstring(PG_GETARG_TEXT_PP(2));
+	format = text_to_cstring(PG_GETARG_TEXT_PP(4));
+	tombstones = PG_GETARG_BOOL(5);
+	if (topic[0] == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("topic must not be empty"),
+				 errhint("Pass the name of the topic the changes go to.")));
+	if (strcmp(format, "row") != 0 && strcmp(format, "debezium") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("unknown format \"%s\"", format),
+				 errhint("Use 'row' (the row as JSON, a tombstone for a delete) or 'debezium' (an envelope with op, before, after and source).")));
+
+	rel = pe_capture_open(relid);
+	conn = pe_connection_lookup(connname, false);
+	pe_check_connection_use(conn);
+	keys = pe_capture_key_columns(rel, PG_ARGISNULL(3) ? NULL : PG_GETARG_ARRAYTYPE_P(3));
+	if (pe_capture_lookup(relid) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_DUPLICATE_OBJECT),
+				 errmsg("changes of table \"%s\" are already captured", RelationGetRelationName(rel)),
+				 errhint("Call pipeline.uncapture() first to change how.")));
+
+	/* the catalog row, as the catalog's owner */
+	kd = palloc(sizeof(Datum) * list_length(keys));
+	foreach(lc, keys)
+		kd[foreach_current_index(lc)] = CStringGetTextDatum(lfirst(lc));
+	{
+		Oid			types[7] = {OIDOID, OIDOID, TEXTOID, TEXTOID, TEXTARRAYOID, TEXTOID, BOOLOID};
+		Datum		values[7];
+		bool		isnull;
+
+		values[0] = ObjectIdGetDatum(relid);
+		values[1] = ObjectIdGetDatum(GetUserId());
+		values[2] = CStringGetTextDatum(connname);
+		values[3] = CStringGetTextDatum(topic);
+		values[4] = PointerGetDatum(construct_array(kd, list_length(keys), TEXTOID, -1, false, TYPALIGN_INT));
+		values[5] = CStringGetTextDatum(format);
+		values[6] = BoolGetDatum(tombstones);
+		pe_catalog_begin(&acc);
+		if (SPI_execute_with_args("INSERT INTO pipeline.capture (relid, owner, connection, topic, key_columns, format, tombstones) "
+								  "VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+								  7, types, values, NULL, false, 1) != SPI_OK_INSERT_RETURNING)
+			elog(ERROR, "could not write pipeline.capture");
+		id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		pe_catalog_end(&acc);
+	}
+
+	/* the triggers, as the table's owner (the caller) */
+	table = pe_capture_qualified(relid);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	for (int e = 0; e < 3; e++)
+	{
+		const char *refs = e == 0 ? "NEW TABLE AS pe_new" : e == 1 ? "OLD TABLE AS pe_old NEW TABLE AS pe_new"
+			: "OLD TABLE AS pe_old";
+		char	   *sql = psprintf("CREATE TRIGGER pipeline_capture_%s AFTER %s ON %s REFERENCING %s "
+								   "FOR EACH STATEMENT EXECUTE FUNCTION pipeline._capture_trigger('" INT64_FORMAT "')",
+								   pe_capture_events[e], e == 0 ? "INSERT" : e == 1 ? "UPDATE" : "DELETE",
+								   table, refs, id);
+
+		if (SPI_execute(sql, false, 0) != SPI_OK_UTILITY)
+			elog(ERROR, "could not create the capture trigger");
+	}
+	SPI_finish();
+	relation_close(rel, NoLock);
+	PG_RETURN_INT64(id);
+}
+
+/* pipeline.uncapture(table) */
+Datum
+pe_uncapture(PG_FUNCTION_ARGS)
+{
+	Oid			relid = PG_GETARG_OID(0);
+	Relation	rel = pe_capture_open(relid);
+	char	   *table = pe_capture_qualified(relid);
+	PeCatalogAccess acc;
+	Oid			types[1] = {OIDOID};
+	Datum		values[1] = {ObjectIdGetDatum(relid)};
+
+	pe_require_preload();
+	if (pe_capture_lookup(relid) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("changes of table \"%s\" are not captured", RelationGetRelationName(rel)),
+				 errhint("pipeline.captures lists the tables whose changes are.")));
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	for (int e = 0; e < 3; e++)
+		if (SPI_execute(psprintf("DROP TRIGGER IF EXISTS pipeline_capture_%s ON %s", pe_capture_events[e], table),
+						false, 0) != SPI_OK_UTILITY)
+			elog(ERROR, "could not drop the capture trigger");
+	SPI_finish();
+	pe_catalog_begin(&acc);
+	if (SPI_execute_with_args("DELETE FROM pipeline.capture WHERE relid = $1", 1, types, values, NULL, false, 0)
+		!= SPI_OK_DELETE)
+		elog(ERROR, "could not delete from pipeline.capture");
+	pe_catalog_end(&acc);
+	relation_close(rel, NoLock);
+	PG_RETURN_VOID();
+}
+
+/* The trigger's statement for this capture and event, prepared once. */
+static PeCapturePlan *
+pe_capture_plan(int64 id, int event, Relation rel)
+{
+	ListCell   *lc;
+	PeCapturePlan *p = NULL;
+	PeCatalogAccess acc;
+	Oid			types[1] = {INT8OID};
+	Datum		values[1] = {Int64GetDatum(id)};
+	bool		isnull;
+	List	   *keys = NIL;
+	bool		debezium;
+	bool		tombstones;
+	MemoryContext old;
+	char	   *sql;
+
+	foreach(lc, pe_capture_plans)
+	{
+		PeCapturePlan *c = lfirst(lc);
+
+		if (c->id == id && c->event == event)
+			p = c;
+	}
+	if (p && equalTupleDescs(p->desc, RelationGetDescr(rel)))
+		return p;
+	if (p == NULL)
+	{
+		old = MemoryContextSwitchTo(TopMemoryContext);
+		p = palloc0(sizeof(PeCapturePlan));
+		p->id = id;
+		p->event = event;
+		pe_capture_plans = lappend(pe_capture_plans, p);
+		MemoryContextSwitchTo(old);
+	}
+	else
+	{
+		/* the table changed (its transition tables with it): prepare again */
+		if (p->plan)
+			SPI_freeplan(p->plan);
+		p->plan = NULL;
+		FreeTupleDesc(p->desc);
+		p->desc = NULL;
+	}
+
+	pe_catalog_begin(&acc);
+	if (SPI_execute_with_args("SELECT connection, topic, key_columns, format = 'debezium', tombstones "
+							  "FROM pipeline.capture WHERE id = $1", 1, types, values, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read pipeline.capture");
+	if (SPI_processed != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("change capture " INT64_FORMAT " of table \"%s\" does not exist", id, RelationGetRelationName(rel)),
+				 errhint("Drop the table's pipeline_capture_* triggers, or capture it again with pipeline.capture_changes().")));
+	{
+		HeapTuple	tup = SPI_tuptable->vals[0];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		Datum	   *elems;
+		int			n;
+
+		old = MemoryContextSwitchTo(TopMemoryContext);
+		p->connection = SPI_getvalue(tup, desc, 1);
+		p->topic = SPI_getvalue(tup, desc, 2);
+		MemoryContextSwitchTo(old);
+		deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(tup, desc, 3, &isnull)), TEXTOID, -1, false, TYPALIGN_INT,
+						  &elems, NULL, &n);
+		for (int i = 0; i < n; i++)
+			keys = lappend(keys, TextDatumGetCString(elems[i]));
+		debezium = DatumGetBool(SPI_getbinval(tup, desc, 4, &isnull));
+		tombstones = DatumGetBool(SPI_getbinval(tup, desc, 5, &isnull));
+	}
+	pe_catalog_end(&acc);
+
+	sql = pe_capture_sql(event, RelationGetRelid(rel), keys, debezium, tombstones);
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	p->desc = CreateTupleDescCopy(RelationGetDescr(rel));
+	p->sql = sql ? pstrdup(sql) : NULL;
+	MemoryContextSwitchTo(old);
+	return p;
+}
+
+/* The statement trigger: the statement's changes into the outbox. */
+Datum
+pe_capture_trigger(PG_FUNCTION_ARGS)
+{
+	TriggerData *td = (TriggerData *) fcinfo->context;
+	int			event;
+	int64		id;
+	PeCapturePlan *p;
+	PeCatalogAccess acc;
+	Oid			sender = GetUserId();
+	Datum		values[3];
+	uint64		written;
+
+	pe_require_preload();
+	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_AFTER(td->tg_event) ||
+		!TRIGGER_FIRED_FOR_STATEMENT(td->tg_event) || td->tg_trigger->tgnargs != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("pipeline._capture_trigger() is called by the triggers of pipeline.capture_changes() only")));
+	event = TRIGGER_FIRED_BY_INSERT(td->tg_event) ? 0 : TRIGGER_FIRED_BY_UPDATE(td->tg_event) ? 1 : 2;
+	if (TRIGGER_FIRED_BY_TRUNCATE(td->tg_event))
+		return PointerGetDatum(NULL);
+	id = strtoll(td->tg_trigger->tgargs[0], NULL, 10);
+
+	p = pe_capture_plan(id, event, td->tg_relation);
+	if (p->sql == NULL)
+		return PointerGetDatum(NULL);
+
+	values[0] = CStringGetTextDatum(p->connection);
+	values[1] = CStringGetTextDatum(p->topic);
+	values[2] = ObjectIdGetDatum(sender);
+	pe_catalog_begin(&acc);
+	if (SPI_register_trigger_data(td) != SPI_OK_TD_REGISTER)
+		elog(ERROR, "could not register the transition tables");
+	if (p->plan == NULL)
+	{
+		Oid			types[3] = {TEXTOID, TEXTOID, OIDOID};
+		SPIPlanPtr	plan = SPI_prepare(p->sql, 3, types);
+
+		if (plan == NULL)
+			elog(ERROR, "could not prepare the change capture statement: %s", SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+		p->plan = plan;
+	}
+	if (SPI_execute_plan(p->plan, values, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not write the changes into the outbox");
+	written = SPI_processed;
+	pe_catalog_end(&acc);
+	if (written > 0)
+		pe_outbox_note_sent();
+	return PointerGetDatum(NULL);	/* (a statement trigger's result is not read, but must not be null) */
+}

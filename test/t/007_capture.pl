@@ -1,0 +1,165 @@
+# Change events from tables, end to end: a table's INSERTs, UPDATEs (key
+# changes too) and DELETEs from 4 concurrent pgbench sessions go through the
+# outbox into a topic, and a pipeline_ext upsert consumer with
+# delete_on_tombstone applies them to a second table, which ends equal to
+# the first.  Also the Debezium-style envelope, chosen key columns, a
+# rolled-back statement, uncapture, and who may capture what.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use IPC::Run qw(run timeout);
+use JSON::PP;
+use PipelineExt::Broker;
+
+my $broker = PipelineExt::Broker->start(brokers => 1, topics => { cdc => 4, cdz => 1, cdk => 1 });
+my $bs = $broker->bootstrap;
+
+my $node = PostgreSQL::Test::Cluster->new('capture');
+$node->init;
+$node->append_conf('postgresql.conf', qq{
+shared_preload_libraries = 'pipeline_ext'
+max_worker_processes = 16
+log_min_messages = info
+});
+$node->start;
+$node->safe_psql('postgres', 'CREATE EXTENSION pipeline_ext');
+$node->safe_psql('postgres', "SELECT pipeline.create_connection('local', '$bs')");
+
+sub sql { return $node->safe_psql('postgres', $_[0]); }
+
+sub wait_for
+{
+	my ($query, $expected, $what) = @_;
+	my $ok = $node->poll_query_until('postgres', $query, $expected);
+	ok($ok, $what) or diag("last result: " . $node->safe_psql('postgres', $query)
+		. "\noutbox: " . $node->safe_psql('postgres', 'SELECT * FROM pipeline.outbox_status')
+		. "\nconsumer: " . $node->safe_psql('postgres', 'SELECT * FROM pipeline.consumer_status'));
+	return $ok;
+}
+
+sub read_topic
+{
+	my ($topic) = @_;
+	my ($out, $err);
+	run([ '/usr/bin/python3', "$ENV{TESTDIR}/test/tools/read_topic.py", $bs, $topic ],
+		'>', \$out, '2>', \$err, timeout(120)) or die "read_topic.py $topic: $err";
+	return [ map { [ split /\t/ ] } split /\n/, $out ];
+}
+
+# --- a table followed by a consumer, under concurrent changes ---------------
+sql(q{
+CREATE TABLE cap_src (id int PRIMARY KEY, v int NOT NULL, note text);
+CREATE TABLE cap_dst (id int PRIMARY KEY, v int NOT NULL, note text);
+SELECT pipeline.capture_changes('cap_src', 'local', 'cdc');
+SELECT pipeline.create_consumer('cdc_follow', 'local', 'cdc', 'cap_dst', delete_on_tombstone => true);
+});
+is(sql(q{SELECT "table" || ' ' || topic || ' ' || key_columns::text || ' ' || format FROM pipeline.captures}),
+	'cap_src cdc {id} row', 'the capture is listed, keyed by the primary key');
+
+my $script = $node->basedir . '/changes.sql';
+open(my $fh, '>', $script) or die;
+print $fh q{\set id random(1, 2000)
+\set op random(1, 10)
+\if :op <= 4
+INSERT INTO cap_src VALUES (:id, :id, 'new') ON CONFLICT (id) DO UPDATE SET v = cap_src.v + 1, note = 'upserted';
+\elif :op <= 6
+UPDATE cap_src SET v = v + 1, note = 'updated' WHERE id = :id;
+\elif :op <= 8
+DELETE FROM cap_src WHERE id = :id;
+\elif :op = 9
+UPDATE cap_src SET v = v + 10 WHERE id BETWEEN :id AND :id + 20;
+\else
+UPDATE cap_src SET id = id + 3000 WHERE id = :id AND NOT EXISTS (SELECT FROM cap_src WHERE id = :id + 3000);
+\endif
+};
+close($fh);
+$node->command_ok([ 'pgbench', '-n', '-c', '4', '-j', '2', '-t', '2500', '--max-tries', '10', '-f', $script,
+	'-h', $node->host, '-p', $node->port, 'postgres' ], '4 sessions insert, update (keys too) and delete');
+wait_for(q{SELECT NOT EXISTS (SELECT FROM pipeline.outbox)}, 't', 'the relay publishes every change');
+wait_for(q{SELECT count(lag_messages) = 4 AND sum(lag_messages) = 0 FROM pipeline.consumer_lag WHERE consumer = 'cdc_follow'},
+	't', 'the consumer applies every change');
+is(sql(q{SELECT (SELECT count(*) FROM (TABLE cap_src EXCEPT TABLE cap_dst) a)
+                + (SELECT count(*) FROM (TABLE cap_dst EXCEPT TABLE cap_src) b)}),
+	'0', 'the consumer\'s table ends equal to the captured one');
+cmp_ok(sql('SELECT count(*) FROM cap_src'), '>', 100, 'with rows in it');
+cmp_ok(sql(q{SELECT count(*) FROM cap_src WHERE id > 3000}), '>', 0, '... some of them under a changed key');
+
+# a rolled-back statement publishes nothing
+my $before = scalar(@{ read_topic('cdc') });
+sql(q{BEGIN; INSERT INTO cap_src VALUES (99999, 1, 'rolled back'); ROLLBACK;});
+sql(q{SELECT pipeline.send('local', 'cdc', '{"id": 99998, "v": 0, "note": "marker"}', '{"id": 99998}')});
+wait_for(q{SELECT count(*) FROM cap_dst WHERE id = 99998}, '1', 'a marker sent afterwards arrives');
+my $after = read_topic('cdc');
+is(scalar(@$after) - $before, 1, 'the rolled-back INSERT published nothing');
+
+# --- the Debezium-style envelope, tombstones, chosen key columns -------------
+sql(q{
+CREATE TABLE cap_dbz (a int NOT NULL, b text NOT NULL, payload jsonb, PRIMARY KEY (a, b));
+SELECT pipeline.capture_changes('cap_dbz', 'local', 'cdz', format => 'debezium');
+INSERT INTO cap_dbz VALUES (1, 'x', '{"k": [1, 2]}');
+UPDATE cap_dbz SET payload = '{}';
+DELETE FROM cap_dbz;
+});
+wait_for(q{SELECT count(*) FROM pipeline.outbox}, '0', 'the envelopes are published');
+{
+	my $m = read_topic('cdz');
+	is(scalar(@$m), 4, 'c, u, d and a tombstone');
+	my @v = map { $_->[3] eq '\N' ? undef : decode_json($_->[3]) } @$m;
+	is(join(',', map { $_ ? $_->{op} : 'tombstone' } @v), 'c,u,d,tombstone', 'in that order');
+	is_deeply(decode_json($m->[0][2]), { a => 1, b => 'x' }, 'the key is the primary key as JSON');
+	is_deeply($v[1]{before}, { a => 1, b => 'x', payload => { k => [ 1, 2 ] } }, 'update: before');
+	is_deeply($v[1]{after}, { a => 1, b => 'x', payload => {} }, 'update: after');
+	ok(!defined $v[2]{after} && $v[2]{before}{a} == 1, 'delete: before, no after');
+	is($v[0]{source}{table} . '/' . $v[0]{source}{schema} . '/' . $v[0]{source}{connector}, 'cap_dbz/public/pipeline_ext',
+		'source names the table');
+	ok($v[0]{source}{txId} > 0 && $v[0]{source}{txId} != $v[1]{source}{txId} && $v[0]{source}{lsn} > 0,
+		'source has the transaction id and an LSN');
+	is($m->[3][3], '\N', 'the tombstone has a null value');
+}
+
+sql(q{
+CREATE TABLE cap_key (id serial PRIMARY KEY, code text NOT NULL, v int);
+SELECT pipeline.capture_changes('cap_key', 'local', 'cdk', key_columns => '{code}', tombstones => false);
+INSERT INTO cap_key (code, v) VALUES ('A', 1);
+DELETE FROM cap_key;
+});
+wait_for(q{SELECT count(*) FROM pipeline.outbox}, '0', 'published');
+{
+	my $m = read_topic('cdk');
+	is(scalar(@$m) . ' ' . $m->[0][2], '1 {"code": "A"}', 'chosen key columns; no tombstone when asked for none');
+}
+
+# --- errors and privileges ---------------------------------------------------
+my ($rc, $out, $err) = $node->psql('postgres', q{SELECT pipeline.capture_changes('cap_src', 'local', 'cdc')});
+like($err, qr/changes of table "cap_src" are already captured/, 'one capture per table');
+sql(q{CREATE TABLE cap_nokey (v int)});
+($rc, $out, $err) = $node->psql('postgres', q{SELECT pipeline.capture_changes('cap_nokey', 'local', 'cdc')});
+like($err, qr/has no primary key.*\n.*HINT:.*key_columns/, 'a table without a primary key needs key_columns');
+($rc, $out, $err) = $node->psql('postgres', q{SELECT pipeline.capture_changes('cap_nokey', 'local', 'cdc', key_columns => '{v}')});
+like($err, qr/key column "v" of table "cap_nokey" may be null/, 'a key column must be NOT NULL');
+($rc, $out, $err) = $node->psql('postgres', q{SELECT pipeline.capture_changes('cap_nokey', 'local', 'cdc', format => 'avro')});
+like($err, qr/unknown format "avro"/, 'an unknown format');
+sql(q{CREATE ROLE cap_other LOGIN; GRANT USAGE ON SCHEMA pipeline TO cap_other;
+      CREATE TABLE cap_theirs (id int PRIMARY KEY); ALTER TABLE cap_theirs OWNER TO cap_other;});
+($rc, $out, $err) = $node->psql('postgres', q{SET ROLE cap_other; SELECT pipeline.capture_changes('cap_src', 'local', 'cdc')});
+like($err, qr/must be owner of table cap_src/, 'only the table\'s owner captures it');
+($rc, $out, $err) = $node->psql('postgres', q{SET ROLE cap_other; SELECT pipeline.capture_changes('cap_theirs', 'local', 'cdc')});
+like($err, qr/permission denied for connection "local"/, '... through a connection it may use');
+($rc, $out, $err) = $node->psql('postgres', q{SET ROLE cap_other; SELECT pipeline.uncapture('cap_src')});
+like($err, qr/must be owner of table cap_src/, 'only the owner uncaptures');
+($rc, $out, $err) = $node->psql('postgres', q{SET ROLE cap_other; INSERT INTO pipeline.outbox (connection, topic, sent_by) VALUES ('local', 'x', 0)});
+like($err, qr/permission denied for table outbox/, 'nobody writes into the outbox but the extension');
+
+# --- uncapture ---------------------------------------------------------------
+sql(q{SELECT pipeline.uncapture('cap_src')});
+is(sql(q{SELECT count(*) FROM pg_trigger WHERE tgrelid = 'cap_src'::regclass}), '0', 'uncapture drops the triggers');
+is(sql(q{SELECT count(*) FROM pipeline.captures WHERE "table" = 'cap_src'::regclass}), '0', '... and the capture');
+sql(q{INSERT INTO cap_src VALUES (88888, 1, 'not captured')});
+sql(q{SELECT pipeline.send('local', 'cdc', '{"id": 99997, "v": 0, "note": "marker 2"}', '{"id": 99997}')});
+wait_for(q{SELECT count(*) FROM cap_dst WHERE id = 99997}, '1', 'a second marker arrives');
+is(sql(q{SELECT count(*) FROM cap_dst WHERE id = 88888}), '0', 'a change after uncapture is not published');
+
+$node->stop;
+done_testing();
