@@ -13,7 +13,7 @@ SET LOCAL search_path TO pg_catalog, pg_temp;
 -- functions reads or writes it: a row names a connection its sender was
 -- allowed to use when it was written.
 CREATE TABLE @extschema@.outbox (
-    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id bigint GENERATED ALWAYS AS IDENTITY,
     xid xid8 NOT NULL DEFAULT pg_catalog.pg_current_xact_id(),
     connection text NOT NULL,
     topic text NOT NULL,
@@ -22,14 +22,17 @@ CREATE TABLE @extschema@.outbox (
     value bytea,
     headers jsonb,
     sent_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
-    sent_by oid NOT NULL
+    sent_by oid NOT NULL,
+    -- the relay reads a connection's rows in id order, from where it is
+    PRIMARY KEY (connection, id)
 );
 REVOKE ALL ON @extschema@.outbox FROM PUBLIC;
 
 -- The relay's progress, one row per connection it publishes through.
 -- epoch: the snapshot whose committed rows are being published, in id
 -- order, a round (one Kafka transaction) at a time; a row committed after
--- it waits for the next epoch.  pending: the ids of the round begun and
+-- it waits for the next epoch.  epoch_after: the last id the epoch's
+-- rounds took (the next round starts above it).  pending: the ids of the round begun and
 -- not yet known to be in Kafka (NULL between rounds).  After a crash the
 -- Kafka-side checkpoint of the last committed round (written in the same
 -- Kafka transaction as the messages) tells whether the pending round went
@@ -37,6 +40,7 @@ REVOKE ALL ON @extschema@.outbox FROM PUBLIC;
 CREATE TABLE @extschema@.outbox_relay (
     connection text PRIMARY KEY,
     epoch pg_snapshot,
+    epoch_after bigint,
     round bigint NOT NULL DEFAULT 0,
     pending int8multirange,
     published bigint NOT NULL DEFAULT 0,

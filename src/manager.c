@@ -423,8 +423,8 @@ pe_manager_main(Datum arg)
 			relay_needed = false;
 			if (OidIsValid(get_relname_relid("outbox_relay", get_namespace_oid(PE_SCHEMA, true))))
 			{
-				rc = SPI_execute("SELECT EXISTS (SELECT FROM pipeline.outbox) "
-								 "OR EXISTS (SELECT FROM pipeline.outbox_relay)",
+				rc = SPI_execute("SELECT EXISTS (SELECT FROM pipeline.outbox_relay) "
+								 "OR EXISTS (SELECT FROM pipeline.outbox)",
 								 true, 0);
 				if (rc != SPI_OK_SELECT)
 					elog(ERROR, "could not read the outbox: %s", SPI_result_code_string(rc));

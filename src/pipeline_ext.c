@@ -196,6 +196,16 @@ _PG_init(void)
 							   PGC_SIGHUP,
 							   GUC_NOT_IN_SAMPLE | GUC_NO_SHOW_ALL,
 							   NULL, NULL, NULL);
+	DefineCustomIntVariable("pipeline_ext.outbox_linger",
+							"How long the outbox relay lets messages gather after a round that was not full.",
+							"Under a stream of small transactions, each Kafka transaction then carries "
+							"what committed in this time, rather than one commit's messages; it adds at "
+							"most this much to their latency.",
+							&pe_outbox_linger_ms,
+							10, 0, 1000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
 	DefineCustomIntVariable("pipeline_ext.outbox_round_max",
 							"Most outbox messages the relay publishes in one Kafka transaction.",
 							NULL,

@@ -63,6 +63,7 @@
 #include "storage/lwlock.h"
 #include "tcop/tcopprot.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
@@ -77,6 +78,7 @@
 #define PE_RELAY_NAP_MS 1000
 
 int			pe_outbox_round_max = 10000;
+int			pe_outbox_linger_ms = 10;
 int			pe_relay_db = -1;		/* its entry in pe_shared->dbs */
 static List *relay_conns = NIL;	/* PeRelayConn, TopMemoryContext */
 
@@ -122,12 +124,22 @@ pe_relay_choose(PeRelayConn *c, PeOutMsg **msgs, int *n, bool *was_pending)
 	*was_pending = pending;
 
 	if (pending)
-		pe_spi_exec(psprintf("%s WHERE connection = $1 AND id <@ (SELECT pending FROM pipeline.outbox_relay "
-							 "WHERE connection = $1) ORDER BY id", cols),
+		pe_spi_exec(psprintf("%s WHERE connection = $1 "
+							 "AND id >= (SELECT pg_catalog.lower(pending) FROM pipeline.outbox_relay WHERE connection = $1) "
+							 "AND id < (SELECT pg_catalog.upper(pending) FROM pipeline.outbox_relay WHERE connection = $1) "
+							 "AND id <@ (SELECT pending FROM pipeline.outbox_relay WHERE connection = $1) ORDER BY id", cols),
 					1, t1, v1, NULL, SPI_OK_SELECT);
 	else
 	{
-		char	   *next = psprintf("%s WHERE connection = $1 AND pg_catalog.pg_visible_in_snapshot(xid, "
+		/*
+		 * Within an epoch, rows go in id order: those at or below the last
+		 * one taken are gone (so an index scan does not wade through the
+		 * dead rows of the epoch's earlier rounds).  Across epochs there is
+		 * no such bound.
+		 */
+		char	   *next = psprintf("%s WHERE connection = $1 "
+									"AND id > COALESCE((SELECT epoch_after FROM pipeline.outbox_relay WHERE connection = $1), 0) "
+									"AND pg_catalog.pg_visible_in_snapshot(xid, "
 									"(SELECT epoch FROM pipeline.outbox_relay WHERE connection = $1)) "
 									"ORDER BY id LIMIT %d", cols, pe_outbox_round_max);
 
@@ -136,8 +148,8 @@ pe_relay_choose(PeRelayConn *c, PeOutMsg **msgs, int *n, bool *was_pending)
 		if (!have_epoch || SPI_processed == 0)
 		{
 			/* a new epoch: what is committed as of now */
-			pe_spi_exec("UPDATE pipeline.outbox_relay SET epoch = pg_catalog.pg_current_snapshot() "
-						"WHERE connection = $1", 1, t1, v1, NULL, SPI_OK_UPDATE);
+			pe_spi_exec("UPDATE pipeline.outbox_relay SET epoch = pg_catalog.pg_current_snapshot(), "
+						"epoch_after = NULL WHERE connection = $1", 1, t1, v1, NULL, SPI_OK_UPDATE);
 			pe_spi_exec(next, 1, t1, v1, NULL, SPI_OK_SELECT);
 		}
 	}
@@ -186,7 +198,9 @@ pe_relay_choose(PeRelayConn *c, PeOutMsg **msgs, int *n, bool *was_pending)
 			pe_spi_exec("UPDATE pipeline.outbox_relay SET round = round + 1, "
 						"pending = (SELECT pg_catalog.range_agg(pg_catalog.int8range(i, i, '[]')) "
 						"FROM pg_catalog.unnest($2) i), "
-						"epoch = CASE WHEN $3 THEN NULL ELSE epoch END WHERE connection = $1",
+						"epoch = CASE WHEN $3 THEN NULL ELSE epoch END, "
+						"epoch_after = CASE WHEN $3 THEN NULL ELSE ($2)[pg_catalog.array_upper($2, 1)] END "
+						"WHERE connection = $1",
 						3, t3, v3, NULL, SPI_OK_UPDATE);
 			round++;
 		}
@@ -218,10 +232,11 @@ pe_relay_bury(PeRelayConn *c, PeOutMsg *msgs, int n)
 	int			k = 0;
 
 	for (int i = 0; i < n; i++)
-		if (msgs[i].dead)
+		if (msgs[i].dead && !msgs[i].buried)
 		{
 			ids[k] = Int64GetDatum(msgs[i].id);
 			why[k] = CStringGetTextDatum(pe_redact(msgs[i].dead, c->secrets));
+			msgs[i].buried = true;
 			k++;
 		}
 	if (k == 0)
@@ -262,8 +277,10 @@ pe_relay_settle(PeRelayConn *c, int nsent)
 	pe_xact_begin();
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	pe_spi_exec("DELETE FROM pipeline.outbox WHERE connection = $1 AND id <@ "
-				"(SELECT pending FROM pipeline.outbox_relay WHERE connection = $1)",
+	pe_spi_exec("DELETE FROM pipeline.outbox WHERE connection = $1 "
+				"AND id >= (SELECT pg_catalog.lower(pending) FROM pipeline.outbox_relay WHERE connection = $1) "
+				"AND id < (SELECT pg_catalog.upper(pending) FROM pipeline.outbox_relay WHERE connection = $1) "
+				"AND id <@ (SELECT pending FROM pipeline.outbox_relay WHERE connection = $1)",
 				1, types, values, NULL, SPI_OK_DELETE);
 	pe_spi_exec("UPDATE pipeline.outbox_relay SET pending = NULL, published = published + $2 "
 				"WHERE connection = $1", 2, types, values, NULL, SPI_OK_UPDATE);
@@ -399,7 +416,12 @@ pe_relay_connections(void)
 	pe_xact_begin();
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	pe_spi_exec("SELECT DISTINCT connection FROM pipeline.outbox "
+	/* the outbox's connections, one index probe each (a loose index scan) */
+	pe_spi_exec("WITH RECURSIVE c AS ("
+				"(SELECT connection FROM pipeline.outbox ORDER BY connection LIMIT 1) UNION ALL "
+				"SELECT (SELECT o.connection FROM pipeline.outbox o WHERE o.connection > c.connection "
+				"ORDER BY o.connection LIMIT 1) FROM c WHERE c.connection IS NOT NULL) "
+				"SELECT connection FROM c WHERE connection IS NOT NULL "
 				"UNION SELECT connection FROM pipeline.outbox_relay WHERE pending IS NOT NULL",
 				0, NULL, NULL, NULL, SPI_OK_SELECT);
 	for (uint64 i = 0; i < SPI_processed; i++)
@@ -419,6 +441,9 @@ pe_relay_main(Datum arg)
 {
 	PeWorkerExtra extra;
 	MemoryContext cxt;
+	List	   *names = NIL;	/* connection names, TopMemoryContext */
+	TimestampTz discovered_at = 0;
+	bool		was_busy = false;
 
 	pe_relay_db = DatumGetInt32(arg);
 	memcpy(&extra, MyBgworkerEntry->bgw_extra, sizeof(extra));
@@ -440,14 +465,23 @@ pe_relay_main(Datum arg)
 
 	BackgroundWorkerInitializeConnectionByOid(extra.dboid, InvalidOid, 0);
 	pe_pin_search_path();
+
+	/*
+	 * Every query of the relay reads a few thousand rows of one connection
+	 * in id order from the outbox's primary key; a table whose statistics
+	 * lag its bursts (a million rows since the last ANALYZE) must not turn
+	 * that into a bitmap scan and a sort of everything that waits.
+	 */
+	SetConfigOption("enable_bitmapscan", "off", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("enable_seqscan", "off", PGC_SUSET, PGC_S_OVERRIDE);
 	pgstat_report_appname("pipeline_ext outbox relay");
 	cxt = AllocSetContextCreate(TopMemoryContext, "pipeline_ext relay round", ALLOCSET_DEFAULT_SIZES);
 
 	for (;;)
 	{
-		List	   *names;
 		ListCell   *lc;
 		bool		busy = false;
+		bool		partial = false;
 		long		nap = PE_RELAY_NAP_MS;
 
 		CHECK_FOR_INTERRUPTS();
@@ -457,7 +491,19 @@ pe_relay_main(Datum arg)
 			ProcessConfigFile(PGC_SIGHUP);
 		}
 		ResetLatch(MyLatch);
-		names = pe_relay_connections();
+
+		/*
+		 * Which connections have messages: looked up when the last loop
+		 * found nothing to do, and once a second; in between (a backlog
+		 * being drained) the same ones again, since the look-up wades
+		 * through the index entries of rows just deleted.
+		 */
+		if (!was_busy || pe_ms_since(discovered_at) >= PE_RELAY_NAP_MS)
+		{
+			list_free_deep(names);
+			names = pe_relay_connections();
+			discovered_at = GetCurrentTimestamp();
+		}
 		foreach(lc, names)
 		{
 			PeRelayConn *c = pe_relay_conn(lfirst(lc));
@@ -472,12 +518,24 @@ pe_relay_main(Datum arg)
 			done = pe_relay_round(c, cxt);
 			if (done > 0)
 				busy = true;
+			if (done > 0 && done < pe_outbox_round_max)
+				partial = true;
 			else if (done < 0)
 				nap = Min(nap, c->backoff_ms);
 		}
-		list_free_deep(names);
+		was_busy = busy;
 		(void) pgstat_report_stat(false);
 
+		if (busy && partial && pe_outbox_linger_ms > 0)
+		{
+			/*
+			 * Caught up: let the next round gather what commits meanwhile
+			 * (commits set the latch, which this wait ignores), rather than
+			 * a Kafka transaction per application commit.
+			 */
+			(void) WaitLatch(MyLatch, WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, pe_outbox_linger_ms, PG_WAIT_EXTENSION);
+			continue;
+		}
 		if (busy)
 			continue;
 		/*

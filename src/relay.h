@@ -47,6 +47,7 @@ typedef struct PeOutMsg
 	rd_kafka_resp_err_t err;	/* its delivery report's */
 	bool		reported;
 	char	   *dead;			/* refused for good: the reason */
+	bool		buried;			/* moved to the dead letters */
 } PeOutMsg;
 
 /* A connection the relay publishes through, and its producer. */
@@ -66,6 +67,7 @@ typedef struct PeRelayConn
 
 /* relay.c */
 extern int	pe_outbox_round_max;
+extern int	pe_outbox_linger_ms;
 extern int	pe_relay_db;
 extern PGDLLEXPORT void pe_relay_main(Datum arg);
 extern void pe_relay_bury(PeRelayConn *c, PeOutMsg *msgs, int n);

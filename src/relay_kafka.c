@@ -409,6 +409,64 @@ pe_relay_headers(PeOutMsg *m)
 }
 
 /*
+ * Refusals known before sending: a topic the cluster does not have, or a
+ * partition past its count, from the metadata (asked once a round for
+ * each topic named with a partition, or unknown so far).  Caught here,
+ * they cost no aborted transaction.  A failed look-up checks nothing: the
+ * delivery reports still tell.
+ */
+static void
+pe_relay_check_partitions(PeRelayConn *c, PeOutMsg *msgs, int n, bool *refused)
+{
+	List	   *seen = NIL;		/* topics looked up this round, and their counts */
+	List	   *counts = NIL;
+
+	for (int i = 0; i < n; i++)
+	{
+		PeOutMsg   *m = &msgs[i];
+		int			count = -1;
+		ListCell   *lc;
+		bool		known = false;
+
+		if (m->dead)
+			continue;
+		foreach(lc, seen)
+			if (strcmp(lfirst(lc), m->topic) == 0)
+			{
+				count = list_nth_int(counts, foreach_current_index(lc));
+				known = true;
+			}
+		if (!known)
+		{
+			rd_kafka_topic_t *rkt = rd_kafka_topic_new(c->rk, m->topic, NULL);
+			const struct rd_kafka_metadata *md = NULL;
+
+			if (rkt && rd_kafka_metadata(c->rk, 0, rkt, &md, pe_produce_timeout_ms) == RD_KAFKA_RESP_ERR_NO_ERROR &&
+				md->topic_cnt == 1)
+			{
+				if (md->topics[0].err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
+					count = 0;
+				else if (md->topics[0].err == RD_KAFKA_RESP_ERR_NO_ERROR)
+					count = md->topics[0].partition_cnt;
+			}
+			if (md)
+				rd_kafka_metadata_destroy(md);
+			if (rkt)
+				rd_kafka_topic_destroy(rkt);
+			seen = lappend(seen, m->topic);
+			counts = lappend_int(counts, count);
+		}
+		if (count == 0)
+			m->dead = psprintf("topic \"%s\" does not exist", m->topic);
+		else if (count > 0 && m->partition != RD_KAFKA_PARTITION_UA && m->partition >= count)
+			m->dead = psprintf("partition %d does not exist in topic \"%s\" (%d partitions)",
+							   m->partition, m->topic, count);
+		if (m->dead)
+			*refused = true;
+	}
+}
+
+/*
  * Step 2: the round in one Kafka transaction, with its checkpoint.
  * Returns true when it committed; false after a failure (noted, rows
  * kept) or after refusals (buried: the caller sends the rest again).
@@ -424,6 +482,7 @@ pe_relay_send(PeRelayConn *c, int64 round, PeOutMsg *msgs, int n, bool first_try
 	*refused = false;
 	round_msgs = msgs;
 	round_n = n;
+	pe_relay_check_partitions(c, msgs, n, refused);
 	if ((error = rd_kafka_begin_transaction(c->rk)) != NULL)
 	{
 		c->fatal = true;		/* a new producer, from a clean state */
