@@ -61,13 +61,13 @@ typedef struct PeCapturePlan
 
 static List *pe_capture_plans = NIL;
 
-/* jsonb_build_object('k1', x."k1", ...) for the key columns */
+/* json_build_object('k1', x."k1", ...) for the key columns */
 static void
 pe_capture_key(StringInfo buf, List *keys, const char *x)
 {
 	ListCell   *lc;
 
-	appendStringInfoString(buf, "pg_catalog.jsonb_build_object(");
+	appendStringInfoString(buf, "pg_catalog.json_build_object(");
 	foreach(lc, keys)
 	{
 		const char *k = lfirst(lc);
@@ -84,8 +84,8 @@ pe_capture_envelope(const char *op, const char *before, const char *after, Oid r
 {
 	const char *ts = "(pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()) OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8";
 
-	return psprintf("pg_catalog.jsonb_build_object('before', %s, 'after', %s, "
-					"'source', pg_catalog.jsonb_build_object('connector', 'pipeline_ext', 'version', '0.5.0', "
+	return psprintf("pg_catalog.json_build_object('before', %s, 'after', %s, "
+					"'source', pg_catalog.json_build_object('connector', 'pipeline_ext', 'version', '0.5.0', "
 					"'name', $1, 'db', pg_catalog.current_database(), 'schema', %s, 'table', %s, "
 					"'txId', pg_catalog.pg_current_xact_id()::pg_catalog.text::pg_catalog.int8, "
 					"'lsn', pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_insert_lsn(), '0/0')::pg_catalog.int8, "
@@ -120,8 +120,8 @@ pe_capture_sql(int event, Oid relid, List *keys, bool debezium, bool tombstones)
 	if (event == 0)
 	{
 		appendStringInfo(&buf, "%s SELECT %s AS k, %s AS v FROM pe_new pe_n) s", head, kn.data,
-						 debezium ? pe_capture_envelope("'c'", "NULL::pg_catalog.jsonb", "pg_catalog.to_jsonb(pe_n.*)", relid)
-						 : "pg_catalog.to_jsonb(pe_n.*)");
+						 debezium ? pe_capture_envelope("'c'", "NULL::pg_catalog.json", "pg_catalog.row_to_json(pe_n.*)", relid)
+						 : "pg_catalog.row_to_json(pe_n.*)");
 		return buf.data;
 	}
 	if (event == 2)
@@ -131,9 +131,9 @@ pe_capture_sql(int event, Oid relid, List *keys, bool debezium, bool tombstones)
 		appendStringInfoString(&buf, head);
 		if (debezium)
 			appendStringInfo(&buf, "SELECT %s AS k, %s AS v, 1 AS seq FROM pe_old pe_o", ko.data,
-							 pe_capture_envelope("'d'", "pg_catalog.to_jsonb(pe_o.*)", "NULL::pg_catalog.jsonb", relid));
+							 pe_capture_envelope("'d'", "pg_catalog.row_to_json(pe_o.*)", "NULL::pg_catalog.json", relid));
 		if (tombstones)
-			appendStringInfo(&buf, "%s SELECT %s AS k, NULL::pg_catalog.jsonb AS v, 2 AS seq FROM pe_old pe_o",
+			appendStringInfo(&buf, "%s SELECT %s AS k, NULL::pg_catalog.json AS v, 2 AS seq FROM pe_old pe_o",
 							 debezium ? " UNION ALL" : "", ko.data);
 		appendStringInfoString(&buf, ") s ORDER BY seq");
 		return buf.data;
@@ -145,16 +145,16 @@ pe_capture_sql(int event, Oid relid, List *keys, bool debezium, bool tombstones)
 	 * Deletes go first, so that a key's last message is its state.
 	 */
 	resetStringInfo(&buf);
-	appendStringInfo(&buf, "WITH pe_olds AS (SELECT %s AS k, pg_catalog.to_jsonb(pe_o.*) AS r FROM pe_old pe_o), "
-					 "pe_news AS (SELECT %s AS k, pg_catalog.to_jsonb(pe_n.*) AS r FROM pe_new pe_n), "
+	appendStringInfo(&buf, "WITH pe_olds AS (SELECT %s AS k, pg_catalog.row_to_json(pe_o.*) AS r FROM pe_old pe_o), "
+					 "pe_news AS (SELECT %s AS k, pg_catalog.row_to_json(pe_n.*) AS r FROM pe_new pe_n), "
 					 "ch AS (SELECT COALESCE(b.k, a.k) AS k, a.r AS before, b.r AS after "
-					 "FROM pe_olds a FULL JOIN pe_news b ON a.k OPERATOR(pg_catalog.=) b.k) %s",
+					 "FROM pe_olds a FULL JOIN pe_news b ON a.k::pg_catalog.text OPERATOR(pg_catalog.=) b.k::pg_catalog.text) %s",
 					 ko.data, kn.data, head);
 	if (debezium)
 		appendStringInfo(&buf, "SELECT k, %s AS v, 1 AS seq FROM ch WHERE after IS NULL UNION ALL ",
-						 pe_capture_envelope("'d'", "before", "NULL::pg_catalog.jsonb", relid));
+						 pe_capture_envelope("'d'", "before", "NULL::pg_catalog.json", relid));
 	if (tombstones)
-		appendStringInfoString(&buf, "SELECT k, NULL::pg_catalog.jsonb AS v, 2 AS seq FROM ch WHERE after IS NULL UNION ALL ");
+		appendStringInfoString(&buf, "SELECT k, NULL::pg_catalog.json AS v, 2 AS seq FROM ch WHERE after IS NULL UNION ALL ");
 	appendStringInfo(&buf, "SELECT k, %s AS v, 3 AS seq FROM ch WHERE after IS NOT NULL) s ORDER BY seq",
 					 debezium ? pe_capture_envelope("CASE WHEN before IS NULL THEN 'c' ELSE 'u' END", "before", "after", relid)
 					 : "after");
@@ -475,7 +475,7 @@ pe_capture_plan(int64 id, int event, Relation rel)
 
 	sql = pe_capture_sql(event, RelationGetRelid(rel), keys, debezium, tombstones);
 	old = MemoryContextSwitchTo(TopMemoryContext);
-	p->desc = CreateTupleDescCopy(RelationGetDescr(rel));
+	p->desc = CreateTupleDescCopyConstr(RelationGetDescr(rel));	/* as equalTupleDescs compares */
 	p->sql = sql ? pstrdup(sql) : NULL;
 	MemoryContextSwitchTo(old);
 	return p;
@@ -518,7 +518,8 @@ pe_capture_trigger(PG_FUNCTION_ARGS)
 	if (p->plan == NULL)
 	{
 		Oid			types[3] = {TEXTOID, TEXTOID, OIDOID};
-		SPIPlanPtr	plan = SPI_prepare(p->sql, 3, types);
+		/* one generic plan: the parameters do not change what is best */
+		SPIPlanPtr	plan = SPI_prepare_cursor(p->sql, 3, types, CURSOR_OPT_GENERIC_PLAN);
 
 		if (plan == NULL)
 			elog(ERROR, "could not prepare the change capture statement: %s", SPI_result_code_string(SPI_result));

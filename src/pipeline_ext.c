@@ -202,7 +202,7 @@ _PG_init(void)
 							"what committed in this time, rather than one commit's messages; it adds at "
 							"most this much to their latency.",
 							&pe_outbox_linger_ms,
-							10, 0, 1000,
+							50, 0, 1000,
 							PGC_SIGHUP,
 							GUC_UNIT_MS,
 							NULL, NULL, NULL);

@@ -78,7 +78,7 @@
 #define PE_RELAY_NAP_MS 1000
 
 int			pe_outbox_round_max = 10000;
-int			pe_outbox_linger_ms = 10;
+int			pe_outbox_linger_ms = 50;
 int			pe_relay_db = -1;		/* its entry in pe_shared->dbs */
 static List *relay_conns = NIL;	/* PeRelayConn, TopMemoryContext */
 

@@ -128,7 +128,7 @@ DELETE FROM cap_key;
 wait_for(q{SELECT count(*) FROM pipeline.outbox}, '0', 'published');
 {
 	my $m = read_topic('cdk');
-	is(scalar(@$m) . ' ' . $m->[0][2], '1 {"code": "A"}', 'chosen key columns; no tombstone when asked for none');
+	is(scalar(@$m) . ' ' . $m->[0][2], '1 {"code" : "A"}', 'chosen key columns; no tombstone when asked for none');
 }
 
 # --- errors and privileges ---------------------------------------------------
