@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Outbox benchmark (not a test), on a scratch instance and the test broker:
+#   1. Throughput through the outbox: N messages (the reference data's
+#      JSON events, ~110 bytes, keyed) sent with pipeline.send() in one
+#      transaction, timed from its COMMIT to the relay's last
+#      acknowledged round (outbox_relay.published = N).  Baseline in the
+#      same run: kcat producing the same N messages to the same broker
+#      (no transaction), so the ratio says what the outbox costs.
+#   2. What change capture adds to an application's INSERT: pgbench, 4
+#      clients, single-row INSERTs into a table with a primary key, for
+#      DURATION seconds, without and with capture_changes() on the table
+#      (the relay publishing meanwhile, on the same two cores), ROUNDS
+#      times each, interleaved; the medians are compared (single runs on
+#      this VM vary by a third).
+#
+#   sudo bash bench/outbox.sh                   N = 500,000, 3 x 10 s per kind
+#   N=200000 DURATION=20 sudo -E bash bench/outbox.sh
+set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/../test/setup.sh"
+
+N=${N:-500000}
+DURATION=${DURATION:-10}
+ROUNDS=${ROUNDS:-3}          # pgbench runs of each kind, interleaved; the median is printed
+PARTS=${PARTS:-24}           # the test broker keeps about 5 MB per partition
+REF=${REF:-$PE_ROOT/../shared/bench}
+
+pe_setup
+BENCH=${PE_BENCH_DIR:-/tmp/pipeline_ext-bench-outbox}
+pe_workdir "$BENCH"
+PORT=${PE_BENCH_PORT:-55436}
+PE_EXTRA_CONF="shared_buffers = 512MB
+max_wal_size = 4GB
+max_worker_processes = 16
+unix_socket_directories = '$BENCH'"
+pe_scratch "$BENCH" "$PORT" --brokers 1 --topic ob:$PARTS --topic ob_kcat:$PARTS --topic cdc:$PARTS
+psql_b() { pe_as_user psql -X -q -v ON_ERROR_STOP=1 -h "$BENCH" -p "$PORT" -U postgres -d postgres "$@"; }
+now() { date +%s.%N; }
+
+echo "== generating $N events (gen_events.py)"
+cp "$REF/gen_events.py" "$BENCH/"
+pe_as_user /usr/bin/python3 "$BENCH/gen_events.py" "$N" 10000 "$BENCH/events.txt"
+psql_b <<SQL
+CREATE EXTENSION pipeline_ext;
+SELECT pipeline.create_connection('bench', '$BOOTSTRAP');
+CREATE UNLOGGED TABLE events (k text, v text);
+\copy events FROM '$BENCH/events.txt'
+SQL
+
+echo "== baseline: kcat produces the $N messages"
+t0=$(now)
+kcat -P -b "$BOOTSTRAP" -t ob_kcat -K$'\t' -l "$BENCH/events.txt"
+kcat_s=$(echo "$(now) - $t0" | bc)
+
+echo "== the outbox: $N messages sent in one transaction, from its COMMIT to all published"
+# the relay starts with the first use of the outbox; one message first, so
+# that its start-up is not timed
+psql_b -c "SELECT pipeline.send('bench', 'ob', 'warm-up', 'w')"
+psql_b -At -c "SELECT 1" >/dev/null
+until [ "$(psql_b -At -c "SELECT coalesce((SELECT published FROM pipeline.outbox_relay WHERE connection = 'bench'), 0)")" -ge 1 ]; do sleep 0.1; done
+t_insert=$(now)
+psql_b -c "SELECT count(pipeline.send('bench', 'ob', v, k)) FROM events" >/dev/null
+t_commit=$(now)
+out=$(psql_b -At -F' ' <<'SQL'
+DO $$
+BEGIN
+  WHILE (SELECT published FROM pipeline.outbox_relay WHERE connection = 'bench') < (SELECT count(*) + 1 FROM events) LOOP
+    PERFORM pg_catalog.pg_sleep(0.01);
+  END LOOP;
+END $$;
+SELECT extract(epoch FROM clock_timestamp()), latency_p50_ms, latency_p99_ms FROM pipeline.outbox_status WHERE connection = 'bench';
+SQL
+)
+read -r t_done p50 p99 <<<"$out"
+outbox_s=$(echo "$t_done - $t_commit" | bc)
+send_s=$(echo "$t_commit - $t_insert" | bc)
+held=$(/usr/bin/python3 - "$BOOTSTRAP" ob "$PARTS" <<'PY'
+import sys
+from confluent_kafka import Consumer, TopicPartition
+c = Consumer({"bootstrap.servers": sys.argv[1], "group.id": "bench-check"})
+print(sum(h - l for l, h in (c.get_watermark_offsets(TopicPartition(sys.argv[2], p), timeout=30)
+                             for p in range(int(sys.argv[3])))))
+PY
+)
+
+echo "== change capture: pgbench INSERTs, ${DURATION} s each, without and with capture_changes(), $ROUNDS rounds interleaved"
+psql_b -c "CREATE TABLE app (id bigserial PRIMARY KEY, device text NOT NULL, temp float8, note text)"
+cat >"$BENCH/insert.sql" <<'SQL'
+INSERT INTO app (device, temp, note) VALUES ('dev-' || (random() * 10000)::int, random() * 40, 'reading');
+SQL
+chown "$(pe_run_user)" "$BENCH/insert.sql" 2>/dev/null || true
+tps() { (cd "$BENCH" && pe_as_user pgbench -n -c 4 -j 2 -T "$DURATION" -f insert.sql -h "$BENCH" -p "$PORT" -U postgres postgres) |
+	awk '/^tps =/ {print $3}'; }
+: >"$BENCH/tps"
+for r in $(seq "$ROUNDS"); do
+	psql_b -c "CHECKPOINT"
+	echo "plain $(tps)" | tee -a "$BENCH/tps"
+	psql_b -c "SELECT pipeline.capture_changes('app', 'bench', 'cdc')" -c "CHECKPOINT" >/dev/null
+	echo "capture $(tps)" | tee -a "$BENCH/tps"
+	psql_b -c "SELECT pipeline.uncapture('app')" >/dev/null
+	until [ "$(psql_b -At -c "SELECT count(*) FROM pipeline.outbox")" -eq 0 ]; do sleep 0.2; done
+done
+med() { awk -v c="$1" '$1 == c {print $2}' "$BENCH/tps" | sort -g |
+	awk '{v[NR] = $1} END {if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+tps_plain=$(med plain)
+tps_cap=$(med capture)
+
+echo
+echo "== results (test broker, $PARTS partitions)"
+printf '%-58s %12s\n' "kcat producing $N messages (baseline)" "$(echo "scale=0; $N / $kcat_s" | bc) msgs/s"
+printf '%-58s %12s\n' "the outbox, COMMIT to all acknowledged" "$(echo "scale=0; $N / $outbox_s" | bc) msgs/s"
+printf '%-58s %12s\n' "  (send() of the $N rows, before the COMMIT)" "$(echo "scale=0; $N / $send_s" | bc) msgs/s"
+printf '%-58s %12s\n' "  send-to-acknowledged latency p50 / p99" "$p50 / $p99 ms"
+printf '%-58s %12s\n' "pgbench INSERT, no capture (median)" "$tps_plain tps"
+printf '%-58s %12s\n' "pgbench INSERT, with capture_changes() (median)" "$tps_cap tps"
+echo "every pgbench run (kind tps):"; sed 's/^/   /' "$BENCH/tps"
+echo
+echo "outbox / kcat: $(echo "scale=2; $kcat_s / $outbox_s" | bc)x; outbox rate $(echo "scale=0; $N / $outbox_s" | bc) msgs/s (target >= 50,000)"
+echo "time an INSERT takes with capture / without: $(echo "scale=2; $tps_plain / $tps_cap" | bc)x (target <= 1.30)"
+echo "the topic holds $held messages (N + 1 warm-up: $((N + 1)))"
