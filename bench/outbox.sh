@@ -15,6 +15,7 @@
 #
 #   sudo bash bench/outbox.sh                   N = 500,000, 3 x 10 s per kind
 #   N=200000 DURATION=20 sudo -E bash bench/outbox.sh
+#   BENCH_CONF="pipeline_ext.outbox_round_max = 50000" sudo -E bash bench/outbox.sh
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/../test/setup.sh"
 
@@ -31,7 +32,8 @@ PORT=${PE_BENCH_PORT:-55436}
 PE_EXTRA_CONF="shared_buffers = 512MB
 max_wal_size = 4GB
 max_worker_processes = 16
-unix_socket_directories = '$BENCH'"
+unix_socket_directories = '$BENCH'
+${BENCH_CONF:-}"
 pe_scratch "$BENCH" "$PORT" --brokers 1 --topic ob:$PARTS --topic ob_kcat:$PARTS --topic cdc:$PARTS
 psql_b() { pe_as_user psql -X -q -v ON_ERROR_STOP=1 -h "$BENCH" -p "$PORT" -U postgres -d postgres "$@"; }
 now() { date +%s.%N; }

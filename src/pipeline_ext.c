@@ -206,11 +206,19 @@ _PG_init(void)
 							PGC_SIGHUP,
 							GUC_UNIT_MS,
 							NULL, NULL, NULL);
+	DefineCustomIntVariable("pipeline_ext.outbox_round_bytes",
+							"Most bytes of keys and values the outbox relay publishes in one Kafka transaction.",
+							"A message larger than this goes in a round of its own.",
+							&pe_outbox_round_kb,
+							65536, 1, 1024 * 1024,
+							PGC_SIGHUP,
+							GUC_UNIT_KB,
+							NULL, NULL, NULL);
 	DefineCustomIntVariable("pipeline_ext.outbox_round_max",
 							"Most outbox messages the relay publishes in one Kafka transaction.",
-							NULL,
+							"A round also stops at pipeline_ext.outbox_round_bytes.",
 							&pe_outbox_round_max,
-							10000, 1, 1000000,
+							50000, 1, 1000000,
 							PGC_SIGHUP,
 							0,
 							NULL, NULL, NULL);

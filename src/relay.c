@@ -77,7 +77,8 @@
 
 #define PE_RELAY_NAP_MS 1000
 
-int			pe_outbox_round_max = 10000;
+int			pe_outbox_round_max = 50000;
+int			pe_outbox_round_kb = 65536;
 int			pe_outbox_linger_ms = 50;
 int			pe_relay_db = -1;		/* its entry in pe_shared->dbs */
 static List *relay_conns = NIL;	/* PeRelayConn, TopMemoryContext */
@@ -137,11 +138,19 @@ pe_relay_choose(PeRelayConn *c, PeOutMsg **msgs, int *n, bool *was_pending)
 		 * dead rows of the epoch's earlier rounds).  Across epochs there is
 		 * no such bound.
 		 */
-		char	   *next = psprintf("%s WHERE connection = $1 "
+		char	   *next = psprintf("SELECT id, topic, \"partition\", key, value, headers, sent_at, got FROM ("
+									"SELECT w.*, pg_catalog.sum(w.len) OVER (ORDER BY w.id) AS run, "
+									"pg_catalog.count(*) OVER () AS got FROM ("
+									"SELECT o.*, pg_catalog.octet_length(COALESCE(o.key, '\\x'::pg_catalog.bytea)) "
+									"+ pg_catalog.octet_length(COALESCE(o.value, '\\x'::pg_catalog.bytea)) AS len "
+									"FROM pipeline.outbox o WHERE connection = $1 "
 									"AND id > COALESCE((SELECT epoch_after FROM pipeline.outbox_relay WHERE connection = $1), 0) "
 									"AND pg_catalog.pg_visible_in_snapshot(xid, "
 									"(SELECT epoch FROM pipeline.outbox_relay WHERE connection = $1)) "
-									"ORDER BY id LIMIT %d", cols, pe_outbox_round_max);
+									"ORDER BY id LIMIT %d) w) x "
+									/* the round's bytes bounded too: rows that start below the bound */
+									"WHERE x.run - x.len < %ld ORDER BY id",
+									pe_outbox_round_max, (long) pe_outbox_round_kb * 1024);
 
 		if (have_epoch)
 			pe_spi_exec(next, 1, t1, v1, NULL, SPI_OK_SELECT);
@@ -162,6 +171,8 @@ pe_relay_choose(PeRelayConn *c, PeOutMsg **msgs, int *n, bool *was_pending)
 		PeOutMsg   *m = palloc0(sizeof(PeOutMsg) * count);
 		Datum		ids;
 		Datum	   *idd = palloc(sizeof(Datum) * count);
+		int64		got = pending ? count :
+			DatumGetInt64(SPI_getbinval(tt->vals[0], tt->tupdesc, 8, &isnull));
 
 		for (int i = 0; i < count; i++)
 		{
@@ -193,8 +204,8 @@ pe_relay_choose(PeRelayConn *c, PeOutMsg **msgs, int *n, bool *was_pending)
 			ids = PointerGetDatum(construct_array(idd, count, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 			v3[0] = v1[0];
 			v3[1] = ids;
-			/* fewer than a round's worth: the epoch is drained */
-			v3[2] = BoolGetDatum(count < pe_outbox_round_max);
+			/* fewer than a round's worth, and all of them taken: the epoch is drained */
+			v3[2] = BoolGetDatum(got < pe_outbox_round_max && count == got);
 			pe_spi_exec("UPDATE pipeline.outbox_relay SET round = round + 1, "
 						"pending = (SELECT pg_catalog.range_agg(pg_catalog.int8range(i, i, '[]')) "
 						"FROM pg_catalog.unnest($2) i), "

@@ -67,6 +67,7 @@ typedef struct PeRelayConn
 
 /* relay.c */
 extern int	pe_outbox_round_max;
+extern int	pe_outbox_round_kb;
 extern int	pe_outbox_linger_ms;
 extern int	pe_relay_db;
 extern PGDLLEXPORT void pe_relay_main(Datum arg);

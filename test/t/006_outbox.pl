@@ -231,6 +231,21 @@ wait_drained('broker back: the messages go out');
 		'every message of the outage once');
 }
 
+# --- rounds bounded by bytes: many small rounds, the same messages --------
+$node->append_conf('postgresql.conf', "pipeline_ext.outbox_round_bytes = '1kB'");
+$node->reload;
+my $rounds_before = sql(q{SELECT round FROM pipeline.outbox_relay WHERE connection = 'local'});
+sql(q{SELECT pipeline.send('local', 'ob_down', 'b' || g || repeat('.', 100), 'bytes') FROM generate_series(1, 300) g});
+wait_drained('300 messages of about 110 bytes in rounds of 1 kB');
+{
+	my @got = map { $_->[3] =~ /^b(\d+)\./ ? $1 : () } @{ read_topic('ob_down') };
+	is(join(',', @got), join(',', 1 .. 300), 'each once, in order');
+	cmp_ok(sql(q{SELECT round FROM pipeline.outbox_relay WHERE connection = 'local'}) - $rounds_before, '>=', 30,
+		'... in rounds of about ten messages');
+}
+$node->append_conf('postgresql.conf', "pipeline_ext.outbox_round_bytes = '64MB'");
+$node->reload;
+
 # --- refused messages are dead letters; the others go on --------------------
 sql(q{SELECT pipeline.send('local', 'ob_small', 'before', 'a');
       SELECT pipeline.send('local', 'ob_small', repeat('x', 2000000), 'b');
