@@ -27,6 +27,9 @@ CREATE TABLE @extschema@.outbox (
     PRIMARY KEY (connection, id)
 );
 REVOKE ALL ON @extschema@.outbox FROM PUBLIC;
+-- pg_dump keeps what waits (and the dead letters and captures below)
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.outbox', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.outbox_id_seq', '');
 
 -- The relay's progress, one row per connection it publishes through.
 -- epoch: the snapshot whose committed rows are being published, in id
@@ -65,6 +68,7 @@ CREATE TABLE @extschema@.outbox_dead_letter (
     error text NOT NULL
 );
 REVOKE ALL ON @extschema@.outbox_dead_letter FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.outbox_dead_letter', '');
 
 -- A role sees the dead letters of what it sent (or of roles it belongs to).
 CREATE VIEW @extschema@.outbox_dead_letters WITH (security_barrier) AS
@@ -247,6 +251,8 @@ CREATE TABLE @extschema@.capture (
     created_at timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
 REVOKE ALL ON @extschema@.capture FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.capture', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.capture_id_seq', '');
 
 CREATE VIEW @extschema@.captures AS
 SELECT c.id, c.relid::regclass AS "table", c.owner::regrole AS owner, c.connection, c.topic,

@@ -80,36 +80,35 @@ pe_capture_key(StringInfo buf, List *keys, const char *x)
 
 /* A Debezium-style envelope; op, before and after are SQL expressions. */
 static char *
-pe_capture_envelope(const char *op, const char *before, const char *after, Oid relid)
+pe_capture_envelope(const char *op, const char *before, const char *after, Oid relid, const char *conn)
 {
 	const char *ts = "(pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()) OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8";
 
 	return psprintf("pg_catalog.json_build_object('before', %s, 'after', %s, "
 					"'source', pg_catalog.json_build_object('connector', 'pipeline_ext', 'version', '0.5.0', "
-					"'name', $1, 'db', pg_catalog.current_database(), 'schema', %s, 'table', %s, "
+					"'name', %s, 'db', pg_catalog.current_database(), 'schema', %s, 'table', %s, "
 					"'txId', pg_catalog.pg_current_xact_id()::pg_catalog.text::pg_catalog.int8, "
 					"'lsn', pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_insert_lsn(), '0/0')::pg_catalog.int8, "
 					"'ts_ms', %s), "
 					"'op', %s, 'ts_ms', %s)",
-					before, after,
+					before, after, quote_literal_cstr(conn),
 					quote_literal_cstr(get_namespace_name(get_rel_namespace(relid))),
 					quote_literal_cstr(get_rel_name(relid)), ts, op, ts);
 }
 
 /*
- * The statement that writes one event's changes into the outbox, over the
- * transition tables pe_old and pe_new; $1 connection, $2 topic, $3 the
- * role whose statement it is.  NULL when the event writes nothing.
+ * The query that makes one event's messages (key and value bytes, in
+ * order) from the transition tables pe_old and pe_new.  NULL when the
+ * event writes nothing.
  */
 static char *
-pe_capture_sql(int event, Oid relid, List *keys, bool debezium, bool tombstones)
+pe_capture_sql(int event, Oid relid, List *keys, bool debezium, bool tombstones, const char *conn)
 {
 	StringInfoData buf;
 	StringInfoData ko;
 	StringInfoData kn;
-	const char *head = "INSERT INTO pipeline.outbox (connection, topic, key, value, sent_by) "
-		"SELECT $1, $2, pg_catalog.convert_to(k::pg_catalog.text, 'UTF8'), "
-		"pg_catalog.convert_to(v::pg_catalog.text, 'UTF8'), $3 FROM (";
+	const char *head = "SELECT pg_catalog.convert_to(k::pg_catalog.text, 'UTF8'), "
+		"pg_catalog.convert_to(v::pg_catalog.text, 'UTF8') FROM (";
 
 	initStringInfo(&buf);
 	initStringInfo(&ko);
@@ -120,7 +119,7 @@ pe_capture_sql(int event, Oid relid, List *keys, bool debezium, bool tombstones)
 	if (event == 0)
 	{
 		appendStringInfo(&buf, "%s SELECT %s AS k, %s AS v FROM pe_new pe_n) s", head, kn.data,
-						 debezium ? pe_capture_envelope("'c'", "NULL::pg_catalog.json", "pg_catalog.row_to_json(pe_n.*)", relid)
+						 debezium ? pe_capture_envelope("'c'", "NULL::pg_catalog.json", "pg_catalog.row_to_json(pe_n.*)", relid, conn)
 						 : "pg_catalog.row_to_json(pe_n.*)");
 		return buf.data;
 	}
@@ -131,7 +130,7 @@ pe_capture_sql(int event, Oid relid, List *keys, bool debezium, bool tombstones)
 		appendStringInfoString(&buf, head);
 		if (debezium)
 			appendStringInfo(&buf, "SELECT %s AS k, %s AS v, 1 AS seq FROM pe_old pe_o", ko.data,
-							 pe_capture_envelope("'d'", "pg_catalog.row_to_json(pe_o.*)", "NULL::pg_catalog.json", relid));
+							 pe_capture_envelope("'d'", "pg_catalog.row_to_json(pe_o.*)", "NULL::pg_catalog.json", relid, conn));
 		if (tombstones)
 			appendStringInfo(&buf, "%s SELECT %s AS k, NULL::pg_catalog.json AS v, 2 AS seq FROM pe_old pe_o",
 							 debezium ? " UNION ALL" : "", ko.data);
@@ -152,11 +151,11 @@ pe_capture_sql(int event, Oid relid, List *keys, bool debezium, bool tombstones)
 					 ko.data, kn.data, head);
 	if (debezium)
 		appendStringInfo(&buf, "SELECT k, %s AS v, 1 AS seq FROM ch WHERE after IS NULL UNION ALL ",
-						 pe_capture_envelope("'d'", "before", "NULL::pg_catalog.json", relid));
+						 pe_capture_envelope("'d'", "before", "NULL::pg_catalog.json", relid, conn));
 	if (tombstones)
 		appendStringInfoString(&buf, "SELECT k, NULL::pg_catalog.json AS v, 2 AS seq FROM ch WHERE after IS NULL UNION ALL ");
 	appendStringInfo(&buf, "SELECT k, %s AS v, 3 AS seq FROM ch WHERE after IS NOT NULL) s ORDER BY seq",
-					 debezium ? pe_capture_envelope("CASE WHEN before IS NULL THEN 'c' ELSE 'u' END", "before", "after", relid)
+					 debezium ? pe_capture_envelope("CASE WHEN before IS NULL THEN 'c' ELSE 'u' END", "before", "after", relid, conn)
 					 : "after");
 	return buf.data;
 }
@@ -446,7 +445,7 @@ pe_capture_plan(int64 id, int event, Relation rel)
 	}
 
 	pe_catalog_begin(&acc);
-	if (SPI_execute_with_args("SELECT connection, topic, key_columns, format = 'debezium', tombstones "
+	if (SPI_execute_with_args("SELECT connection, topic, key_columns, format = 'debezium', tombstones, relid "
 							  "FROM pipeline.capture WHERE id = $1", 1, types, values, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read pipeline.capture");
 	if (SPI_processed != 1)
@@ -470,10 +469,16 @@ pe_capture_plan(int64 id, int event, Relation rel)
 			keys = lappend(keys, TextDatumGetCString(elems[i]));
 		debezium = DatumGetBool(SPI_getbinval(tup, desc, 4, &isnull));
 		tombstones = DatumGetBool(SPI_getbinval(tup, desc, 5, &isnull));
+		/* the trigger function takes a capture's id: only its own table's */
+		if (DatumGetObjectId(SPI_getbinval(tup, desc, 6, &isnull)) != RelationGetRelid(rel))
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("change capture " INT64_FORMAT " is not of table \"%s\"", id, RelationGetRelationName(rel)),
+					 errhint("pipeline._capture_trigger() runs only in the triggers pipeline.capture_changes() makes.")));
 	}
 	pe_catalog_end(&acc);
 
-	sql = pe_capture_sql(event, RelationGetRelid(rel), keys, debezium, tombstones);
+	sql = pe_capture_sql(event, RelationGetRelid(rel), keys, debezium, tombstones, p->connection);
 	old = MemoryContextSwitchTo(TopMemoryContext);
 	p->desc = CreateTupleDescCopyConstr(RelationGetDescr(rel));	/* as equalTupleDescs compares */
 	p->sql = sql ? pstrdup(sql) : NULL;
@@ -491,8 +496,12 @@ pe_capture_trigger(PG_FUNCTION_ARGS)
 	PeCapturePlan *p;
 	PeCatalogAccess acc;
 	Oid			sender = GetUserId();
-	Datum		values[3];
+	Datum		values[5];
+	Datum		keys = (Datum) 0;
+	Datum		vals = (Datum) 0;
 	uint64		written;
+	MemoryContext outer = CurrentMemoryContext;
+	static SPIPlanPtr insert_plan = NULL;
 
 	pe_require_preload();
 	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_AFTER(td->tg_event) ||
@@ -509,26 +518,72 @@ pe_capture_trigger(PG_FUNCTION_ARGS)
 	if (p->sql == NULL)
 		return PointerGetDatum(NULL);
 
-	values[0] = CStringGetTextDatum(p->connection);
-	values[1] = CStringGetTextDatum(p->topic);
-	values[2] = ObjectIdGetDatum(sender);
-	pe_catalog_begin(&acc);
+	/*
+	 * First the messages, as the role whose statement it is (a column's
+	 * type may cast to json with that role's function): then, as the
+	 * catalog's owner, only their insert into the outbox.
+	 */
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
 	if (SPI_register_trigger_data(td) != SPI_OK_TD_REGISTER)
 		elog(ERROR, "could not register the transition tables");
 	if (p->plan == NULL)
 	{
-		Oid			types[3] = {TEXTOID, TEXTOID, OIDOID};
-		/* one generic plan: the parameters do not change what is best */
-		SPIPlanPtr	plan = SPI_prepare_cursor(p->sql, 3, types, CURSOR_OPT_GENERIC_PLAN);
+		/* one generic plan, kept */
+		SPIPlanPtr	plan = SPI_prepare_cursor(p->sql, 0, NULL, CURSOR_OPT_GENERIC_PLAN);
 
 		if (plan == NULL)
-			elog(ERROR, "could not prepare the change capture statement: %s", SPI_result_code_string(SPI_result));
+			elog(ERROR, "could not prepare the change capture query: %s", SPI_result_code_string(SPI_result));
 		SPI_keepplan(plan);
 		p->plan = plan;
 	}
-	if (SPI_execute_plan(p->plan, values, NULL, false, 0) != SPI_OK_INSERT)
-		elog(ERROR, "could not write the changes into the outbox");
+	if (SPI_execute_plan(p->plan, NULL, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the statement's changes");
 	written = SPI_processed;
+	if (written > 0)
+	{
+		MemoryContext spi = MemoryContextSwitchTo(outer);
+		Datum	   *k = palloc(sizeof(Datum) * written);
+		Datum	   *v = palloc(sizeof(Datum) * written);
+		bool	   *kn = palloc(sizeof(bool) * written);
+		bool	   *vn = palloc(sizeof(bool) * written);
+		int			dims[1] = {(int) written};
+		int			lbs[1] = {1};
+
+		for (uint64 r = 0; r < written; r++)
+		{
+			k[r] = SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1, &kn[r]);
+			v[r] = SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 2, &vn[r]);
+		}
+		keys = PointerGetDatum(construct_md_array(k, kn, 1, dims, lbs, BYTEAOID, -1, false, TYPALIGN_INT));
+		vals = PointerGetDatum(construct_md_array(v, vn, 1, dims, lbs, BYTEAOID, -1, false, TYPALIGN_INT));
+		MemoryContextSwitchTo(spi);
+	}
+	SPI_finish();
+	if (written == 0)
+		return PointerGetDatum(NULL);
+
+	values[0] = CStringGetTextDatum(p->connection);
+	values[1] = CStringGetTextDatum(p->topic);
+	values[2] = ObjectIdGetDatum(sender);
+	values[3] = keys;
+	values[4] = vals;
+	pe_catalog_begin(&acc);
+	if (insert_plan == NULL)
+	{
+		Oid			types[5] = {TEXTOID, TEXTOID, OIDOID, BYTEAARRAYOID, BYTEAARRAYOID};
+		SPIPlanPtr	plan = SPI_prepare_cursor("INSERT INTO pipeline.outbox (connection, topic, key, value, sent_by) "
+											  "SELECT $1, $2, u.k, u.v, $3 FROM ROWS FROM (pg_catalog.unnest($4), "
+											  "pg_catalog.unnest($5)) WITH ORDINALITY AS u(k, v, n) ORDER BY u.n",
+											  5, types, CURSOR_OPT_GENERIC_PLAN);
+
+		if (plan == NULL)
+			elog(ERROR, "could not prepare the outbox insert: %s", SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+		insert_plan = plan;
+	}
+	if (SPI_execute_plan(insert_plan, values, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not write the changes into the outbox");
 	pe_catalog_end(&acc);
 	if (written > 0)
 		pe_outbox_note_sent();

@@ -121,7 +121,7 @@ pe_release_database(Oid dboid)
 		return;
 	for (;;)
 	{
-		pid_t		pids[PE_MAX_DBS + 1024];
+		pid_t		pids[2 * PE_MAX_DBS + 1024];
 		int			npids = 0;
 
 		LWLockAcquire(pe_shared->lock, LW_EXCLUSIVE);
@@ -131,6 +131,8 @@ pe_release_database(Oid dboid)
 				pe_shared->dbs[i].hold_until = GetCurrentTimestamp() + PE_RELEASE_HOLD_MS * 1000;
 				if (pe_shared->dbs[i].pid != 0)
 					pids[npids++] = pe_shared->dbs[i].pid;
+				if (pe_shared->dbs[i].relay.pid != 0)
+					pids[npids++] = pe_shared->dbs[i].relay.pid;
 			}
 		for (int i = 0; i < pe_shared->max_slots && npids < (int) lengthof(pids); i++)
 			if (pe_shared->slots[i].state != PE_SLOT_FREE && pe_shared->slots[i].dboid == dboid &&

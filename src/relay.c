@@ -50,6 +50,7 @@
 
 #include "access/xact.h"
 #include "access/xlog.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
@@ -82,6 +83,7 @@ int			pe_outbox_round_kb = 65536;
 int			pe_outbox_linger_ms = 50;
 int			pe_relay_db = -1;		/* its entry in pe_shared->dbs */
 static List *relay_conns = NIL;	/* PeRelayConn, TopMemoryContext */
+static Oid	pe_relay_catalog = InvalidOid;	/* pipeline.outbox_relay, in the transactional.id */
 
 static void
 pe_spi_exec(const char *sql, int nargs, Oid *types, Datum *values, const char *nulls, int expect)
@@ -224,6 +226,7 @@ pe_relay_choose(PeRelayConn *c, PeOutMsg **msgs, int *n, bool *was_pending)
 	}
 	SPI_finish();
 	pe_xact_commit();
+	MemoryContextSwitchTo(cxt);		/* the commit left TopMemoryContext current */
 	return *n > 0 ? round : 0;
 }
 
@@ -241,6 +244,7 @@ pe_relay_bury(PeRelayConn *c, PeOutMsg *msgs, int n)
 	Datum	   *ids = palloc(sizeof(Datum) * n);
 	Datum	   *why = palloc(sizeof(Datum) * n);
 	int			k = 0;
+	MemoryContext back;
 
 	for (int i = 0; i < n; i++)
 		if (msgs[i].dead && !msgs[i].buried)
@@ -252,6 +256,7 @@ pe_relay_bury(PeRelayConn *c, PeOutMsg *msgs, int n)
 		}
 	if (k == 0)
 		return;
+	back = CurrentMemoryContext;
 	values[0] = CStringGetTextDatum(c->name);
 	values[1] = PointerGetDatum(construct_array(ids, k, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 	values[2] = PointerGetDatum(construct_array(why, k, TEXTOID, -1, false, TYPALIGN_INT));
@@ -274,6 +279,7 @@ pe_relay_bury(PeRelayConn *c, PeOutMsg *msgs, int n)
 				2, types, values, NULL, SPI_OK_UPDATE);
 	SPI_finish();
 	pe_xact_commit();
+	MemoryContextSwitchTo(back);
 }
 
 /* Step 3: the round is in Kafka; its rows go. */
@@ -282,6 +288,8 @@ pe_relay_settle(PeRelayConn *c, int nsent)
 {
 	Oid			types[2] = {TEXTOID, INT8OID};
 	Datum		values[2];
+
+	MemoryContext back = CurrentMemoryContext;
 
 	values[0] = CStringGetTextDatum(c->name);
 	values[1] = Int64GetDatum(nsent);
@@ -297,6 +305,7 @@ pe_relay_settle(PeRelayConn *c, int nsent)
 				"WHERE connection = $1", 2, types, values, NULL, SPI_OK_UPDATE);
 	SPI_finish();
 	pe_xact_commit();
+	MemoryContextSwitchTo(back);
 }
 
 /*
@@ -411,8 +420,13 @@ pe_relay_conn(const char *name)
 	old = MemoryContextSwitchTo(TopMemoryContext);
 	c = palloc0(sizeof(PeRelayConn));
 	c->name = pstrdup(name);
-	c->txn_id = psprintf("pipeline_ext-outbox-" UINT64_FORMAT "-%u-%s",
-						 GetSystemIdentifier(), MyDatabaseId, name);
+	/*
+	 * Stable for this outbox, new for another: a dropped and created
+	 * extension starts its rounds at 0 again, and must not read an old
+	 * outbox's checkpoints as its own.
+	 */
+	c->txn_id = psprintf("pipeline_ext-outbox-" UINT64_FORMAT "-%u-%u-%s",
+						 GetSystemIdentifier(), MyDatabaseId, pe_relay_catalog, name);
 	relay_conns = lappend(relay_conns, c);
 	MemoryContextSwitchTo(old);
 	return c;
@@ -423,8 +437,11 @@ static List *
 pe_relay_connections(void)
 {
 	List	   *names = NIL;
+	MemoryContext back = CurrentMemoryContext;
 
 	pe_xact_begin();
+	if (!OidIsValid(pe_relay_catalog))
+		pe_relay_catalog = get_relname_relid("outbox_relay", get_namespace_oid(PE_SCHEMA, false));
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	/* the outbox's connections, one index probe each (a loose index scan) */
@@ -444,6 +461,7 @@ pe_relay_connections(void)
 	}
 	SPI_finish();
 	pe_xact_commit();
+	MemoryContextSwitchTo(back);
 	return names;
 }
 

@@ -170,17 +170,20 @@ pe_relay_producer(PeRelayConn *c)
 	char		errstr[512];
 	rd_kafka_error_t *error;
 	MemoryContext old;
+	MemoryContext back;
 
 	if (c->rk && !c->fatal)
 		return true;
 	pe_relay_drop_producer(c);
 
+	back = CurrentMemoryContext;
 	pe_xact_begin();
 	conn = pe_connection_lookup(c->name, true);
 	c->gone = (conn == NULL);
 	if (conn == NULL)
 	{
 		pe_xact_commit();
+		MemoryContextSwitchTo(back);
 		return false;			/* the caller dead-letters the rows */
 	}
 	forced = lappend(forced, pe_property("transactional.id", c->txn_id, "pipeline_ext"));
@@ -188,6 +191,7 @@ pe_relay_producer(PeRelayConn *c)
 	forced = lappend(forced, pe_property("acks", "all", "pipeline_ext"));
 	conf = pe_kafka_conf(conn, pe_producer_default_props(), forced);
 	old = MemoryContextSwitchTo(TopMemoryContext);
+	list_free_deep(c->secrets);
 	c->secrets = NIL;
 	{
 		ListCell   *lc;
@@ -197,6 +201,7 @@ pe_relay_producer(PeRelayConn *c)
 	}
 	MemoryContextSwitchTo(old);
 	pe_xact_commit();
+	MemoryContextSwitchTo(back);
 
 	if (rd_kafka_conf_set(conf, "log.queue", "true", errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK)
 		elog(ERROR, "could not set log.queue: %s", errstr);
@@ -245,6 +250,7 @@ pe_relay_committed_round(PeRelayConn *c)
 	rd_kafka_resp_err_t err;
 	rd_kafka_topic_partition_list_t *parts;
 	size_t		idlen = strlen(c->txn_id);
+	MemoryContext back = CurrentMemoryContext;
 
 	pe_xact_begin();
 	conn = pe_connection_lookup(c->name, false);
@@ -255,6 +261,7 @@ pe_relay_committed_round(PeRelayConn *c)
 	forced = lappend(forced, pe_property("group.id", psprintf("%s-checkpoint", c->txn_id), "pipeline_ext"));
 	conf = pe_kafka_conf(conn, list_make1(pe_property("client.id", "pipeline_ext", "pipeline_ext")), forced);
 	pe_xact_commit();
+	MemoryContextSwitchTo(back);
 	rd_kafka_conf_set_log_cb(conf, pe_quiet_log_cb);
 	rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr));
 	if (rk == NULL)

@@ -222,8 +222,11 @@ $broker->ctl('down all');
 sql(q{SELECT pipeline.send('local', 'ob_down', g::text, g::text) FROM generate_series(1, 2000) g});
 wait_for(q{SELECT failures > 0 AND last_error IS NOT NULL AND backlog > 0 FROM pipeline.outbox_status WHERE connection = 'local'},
 	't', 'broker down: the messages wait in the outbox and the status shows why');
+like(sql(q{SELECT status || ': ' || reason FROM pipeline.health WHERE consumer = 'outbox:local'}),
+	qr/^(warning|critical): .*relay failing: /, 'pipeline.health says the outbox relay is failing');
 $broker->ctl('up all');
 wait_drained('broker back: the messages go out');
+is(sql(q{SELECT lag_messages FROM pipeline.health WHERE consumer = 'outbox:local'}), '0', 'health: no backlog');
 {
 	my %n;
 	$n{ $_->[3] }++ for @{ read_topic('ob_down') };
@@ -260,6 +263,14 @@ like(sql(q{SELECT string_agg(error, ' | ' ORDER BY id) FROM pipeline.outbox_dead
 is(sql(q{SELECT dead_letters FROM pipeline.outbox_status WHERE connection = 'local'}), '2', 'the status counts them');
 is(sql(q{SET ROLE ob_other; SELECT count(*) FROM pipeline.outbox_dead_letters}), '0',
 	'another role does not see them');
+
+# --- DROP DATABASE where a relay runs --------------------------------------
+sql('CREATE DATABASE ob_drop');
+$node->safe_psql('ob_drop', qq{CREATE EXTENSION pipeline_ext; SELECT pipeline.create_connection('local', '$bs');
+                               SELECT pipeline.send('local', 'ob_rb', 'from ob_drop', 'k');});
+ok($node->poll_query_until('ob_drop', q{SELECT published FROM pipeline.outbox_relay}, '1'), 'a relay publishes in ob_drop');
+($rc, $out, $err) = $node->psql('postgres', 'DROP DATABASE ob_drop');
+is($rc . $err, '0', 'DROP DATABASE asks the relay to leave, and succeeds');
 
 $node->stop;
 done_testing();

@@ -152,6 +152,15 @@ like($err, qr/must be owner of table cap_src/, 'only the owner uncaptures');
 ($rc, $out, $err) = $node->psql('postgres', q{SET ROLE cap_other; INSERT INTO pipeline.outbox (connection, topic, sent_by) VALUES ('local', 'x', 0)});
 like($err, qr/permission denied for table outbox/, 'nobody writes into the outbox but the extension');
 
+# the trigger function names a capture: another table's is refused
+my $cid = sql(q{SELECT id FROM pipeline.capture WHERE relid = 'cap_src'::regclass});
+sql(qq{SET ROLE cap_other;
+       CREATE TRIGGER steal AFTER INSERT ON cap_theirs REFERENCING NEW TABLE AS pe_new
+       FOR EACH STATEMENT EXECUTE FUNCTION pipeline._capture_trigger('$cid');});
+($rc, $out, $err) = $node->psql('postgres', q{SET ROLE cap_other; INSERT INTO cap_theirs VALUES (1)});
+like($err, qr/change capture \d+ is not of table "cap_theirs"/,
+	'a trigger on another table cannot publish through someone else\'s capture');
+
 # --- uncapture ---------------------------------------------------------------
 sql(q{SELECT pipeline.uncapture('cap_src')});
 is(sql(q{SELECT count(*) FROM pg_trigger WHERE tgrelid = 'cap_src'::regclass}), '0', 'uncapture drops the triggers');
