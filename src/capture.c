@@ -224,6 +224,16 @@ pe_capture_key_columns(Relation rel, ArrayType *given)
 						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 						 errmsg("key column \"%s\" of table \"%s\" may be null", name, RelationGetRelationName(rel)),
 						 errhint("Make it NOT NULL: a key identifies its row in every message, tombstones too.")));
+			{
+				ListCell   *lc;
+
+				foreach(lc, keys)
+					if (strcmp(lfirst(lc), name) == 0)
+						ereport(ERROR,
+								(errcode(ERRCODE_DUPLICATE_COLUMN),
+								 errmsg("key column \"%s\" is named twice", name),
+								 errhint("Name each key column once.")));
+			}
 			keys = lappend(keys, name);
 		}
 	}

@@ -32,14 +32,21 @@ char	   *pe_outbox_crash_at = NULL;
 static PeOutMsg *round_msgs = NULL; /* for the delivery callback */
 static int	round_n = 0;
 
+static uint32 round_try = 0;	/* each try of a round, in its messages' opaque */
+
+/* A message's opaque: the try it was sent in, and its index in the round. */
+#define PE_DR_OPAQUE(try, i)	((void *) (((uintptr_t) (try) << 32) | (uint32) (i)))
+
 static void
 pe_relay_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 {
-	intptr_t	i = (intptr_t) m->_private;
+	uintptr_t	o = (uintptr_t) m->_private;
+	int64		i = (int64) (o & 0xFFFFFFFF);
 
 	(void) rk;
 	(void) opaque;
-	if (i >= 0 && i < round_n)
+	/* a report of an earlier, aborted try says nothing of this one */
+	if ((uint32) (o >> 32) == round_try && i < round_n)
 	{
 		round_msgs[i].err = m->err;
 		round_msgs[i].reported = true;
@@ -489,6 +496,7 @@ pe_relay_send(PeRelayConn *c, int64 round, PeOutMsg *msgs, int n, bool first_try
 	*refused = false;
 	round_msgs = msgs;
 	round_n = n;
+	round_try++;
 	pe_relay_check_partitions(c, msgs, n, refused);
 	if ((error = rd_kafka_begin_transaction(c->rk)) != NULL)
 	{
@@ -516,7 +524,7 @@ pe_relay_send(PeRelayConn *c, int64 round, PeOutMsg *msgs, int n, bool first_try
 									RD_KAFKA_V_KEY(m->key ? VARDATA_ANY(m->key) : NULL,
 												   m->key ? VARSIZE_ANY_EXHDR(m->key) : 0),
 									RD_KAFKA_V_HEADERS(hdrs),
-									RD_KAFKA_V_OPAQUE((void *) (intptr_t) i),
+									RD_KAFKA_V_OPAQUE(PE_DR_OPAQUE(round_try, i)),
 									RD_KAFKA_V_END);
 			if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL)
 				break;
@@ -593,7 +601,7 @@ pe_relay_send(PeRelayConn *c, int64 round, PeOutMsg *msgs, int n, bool first_try
 							RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
 							RD_KAFKA_V_VALUE(rv, strlen(rv)),
 							RD_KAFKA_V_KEY(c->txn_id, strlen(c->txn_id)),
-							RD_KAFKA_V_OPAQUE((void *) (intptr_t) -1),
+							RD_KAFKA_V_OPAQUE(PE_DR_OPAQUE(round_try, 0xFFFFFFFF)),
 							RD_KAFKA_V_END);
 	if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
 	{
