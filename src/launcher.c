@@ -43,6 +43,36 @@
 #define PE_RELEASE_HOLD_MS 10000
 #define PE_RELEASE_WAIT_MS 5000
 
+/*
+ * Start a dynamic worker of ours (a manager, a slot, a relay) that
+ * connects to dboid: the function, its name and type as
+ * pg_stat_activity shows them, bgw_main_arg, and the incarnation it is
+ * told in bgw_extra.  Never restarted by the postmaster (its starter
+ * does, with backoff); its starter is notified when it stops.
+ */
+bool
+pe_start_worker(const char *function, const char *name, const char *type, int arg,
+				Oid dboid, uint32 incarnation, BackgroundWorkerHandle **handle)
+{
+	BackgroundWorker w;
+	PeWorkerExtra extra;
+
+	memset(&w, 0, sizeof(w));
+	w.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	w.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	w.bgw_restart_time = BGW_NEVER_RESTART;
+	snprintf(w.bgw_library_name, BGW_MAXLEN, "pipeline_ext");
+	snprintf(w.bgw_function_name, BGW_MAXLEN, "%s", function);
+	snprintf(w.bgw_name, BGW_MAXLEN, "%s", name);
+	snprintf(w.bgw_type, BGW_MAXLEN, "%s", type);
+	w.bgw_main_arg = Int32GetDatum(arg);
+	w.bgw_notify_pid = MyProcPid;
+	extra.dboid = dboid;
+	extra.incarnation = incarnation;
+	memcpy(w.bgw_extra, &extra, sizeof(extra));
+	return RegisterDynamicBackgroundWorker(&w, handle);
+}
+
 void
 pe_register_launcher(void)
 {
@@ -280,23 +310,8 @@ pe_launcher_main(Datum arg)
 		for (int k = 0; k < nstart; k++)
 		{
 			int			i = start[k];
-			BackgroundWorker w;
-			PeWorkerExtra extra;
-
-			memset(&w, 0, sizeof(w));
-			w.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-			w.bgw_start_time = BgWorkerStart_RecoveryFinished;
-			w.bgw_restart_time = BGW_NEVER_RESTART;
-			snprintf(w.bgw_library_name, BGW_MAXLEN, "pipeline_ext");
-			snprintf(w.bgw_function_name, BGW_MAXLEN, "pe_manager_main");
-			snprintf(w.bgw_name, BGW_MAXLEN, "pipeline_ext manager");
-			snprintf(w.bgw_type, BGW_MAXLEN, "pipeline_ext manager");
-			w.bgw_main_arg = Int32GetDatum(i);
-			w.bgw_notify_pid = MyProcPid;
-			extra.dboid = pe_shared->dbs[i].dboid;
-			extra.incarnation = 0;
-			memcpy(w.bgw_extra, &extra, sizeof(extra));
-			if (!RegisterDynamicBackgroundWorker(&w, &handles[i]))
+			if (!pe_start_worker("pe_manager_main", "pipeline_ext manager", "pipeline_ext manager",
+								 i, pe_shared->dbs[i].dboid, 0, &handles[i]))
 			{
 				ereport(LOG,
 						(errmsg("pipeline_ext: no free background worker slot for a manager; will retry"),

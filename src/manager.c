@@ -77,8 +77,9 @@ static void
 pe_start_slot(PeSlot *s)
 {
 	int			idx = s - pe_shared->slots;
-	BackgroundWorker w;
-	PeWorkerExtra extra;
+	char		name[BGW_MAXLEN];
+	Oid			dboid;
+	uint32		incarnation;
 	BackgroundWorkerHandle *h;
 	bool		ok;
 
@@ -90,22 +91,13 @@ pe_start_slot(PeSlot *s)
 	s->terminated = false;
 	s->started_at = GetCurrentTimestamp();
 
-	memset(&w, 0, sizeof(w));
-	w.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	w.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	w.bgw_restart_time = BGW_NEVER_RESTART;
-	snprintf(w.bgw_library_name, BGW_MAXLEN, "pipeline_ext");
-	snprintf(w.bgw_function_name, BGW_MAXLEN, "pe_slot_main");
-	snprintf(w.bgw_name, BGW_MAXLEN, "pipeline_ext consumer %s/%d", s->consumer, s->slot);
-	snprintf(w.bgw_type, BGW_MAXLEN, "pipeline_ext consumer");
-	w.bgw_main_arg = Int32GetDatum(idx);
-	w.bgw_notify_pid = MyProcPid;
-	extra.dboid = s->dboid;
-	extra.incarnation = s->incarnation;
-	memcpy(w.bgw_extra, &extra, sizeof(extra));
+	/* what the worker is told, read while the lock is held */
+	snprintf(name, sizeof(name), "pipeline_ext consumer %s/%d", s->consumer, s->slot);
+	dboid = s->dboid;
+	incarnation = s->incarnation;
 
 	LWLockRelease(pe_shared->lock);
-	ok = RegisterDynamicBackgroundWorker(&w, &h);
+	ok = pe_start_worker("pe_slot_main", name, "pipeline_ext consumer", idx, dboid, incarnation, &h);
 	LWLockAcquire(pe_shared->lock, LW_EXCLUSIVE);
 	if (slot_handles[idx])
 		pfree(slot_handles[idx]);
@@ -129,8 +121,6 @@ pe_start_relay(int idx)
 {
 	static BackgroundWorkerHandle *relay_handle = NULL;
 	PeRelay    *r = &pe_shared->dbs[idx].relay;
-	BackgroundWorker w;
-	PeWorkerExtra extra;
 	pid_t		pid;
 	bool		start;
 
@@ -142,23 +132,11 @@ pe_start_relay(int idx)
 	if (!start)
 		return;
 
-	memset(&w, 0, sizeof(w));
-	w.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	w.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	w.bgw_restart_time = BGW_NEVER_RESTART;
-	snprintf(w.bgw_library_name, BGW_MAXLEN, "pipeline_ext");
-	snprintf(w.bgw_function_name, BGW_MAXLEN, "pe_relay_main");
-	snprintf(w.bgw_name, BGW_MAXLEN, "pipeline_ext outbox relay");
-	snprintf(w.bgw_type, BGW_MAXLEN, "pipeline_ext outbox relay");
-	w.bgw_main_arg = Int32GetDatum(idx);
-	w.bgw_notify_pid = MyProcPid;
-	extra.dboid = MyDatabaseId;
-	extra.incarnation = 0;
-	memcpy(w.bgw_extra, &extra, sizeof(extra));
 	if (relay_handle)
 		pfree(relay_handle);
 	relay_handle = NULL;
-	if (!RegisterDynamicBackgroundWorker(&w, &relay_handle))
+	if (!pe_start_worker("pe_relay_main", "pipeline_ext outbox relay", "pipeline_ext outbox relay",
+						 idx, MyDatabaseId, 0, &relay_handle))
 	{
 		relay_handle = NULL;
 		ereport(LOG,

@@ -66,6 +66,9 @@ pe_ms_since(TimestampTz t)
 }
 
 /* launcher.c */
+struct BackgroundWorkerHandle;
+extern bool pe_start_worker(const char *function, const char *name, const char *type, int arg,
+							Oid dboid, uint32 incarnation, struct BackgroundWorkerHandle **handle);
 extern void pe_register_launcher(void);
 extern void pe_wake_manager(Oid dboid);
 extern void pe_release_database(Oid dboid);

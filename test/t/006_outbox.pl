@@ -13,7 +13,6 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(usleep);
-use IPC::Run qw(run timeout);
 use PipelineExt::Broker;
 
 my $broker = PipelineExt::Broker->start(
@@ -56,15 +55,7 @@ sub wait_drained
 		't', $what);
 }
 
-# the topic as another client reads it: [partition, offset, key, value, outbox id]
-sub read_topic
-{
-	my ($topic) = @_;
-	my ($out, $err);
-	run([ '/usr/bin/python3', "$ENV{TESTDIR}/test/tools/read_topic.py", $bs, $topic ],
-		'>', \$out, '2>', \$err, timeout(120)) or die "read_topic.py $topic: $err";
-	return [ map { [ split /\t/ ] } split /\n/, $out ];
-}
+sub read_topic { return $broker->read_topic($_[0]); }
 
 # --- nothing leaves before COMMIT, nothing after ROLLBACK --------------------
 sql(q{BEGIN; SELECT pipeline.send('local', 'ob_rb', 'rolled back', 'k'); ROLLBACK;});

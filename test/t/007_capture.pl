@@ -9,7 +9,6 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use IPC::Run qw(run timeout);
 use JSON::PP;
 use PipelineExt::Broker;
 
@@ -39,14 +38,7 @@ sub wait_for
 	return $ok;
 }
 
-sub read_topic
-{
-	my ($topic) = @_;
-	my ($out, $err);
-	run([ '/usr/bin/python3', "$ENV{TESTDIR}/test/tools/read_topic.py", $bs, $topic ],
-		'>', \$out, '2>', \$err, timeout(120)) or die "read_topic.py $topic: $err";
-	return [ map { [ split /\t/ ] } split /\n/, $out ];
-}
+sub read_topic { return $broker->read_topic($_[0]); }
 
 # --- a table followed by a consumer, under concurrent changes ---------------
 sql(q{

@@ -92,6 +92,18 @@ sub wait_group_committed
 	return $got;
 }
 
+# The whole of a topic as another client reads it (test/tools/read_topic.py:
+# python3-confluent-kafka, read_committed): [partition, offset, key, value,
+# outbox id header], in each partition's order.
+sub read_topic
+{
+	my ($self, $topic) = @_;
+	my ($out, $err);
+	IPC::Run::run([ '/usr/bin/python3', ($ENV{TESTDIR} // '.') . '/test/tools/read_topic.py', $self->{bootstrap}, $topic ],
+		'>', \$out, '2>', \$err, IPC::Run::timeout(120)) or die "read_topic.py $topic: $err";
+	return [ map { [ split /\t/ ] } split /\n/, $out ];
+}
+
 sub stop
 {
 	my ($self) = @_;
