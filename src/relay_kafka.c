@@ -238,33 +238,25 @@ pe_relay_producer(PeRelayConn *c)
 /* ----------------------------------------------------------- checkpoint */
 
 /*
- * The last round this relay committed through the connection, from the
- * checkpoint topic (read_committed: an aborted round's checkpoint is not
- * seen).  -1 if none; -2 if it could not be read.
+ * A consumer of the checkpoint topic at this isolation level; NULL (the
+ * error noted) when it cannot be made.  assign() needs a group: this one
+ * never joins nor commits.
  */
-int64
-pe_relay_committed_round(PeRelayConn *c)
+static rd_kafka_t *
+pe_relay_checkpoint_reader(PeRelayConn *c, const char *isolation)
 {
 	PeConnection *conn;
 	rd_kafka_conf_t *conf;
 	List	   *forced = NIL;
 	rd_kafka_t *rk;
 	char		errstr[512];
-	int64		low,
-				high,
-				found = -1;
-	int64		window = 1000;
-	rd_kafka_resp_err_t err;
-	rd_kafka_topic_partition_list_t *parts;
-	size_t		idlen = strlen(c->txn_id);
 	MemoryContext back = CurrentMemoryContext;
 
 	pe_xact_begin();
 	conn = pe_connection_lookup(c->name, false);
-	forced = lappend(forced, pe_property("isolation.level", "read_committed", "pipeline_ext"));
+	forced = lappend(forced, pe_property("isolation.level", isolation, "pipeline_ext"));
 	forced = lappend(forced, pe_property("enable.auto.commit", "false", "pipeline_ext"));
 	forced = lappend(forced, pe_property("enable.partition.eof", "true", "pipeline_ext"));
-	/* assign() needs a group; this one never joins nor commits */
 	forced = lappend(forced, pe_property("group.id", psprintf("%s-checkpoint", c->txn_id), "pipeline_ext"));
 	conf = pe_kafka_conf(conn, list_make1(pe_property("client.id", "pipeline_ext", "pipeline_ext")), forced);
 	pe_xact_commit();
@@ -272,12 +264,66 @@ pe_relay_committed_round(PeRelayConn *c)
 	rd_kafka_conf_set_log_cb(conf, pe_quiet_log_cb);
 	rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr));
 	if (rk == NULL)
-	{
 		pe_relay_note_error(c, "could not create a consumer for the checkpoint topic: %s", errstr);
+	return rk;
+}
+
+/*
+ * The last round this relay committed through the connection, from the
+ * checkpoint topic (read_committed: an aborted round's checkpoint is not
+ * seen).  -1 if none; -2 if it could not be read.
+ */
+int64
+pe_relay_committed_round(PeRelayConn *c)
+{
+	rd_kafka_t *rk;
+	rd_kafka_t *plain;
+	int64		low,
+				high,
+				stable,
+				found = -1;
+	int64		window = 1000;
+	rd_kafka_resp_err_t err;
+	rd_kafka_topic_partition_list_t *parts;
+	size_t		idlen = strlen(c->txn_id);
+	TimestampTz wait_until;
+
+	if ((rk = pe_relay_checkpoint_reader(c, "read_committed")) == NULL)
+		return -2;
+	if ((plain = pe_relay_checkpoint_reader(c, "read_uncommitted")) == NULL)
+	{
+		rd_kafka_destroy(rk);
 		return -2;
 	}
-	err = rd_kafka_query_watermark_offsets(rk, pe_outbox_checkpoint_topic, 0, &low, &high,
+
+	/*
+	 * Every checkpoint this relay committed lies below the log's end as it
+	 * is now.  A read_committed reader stops at the last stable offset,
+	 * which an open transaction of another database's relay (sharing the
+	 * topic) holds back: wait until it has passed the end, or a checkpoint
+	 * behind it would be missed and a committed round sent again.
+	 */
+	err = rd_kafka_query_watermark_offsets(plain, pe_outbox_checkpoint_topic, 0, &low, &high,
 										   pe_produce_timeout_ms);
+	rd_kafka_destroy(plain);
+	wait_until = GetCurrentTimestamp() + (int64) pe_produce_timeout_ms * 1000;
+	while (err == RD_KAFKA_RESP_ERR_NO_ERROR)
+	{
+		err = rd_kafka_query_watermark_offsets(rk, pe_outbox_checkpoint_topic, 0, &low, &stable,
+											   pe_produce_timeout_ms);
+		if (err != RD_KAFKA_RESP_ERR_NO_ERROR || stable >= high)
+			break;
+		if (GetCurrentTimestamp() > wait_until)
+		{
+			rd_kafka_destroy(rk);
+			pe_relay_note_error(c, "checkpoint topic \"%s\" has a transaction open at offset " INT64_FORMAT
+								" (its end is " INT64_FORMAT "): waiting for it to end before reading the checkpoint",
+								pe_outbox_checkpoint_topic, stable, high);
+			return -2;
+		}
+		CHECK_FOR_INTERRUPTS();
+		pg_usleep(100 * 1000L);
+	}
 	if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
 	{
 		rd_kafka_destroy(rk);
