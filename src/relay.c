@@ -304,6 +304,15 @@ pe_relay_settle(PeRelayConn *c, int nsent)
 	pe_spi_exec("UPDATE pipeline.outbox_relay SET pending = NULL, published = published + $2 "
 				"WHERE connection = $1", 2, types, values, NULL, SPI_OK_UPDATE);
 	SPI_finish();
+
+	/*
+	 * No need to wait for this commit's WAL flush: a settle lost in a crash
+	 * leaves the round pending, and the restarted relay finds the round's
+	 * checkpoint in Kafka and settles it again without sending.  The next
+	 * round's pending mark commits synchronously, flushing this one too.
+	 */
+	(void) set_config_option("synchronous_commit", "off", PGC_SUSET, PGC_S_SESSION,
+							 GUC_ACTION_LOCAL, true, 0, false);
 	pe_xact_commit();
 	MemoryContextSwitchTo(back);
 }
