@@ -6,12 +6,14 @@
 #      acknowledged round (outbox_relay.published = N).  Baseline in the
 #      same run: kcat producing the same N messages to the same broker
 #      (no transaction), so the ratio says what the outbox costs.
-#   2. What change capture adds to an application's INSERT: pgbench, 4
-#      clients, single-row INSERTs into a table with a primary key, for
-#      DURATION seconds, without and with capture_changes() on the table
-#      (the relay publishing meanwhile, on the same two cores), ROUNDS
-#      times each, interleaved; the medians are compared (single runs on
-#      this VM vary by a third).
+#   2. What change capture adds to an application's INSERT: pgbench,
+#      single-row INSERTs into a table with a primary key, for DURATION
+#      seconds, without and with capture_changes() on the table (the relay
+#      publishing meanwhile, on the same two cores), ROUNDS times each,
+#      interleaved; the medians are compared (single runs on this VM vary
+#      by a third).  Two shapes: one client (the INSERT's own time, its
+#      latency) and 4 clients (the machine saturated: what capture and the
+#      relay take from the application's throughput).
 #
 #   sudo bash bench/outbox.sh                   N = 500,000, 3 x 10 s per kind
 #   N=200000 DURATION=20 sudo -E bash bench/outbox.sh
@@ -21,7 +23,7 @@ set -euo pipefail
 
 N=${N:-500000}
 DURATION=${DURATION:-10}
-ROUNDS=${ROUNDS:-3}          # pgbench runs of each kind, interleaved; the median is printed
+ROUNDS=${ROUNDS:-5}          # pgbench runs of each kind, interleaved; the median is printed
 PARTS=${PARTS:-24}           # the test broker keeps about 5 MB per partition
 REF=${REF:-$PE_ROOT/../shared/bench}
 
@@ -90,21 +92,25 @@ cat >"$BENCH/insert.sql" <<'SQL'
 INSERT INTO app (device, temp, note) VALUES ('dev-' || (random() * 10000)::int, random() * 40, 'reading');
 SQL
 chown "$(pe_run_user)" "$BENCH/insert.sql" 2>/dev/null || true
-tps() { (cd "$BENCH" && pe_as_user pgbench -n -c 4 -j 2 -T "$DURATION" -f insert.sql -h "$BENCH" -p "$PORT" -U postgres postgres) |
+tps() { (cd "$BENCH" && pe_as_user pgbench -n -c "$1" -j "$1" -T "$DURATION" -f insert.sql -h "$BENCH" -p "$PORT" -U postgres postgres) |
 	awk '/^tps =/ {print $3}'; }
 : >"$BENCH/tps"
 for r in $(seq "$ROUNDS"); do
 	psql_b -c "CHECKPOINT"
-	echo "plain $(tps)" | tee -a "$BENCH/tps"
+	echo "plain1 $(tps 1)" | tee -a "$BENCH/tps"
+	echo "plain4 $(tps 4)" | tee -a "$BENCH/tps"
 	psql_b -c "SELECT pipeline.capture_changes('app', 'bench', 'cdc')" -c "CHECKPOINT" >/dev/null
-	echo "capture $(tps)" | tee -a "$BENCH/tps"
+	echo "capture1 $(tps 1)" | tee -a "$BENCH/tps"
+	echo "capture4 $(tps 4)" | tee -a "$BENCH/tps"
 	psql_b -c "SELECT pipeline.uncapture('app')" >/dev/null
 	until [ "$(psql_b -At -c "SELECT count(*) FROM pipeline.outbox")" -eq 0 ]; do sleep 0.2; done
 done
 med() { awk -v c="$1" '$1 == c {print $2}' "$BENCH/tps" | sort -g |
 	awk '{v[NR] = $1} END {if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
-tps_plain=$(med plain)
-tps_cap=$(med capture)
+tps_plain1=$(med plain1)
+tps_cap1=$(med capture1)
+tps_plain=$(med plain4)
+tps_cap=$(med capture4)
 
 echo
 echo "== results (test broker, $PARTS partitions)"
@@ -112,10 +118,13 @@ printf '%-58s %12s\n' "kcat producing $N messages (baseline)" "$(echo "scale=0; 
 printf '%-58s %12s\n' "the outbox, COMMIT to all acknowledged" "$(echo "scale=0; $N / $outbox_s" | bc) msgs/s"
 printf '%-58s %12s\n' "  (send() of the $N rows, before the COMMIT)" "$(echo "scale=0; $N / $send_s" | bc) msgs/s"
 printf '%-58s %12s\n' "  send-to-acknowledged latency p50 / p99" "$p50 / $p99 ms"
-printf '%-58s %12s\n' "pgbench INSERT, no capture (median)" "$tps_plain tps"
-printf '%-58s %12s\n' "pgbench INSERT, with capture_changes() (median)" "$tps_cap tps"
+printf '%-58s %12s\n' "pgbench INSERT, 1 client, no capture (median)" "$tps_plain1 tps"
+printf '%-58s %12s\n' "pgbench INSERT, 1 client, with capture_changes() (median)" "$tps_cap1 tps"
+printf '%-58s %12s\n' "pgbench INSERT, 4 clients, no capture (median)" "$tps_plain tps"
+printf '%-58s %12s\n' "pgbench INSERT, 4 clients, with capture_changes() (median)" "$tps_cap tps"
 echo "every pgbench run (kind tps):"; sed 's/^/   /' "$BENCH/tps"
 echo
 echo "outbox / kcat: $(echo "scale=2; $kcat_s / $outbox_s" | bc)x; outbox rate $(echo "scale=0; $N / $outbox_s" | bc) msgs/s (target >= 50,000)"
-echo "time an INSERT takes with capture / without: $(echo "scale=2; $tps_plain / $tps_cap" | bc)x (target <= 1.30)"
+echo "time an INSERT takes with capture / without, 1 client: $(echo "scale=2; $tps_plain1 / $tps_cap1" | bc)x (target <= 1.30)"
+echo "time an INSERT takes with capture / without, 4 clients: $(echo "scale=2; $tps_plain / $tps_cap" | bc)x (target <= 1.30)"
 echo "the topic holds $held messages (N + 1 warm-up: $((N + 1)))"
