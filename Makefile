@@ -30,6 +30,8 @@ OBJS = \
 	src/decode_raw.o \
 	src/decode_time.o \
 	src/batch.o \
+	src/aggregate.o \
+	src/aggregate_api.o \
 	src/dedup.o \
 	src/apply.o \
 	src/apply_append.o \

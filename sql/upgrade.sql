@@ -46,11 +46,18 @@ SELECT pipeline.drop_consumer('kept_c');
 SELECT "offset", consumer_id FROM pipeline.dead_letters ORDER BY "offset";
 -- 0.4.0 -> 0.5.0: the transactional outbox; its tables are the extension's
 -- alone, its status view is readable by anyone
-ALTER EXTENSION pipeline_ext UPDATE;
+ALTER EXTENSION pipeline_ext UPDATE TO '0.5.0';
 SELECT extversion FROM pg_extension WHERE extname = 'pipeline_ext';
 SELECT c.relname, has_table_privilege('public', c.oid, 'SELECT') AS public_reads
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
  WHERE n.nspname = 'pipeline' AND c.relname LIKE 'outbox%' AND c.relkind IN ('r', 'v') ORDER BY 1;
 SELECT count(*) AS send_functions FROM pg_proc WHERE proname = 'send' AND pronamespace = 'pipeline'::regnamespace;
+-- 0.5.0 -> 0.6.0: windowed aggregates; the catalog is the extension's, the
+-- view readable by anyone
+ALTER EXTENSION pipeline_ext UPDATE;
+SELECT extversion FROM pg_extension WHERE extname = 'pipeline_ext';
+SELECT c.relname, has_table_privilege('public', c.oid, 'SELECT') AS public_reads
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = 'pipeline' AND c.relname LIKE 'aggregate%' AND c.relkind IN ('r', 'v') ORDER BY 1;
 \c :orig
 DROP DATABASE regress_upgrade;

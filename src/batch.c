@@ -13,8 +13,8 @@
  *	                   (deadletter.c)
  *	    4. dead letters  recorded (a slot), or the replayed ones deleted
  *	                   or updated (a replay) (deadletter.c)
- *	    5. aggregates  the hook point where windowed aggregates fed by
- *	                   the consumer will be updated, in this transaction
+ *	    5. aggregates  the consumer's windowed aggregates merge the
+ *	                   batch's events (aggregate.c)
  *	    6. offsets     the partitions' next offsets, behind their fence
  *	                   (offsets.c)
  *
@@ -32,6 +32,7 @@
 #include "miscadmin.h"
 #include "nodes/parsenodes.h"
 
+#include "aggregate.h"
 #include "datapath.h"
 
 /*
@@ -47,6 +48,7 @@ pe_batch_apply(PeBatch *b)
 	PeTarget   *t = b->target;
 	PeRow	   *rows = palloc0(sizeof(PeRow) * Max(b->n, 1));
 	int			nrows;
+	List	   *aggs = NIL;
 	Oid			save_userid;
 	int			save_sec;
 
@@ -70,6 +72,10 @@ pe_batch_apply(PeBatch *b)
 		AfterTriggerSetState(immediate);
 	}
 
+	/* a slot's batch feeds the consumer's aggregates; a replay does not */
+	if (b->offsets)
+		aggs = pe_aggregates_of(t->def);
+
 	/*
 	 * Decoding and applying run as the consumer's owner, restricted as
 	 * REFRESH MATERIALIZED VIEW is.  On an error the (sub)transaction abort
@@ -81,6 +87,8 @@ pe_batch_apply(PeBatch *b)
 
 	/* 1. decode */
 	nrows = pe_decode_batch(t, b->msgs, b->n, rows, &b->res);
+	if (aggs != NIL)
+		nrows = pe_aggregates_screen(aggs, t, rows, nrows, &b->res);
 
 	/* 2. dedup */
 	if (t->def->upsert && t->nkeys > 0)
@@ -98,7 +106,9 @@ pe_batch_apply(PeBatch *b)
 	else
 		pe_deadletter_record(b->dead_plan, t->def, b->msgs, b->res.dead);
 
-	/* 5. windowed aggregates: updated here, once they exist */
+	/* 5. windowed aggregates (aggregate.c) */
+	if (aggs != NIL)
+		pe_aggregates_update(aggs, t, b->msgs, b->n, rows, nrows, b->res.dead);
 
 	/* 6. offsets */
 	if (b->offsets && !pe_offsets_store(b->offsets))

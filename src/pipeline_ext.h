@@ -28,7 +28,8 @@
  *	      apply.c       set-based INSERT / DELETE, prepared once;
  *	                    apply_append.c: appends straight into the heap
  *	      deadletter.c  the rows that fail, isolated; dead-letter rows
- *	      (aggregates)  the hook point for windowed aggregates
+ *	      aggregate.c   windowed aggregates merge the batch's events
+ *	                    (definitions: aggregate_api.c)
  *	      offsets.c     next offsets, fenced (the slot commits them to the
  *	                    Kafka group after the commit)
  *	    slot_metrics.c  after commit: counters, latency, watermarks

@@ -1,0 +1,439 @@
+/*-------------------------------------------------------------------------
+ *
+ * aggregate.c
+ *	  Step 5 of the data path (batch.c): the consumer's windowed aggregates
+ *	  updated in the batch's transaction, so that rows, aggregates and
+ *	  offsets commit together.  Each message counts once: an aggregate
+ *	  keeps, per partition, the next offset it counts, and a message below
+ *	  it (reset_offsets, a replay) is not counted again.  The batch's events
+ *	  are grouped into their windows in one statement that merges into the
+ *	  results table (count and sum add, min and max compare, avg keeps its
+ *	  sum and count).  Before the apply, a message whose time is missing is
+ *	  a dead letter: it cannot be put in a window.
+ *
+ * IDENTIFICATION
+ *	  src/aggregate.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "lib/stringinfo.h"
+#include "miscadmin.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/timestamp.h"
+
+#include "aggregate.h"
+#include "connection.h"
+
+typedef struct PeAggregate
+{
+	char	   *name;
+	Oid			results;
+	int64		size_us;
+	int64		slide_us;
+	TimestampTz origin;
+	char	   *time_column;
+	int			ngroups;
+	char	  **groups;
+	int			naggs;
+	char	  **fns;
+	char	  **args;
+	char	  **outs;
+} PeAggregate;
+
+static char **
+pe_agg_strings(Datum d, int *n)
+{
+	Datum	   *elems;
+	char	  **out;
+
+	deconstruct_array(DatumGetArrayTypeP(d), TEXTOID, -1, false, TYPALIGN_INT, &elems, NULL, n);
+	out = palloc(sizeof(char *) * Max(*n, 1));
+	for (int i = 0; i < *n; i++)
+		out[i] = TextDatumGetCString(elems[i]);
+	return out;
+}
+
+static int64
+pe_agg_interval_us(Datum d)
+{
+	Interval   *iv = DatumGetIntervalP(d);
+
+	return iv->time + (int64) iv->day * USECS_PER_DAY;
+}
+
+/* The consumer's aggregates (NIL: none); SPI connected. */
+List *
+pe_aggregates_of(PeConsumerDef *def)
+{
+	PeCatalogAccess acc;
+	Oid			types[1] = {INT8OID};
+	Datum		values[1] = {Int64GetDatum(def->id)};
+	List	   *aggs = NIL;
+	MemoryContext outer = CurrentMemoryContext;
+
+	pe_catalog_begin(&acc);
+	if (SPI_execute_with_args("SELECT name, results, size, slide, origin, time_column, group_by, functions, "
+							  "arguments, outputs FROM pipeline.aggregate WHERE consumer_id = $1 ORDER BY name",
+							  1, types, values, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read pipeline.aggregate");
+	for (uint64 r = 0; r < SPI_processed; r++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[r];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		MemoryContext spi = MemoryContextSwitchTo(outer);
+		PeAggregate *a = palloc0(sizeof(PeAggregate));
+		int			n;
+
+		a->name = SPI_getvalue(tup, desc, 1);
+		a->results = DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull));
+		a->size_us = pe_agg_interval_us(SPI_getbinval(tup, desc, 3, &isnull));
+		a->slide_us = pe_agg_interval_us(SPI_getbinval(tup, desc, 4, &isnull));
+		a->origin = DatumGetTimestampTz(SPI_getbinval(tup, desc, 5, &isnull));
+		a->time_column = SPI_getvalue(tup, desc, 6);
+		a->groups = pe_agg_strings(SPI_getbinval(tup, desc, 7, &isnull), &a->ngroups);
+		a->fns = pe_agg_strings(SPI_getbinval(tup, desc, 8, &isnull), &a->naggs);
+		a->args = pe_agg_strings(SPI_getbinval(tup, desc, 9, &isnull), &n);
+		a->outs = pe_agg_strings(SPI_getbinval(tup, desc, 10, &isnull), &n);
+		aggs = lappend(aggs, a);
+		MemoryContextSwitchTo(spi);
+	}
+	pe_catalog_end(&acc);
+	return aggs;
+}
+
+/* The index of a column among those the consumer decodes. */
+static int
+pe_agg_col(PeTarget *t, PeAggregate *a, const char *name)
+{
+	for (int c = 0; c < t->ncols; c++)
+		if (strcmp(t->cols[c].name, name) == 0)
+			return c;
+	ereport(ERROR,
+			(errcode(ERRCODE_UNDEFINED_COLUMN),
+			 errmsg("aggregate \"%s\" reads column \"%s\", which consumer \"%s\" does not fill", a->name, name,
+					t->def->name),
+			 errhint("Map the column in the consumer's column_map, or drop the aggregate and define it on a column the consumer fills.")));
+	return -1;					/* keep compiler quiet */
+}
+
+/*
+ * Before the apply: a row without a time cannot go into a window; it is a
+ * dead letter of the consumer, with the reason.  Returns the rows kept
+ * (compacted in place).
+ */
+int
+pe_aggregates_screen(List *aggs, PeTarget *t, PeRow *rows, int nrows, PeBatchResult *res)
+{
+	ListCell   *lc;
+
+	foreach(lc, aggs)
+	{
+		PeAggregate *a = lfirst(lc);
+		int			tc = pe_agg_col(t, a, a->time_column);
+		int			kept = 0;
+
+		for (int r = 0; r < nrows; r++)
+		{
+			if (!rows[r].tombstone && rows[r].nulls[tc])
+			{
+				PeDeadLetter *d = palloc0(sizeof(PeDeadLetter));
+
+				d->msg_index = rows[r].msg_index;
+				d->error = psprintf("aggregate \"%s\": the event has no time (column \"%s\" is null)",
+									a->name, a->time_column);
+				memcpy(d->sqlstate, "22004", 6);
+				res->dead = lappend(res->dead, d);
+				continue;
+			}
+			rows[kept++] = rows[r];
+		}
+		nrows = kept;
+	}
+	return nrows;
+}
+
+/* Where each partition's counting resumes: parallel arrays, n of them. */
+static int
+pe_agg_counted(PeAggregate *a, int32 **parts, int64 **next)
+{
+	PeCatalogAccess acc;
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1] = {CStringGetTextDatum(a->name)};
+	MemoryContext outer = CurrentMemoryContext;
+	int			n;
+
+	pe_catalog_begin(&acc);
+	if (SPI_execute_with_args("SELECT \"partition\", next_offset FROM pipeline.aggregate_offset WHERE aggregate = $1",
+							  1, types, values, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read pipeline.aggregate_offset");
+	n = (int) SPI_processed;
+	*parts = MemoryContextAlloc(outer, sizeof(int32) * Max(n, 1));
+	*next = MemoryContextAlloc(outer, sizeof(int64) * Max(n, 1));
+	for (int i = 0; i < n; i++)
+	{
+		bool		isnull;
+
+		(*parts)[i] = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
+		(*next)[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull));
+	}
+	pe_catalog_end(&acc);
+	return n;
+}
+
+/* The statement that merges a batch's events into the results. */
+static char *
+pe_agg_sql(PeAggregate *a, PeTarget *t, const int *cols, int ncols, Oid time_type)
+{
+	StringInfoData s;
+	StringInfoData g;
+	const char *res = quote_qualified_identifier(get_namespace_name(get_rel_namespace(a->results)),
+												 get_rel_name(a->results));
+	const char *tt = format_type_be_qualified(time_type);
+	const char *bin = psprintf("pg_catalog.date_bin($%d, m.c0, $%d::%s)", ncols + 2, ncols + 3, tt);
+
+	if (get_rel_name(a->results) == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("the results table of aggregate \"%s\" was dropped", a->name),
+				 errhint("Drop the aggregate with pipeline.drop_aggregate() and create it again.")));
+	initStringInfo(&s);
+	initStringInfo(&g);
+	for (int i = 0; i < a->ngroups; i++)
+		appendStringInfo(&g, ", %s", quote_identifier(a->groups[i]));
+
+	appendStringInfo(&s, "INSERT INTO %s AS r (window_start, window_end%s", res, g.data);
+	for (int i = 0; i < a->naggs; i++)
+	{
+		appendStringInfo(&s, ", %s", quote_identifier(a->outs[i]));
+		if (strcmp(a->fns[i], "avg") == 0)
+			appendStringInfo(&s, ", %s, %s", quote_identifier(psprintf("%s__sum", a->outs[i])),
+							 quote_identifier(psprintf("%s__count", a->outs[i])));
+	}
+	appendStringInfo(&s, ") SELECT w.s, w.s OPERATOR(pg_catalog.+) $%d", ncols + 1);
+	for (int i = 0; i < a->ngroups; i++)
+		appendStringInfo(&s, ", m.c%d", i + 1);
+	for (int i = 0; i < a->naggs; i++)
+	{
+		int			ac = -1;
+
+		for (int c = 0; c < ncols; c++)
+			if (strcmp(a->args[i], "*") != 0 && strcmp(t->cols[cols[c]].name, a->args[i]) == 0)
+				ac = c;
+		if (ac < 0)
+			appendStringInfoString(&s, ", pg_catalog.count(*)");
+		else if (strcmp(a->fns[i], "avg") == 0)
+			appendStringInfo(&s, ", pg_catalog.avg(m.c%d), pg_catalog.sum(m.c%d), pg_catalog.count(m.c%d)", ac, ac, ac);
+		else
+			appendStringInfo(&s, ", pg_catalog.%s(m.c%d)", a->fns[i], ac);
+	}
+	appendStringInfoString(&s, " FROM ROWS FROM (");
+	for (int c = 0; c < ncols; c++)
+		appendStringInfo(&s, "%spg_catalog.unnest($%d)", c ? ", " : "", c + 1);
+	appendStringInfoString(&s, ") AS m(");
+	for (int c = 0; c < ncols; c++)
+		appendStringInfo(&s, "%sc%d", c ? ", " : "", c);
+	/* every window that holds the event: the last one to start, and those before it */
+	appendStringInfo(&s, ") CROSS JOIN LATERAL (SELECT x AS s FROM pg_catalog.generate_series(%s OPERATOR(pg_catalog.-) $%d, %s, $%d) AS x "
+					 "WHERE x OPERATOR(pg_catalog.+) $%d OPERATOR(pg_catalog.>) m.c0) AS w GROUP BY w.s",
+					 bin, ncols + 4, bin, ncols + 2, ncols + 1);
+	for (int i = 0; i < a->ngroups; i++)
+		appendStringInfo(&s, ", m.c%d", i + 1);
+	appendStringInfo(&s, " ON CONFLICT (window_start%s) DO UPDATE SET ", g.data);
+	for (int i = 0; i < a->naggs; i++)
+	{
+		const char *o = quote_identifier(a->outs[i]);
+
+		if (i > 0)
+			appendStringInfoString(&s, ", ");
+		if (strcmp(a->fns[i], "count") == 0)
+			appendStringInfo(&s, "%s = r.%s OPERATOR(pg_catalog.+) EXCLUDED.%s", o, o, o);
+		else if (strcmp(a->fns[i], "sum") == 0)
+			appendStringInfo(&s, "%s = COALESCE(r.%s OPERATOR(pg_catalog.+) EXCLUDED.%s, r.%s, EXCLUDED.%s)",
+							 o, o, o, o, o);
+		else if (strcmp(a->fns[i], "min") == 0)
+			appendStringInfo(&s, "%s = LEAST(r.%s, EXCLUDED.%s)", o, o, o);
+		else if (strcmp(a->fns[i], "max") == 0)
+			appendStringInfo(&s, "%s = GREATEST(r.%s, EXCLUDED.%s)", o, o, o);
+		else
+		{
+			const char *sum = quote_identifier(psprintf("%s__sum", a->outs[i]));
+			const char *cnt = quote_identifier(psprintf("%s__count", a->outs[i]));
+			char	   *merged_sum = psprintf("COALESCE(r.%s OPERATOR(pg_catalog.+) EXCLUDED.%s, r.%s, EXCLUDED.%s)",
+											  sum, sum, sum, sum);
+			char	   *merged_cnt = psprintf("r.%s OPERATOR(pg_catalog.+) EXCLUDED.%s", cnt, cnt);
+			Oid			avg_type = get_atttype(a->results, get_attnum(a->results, a->outs[i]));
+
+			appendStringInfo(&s, "%s = %s, %s = %s, %s = ((%s)::pg_catalog.numeric OPERATOR(pg_catalog./) "
+							 "NULLIF(%s, 0))::%s",
+							 sum, merged_sum, cnt, merged_cnt, o, merged_sum, merged_cnt,
+							 format_type_be_qualified(avg_type));
+		}
+	}
+	return s.data;
+}
+
+static Datum
+pe_agg_interval(int64 us)
+{
+	Interval   *iv = palloc0(sizeof(Interval));
+
+	iv->time = us;
+	return IntervalPGetDatum(iv);
+}
+
+/*
+ * Step 5: merge the batch's events into each aggregate, then move its
+ * counted offsets past the batch.  SPI connected, in the batch's
+ * transaction; runs the merge as the consumer's owner.
+ */
+void
+pe_aggregates_update(List *aggs, PeTarget *t, PeMessage *msgs, int n, PeRow *rows, int nrows, List *dead)
+{
+	bool	   *is_dead = palloc0(sizeof(bool) * Max(n, 1));
+	ListCell   *lc;
+
+	foreach(lc, dead)
+		is_dead[((PeDeadLetter *) lfirst(lc))->msg_index] = true;
+
+	foreach(lc, aggs)
+	{
+		PeAggregate *a = lfirst(lc);
+		int32	   *parts;
+		int64	   *next;
+		int			nparts = pe_agg_counted(a, &parts, &next);
+		int		   *cols = palloc(sizeof(int) * (1 + a->ngroups + a->naggs));
+		int			ncols = 0;
+		int		   *take = palloc(sizeof(int) * Max(nrows, 1));
+		int			ntake = 0;
+		int32	   *bp = palloc(sizeof(int32) * Max(n, 1));
+		int64	   *bo = palloc(sizeof(int64) * Max(n, 1));
+		int			nbp = 0;
+
+		/* the columns it reads: the time, the groups, the arguments (once each) */
+		cols[ncols++] = pe_agg_col(t, a, a->time_column);
+		for (int i = 0; i < a->ngroups; i++)
+			cols[ncols++] = pe_agg_col(t, a, a->groups[i]);
+		for (int i = 0; i < a->naggs; i++)
+		{
+			int			c;
+			bool		seen = false;
+
+			if (strcmp(a->args[i], "*") == 0)
+				continue;
+			c = pe_agg_col(t, a, a->args[i]);
+			for (int j = 1 + a->ngroups; j < ncols; j++)
+				seen |= cols[j] == c;
+			if (!seen)
+				cols[ncols++] = c;
+		}
+
+		/* the events it has not counted yet */
+		for (int r = 0; r < nrows; r++)
+		{
+			PeMessage  *m = &msgs[rows[r].msg_index];
+			bool		counted = false;
+
+			if (rows[r].tombstone || is_dead[rows[r].msg_index])
+				continue;
+			for (int p = 0; p < nparts; p++)
+				if (parts[p] == m->partition && m->offset < next[p])
+					counted = true;
+			if (!counted)
+				take[ntake++] = r;
+		}
+
+		if (ntake > 0)
+		{
+			int			nargs = ncols + 4;
+			Oid		   *types = palloc(sizeof(Oid) * nargs);
+			Datum	   *values = palloc(sizeof(Datum) * nargs);
+			Datum	   *ev = palloc(sizeof(Datum) * ntake);
+			bool	   *en = palloc(sizeof(bool) * ntake);
+			int			dims[1] = {ntake};
+			int			lbs[1] = {1};
+			Oid			time_type = t->cols[cols[0]].typid;
+			Oid			save_userid;
+			int			save_sec;
+			char	   *sql = pe_agg_sql(a, t, cols, ncols, time_type);
+
+			for (int c = 0; c < ncols; c++)
+			{
+				PeColumn   *col = &t->cols[cols[c]];
+
+				for (int i = 0; i < ntake; i++)
+				{
+					ev[i] = rows[take[i]].values[cols[c]];
+					en[i] = rows[take[i]].nulls[cols[c]];
+				}
+				types[c] = col->arraytyp;
+				values[c] = PointerGetDatum(construct_md_array(ev, en, 1, dims, lbs, col->typid, col->typlen,
+															   col->typbyval, col->typalign));
+			}
+			types[ncols] = INTERVALOID;
+			values[ncols] = pe_agg_interval(a->size_us);
+			types[ncols + 1] = INTERVALOID;
+			values[ncols + 1] = pe_agg_interval(a->slide_us);
+			/* the origin as UTC wall time for a timestamp column: the same microseconds */
+			types[ncols + 2] = time_type;
+			values[ncols + 2] = TimestampTzGetDatum(a->origin);
+			/* how far back the first window holding an event starts */
+			types[ncols + 3] = INTERVALOID;
+			values[ncols + 3] = pe_agg_interval(((a->size_us + a->slide_us - 1) / a->slide_us - 1) * a->slide_us);
+
+			GetUserIdAndSecContext(&save_userid, &save_sec);
+			SetUserIdAndSecContext(t->def->owner,
+								   save_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
+			if (SPI_execute_with_args(sql, nargs, types, values, NULL, false, 0) != SPI_OK_INSERT)
+				elog(ERROR, "could not update aggregate \"%s\"", a->name);
+			SetUserIdAndSecContext(save_userid, save_sec);
+		}
+
+		/* what it has counted now: every message of the batch */
+		for (int i = 0; i < n; i++)
+		{
+			int			p;
+
+			for (p = 0; p < nbp && bp[p] != msgs[i].partition; p++)
+				;
+			if (p == nbp)
+			{
+				bp[nbp] = msgs[i].partition;
+				bo[nbp++] = msgs[i].offset + 1;
+			}
+			else
+				bo[p] = Max(bo[p], msgs[i].offset + 1);
+		}
+		if (nbp > 0)
+		{
+			PeCatalogAccess acc;
+			Oid			otypes[3] = {TEXTOID, INT4ARRAYOID, INT8ARRAYOID};
+			Datum		ovalues[3];
+			Datum	   *pd = palloc(sizeof(Datum) * nbp);
+			Datum	   *od = palloc(sizeof(Datum) * nbp);
+
+			for (int p = 0; p < nbp; p++)
+			{
+				pd[p] = Int32GetDatum(bp[p]);
+				od[p] = Int64GetDatum(bo[p]);
+			}
+			ovalues[0] = CStringGetTextDatum(a->name);
+			ovalues[1] = PointerGetDatum(construct_array(pd, nbp, INT4OID, 4, true, TYPALIGN_INT));
+			ovalues[2] = PointerGetDatum(construct_array(od, nbp, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+			pe_catalog_begin(&acc);
+			if (SPI_execute_with_args("INSERT INTO pipeline.aggregate_offset AS o (aggregate, \"partition\", next_offset) "
+									  "SELECT $1, u.p, u.n FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3)) AS u(p, n) "
+									  "ON CONFLICT (aggregate, \"partition\") DO UPDATE "
+									  "SET next_offset = GREATEST(o.next_offset, EXCLUDED.next_offset)",
+									  3, otypes, ovalues, NULL, false, 0) != SPI_OK_INSERT)
+				elog(ERROR, "could not record what aggregate \"%s\" counted", a->name);
+			pe_catalog_end(&acc);
+		}
+	}
+}

@@ -1,0 +1,472 @@
+/*-------------------------------------------------------------------------
+ *
+ * aggregate_api.c
+ *	  Defining continuous windowed aggregates: create_aggregate() checks the
+ *	  definition against the consumer's target, makes the results table
+ *	  (owned by the consumer's owner) and records the definition;
+ *	  drop_aggregate() removes it.  aggregate.c updates them per batch.
+ *
+ * IDENTIFICATION
+ *	  src/aggregate_api.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/table.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "lib/stringinfo.h"
+#include "miscadmin.h"
+#include "utils/acl.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/datetime.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+#include "utils/timestamp.h"
+
+#include "aggregate.h"
+#include "connection.h"
+#include "consumer.h"
+#include "shmem.h"
+
+PG_FUNCTION_INFO_V1(pe_create_aggregate);
+PG_FUNCTION_INFO_V1(pe_drop_aggregate);
+
+static const char *const pe_agg_functions[] = {"count", "sum", "avg", "min", "max", NULL};
+
+/* A column of the consumer's target, by name; InvalidAttrNumber if none. */
+static AttrNumber
+pe_agg_column(Relation rel, const char *name, Oid *typid)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+
+	for (int a = 0; a < desc->natts; a++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, a);
+
+		if (!att->attisdropped && strcmp(NameStr(att->attname), name) == 0)
+		{
+			*typid = att->atttypid;
+			return att->attnum;
+		}
+	}
+	return InvalidAttrNumber;
+}
+
+static Oid
+pe_agg_require_column(Relation rel, const char *name, const char *what)
+{
+	Oid			typid;
+
+	if (pe_agg_column(rel, name, &typid) == InvalidAttrNumber)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_COLUMN),
+				 errmsg("%s \"%s\" is not a column of the consumer's table \"%s\"", what, name,
+						RelationGetRelationName(rel)),
+				 errhint("An aggregate reads the columns the consumer writes; name one of them.")));
+	return typid;
+}
+
+/*
+ * One item of the aggregates argument: "function(argument)" or
+ * "function(argument) AS name", spaces allowed around the parts.
+ */
+static void
+pe_agg_parse(const char *spec, Relation rel, char **fn, char **arg, char **out)
+{
+	char	   *s = pstrdup(spec);
+	char	   *open = strchr(s, '(');
+	char	   *close = strrchr(s, ')');
+	char	   *rest;
+	Oid			typid;
+	bool		known = false;
+
+	if (open == NULL || close == NULL || close < open)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("aggregate \"%s\" does not parse", spec),
+				 errhint("Write each aggregate as function(column), optionally followed by AS name: count(*), sum(amount), avg(temp) AS mean.")));
+	*open = '\0';
+	*close = '\0';
+	*fn = s;
+	for (char *c = s; *c; c++)
+		*c = pg_tolower((unsigned char) *c);
+	while (**fn == ' ')
+		(*fn)++;
+	for (char *e = *fn + strlen(*fn); e > *fn && e[-1] == ' '; e--)
+		e[-1] = '\0';
+	*arg = open + 1;
+	while (**arg == ' ')
+		(*arg)++;
+	for (char *e = *arg + strlen(*arg); e > *arg && e[-1] == ' '; e--)
+		e[-1] = '\0';
+	rest = close + 1;
+	while (*rest == ' ')
+		rest++;
+	if (*rest == '\0')
+		*out = strcmp(*arg, "*") == 0 ? pstrdup(*fn) : psprintf("%s_%s", *fn, *arg);
+	else if (pg_strncasecmp(rest, "as ", 3) == 0)
+	{
+		*out = rest + 3;
+		while (**out == ' ')
+			(*out)++;
+		for (char *e = *out + strlen(*out); e > *out && e[-1] == ' '; e--)
+			e[-1] = '\0';
+	}
+	else
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("aggregate \"%s\" does not parse", spec),
+				 errhint("After function(column) only AS name may follow.")));
+
+	for (int i = 0; pe_agg_functions[i]; i++)
+		if (strcmp(*fn, pe_agg_functions[i]) == 0)
+			known = true;
+	if (!known)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("aggregate function \"%s\" is not supported", *fn),
+				 errhint("Supported: count, sum, avg, min, max.")));
+	if (**out == '\0' || strcmp(*out, "window_start") == 0 || strcmp(*out, "window_end") == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("aggregate \"%s\" needs another output name", spec),
+				 errhint("Add AS name with a name that is not window_start or window_end.")));
+	if (strcmp(*arg, "*") == 0)
+	{
+		if (strcmp(*fn, "count") != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("%s(*) is not an aggregate", *fn),
+					 errhint("Only count takes *; name a column.")));
+		return;
+	}
+	typid = pe_agg_require_column(rel, *arg, "aggregated column");
+	if ((strcmp(*fn, "sum") == 0 || strcmp(*fn, "avg") == 0) &&
+		!(typid == INT2OID || typid == INT4OID || typid == INT8OID || typid == FLOAT4OID ||
+		  typid == FLOAT8OID || typid == NUMERICOID))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("%s(%s) needs a number, and column \"%s\" is of type %s", *fn, *arg, *arg,
+						format_type_be(typid)),
+				 errhint("sum and avg take smallint, integer, bigint, real, double precision or numeric columns.")));
+}
+
+static void
+pe_agg_check_interval(Interval *iv, const char *what)
+{
+	if (iv->month != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("a %s of months or years is not supported", what),
+				 errhint("Give it in days, hours, minutes or seconds (date_bin's rule): '30 days', not '1 month'.")));
+	if (iv->day < 0 || iv->time < 0 || (iv->day == 0 && iv->time <= 0))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("the %s must be longer than zero", what),
+				 errhint("Give a positive interval such as '1 minute'.")));
+}
+
+static int64
+pe_agg_usecs(Interval *iv)
+{
+	return iv->time + (int64) iv->day * USECS_PER_DAY;
+}
+
+static text **
+pe_agg_text_array(ArrayType *a, int *n)
+{
+	Datum	   *elems;
+	bool	   *nulls;
+	text	  **out;
+
+	deconstruct_array(a, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, n);
+	out = palloc(sizeof(text *) * Max(*n, 1));
+	for (int i = 0; i < *n; i++)
+	{
+		if (nulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("an aggregate or group column cannot be null"),
+					 errhint("Remove the null from the array.")));
+		out[i] = DatumGetTextPP(elems[i]);
+	}
+	return out;
+}
+
+Datum
+pe_create_aggregate(PG_FUNCTION_ARGS)
+{
+	char	   *name;
+	char	   *consumer;
+	Interval   *size;
+	Interval   *slide;
+	TimestampTz origin;
+	char	   *time_column;
+	PeConsumerDef *def;
+	Relation	rel;
+	Oid			time_type;
+	text	  **aggs;
+	text	  **groups;
+	int			naggs;
+	int			ngroups = 0;
+	char	  **fns;
+	char	  **args;
+	char	  **outs;
+	char	   *results;
+	char	   *schema;
+	StringInfoData sql;
+	StringInfoData cols;
+	Oid			results_oid;
+	PeCatalogAccess acc;
+	Datum		values[14];
+	Oid			types[14] = {TEXTOID, OIDOID, TEXTOID, INT8OID, OIDOID, TEXTOID, INTERVALOID, INTERVALOID,
+	TIMESTAMPTZOID, TEXTOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID};
+	Datum	   *fd;
+	Datum	   *ad;
+	Datum	   *od;
+	Datum	   *gd;
+
+	pe_require_preload();
+	for (int i = 0; i < 5; i++)
+		if (PG_ARGISNULL(i))
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("name, consumer, window, time_column and aggregates cannot be null"),
+					 errhint("Give all five; group_by, slide, origin and results are optional.")));
+	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	consumer = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	size = PG_GETARG_INTERVAL_P(2);
+	time_column = text_to_cstring(PG_GETARG_TEXT_PP(3));
+	slide = PG_ARGISNULL(6) ? size : PG_GETARG_INTERVAL_P(6);
+	origin = PG_ARGISNULL(7) ? 0 : PG_GETARG_TIMESTAMPTZ(7);	/* 2000-01-01 00:00 UTC */
+	if (name[0] == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("an aggregate needs a name"),
+				 errhint("Give it a name that is not empty.")));
+	pe_agg_check_interval(size, "window");
+	pe_agg_check_interval(slide, "slide");
+	if (pe_agg_usecs(slide) > pe_agg_usecs(size))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("the slide cannot be longer than the window"),
+				 errhint("A hopping window slides by at most its size; leave slide out for a tumbling window.")));
+	if (pe_agg_usecs(size) / pe_agg_usecs(slide) > 1000)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("a window of more than 1000 slides is not supported"),
+				 errhint("Each event would update every window that holds it; choose a longer slide.")));
+
+	def = pe_consumer_for_owner(consumer, "define aggregates on it");
+	if (!OidIsValid(def->target))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("the table of consumer \"%s\" was dropped", consumer),
+				 errhint("Drop the consumer and create it again on an existing table.")));
+	rel = table_open(def->target, AccessShareLock);
+
+	time_type = pe_agg_require_column(rel, time_column, "time column");
+	if (time_type != TIMESTAMPTZOID && time_type != TIMESTAMPOID)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("time column \"%s\" is of type %s, not a time", time_column, format_type_be(time_type)),
+				 errhint("Use a column of type timestamp with time zone or timestamp.")));
+	if (!PG_ARGISNULL(5))
+	{
+		groups = pe_agg_text_array(PG_GETARG_ARRAYTYPE_P(5), &ngroups);
+		for (int g = 0; g < ngroups; g++)
+			(void) pe_agg_require_column(rel, text_to_cstring(groups[g]), "group column");
+	}
+	else
+		groups = NULL;
+	aggs = pe_agg_text_array(PG_GETARG_ARRAYTYPE_P(4), &naggs);
+	if (naggs == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("an aggregate needs at least one function"),
+				 errhint("For example ARRAY['count(*)', 'avg(temp)'].")));
+	fns = palloc(sizeof(char *) * naggs);
+	args = palloc(sizeof(char *) * naggs);
+	outs = palloc(sizeof(char *) * naggs);
+	for (int i = 0; i < naggs; i++)
+	{
+		pe_agg_parse(text_to_cstring(aggs[i]), rel, &fns[i], &args[i], &outs[i]);
+		for (int j = 0; j < i; j++)
+			if (strcmp(outs[i], outs[j]) == 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_DUPLICATE_COLUMN),
+						 errmsg("two aggregates are named \"%s\"", outs[i]),
+						 errhint("Name one of them with AS.")));
+		for (int g = 0; g < ngroups; g++)
+			if (strcmp(outs[i], text_to_cstring(groups[g])) == 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_DUPLICATE_COLUMN),
+						 errmsg("aggregate \"%s\" has the name of a group column", outs[i]),
+						 errhint("Name it otherwise with AS.")));
+	}
+
+	/*
+	 * The results table, in the target's schema, as the caller: CREATE
+	 * TABLE AS over the target takes each output's type from PostgreSQL
+	 * itself.  Then the consumer's owner owns it, since its batches write it.
+	 */
+	schema = get_namespace_name(RelationGetNamespace(rel));
+	results = PG_ARGISNULL(8) ? name : text_to_cstring(PG_GETARG_TEXT_PP(8));
+	initStringInfo(&sql);
+	initStringInfo(&cols);
+	appendStringInfo(&sql, "CREATE TABLE %s.%s AS SELECT NULL::%s AS window_start, NULL::%s AS window_end",
+					 quote_identifier(schema), quote_identifier(results), format_type_be_qualified(time_type),
+					 format_type_be_qualified(time_type));
+	for (int g = 0; g < ngroups; g++)
+	{
+		const char *gq = quote_identifier(text_to_cstring(groups[g]));
+
+		appendStringInfo(&sql, ", %s", gq);
+		appendStringInfo(&cols, ", %s", gq);
+	}
+	for (int i = 0; i < naggs; i++)
+	{
+		const char *arg = strcmp(args[i], "*") == 0 ? "*" : quote_identifier(args[i]);
+
+		appendStringInfo(&sql, ", pg_catalog.%s(%s) AS %s", fns[i], arg, quote_identifier(outs[i]));
+		if (strcmp(fns[i], "avg") == 0)
+			appendStringInfo(&sql, ", pg_catalog.sum(%s) AS %s, pg_catalog.count(%s) AS %s", arg,
+							 quote_identifier(psprintf("%s__sum", outs[i])), arg,
+							 quote_identifier(psprintf("%s__count", outs[i])));
+	}
+	appendStringInfo(&sql, " FROM %s.%s GROUP BY 1, 2%s WITH NO DATA", quote_identifier(schema),
+					 quote_identifier(RelationGetRelationName(rel)), cols.data);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute(sql.data, false, 0) != SPI_OK_UTILITY)
+		elog(ERROR, "could not create the results table");
+	resetStringInfo(&sql);
+	appendStringInfo(&sql, "ALTER TABLE %s.%s ALTER window_start SET NOT NULL, ALTER window_end SET NOT NULL",
+					 quote_identifier(schema), quote_identifier(results));
+	if (SPI_execute(sql.data, false, 0) != SPI_OK_UTILITY)
+		elog(ERROR, "could not alter the results table");
+	/* one row per window and group; a null group is one group */
+	resetStringInfo(&sql);
+	appendStringInfo(&sql, "CREATE UNIQUE INDEX ON %s.%s (window_start%s) NULLS NOT DISTINCT",
+					 quote_identifier(schema), quote_identifier(results), cols.data);
+	if (SPI_execute(sql.data, false, 0) != SPI_OK_UTILITY)
+		elog(ERROR, "could not index the results table");
+	if (def->owner != GetUserId())
+	{
+		resetStringInfo(&sql);
+		appendStringInfo(&sql, "ALTER TABLE %s.%s OWNER TO %s", quote_identifier(schema), quote_identifier(results),
+						 quote_identifier(GetUserNameFromId(def->owner, false)));
+		if (SPI_execute(sql.data, false, 0) != SPI_OK_UTILITY)
+			elog(ERROR, "could not give the results table to the consumer's owner");
+	}
+	SPI_finish();
+	results_oid = get_relname_relid(results, RelationGetNamespace(rel));
+	table_close(rel, AccessShareLock);
+
+	fd = palloc(sizeof(Datum) * naggs);
+	ad = palloc(sizeof(Datum) * naggs);
+	od = palloc(sizeof(Datum) * naggs);
+	gd = palloc(sizeof(Datum) * Max(ngroups, 1));
+	for (int i = 0; i < naggs; i++)
+	{
+		fd[i] = CStringGetTextDatum(fns[i]);
+		ad[i] = CStringGetTextDatum(args[i]);
+		od[i] = CStringGetTextDatum(outs[i]);
+	}
+	for (int g = 0; g < ngroups; g++)
+		gd[g] = PointerGetDatum(groups[g]);
+	values[0] = CStringGetTextDatum(name);
+	values[1] = ObjectIdGetDatum(def->owner);
+	values[2] = CStringGetTextDatum(def->name);
+	values[3] = Int64GetDatum(def->id);
+	values[4] = ObjectIdGetDatum(results_oid);
+	values[5] = CStringGetTextDatum(pe_agg_usecs(slide) == pe_agg_usecs(size) ? "tumbling" : "hopping");
+	values[6] = IntervalPGetDatum(size);
+	values[7] = IntervalPGetDatum(slide);
+	values[8] = TimestampTzGetDatum(origin);
+	values[9] = CStringGetTextDatum(time_column);
+	values[10] = PointerGetDatum(construct_array(gd, ngroups, TEXTOID, -1, false, TYPALIGN_INT));
+	values[11] = PointerGetDatum(construct_array(fd, naggs, TEXTOID, -1, false, TYPALIGN_INT));
+	values[12] = PointerGetDatum(construct_array(ad, naggs, TEXTOID, -1, false, TYPALIGN_INT));
+	values[13] = PointerGetDatum(construct_array(od, naggs, TEXTOID, -1, false, TYPALIGN_INT));
+
+	pe_catalog_begin(&acc);
+	if (SPI_execute_with_args("INSERT INTO pipeline.aggregate (name, owner, consumer, consumer_id, results, window_kind, "
+							  "size, slide, origin, time_column, group_by, functions, arguments, outputs) "
+							  "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) "
+							  "ON CONFLICT (name) DO NOTHING",
+							  14, types, values, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not record the aggregate");
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_DUPLICATE_OBJECT),
+				 errmsg("aggregate \"%s\" already exists", name),
+				 errhint("Drop it with pipeline.drop_aggregate() first, or choose another name.")));
+
+	/*
+	 * It counts what the consumer applies from now on: what it has applied
+	 * is behind the consumer's stored offsets.
+	 */
+	if (SPI_execute_with_args("INSERT INTO pipeline.aggregate_offset (aggregate, \"partition\", next_offset) "
+							  "SELECT $1, \"partition\", next_offset FROM pipeline.offsets WHERE consumer = $3",
+							  14, types, values, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not record where the aggregate starts");
+	pe_catalog_end(&acc);
+	PG_RETURN_OID(results_oid);
+}
+
+Datum
+pe_drop_aggregate(PG_FUNCTION_ARGS)
+{
+	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	bool		drop_results = PG_GETARG_BOOL(1);
+	PeCatalogAccess acc;
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1] = {CStringGetTextDatum(name)};
+	Oid			owner = InvalidOid;
+	Oid			results = InvalidOid;
+	bool		isnull;
+
+	pe_require_preload();
+	pe_catalog_begin(&acc);
+	if (SPI_execute_with_args("SELECT owner, results FROM pipeline.aggregate WHERE name = $1 FOR UPDATE",
+							  1, types, values, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read pipeline.aggregate");
+	if (SPI_processed == 1)
+	{
+		owner = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		results = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+	}
+	pe_catalog_end(&acc);
+	if (!OidIsValid(owner))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("aggregate \"%s\" does not exist", name),
+				 errhint("See pipeline.aggregates for the aggregates you may see.")));
+	if (!pe_may_see_secrets(owner))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("must be owner of aggregate \"%s\" to drop it", name),
+				 errhint("Only the owner of its consumer, its members, or a superuser can.")));
+	pe_catalog_begin(&acc);
+	if (SPI_execute_with_args("DELETE FROM pipeline.aggregate WHERE name = $1", 1, types, values, NULL, false, 0)
+		!= SPI_OK_DELETE)
+		elog(ERROR, "could not delete the aggregate");
+	pe_catalog_end(&acc);
+	if (drop_results && get_rel_name(results) != NULL)
+	{
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		if (SPI_execute(psprintf("DROP TABLE %s", quote_qualified_identifier(get_namespace_name(get_rel_namespace(results)),
+																		  get_rel_name(results))),
+						false, 0) != SPI_OK_UTILITY)
+			elog(ERROR, "could not drop the results table");
+		SPI_finish();
+	}
+	PG_RETURN_VOID();
+}

@@ -1,0 +1,142 @@
+# Continuous windowed aggregates fed by a consumer, against the test
+# broker: tumbling and hopping windows with count, sum, avg, min and max
+# per group equal the same aggregate computed afterwards with plain SQL
+# over the consumer's table; reset_offsets() and a worker killed with
+# SIGKILL do not count a message twice; an event without a time is a dead
+# letter; bad definitions are refused with a hint.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use PipelineExt::Broker;
+
+my $broker = PipelineExt::Broker->start(brokers => 1, topics => { agg => 4 });
+my $bs = $broker->bootstrap;
+
+my $node = PostgreSQL::Test::Cluster->new('aggregate');
+$node->init;
+$node->append_conf('postgresql.conf', qq{
+shared_preload_libraries = 'pipeline_ext'
+max_worker_processes = 16
+restart_after_crash = on
+});
+$node->start;
+
+sub sql { return $node->safe_psql('postgres', $_[0]); }
+
+sub wait_for
+{
+	my ($query, $expected, $what) = @_;
+	ok($node->poll_query_until('postgres', $query, $expected), $what)
+	  or diag("last result: " . sql($query) . "\nstatus: " . sql('SELECT * FROM pipeline.consumer_status'));
+}
+
+sub produce
+{
+	my ($from, $to) = @_;
+	sql(qq{SELECT count(pipeline.produce_async('local', 'agg',
+	         json_build_object('id', g, 'device', 'd' || g % 5,
+	                           'ts', timestamptz '2026-01-01 00:00:00+00' + g * interval '1 second',
+	                           'temp', g % 37)::text, g::text))
+	       FROM generate_series($from, $to) g});
+}
+
+sql(qq{CREATE EXTENSION pipeline_ext;
+       SELECT pipeline.create_connection('local', '$bs');
+       CREATE TABLE readings (id int PRIMARY KEY, device text, ts timestamptz, temp float8);
+       SELECT pipeline.create_consumer('rd', 'local', 'agg', 'readings');
+       SELECT pipeline.create_aggregate('per_min', 'rd', '1 minute', 'ts',
+         ARRAY['count(*)', 'sum(temp)', 'avg(temp) AS mean', 'min(temp)', 'max(temp)'], ARRAY['device']);
+       SELECT pipeline.create_aggregate('hop', 'rd', '2 minutes', 'ts', ARRAY['count(*)', 'max(id)'],
+         slide => '1 minute');});
+
+is(sql(q{SELECT string_agg(name || ':' || window_kind || ':' || results::text, ',' ORDER BY name) FROM pipeline.aggregates}),
+	'hop:hopping:hop,per_min:tumbling:per_min', 'pipeline.aggregates lists both');
+
+# what the aggregates must hold: the same, in plain SQL over the table
+my $per_min_sql = q{SELECT string_agg(concat_ws('|', window_start, window_end, device, count, sum_temp,
+                      round(mean::numeric, 6), min_temp, max_temp), ',' ORDER BY window_start, device) FROM per_min};
+my $per_min_want = q{SELECT string_agg(concat_ws('|', s, s + interval '1 minute', device, n, st, round(a::numeric, 6), mi, ma),
+                      ',' ORDER BY s, device)
+                     FROM (SELECT date_bin('1 minute', ts, timestamptz '2000-01-01 00:00:00+00') AS s, device,
+                                  count(*) AS n, sum(temp) AS st, avg(temp) AS a, min(temp) AS mi, max(temp) AS ma
+                             FROM readings GROUP BY 1, 2) x};
+my $hop_sql = q{SELECT string_agg(concat_ws('|', window_start, window_end, count, max_id), ',' ORDER BY window_start) FROM hop};
+my $hop_want = q{SELECT string_agg(concat_ws('|', s, s + interval '2 minutes', n, m), ',' ORDER BY s)
+                 FROM (SELECT s, count(*) AS n, max(id) AS m
+                         FROM readings,
+                              LATERAL (VALUES (date_bin('1 minute', ts, timestamptz '2000-01-01 00:00:00+00')),
+                                              (date_bin('1 minute', ts, timestamptz '2000-01-01 00:00:00+00') - interval '1 minute')) w(s)
+                        GROUP BY s) x};
+
+sub check
+{
+	my ($what) = @_;
+	my $want = sql($per_min_want);
+	isnt($want, '', "$what: the table has events");
+	is(sql($per_min_sql), $want, "$what: the tumbling windows equal plain SQL over the table");
+	is(sql($hop_sql), sql($hop_want), "$what: the hopping windows equal plain SQL over the table");
+}
+
+produce(1, 3000);
+# an event without a time: a dead letter, not applied, not counted
+sql(q{SELECT pipeline.produce('local', 'agg', '{"id": 99999, "device": "d1", "temp": 1}', '99999')});
+wait_for(q{SELECT count(*) FROM readings}, '3000', 'the consumer applies 3,000 events');
+wait_for(q{SELECT count(*) FROM pipeline.dead_letters WHERE consumer = 'rd'}, '1', 'the event without a time is a dead letter');
+like(sql(q{SELECT error FROM pipeline.dead_letters WHERE consumer = 'rd'}), qr/aggregate "\w+": the event has no time/,
+	'... with the reason');
+check('3,000 events');
+is(sql(q{SELECT sum(count) FROM per_min}), '3000', 'each event counted once');
+
+# reset_offsets: the consumer reads everything again (upsert: the table is
+# the same); the aggregates do not count it twice
+sql(q{SELECT count(*) FROM pipeline.reset_offsets('rd', 'earliest')});
+produce(3001, 3100);
+wait_for(q{SELECT count(*) FROM readings}, '3100', 'after reset_offsets, the consumer goes on');
+wait_for(q{SELECT sum(count) FROM per_min}, '3100', 'the aggregate counted the new events');
+check('after reset_offsets');
+
+# a worker killed with SIGKILL in the middle: the server restarts, the
+# batch in flight rolls back with its aggregate update
+produce(3101, 30000);
+$node->poll_query_until('postgres', q{SELECT count(*) > 6000 FROM readings}, 't');
+my $pid = sql(q{SELECT worker_pid FROM pipeline.consumer_status WHERE consumer = 'rd' AND worker_pid IS NOT NULL LIMIT 1});
+ok($pid && kill('KILL', $pid), "kill -9 of a slot worker (pid $pid)");
+wait_for(q{SELECT count(*) FROM readings}, '30000', 'after the crash, all 30,000 events are applied');
+wait_for(q{SELECT sum(count) FROM per_min}, '30000', 'each counted once');
+check('after kill -9');
+
+# bad definitions
+sub refused
+{
+	my ($call, $re, $what) = @_;
+	my ($rc, $out, $err) = $node->psql('postgres', "SELECT pipeline.create_aggregate($call)");
+	like($err, $re, $what);
+	like($err, qr/HINT:/, "... with a hint");
+}
+refused(q{'a1', 'rd', '1 minute', 'nope', ARRAY['count(*)']}, qr/time column "nope" is not a column/, 'an unknown column');
+refused(q{'a1', 'rd', '1 minute', 'device', ARRAY['count(*)']}, qr/time column "device" is of type text, not a time/,
+	'a time column that is not a time');
+refused(q{'a1', 'rd', '1 minute', 'ts', ARRAY['median(temp)']}, qr/aggregate function "median" is not supported/,
+	'an aggregate that is not supported');
+refused(q{'a1', 'rd', '1 minute', 'ts', ARRAY['sum(device)']}, qr/sum\(device\) needs a number, and column "device" is of type text/,
+	'a sum of text');
+refused(q{'a1', 'rd', '1 month', 'ts', ARRAY['count(*)']}, qr/window of months or years is not supported/,
+	'a window of months');
+refused(q{'a1', 'rd', '1 minute', 'ts', ARRAY['count(temp']}, qr/does not parse/, 'an aggregate that does not parse');
+refused(q{'per_min', 'rd', '1 minute', 'ts', ARRAY['count(*)'], results => 'other'}, qr/aggregate "per_min" already exists/,
+	'a name taken');
+is(sql(q{SELECT count(*) FROM pg_class WHERE relname IN ('a1', 'other')}), '0', 'a refused definition leaves no table');
+
+# another role neither sees nor drops it
+sql(q{CREATE ROLE agg_other LOGIN});
+is(sql(q{SET ROLE agg_other; SELECT count(*) FROM pipeline.aggregates}), '0', 'another role does not see the aggregates');
+my ($rc, $out, $err) = $node->psql('postgres', q{SET ROLE agg_other; SELECT pipeline.drop_aggregate('hop')});
+like($err, qr/must be owner of aggregate "hop"/, 'nor drops one');
+sql(q{SELECT pipeline.drop_aggregate('hop', drop_results => true)});
+is(sql(q{SELECT count(*) FROM pipeline.aggregates WHERE name = 'hop'}) . sql(q{SELECT to_regclass('hop') IS NULL}), '0t',
+	'drop_aggregate removes it and, asked to, its table');
+
+$node->stop;
+done_testing();
