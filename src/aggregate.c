@@ -18,13 +18,16 @@
  */
 #include "postgres.h"
 
+#include "catalog/pg_collation.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
+#include "storage/lmgr.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
+#include "utils/ruleutils.h"
 #include "utils/timestamp.h"
 
 #include "aggregate.h"
@@ -37,6 +40,9 @@ typedef struct PeAggregate
 	int64		size_us;
 	int64		slide_us;
 	TimestampTz origin;
+	int64		lateness_us;
+	bool		has_wm;			/* a watermark yet (at the batch's start) */
+	int64		wm;				/* it, in the time column's microseconds */
 	char	   *time_column;
 	int			ngroups;
 	char	  **groups;
@@ -79,7 +85,7 @@ pe_aggregates_of(PeConsumerDef *def)
 
 	pe_catalog_begin(&acc);
 	if (SPI_execute_with_args("SELECT name, results, size, slide, origin, time_column, group_by, functions, "
-							  "arguments, outputs FROM pipeline.aggregate WHERE consumer_id = $1 ORDER BY name",
+							  "arguments, outputs, lateness, watermark FROM pipeline.aggregate WHERE consumer_id OPERATOR(pg_catalog.=) $1 ORDER BY name",
 							  1, types, values, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read pipeline.aggregate");
 	for (uint64 r = 0; r < SPI_processed; r++)
@@ -101,6 +107,9 @@ pe_aggregates_of(PeConsumerDef *def)
 		a->fns = pe_agg_strings(SPI_getbinval(tup, desc, 8, &isnull), &a->naggs);
 		a->args = pe_agg_strings(SPI_getbinval(tup, desc, 9, &isnull), &n);
 		a->outs = pe_agg_strings(SPI_getbinval(tup, desc, 10, &isnull), &n);
+		a->lateness_us = pe_agg_interval_us(SPI_getbinval(tup, desc, 11, &isnull));
+		a->wm = DatumGetTimestampTz(SPI_getbinval(tup, desc, 12, &isnull));
+		a->has_wm = !isnull;
 		aggs = lappend(aggs, a);
 		MemoryContextSwitchTo(spi);
 	}
@@ -141,14 +150,24 @@ pe_aggregates_screen(List *aggs, PeTarget *t, PeRow *rows, int nrows, PeBatchRes
 
 		for (int r = 0; r < nrows; r++)
 		{
-			if (!rows[r].tombstone && rows[r].nulls[tc])
+			if (!rows[r].tombstone &&
+				(rows[r].nulls[tc] || TIMESTAMP_NOT_FINITE(DatumGetInt64(rows[r].values[tc]))))
 			{
 				PeDeadLetter *d = palloc0(sizeof(PeDeadLetter));
 
 				d->msg_index = rows[r].msg_index;
-				d->error = psprintf("aggregate \"%s\": the event has no time (column \"%s\" is null)",
-									a->name, a->time_column);
-				memcpy(d->sqlstate, "22004", 6);
+				if (rows[r].nulls[tc])
+				{
+					d->error = psprintf("aggregate \"%s\": the event has no time (column \"%s\" is null)",
+										a->name, a->time_column);
+					memcpy(d->sqlstate, "22004", 6);
+				}
+				else
+				{
+					d->error = psprintf("aggregate \"%s\": the event's time (column \"%s\") is infinite: no window holds it",
+										a->name, a->time_column);
+					memcpy(d->sqlstate, "22008", 6);
+				}
 				res->dead = lappend(res->dead, d);
 				continue;
 			}
@@ -170,7 +189,7 @@ pe_agg_counted(PeAggregate *a, int32 **parts, int64 **next)
 	int			n;
 
 	pe_catalog_begin(&acc);
-	if (SPI_execute_with_args("SELECT \"partition\", next_offset FROM pipeline.aggregate_offset WHERE aggregate = $1",
+	if (SPI_execute_with_args("SELECT \"partition\", next_offset FROM pipeline.aggregate_offset WHERE aggregate OPERATOR(pg_catalog.=) $1",
 							  1, types, values, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read pipeline.aggregate_offset");
 	n = (int) SPI_processed;
@@ -187,22 +206,33 @@ pe_agg_counted(PeAggregate *a, int32 **parts, int64 **next)
 	return n;
 }
 
+/* The results table, locked for the batch's writes, by its quoted name. */
+static const char *
+pe_agg_results(PeAggregate *a)
+{
+	char	   *relname;
+	char	   *nspname;
+
+	LockRelationOid(a->results, RowExclusiveLock);
+	relname = get_rel_name(a->results);
+	nspname = relname ? get_namespace_name(get_rel_namespace(a->results)) : NULL;
+	if (relname == NULL || nspname == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("the results table of aggregate \"%s\" was dropped", a->name),
+				 errhint("Drop the aggregate with pipeline.drop_aggregate() and create it again.")));
+	return quote_qualified_identifier(nspname, relname);
+}
+
 /* The statement that merges a batch's events into the results. */
 static char *
 pe_agg_sql(PeAggregate *a, PeTarget *t, const int *cols, int ncols, Oid time_type)
 {
 	StringInfoData s;
 	StringInfoData g;
-	const char *res = quote_qualified_identifier(get_namespace_name(get_rel_namespace(a->results)),
-												 get_rel_name(a->results));
+	const char *res = pe_agg_results(a);
 	const char *tt = format_type_be_qualified(time_type);
 	const char *bin = psprintf("pg_catalog.date_bin($%d, m.c0, $%d::%s)", ncols + 2, ncols + 3, tt);
-
-	if (get_rel_name(a->results) == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_TABLE),
-				 errmsg("the results table of aggregate \"%s\" was dropped", a->name),
-				 errhint("Drop the aggregate with pipeline.drop_aggregate() and create it again.")));
 	initStringInfo(&s);
 	initStringInfo(&g);
 	for (int i = 0; i < a->ngroups; i++)
@@ -233,16 +263,35 @@ pe_agg_sql(PeAggregate *a, PeTarget *t, const int *cols, int ncols, Oid time_typ
 		else
 			appendStringInfo(&s, ", pg_catalog.%s(m.c%d)", a->fns[i], ac);
 	}
+	/* each column with its collation, as the table compares it (unnest gives the type's default) */
+	appendStringInfoString(&s, " FROM (SELECT ");
+	for (int c = 0; c < ncols; c++)
+	{
+		Oid			coll = t->cols[cols[c]].collation;
+
+		if (OidIsValid(coll) && coll != DEFAULT_COLLATION_OID)
+			appendStringInfo(&s, "%su.c%d COLLATE %s AS c%d", c ? ", " : "", c, generate_collation_name(coll), c);
+		else
+			appendStringInfo(&s, "%su.c%d", c ? ", " : "", c);
+	}
 	appendStringInfoString(&s, " FROM ROWS FROM (");
 	for (int c = 0; c < ncols; c++)
 		appendStringInfo(&s, "%spg_catalog.unnest($%d)", c ? ", " : "", c + 1);
-	appendStringInfoString(&s, ") AS m(");
+	appendStringInfoString(&s, ") AS u(");
 	for (int c = 0; c < ncols; c++)
 		appendStringInfo(&s, "%sc%d", c ? ", " : "", c);
+	appendStringInfoString(&s, ")) AS m");
 	/* every window that holds the event: the last one to start, and those before it */
-	appendStringInfo(&s, ") CROSS JOIN LATERAL (SELECT x AS s FROM pg_catalog.generate_series(%s OPERATOR(pg_catalog.-) $%d, %s, $%d) AS x "
-					 "WHERE x OPERATOR(pg_catalog.+) $%d OPERATOR(pg_catalog.>) m.c0) AS w GROUP BY w.s",
-					 bin, ncols + 4, bin, ncols + 2, ncols + 1);
+	appendStringInfo(&s, " CROSS JOIN LATERAL (SELECT x AS s FROM pg_catalog.generate_series(%s OPERATOR(pg_catalog.-) $%d, %s, $%d) AS x "
+					 "WHERE x OPERATOR(pg_catalog.+) $%d OPERATOR(pg_catalog.>) m.c0 "
+					 /* and is still open: a closed window stays as it closed */
+					 "AND ($%d IS NULL OR x OPERATOR(pg_catalog.+) $%d OPERATOR(pg_catalog.+) $%d OPERATOR(pg_catalog.>) $%d)"
+					 ") AS w GROUP BY w.s",
+					 bin, ncols + 4, bin, ncols + 2, ncols + 1, ncols + 5, ncols + 1, ncols + 6, ncols + 5);
+	for (int i = 0; i < a->ngroups; i++)
+		appendStringInfo(&s, ", m.c%d", i + 1);
+	/* rows in one order, so that two slots lock the same windows alike */
+	appendStringInfoString(&s, " ORDER BY w.s");
 	for (int i = 0; i < a->ngroups; i++)
 		appendStringInfo(&s, ", m.c%d", i + 1);
 	appendStringInfo(&s, " ON CONFLICT (window_start%s) DO UPDATE SET ", g.data);
@@ -270,9 +319,9 @@ pe_agg_sql(PeAggregate *a, PeTarget *t, const int *cols, int ncols, Oid time_typ
 			char	   *merged_cnt = psprintf("r.%s OPERATOR(pg_catalog.+) EXCLUDED.%s", cnt, cnt);
 			Oid			avg_type = get_atttype(a->results, get_attnum(a->results, a->outs[i]));
 
-			appendStringInfo(&s, "%s = %s, %s = %s, %s = ((%s)::pg_catalog.numeric OPERATOR(pg_catalog./) "
-							 "NULLIF(%s, 0))::%s",
-							 sum, merged_sum, cnt, merged_cnt, o, merged_sum, merged_cnt,
+			appendStringInfo(&s, "%s = %s, %s = %s, %s = CASE WHEN %s OPERATOR(pg_catalog.>) 0 THEN "
+							 "((%s)::pg_catalog.numeric OPERATOR(pg_catalog./) (%s)::pg_catalog.numeric)::%s END",
+							 sum, merged_sum, cnt, merged_cnt, o, merged_cnt, merged_sum, merged_cnt,
 							 format_type_be_qualified(avg_type));
 		}
 	}
@@ -288,13 +337,89 @@ pe_agg_interval(int64 us)
 	return IntervalPGetDatum(iv);
 }
 
+/* date_bin: the start of the stride holding t */
+static int64
+pe_agg_bin(int64 t, int64 stride, int64 origin)
+{
+	int64		d = t - origin;
+	int64		q = d / stride;
+
+	if (d % stride < 0)
+		q--;
+	return origin + q * stride;
+}
+
+/* The end of the first (earliest) window that holds time t. */
+static int64
+pe_agg_first_end(PeAggregate *a, int64 t)
+{
+	int64		s = pe_agg_bin(t, a->slide_us, a->origin);
+
+	while (s - a->slide_us + a->size_us > t)
+		s -= a->slide_us;
+	return s + a->size_us;
+}
+
+/* Events after their window closed: into pipeline.aggregate_late, with why. */
+static void
+pe_agg_keep_late(PeAggregate *a, PeMessage *msgs, PeRow *rows, const int *late, int nlate, int time_col)
+{
+	PeCatalogAccess acc;
+	Oid			types[8] = {TEXTOID, INT4ARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID, TIMESTAMPTZOID,
+	BYTEAARRAYOID, BYTEAARRAYOID, TEXTOID};
+	Datum		values[8];
+	Datum	   *pd = palloc(sizeof(Datum) * nlate);
+	Datum	   *od = palloc(sizeof(Datum) * nlate);
+	Datum	   *td = palloc(sizeof(Datum) * nlate);
+	Datum	   *kd = palloc(sizeof(Datum) * nlate);
+	Datum	   *vd = palloc(sizeof(Datum) * nlate);
+	bool	   *kn = palloc(sizeof(bool) * nlate);
+	bool	   *vn = palloc(sizeof(bool) * nlate);
+	int			dims[1] = {nlate};
+	int			lbs[1] = {1};
+
+	for (int i = 0; i < nlate; i++)
+	{
+		PeMessage  *m = &msgs[rows[late[i]].msg_index];
+
+		pd[i] = Int32GetDatum(m->partition);
+		od[i] = Int64GetDatum(m->offset);
+		td[i] = rows[late[i]].values[time_col];
+		kn[i] = m->key == NULL;
+		kd[i] = kn[i] ? (Datum) 0 : pe_bytes_to_bytea(m->key, m->key_len);
+		vn[i] = m->value == NULL;
+		vd[i] = vn[i] ? (Datum) 0 : pe_bytes_to_bytea(m->value, m->value_len);
+	}
+	values[0] = CStringGetTextDatum(a->name);
+	values[1] = PointerGetDatum(construct_array(pd, nlate, INT4OID, 4, true, TYPALIGN_INT));
+	values[2] = PointerGetDatum(construct_array(od, nlate, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	values[3] = PointerGetDatum(construct_array(td, nlate, TIMESTAMPTZOID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	values[4] = TimestampTzGetDatum(a->wm);
+	values[5] = PointerGetDatum(construct_md_array(kd, kn, 1, dims, lbs, BYTEAOID, -1, false, TYPALIGN_INT));
+	values[6] = PointerGetDatum(construct_md_array(vd, vn, 1, dims, lbs, BYTEAOID, -1, false, TYPALIGN_INT));
+	values[7] = CStringGetTextDatum(a->size_us == a->slide_us
+									? "its window had closed: the watermark had passed the window's end plus the lateness"
+									: "some or all of its windows had closed: the watermark had passed their end plus the lateness; it counts in those still open");
+	pe_catalog_begin(&acc);
+	if (SPI_execute_with_args("INSERT INTO pipeline.aggregate_late (aggregate, \"partition\", \"offset\", event_time, watermark, key, value, reason) "
+							  "SELECT $1, u.p, u.o, u.t, $5, u.k, u.v, $8 FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3), "
+							  "pg_catalog.unnest($4), pg_catalog.unnest($6), pg_catalog.unnest($7)) AS u(p, o, t, k, v)",
+							  8, types, values, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not keep the late events of aggregate \"%s\"", a->name);
+	pe_catalog_end(&acc);
+}
+
+static void pe_agg_advance(PeAggregate *a, PeTarget *t, int32 *bp, int64 *bo, Datum *bt, bool *bt_null, int nbp,
+						   int npart);
+
 /*
  * Step 5: merge the batch's events into each aggregate, then move its
  * counted offsets past the batch.  SPI connected, in the batch's
  * transaction; runs the merge as the consumer's owner.
  */
 void
-pe_aggregates_update(List *aggs, PeTarget *t, PeMessage *msgs, int n, PeRow *rows, int nrows, List *dead)
+pe_aggregates_update(List *aggs, PeTarget *t, PeMessage *msgs, int n, PeRow *rows, int nrows, List *dead,
+					 int npart)
 {
 	bool	   *is_dead = palloc0(sizeof(bool) * Max(n, 1));
 	ListCell   *lc;
@@ -312,12 +437,17 @@ pe_aggregates_update(List *aggs, PeTarget *t, PeMessage *msgs, int n, PeRow *row
 		int			ncols = 0;
 		int		   *take = palloc(sizeof(int) * Max(nrows, 1));
 		int			ntake = 0;
+		int		   *late = palloc(sizeof(int) * Max(nrows, 1));
+		int			nlate = 0;
+		int			time_col;
 		int32	   *bp = palloc(sizeof(int32) * Max(n, 1));
 		int64	   *bo = palloc(sizeof(int64) * Max(n, 1));
+		Datum	   *bt = palloc0(sizeof(Datum) * Max(n, 1));
+		bool	   *bt_null = palloc(sizeof(bool) * Max(n, 1));
 		int			nbp = 0;
 
 		/* the columns it reads: the time, the groups, the arguments (once each) */
-		cols[ncols++] = pe_agg_col(t, a, a->time_column);
+		cols[ncols++] = time_col = pe_agg_col(t, a, a->time_column);
 		for (int i = 0; i < a->ngroups; i++)
 			cols[ncols++] = pe_agg_col(t, a, a->groups[i]);
 		for (int i = 0; i < a->naggs; i++)
@@ -334,7 +464,12 @@ pe_aggregates_update(List *aggs, PeTarget *t, PeMessage *msgs, int n, PeRow *row
 				cols[ncols++] = c;
 		}
 
-		/* the events it has not counted yet */
+		/*
+		 * The events it has not counted yet; those that come after their
+		 * window closed are kept as late events instead (an event of a
+		 * hopping window is also merged into those of its windows that are
+		 * still open).
+		 */
 		for (int r = 0; r < nrows; r++)
 		{
 			PeMessage  *m = &msgs[rows[r].msg_index];
@@ -345,13 +480,29 @@ pe_aggregates_update(List *aggs, PeTarget *t, PeMessage *msgs, int n, PeRow *row
 			for (int p = 0; p < nparts; p++)
 				if (parts[p] == m->partition && m->offset < next[p])
 					counted = true;
-			if (!counted)
-				take[ntake++] = r;
+			if (counted)
+				continue;
+			if (a->has_wm)
+			{
+				int64		t = DatumGetInt64(rows[r].values[time_col]);
+				int64		first_end = pe_agg_first_end(a, t);
+				int64		last_end = pe_agg_bin(t, a->slide_us, a->origin) + a->size_us;
+
+				if (first_end + a->lateness_us <= a->wm)
+				{
+					late[nlate++] = r;
+					if (last_end + a->lateness_us <= a->wm)
+						continue;	/* every window of it closed */
+				}
+			}
+			take[ntake++] = r;
 		}
+		if (nlate > 0)
+			pe_agg_keep_late(a, msgs, rows, late, nlate, time_col);
 
 		if (ntake > 0)
 		{
-			int			nargs = ncols + 4;
+			int			nargs = ncols + 6;
 			Oid		   *types = palloc(sizeof(Oid) * nargs);
 			Datum	   *values = palloc(sizeof(Datum) * nargs);
 			Datum	   *ev = palloc(sizeof(Datum) * ntake);
@@ -386,16 +537,32 @@ pe_aggregates_update(List *aggs, PeTarget *t, PeMessage *msgs, int n, PeRow *row
 			/* how far back the first window holding an event starts */
 			types[ncols + 3] = INTERVALOID;
 			values[ncols + 3] = pe_agg_interval(((a->size_us + a->slide_us - 1) / a->slide_us - 1) * a->slide_us);
+			/* the watermark at the batch's start, and the lateness: which windows are open */
+			types[ncols + 4] = time_type;
+			values[ncols + 4] = Int64GetDatum(a->wm);
+			types[ncols + 5] = INTERVALOID;
+			values[ncols + 5] = pe_agg_interval(a->lateness_us);
 
 			GetUserIdAndSecContext(&save_userid, &save_sec);
 			SetUserIdAndSecContext(t->def->owner,
 								   save_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
-			if (SPI_execute_with_args(sql, nargs, types, values, NULL, false, 0) != SPI_OK_INSERT)
-				elog(ERROR, "could not update aggregate \"%s\"", a->name);
+			{
+				char	   *nulls = palloc(nargs + 1);
+
+				memset(nulls, ' ', nargs);
+				nulls[nargs] = '\0';
+				if (!a->has_wm)
+					nulls[ncols + 4] = 'n';
+				if (SPI_execute_with_args(sql, nargs, types, values, nulls, false, 0) != SPI_OK_INSERT)
+					elog(ERROR, "could not update aggregate \"%s\"", a->name);
+			}
 			SetUserIdAndSecContext(save_userid, save_sec);
 		}
 
-		/* what it has counted now: every message of the batch */
+		/*
+		 * What it has counted now: every message of the batch; each
+		 * partition's newest event time, and that it was seen.
+		 */
 		for (int i = 0; i < n; i++)
 		{
 			int			p;
@@ -405,35 +572,116 @@ pe_aggregates_update(List *aggs, PeTarget *t, PeMessage *msgs, int n, PeRow *row
 			if (p == nbp)
 			{
 				bp[nbp] = msgs[i].partition;
-				bo[nbp++] = msgs[i].offset + 1;
+				bo[nbp] = msgs[i].offset + 1;
+				bt_null[nbp] = true;
+				nbp++;
 			}
 			else
 				bo[p] = Max(bo[p], msgs[i].offset + 1);
 		}
-		if (nbp > 0)
+		for (int k = 0; k < ntake + nlate; k++)
 		{
-			PeCatalogAccess acc;
-			Oid			otypes[3] = {TEXTOID, INT4ARRAYOID, INT8ARRAYOID};
-			Datum		ovalues[3];
-			Datum	   *pd = palloc(sizeof(Datum) * nbp);
-			Datum	   *od = palloc(sizeof(Datum) * nbp);
+			int			r = k < ntake ? take[k] : late[k - ntake];
+			int64		tm = DatumGetInt64(rows[r].values[time_col]);
+			int			p;
 
-			for (int p = 0; p < nbp; p++)
-			{
-				pd[p] = Int32GetDatum(bp[p]);
-				od[p] = Int64GetDatum(bo[p]);
-			}
-			ovalues[0] = CStringGetTextDatum(a->name);
-			ovalues[1] = PointerGetDatum(construct_array(pd, nbp, INT4OID, 4, true, TYPALIGN_INT));
-			ovalues[2] = PointerGetDatum(construct_array(od, nbp, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-			pe_catalog_begin(&acc);
-			if (SPI_execute_with_args("INSERT INTO pipeline.aggregate_offset AS o (aggregate, \"partition\", next_offset) "
-									  "SELECT $1, u.p, u.n FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3)) AS u(p, n) "
-									  "ON CONFLICT (aggregate, \"partition\") DO UPDATE "
-									  "SET next_offset = GREATEST(o.next_offset, EXCLUDED.next_offset)",
-									  3, otypes, ovalues, NULL, false, 0) != SPI_OK_INSERT)
-				elog(ERROR, "could not record what aggregate \"%s\" counted", a->name);
-			pe_catalog_end(&acc);
+			for (p = 0; bp[p] != msgs[rows[r].msg_index].partition; p++)
+				;
+			if (bt_null[p] || tm > DatumGetInt64(bt[p]))
+				bt[p] = Int64GetDatum(tm);
+			bt_null[p] = false;
 		}
+		if (nbp > 0)
+			pe_agg_advance(a, t, bp, bo, bt, bt_null, nbp, npart);
 	}
 }
+
+/*
+ * Record how far the aggregate has counted each partition of the batch,
+ * move its watermark (the least newest event time of the partitions seen
+ * within idle_timeout; of all of them when every one is idle; never back)
+ * and close the windows it has passed, end plus lateness.
+ */
+static void
+pe_agg_advance(PeAggregate *a, PeTarget *t, int32 *bp, int64 *bo, Datum *bt, bool *bt_null, int nbp, int npart)
+{
+	PeCatalogAccess acc;
+	Oid			otypes[4] = {TEXTOID, INT4ARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID};
+	Datum		ovalues[4];
+	Datum	   *pd = palloc(sizeof(Datum) * nbp);
+	Datum	   *od = palloc(sizeof(Datum) * nbp);
+	int			dims[1] = {nbp};
+	int			lbs[1] = {1};
+	bool		isnull;
+	Datum		wm;
+	Oid			save_userid;
+	int			save_sec;
+
+	for (int p = 0; p < nbp; p++)
+	{
+		pd[p] = Int32GetDatum(bp[p]);
+		od[p] = Int64GetDatum(bo[p]);
+	}
+	ovalues[0] = CStringGetTextDatum(a->name);
+	ovalues[1] = PointerGetDatum(construct_array(pd, nbp, INT4OID, 4, true, TYPALIGN_INT));
+	ovalues[2] = PointerGetDatum(construct_array(od, nbp, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	ovalues[3] = PointerGetDatum(construct_md_array(bt, bt_null, 1, dims, lbs, TIMESTAMPTZOID, 8, FLOAT8PASSBYVAL,
+													TYPALIGN_DOUBLE));
+	pe_catalog_begin(&acc);
+	if (SPI_execute_with_args("INSERT INTO pipeline.aggregate_offset AS o (aggregate, \"partition\", next_offset, max_time, seen_at) "
+							  "SELECT $1, u.p, u.n, u.t, pg_catalog.now() "
+							  "FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4)) AS u(p, n, t) "
+							  "ON CONFLICT (aggregate, \"partition\") DO UPDATE "
+							  "SET next_offset = GREATEST(o.next_offset, EXCLUDED.next_offset), "
+							  "max_time = GREATEST(o.max_time, EXCLUDED.max_time), seen_at = EXCLUDED.seen_at",
+							  4, otypes, ovalues, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not record what aggregate \"%s\" counted", a->name);
+
+	/*
+	 * A partition of the topic without an event yet holds the watermark
+	 * back too, until it has been idle for idle_timeout: otherwise the
+	 * first batch, from one partition, would close windows that the
+	 * others have events for.
+	 */
+	ovalues[1] = Int32GetDatum(npart);
+	otypes[1] = INT4OID;
+	if (SPI_execute_with_args("INSERT INTO pipeline.aggregate_offset (aggregate, \"partition\", next_offset, seen_at) "
+							  "SELECT $1, p, 0, pg_catalog.now() FROM pg_catalog.generate_series(0, $2 OPERATOR(pg_catalog.-) 1) p "
+							  "ON CONFLICT (aggregate, \"partition\") DO NOTHING",
+							  2, otypes, ovalues, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not record the partitions of aggregate \"%s\"", a->name);
+	if (SPI_execute_with_args("UPDATE pipeline.aggregate AS a SET watermark = GREATEST(a.watermark, "
+							  "(SELECT CASE WHEN pg_catalog.bool_or(o.max_time IS NULL) FILTER (WHERE o.active) THEN NULL "
+							  "ELSE COALESCE(pg_catalog.min(o.max_time) FILTER (WHERE o.active), pg_catalog.max(o.max_time)) END "
+							  "FROM (SELECT max_time, seen_at OPERATOR(pg_catalog.>) (pg_catalog.now() OPERATOR(pg_catalog.-) a.idle_timeout) AS active "
+							  "FROM pipeline.aggregate_offset WHERE aggregate OPERATOR(pg_catalog.=) a.name) o)) "
+							  "WHERE a.name OPERATOR(pg_catalog.=) $1 RETURNING a.watermark",
+							  1, otypes, ovalues, NULL, false, 0) != SPI_OK_UPDATE_RETURNING || SPI_processed != 1)
+		elog(ERROR, "could not move the watermark of aggregate \"%s\"", a->name);
+	wm = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	pe_catalog_end(&acc);
+	if (isnull)
+		return;
+
+	/* the windows it passed: closed, as the consumer's owner (it owns them) */
+	{
+		Oid			ctypes[2] = {TIMESTAMPTZOID, INTERVALOID};
+		Datum		cvalues[2];
+		Oid			rel = a->results;
+		char	   *sql = psprintf("UPDATE %s SET closed = true WHERE NOT closed "
+								   "AND window_end OPERATOR(pg_catalog.+) $2 OPERATOR(pg_catalog.<=) $1",
+								   pe_agg_results(a));
+		Oid			time_type = get_atttype(rel, get_attnum(rel, "window_end"));
+
+		ctypes[0] = time_type;	/* the same microseconds for a timestamp column */
+		cvalues[0] = wm;
+		cvalues[1] = pe_agg_interval(a->lateness_us);
+		GetUserIdAndSecContext(&save_userid, &save_sec);
+		SetUserIdAndSecContext(t->def->owner,
+							   save_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
+		if (SPI_execute_with_args(sql, 2, ctypes, cvalues, NULL, false, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "could not close the windows of aggregate \"%s\"", a->name);
+		SetUserIdAndSecContext(save_userid, save_sec);
+	}
+}
+

@@ -131,11 +131,12 @@ pe_agg_parse(const char *spec, Relation rel, char **fn, char **arg, char **out)
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("aggregate function \"%s\" is not supported", *fn),
 				 errhint("Supported: count, sum, avg, min, max.")));
-	if (**out == '\0' || strcmp(*out, "window_start") == 0 || strcmp(*out, "window_end") == 0)
+	if (**out == '\0' || strcmp(*out, "window_start") == 0 || strcmp(*out, "window_end") == 0 ||
+		strcmp(*out, "closed") == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("aggregate \"%s\" needs another output name", spec),
-				 errhint("Add AS name with a name that is not window_start or window_end.")));
+				 errhint("Add AS name with a name that is not window_start, window_end or closed.")));
 	if (strcmp(*arg, "*") == 0)
 	{
 		if (strcmp(*fn, "count") != 0)
@@ -161,7 +162,7 @@ pe_agg_check_interval(Interval *iv, const char *what)
 {
 	if (iv->month != 0)
 		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("a %s of months or years is not supported", what),
 				 errhint("Give it in days, hours, minutes or seconds (date_bin's rule): '30 days', not '1 month'.")));
 	if (iv->day < 0 || iv->time < 0 || (iv->day == 0 && iv->time <= 0))
@@ -205,6 +206,8 @@ pe_create_aggregate(PG_FUNCTION_ARGS)
 	char	   *consumer;
 	Interval   *size;
 	Interval   *slide;
+	Interval   *lateness;
+	Interval   *idle;
 	TimestampTz origin;
 	char	   *time_column;
 	PeConsumerDef *def;
@@ -223,9 +226,9 @@ pe_create_aggregate(PG_FUNCTION_ARGS)
 	StringInfoData cols;
 	Oid			results_oid;
 	PeCatalogAccess acc;
-	Datum		values[14];
-	Oid			types[14] = {TEXTOID, OIDOID, TEXTOID, INT8OID, OIDOID, TEXTOID, INTERVALOID, INTERVALOID,
-	TIMESTAMPTZOID, TEXTOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID};
+	Datum		values[16];
+	Oid			types[16] = {TEXTOID, OIDOID, TEXTOID, INT8OID, OIDOID, TEXTOID, INTERVALOID, INTERVALOID,
+	TIMESTAMPTZOID, TEXTOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, INTERVALOID, INTERVALOID};
 	Datum	   *fd;
 	Datum	   *ad;
 	Datum	   *od;
@@ -244,13 +247,34 @@ pe_create_aggregate(PG_FUNCTION_ARGS)
 	time_column = text_to_cstring(PG_GETARG_TEXT_PP(3));
 	slide = PG_ARGISNULL(6) ? size : PG_GETARG_INTERVAL_P(6);
 	origin = PG_ARGISNULL(7) ? 0 : PG_GETARG_TIMESTAMPTZ(7);	/* 2000-01-01 00:00 UTC */
+	lateness = PG_ARGISNULL(9) ? palloc0(sizeof(Interval)) : PG_GETARG_INTERVAL_P(9);
+	idle = PG_ARGISNULL(10) ? NULL : PG_GETARG_INTERVAL_P(10);
 	if (name[0] == '\0')
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("an aggregate needs a name"),
 				 errhint("Give it a name that is not empty.")));
+	if (TIMESTAMP_NOT_FINITE(origin))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("the origin of the windows must be finite"),
+				 errhint("Leave origin out (2000-01-01 00:00 UTC), or give a time to align the windows on.")));
+	if (strlen(PG_ARGISNULL(8) ? name : text_to_cstring(PG_GETARG_TEXT_PP(8))) >= NAMEDATALEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_NAME_TOO_LONG),
+				 errmsg("the results table's name is longer than %d bytes", NAMEDATALEN - 1),
+				 errhint("Give a shorter name, or a shorter results => name.")));
 	pe_agg_check_interval(size, "window");
 	pe_agg_check_interval(slide, "slide");
+	if (lateness->month != 0 || lateness->day < 0 || lateness->time < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("the lateness must be zero or more, in days, hours, minutes or seconds"),
+				 errhint("For example '30 seconds': events up to that much behind the watermark still count.")));
+	if (idle == NULL)
+		idle = DatumGetIntervalP(DirectFunctionCall3(interval_in, CStringGetDatum("1 minute"),
+													 ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1)));
+	pe_agg_check_interval(idle, "idle timeout");
 	if (pe_agg_usecs(slide) > pe_agg_usecs(size))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -339,6 +363,7 @@ pe_create_aggregate(PG_FUNCTION_ARGS)
 							 quote_identifier(psprintf("%s__sum", outs[i])), arg,
 							 quote_identifier(psprintf("%s__count", outs[i])));
 	}
+	appendStringInfoString(&sql, ", false AS closed");
 	appendStringInfo(&sql, " FROM %s.%s GROUP BY 1, 2%s WITH NO DATA", quote_identifier(schema),
 					 quote_identifier(RelationGetRelationName(rel)), cols.data);
 	if (SPI_connect() != SPI_OK_CONNECT)
@@ -346,7 +371,8 @@ pe_create_aggregate(PG_FUNCTION_ARGS)
 	if (SPI_execute(sql.data, false, 0) != SPI_OK_UTILITY)
 		elog(ERROR, "could not create the results table");
 	resetStringInfo(&sql);
-	appendStringInfo(&sql, "ALTER TABLE %s.%s ALTER window_start SET NOT NULL, ALTER window_end SET NOT NULL",
+	appendStringInfo(&sql, "ALTER TABLE %s.%s ALTER window_start SET NOT NULL, ALTER window_end SET NOT NULL, "
+					 "ALTER closed SET NOT NULL, ALTER closed SET DEFAULT false",
 					 quote_identifier(schema), quote_identifier(results));
 	if (SPI_execute(sql.data, false, 0) != SPI_OK_UTILITY)
 		elog(ERROR, "could not alter the results table");
@@ -354,6 +380,12 @@ pe_create_aggregate(PG_FUNCTION_ARGS)
 	resetStringInfo(&sql);
 	appendStringInfo(&sql, "CREATE UNIQUE INDEX ON %s.%s (window_start%s) NULLS NOT DISTINCT",
 					 quote_identifier(schema), quote_identifier(results), cols.data);
+	if (SPI_execute(sql.data, false, 0) != SPI_OK_UTILITY)
+		elog(ERROR, "could not index the results table");
+	/* the open windows, which each batch closes as the watermark passes them */
+	resetStringInfo(&sql);
+	appendStringInfo(&sql, "CREATE INDEX ON %s.%s (window_end) WHERE NOT closed",
+					 quote_identifier(schema), quote_identifier(results));
 	if (SPI_execute(sql.data, false, 0) != SPI_OK_UTILITY)
 		elog(ERROR, "could not index the results table");
 	if (def->owner != GetUserId())
@@ -366,7 +398,9 @@ pe_create_aggregate(PG_FUNCTION_ARGS)
 	}
 	SPI_finish();
 	results_oid = get_relname_relid(results, RelationGetNamespace(rel));
-	table_close(rel, AccessShareLock);
+	if (!OidIsValid(results_oid))
+		elog(ERROR, "could not find the results table just made");
+	table_close(rel, NoLock);	/* locked until the end of the transaction */
 
 	fd = palloc(sizeof(Datum) * naggs);
 	ad = palloc(sizeof(Datum) * naggs);
@@ -394,13 +428,15 @@ pe_create_aggregate(PG_FUNCTION_ARGS)
 	values[11] = PointerGetDatum(construct_array(fd, naggs, TEXTOID, -1, false, TYPALIGN_INT));
 	values[12] = PointerGetDatum(construct_array(ad, naggs, TEXTOID, -1, false, TYPALIGN_INT));
 	values[13] = PointerGetDatum(construct_array(od, naggs, TEXTOID, -1, false, TYPALIGN_INT));
+	values[14] = IntervalPGetDatum(lateness);
+	values[15] = IntervalPGetDatum(idle);
 
 	pe_catalog_begin(&acc);
 	if (SPI_execute_with_args("INSERT INTO pipeline.aggregate (name, owner, consumer, consumer_id, results, window_kind, "
-							  "size, slide, origin, time_column, group_by, functions, arguments, outputs) "
-							  "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) "
+							  "size, slide, origin, time_column, group_by, functions, arguments, outputs, lateness, idle_timeout) "
+							  "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) "
 							  "ON CONFLICT (name) DO NOTHING",
-							  14, types, values, NULL, false, 0) != SPI_OK_INSERT)
+							  16, types, values, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not record the aggregate");
 	if (SPI_processed == 0)
 		ereport(ERROR,
@@ -412,9 +448,10 @@ pe_create_aggregate(PG_FUNCTION_ARGS)
 	 * It counts what the consumer applies from now on: what it has applied
 	 * is behind the consumer's stored offsets.
 	 */
-	if (SPI_execute_with_args("INSERT INTO pipeline.aggregate_offset (aggregate, \"partition\", next_offset) "
-							  "SELECT $1, \"partition\", next_offset FROM pipeline.offsets WHERE consumer = $3",
-							  14, types, values, NULL, false, 0) != SPI_OK_INSERT)
+	if (SPI_execute_with_args("INSERT INTO pipeline.aggregate_offset (aggregate, \"partition\", next_offset, seen_at) "
+							  "SELECT $1, \"partition\", next_offset, pg_catalog.now() FROM pipeline.offsets "
+							  "WHERE consumer OPERATOR(pg_catalog.=) $3",
+							  16, types, values, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not record where the aggregate starts");
 	pe_catalog_end(&acc);
 	PG_RETURN_OID(results_oid);
@@ -434,7 +471,7 @@ pe_drop_aggregate(PG_FUNCTION_ARGS)
 
 	pe_require_preload();
 	pe_catalog_begin(&acc);
-	if (SPI_execute_with_args("SELECT owner, results FROM pipeline.aggregate WHERE name = $1 FOR UPDATE",
+	if (SPI_execute_with_args("SELECT owner, results FROM pipeline.aggregate WHERE name OPERATOR(pg_catalog.=) $1 FOR UPDATE",
 							  1, types, values, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read pipeline.aggregate");
 	if (SPI_processed == 1)
@@ -454,7 +491,7 @@ pe_drop_aggregate(PG_FUNCTION_ARGS)
 				 errmsg("must be owner of aggregate \"%s\" to drop it", name),
 				 errhint("Only the owner of its consumer, its members, or a superuser can.")));
 	pe_catalog_begin(&acc);
-	if (SPI_execute_with_args("DELETE FROM pipeline.aggregate WHERE name = $1", 1, types, values, NULL, false, 0)
+	if (SPI_execute_with_args("DELETE FROM pipeline.aggregate WHERE name OPERATOR(pg_catalog.=) $1", 1, types, values, NULL, false, 0)
 		!= SPI_OK_DELETE)
 		elog(ERROR, "could not delete the aggregate");
 	pe_catalog_end(&acc);

@@ -108,7 +108,7 @@ pe_batch_apply(PeBatch *b)
 
 	/* 5. windowed aggregates (aggregate.c) */
 	if (aggs != NIL)
-		pe_aggregates_update(aggs, t, b->msgs, b->n, rows, nrows, b->res.dead);
+		pe_aggregates_update(aggs, t, b->msgs, b->n, rows, nrows, b->res.dead, b->npart);
 
 	/* 6. offsets */
 	if (b->offsets && !pe_offsets_store(b->offsets))

@@ -189,6 +189,7 @@ typedef struct PeBatch
 	int64	   *replay_ids;		/* a replay: the dead letters' ids */
 	PeOffsetWrite *offsets;		/* a slot: the offsets to store */
 	bool		own_transaction;	/* a slot: the transaction is the batch's */
+	int			npart;			/* a slot: the partitions of the topic */
 	PeBatchResult res;			/* out */
 } PeBatch;
 

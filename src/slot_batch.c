@@ -49,6 +49,7 @@ pe_slot_apply_batch(rd_kafka_message_t **rkm, int n, int64 *ndead, char **stop_e
 	memset(&b, 0, sizeof(b));
 	b.msgs = palloc0(sizeof(PeMessage) * n);
 	b.n = n;
+	b.npart = pe_run->npart;
 	for (int i = 0; i < n; i++)
 	{
 		rd_kafka_message_t *m = rkm[i];

@@ -82,10 +82,14 @@ sub check
 produce(1, 3000);
 # an event without a time: a dead letter, not applied, not counted
 sql(q{SELECT pipeline.produce('local', 'agg', '{"id": 99999, "device": "d1", "temp": 1}', '99999')});
+# nor one whose time is infinite: no window holds it
+sql(q{SELECT pipeline.produce('local', 'agg', '{"id": 99998, "device": "d1", "ts": "infinity", "temp": 1}', '99998')});
 wait_for(q{SELECT count(*) FROM readings}, '3000', 'the consumer applies 3,000 events');
-wait_for(q{SELECT count(*) FROM pipeline.dead_letters WHERE consumer = 'rd'}, '1', 'the event without a time is a dead letter');
-like(sql(q{SELECT error FROM pipeline.dead_letters WHERE consumer = 'rd'}), qr/aggregate "\w+": the event has no time/,
-	'... with the reason');
+wait_for(q{SELECT count(*) FROM pipeline.dead_letters WHERE consumer = 'rd'}, '2',
+	'the events without a time, or with an infinite one, are dead letters');
+like(sql(q{SELECT string_agg(error, ' / ' ORDER BY "offset") FROM pipeline.dead_letters WHERE consumer = 'rd'}),
+	qr/aggregate "\w+": the event has no time.*aggregate "\w+": the event's time \(column "ts"\) is infinite/,
+	'... with the reasons');
 check('3,000 events');
 is(sql(q{SELECT sum(count) FROM per_min}), '3000', 'each event counted once');
 
@@ -107,6 +111,27 @@ wait_for(q{SELECT count(*) FROM readings}, '30000', 'after the crash, all 30,000
 wait_for(q{SELECT sum(count) FROM per_min}, '30000', 'each counted once');
 check('after kill -9');
 
+# watermarks: a window closes once the watermark (the least of the
+# partitions' newest event times) passes its end plus the lateness; an
+# event within the lateness still counts; a later one is kept, not counted
+sql(q{SELECT pipeline.create_aggregate('closing', 'rd', '1 minute', 'ts', ARRAY['count(*)'], lateness => '10 seconds')});
+produce(30001, 30600);    # 08:20:01 .. 08:30:00, every partition
+wait_for(q{SELECT sum(count) FROM closing}, '600', 'the new aggregate counts what comes after it');
+my $wm = sql(q{SELECT watermark FROM pipeline.aggregates WHERE name = 'closing'});
+cmp_ok($wm, 'ge', '2026-01-01 08:29:30', "the watermark follows the events ($wm)");
+is(sql(q{SELECT count(*) FILTER (WHERE closed) || '/' || bool_and(closed = (window_end + interval '10 seconds' <= w))
+         FROM closing, (SELECT watermark AS w FROM pipeline.aggregates WHERE name = 'closing') x}),
+	'9/true', 'the windows the watermark passed (end plus lateness) are closed, the others open');
+sql(q{SELECT pipeline.produce('local', 'agg', '{"id": 40000, "device": "d0", "ts": "2026-01-01 08:00:00+00", "temp": 1}', '40000')});
+sql(q{SELECT pipeline.produce('local', 'agg', '{"id": 40001, "device": "d0", "ts": "2026-01-01 08:29:30+00", "temp": 1}', '40001')});
+wait_for(q{SELECT count(*) FROM readings WHERE id IN (40000, 40001)}, '2', 'the consumer applies a late and an in-time event');
+is(sql(q{SELECT count FROM closing WHERE window_start = '2026-01-01 08:29:00+00'}), '61',
+	'an event within the lateness counts in its open window');
+is(sql(q{SELECT count(*) FROM closing WHERE window_start = '2026-01-01 08:00:00+00'}), '0', 'the late one does not');
+like(sql(q{SELECT event_time || ' ' || convert_from(value, 'UTF8') || ' ' || reason FROM pipeline.late_events WHERE aggregate = 'closing'}),
+	qr/^2026-01-01 08:00:00\+00 .*"id": 40000.* its window had closed/, 'it is kept as a late event, with its bytes and the reason');
+is(sql(q{SELECT late_events FROM pipeline.aggregates WHERE name = 'closing'}), '1', 'pipeline.aggregates counts it');
+
 # bad definitions
 sub refused
 {
@@ -127,6 +152,7 @@ refused(q{'a1', 'rd', '1 month', 'ts', ARRAY['count(*)']}, qr/window of months o
 refused(q{'a1', 'rd', '1 minute', 'ts', ARRAY['count(temp']}, qr/does not parse/, 'an aggregate that does not parse');
 refused(q{'per_min', 'rd', '1 minute', 'ts', ARRAY['count(*)'], results => 'other'}, qr/aggregate "per_min" already exists/,
 	'a name taken');
+refused(q{repeat('x', 64), 'rd', '1 minute', 'ts', ARRAY['count(*)']}, qr/longer than 63 bytes/, 'a name too long for a table');
 is(sql(q{SELECT count(*) FROM pg_class WHERE relname IN ('a1', 'other')}), '0', 'a refused definition leaves no table');
 
 # another role neither sees nor drops it
@@ -137,6 +163,14 @@ like($err, qr/must be owner of aggregate "hop"/, 'nor drops one');
 sql(q{SELECT pipeline.drop_aggregate('hop', drop_results => true)});
 is(sql(q{SELECT count(*) FROM pipeline.aggregates WHERE name = 'hop'}) . sql(q{SELECT to_regclass('hop') IS NULL}), '0t',
 	'drop_aggregate removes it and, asked to, its table');
+
+# a results table dropped under a running consumer: a clear error, the
+# server keeps running
+sql(q{DROP TABLE per_min});
+produce(50001, 50001);
+wait_for(q{SELECT last_error LIKE '%the results table of aggregate "per_min" was dropped%' FROM pipeline.consumers WHERE name = 'rd'},
+	't', 'a dropped results table stops the batches with an error that says so');
+is(sql(q{SELECT 1}), '1', 'the server is up');
 
 $node->stop;
 done_testing();
