@@ -29,6 +29,7 @@
 #include "utils/timestamp.h"
 
 #include "aggregate.h"
+#include "datapath.h"
 #include "connection.h"
 #include "consumer.h"
 #include "shmem.h"
@@ -69,6 +70,31 @@ pe_agg_require_column(Relation rel, const char *name, const char *what)
 						RelationGetRelationName(rel)),
 				 errhint("An aggregate reads the columns the consumer writes; name one of them.")));
 	return typid;
+}
+
+/*
+ * The aggregate sees a message's values as the consumer decodes them: a
+ * column the consumer does not fill from the message, or fills from its
+ * default when the message lacks it, would be seen null.
+ */
+static void
+pe_agg_require_decoded(PeTarget *t, const char *name, const char *what)
+{
+	for (int c = 0; c < t->ncols; c++)
+		if (strcmp(t->cols[c].name, name) == 0)
+		{
+			if (t->cols[c].default_expr != NULL)
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("%s \"%s\" takes its default when a message lacks it, which an aggregate does not see",
+								what, name),
+						 errhint("Aggregate a column the messages carry, or drop the column's default.")));
+			return;
+		}
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("%s \"%s\" is not filled from the messages by consumer \"%s\"", what, name, t->def->name),
+			 errhint("An aggregate reads the columns the consumer fills from each message; map this one in the consumer's column_map, or name another.")));
 }
 
 /*
@@ -211,6 +237,7 @@ pe_create_aggregate(PG_FUNCTION_ARGS)
 	TimestampTz origin;
 	char	   *time_column;
 	PeConsumerDef *def;
+	PeTarget   *target;
 	Relation	rel;
 	Oid			time_type;
 	text	  **aggs;
@@ -308,6 +335,13 @@ pe_create_aggregate(PG_FUNCTION_ARGS)
 	}
 	else
 		groups = NULL;
+	/* as the consumer's batches will see them (describing prepares its statements) */
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	target = pe_target_open(def, false);
+	pe_agg_require_decoded(target, time_column, "time column");
+	for (int g = 0; g < ngroups; g++)
+		pe_agg_require_decoded(target, text_to_cstring(groups[g]), "group column");
 	aggs = pe_agg_text_array(PG_GETARG_ARRAYTYPE_P(4), &naggs);
 	if (naggs == 0)
 		ereport(ERROR,
@@ -320,6 +354,8 @@ pe_create_aggregate(PG_FUNCTION_ARGS)
 	for (int i = 0; i < naggs; i++)
 	{
 		pe_agg_parse(text_to_cstring(aggs[i]), rel, &fns[i], &args[i], &outs[i]);
+		if (strcmp(args[i], "*") != 0)
+			pe_agg_require_decoded(target, args[i], "aggregated column");
 		for (int j = 0; j < i; j++)
 			if (strcmp(outs[i], outs[j]) == 0)
 				ereport(ERROR,
@@ -339,6 +375,8 @@ pe_create_aggregate(PG_FUNCTION_ARGS)
 	 * TABLE AS over the target takes each output's type from PostgreSQL
 	 * itself.  Then the consumer's owner owns it, since its batches write it.
 	 */
+	pe_target_close(target);
+	SPI_finish();
 	schema = get_namespace_name(RelationGetNamespace(rel));
 	results = PG_ARGISNULL(8) ? name : text_to_cstring(PG_GETARG_TEXT_PP(8));
 	initStringInfo(&sql);

@@ -152,6 +152,12 @@ refused(q{'a1', 'rd', '1 month', 'ts', ARRAY['count(*)']}, qr/window of months o
 refused(q{'a1', 'rd', '1 minute', 'ts', ARRAY['count(temp']}, qr/does not parse/, 'an aggregate that does not parse');
 refused(q{'per_min', 'rd', '1 minute', 'ts', ARRAY['count(*)'], results => 'other'}, qr/aggregate "per_min" already exists/,
 	'a name taken');
+# a column the consumer fills from its default when a message lacks it:
+# the aggregate would see it null
+sql(q{CREATE TABLE stamped (id int PRIMARY KEY, received timestamptz DEFAULT now(), temp float8);
+      SELECT pipeline.create_consumer('st', 'local', 'agg', 'stamped', start => false)});
+refused(q{'a1', 'st', '1 minute', 'received', ARRAY['count(*)']}, qr/time column "received" takes its default when a message lacks it/,
+	'a time column filled from its default');
 refused(q{repeat('x', 64), 'rd', '1 minute', 'ts', ARRAY['count(*)']}, qr/longer than 63 bytes/, 'a name too long for a table');
 is(sql(q{SELECT count(*) FROM pg_class WHERE relname IN ('a1', 'other')}), '0', 'a refused definition leaves no table');
 
