@@ -410,7 +410,7 @@ pe_agg_keep_late(PeAggregate *a, PeMessage *msgs, PeRow *rows, const int *late, 
 }
 
 static void pe_agg_advance(PeAggregate *a, PeTarget *t, int32 *bp, int64 *bo, Datum *bt, bool *bt_null, int nbp,
-						   int npart);
+						   int npart, TimestampTz started);
 
 /*
  * Step 5: merge the batch's events into each aggregate, then move its
@@ -430,6 +430,7 @@ pe_aggregates_update(List *aggs, PeTarget *t, PeMessage *msgs, int n, PeRow *row
 	foreach(lc, aggs)
 	{
 		PeAggregate *a = lfirst(lc);
+		TimestampTz started = GetCurrentTimestamp();
 		int32	   *parts;
 		int64	   *next;
 		int			nparts = pe_agg_counted(a, &parts, &next);
@@ -592,7 +593,7 @@ pe_aggregates_update(List *aggs, PeTarget *t, PeMessage *msgs, int n, PeRow *row
 			bt_null[p] = false;
 		}
 		if (nbp > 0)
-			pe_agg_advance(a, t, bp, bo, bt, bt_null, nbp, npart);
+			pe_agg_advance(a, t, bp, bo, bt, bt_null, nbp, npart, started);
 	}
 }
 
@@ -603,8 +604,12 @@ pe_aggregates_update(List *aggs, PeTarget *t, PeMessage *msgs, int n, PeRow *row
  * and close the windows it has passed, end plus lateness.
  */
 static void
-pe_agg_advance(PeAggregate *a, PeTarget *t, int32 *bp, int64 *bo, Datum *bt, bool *bt_null, int nbp, int npart)
+pe_agg_advance(PeAggregate *a, PeTarget *t, int32 *bp, int64 *bo, Datum *bt, bool *bt_null, int nbp, int npart,
+			   TimestampTz started)
 {
+	uint64		closed = 0;
+	int64		open = 0;
+	bool		isnull_open;
 	PeCatalogAccess acc;
 	Oid			otypes[4] = {TEXTOID, INT4ARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID};
 	Datum		ovalues[4];
@@ -650,38 +655,67 @@ pe_agg_advance(PeAggregate *a, PeTarget *t, int32 *bp, int64 *bo, Datum *bt, boo
 							  "ON CONFLICT (aggregate, \"partition\") DO NOTHING",
 							  2, otypes, ovalues, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not record the partitions of aggregate \"%s\"", a->name);
-	if (SPI_execute_with_args("UPDATE pipeline.aggregate AS a SET watermark = GREATEST(a.watermark, "
+	if (SPI_execute_with_args("SELECT GREATEST(a.watermark, "
 							  "(SELECT CASE WHEN pg_catalog.bool_or(o.max_time IS NULL) FILTER (WHERE o.active) THEN NULL "
 							  "ELSE COALESCE(pg_catalog.min(o.max_time) FILTER (WHERE o.active), pg_catalog.max(o.max_time)) END "
 							  "FROM (SELECT max_time, seen_at OPERATOR(pg_catalog.>) (pg_catalog.now() OPERATOR(pg_catalog.-) a.idle_timeout) AS active "
 							  "FROM pipeline.aggregate_offset WHERE aggregate OPERATOR(pg_catalog.=) a.name) o)) "
-							  "WHERE a.name OPERATOR(pg_catalog.=) $1 RETURNING a.watermark",
-							  1, otypes, ovalues, NULL, false, 0) != SPI_OK_UPDATE_RETURNING || SPI_processed != 1)
+							  "FROM pipeline.aggregate a WHERE a.name OPERATOR(pg_catalog.=) $1 FOR UPDATE",
+							  1, otypes, ovalues, NULL, false, 0) != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "could not move the watermark of aggregate \"%s\"", a->name);
 	wm = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	pe_catalog_end(&acc);
-	if (isnull)
-		return;
 
-	/* the windows it passed: closed, as the consumer's owner (it owns them) */
+	/*
+	 * The windows it passed: closed, as the consumer's owner (it owns
+	 * them); and how many stay open (the partial index on them).
+	 */
 	{
 		Oid			ctypes[2] = {TIMESTAMPTZOID, INTERVALOID};
 		Datum		cvalues[2];
 		Oid			rel = a->results;
-		char	   *sql = psprintf("UPDATE %s SET closed = true WHERE NOT closed "
-								   "AND window_end OPERATOR(pg_catalog.+) $2 OPERATOR(pg_catalog.<=) $1",
-								   pe_agg_results(a));
-		Oid			time_type = get_atttype(rel, get_attnum(rel, "window_end"));
+		const char *res = pe_agg_results(a);
 
-		ctypes[0] = time_type;	/* the same microseconds for a timestamp column */
+		ctypes[0] = get_atttype(rel, get_attnum(rel, "window_end"));	/* the same microseconds for a timestamp column */
 		cvalues[0] = wm;
 		cvalues[1] = pe_agg_interval(a->lateness_us);
 		GetUserIdAndSecContext(&save_userid, &save_sec);
 		SetUserIdAndSecContext(t->def->owner,
 							   save_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
-		if (SPI_execute_with_args(sql, 2, ctypes, cvalues, NULL, false, 0) != SPI_OK_UPDATE)
-			elog(ERROR, "could not close the windows of aggregate \"%s\"", a->name);
+		if (!isnull)
+		{
+			if (SPI_execute_with_args(psprintf("UPDATE %s SET closed = true WHERE NOT closed "
+											   "AND window_end OPERATOR(pg_catalog.+) $2 OPERATOR(pg_catalog.<=) $1", res),
+									  2, ctypes, cvalues, NULL, false, 0) != SPI_OK_UPDATE)
+				elog(ERROR, "could not close the windows of aggregate \"%s\"", a->name);
+			closed = SPI_processed;
+		}
+		if (SPI_execute(psprintf("SELECT pg_catalog.count(*) FROM %s WHERE NOT closed", res), true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not count the open windows of aggregate \"%s\"", a->name);
+		open = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull_open));
 		SetUserIdAndSecContext(save_userid, save_sec);
+	}
+
+	/* the watermark and the figures */
+	{
+		Oid			utypes[5] = {TEXTOID, TIMESTAMPTZOID, INT8OID, INT8OID, FLOAT8OID};
+		Datum		uvalues[5];
+		char		unulls[6] = "     ";
+
+		uvalues[0] = ovalues[0];
+		uvalues[1] = wm;
+		if (isnull)
+			unulls[1] = 'n';
+		uvalues[2] = Int64GetDatum(closed);
+		uvalues[3] = Int64GetDatum(open);
+		uvalues[4] = Float8GetDatum((double) (GetCurrentTimestamp() - started) / 1000.0);
+		pe_catalog_begin(&acc);
+		if (SPI_execute_with_args("UPDATE pipeline.aggregate SET watermark = $2, "
+								  "windows_closed = windows_closed OPERATOR(pg_catalog.+) $3, open_windows = $4, "
+								  "last_batch_at = pg_catalog.now(), batch_ms = $5 WHERE name OPERATOR(pg_catalog.=) $1",
+								  5, utypes, uvalues, unulls, false, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "could not update aggregate \"%s\"", a->name);
+		pe_catalog_end(&acc);
 	}
 }
 

@@ -131,6 +131,23 @@ is(sql(q{SELECT count(*) FROM closing WHERE window_start = '2026-01-01 08:00:00+
 like(sql(q{SELECT event_time || ' ' || convert_from(value, 'UTF8') || ' ' || reason FROM pipeline.late_events WHERE aggregate = 'closing'}),
 	qr/^2026-01-01 08:00:00\+00 .*"id": 40000.* its window had closed/, 'it is kept as a late event, with its bytes and the reason');
 is(sql(q{SELECT late_events FROM pipeline.aggregates WHERE name = 'closing'}), '1', 'pipeline.aggregates counts it');
+is(sql(q{SELECT (windows_closed = (SELECT count(*) FROM closing WHERE closed)) || '/'
+              || (open_windows = (SELECT count(*) FROM closing WHERE NOT closed)) || '/'
+              || (last_batch_at IS NOT NULL) || '/' || (batch_ms >= 0)
+         FROM pipeline.aggregates WHERE name = 'closing'}),
+	'true/true/true/true', 'pipeline.aggregates: windows closed and open, the last batch and the time it added');
+like(sql(q{SELECT status || ': ' || reason FROM pipeline.health WHERE consumer = 'aggregate:closing'}),
+	qr/^warning: 1 late events kept in the last /, 'pipeline.health warns of the late event');
+is(sql(q{SELECT string_agg(consumer, ',' ORDER BY consumer) FROM pipeline.health WHERE consumer LIKE 'aggregate:%'}),
+	'aggregate:closing,aggregate:hop,aggregate:per_min', '... and has a row for each aggregate');
+{
+	# the exporter's query for aggregates (sql/prometheus-postgres-exporter.yaml) runs and has them
+	my $yaml = slurp_file(($ENV{TESTDIR} // '.') . '/sql/prometheus-postgres-exporter.yaml');
+	my ($query) = $yaml =~ /^pipeline_aggregate:\n  query: \|\n(.*?)\n  metrics:/ms;
+	ok(defined $query, 'the exporter has a query for aggregates');
+	like(sql("SELECT string_agg(aggregate || ':' || late_events, ',' ORDER BY aggregate) FROM ($query) q"),
+		qr/^closing:1,hop:1,per_min:1$/, '... which reads them');
+}
 
 # bad definitions
 sub refused
