@@ -5,7 +5,8 @@
  *	  updated in the batch's transaction, so that rows, aggregates and
  *	  offsets commit together.  Each message counts once: an aggregate
  *	  keeps, per partition, the next offset it counts, and a message below
- *	  it (reset_offsets, a replay) is not counted again.  The batch's events
+ *	  it (reset_offsets) is not counted again; a replayed dead letter, never
+ *	  counted, counts when its row goes in.  The batch's events
  *	  are grouped into their windows in one statement that merges into the
  *	  results table (count and sum add, min and max compare, avg keeps its
  *	  sum and count).  Before the apply, a message whose time is missing is
@@ -419,7 +420,7 @@ static void pe_agg_advance(PeAggregate *a, PeTarget *t, int32 *bp, int64 *bo, Da
  */
 void
 pe_aggregates_update(List *aggs, PeTarget *t, PeMessage *msgs, int n, PeRow *rows, int nrows, List *dead,
-					 int npart)
+					 int npart, bool replay)
 {
 	bool	   *is_dead = palloc0(sizeof(bool) * Max(n, 1));
 	ListCell   *lc;
@@ -478,7 +479,13 @@ pe_aggregates_update(List *aggs, PeTarget *t, PeMessage *msgs, int n, PeRow *row
 
 			if (rows[r].tombstone || is_dead[rows[r].msg_index])
 				continue;
-			for (int p = 0; p < nparts; p++)
+
+			/*
+			 * A replayed dead letter was not counted when it failed (its
+			 * offset is behind), and its row goes in this transaction: count
+			 * it now.
+			 */
+			for (int p = 0; p < nparts && !replay; p++)
 				if (parts[p] == m->partition && m->offset < next[p])
 					counted = true;
 			if (counted)
@@ -592,7 +599,8 @@ pe_aggregates_update(List *aggs, PeTarget *t, PeMessage *msgs, int n, PeRow *row
 				bt[p] = Int64GetDatum(tm);
 			bt_null[p] = false;
 		}
-		if (nbp > 0)
+		/* old events replayed do not move the watermark nor what was counted */
+		if (nbp > 0 && !replay)
 			pe_agg_advance(a, t, bp, bo, bt, bt_null, nbp, npart, started);
 	}
 }

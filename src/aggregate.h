@@ -14,6 +14,6 @@
 extern List *pe_aggregates_of(PeConsumerDef *def);
 extern int	pe_aggregates_screen(List *aggs, PeTarget *t, PeRow *rows, int nrows, PeBatchResult *res);
 extern void pe_aggregates_update(List *aggs, PeTarget *t, PeMessage *msgs, int n, PeRow *rows, int nrows,
-								 List *dead, int npart);
+								 List *dead, int npart, bool replay);
 
 #endif

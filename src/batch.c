@@ -72,9 +72,8 @@ pe_batch_apply(PeBatch *b)
 		AfterTriggerSetState(immediate);
 	}
 
-	/* a slot's batch feeds the consumer's aggregates; a replay does not */
-	if (b->offsets)
-		aggs = pe_aggregates_of(t->def);
+	/* the consumer's aggregates: a slot's batch feeds them, and a replay */
+	aggs = pe_aggregates_of(t->def);
 
 	/*
 	 * Decoding and applying run as the consumer's owner, restricted as
@@ -108,7 +107,7 @@ pe_batch_apply(PeBatch *b)
 
 	/* 5. windowed aggregates (aggregate.c) */
 	if (aggs != NIL)
-		pe_aggregates_update(aggs, t, b->msgs, b->n, rows, nrows, b->res.dead, b->npart);
+		pe_aggregates_update(aggs, t, b->msgs, b->n, rows, nrows, b->res.dead, b->npart, b->replay_ids != NULL);
 
 	/* 6. offsets */
 	if (b->offsets && !pe_offsets_store(b->offsets))

@@ -149,6 +149,18 @@ is(sql(q{SELECT string_agg(consumer, ',' ORDER BY consumer) FROM pipeline.health
 		qr/^closing:1,hop:1,per_min:1$/, '... which reads them');
 }
 
+# a dead letter replayed once the table takes it: counted then, once
+sql(q{ALTER TABLE readings ADD CONSTRAINT small CHECK (temp < 1000)});
+sql(q{SELECT pipeline.produce('local', 'agg', '{"id": 40002, "device": "d0", "ts": "2026-01-01 08:30:30+00", "temp": 5000}', '40002')});
+wait_for(q{SELECT count(*) FROM pipeline.dead_letters WHERE consumer = 'rd' AND error LIKE '%"small"%'}, '1',
+	'a row the table refuses is a dead letter');
+is(sql(q{SELECT count FROM closing WHERE window_start = '2026-01-01 08:30:00+00'}), '1', '... and is not counted');
+sql(q{ALTER TABLE readings DROP CONSTRAINT small});
+is(sql(q{SELECT replayed || '/' || failed FROM pipeline.replay_dead_letters('rd',
+           (SELECT array_agg(id) FROM pipeline.dead_letters WHERE consumer = 'rd' AND error LIKE '%"small"%'))}),
+	'1/0', 'replayed once the table takes it');
+is(sql(q{SELECT count FROM closing WHERE window_start = '2026-01-01 08:30:00+00'}), '2', 'the replayed event counts in its window');
+
 # bad definitions
 sub refused
 {
