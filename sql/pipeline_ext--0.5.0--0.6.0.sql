@@ -40,13 +40,14 @@ CREATE TABLE @extschema@.aggregate (
 REVOKE ALL ON @extschema@.aggregate FROM PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.aggregate', '');
 
--- What each aggregate has counted, per partition: the next offset it
--- counts.  A message below it (a replay, reset_offsets) is not counted
--- again.
+-- What each aggregate has counted, per partition: the offsets, as
+-- ranges.  A message in them (reset_offsets back, a batch redone after a
+-- crash) is not counted again; one outside them (reset_offsets forward
+-- then back) still is.
 CREATE TABLE @extschema@.aggregate_offset (
     aggregate     text NOT NULL REFERENCES @extschema@.aggregate (name) ON DELETE CASCADE,
     "partition"   int NOT NULL,
-    next_offset   bigint NOT NULL,
+    counted       int8multirange NOT NULL DEFAULT '{}',
     max_time      timestamptz,          -- the partition's newest event time
     seen_at       timestamptz,          -- when it last had a message
     PRIMARY KEY (aggregate, "partition")

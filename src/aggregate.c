@@ -4,8 +4,8 @@
  *	  Step 5 of the data path (batch.c): the consumer's windowed aggregates
  *	  updated in the batch's transaction, so that rows, aggregates and
  *	  offsets commit together.  Each message counts once: an aggregate
- *	  keeps, per partition, the next offset it counts, and a message below
- *	  it (reset_offsets) is not counted again; a replayed dead letter, never
+ *	  keeps, per partition, the offsets it has counted (a multirange), and a
+ *	  message in them (reset_offsets) is not counted again; a replayed dead letter, never
  *	  counted, counts when its row goes in.  The batch's events
  *	  are grouped into their windows in one statement that merges into the
  *	  results table (count and sum add, min and max compare, avg keeps its
@@ -179,9 +179,9 @@ pe_aggregates_screen(List *aggs, PeTarget *t, PeRow *rows, int nrows, PeBatchRes
 	return nrows;
 }
 
-/* Where each partition's counting resumes: parallel arrays, n of them. */
+/* The offsets it has counted: ranges [lo, hi) of a partition, n of them. */
 static int
-pe_agg_counted(PeAggregate *a, int32 **parts, int64 **next)
+pe_agg_counted(PeAggregate *a, int32 **parts, int64 **lo, int64 **hi)
 {
 	PeCatalogAccess acc;
 	Oid			types[1] = {TEXTOID};
@@ -190,18 +190,22 @@ pe_agg_counted(PeAggregate *a, int32 **parts, int64 **next)
 	int			n;
 
 	pe_catalog_begin(&acc);
-	if (SPI_execute_with_args("SELECT \"partition\", next_offset FROM pipeline.aggregate_offset WHERE aggregate OPERATOR(pg_catalog.=) $1",
+	if (SPI_execute_with_args("SELECT o.\"partition\", pg_catalog.lower(r), pg_catalog.upper(r) "
+							  "FROM pipeline.aggregate_offset o, pg_catalog.unnest(o.counted) AS r "
+							  "WHERE o.aggregate OPERATOR(pg_catalog.=) $1",
 							  1, types, values, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read pipeline.aggregate_offset");
 	n = (int) SPI_processed;
 	*parts = MemoryContextAlloc(outer, sizeof(int32) * Max(n, 1));
-	*next = MemoryContextAlloc(outer, sizeof(int64) * Max(n, 1));
+	*lo = MemoryContextAlloc(outer, sizeof(int64) * Max(n, 1));
+	*hi = MemoryContextAlloc(outer, sizeof(int64) * Max(n, 1));
 	for (int i = 0; i < n; i++)
 	{
 		bool		isnull;
 
 		(*parts)[i] = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
-		(*next)[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull));
+		(*lo)[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull));
+		(*hi)[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 3, &isnull));
 	}
 	pe_catalog_end(&acc);
 	return n;
@@ -410,8 +414,8 @@ pe_agg_keep_late(PeAggregate *a, PeMessage *msgs, PeRow *rows, const int *late, 
 	pe_catalog_end(&acc);
 }
 
-static void pe_agg_advance(PeAggregate *a, PeTarget *t, int32 *bp, int64 *bo, Datum *bt, bool *bt_null, int nbp,
-						   int npart, TimestampTz started);
+static void pe_agg_advance(PeAggregate *a, PeTarget *t, int32 *bp, int64 *bl, int64 *bo, Datum *bt, bool *bt_null,
+						   int nbp, int npart, TimestampTz started);
 
 /*
  * Step 5: merge the batch's events into each aggregate, then move its
@@ -433,8 +437,9 @@ pe_aggregates_update(List *aggs, PeTarget *t, PeMessage *msgs, int n, PeRow *row
 		PeAggregate *a = lfirst(lc);
 		TimestampTz started = GetCurrentTimestamp();
 		int32	   *parts;
-		int64	   *next;
-		int			nparts = pe_agg_counted(a, &parts, &next);
+		int64	   *clo;
+		int64	   *chi;
+		int			nparts = pe_agg_counted(a, &parts, &clo, &chi);
 		int		   *cols = palloc(sizeof(int) * (1 + a->ngroups + a->naggs));
 		int			ncols = 0;
 		int		   *take = palloc(sizeof(int) * Max(nrows, 1));
@@ -444,6 +449,7 @@ pe_aggregates_update(List *aggs, PeTarget *t, PeMessage *msgs, int n, PeRow *row
 		int			time_col;
 		int32	   *bp = palloc(sizeof(int32) * Max(n, 1));
 		int64	   *bo = palloc(sizeof(int64) * Max(n, 1));
+		int64	   *bl = palloc(sizeof(int64) * Max(n, 1));
 		Datum	   *bt = palloc0(sizeof(Datum) * Max(n, 1));
 		bool	   *bt_null = palloc(sizeof(bool) * Max(n, 1));
 		int			nbp = 0;
@@ -486,7 +492,7 @@ pe_aggregates_update(List *aggs, PeTarget *t, PeMessage *msgs, int n, PeRow *row
 			 * it now.
 			 */
 			for (int p = 0; p < nparts && !replay; p++)
-				if (parts[p] == m->partition && m->offset < next[p])
+				if (parts[p] == m->partition && m->offset >= clo[p] && m->offset < chi[p])
 					counted = true;
 			if (counted)
 				continue;
@@ -580,12 +586,16 @@ pe_aggregates_update(List *aggs, PeTarget *t, PeMessage *msgs, int n, PeRow *row
 			if (p == nbp)
 			{
 				bp[nbp] = msgs[i].partition;
+				bl[nbp] = msgs[i].offset;
 				bo[nbp] = msgs[i].offset + 1;
 				bt_null[nbp] = true;
 				nbp++;
 			}
 			else
+			{
+				bl[p] = Min(bl[p], msgs[i].offset);
 				bo[p] = Max(bo[p], msgs[i].offset + 1);
+			}
 		}
 		for (int k = 0; k < ntake + nlate; k++)
 		{
@@ -601,7 +611,7 @@ pe_aggregates_update(List *aggs, PeTarget *t, PeMessage *msgs, int n, PeRow *row
 		}
 		/* old events replayed do not move the watermark nor what was counted */
 		if (nbp > 0 && !replay)
-			pe_agg_advance(a, t, bp, bo, bt, bt_null, nbp, npart, started);
+			pe_agg_advance(a, t, bp, bl, bo, bt, bt_null, nbp, npart, started);
 	}
 }
 
@@ -612,17 +622,18 @@ pe_aggregates_update(List *aggs, PeTarget *t, PeMessage *msgs, int n, PeRow *row
  * and close the windows it has passed, end plus lateness.
  */
 static void
-pe_agg_advance(PeAggregate *a, PeTarget *t, int32 *bp, int64 *bo, Datum *bt, bool *bt_null, int nbp, int npart,
-			   TimestampTz started)
+pe_agg_advance(PeAggregate *a, PeTarget *t, int32 *bp, int64 *bl, int64 *bo, Datum *bt, bool *bt_null, int nbp,
+			   int npart, TimestampTz started)
 {
 	uint64		closed = 0;
 	int64		open = 0;
 	bool		isnull_open;
 	PeCatalogAccess acc;
-	Oid			otypes[4] = {TEXTOID, INT4ARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID};
-	Datum		ovalues[4];
+	Oid			otypes[5] = {TEXTOID, INT4ARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID, INT8ARRAYOID};
+	Datum		ovalues[5];
 	Datum	   *pd = palloc(sizeof(Datum) * nbp);
 	Datum	   *od = palloc(sizeof(Datum) * nbp);
+	Datum	   *ld = palloc(sizeof(Datum) * nbp);
 	int			dims[1] = {nbp};
 	int			lbs[1] = {1};
 	bool		isnull;
@@ -634,20 +645,23 @@ pe_agg_advance(PeAggregate *a, PeTarget *t, int32 *bp, int64 *bo, Datum *bt, boo
 	{
 		pd[p] = Int32GetDatum(bp[p]);
 		od[p] = Int64GetDatum(bo[p]);
+		ld[p] = Int64GetDatum(bl[p]);
 	}
 	ovalues[0] = CStringGetTextDatum(a->name);
+	ovalues[4] = PointerGetDatum(construct_array(ld, nbp, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 	ovalues[1] = PointerGetDatum(construct_array(pd, nbp, INT4OID, 4, true, TYPALIGN_INT));
 	ovalues[2] = PointerGetDatum(construct_array(od, nbp, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 	ovalues[3] = PointerGetDatum(construct_md_array(bt, bt_null, 1, dims, lbs, TIMESTAMPTZOID, 8, FLOAT8PASSBYVAL,
 													TYPALIGN_DOUBLE));
 	pe_catalog_begin(&acc);
-	if (SPI_execute_with_args("INSERT INTO pipeline.aggregate_offset AS o (aggregate, \"partition\", next_offset, max_time, seen_at) "
-							  "SELECT $1, u.p, u.n, u.t, pg_catalog.now() "
-							  "FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4)) AS u(p, n, t) "
+	if (SPI_execute_with_args("INSERT INTO pipeline.aggregate_offset AS o (aggregate, \"partition\", counted, max_time, seen_at) "
+							  "SELECT $1, u.p, pg_catalog.int8multirange(pg_catalog.int8range(u.l, u.n)), u.t, pg_catalog.now() "
+							  "FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($5), pg_catalog.unnest($3), "
+							  "pg_catalog.unnest($4)) AS u(p, l, n, t) "
 							  "ON CONFLICT (aggregate, \"partition\") DO UPDATE "
-							  "SET next_offset = GREATEST(o.next_offset, EXCLUDED.next_offset), "
+							  "SET counted = o.counted OPERATOR(pg_catalog.+) EXCLUDED.counted, "
 							  "max_time = GREATEST(o.max_time, EXCLUDED.max_time), seen_at = EXCLUDED.seen_at",
-							  4, otypes, ovalues, NULL, false, 0) != SPI_OK_INSERT)
+							  5, otypes, ovalues, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not record what aggregate \"%s\" counted", a->name);
 
 	/*
@@ -658,8 +672,8 @@ pe_agg_advance(PeAggregate *a, PeTarget *t, int32 *bp, int64 *bo, Datum *bt, boo
 	 */
 	ovalues[1] = Int32GetDatum(npart);
 	otypes[1] = INT4OID;
-	if (SPI_execute_with_args("INSERT INTO pipeline.aggregate_offset (aggregate, \"partition\", next_offset, seen_at) "
-							  "SELECT $1, p, 0, pg_catalog.now() FROM pg_catalog.generate_series(0, $2 OPERATOR(pg_catalog.-) 1) p "
+	if (SPI_execute_with_args("INSERT INTO pipeline.aggregate_offset (aggregate, \"partition\", seen_at) "
+							  "SELECT $1, p, pg_catalog.now() FROM pg_catalog.generate_series(0, $2 OPERATOR(pg_catalog.-) 1) p "
 							  "ON CONFLICT (aggregate, \"partition\") DO NOTHING",
 							  2, otypes, ovalues, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not record the partitions of aggregate \"%s\"", a->name);

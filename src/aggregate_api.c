@@ -486,8 +486,9 @@ pe_create_aggregate(PG_FUNCTION_ARGS)
 	 * It counts what the consumer applies from now on: what it has applied
 	 * is behind the consumer's stored offsets.
 	 */
-	if (SPI_execute_with_args("INSERT INTO pipeline.aggregate_offset (aggregate, \"partition\", next_offset, seen_at) "
-							  "SELECT $1, \"partition\", next_offset, pg_catalog.now() FROM pipeline.offsets "
+	if (SPI_execute_with_args("INSERT INTO pipeline.aggregate_offset (aggregate, \"partition\", counted, seen_at) "
+							  "SELECT $1, \"partition\", pg_catalog.int8multirange(pg_catalog.int8range(0, next_offset)), "
+							  "pg_catalog.now() FROM pipeline.offsets "
 							  "WHERE consumer OPERATOR(pg_catalog.=) $3",
 							  16, types, values, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not record where the aggregate starts");

@@ -161,6 +161,23 @@ is(sql(q{SELECT replayed || '/' || failed FROM pipeline.replay_dead_letters('rd'
 	'1/0', 'replayed once the table takes it');
 is(sql(q{SELECT count FROM closing WHERE window_start = '2026-01-01 08:30:00+00'}), '2', 'the replayed event counts in its window');
 
+# reset_offsets forward past unread events, then back: those are applied
+# then, and counted then (the aggregate keeps which offsets it counted, not
+# only the highest)
+sql(q{SELECT pipeline.stop_consumer('rd')});
+sql(q{SELECT count(pipeline.produce_async('local', 'agg',
+         json_build_object('id', g, 'device', 'd0', 'ts', timestamptz '2026-01-01 08:30:40+00', 'temp', 1)::text, g::text))
+       FROM generate_series(41000, 41099) g});
+sql(q{SELECT count(*) FROM pipeline.reset_offsets('rd', 'latest')});
+sql(q{SELECT pipeline.start_consumer('rd')});
+sql(q{SELECT pipeline.produce('local', 'agg', '{"id": 41100, "device": "d0", "ts": "2026-01-01 08:30:50+00", "temp": 1}', '41100')});
+wait_for(q{SELECT count(*) FROM readings WHERE id = 41100}, '1', 'after reset_offsets forward, the next event is applied');
+is(sql(q{SELECT count(*) FROM readings WHERE id BETWEEN 41000 AND 41099}), '0', '... and the ones it skipped are not');
+sql(q{SELECT count(*) FROM pipeline.reset_offsets('rd', 'earliest')});
+wait_for(q{SELECT count(*) FROM readings WHERE id BETWEEN 41000 AND 41099}, '100', 'back to earliest: the skipped ones are applied');
+wait_for(q{SELECT count FROM closing WHERE window_start = '2026-01-01 08:30:00+00'}, '103',
+	'... and counted, and nothing else twice');
+
 # bad definitions
 sub refused
 {
