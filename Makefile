@@ -32,6 +32,8 @@ OBJS = \
 	src/batch.o \
 	src/aggregate.o \
 	src/aggregate_api.o \
+	src/aggregate_close.o \
+	src/aggregate_merge.o \
 	src/dedup.o \
 	src/apply.o \
 	src/apply_append.o \

@@ -3,14 +3,15 @@
  * aggregate.c
  *	  Step 5 of the data path (batch.c): the consumer's windowed aggregates
  *	  updated in the batch's transaction, so that rows, aggregates and
- *	  offsets commit together.  Each message counts once: an aggregate
- *	  keeps, per partition, the offsets it has counted (a multirange), and a
- *	  message in them (reset_offsets) is not counted again; a replayed dead letter, never
- *	  counted, counts when its row goes in.  The batch's events
- *	  are grouped into their windows in one statement that merges into the
- *	  results table (count and sum add, min and max compare, avg keeps its
- *	  sum and count).  Before the apply, a message whose time is missing is
- *	  a dead letter: it cannot be put in a window.
+ *	  offsets commit together.  This file reads the definitions and picks
+ *	  the events each aggregate counts: each message once, since an
+ *	  aggregate keeps per partition the offsets it has counted (a
+ *	  multirange) and skips a message in them (reset_offsets); a replayed
+ *	  dead letter, never counted, counts when its row goes in; an event
+ *	  whose windows have closed is kept as a late event.  Then
+ *	  aggregate_merge.c merges the events into the results and
+ *	  aggregate_close.c moves the watermark.  Before the apply, a message
+ *	  whose time is missing is a dead letter: it cannot be put in a window.
  *
  * IDENTIFICATION
  *	  src/aggregate.c
@@ -33,25 +34,6 @@
 
 #include "aggregate.h"
 #include "connection.h"
-
-typedef struct PeAggregate
-{
-	char	   *name;
-	Oid			results;
-	int64		size_us;
-	int64		slide_us;
-	TimestampTz origin;
-	int64		lateness_us;
-	bool		has_wm;			/* a watermark yet (at the batch's start) */
-	int64		wm;				/* it, in the time column's microseconds */
-	char	   *time_column;
-	int			ngroups;
-	char	  **groups;
-	int			naggs;
-	char	  **fns;
-	char	  **args;
-	char	  **outs;
-} PeAggregate;
 
 static char **
 pe_agg_strings(Datum d, int *n)
@@ -133,6 +115,34 @@ pe_agg_col(PeTarget *t, PeAggregate *a, const char *name)
 	return -1;					/* keep compiler quiet */
 }
 
+/* The results table, locked for the batch's writes, by its quoted name. */
+const char *
+pe_agg_results(PeAggregate *a)
+{
+	char	   *relname;
+	char	   *nspname;
+
+	LockRelationOid(a->results, RowExclusiveLock);
+	relname = get_rel_name(a->results);
+	nspname = relname ? get_namespace_name(get_rel_namespace(a->results)) : NULL;
+	if (relname == NULL || nspname == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("the results table of aggregate \"%s\" was dropped", a->name),
+				 errhint("Drop the aggregate with pipeline.drop_aggregate() and create it again.")));
+	return quote_qualified_identifier(nspname, relname);
+}
+
+/* An interval of us microseconds. */
+Datum
+pe_agg_interval(int64 us)
+{
+	Interval   *iv = palloc0(sizeof(Interval));
+
+	iv->time = us;
+	return IntervalPGetDatum(iv);
+}
+
 /*
  * Before the apply: a row without a time cannot go into a window; it is a
  * dead letter of the consumer, with the reason.  Returns the rows kept
@@ -211,136 +221,6 @@ pe_agg_counted(PeAggregate *a, int32 **parts, int64 **lo, int64 **hi)
 	return n;
 }
 
-/* The results table, locked for the batch's writes, by its quoted name. */
-static const char *
-pe_agg_results(PeAggregate *a)
-{
-	char	   *relname;
-	char	   *nspname;
-
-	LockRelationOid(a->results, RowExclusiveLock);
-	relname = get_rel_name(a->results);
-	nspname = relname ? get_namespace_name(get_rel_namespace(a->results)) : NULL;
-	if (relname == NULL || nspname == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_TABLE),
-				 errmsg("the results table of aggregate \"%s\" was dropped", a->name),
-				 errhint("Drop the aggregate with pipeline.drop_aggregate() and create it again.")));
-	return quote_qualified_identifier(nspname, relname);
-}
-
-/* The statement that merges a batch's events into the results. */
-static char *
-pe_agg_sql(PeAggregate *a, PeTarget *t, const int *cols, int ncols, Oid time_type)
-{
-	StringInfoData s;
-	StringInfoData g;
-	const char *res = pe_agg_results(a);
-	const char *tt = format_type_be_qualified(time_type);
-	const char *bin = psprintf("pg_catalog.date_bin($%d, m.c0, $%d::%s)", ncols + 2, ncols + 3, tt);
-	initStringInfo(&s);
-	initStringInfo(&g);
-	for (int i = 0; i < a->ngroups; i++)
-		appendStringInfo(&g, ", %s", quote_identifier(a->groups[i]));
-
-	appendStringInfo(&s, "INSERT INTO %s AS r (window_start, window_end%s", res, g.data);
-	for (int i = 0; i < a->naggs; i++)
-	{
-		appendStringInfo(&s, ", %s", quote_identifier(a->outs[i]));
-		if (strcmp(a->fns[i], "avg") == 0)
-			appendStringInfo(&s, ", %s, %s", quote_identifier(psprintf("%s__sum", a->outs[i])),
-							 quote_identifier(psprintf("%s__count", a->outs[i])));
-	}
-	appendStringInfo(&s, ") SELECT w.s, w.s OPERATOR(pg_catalog.+) $%d", ncols + 1);
-	for (int i = 0; i < a->ngroups; i++)
-		appendStringInfo(&s, ", m.c%d", i + 1);
-	for (int i = 0; i < a->naggs; i++)
-	{
-		int			ac = -1;
-
-		for (int c = 0; c < ncols; c++)
-			if (strcmp(a->args[i], "*") != 0 && strcmp(t->cols[cols[c]].name, a->args[i]) == 0)
-				ac = c;
-		if (ac < 0)
-			appendStringInfoString(&s, ", pg_catalog.count(*)");
-		else if (strcmp(a->fns[i], "avg") == 0)
-			appendStringInfo(&s, ", pg_catalog.avg(m.c%d), pg_catalog.sum(m.c%d), pg_catalog.count(m.c%d)", ac, ac, ac);
-		else
-			appendStringInfo(&s, ", pg_catalog.%s(m.c%d)", a->fns[i], ac);
-	}
-	/* each column with its collation, as the table compares it (unnest gives the type's default) */
-	appendStringInfoString(&s, " FROM (SELECT ");
-	for (int c = 0; c < ncols; c++)
-	{
-		Oid			coll = t->cols[cols[c]].collation;
-
-		if (OidIsValid(coll) && coll != DEFAULT_COLLATION_OID)
-			appendStringInfo(&s, "%su.c%d COLLATE %s AS c%d", c ? ", " : "", c, generate_collation_name(coll), c);
-		else
-			appendStringInfo(&s, "%su.c%d", c ? ", " : "", c);
-	}
-	appendStringInfoString(&s, " FROM ROWS FROM (");
-	for (int c = 0; c < ncols; c++)
-		appendStringInfo(&s, "%spg_catalog.unnest($%d)", c ? ", " : "", c + 1);
-	appendStringInfoString(&s, ") AS u(");
-	for (int c = 0; c < ncols; c++)
-		appendStringInfo(&s, "%sc%d", c ? ", " : "", c);
-	appendStringInfoString(&s, ")) AS m");
-	/* every window that holds the event: the last one to start, and those before it */
-	appendStringInfo(&s, " CROSS JOIN LATERAL (SELECT x AS s FROM pg_catalog.generate_series(%s OPERATOR(pg_catalog.-) $%d, %s, $%d) AS x "
-					 "WHERE x OPERATOR(pg_catalog.+) $%d OPERATOR(pg_catalog.>) m.c0 "
-					 /* and is still open: a closed window stays as it closed */
-					 "AND ($%d IS NULL OR x OPERATOR(pg_catalog.+) $%d OPERATOR(pg_catalog.+) $%d OPERATOR(pg_catalog.>) $%d)"
-					 ") AS w GROUP BY w.s",
-					 bin, ncols + 4, bin, ncols + 2, ncols + 1, ncols + 5, ncols + 1, ncols + 6, ncols + 5);
-	for (int i = 0; i < a->ngroups; i++)
-		appendStringInfo(&s, ", m.c%d", i + 1);
-	/* rows in one order, so that two slots lock the same windows alike */
-	appendStringInfoString(&s, " ORDER BY w.s");
-	for (int i = 0; i < a->ngroups; i++)
-		appendStringInfo(&s, ", m.c%d", i + 1);
-	appendStringInfo(&s, " ON CONFLICT (window_start%s) DO UPDATE SET ", g.data);
-	for (int i = 0; i < a->naggs; i++)
-	{
-		const char *o = quote_identifier(a->outs[i]);
-
-		if (i > 0)
-			appendStringInfoString(&s, ", ");
-		if (strcmp(a->fns[i], "count") == 0)
-			appendStringInfo(&s, "%s = r.%s OPERATOR(pg_catalog.+) EXCLUDED.%s", o, o, o);
-		else if (strcmp(a->fns[i], "sum") == 0)
-			appendStringInfo(&s, "%s = COALESCE(r.%s OPERATOR(pg_catalog.+) EXCLUDED.%s, r.%s, EXCLUDED.%s)",
-							 o, o, o, o, o);
-		else if (strcmp(a->fns[i], "min") == 0)
-			appendStringInfo(&s, "%s = LEAST(r.%s, EXCLUDED.%s)", o, o, o);
-		else if (strcmp(a->fns[i], "max") == 0)
-			appendStringInfo(&s, "%s = GREATEST(r.%s, EXCLUDED.%s)", o, o, o);
-		else
-		{
-			const char *sum = quote_identifier(psprintf("%s__sum", a->outs[i]));
-			const char *cnt = quote_identifier(psprintf("%s__count", a->outs[i]));
-			char	   *merged_sum = psprintf("COALESCE(r.%s OPERATOR(pg_catalog.+) EXCLUDED.%s, r.%s, EXCLUDED.%s)",
-											  sum, sum, sum, sum);
-			char	   *merged_cnt = psprintf("r.%s OPERATOR(pg_catalog.+) EXCLUDED.%s", cnt, cnt);
-			Oid			avg_type = get_atttype(a->results, get_attnum(a->results, a->outs[i]));
-
-			appendStringInfo(&s, "%s = %s, %s = %s, %s = CASE WHEN %s OPERATOR(pg_catalog.>) 0 THEN "
-							 "((%s)::pg_catalog.numeric OPERATOR(pg_catalog./) (%s)::pg_catalog.numeric)::%s END",
-							 sum, merged_sum, cnt, merged_cnt, o, merged_cnt, merged_sum, merged_cnt,
-							 format_type_be_qualified(avg_type));
-		}
-	}
-	return s.data;
-}
-
-static Datum
-pe_agg_interval(int64 us)
-{
-	Interval   *iv = palloc0(sizeof(Interval));
-
-	iv->time = us;
-	return IntervalPGetDatum(iv);
-}
 
 /* date_bin: the start of the stride holding t */
 static int64
@@ -414,14 +294,6 @@ pe_agg_keep_late(PeAggregate *a, PeMessage *msgs, PeRow *rows, const int *late, 
 	pe_catalog_end(&acc);
 }
 
-static void pe_agg_advance(PeAggregate *a, PeTarget *t, int32 *bp, int64 *bl, int64 *bo, Datum *bt, bool *bt_null,
-						   int nbp, int npart, TimestampTz started);
-
-/*
- * Step 5: merge the batch's events into each aggregate, then move its
- * counted offsets past the batch.  SPI connected, in the batch's
- * transaction; runs the merge as the consumer's owner.
- */
 void
 pe_aggregates_update(List *aggs, PeTarget *t, PeMessage *msgs, int n, PeRow *rows, int nrows, List *dead,
 					 int npart, bool replay)
@@ -515,63 +387,7 @@ pe_aggregates_update(List *aggs, PeTarget *t, PeMessage *msgs, int n, PeRow *row
 			pe_agg_keep_late(a, msgs, rows, late, nlate, time_col);
 
 		if (ntake > 0)
-		{
-			int			nargs = ncols + 6;
-			Oid		   *types = palloc(sizeof(Oid) * nargs);
-			Datum	   *values = palloc(sizeof(Datum) * nargs);
-			Datum	   *ev = palloc(sizeof(Datum) * ntake);
-			bool	   *en = palloc(sizeof(bool) * ntake);
-			int			dims[1] = {ntake};
-			int			lbs[1] = {1};
-			Oid			time_type = t->cols[cols[0]].typid;
-			Oid			save_userid;
-			int			save_sec;
-			char	   *sql = pe_agg_sql(a, t, cols, ncols, time_type);
-
-			for (int c = 0; c < ncols; c++)
-			{
-				PeColumn   *col = &t->cols[cols[c]];
-
-				for (int i = 0; i < ntake; i++)
-				{
-					ev[i] = rows[take[i]].values[cols[c]];
-					en[i] = rows[take[i]].nulls[cols[c]];
-				}
-				types[c] = col->arraytyp;
-				values[c] = PointerGetDatum(construct_md_array(ev, en, 1, dims, lbs, col->typid, col->typlen,
-															   col->typbyval, col->typalign));
-			}
-			types[ncols] = INTERVALOID;
-			values[ncols] = pe_agg_interval(a->size_us);
-			types[ncols + 1] = INTERVALOID;
-			values[ncols + 1] = pe_agg_interval(a->slide_us);
-			/* the origin as UTC wall time for a timestamp column: the same microseconds */
-			types[ncols + 2] = time_type;
-			values[ncols + 2] = TimestampTzGetDatum(a->origin);
-			/* how far back the first window holding an event starts */
-			types[ncols + 3] = INTERVALOID;
-			values[ncols + 3] = pe_agg_interval(((a->size_us + a->slide_us - 1) / a->slide_us - 1) * a->slide_us);
-			/* the watermark at the batch's start, and the lateness: which windows are open */
-			types[ncols + 4] = time_type;
-			values[ncols + 4] = Int64GetDatum(a->wm);
-			types[ncols + 5] = INTERVALOID;
-			values[ncols + 5] = pe_agg_interval(a->lateness_us);
-
-			GetUserIdAndSecContext(&save_userid, &save_sec);
-			SetUserIdAndSecContext(t->def->owner,
-								   save_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
-			{
-				char	   *nulls = palloc(nargs + 1);
-
-				memset(nulls, ' ', nargs);
-				nulls[nargs] = '\0';
-				if (!a->has_wm)
-					nulls[ncols + 4] = 'n';
-				if (SPI_execute_with_args(sql, nargs, types, values, nulls, false, 0) != SPI_OK_INSERT)
-					elog(ERROR, "could not update aggregate \"%s\"", a->name);
-			}
-			SetUserIdAndSecContext(save_userid, save_sec);
-		}
+			pe_agg_merge(a, t, rows, take, ntake, cols, ncols);
 
 		/*
 		 * What it has counted now: every message of the batch; each
@@ -614,130 +430,3 @@ pe_aggregates_update(List *aggs, PeTarget *t, PeMessage *msgs, int n, PeRow *row
 			pe_agg_advance(a, t, bp, bl, bo, bt, bt_null, nbp, npart, started);
 	}
 }
-
-/*
- * Record how far the aggregate has counted each partition of the batch,
- * move its watermark (the least newest event time of the partitions seen
- * within idle_timeout; of all of them when every one is idle; never back)
- * and close the windows it has passed, end plus lateness.
- */
-static void
-pe_agg_advance(PeAggregate *a, PeTarget *t, int32 *bp, int64 *bl, int64 *bo, Datum *bt, bool *bt_null, int nbp,
-			   int npart, TimestampTz started)
-{
-	uint64		closed = 0;
-	int64		open = 0;
-	bool		isnull_open;
-	PeCatalogAccess acc;
-	Oid			otypes[5] = {TEXTOID, INT4ARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID, INT8ARRAYOID};
-	Datum		ovalues[5];
-	Datum	   *pd = palloc(sizeof(Datum) * nbp);
-	Datum	   *od = palloc(sizeof(Datum) * nbp);
-	Datum	   *ld = palloc(sizeof(Datum) * nbp);
-	int			dims[1] = {nbp};
-	int			lbs[1] = {1};
-	bool		isnull;
-	Datum		wm;
-	Oid			save_userid;
-	int			save_sec;
-
-	for (int p = 0; p < nbp; p++)
-	{
-		pd[p] = Int32GetDatum(bp[p]);
-		od[p] = Int64GetDatum(bo[p]);
-		ld[p] = Int64GetDatum(bl[p]);
-	}
-	ovalues[0] = CStringGetTextDatum(a->name);
-	ovalues[4] = PointerGetDatum(construct_array(ld, nbp, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	ovalues[1] = PointerGetDatum(construct_array(pd, nbp, INT4OID, 4, true, TYPALIGN_INT));
-	ovalues[2] = PointerGetDatum(construct_array(od, nbp, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	ovalues[3] = PointerGetDatum(construct_md_array(bt, bt_null, 1, dims, lbs, TIMESTAMPTZOID, 8, FLOAT8PASSBYVAL,
-													TYPALIGN_DOUBLE));
-	pe_catalog_begin(&acc);
-	if (SPI_execute_with_args("INSERT INTO pipeline.aggregate_offset AS o (aggregate, \"partition\", counted, max_time, seen_at) "
-							  "SELECT $1, u.p, pg_catalog.int8multirange(pg_catalog.int8range(u.l, u.n)), u.t, pg_catalog.now() "
-							  "FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($5), pg_catalog.unnest($3), "
-							  "pg_catalog.unnest($4)) AS u(p, l, n, t) "
-							  "ON CONFLICT (aggregate, \"partition\") DO UPDATE "
-							  "SET counted = o.counted OPERATOR(pg_catalog.+) EXCLUDED.counted, "
-							  "max_time = GREATEST(o.max_time, EXCLUDED.max_time), seen_at = EXCLUDED.seen_at",
-							  5, otypes, ovalues, NULL, false, 0) != SPI_OK_INSERT)
-		elog(ERROR, "could not record what aggregate \"%s\" counted", a->name);
-
-	/*
-	 * A partition of the topic without an event yet holds the watermark
-	 * back too, until it has been idle for idle_timeout: otherwise the
-	 * first batch, from one partition, would close windows that the
-	 * others have events for.
-	 */
-	ovalues[1] = Int32GetDatum(npart);
-	otypes[1] = INT4OID;
-	if (SPI_execute_with_args("INSERT INTO pipeline.aggregate_offset (aggregate, \"partition\", seen_at) "
-							  "SELECT $1, p, pg_catalog.now() FROM pg_catalog.generate_series(0, $2 OPERATOR(pg_catalog.-) 1) p "
-							  "ON CONFLICT (aggregate, \"partition\") DO NOTHING",
-							  2, otypes, ovalues, NULL, false, 0) != SPI_OK_INSERT)
-		elog(ERROR, "could not record the partitions of aggregate \"%s\"", a->name);
-	if (SPI_execute_with_args("SELECT GREATEST(a.watermark, "
-							  "(SELECT CASE WHEN pg_catalog.bool_or(o.max_time IS NULL) FILTER (WHERE o.active) THEN NULL "
-							  "ELSE COALESCE(pg_catalog.min(o.max_time) FILTER (WHERE o.active), pg_catalog.max(o.max_time)) END "
-							  "FROM (SELECT max_time, seen_at OPERATOR(pg_catalog.>) (pg_catalog.now() OPERATOR(pg_catalog.-) a.idle_timeout) AS active "
-							  "FROM pipeline.aggregate_offset WHERE aggregate OPERATOR(pg_catalog.=) a.name) o)) "
-							  "FROM pipeline.aggregate a WHERE a.name OPERATOR(pg_catalog.=) $1 FOR UPDATE",
-							  1, otypes, ovalues, NULL, false, 0) != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "could not move the watermark of aggregate \"%s\"", a->name);
-	wm = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	pe_catalog_end(&acc);
-
-	/*
-	 * The windows it passed: closed, as the consumer's owner (it owns
-	 * them); and how many stay open (the partial index on them).
-	 */
-	{
-		Oid			ctypes[2] = {TIMESTAMPTZOID, INTERVALOID};
-		Datum		cvalues[2];
-		Oid			rel = a->results;
-		const char *res = pe_agg_results(a);
-
-		ctypes[0] = get_atttype(rel, get_attnum(rel, "window_end"));	/* the same microseconds for a timestamp column */
-		cvalues[0] = wm;
-		cvalues[1] = pe_agg_interval(a->lateness_us);
-		GetUserIdAndSecContext(&save_userid, &save_sec);
-		SetUserIdAndSecContext(t->def->owner,
-							   save_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
-		if (!isnull)
-		{
-			if (SPI_execute_with_args(psprintf("UPDATE %s SET closed = true WHERE NOT closed "
-											   "AND window_end OPERATOR(pg_catalog.+) $2 OPERATOR(pg_catalog.<=) $1", res),
-									  2, ctypes, cvalues, NULL, false, 0) != SPI_OK_UPDATE)
-				elog(ERROR, "could not close the windows of aggregate \"%s\"", a->name);
-			closed = SPI_processed;
-		}
-		if (SPI_execute(psprintf("SELECT pg_catalog.count(*) FROM %s WHERE NOT closed", res), true, 0) != SPI_OK_SELECT)
-			elog(ERROR, "could not count the open windows of aggregate \"%s\"", a->name);
-		open = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull_open));
-		SetUserIdAndSecContext(save_userid, save_sec);
-	}
-
-	/* the watermark and the figures */
-	{
-		Oid			utypes[5] = {TEXTOID, TIMESTAMPTZOID, INT8OID, INT8OID, FLOAT8OID};
-		Datum		uvalues[5];
-		char		unulls[6] = "     ";
-
-		uvalues[0] = ovalues[0];
-		uvalues[1] = wm;
-		if (isnull)
-			unulls[1] = 'n';
-		uvalues[2] = Int64GetDatum(closed);
-		uvalues[3] = Int64GetDatum(open);
-		uvalues[4] = Float8GetDatum((double) (GetCurrentTimestamp() - started) / 1000.0);
-		pe_catalog_begin(&acc);
-		if (SPI_execute_with_args("UPDATE pipeline.aggregate SET watermark = $2, "
-								  "windows_closed = windows_closed OPERATOR(pg_catalog.+) $3, open_windows = $4, "
-								  "last_batch_at = pg_catalog.now(), batch_ms = $5 WHERE name OPERATOR(pg_catalog.=) $1",
-								  5, utypes, uvalues, unulls, false, 0) != SPI_OK_UPDATE)
-			elog(ERROR, "could not update aggregate \"%s\"", a->name);
-		pe_catalog_end(&acc);
-	}
-}
-

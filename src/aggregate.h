@@ -2,7 +2,9 @@
  *
  * aggregate.h
  *	  Continuous windowed aggregates: definitions (aggregate_api.c) and
- *	  their update in each batch's transaction (aggregate.c).
+ *	  their update in each batch's transaction: which events count
+ *	  (aggregate.c), their merge into the results (aggregate_merge.c), the
+ *	  watermark and the windows it closes (aggregate_close.c).
  *
  *-------------------------------------------------------------------------
  */
@@ -15,5 +17,32 @@ extern List *pe_aggregates_of(PeConsumerDef *def);
 extern int	pe_aggregates_screen(List *aggs, PeTarget *t, PeRow *rows, int nrows, PeBatchResult *res);
 extern void pe_aggregates_update(List *aggs, PeTarget *t, PeMessage *msgs, int n, PeRow *rows, int nrows,
 								 List *dead, int npart, bool replay);
+
+/* inside the aggregate files: one definition, as a batch uses it */
+typedef struct PeAggregate
+{
+	char	   *name;
+	Oid			results;
+	int64		size_us;
+	int64		slide_us;
+	TimestampTz origin;
+	int64		lateness_us;
+	bool		has_wm;			/* a watermark yet (at the batch's start) */
+	int64		wm;				/* it, in the time column's microseconds */
+	char	   *time_column;
+	int			ngroups;
+	char	  **groups;
+	int			naggs;
+	char	  **fns;
+	char	  **args;
+	char	  **outs;
+} PeAggregate;
+
+extern const char *pe_agg_results(PeAggregate *a);
+extern Datum pe_agg_interval(int64 us);
+extern void pe_agg_merge(PeAggregate *a, PeTarget *t, PeRow *rows, const int *take, int ntake, const int *cols,
+						 int ncols);
+extern void pe_agg_advance(PeAggregate *a, PeTarget *t, int32 *bp, int64 *bl, int64 *bo, Datum *bt, bool *bt_null,
+						   int nbp, int npart, TimestampTz started);
 
 #endif

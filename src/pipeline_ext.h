@@ -28,8 +28,10 @@
  *	      apply.c       set-based INSERT / DELETE, prepared once;
  *	                    apply_append.c: appends straight into the heap
  *	      deadletter.c  the rows that fail, isolated; dead-letter rows
- *	      aggregate.c   windowed aggregates merge the batch's events
- *	                    (definitions: aggregate_api.c)
+ *	      aggregate.c   windowed aggregates: the events each counts,
+ *	                    aggregate_merge.c merges them into the results,
+ *	                    aggregate_close.c moves the watermark and closes
+ *	                    windows (definitions: aggregate_api.c)
  *	      offsets.c     next offsets, fenced (the slot commits them to the
  *	                    Kafka group after the commit)
  *	    slot_metrics.c  after commit: counters, latency, watermarks

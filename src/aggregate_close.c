@@ -1,0 +1,154 @@
+/*-------------------------------------------------------------------------
+ *
+ * aggregate_close.c
+ *	  Step 5 of the data path, after the merge: what an aggregate has
+ *	  counted per partition, its watermark (from the partitions' newest
+ *	  event times, idle ones left out), the windows the watermark has
+ *	  passed closed, and the aggregate's figures.
+ *
+ * IDENTIFICATION
+ *	  src/aggregate_close.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_collation.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "lib/stringinfo.h"
+#include "miscadmin.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/ruleutils.h"
+#include "utils/timestamp.h"
+
+#include "aggregate.h"
+#include "connection.h"
+
+/*
+ * Record how far the aggregate has counted each partition of the batch,
+ * move its watermark (the least newest event time of the partitions seen
+ * within idle_timeout; of all of them when every one is idle; never back)
+ * and close the windows it has passed, end plus lateness.
+ */
+void
+pe_agg_advance(PeAggregate *a, PeTarget *t, int32 *bp, int64 *bl, int64 *bo, Datum *bt, bool *bt_null, int nbp,
+			   int npart, TimestampTz started)
+{
+	uint64		closed = 0;
+	int64		open = 0;
+	bool		isnull_open;
+	PeCatalogAccess acc;
+	Oid			otypes[5] = {TEXTOID, INT4ARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID, INT8ARRAYOID};
+	Datum		ovalues[5];
+	Datum	   *pd = palloc(sizeof(Datum) * nbp);
+	Datum	   *od = palloc(sizeof(Datum) * nbp);
+	Datum	   *ld = palloc(sizeof(Datum) * nbp);
+	int			dims[1] = {nbp};
+	int			lbs[1] = {1};
+	bool		isnull;
+	Datum		wm;
+	Oid			save_userid;
+	int			save_sec;
+
+	for (int p = 0; p < nbp; p++)
+	{
+		pd[p] = Int32GetDatum(bp[p]);
+		od[p] = Int64GetDatum(bo[p]);
+		ld[p] = Int64GetDatum(bl[p]);
+	}
+	ovalues[0] = CStringGetTextDatum(a->name);
+	ovalues[4] = PointerGetDatum(construct_array(ld, nbp, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	ovalues[1] = PointerGetDatum(construct_array(pd, nbp, INT4OID, 4, true, TYPALIGN_INT));
+	ovalues[2] = PointerGetDatum(construct_array(od, nbp, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	ovalues[3] = PointerGetDatum(construct_md_array(bt, bt_null, 1, dims, lbs, TIMESTAMPTZOID, 8, FLOAT8PASSBYVAL,
+													TYPALIGN_DOUBLE));
+	pe_catalog_begin(&acc);
+	if (SPI_execute_with_args("INSERT INTO pipeline.aggregate_offset AS o (aggregate, \"partition\", counted, max_time, seen_at) "
+							  "SELECT $1, u.p, pg_catalog.int8multirange(pg_catalog.int8range(u.l, u.n)), u.t, pg_catalog.now() "
+							  "FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($5), pg_catalog.unnest($3), "
+							  "pg_catalog.unnest($4)) AS u(p, l, n, t) "
+							  "ON CONFLICT (aggregate, \"partition\") DO UPDATE "
+							  "SET counted = o.counted OPERATOR(pg_catalog.+) EXCLUDED.counted, "
+							  "max_time = GREATEST(o.max_time, EXCLUDED.max_time), seen_at = EXCLUDED.seen_at",
+							  5, otypes, ovalues, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not record what aggregate \"%s\" counted", a->name);
+
+	/*
+	 * A partition of the topic without an event yet holds the watermark
+	 * back too, until it has been idle for idle_timeout: otherwise the
+	 * first batch, from one partition, would close windows that the
+	 * others have events for.
+	 */
+	ovalues[1] = Int32GetDatum(npart);
+	otypes[1] = INT4OID;
+	if (SPI_execute_with_args("INSERT INTO pipeline.aggregate_offset (aggregate, \"partition\", seen_at) "
+							  "SELECT $1, p, pg_catalog.now() FROM pg_catalog.generate_series(0, $2 OPERATOR(pg_catalog.-) 1) p "
+							  "ON CONFLICT (aggregate, \"partition\") DO NOTHING",
+							  2, otypes, ovalues, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not record the partitions of aggregate \"%s\"", a->name);
+	if (SPI_execute_with_args("SELECT GREATEST(a.watermark, "
+							  "(SELECT CASE WHEN pg_catalog.bool_or(o.max_time IS NULL) FILTER (WHERE o.active) THEN NULL "
+							  "ELSE COALESCE(pg_catalog.min(o.max_time) FILTER (WHERE o.active), pg_catalog.max(o.max_time)) END "
+							  "FROM (SELECT max_time, seen_at OPERATOR(pg_catalog.>) (pg_catalog.now() OPERATOR(pg_catalog.-) a.idle_timeout) AS active "
+							  "FROM pipeline.aggregate_offset WHERE aggregate OPERATOR(pg_catalog.=) a.name) o)) "
+							  "FROM pipeline.aggregate a WHERE a.name OPERATOR(pg_catalog.=) $1 FOR UPDATE",
+							  1, otypes, ovalues, NULL, false, 0) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "could not move the watermark of aggregate \"%s\"", a->name);
+	wm = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	pe_catalog_end(&acc);
+
+	/*
+	 * The windows it passed: closed, as the consumer's owner (it owns
+	 * them); and how many stay open (the partial index on them).
+	 */
+	{
+		Oid			ctypes[2] = {TIMESTAMPTZOID, INTERVALOID};
+		Datum		cvalues[2];
+		Oid			rel = a->results;
+		const char *res = pe_agg_results(a);
+
+		ctypes[0] = get_atttype(rel, get_attnum(rel, "window_end"));	/* the same microseconds for a timestamp column */
+		cvalues[0] = wm;
+		cvalues[1] = pe_agg_interval(a->lateness_us);
+		GetUserIdAndSecContext(&save_userid, &save_sec);
+		SetUserIdAndSecContext(t->def->owner,
+							   save_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
+		if (!isnull)
+		{
+			if (SPI_execute_with_args(psprintf("UPDATE %s SET closed = true WHERE NOT closed "
+											   "AND window_end OPERATOR(pg_catalog.+) $2 OPERATOR(pg_catalog.<=) $1", res),
+									  2, ctypes, cvalues, NULL, false, 0) != SPI_OK_UPDATE)
+				elog(ERROR, "could not close the windows of aggregate \"%s\"", a->name);
+			closed = SPI_processed;
+		}
+		if (SPI_execute(psprintf("SELECT pg_catalog.count(*) FROM %s WHERE NOT closed", res), true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not count the open windows of aggregate \"%s\"", a->name);
+		open = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull_open));
+		SetUserIdAndSecContext(save_userid, save_sec);
+	}
+
+	/* the watermark and the figures */
+	{
+		Oid			utypes[5] = {TEXTOID, TIMESTAMPTZOID, INT8OID, INT8OID, FLOAT8OID};
+		Datum		uvalues[5];
+		char		unulls[6] = "     ";
+
+		uvalues[0] = ovalues[0];
+		uvalues[1] = wm;
+		if (isnull)
+			unulls[1] = 'n';
+		uvalues[2] = Int64GetDatum(closed);
+		uvalues[3] = Int64GetDatum(open);
+		uvalues[4] = Float8GetDatum((double) (GetCurrentTimestamp() - started) / 1000.0);
+		pe_catalog_begin(&acc);
+		if (SPI_execute_with_args("UPDATE pipeline.aggregate SET watermark = $2, "
+								  "windows_closed = windows_closed OPERATOR(pg_catalog.+) $3, open_windows = $4, "
+								  "last_batch_at = pg_catalog.now(), batch_ms = $5 WHERE name OPERATOR(pg_catalog.=) $1",
+								  5, utypes, uvalues, unulls, false, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "could not update aggregate \"%s\"", a->name);
+		pe_catalog_end(&acc);
+	}
+}

@@ -1,0 +1,197 @@
+/*-------------------------------------------------------------------------
+ *
+ * aggregate_merge.c
+ *	  Step 5 of the data path, the merge: the events of a batch that an
+ *	  aggregate counts go into their windows in one statement that merges
+ *	  into the results table (count and sum add, min and max compare, avg
+ *	  keeps its sum and count), run as the consumer's owner.  Which events
+ *	  count is aggregate.c's choice; closing windows is aggregate_close.c's.
+ *
+ * IDENTIFICATION
+ *	  src/aggregate_merge.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_collation.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "lib/stringinfo.h"
+#include "miscadmin.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/ruleutils.h"
+#include "utils/timestamp.h"
+
+#include "aggregate.h"
+
+/* The statement that merges a batch's events into the results. */
+static char *
+pe_agg_sql(PeAggregate *a, PeTarget *t, const int *cols, int ncols, Oid time_type)
+{
+	StringInfoData s;
+	StringInfoData g;
+	const char *res = pe_agg_results(a);
+	const char *tt = format_type_be_qualified(time_type);
+	const char *bin = psprintf("pg_catalog.date_bin($%d, m.c0, $%d::%s)", ncols + 2, ncols + 3, tt);
+	initStringInfo(&s);
+	initStringInfo(&g);
+	for (int i = 0; i < a->ngroups; i++)
+		appendStringInfo(&g, ", %s", quote_identifier(a->groups[i]));
+
+	appendStringInfo(&s, "INSERT INTO %s AS r (window_start, window_end%s", res, g.data);
+	for (int i = 0; i < a->naggs; i++)
+	{
+		appendStringInfo(&s, ", %s", quote_identifier(a->outs[i]));
+		if (strcmp(a->fns[i], "avg") == 0)
+			appendStringInfo(&s, ", %s, %s", quote_identifier(psprintf("%s__sum", a->outs[i])),
+							 quote_identifier(psprintf("%s__count", a->outs[i])));
+	}
+	appendStringInfo(&s, ") SELECT w.s, w.s OPERATOR(pg_catalog.+) $%d", ncols + 1);
+	for (int i = 0; i < a->ngroups; i++)
+		appendStringInfo(&s, ", m.c%d", i + 1);
+	for (int i = 0; i < a->naggs; i++)
+	{
+		int			ac = -1;
+
+		for (int c = 0; c < ncols; c++)
+			if (strcmp(a->args[i], "*") != 0 && strcmp(t->cols[cols[c]].name, a->args[i]) == 0)
+				ac = c;
+		if (ac < 0)
+			appendStringInfoString(&s, ", pg_catalog.count(*)");
+		else if (strcmp(a->fns[i], "avg") == 0)
+			appendStringInfo(&s, ", pg_catalog.avg(m.c%d), pg_catalog.sum(m.c%d), pg_catalog.count(m.c%d)", ac, ac, ac);
+		else
+			appendStringInfo(&s, ", pg_catalog.%s(m.c%d)", a->fns[i], ac);
+	}
+	/* each column with its collation, as the table compares it (unnest gives the type's default) */
+	appendStringInfoString(&s, " FROM (SELECT ");
+	for (int c = 0; c < ncols; c++)
+	{
+		Oid			coll = t->cols[cols[c]].collation;
+
+		if (OidIsValid(coll) && coll != DEFAULT_COLLATION_OID)
+			appendStringInfo(&s, "%su.c%d COLLATE %s AS c%d", c ? ", " : "", c, generate_collation_name(coll), c);
+		else
+			appendStringInfo(&s, "%su.c%d", c ? ", " : "", c);
+	}
+	appendStringInfoString(&s, " FROM ROWS FROM (");
+	for (int c = 0; c < ncols; c++)
+		appendStringInfo(&s, "%spg_catalog.unnest($%d)", c ? ", " : "", c + 1);
+	appendStringInfoString(&s, ") AS u(");
+	for (int c = 0; c < ncols; c++)
+		appendStringInfo(&s, "%sc%d", c ? ", " : "", c);
+	appendStringInfoString(&s, ")) AS m");
+	/* every window that holds the event: the last one to start, and those before it */
+	appendStringInfo(&s, " CROSS JOIN LATERAL (SELECT x AS s FROM pg_catalog.generate_series(%s OPERATOR(pg_catalog.-) $%d, %s, $%d) AS x "
+					 "WHERE x OPERATOR(pg_catalog.+) $%d OPERATOR(pg_catalog.>) m.c0 "
+					 /* and is still open: a closed window stays as it closed */
+					 "AND ($%d IS NULL OR x OPERATOR(pg_catalog.+) $%d OPERATOR(pg_catalog.+) $%d OPERATOR(pg_catalog.>) $%d)"
+					 ") AS w GROUP BY w.s",
+					 bin, ncols + 4, bin, ncols + 2, ncols + 1, ncols + 5, ncols + 1, ncols + 6, ncols + 5);
+	for (int i = 0; i < a->ngroups; i++)
+		appendStringInfo(&s, ", m.c%d", i + 1);
+	/* rows in one order, so that two slots lock the same windows alike */
+	appendStringInfoString(&s, " ORDER BY w.s");
+	for (int i = 0; i < a->ngroups; i++)
+		appendStringInfo(&s, ", m.c%d", i + 1);
+	appendStringInfo(&s, " ON CONFLICT (window_start%s) DO UPDATE SET ", g.data);
+	for (int i = 0; i < a->naggs; i++)
+	{
+		const char *o = quote_identifier(a->outs[i]);
+
+		if (i > 0)
+			appendStringInfoString(&s, ", ");
+		if (strcmp(a->fns[i], "count") == 0)
+			appendStringInfo(&s, "%s = r.%s OPERATOR(pg_catalog.+) EXCLUDED.%s", o, o, o);
+		else if (strcmp(a->fns[i], "sum") == 0)
+			appendStringInfo(&s, "%s = COALESCE(r.%s OPERATOR(pg_catalog.+) EXCLUDED.%s, r.%s, EXCLUDED.%s)",
+							 o, o, o, o, o);
+		else if (strcmp(a->fns[i], "min") == 0)
+			appendStringInfo(&s, "%s = LEAST(r.%s, EXCLUDED.%s)", o, o, o);
+		else if (strcmp(a->fns[i], "max") == 0)
+			appendStringInfo(&s, "%s = GREATEST(r.%s, EXCLUDED.%s)", o, o, o);
+		else
+		{
+			const char *sum = quote_identifier(psprintf("%s__sum", a->outs[i]));
+			const char *cnt = quote_identifier(psprintf("%s__count", a->outs[i]));
+			char	   *merged_sum = psprintf("COALESCE(r.%s OPERATOR(pg_catalog.+) EXCLUDED.%s, r.%s, EXCLUDED.%s)",
+											  sum, sum, sum, sum);
+			char	   *merged_cnt = psprintf("r.%s OPERATOR(pg_catalog.+) EXCLUDED.%s", cnt, cnt);
+			Oid			avg_type = get_atttype(a->results, get_attnum(a->results, a->outs[i]));
+
+			appendStringInfo(&s, "%s = %s, %s = %s, %s = CASE WHEN %s OPERATOR(pg_catalog.>) 0 THEN "
+							 "((%s)::pg_catalog.numeric OPERATOR(pg_catalog./) (%s)::pg_catalog.numeric)::%s END",
+							 sum, merged_sum, cnt, merged_cnt, o, merged_cnt, merged_sum, merged_cnt,
+							 format_type_be_qualified(avg_type));
+		}
+	}
+	return s.data;
+}
+
+/*
+ * Merge the events it takes (rows take[0..ntake-1]) into the results, as
+ * the consumer's owner: one statement over the columns it reads (cols,
+ * the time first).
+ */
+void
+pe_agg_merge(PeAggregate *a, PeTarget *t, PeRow *rows, const int *take, int ntake, const int *cols, int ncols)
+	{
+		int			nargs = ncols + 6;
+		Oid		   *types = palloc(sizeof(Oid) * nargs);
+		Datum	   *values = palloc(sizeof(Datum) * nargs);
+		Datum	   *ev = palloc(sizeof(Datum) * ntake);
+		bool	   *en = palloc(sizeof(bool) * ntake);
+		int			dims[1] = {ntake};
+		int			lbs[1] = {1};
+		Oid			time_type = t->cols[cols[0]].typid;
+		Oid			save_userid;
+		int			save_sec;
+		char	   *sql = pe_agg_sql(a, t, cols, ncols, time_type);
+
+		for (int c = 0; c < ncols; c++)
+		{
+			PeColumn   *col = &t->cols[cols[c]];
+
+			for (int i = 0; i < ntake; i++)
+			{
+				ev[i] = rows[take[i]].values[cols[c]];
+				en[i] = rows[take[i]].nulls[cols[c]];
+			}
+			types[c] = col->arraytyp;
+			values[c] = PointerGetDatum(construct_md_array(ev, en, 1, dims, lbs, col->typid, col->typlen,
+														   col->typbyval, col->typalign));
+		}
+		types[ncols] = INTERVALOID;
+		values[ncols] = pe_agg_interval(a->size_us);
+		types[ncols + 1] = INTERVALOID;
+		values[ncols + 1] = pe_agg_interval(a->slide_us);
+		/* the origin as UTC wall time for a timestamp column: the same microseconds */
+		types[ncols + 2] = time_type;
+		values[ncols + 2] = TimestampTzGetDatum(a->origin);
+		/* how far back the first window holding an event starts */
+		types[ncols + 3] = INTERVALOID;
+		values[ncols + 3] = pe_agg_interval(((a->size_us + a->slide_us - 1) / a->slide_us - 1) * a->slide_us);
+		/* the watermark at the batch's start, and the lateness: which windows are open */
+		types[ncols + 4] = time_type;
+		values[ncols + 4] = Int64GetDatum(a->wm);
+		types[ncols + 5] = INTERVALOID;
+		values[ncols + 5] = pe_agg_interval(a->lateness_us);
+
+		GetUserIdAndSecContext(&save_userid, &save_sec);
+		SetUserIdAndSecContext(t->def->owner,
+							   save_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
+		{
+			char	   *nulls = palloc(nargs + 1);
+
+			memset(nulls, ' ', nargs);
+			nulls[nargs] = '\0';
+			if (!a->has_wm)
+				nulls[ncols + 4] = 'n';
+			if (SPI_execute_with_args(sql, nargs, types, values, nulls, false, 0) != SPI_OK_INSERT)
+				elog(ERROR, "could not update aggregate \"%s\"", a->name);
+		}
+		SetUserIdAndSecContext(save_userid, save_sec);
+	}
