@@ -35,6 +35,8 @@ CREATE TABLE @extschema@.aggregate (
     functions     text[] NOT NULL,
     arguments     text[] NOT NULL,
     outputs       text[] NOT NULL,
+    -- the fraction of each percentile (null for the other functions)
+    fractions     float8[] NOT NULL,
     created_at    timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
 REVOKE ALL ON @extschema@.aggregate FROM PUBLIC;
@@ -102,9 +104,11 @@ SELECT a.name, a.consumer, pg_catalog.pg_get_userbyid(a.owner) AS owner, a.resul
        a.window_kind, a.size, a.slide, a.origin, a.time_column, a.group_by,
        a.lateness, a.idle_timeout, a.watermark, a.open_windows, a.windows_closed, a.last_batch_at, a.batch_ms,
        (SELECT pg_catalog.count(*) FROM @extschema@.aggregate_late l WHERE l.aggregate = a.name) AS late_events,
-       (SELECT pg_catalog.array_agg(f || '(' || g || ') AS ' || o ORDER BY n)
-          FROM ROWS FROM (pg_catalog.unnest(a.functions), pg_catalog.unnest(a.arguments), pg_catalog.unnest(a.outputs))
-               WITH ORDINALITY AS u(f, g, o, n)) AS aggregates,
+       (SELECT pg_catalog.array_agg(CASE f WHEN 'count_distinct' THEN 'exact_count_distinct' ELSE f END
+                                    || '(' || g || CASE WHEN p IS NULL THEN '' ELSE ', ' || p END || ') AS ' || o ORDER BY n)
+          FROM ROWS FROM (pg_catalog.unnest(a.functions), pg_catalog.unnest(a.arguments), pg_catalog.unnest(a.outputs),
+                          pg_catalog.unnest(a.fractions))
+               WITH ORDINALITY AS u(f, g, o, p, n)) AS aggregates,
        a.created_at
   FROM @extschema@.aggregate a
  WHERE pg_catalog.pg_has_role(a.owner, 'USAGE');

@@ -20,7 +20,11 @@
  */
 #include "postgres.h"
 
+#include "access/genam.h"
+#include "access/table.h"
+#include "catalog/indexing.h"
 #include "catalog/pg_collation.h"
+#include "catalog/pg_extension.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "lib/stringinfo.h"
@@ -28,6 +32,7 @@
 #include "storage/lmgr.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
 #include "utils/lsyscache.h"
 #include "utils/ruleutils.h"
 #include "utils/timestamp.h"
@@ -56,6 +61,53 @@ pe_agg_interval_us(Datum d)
 	return iv->time + (int64) iv->day * USECS_PER_DAY;
 }
 
+/*
+ * The columns of the results that keep an aggregate's state besides its
+ * value, NAME__suffix: avg's sum and count, the event time of first and
+ * last, the set of count(distinct), an hll, a t-digest.
+ */
+int
+pe_agg_state_columns(const char *fn, const char **suffixes)
+{
+	if (strcmp(fn, "avg") == 0)
+	{
+		suffixes[0] = "sum";
+		suffixes[1] = "count";
+		return 2;
+	}
+	if (strcmp(fn, "first") == 0 || strcmp(fn, "last") == 0)
+		suffixes[0] = "time";
+	else if (strcmp(fn, "count_distinct") == 0)
+		suffixes[0] = "set";
+	else if (strcmp(fn, "approx_count_distinct") == 0)
+		suffixes[0] = "hll";
+	else if (strcmp(fn, "percentile") == 0)
+		suffixes[0] = "digest";
+	else
+		return 0;
+	return 1;
+}
+
+/* The schema of an extension of the database, quoted; NULL if it has none. */
+const char *
+pe_agg_extension_schema(const char *extname)
+{
+	Relation	rel = table_open(ExtensionRelationId, AccessShareLock);
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tup;
+	Oid			nsp = InvalidOid;
+
+	ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber, F_NAMEEQ, CStringGetDatum(extname));
+	scan = systable_beginscan(rel, ExtensionNameIndexId, true, NULL, 1, &key);
+	tup = systable_getnext(scan);
+	if (HeapTupleIsValid(tup))
+		nsp = ((Form_pg_extension) GETSTRUCT(tup))->extnamespace;
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return OidIsValid(nsp) ? quote_identifier(get_namespace_name(nsp)) : NULL;
+}
+
 /* The consumer's aggregates (NIL: none); SPI connected. */
 List *
 pe_aggregates_of(PeConsumerDef *def)
@@ -68,7 +120,7 @@ pe_aggregates_of(PeConsumerDef *def)
 
 	pe_catalog_begin(&acc);
 	if (SPI_execute_with_args("SELECT name, results, size, slide, origin, time_column, group_by, functions, "
-							  "arguments, outputs, lateness, watermark FROM pipeline.aggregate WHERE consumer_id OPERATOR(pg_catalog.=) $1 ORDER BY name",
+							  "arguments, outputs, lateness, watermark, fractions FROM pipeline.aggregate WHERE consumer_id OPERATOR(pg_catalog.=) $1 ORDER BY name",
 							  1, types, values, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read pipeline.aggregate");
 	for (uint64 r = 0; r < SPI_processed; r++)
@@ -93,6 +145,31 @@ pe_aggregates_of(PeConsumerDef *def)
 		a->lateness_us = pe_agg_interval_us(SPI_getbinval(tup, desc, 11, &isnull));
 		a->wm = DatumGetTimestampTz(SPI_getbinval(tup, desc, 12, &isnull));
 		a->has_wm = !isnull;
+		{
+			Datum	   *fd;
+			bool	   *fn;
+
+			deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(tup, desc, 13, &isnull)), FLOAT8OID, 8,
+							  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE, &fd, &fn, &n);
+			a->fractions = palloc0(sizeof(double) * a->naggs);
+			for (int i = 0; i < n && i < a->naggs; i++)
+				a->fractions[i] = fn[i] ? 0 : DatumGetFloat8(fd[i]);
+		}
+		for (int i = 0; i < a->naggs; i++)
+		{
+			const char **schema = strcmp(a->fns[i], "approx_count_distinct") == 0 ? &a->hll_schema
+				: strcmp(a->fns[i], "percentile") == 0 ? &a->tdigest_schema : NULL;
+
+			if (schema == NULL || *schema != NULL)
+				continue;
+			*schema = pe_agg_extension_schema(schema == &a->hll_schema ? "hll" : "tdigest");
+			if (*schema == NULL)
+				ereport(ERROR,
+						(errcode(ERRCODE_UNDEFINED_OBJECT),
+						 errmsg("aggregate \"%s\" needs extension \"%s\", which is not in this database", a->name,
+								schema == &a->hll_schema ? "hll" : "tdigest"),
+						 errhint("Create the extension again, or drop the aggregate.")));
+		}
 		aggs = lappend(aggs, a);
 		MemoryContextSwitchTo(spi);
 	}

@@ -36,7 +36,16 @@ typedef struct PeAggregate
 	char	  **fns;
 	char	  **args;
 	char	  **outs;
+	double	   *fractions;		/* of each percentile */
+	const char *hll_schema;		/* quoted, when an aggregate uses hll */
+	const char *tdigest_schema; /* quoted, when one uses tdigest */
 } PeAggregate;
+
+/* a t-digest's compression: about 1% error at the tails, 6 kB per window */
+#define PE_AGG_TDIGEST_COMPRESSION 100
+
+extern int	pe_agg_state_columns(const char *fn, const char **suffixes);
+extern const char *pe_agg_extension_schema(const char *extname);
 
 extern const char *pe_agg_results(PeAggregate *a);
 extern Datum pe_agg_interval(int64 us);

@@ -27,6 +27,7 @@
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 #include "utils/timestamp.h"
+#include "utils/typcache.h"
 
 #include "aggregate.h"
 #include "datapath.h"
@@ -37,7 +38,8 @@
 PG_FUNCTION_INFO_V1(pe_create_aggregate);
 PG_FUNCTION_INFO_V1(pe_drop_aggregate);
 
-static const char *const pe_agg_functions[] = {"count", "sum", "avg", "min", "max", NULL};
+static const char *const pe_agg_functions[] = {"count", "sum", "avg", "min", "max", "first", "last", "count_distinct",
+"approx_count_distinct", "percentile", NULL};
 
 /* A column of the consumer's target, by name; InvalidAttrNumber if none. */
 static AttrNumber
@@ -97,20 +99,52 @@ pe_agg_require_decoded(PeTarget *t, const char *name, const char *what)
 			 errhint("An aggregate reads the columns the consumer fills from each message; map this one in the consumer's column_map, or name another.")));
 }
 
+/* Trim spaces at both ends, in place. */
+static char *
+pe_agg_trim(char *s)
+{
+	while (*s == ' ')
+		s++;
+	for (char *e = s + strlen(s); e > s && e[-1] == ' '; e--)
+		e[-1] = '\0';
+	return s;
+}
+
 /*
- * One item of the aggregates argument: "function(argument)" or
- * "function(argument) AS name", spaces allowed around the parts.
+ * The schema of an optional extension that a function needs: an error
+ * naming the Debian package when the database does not have it.
  */
 static void
-pe_agg_parse(const char *spec, Relation rel, char **fn, char **arg, char **out)
+pe_agg_require_extension(const char *extname, const char *package, const char *fn)
+{
+	if (pe_agg_extension_schema(extname) == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("%s needs extension \"%s\", which is not in this database", fn, extname),
+				 errhint("Install the Debian package %s and run CREATE EXTENSION %s in this database%s.", package,
+						 extname, strcmp(extname, "hll") == 0 ? ", or ask for exact_count_distinct()" : "")));
+}
+
+/*
+ * One item of the aggregates argument: "function(argument)" or
+ * "function(argument) AS name", spaces allowed around the parts.  The
+ * function is recorded by what it keeps: count(distinct x) is
+ * approx_count_distinct (an hll) when the database has the hll extension,
+ * count_distinct (the exact set) otherwise; percentile(x, fraction) keeps a
+ * t-digest.
+ */
+static void
+pe_agg_parse(const char *spec, Relation rel, char **fn, char **arg, char **out, double *fraction)
 {
 	char	   *s = pstrdup(spec);
 	char	   *open = strchr(s, '(');
 	char	   *close = strrchr(s, ')');
 	char	   *rest;
+	char	   *shown;
 	Oid			typid;
 	bool		known = false;
 
+	*fraction = 0;
 	if (open == NULL || close == NULL || close < open)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -118,37 +152,50 @@ pe_agg_parse(const char *spec, Relation rel, char **fn, char **arg, char **out)
 				 errhint("Write each aggregate as function(column), optionally followed by AS name: count(*), sum(amount), avg(temp) AS mean.")));
 	*open = '\0';
 	*close = '\0';
-	*fn = s;
 	for (char *c = s; *c; c++)
 		*c = pg_tolower((unsigned char) *c);
-	while (**fn == ' ')
-		(*fn)++;
-	for (char *e = *fn + strlen(*fn); e > *fn && e[-1] == ' '; e--)
-		e[-1] = '\0';
-	*arg = open + 1;
-	while (**arg == ' ')
-		(*arg)++;
-	for (char *e = *arg + strlen(*arg); e > *arg && e[-1] == ' '; e--)
-		e[-1] = '\0';
-	rest = close + 1;
-	while (*rest == ' ')
-		rest++;
-	if (*rest == '\0')
-		*out = strcmp(*arg, "*") == 0 ? pstrdup(*fn) : psprintf("%s_%s", *fn, *arg);
-	else if (pg_strncasecmp(rest, "as ", 3) == 0)
-	{
-		*out = rest + 3;
-		while (**out == ' ')
-			(*out)++;
-		for (char *e = *out + strlen(*out); e > *out && e[-1] == ' '; e--)
-			e[-1] = '\0';
-	}
-	else
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("aggregate \"%s\" does not parse", spec),
-				 errhint("After function(column) only AS name may follow.")));
+	*fn = pe_agg_trim(s);
+	*arg = pe_agg_trim(open + 1);
+	rest = pe_agg_trim(close + 1);
+	shown = *fn;
 
+	if (strcmp(*fn, "count") == 0 && pg_strncasecmp(*arg, "distinct ", 9) == 0)
+	{
+		*arg = pe_agg_trim(*arg + 9);
+		*fn = pe_agg_extension_schema("hll") != NULL ? "approx_count_distinct" : "count_distinct";
+		shown = "count_distinct";
+	}
+	else if (strcmp(*fn, "exact_count_distinct") == 0)
+		*fn = shown = "count_distinct";
+	else if (strcmp(*fn, "approx_count_distinct") == 0)
+		pe_agg_require_extension("hll", "postgresql-15-hll", "approx_count_distinct()");
+	else if (strcmp(*fn, "percentile") == 0 || strcmp(*fn, "median") == 0)
+	{
+		char	   *comma = strrchr(*arg, ',');
+
+		if (strcmp(*fn, "median") == 0)
+			*fraction = 0.5;
+		else if (comma == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("aggregate \"%s\" does not parse", spec),
+					 errhint("Write percentile(column, fraction), the fraction between 0 and 1: percentile(latency, 0.99).")));
+		else
+		{
+			char	   *end;
+
+			*comma = '\0';
+			*arg = pe_agg_trim(*arg);
+			*fraction = strtod(pe_agg_trim(comma + 1), &end);
+			if (*end != '\0' || end == comma + 1 || !(*fraction >= 0 && *fraction <= 1))
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("the fraction of percentile \"%s\" is not a number between 0 and 1", spec),
+						 errhint("For the 99th percentile write percentile(column, 0.99).")));
+		}
+		pe_agg_require_extension("tdigest", "postgresql-15-tdigest", psprintf("%s()", *fn));
+		*fn = "percentile";
+	}
 	for (int i = 0; pe_agg_functions[i]; i++)
 		if (strcmp(*fn, pe_agg_functions[i]) == 0)
 			known = true;
@@ -156,31 +203,63 @@ pe_agg_parse(const char *spec, Relation rel, char **fn, char **arg, char **out)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("aggregate function \"%s\" is not supported", *fn),
-				 errhint("Supported: count, sum, avg, min, max.")));
+				 errhint("Supported: count, sum, avg, min, max, first, last, count(distinct x), exact_count_distinct, approx_count_distinct, percentile(x, fraction), median.")));
+
+	if (*rest == '\0')
+	{
+		if (strcmp(*arg, "*") == 0)
+			*out = pstrdup(*fn);
+		else if (strcmp(*fn, "percentile") == 0)
+		{
+			/* p99_latency, p99_9_latency, median_latency */
+			char	   *p = strcmp(shown, "median") == 0 ? pstrdup("median") : psprintf("p%g", *fraction * 100);
+
+			for (char *c = p; *c; c++)
+				if (*c == '.')
+					*c = '_';
+			*out = psprintf("%s_%s", p, *arg);
+		}
+		else
+			*out = psprintf("%s_%s", shown, *arg);
+	}
+	else if (pg_strncasecmp(rest, "as ", 3) == 0)
+		*out = pe_agg_trim(rest + 3);
+	else
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("aggregate \"%s\" does not parse", spec),
+				 errhint("After function(column) only AS name may follow.")));
 	if (**out == '\0' || strcmp(*out, "window_start") == 0 || strcmp(*out, "window_end") == 0 ||
-		strcmp(*out, "closed") == 0)
+		strcmp(*out, "closed") == 0 || strstr(*out, "__") != NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("aggregate \"%s\" needs another output name", spec),
-				 errhint("Add AS name with a name that is not window_start, window_end or closed.")));
+				 errhint("Add AS name with a name that is not window_start, window_end or closed, and has no \"__\" (the results keep state in NAME__sum and the like).")));
 	if (strcmp(*arg, "*") == 0)
 	{
 		if (strcmp(*fn, "count") != 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("%s(*) is not an aggregate", *fn),
+					 errmsg("%s(*) is not an aggregate", shown),
 					 errhint("Only count takes *; name a column.")));
 		return;
 	}
 	typid = pe_agg_require_column(rel, *arg, "aggregated column");
-	if ((strcmp(*fn, "sum") == 0 || strcmp(*fn, "avg") == 0) &&
+	if ((strcmp(*fn, "sum") == 0 || strcmp(*fn, "avg") == 0 || strcmp(*fn, "percentile") == 0) &&
 		!(typid == INT2OID || typid == INT4OID || typid == INT8OID || typid == FLOAT4OID ||
 		  typid == FLOAT8OID || typid == NUMERICOID))
 		ereport(ERROR,
 				(errcode(ERRCODE_DATATYPE_MISMATCH),
-				 errmsg("%s(%s) needs a number, and column \"%s\" is of type %s", *fn, *arg, *arg,
+				 errmsg("%s(%s) needs a number, and column \"%s\" is of type %s", shown, *arg, *arg,
 						format_type_be(typid)),
-				 errhint("sum and avg take smallint, integer, bigint, real, double precision or numeric columns.")));
+				 errhint("sum, avg and percentile take smallint, integer, bigint, real, double precision or numeric columns.")));
+	if ((strcmp(*fn, "count_distinct") == 0 || strcmp(*fn, "min") == 0 || strcmp(*fn, "max") == 0) &&
+		!OidIsValid(lookup_type_cache(typid, TYPECACHE_LT_OPR)->lt_opr))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_FUNCTION),
+				 errmsg("%s(%s) needs a type with an order, and column \"%s\" is of type %s", shown, *arg, *arg,
+						format_type_be(typid)),
+				 errhint("Aggregate a column whose type can be sorted, or use approx_count_distinct() with the hll extension.")));
 }
 
 static void
@@ -247,15 +326,19 @@ pe_create_aggregate(PG_FUNCTION_ARGS)
 	char	  **fns;
 	char	  **args;
 	char	  **outs;
+	double	   *fractions;
 	char	   *results;
 	char	   *schema;
 	StringInfoData sql;
 	StringInfoData cols;
 	Oid			results_oid;
 	PeCatalogAccess acc;
-	Datum		values[16];
-	Oid			types[16] = {TEXTOID, OIDOID, TEXTOID, INT8OID, OIDOID, TEXTOID, INTERVALOID, INTERVALOID,
-	TIMESTAMPTZOID, TEXTOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, INTERVALOID, INTERVALOID};
+	Datum		values[17];
+	Oid			types[17] = {TEXTOID, OIDOID, TEXTOID, INT8OID, OIDOID, TEXTOID, INTERVALOID, INTERVALOID,
+	TIMESTAMPTZOID, TEXTOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, INTERVALOID, INTERVALOID,
+	FLOAT8ARRAYOID};
+	Datum	   *pd;
+	bool	   *pn;
 	Datum	   *fd;
 	Datum	   *ad;
 	Datum	   *od;
@@ -351,9 +434,10 @@ pe_create_aggregate(PG_FUNCTION_ARGS)
 	fns = palloc(sizeof(char *) * naggs);
 	args = palloc(sizeof(char *) * naggs);
 	outs = palloc(sizeof(char *) * naggs);
+	fractions = palloc(sizeof(double) * naggs);
 	for (int i = 0; i < naggs; i++)
 	{
-		pe_agg_parse(text_to_cstring(aggs[i]), rel, &fns[i], &args[i], &outs[i]);
+		pe_agg_parse(text_to_cstring(aggs[i]), rel, &fns[i], &args[i], &outs[i], &fractions[i]);
 		if (strcmp(args[i], "*") != 0)
 			pe_agg_require_decoded(target, args[i], "aggregated column");
 		for (int j = 0; j < i; j++)
@@ -394,12 +478,30 @@ pe_create_aggregate(PG_FUNCTION_ARGS)
 	for (int i = 0; i < naggs; i++)
 	{
 		const char *arg = strcmp(args[i], "*") == 0 ? "*" : quote_identifier(args[i]);
+		const char *o = quote_identifier(outs[i]);
+		const char *tt = format_type_be_qualified(time_type);
 
-		appendStringInfo(&sql, ", pg_catalog.%s(%s) AS %s", fns[i], arg, quote_identifier(outs[i]));
-		if (strcmp(fns[i], "avg") == 0)
-			appendStringInfo(&sql, ", pg_catalog.sum(%s) AS %s, pg_catalog.count(%s) AS %s", arg,
-							 quote_identifier(psprintf("%s__sum", outs[i])), arg,
-							 quote_identifier(psprintf("%s__count", outs[i])));
+		/* the value, and the state it is merged from (pe_agg_state_columns) */
+		if (strcmp(fns[i], "first") == 0 || strcmp(fns[i], "last") == 0)
+			appendStringInfo(&sql, ", (pg_catalog.array_agg(%s))[1] AS %s, NULL::%s AS %s", arg, o, tt,
+							 quote_identifier(psprintf("%s__time", outs[i])));
+		else if (strcmp(fns[i], "count_distinct") == 0)
+			appendStringInfo(&sql, ", pg_catalog.count(%s) AS %s, pg_catalog.array_agg(%s) AS %s", arg, o, arg,
+							 quote_identifier(psprintf("%s__set", outs[i])));
+		else if (strcmp(fns[i], "approx_count_distinct") == 0)
+			appendStringInfo(&sql, ", pg_catalog.count(%s) AS %s, NULL::%s.hll AS %s", arg, o,
+							 pe_agg_extension_schema("hll"), quote_identifier(psprintf("%s__hll", outs[i])));
+		else if (strcmp(fns[i], "percentile") == 0)
+			appendStringInfo(&sql, ", NULL::pg_catalog.float8 AS %s, NULL::%s.tdigest AS %s", o,
+							 pe_agg_extension_schema("tdigest"), quote_identifier(psprintf("%s__digest", outs[i])));
+		else
+		{
+			appendStringInfo(&sql, ", pg_catalog.%s(%s) AS %s", fns[i], arg, o);
+			if (strcmp(fns[i], "avg") == 0)
+				appendStringInfo(&sql, ", pg_catalog.sum(%s) AS %s, pg_catalog.count(%s) AS %s", arg,
+								 quote_identifier(psprintf("%s__sum", outs[i])), arg,
+								 quote_identifier(psprintf("%s__count", outs[i])));
+		}
 	}
 	appendStringInfoString(&sql, ", false AS closed");
 	appendStringInfo(&sql, " FROM %s.%s GROUP BY 1, 2%s WITH NO DATA", quote_identifier(schema),
@@ -444,8 +546,12 @@ pe_create_aggregate(PG_FUNCTION_ARGS)
 	ad = palloc(sizeof(Datum) * naggs);
 	od = palloc(sizeof(Datum) * naggs);
 	gd = palloc(sizeof(Datum) * Max(ngroups, 1));
+	pd = palloc(sizeof(Datum) * naggs);
+	pn = palloc(sizeof(bool) * naggs);
 	for (int i = 0; i < naggs; i++)
 	{
+		pd[i] = Float8GetDatum(fractions[i]);
+		pn[i] = strcmp(fns[i], "percentile") != 0;
 		fd[i] = CStringGetTextDatum(fns[i]);
 		ad[i] = CStringGetTextDatum(args[i]);
 		od[i] = CStringGetTextDatum(outs[i]);
@@ -468,13 +574,20 @@ pe_create_aggregate(PG_FUNCTION_ARGS)
 	values[13] = PointerGetDatum(construct_array(od, naggs, TEXTOID, -1, false, TYPALIGN_INT));
 	values[14] = IntervalPGetDatum(lateness);
 	values[15] = IntervalPGetDatum(idle);
+	{
+		int			dims[1] = {naggs};
+		int			lbs[1] = {1};
+
+		values[16] = PointerGetDatum(construct_md_array(pd, pn, 1, dims, lbs, FLOAT8OID, 8, FLOAT8PASSBYVAL,
+														TYPALIGN_DOUBLE));
+	}
 
 	pe_catalog_begin(&acc);
 	if (SPI_execute_with_args("INSERT INTO pipeline.aggregate (name, owner, consumer, consumer_id, results, window_kind, "
-							  "size, slide, origin, time_column, group_by, functions, arguments, outputs, lateness, idle_timeout) "
-							  "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) "
+							  "size, slide, origin, time_column, group_by, functions, arguments, outputs, lateness, idle_timeout, fractions) "
+							  "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) "
 							  "ON CONFLICT (name) DO NOTHING",
-							  16, types, values, NULL, false, 0) != SPI_OK_INSERT)
+							  17, types, values, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not record the aggregate");
 	if (SPI_processed == 0)
 		ereport(ERROR,
@@ -490,7 +603,7 @@ pe_create_aggregate(PG_FUNCTION_ARGS)
 							  "SELECT $1, \"partition\", pg_catalog.int8multirange(pg_catalog.int8range(0, next_offset)), "
 							  "pg_catalog.now() FROM pipeline.offsets "
 							  "WHERE consumer OPERATOR(pg_catalog.=) $3",
-							  16, types, values, NULL, false, 0) != SPI_OK_INSERT)
+							  17, types, values, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not record where the aggregate starts");
 	pe_catalog_end(&acc);
 	PG_RETURN_OID(results_oid);

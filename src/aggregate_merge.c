@@ -27,6 +27,119 @@
 
 #include "aggregate.h"
 
+/* A column of the results: NAME__suffix, quoted. */
+static const char *
+pe_agg_state(PeAggregate *a, int i, const char *suffix)
+{
+	return quote_identifier(psprintf("%s__%s", a->outs[i], suffix));
+}
+
+/* Aggregate i over the batch's events of one window (column m.c<ac>). */
+static void
+pe_agg_batch_expr(StringInfo s, PeAggregate *a, int i, int ac)
+{
+	const char *fn = a->fns[i];
+	char	   *not_null = psprintf("FILTER (WHERE m.c%d IS NOT NULL)", ac);
+
+	if (ac < 0)
+		appendStringInfoString(s, ", pg_catalog.count(*)");
+	else if (strcmp(fn, "avg") == 0)
+		appendStringInfo(s, ", pg_catalog.avg(m.c%d), pg_catalog.sum(m.c%d), pg_catalog.count(m.c%d)", ac, ac, ac);
+	else if (strcmp(fn, "first") == 0)
+		/* by event time, then as the messages came; nulls are not values */
+		appendStringInfo(s, ", (pg_catalog.array_agg(m.c%d ORDER BY m.c0, m.o) %s)[1], pg_catalog.min(m.c0) %s",
+						 ac, not_null, not_null);
+	else if (strcmp(fn, "last") == 0)
+		appendStringInfo(s, ", (pg_catalog.array_agg(m.c%d ORDER BY m.c0 DESC, m.o DESC) %s)[1], pg_catalog.max(m.c0) %s",
+						 ac, not_null, not_null);
+	else if (strcmp(fn, "count_distinct") == 0)
+		appendStringInfo(s, ", pg_catalog.count(DISTINCT m.c%d), pg_catalog.array_agg(DISTINCT m.c%d) %s",
+						 ac, ac, not_null);
+	else if (strcmp(fn, "approx_count_distinct") == 0)
+	{
+		char	   *h = psprintf("%s.hll_add_agg(%s.hll_hash_any(m.c%d)) %s", a->hll_schema, a->hll_schema, ac, not_null);
+
+		appendStringInfo(s, ", COALESCE(pg_catalog.round(%s.hll_cardinality(%s))::pg_catalog.int8, 0), %s",
+						 a->hll_schema, h, h);
+	}
+	else if (strcmp(fn, "percentile") == 0)
+		appendStringInfo(s, ", %s.tdigest_percentile(m.c%d::pg_catalog.float8, %d, %.17g::pg_catalog.float8), "
+						 "%s.tdigest(m.c%d::pg_catalog.float8, %d)",
+						 a->tdigest_schema, ac, PE_AGG_TDIGEST_COMPRESSION, a->fractions[i],
+						 a->tdigest_schema, ac, PE_AGG_TDIGEST_COMPRESSION);
+	else
+		appendStringInfo(s, ", pg_catalog.%s(m.c%d)", fn, ac);
+}
+
+/* Aggregate i of a window, its row r merged with the batch's (EXCLUDED). */
+static void
+pe_agg_merge_expr(StringInfo s, PeAggregate *a, int i)
+{
+	const char *fn = a->fns[i];
+	const char *o = quote_identifier(a->outs[i]);
+
+	if (strcmp(fn, "count") == 0)
+		appendStringInfo(s, "%s = r.%s OPERATOR(pg_catalog.+) EXCLUDED.%s", o, o, o);
+	else if (strcmp(fn, "sum") == 0)
+		appendStringInfo(s, "%s = COALESCE(r.%s OPERATOR(pg_catalog.+) EXCLUDED.%s, r.%s, EXCLUDED.%s)",
+						 o, o, o, o, o);
+	else if (strcmp(fn, "min") == 0)
+		appendStringInfo(s, "%s = LEAST(r.%s, EXCLUDED.%s)", o, o, o);
+	else if (strcmp(fn, "max") == 0)
+		appendStringInfo(s, "%s = GREATEST(r.%s, EXCLUDED.%s)", o, o, o);
+	else if (strcmp(fn, "first") == 0 || strcmp(fn, "last") == 0)
+	{
+		const char *tm = pe_agg_state(a, i, "time");
+		bool		first = strcmp(fn, "first") == 0;
+
+		/* the earlier (first) or later (last) of the two; a tie keeps the first seen, or takes the last */
+		appendStringInfo(s, "%s = CASE WHEN EXCLUDED.%s IS NOT NULL AND (r.%s IS NULL OR EXCLUDED.%s %s r.%s) "
+						 "THEN EXCLUDED.%s ELSE r.%s END, %s = %s(r.%s, EXCLUDED.%s)",
+						 o, tm, tm, tm, first ? "OPERATOR(pg_catalog.<)" : "OPERATOR(pg_catalog.>=)", tm,
+						 o, o, tm, first ? "LEAST" : "GREATEST", tm, tm);
+	}
+	else if (strcmp(fn, "count_distinct") == 0)
+	{
+		const char *set = pe_agg_state(a, i, "set");
+		char	   *both = psprintf("pg_catalog.unnest(pg_catalog.array_cat(r.%s, EXCLUDED.%s))", set, set);
+
+		appendStringInfo(s, "%s = (SELECT pg_catalog.array_agg(DISTINCT e) FROM %s AS e), "
+						 "%s = (SELECT pg_catalog.count(DISTINCT e) FROM %s AS e)", set, both, o, both);
+	}
+	else if (strcmp(fn, "approx_count_distinct") == 0)
+	{
+		const char *h = pe_agg_state(a, i, "hll");
+		char	   *both = psprintf("COALESCE(%s.hll_union(r.%s, EXCLUDED.%s), r.%s, EXCLUDED.%s)",
+									a->hll_schema, h, h, h, h);
+
+		appendStringInfo(s, "%s = %s, %s = COALESCE(pg_catalog.round(%s.hll_cardinality(%s))::pg_catalog.int8, 0)",
+						 h, both, o, a->hll_schema, both);
+	}
+	else if (strcmp(fn, "percentile") == 0)
+	{
+		const char *d = pe_agg_state(a, i, "digest");
+		char	   *both = psprintf("COALESCE(%s.tdigest_union(r.%s, EXCLUDED.%s), r.%s, EXCLUDED.%s)",
+									a->tdigest_schema, d, d, d, d);
+
+		appendStringInfo(s, "%s = %s, %s = (SELECT %s.tdigest_percentile(x, %.17g::pg_catalog.float8) FROM (SELECT %s) AS v(x))",
+						 d, both, o, a->tdigest_schema, a->fractions[i], both);
+	}
+	else
+	{
+		const char *sum = pe_agg_state(a, i, "sum");
+		const char *cnt = pe_agg_state(a, i, "count");
+		char	   *merged_sum = psprintf("COALESCE(r.%s OPERATOR(pg_catalog.+) EXCLUDED.%s, r.%s, EXCLUDED.%s)",
+										  sum, sum, sum, sum);
+		char	   *merged_cnt = psprintf("r.%s OPERATOR(pg_catalog.+) EXCLUDED.%s", cnt, cnt);
+		Oid			avg_type = get_atttype(a->results, get_attnum(a->results, a->outs[i]));
+
+		appendStringInfo(s, "%s = %s, %s = %s, %s = CASE WHEN %s OPERATOR(pg_catalog.>) 0 THEN "
+						 "((%s)::pg_catalog.numeric OPERATOR(pg_catalog./) (%s)::pg_catalog.numeric)::%s END",
+						 sum, merged_sum, cnt, merged_cnt, o, merged_cnt, merged_sum, merged_cnt,
+						 format_type_be_qualified(avg_type));
+	}
+}
+
 /* The statement that merges a batch's events into the results. */
 static char *
 pe_agg_sql(PeAggregate *a, PeTarget *t, const int *cols, int ncols, Oid time_type)
@@ -44,10 +157,12 @@ pe_agg_sql(PeAggregate *a, PeTarget *t, const int *cols, int ncols, Oid time_typ
 	appendStringInfo(&s, "INSERT INTO %s AS r (window_start, window_end%s", res, g.data);
 	for (int i = 0; i < a->naggs; i++)
 	{
+		const char *suffixes[2];
+		int			nsuffixes = pe_agg_state_columns(a->fns[i], suffixes);
+
 		appendStringInfo(&s, ", %s", quote_identifier(a->outs[i]));
-		if (strcmp(a->fns[i], "avg") == 0)
-			appendStringInfo(&s, ", %s, %s", quote_identifier(psprintf("%s__sum", a->outs[i])),
-							 quote_identifier(psprintf("%s__count", a->outs[i])));
+		for (int k = 0; k < nsuffixes; k++)
+			appendStringInfo(&s, ", %s", pe_agg_state(a, i, suffixes[k]));
 	}
 	appendStringInfo(&s, ") SELECT w.s, w.s OPERATOR(pg_catalog.+) $%d", ncols + 1);
 	for (int i = 0; i < a->ngroups; i++)
@@ -59,12 +174,7 @@ pe_agg_sql(PeAggregate *a, PeTarget *t, const int *cols, int ncols, Oid time_typ
 		for (int c = 0; c < ncols; c++)
 			if (strcmp(a->args[i], "*") != 0 && strcmp(t->cols[cols[c]].name, a->args[i]) == 0)
 				ac = c;
-		if (ac < 0)
-			appendStringInfoString(&s, ", pg_catalog.count(*)");
-		else if (strcmp(a->fns[i], "avg") == 0)
-			appendStringInfo(&s, ", pg_catalog.avg(m.c%d), pg_catalog.sum(m.c%d), pg_catalog.count(m.c%d)", ac, ac, ac);
-		else
-			appendStringInfo(&s, ", pg_catalog.%s(m.c%d)", a->fns[i], ac);
+		pe_agg_batch_expr(&s, a, i, ac);
 	}
 	/* each column with its collation, as the table compares it (unnest gives the type's default) */
 	appendStringInfoString(&s, " FROM (SELECT ");
@@ -73,17 +183,18 @@ pe_agg_sql(PeAggregate *a, PeTarget *t, const int *cols, int ncols, Oid time_typ
 		Oid			coll = t->cols[cols[c]].collation;
 
 		if (OidIsValid(coll) && coll != DEFAULT_COLLATION_OID)
-			appendStringInfo(&s, "%su.c%d COLLATE %s AS c%d", c ? ", " : "", c, generate_collation_name(coll), c);
+			appendStringInfo(&s, "u.c%d COLLATE %s AS c%d, ", c, generate_collation_name(coll), c);
 		else
-			appendStringInfo(&s, "%su.c%d", c ? ", " : "", c);
+			appendStringInfo(&s, "u.c%d, ", c);
 	}
-	appendStringInfoString(&s, " FROM ROWS FROM (");
+	appendStringInfoString(&s, "u.o FROM ROWS FROM (");
 	for (int c = 0; c < ncols; c++)
 		appendStringInfo(&s, "%spg_catalog.unnest($%d)", c ? ", " : "", c + 1);
-	appendStringInfoString(&s, ") AS u(");
+	/* the ordinal: the order the messages came in, for first and last */
+	appendStringInfoString(&s, ") WITH ORDINALITY AS u(");
 	for (int c = 0; c < ncols; c++)
-		appendStringInfo(&s, "%sc%d", c ? ", " : "", c);
-	appendStringInfoString(&s, ")) AS m");
+		appendStringInfo(&s, "c%d, ", c);
+	appendStringInfoString(&s, "o)) AS m");
 	/* every window that holds the event: the last one to start, and those before it */
 	appendStringInfo(&s, " CROSS JOIN LATERAL (SELECT x AS s FROM pg_catalog.generate_series(%s OPERATOR(pg_catalog.-) $%d, %s, $%d) AS x "
 					 "WHERE x OPERATOR(pg_catalog.+) $%d OPERATOR(pg_catalog.>) m.c0 "
@@ -100,33 +211,9 @@ pe_agg_sql(PeAggregate *a, PeTarget *t, const int *cols, int ncols, Oid time_typ
 	appendStringInfo(&s, " ON CONFLICT (window_start%s) DO UPDATE SET ", g.data);
 	for (int i = 0; i < a->naggs; i++)
 	{
-		const char *o = quote_identifier(a->outs[i]);
-
 		if (i > 0)
 			appendStringInfoString(&s, ", ");
-		if (strcmp(a->fns[i], "count") == 0)
-			appendStringInfo(&s, "%s = r.%s OPERATOR(pg_catalog.+) EXCLUDED.%s", o, o, o);
-		else if (strcmp(a->fns[i], "sum") == 0)
-			appendStringInfo(&s, "%s = COALESCE(r.%s OPERATOR(pg_catalog.+) EXCLUDED.%s, r.%s, EXCLUDED.%s)",
-							 o, o, o, o, o);
-		else if (strcmp(a->fns[i], "min") == 0)
-			appendStringInfo(&s, "%s = LEAST(r.%s, EXCLUDED.%s)", o, o, o);
-		else if (strcmp(a->fns[i], "max") == 0)
-			appendStringInfo(&s, "%s = GREATEST(r.%s, EXCLUDED.%s)", o, o, o);
-		else
-		{
-			const char *sum = quote_identifier(psprintf("%s__sum", a->outs[i]));
-			const char *cnt = quote_identifier(psprintf("%s__count", a->outs[i]));
-			char	   *merged_sum = psprintf("COALESCE(r.%s OPERATOR(pg_catalog.+) EXCLUDED.%s, r.%s, EXCLUDED.%s)",
-											  sum, sum, sum, sum);
-			char	   *merged_cnt = psprintf("r.%s OPERATOR(pg_catalog.+) EXCLUDED.%s", cnt, cnt);
-			Oid			avg_type = get_atttype(a->results, get_attnum(a->results, a->outs[i]));
-
-			appendStringInfo(&s, "%s = %s, %s = %s, %s = CASE WHEN %s OPERATOR(pg_catalog.>) 0 THEN "
-							 "((%s)::pg_catalog.numeric OPERATOR(pg_catalog./) (%s)::pg_catalog.numeric)::%s END",
-							 sum, merged_sum, cnt, merged_cnt, o, merged_cnt, merged_sum, merged_cnt,
-							 format_type_be_qualified(avg_type));
-		}
+		pe_agg_merge_expr(&s, a, i);
 	}
 	return s.data;
 }

@@ -17,6 +17,7 @@ pe_sudo() {
 PE_PACKAGES=(
 	make gcc libc6-dev pkg-config rsync
 	postgresql-15 postgresql-server-dev-15 postgresql-contrib
+	postgresql-15-hll postgresql-15-tdigest
 	librdkafka-dev libavro-dev libcurl4-openssl-dev
 	kcat python3 python3-confluent-kafka python3-psycopg2 prometheus-postgres-exporter
 	libipc-run-perl libjson-pp-perl

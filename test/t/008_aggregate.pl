@@ -51,8 +51,33 @@ sql(qq{CREATE EXTENSION pipeline_ext;
        SELECT pipeline.create_aggregate('hop', 'rd', '2 minutes', 'ts', ARRAY['count(*)', 'max(id)'],
          slide => '1 minute');});
 
+
+# the optional extensions: a function that needs one that is missing says
+# which Debian package has it; count(distinct) is exact without hll
+foreach my $case (["percentile(temp, 0.9)", 'tdigest', 'postgresql-15-tdigest'],
+	["median(temp)", 'tdigest', 'postgresql-15-tdigest'],
+	["approx_count_distinct(temp)", 'hll', 'postgresql-15-hll'])
+{
+	my ($rc, $out, $err) = $node->psql('postgres',
+		qq{SELECT pipeline.create_aggregate('a1', 'rd', '1 minute', 'ts', ARRAY['$case->[0]'])});
+	like($err, qr/needs extension "$case->[1]", which is not in this database.*HINT:  Install the Debian package \Q$case->[2]\E/s,
+		"$case->[0] without extension $case->[1]: an error naming the package");
+}
+sql(q{SELECT pipeline.create_aggregate('exact', 'rd', '1 minute', 'ts',
+        ARRAY['count(distinct device) AS devices', 'exact_count_distinct(temp)', 'first(id)', 'last(id)',
+              'first(device) AS first_device', 'last(temp)'])});
+sql(q{CREATE EXTENSION hll; CREATE EXTENSION tdigest;
+      SELECT pipeline.create_aggregate('approx', 'rd', '10 minutes', 'ts',
+        ARRAY['count(distinct temp) AS temps', 'percentile(temp, 0.9)', 'median(temp)'], ARRAY['device'])});
+is(sql(q{SELECT aggregates FROM pipeline.aggregates WHERE name = 'exact'}) . ' ' .
+	sql(q{SELECT aggregates FROM pipeline.aggregates WHERE name = 'approx'}),
+	'{"exact_count_distinct(device) AS devices","exact_count_distinct(temp) AS count_distinct_temp","first(id) AS first_id",'
+	. '"last(id) AS last_id","first(device) AS first_device","last(temp) AS last_temp"} '
+	. '{"approx_count_distinct(temp) AS temps","percentile(temp, 0.9) AS p90_temp","percentile(temp, 0.5) AS median_temp"}',
+	'count(distinct) is exact without hll and approximate (hll) with it; percentiles keep their fraction');
+
 is(sql(q{SELECT string_agg(name || ':' || window_kind || ':' || results::text, ',' ORDER BY name) FROM pipeline.aggregates}),
-	'hop:hopping:hop,per_min:tumbling:per_min', 'pipeline.aggregates lists both');
+	'approx:tumbling:approx,exact:tumbling:exact,hop:hopping:hop,per_min:tumbling:per_min', 'pipeline.aggregates lists them');
 
 # what the aggregates must hold: the same, in plain SQL over the table
 my $per_min_sql = q{SELECT string_agg(concat_ws('|', window_start, window_end, device, count, sum_temp,
@@ -139,14 +164,14 @@ is(sql(q{SELECT (windows_closed = (SELECT count(*) FROM closing WHERE closed)) |
 like(sql(q{SELECT status || ': ' || reason FROM pipeline.health WHERE consumer = 'aggregate:closing'}),
 	qr/^warning: 1 late events kept in the last /, 'pipeline.health warns of the late event');
 is(sql(q{SELECT string_agg(consumer, ',' ORDER BY consumer) FROM pipeline.health WHERE consumer LIKE 'aggregate:%'}),
-	'aggregate:closing,aggregate:hop,aggregate:per_min', '... and has a row for each aggregate');
+	'aggregate:approx,aggregate:closing,aggregate:exact,aggregate:hop,aggregate:per_min', '... and has a row for each aggregate');
 {
 	# the exporter's query for aggregates (sql/prometheus-postgres-exporter.yaml) runs and has them
 	my $yaml = slurp_file(($ENV{TESTDIR} // '.') . '/sql/prometheus-postgres-exporter.yaml');
 	my ($query) = $yaml =~ /^pipeline_aggregate:\n  query: \|\n(.*?)\n  metrics:/ms;
 	ok(defined $query, 'the exporter has a query for aggregates');
 	like(sql("SELECT string_agg(aggregate || ':' || late_events, ',' ORDER BY aggregate) FROM ($query) q"),
-		qr/^closing:1,hop:1,per_min:1$/, '... which reads them');
+		qr/^approx:1,closing:1,exact:1,hop:1,per_min:1$/, '... which reads them');
 }
 
 # a dead letter replayed once the table takes it: counted then, once
@@ -189,10 +214,16 @@ sub refused
 refused(q{'a1', 'rd', '1 minute', 'nope', ARRAY['count(*)']}, qr/time column "nope" is not a column/, 'an unknown column');
 refused(q{'a1', 'rd', '1 minute', 'device', ARRAY['count(*)']}, qr/time column "device" is of type text, not a time/,
 	'a time column that is not a time');
-refused(q{'a1', 'rd', '1 minute', 'ts', ARRAY['median(temp)']}, qr/aggregate function "median" is not supported/,
+refused(q{'a1', 'rd', '1 minute', 'ts', ARRAY['stddev(temp)']}, qr/aggregate function "stddev" is not supported/,
 	'an aggregate that is not supported');
 refused(q{'a1', 'rd', '1 minute', 'ts', ARRAY['sum(device)']}, qr/sum\(device\) needs a number, and column "device" is of type text/,
 	'a sum of text');
+refused(q{'a1', 'rd', '1 minute', 'ts', ARRAY['percentile(temp, 1.5)']}, qr/fraction of percentile .* is not a number between 0 and 1/,
+	'a percentile beyond 1');
+refused(q{'a1', 'rd', '1 minute', 'ts', ARRAY['percentile(device, 0.5)']}, qr/percentile\(device\) needs a number/,
+	'a percentile of text');
+refused(q{'a1', 'rd', '1 minute', 'ts', ARRAY['count(*) AS n__sum']}, qr/needs another output name/,
+	'an output name with the state columns\' "__"');
 refused(q{'a1', 'rd', '1 month', 'ts', ARRAY['count(*)']}, qr/window of months or years is not supported/,
 	'a window of months');
 refused(q{'a1', 'rd', '1 minute', 'ts', ARRAY['count(temp']}, qr/does not parse/, 'an aggregate that does not parse');
