@@ -504,14 +504,11 @@ pe_capture_trigger(PG_FUNCTION_ARGS)
 	int			event;
 	int64		id;
 	PeCapturePlan *p;
-	PeCatalogAccess acc;
 	Oid			sender = GetUserId();
-	Datum		values[5];
 	Datum		keys = (Datum) 0;
 	Datum		vals = (Datum) 0;
 	uint64		written;
 	MemoryContext outer = CurrentMemoryContext;
-	static SPIPlanPtr insert_plan = NULL;
 
 	pe_require_preload();
 	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_AFTER(td->tg_event) ||
@@ -573,29 +570,6 @@ pe_capture_trigger(PG_FUNCTION_ARGS)
 	if (written == 0)
 		return PointerGetDatum(NULL);
 
-	values[0] = CStringGetTextDatum(p->connection);
-	values[1] = CStringGetTextDatum(p->topic);
-	values[2] = ObjectIdGetDatum(sender);
-	values[3] = keys;
-	values[4] = vals;
-	pe_catalog_begin(&acc);
-	if (insert_plan == NULL)
-	{
-		Oid			types[5] = {TEXTOID, TEXTOID, OIDOID, BYTEAARRAYOID, BYTEAARRAYOID};
-		SPIPlanPtr	plan = SPI_prepare_cursor("INSERT INTO pipeline.outbox (connection, topic, key, value, sent_by) "
-											  "SELECT $1, $2, u.k, u.v, $3 FROM ROWS FROM (pg_catalog.unnest($4), "
-											  "pg_catalog.unnest($5)) WITH ORDINALITY AS u(k, v, n) ORDER BY u.n",
-											  5, types, CURSOR_OPT_GENERIC_PLAN);
-
-		if (plan == NULL)
-			elog(ERROR, "could not prepare the outbox insert: %s", SPI_result_code_string(SPI_result));
-		SPI_keepplan(plan);
-		insert_plan = plan;
-	}
-	if (SPI_execute_plan(insert_plan, values, NULL, false, 0) != SPI_OK_INSERT)
-		elog(ERROR, "could not write the changes into the outbox");
-	pe_catalog_end(&acc);
-	if (written > 0)
-		pe_outbox_note_sent();
+	pe_outbox_insert_many(p->connection, p->topic, sender, keys, vals);
 	return PointerGetDatum(NULL);	/* (a statement trigger's result is not read, but must not be null) */
 }

@@ -134,6 +134,46 @@ pe_outbox_insert(const PeMessageArgs *a)
 	return id;
 }
 
+/*
+ * Write messages into the outbox in one statement, as the catalog's owner,
+ * for role sender: keys and values are bytea arrays of one length (nulls
+ * allowed), kept in their order.
+ */
+void
+pe_outbox_insert_many(const char *connection, const char *topic, Oid sender, Datum keys, Datum values)
+{
+	static SPIPlanPtr plan = NULL;
+	PeCatalogAccess acc;
+	Datum		args[5];
+	uint64		written;
+
+	args[0] = CStringGetTextDatum(connection);
+	args[1] = CStringGetTextDatum(topic);
+	args[2] = ObjectIdGetDatum(sender);
+	args[3] = keys;
+	args[4] = values;
+	pe_catalog_begin(&acc);
+	if (plan == NULL)
+	{
+		Oid			types[5] = {TEXTOID, TEXTOID, OIDOID, BYTEAARRAYOID, BYTEAARRAYOID};
+		SPIPlanPtr	p = SPI_prepare_cursor("INSERT INTO pipeline.outbox (connection, topic, key, value, sent_by) "
+										   "SELECT $1, $2, u.k, u.v, $3 FROM ROWS FROM (pg_catalog.unnest($4), "
+										   "pg_catalog.unnest($5)) WITH ORDINALITY AS u(k, v, n) ORDER BY u.n",
+										   5, types, CURSOR_OPT_GENERIC_PLAN);
+
+		if (p == NULL)
+			elog(ERROR, "could not prepare the outbox insert: %s", SPI_result_code_string(SPI_result));
+		SPI_keepplan(p);
+		plan = p;
+	}
+	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not write into the outbox");
+	written = SPI_processed;
+	pe_catalog_end(&acc);
+	if (written > 0)
+		pe_outbox_note_sent();
+}
+
 /* This transaction wrote into the outbox: wake the relay at its commit. */
 void
 pe_outbox_note_sent(void)
