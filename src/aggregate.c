@@ -210,6 +210,26 @@ pe_agg_results(PeAggregate *a)
 	return quote_qualified_identifier(nspname, relname);
 }
 
+/*
+ * Run one statement as the consumer's owner, in a security-restricted
+ * operation (as batch.c runs decode and apply): the results belong to the
+ * owner, and its types' functions run with its rights.  SPI connected;
+ * returns SPI's result code.
+ */
+int
+pe_agg_as_owner(PeTarget *t, const char *sql, int nargs, Oid *types, Datum *values, const char *nulls)
+{
+	Oid			save_userid;
+	int			save_sec;
+	int			rc;
+
+	GetUserIdAndSecContext(&save_userid, &save_sec);
+	SetUserIdAndSecContext(t->def->owner, save_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
+	rc = SPI_execute_with_args(sql, nargs, types, values, nulls, false, 0);
+	SetUserIdAndSecContext(save_userid, save_sec);
+	return rc;
+}
+
 /* An interval of us microseconds. */
 Datum
 pe_agg_interval(int64 us)

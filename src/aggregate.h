@@ -49,6 +49,7 @@ extern const char *pe_agg_extension_schema(const char *extname);
 
 extern const char *pe_agg_results(PeAggregate *a);
 extern Datum pe_agg_interval(int64 us);
+extern int	pe_agg_as_owner(PeTarget *t, const char *sql, int nargs, Oid *types, Datum *values, const char *nulls);
 extern void pe_agg_merge(PeAggregate *a, PeTarget *t, PeRow *rows, const int *take, int ntake, const int *cols,
 						 int ncols);
 extern void pe_agg_advance(PeAggregate *a, PeTarget *t, int32 *bp, int64 *bl, int64 *bo, Datum *bt, bool *bt_null,

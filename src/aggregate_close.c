@@ -50,8 +50,6 @@ pe_agg_advance(PeAggregate *a, PeTarget *t, int32 *bp, int64 *bl, int64 *bo, Dat
 	int			lbs[1] = {1};
 	bool		isnull;
 	Datum		wm;
-	Oid			save_userid;
-	int			save_sec;
 
 	for (int p = 0; p < nbp; p++)
 	{
@@ -113,21 +111,18 @@ pe_agg_advance(PeAggregate *a, PeTarget *t, int32 *bp, int64 *bl, int64 *bo, Dat
 		ctypes[0] = get_atttype(rel, get_attnum(rel, "window_end"));	/* the same microseconds for a timestamp column */
 		cvalues[0] = wm;
 		cvalues[1] = pe_agg_interval(a->lateness_us);
-		GetUserIdAndSecContext(&save_userid, &save_sec);
-		SetUserIdAndSecContext(t->def->owner,
-							   save_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
 		if (!isnull)
 		{
-			if (SPI_execute_with_args(psprintf("UPDATE %s SET closed = true WHERE NOT closed "
-											   "AND window_end OPERATOR(pg_catalog.+) $2 OPERATOR(pg_catalog.<=) $1", res),
-									  2, ctypes, cvalues, NULL, false, 0) != SPI_OK_UPDATE)
+			if (pe_agg_as_owner(t, psprintf("UPDATE %s SET closed = true WHERE NOT closed "
+											"AND window_end OPERATOR(pg_catalog.+) $2 OPERATOR(pg_catalog.<=) $1", res),
+								2, ctypes, cvalues, NULL) != SPI_OK_UPDATE)
 				elog(ERROR, "could not close the windows of aggregate \"%s\"", a->name);
 			closed = SPI_processed;
 		}
-		if (SPI_execute(psprintf("SELECT pg_catalog.count(*) FROM %s WHERE NOT closed", res), true, 0) != SPI_OK_SELECT)
+		if (pe_agg_as_owner(t, psprintf("SELECT pg_catalog.count(*) FROM %s WHERE NOT closed", res),
+							0, NULL, NULL, NULL) != SPI_OK_SELECT)
 			elog(ERROR, "could not count the open windows of aggregate \"%s\"", a->name);
 		open = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull_open));
-		SetUserIdAndSecContext(save_userid, save_sec);
 	}
 
 	/* the watermark and the figures */

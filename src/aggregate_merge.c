@@ -225,60 +225,51 @@ pe_agg_sql(PeAggregate *a, PeTarget *t, const int *cols, int ncols, Oid time_typ
  */
 void
 pe_agg_merge(PeAggregate *a, PeTarget *t, PeRow *rows, const int *take, int ntake, const int *cols, int ncols)
+{
+	int			nargs = ncols + 6;
+	Oid		   *types = palloc(sizeof(Oid) * nargs);
+	Datum	   *values = palloc(sizeof(Datum) * nargs);
+	Datum	   *ev = palloc(sizeof(Datum) * ntake);
+	bool	   *en = palloc(sizeof(bool) * ntake);
+	int			dims[1] = {ntake};
+	int			lbs[1] = {1};
+	Oid			time_type = t->cols[cols[0]].typid;
+	char	   *sql = pe_agg_sql(a, t, cols, ncols, time_type);
+	char	   *nulls = palloc(nargs + 1);
+
+	for (int c = 0; c < ncols; c++)
 	{
-		int			nargs = ncols + 6;
-		Oid		   *types = palloc(sizeof(Oid) * nargs);
-		Datum	   *values = palloc(sizeof(Datum) * nargs);
-		Datum	   *ev = palloc(sizeof(Datum) * ntake);
-		bool	   *en = palloc(sizeof(bool) * ntake);
-		int			dims[1] = {ntake};
-		int			lbs[1] = {1};
-		Oid			time_type = t->cols[cols[0]].typid;
-		Oid			save_userid;
-		int			save_sec;
-		char	   *sql = pe_agg_sql(a, t, cols, ncols, time_type);
+		PeColumn   *col = &t->cols[cols[c]];
 
-		for (int c = 0; c < ncols; c++)
+		for (int i = 0; i < ntake; i++)
 		{
-			PeColumn   *col = &t->cols[cols[c]];
-
-			for (int i = 0; i < ntake; i++)
-			{
-				ev[i] = rows[take[i]].values[cols[c]];
-				en[i] = rows[take[i]].nulls[cols[c]];
-			}
-			types[c] = col->arraytyp;
-			values[c] = PointerGetDatum(construct_md_array(ev, en, 1, dims, lbs, col->typid, col->typlen,
-														   col->typbyval, col->typalign));
+			ev[i] = rows[take[i]].values[cols[c]];
+			en[i] = rows[take[i]].nulls[cols[c]];
 		}
-		types[ncols] = INTERVALOID;
-		values[ncols] = pe_agg_interval(a->size_us);
-		types[ncols + 1] = INTERVALOID;
-		values[ncols + 1] = pe_agg_interval(a->slide_us);
-		/* the origin as UTC wall time for a timestamp column: the same microseconds */
-		types[ncols + 2] = time_type;
-		values[ncols + 2] = TimestampTzGetDatum(a->origin);
-		/* how far back the first window holding an event starts */
-		types[ncols + 3] = INTERVALOID;
-		values[ncols + 3] = pe_agg_interval(((a->size_us + a->slide_us - 1) / a->slide_us - 1) * a->slide_us);
-		/* the watermark at the batch's start, and the lateness: which windows are open */
-		types[ncols + 4] = time_type;
-		values[ncols + 4] = Int64GetDatum(a->wm);
-		types[ncols + 5] = INTERVALOID;
-		values[ncols + 5] = pe_agg_interval(a->lateness_us);
-
-		GetUserIdAndSecContext(&save_userid, &save_sec);
-		SetUserIdAndSecContext(t->def->owner,
-							   save_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
-		{
-			char	   *nulls = palloc(nargs + 1);
-
-			memset(nulls, ' ', nargs);
-			nulls[nargs] = '\0';
-			if (!a->has_wm)
-				nulls[ncols + 4] = 'n';
-			if (SPI_execute_with_args(sql, nargs, types, values, nulls, false, 0) != SPI_OK_INSERT)
-				elog(ERROR, "could not update aggregate \"%s\"", a->name);
-		}
-		SetUserIdAndSecContext(save_userid, save_sec);
+		types[c] = col->arraytyp;
+		values[c] = PointerGetDatum(construct_md_array(ev, en, 1, dims, lbs, col->typid, col->typlen,
+													   col->typbyval, col->typalign));
 	}
+	types[ncols] = INTERVALOID;
+	values[ncols] = pe_agg_interval(a->size_us);
+	types[ncols + 1] = INTERVALOID;
+	values[ncols + 1] = pe_agg_interval(a->slide_us);
+	/* the origin as UTC wall time for a timestamp column: the same microseconds */
+	types[ncols + 2] = time_type;
+	values[ncols + 2] = TimestampTzGetDatum(a->origin);
+	/* how far back the first window holding an event starts */
+	types[ncols + 3] = INTERVALOID;
+	values[ncols + 3] = pe_agg_interval(((a->size_us + a->slide_us - 1) / a->slide_us - 1) * a->slide_us);
+	/* the watermark at the batch's start, and the lateness: which windows are open */
+	types[ncols + 4] = time_type;
+	values[ncols + 4] = Int64GetDatum(a->wm);
+	types[ncols + 5] = INTERVALOID;
+	values[ncols + 5] = pe_agg_interval(a->lateness_us);
+
+	memset(nulls, ' ', nargs);
+	nulls[nargs] = '\0';
+	if (!a->has_wm)
+		nulls[ncols + 4] = 'n';
+	if (pe_agg_as_owner(t, sql, nargs, types, values, nulls) != SPI_OK_INSERT)
+		elog(ERROR, "could not update aggregate \"%s\"", a->name);
+}
