@@ -33,6 +33,7 @@ OBJS = \
 	src/aggregate.o \
 	src/aggregate_api.o \
 	src/aggregate_close.o \
+	src/aggregate_emit.o \
 	src/aggregate_merge.o \
 	src/dedup.o \
 	src/apply.o \

@@ -37,6 +37,17 @@ CREATE TABLE @extschema@.aggregate (
     outputs       text[] NOT NULL,
     -- the fraction of each percentile (null for the other functions)
     fractions     float8[] NOT NULL,
+    -- what it emits: 'update', every change of a window (the results
+    -- table holds the open windows too); 'close', a window's final row
+    -- once (the results table takes it when it closes; until then it is
+    -- in the state table).  With emit_topic, each emitted row is also a
+    -- message through the outbox, in the batch's transaction.
+    emit          text NOT NULL CHECK (emit IN ('update', 'close')),
+    state         regclass,
+    emit_connection text,
+    emit_topic    text,
+    emitted       bigint NOT NULL DEFAULT 0,
+    last_emit_at  timestamptz,
     created_at    timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
 REVOKE ALL ON @extschema@.aggregate FROM PUBLIC;
@@ -88,7 +99,10 @@ CREATE FUNCTION @extschema@.create_aggregate(
     origin        timestamptz DEFAULT '2000-01-01 00:00:00+00',
     results       text DEFAULT NULL,
     lateness      interval DEFAULT '0',
-    idle_timeout  interval DEFAULT '1 minute')
+    idle_timeout  interval DEFAULT '1 minute',
+    emit          text DEFAULT 'update',
+    emit_topic    text DEFAULT NULL,
+    emit_connection text DEFAULT NULL)
 RETURNS regclass
 LANGUAGE C CALLED ON NULL INPUT VOLATILE
 AS 'MODULE_PATHNAME', 'pe_create_aggregate';
@@ -102,7 +116,8 @@ AS 'MODULE_PATHNAME', 'pe_drop_aggregate';
 CREATE VIEW @extschema@.aggregates WITH (security_barrier) AS
 SELECT a.name, a.consumer, pg_catalog.pg_get_userbyid(a.owner) AS owner, a.results,
        a.window_kind, a.size, a.slide, a.origin, a.time_column, a.group_by,
-       a.lateness, a.idle_timeout, a.watermark, a.open_windows, a.windows_closed, a.last_batch_at, a.batch_ms,
+       a.lateness, a.idle_timeout, a.emit, a.state, a.emit_connection, a.emit_topic,
+       a.watermark, a.open_windows, a.windows_closed, a.emitted, a.last_emit_at, a.last_batch_at, a.batch_ms,
        (SELECT pg_catalog.count(*) FROM @extschema@.aggregate_late l WHERE l.aggregate = a.name) AS late_events,
        (SELECT pg_catalog.array_agg(CASE f WHEN 'count_distinct' THEN 'exact_count_distinct' ELSE f END
                                     || '(' || g || CASE WHEN p IS NULL THEN '' ELSE ', ' || p END || ') AS ' || o ORDER BY n)

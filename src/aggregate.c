@@ -120,7 +120,7 @@ pe_aggregates_of(PeConsumerDef *def)
 
 	pe_catalog_begin(&acc);
 	if (SPI_execute_with_args("SELECT name, results, size, slide, origin, time_column, group_by, functions, "
-							  "arguments, outputs, lateness, watermark, fractions FROM pipeline.aggregate WHERE consumer_id OPERATOR(pg_catalog.=) $1 ORDER BY name",
+							  "arguments, outputs, lateness, watermark, fractions, emit, state, emit_connection, emit_topic FROM pipeline.aggregate WHERE consumer_id OPERATOR(pg_catalog.=) $1 ORDER BY name",
 							  1, types, values, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read pipeline.aggregate");
 	for (uint64 r = 0; r < SPI_processed; r++)
@@ -155,6 +155,12 @@ pe_aggregates_of(PeConsumerDef *def)
 			for (int i = 0; i < n && i < a->naggs; i++)
 				a->fractions[i] = fn[i] ? 0 : DatumGetFloat8(fd[i]);
 		}
+		a->emit_close = strcmp(SPI_getvalue(tup, desc, 14), "close") == 0;
+		a->state = DatumGetObjectId(SPI_getbinval(tup, desc, 15, &isnull));
+		if (isnull)
+			a->state = InvalidOid;
+		a->emit_connection = SPI_getvalue(tup, desc, 16);
+		a->emit_topic = SPI_getvalue(tup, desc, 17);
 		for (int i = 0; i < a->naggs; i++)
 		{
 			const char **schema = strcmp(a->fns[i], "approx_count_distinct") == 0 ? &a->hll_schema
@@ -192,22 +198,50 @@ pe_agg_col(PeTarget *t, PeAggregate *a, const char *name)
 	return -1;					/* keep compiler quiet */
 }
 
-/* The results table, locked for the batch's writes, by its quoted name. */
+/*
+ * The results table or the state table, locked for the batch's writes, by
+ * its quoted name.
+ */
 const char *
-pe_agg_results(PeAggregate *a)
+pe_agg_table(PeAggregate *a, Oid rel)
 {
 	char	   *relname;
 	char	   *nspname;
 
-	LockRelationOid(a->results, RowExclusiveLock);
-	relname = get_rel_name(a->results);
-	nspname = relname ? get_namespace_name(get_rel_namespace(a->results)) : NULL;
+	LockRelationOid(rel, RowExclusiveLock);
+	relname = get_rel_name(rel);
+	nspname = relname ? get_namespace_name(get_rel_namespace(rel)) : NULL;
 	if (relname == NULL || nspname == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_TABLE),
-				 errmsg("the results table of aggregate \"%s\" was dropped", a->name),
+				 errmsg("the %s table of aggregate \"%s\" was dropped", rel == a->state ? "state" : "results", a->name),
 				 errhint("Drop the aggregate with pipeline.drop_aggregate() and create it again.")));
 	return quote_qualified_identifier(nspname, relname);
+}
+
+/*
+ * The columns of the results (and state) table but closed, quoted: the
+ * window, the groups, each aggregate with its state columns.
+ */
+const char *
+pe_agg_columns(PeAggregate *a)
+{
+	StringInfoData s;
+
+	initStringInfo(&s);
+	appendStringInfoString(&s, "window_start, window_end");
+	for (int i = 0; i < a->ngroups; i++)
+		appendStringInfo(&s, ", %s", quote_identifier(a->groups[i]));
+	for (int i = 0; i < a->naggs; i++)
+	{
+		const char *suffixes[2];
+		int			n = pe_agg_state_columns(a->fns[i], suffixes);
+
+		appendStringInfo(&s, ", %s", quote_identifier(a->outs[i]));
+		for (int k = 0; k < n; k++)
+			appendStringInfo(&s, ", %s", quote_identifier(psprintf("%s__%s", a->outs[i], suffixes[k])));
+	}
+	return s.data;
 }
 
 /*
@@ -525,5 +559,7 @@ pe_aggregates_update(List *aggs, PeTarget *t, PeMessage *msgs, int n, PeRow *row
 		/* old events replayed do not move the watermark nor what was counted */
 		if (nbp > 0 && !replay)
 			pe_agg_advance(a, t, bp, bl, bo, bt, bt_null, nbp, npart, started);
+		if (a->emitted > 0)
+			pe_agg_note_emitted(a);
 	}
 }

@@ -4,7 +4,8 @@
  *	  Continuous windowed aggregates: definitions (aggregate_api.c) and
  *	  their update in each batch's transaction: which events count
  *	  (aggregate.c), their merge into the results (aggregate_merge.c), the
- *	  watermark and the windows it closes (aggregate_close.c).
+ *	  watermark and the windows it closes (aggregate_close.c), and what
+ *	  they emit (aggregate_emit.c).
  *
  *-------------------------------------------------------------------------
  */
@@ -39,6 +40,11 @@ typedef struct PeAggregate
 	double	   *fractions;		/* of each percentile */
 	const char *hll_schema;		/* quoted, when an aggregate uses hll */
 	const char *tdigest_schema; /* quoted, when one uses tdigest */
+	bool		emit_close;		/* emit 'close': open windows wait in state */
+	Oid			state;
+	char	   *emit_connection;	/* and emit_topic: NULL without a topic */
+	char	   *emit_topic;
+	uint64		emitted;		/* rows emitted in this batch */
 } PeAggregate;
 
 /* a t-digest's compression: about 1% error at the tails, 6 kB per window */
@@ -47,11 +53,15 @@ typedef struct PeAggregate
 extern int	pe_agg_state_columns(const char *fn, const char **suffixes);
 extern const char *pe_agg_extension_schema(const char *extname);
 
-extern const char *pe_agg_results(PeAggregate *a);
+extern const char *pe_agg_table(PeAggregate *a, Oid rel);
+extern const char *pe_agg_columns(PeAggregate *a);
 extern Datum pe_agg_interval(int64 us);
 extern int	pe_agg_as_owner(PeTarget *t, const char *sql, int nargs, Oid *types, Datum *values, const char *nulls);
 extern void pe_agg_merge(PeAggregate *a, PeTarget *t, PeRow *rows, const int *take, int ntake, const int *cols,
 						 int ncols);
+extern char *pe_agg_emit_wrap(PeAggregate *a, const char *ctes, const char *sql);
+extern void pe_agg_emitted(PeAggregate *a, PeTarget *t);
+extern void pe_agg_note_emitted(PeAggregate *a);
 extern void pe_agg_advance(PeAggregate *a, PeTarget *t, int32 *bp, int64 *bl, int64 *bo, Datum *bt, bool *bt_null,
 						   int nbp, int npart, TimestampTz started);
 

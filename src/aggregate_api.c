@@ -3,8 +3,9 @@
  * aggregate_api.c
  *	  Defining continuous windowed aggregates: create_aggregate() checks the
  *	  definition against the consumer's target, makes the results table
- *	  (owned by the consumer's owner) and records the definition;
- *	  drop_aggregate() removes it.  aggregate.c updates them per batch.
+ *	  (and with emit 'close' the state table of open windows, both owned by
+ *	  the consumer's owner) and records the definition; drop_aggregate()
+ *	  removes it.  aggregate.c updates them per batch.
  *
  * IDENTIFICATION
  *	  src/aggregate_api.c
@@ -315,6 +316,10 @@ pe_create_aggregate(PG_FUNCTION_ARGS)
 	Interval   *idle;
 	TimestampTz origin;
 	char	   *time_column;
+	char	   *emit;
+	char	   *emit_topic;
+	char	   *emit_connection;
+	Oid			state_oid = InvalidOid;
 	PeConsumerDef *def;
 	PeTarget   *target;
 	Relation	rel;
@@ -333,10 +338,11 @@ pe_create_aggregate(PG_FUNCTION_ARGS)
 	StringInfoData cols;
 	Oid			results_oid;
 	PeCatalogAccess acc;
-	Datum		values[17];
-	Oid			types[17] = {TEXTOID, OIDOID, TEXTOID, INT8OID, OIDOID, TEXTOID, INTERVALOID, INTERVALOID,
+	Datum		values[21];
+	char		nulls[22] = "                     ";
+	Oid			types[21] = {TEXTOID, OIDOID, TEXTOID, INT8OID, OIDOID, TEXTOID, INTERVALOID, INTERVALOID,
 	TIMESTAMPTZOID, TEXTOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, INTERVALOID, INTERVALOID,
-	FLOAT8ARRAYOID};
+	FLOAT8ARRAYOID, TEXTOID, OIDOID, TEXTOID, TEXTOID};
 	Datum	   *pd;
 	bool	   *pn;
 	Datum	   *fd;
@@ -359,6 +365,24 @@ pe_create_aggregate(PG_FUNCTION_ARGS)
 	origin = PG_ARGISNULL(7) ? 0 : PG_GETARG_TIMESTAMPTZ(7);	/* 2000-01-01 00:00 UTC */
 	lateness = PG_ARGISNULL(9) ? palloc0(sizeof(Interval)) : PG_GETARG_INTERVAL_P(9);
 	idle = PG_ARGISNULL(10) ? NULL : PG_GETARG_INTERVAL_P(10);
+	emit = PG_ARGISNULL(11) ? "update" : text_to_cstring(PG_GETARG_TEXT_PP(11));
+	emit_topic = PG_ARGISNULL(12) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(12));
+	emit_connection = PG_ARGISNULL(13) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(13));
+	if (strcmp(emit, "update") != 0 && strcmp(emit, "close") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("emit must be 'update' or 'close', not \"%s\"", emit),
+				 errhint("'update' emits every change of a window; 'close' emits its final row once, when the watermark closes it.")));
+	if (emit_topic != NULL && emit_topic[0] == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("emit_topic cannot be empty"),
+				 errhint("Name a topic, or leave emit_topic out to emit to the results table only.")));
+	if (emit_connection != NULL && emit_topic == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("emit_connection needs an emit_topic"),
+				 errhint("Name the topic the aggregate's windows go to.")));
 	if (name[0] == '\0')
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -369,11 +393,12 @@ pe_create_aggregate(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("the origin of the windows must be finite"),
 				 errhint("Leave origin out (2000-01-01 00:00 UTC), or give a time to align the windows on.")));
-	if (strlen(PG_ARGISNULL(8) ? name : text_to_cstring(PG_GETARG_TEXT_PP(8))) >= NAMEDATALEN)
+	if (strlen(PG_ARGISNULL(8) ? name : text_to_cstring(PG_GETARG_TEXT_PP(8))) +
+		(strcmp(emit, "close") == 0 ? strlen("_open") : 0) >= NAMEDATALEN)
 		ereport(ERROR,
 				(errcode(ERRCODE_NAME_TOO_LONG),
 				 errmsg("the results table's name is longer than %d bytes", NAMEDATALEN - 1),
-				 errhint("Give a shorter name, or a shorter results => name.")));
+				 errhint("Give a shorter name, or a shorter results => name (with emit 'close', the state table adds \"_open\").")));
 	pe_agg_check_interval(size, "window");
 	pe_agg_check_interval(slide, "slide");
 	if (lateness->month != 0 || lateness->day < 0 || lateness->time < 0)
@@ -403,6 +428,21 @@ pe_create_aggregate(PG_FUNCTION_ARGS)
 				 errmsg("the table of consumer \"%s\" was dropped", consumer),
 				 errhint("Drop the consumer and create it again on an existing table.")));
 	rel = table_open(def->target, AccessShareLock);
+	if (emit_topic != NULL)
+	{
+		PeConnection *conn;
+
+		/* the consumer's connection unless told; its owner sends, and must be allowed */
+		if (emit_connection == NULL)
+			emit_connection = def->connection;
+		conn = pe_connection_lookup(emit_connection, false);
+		pe_check_connection_use(conn);
+		if (!superuser_arg(def->owner) && !has_privs_of_role(def->owner, conn->owner))
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("the owner of consumer \"%s\" may not use connection \"%s\"", def->name, conn->name),
+					 errhint("The consumer's owner sends the aggregate's windows; grant it membership in the connection's owner.")));
+	}
 
 	time_type = pe_agg_require_column(rel, time_column, "time column");
 	if (time_type != TIMESTAMPTZOID && time_type != TIMESTAMPOID)
@@ -528,6 +568,16 @@ pe_create_aggregate(PG_FUNCTION_ARGS)
 					 quote_identifier(schema), quote_identifier(results));
 	if (SPI_execute(sql.data, false, 0) != SPI_OK_UTILITY)
 		elog(ERROR, "could not index the results table");
+	/* with emit 'close', the open windows wait in a table of the same shape */
+	if (strcmp(emit, "close") == 0)
+	{
+		resetStringInfo(&sql);
+		appendStringInfo(&sql, "CREATE TABLE %s.%s (LIKE %s.%s INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES)",
+						 quote_identifier(schema), quote_identifier(psprintf("%s_open", results)),
+						 quote_identifier(schema), quote_identifier(results));
+		if (SPI_execute(sql.data, false, 0) != SPI_OK_UTILITY)
+			elog(ERROR, "could not create the state table");
+	}
 	if (def->owner != GetUserId())
 	{
 		resetStringInfo(&sql);
@@ -535,11 +585,22 @@ pe_create_aggregate(PG_FUNCTION_ARGS)
 						 quote_identifier(GetUserNameFromId(def->owner, false)));
 		if (SPI_execute(sql.data, false, 0) != SPI_OK_UTILITY)
 			elog(ERROR, "could not give the results table to the consumer's owner");
+		if (strcmp(emit, "close") == 0)
+		{
+			resetStringInfo(&sql);
+			appendStringInfo(&sql, "ALTER TABLE %s.%s OWNER TO %s", quote_identifier(schema),
+							 quote_identifier(psprintf("%s_open", results)),
+							 quote_identifier(GetUserNameFromId(def->owner, false)));
+			if (SPI_execute(sql.data, false, 0) != SPI_OK_UTILITY)
+				elog(ERROR, "could not give the state table to the consumer's owner");
+		}
 	}
 	SPI_finish();
 	results_oid = get_relname_relid(results, RelationGetNamespace(rel));
 	if (!OidIsValid(results_oid))
 		elog(ERROR, "could not find the results table just made");
+	if (strcmp(emit, "close") == 0)
+		state_oid = get_relname_relid(psprintf("%s_open", results), RelationGetNamespace(rel));
 	table_close(rel, NoLock);	/* locked until the end of the transaction */
 
 	fd = palloc(sizeof(Datum) * naggs);
@@ -581,13 +642,25 @@ pe_create_aggregate(PG_FUNCTION_ARGS)
 		values[16] = PointerGetDatum(construct_md_array(pd, pn, 1, dims, lbs, FLOAT8OID, 8, FLOAT8PASSBYVAL,
 														TYPALIGN_DOUBLE));
 	}
+	values[17] = CStringGetTextDatum(emit);
+	values[18] = ObjectIdGetDatum(state_oid);
+	if (!OidIsValid(state_oid))
+		nulls[18] = 'n';
+	if (emit_topic != NULL)
+	{
+		values[19] = CStringGetTextDatum(emit_connection);
+		values[20] = CStringGetTextDatum(emit_topic);
+	}
+	else
+		nulls[19] = nulls[20] = 'n';
 
 	pe_catalog_begin(&acc);
 	if (SPI_execute_with_args("INSERT INTO pipeline.aggregate (name, owner, consumer, consumer_id, results, window_kind, "
-							  "size, slide, origin, time_column, group_by, functions, arguments, outputs, lateness, idle_timeout, fractions) "
-							  "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) "
+							  "size, slide, origin, time_column, group_by, functions, arguments, outputs, lateness, idle_timeout, fractions, "
+							  "emit, state, emit_connection, emit_topic) "
+							  "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21) "
 							  "ON CONFLICT (name) DO NOTHING",
-							  17, types, values, NULL, false, 0) != SPI_OK_INSERT)
+							  21, types, values, nulls, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not record the aggregate");
 	if (SPI_processed == 0)
 		ereport(ERROR,
@@ -603,7 +676,7 @@ pe_create_aggregate(PG_FUNCTION_ARGS)
 							  "SELECT $1, \"partition\", pg_catalog.int8multirange(pg_catalog.int8range(0, next_offset)), "
 							  "pg_catalog.now() FROM pipeline.offsets "
 							  "WHERE consumer OPERATOR(pg_catalog.=) $3",
-							  17, types, values, NULL, false, 0) != SPI_OK_INSERT)
+							  21, types, values, nulls, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not record where the aggregate starts");
 	pe_catalog_end(&acc);
 	PG_RETURN_OID(results_oid);
@@ -619,17 +692,21 @@ pe_drop_aggregate(PG_FUNCTION_ARGS)
 	Datum		values[1] = {CStringGetTextDatum(name)};
 	Oid			owner = InvalidOid;
 	Oid			results = InvalidOid;
+	Oid			state = InvalidOid;
 	bool		isnull;
 
 	pe_require_preload();
 	pe_catalog_begin(&acc);
-	if (SPI_execute_with_args("SELECT owner, results FROM pipeline.aggregate WHERE name OPERATOR(pg_catalog.=) $1 FOR UPDATE",
+	if (SPI_execute_with_args("SELECT owner, results, state FROM pipeline.aggregate WHERE name OPERATOR(pg_catalog.=) $1 FOR UPDATE",
 							  1, types, values, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read pipeline.aggregate");
 	if (SPI_processed == 1)
 	{
 		owner = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 		results = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+		state = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
+		if (isnull)
+			state = InvalidOid;
 	}
 	pe_catalog_end(&acc);
 	if (!OidIsValid(owner))
@@ -647,14 +724,19 @@ pe_drop_aggregate(PG_FUNCTION_ARGS)
 		!= SPI_OK_DELETE)
 		elog(ERROR, "could not delete the aggregate");
 	pe_catalog_end(&acc);
-	if (drop_results && get_rel_name(results) != NULL)
+	/* the state table goes with the aggregate (it holds nothing final); the results when asked */
+	for (int i = 0; i < 2; i++)
 	{
+		Oid			rel = i == 0 ? state : results;
+
+		if (!OidIsValid(rel) || get_rel_name(rel) == NULL || (rel == results && !drop_results))
+			continue;
 		if (SPI_connect() != SPI_OK_CONNECT)
 			elog(ERROR, "SPI_connect failed");
-		if (SPI_execute(psprintf("DROP TABLE %s", quote_qualified_identifier(get_namespace_name(get_rel_namespace(results)),
-																		  get_rel_name(results))),
+		if (SPI_execute(psprintf("DROP TABLE %s", quote_qualified_identifier(get_namespace_name(get_rel_namespace(rel)),
+																		  get_rel_name(rel))),
 						false, 0) != SPI_OK_UTILITY)
-			elog(ERROR, "could not drop the results table");
+			elog(ERROR, "could not drop the %s table", i == 0 ? "state" : "results");
 		SPI_finish();
 	}
 	PG_RETURN_VOID();

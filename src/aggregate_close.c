@@ -100,26 +100,41 @@ pe_agg_advance(PeAggregate *a, PeTarget *t, int32 *bp, int64 *bl, int64 *bo, Dat
 
 	/*
 	 * The windows it passed: closed, as the consumer's owner (it owns
-	 * them); and how many stay open (the partial index on them).
+	 * them), and emitted; with emit 'close', moved from the state table
+	 * into the results.  Then how many stay open.
 	 */
 	{
 		Oid			ctypes[2] = {TIMESTAMPTZOID, INTERVALOID};
 		Datum		cvalues[2];
 		Oid			rel = a->results;
-		const char *res = pe_agg_results(a);
+		const char *res = pe_agg_table(a, a->results);
+		const char *open_in = a->emit_close ? pe_agg_table(a, a->state) : res;
+		int			rc;
 
 		ctypes[0] = get_atttype(rel, get_attnum(rel, "window_end"));	/* the same microseconds for a timestamp column */
 		cvalues[0] = wm;
 		cvalues[1] = pe_agg_interval(a->lateness_us);
 		if (!isnull)
 		{
-			if (pe_agg_as_owner(t, psprintf("UPDATE %s SET closed = true WHERE NOT closed "
-											"AND window_end OPERATOR(pg_catalog.+) $2 OPERATOR(pg_catalog.<=) $1", res),
-								2, ctypes, cvalues, NULL) != SPI_OK_UPDATE)
+			const char *passed = "window_end OPERATOR(pg_catalog.+) $2 OPERATOR(pg_catalog.<=) $1";
+			char	   *sql;
+
+			if (a->emit_close)
+			{
+				const char *cols = pe_agg_columns(a);
+
+				sql = pe_agg_emit_wrap(a, psprintf("c AS (DELETE FROM %s WHERE %s RETURNING *)", open_in, passed),
+									   psprintf("INSERT INTO %s AS r (%s, closed) SELECT %s, true FROM c", res, cols, cols));
+			}
+			else
+				sql = pe_agg_emit_wrap(a, NULL, psprintf("UPDATE %s AS r SET closed = true WHERE NOT closed AND %s", res, passed));
+			rc = pe_agg_as_owner(t, sql, 2, ctypes, cvalues, NULL);
+			if (rc != SPI_OK_UPDATE && rc != SPI_OK_INSERT && rc != SPI_OK_SELECT)
 				elog(ERROR, "could not close the windows of aggregate \"%s\"", a->name);
 			closed = SPI_processed;
+			pe_agg_emitted(a, t);
 		}
-		if (pe_agg_as_owner(t, psprintf("SELECT pg_catalog.count(*) FROM %s WHERE NOT closed", res),
+		if (pe_agg_as_owner(t, psprintf("SELECT pg_catalog.count(*) FROM %s WHERE NOT closed", open_in),
 							0, NULL, NULL, NULL) != SPI_OK_SELECT)
 			elog(ERROR, "could not count the open windows of aggregate \"%s\"", a->name);
 		open = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull_open));

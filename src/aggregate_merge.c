@@ -4,8 +4,10 @@
  *	  Step 5 of the data path, the merge: the events of a batch that an
  *	  aggregate counts go into their windows in one statement that merges
  *	  into the results table (count and sum add, min and max compare, avg
- *	  keeps its sum and count), run as the consumer's owner.  Which events
- *	  count is aggregate.c's choice; closing windows is aggregate_close.c's.
+ *	  keeps its sum and count, ...), run as the consumer's owner: into the
+ *	  results table, or with emit 'close' into the state table that holds
+ *	  the open windows.  Which events count is aggregate.c's choice;
+ *	  closing windows is aggregate_close.c's.
  *
  * IDENTIFICATION
  *	  src/aggregate_merge.c
@@ -146,7 +148,7 @@ pe_agg_sql(PeAggregate *a, PeTarget *t, const int *cols, int ncols, Oid time_typ
 {
 	StringInfoData s;
 	StringInfoData g;
-	const char *res = pe_agg_results(a);
+	const char *res = pe_agg_table(a, a->emit_close ? a->state : a->results);
 	const char *tt = format_type_be_qualified(time_type);
 	const char *bin = psprintf("pg_catalog.date_bin($%d, m.c0, $%d::%s)", ncols + 2, ncols + 3, tt);
 	initStringInfo(&s);
@@ -154,17 +156,7 @@ pe_agg_sql(PeAggregate *a, PeTarget *t, const int *cols, int ncols, Oid time_typ
 	for (int i = 0; i < a->ngroups; i++)
 		appendStringInfo(&g, ", %s", quote_identifier(a->groups[i]));
 
-	appendStringInfo(&s, "INSERT INTO %s AS r (window_start, window_end%s", res, g.data);
-	for (int i = 0; i < a->naggs; i++)
-	{
-		const char *suffixes[2];
-		int			nsuffixes = pe_agg_state_columns(a->fns[i], suffixes);
-
-		appendStringInfo(&s, ", %s", quote_identifier(a->outs[i]));
-		for (int k = 0; k < nsuffixes; k++)
-			appendStringInfo(&s, ", %s", pe_agg_state(a, i, suffixes[k]));
-	}
-	appendStringInfo(&s, ") SELECT w.s, w.s OPERATOR(pg_catalog.+) $%d", ncols + 1);
+	appendStringInfo(&s, "INSERT INTO %s AS r (%s) SELECT w.s, w.s OPERATOR(pg_catalog.+) $%d", res, pe_agg_columns(a), ncols + 1);
 	for (int i = 0; i < a->ngroups; i++)
 		appendStringInfo(&s, ", m.c%d", i + 1);
 	for (int i = 0; i < a->naggs; i++)
@@ -215,7 +207,8 @@ pe_agg_sql(PeAggregate *a, PeTarget *t, const int *cols, int ncols, Oid time_typ
 			appendStringInfoString(&s, ", ");
 		pe_agg_merge_expr(&s, a, i);
 	}
-	return s.data;
+	/* each change of a window is emitted, with emit 'update' */
+	return a->emit_close ? s.data : pe_agg_emit_wrap(a, NULL, s.data);
 }
 
 /*
@@ -236,6 +229,7 @@ pe_agg_merge(PeAggregate *a, PeTarget *t, PeRow *rows, const int *take, int ntak
 	Oid			time_type = t->cols[cols[0]].typid;
 	char	   *sql = pe_agg_sql(a, t, cols, ncols, time_type);
 	char	   *nulls = palloc(nargs + 1);
+	int			rc;
 
 	for (int c = 0; c < ncols; c++)
 	{
@@ -270,6 +264,9 @@ pe_agg_merge(PeAggregate *a, PeTarget *t, PeRow *rows, const int *take, int ntak
 	nulls[nargs] = '\0';
 	if (!a->has_wm)
 		nulls[ncols + 4] = 'n';
-	if (pe_agg_as_owner(t, sql, nargs, types, values, nulls) != SPI_OK_INSERT)
+	rc = pe_agg_as_owner(t, sql, nargs, types, values, nulls);
+	if (rc != SPI_OK_INSERT && rc != SPI_OK_SELECT)
 		elog(ERROR, "could not update aggregate \"%s\"", a->name);
+	if (!a->emit_close)
+		pe_agg_emitted(a, t);
 }

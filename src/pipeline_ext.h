@@ -31,7 +31,8 @@
  *	      aggregate.c   windowed aggregates: the events each counts,
  *	                    aggregate_merge.c merges them into the results,
  *	                    aggregate_close.c moves the watermark and closes
- *	                    windows (definitions: aggregate_api.c)
+ *	                    windows, aggregate_emit.c sends what they emit
+ *	                    through the outbox (definitions: aggregate_api.c)
  *	      offsets.c     next offsets, fenced (the slot commits them to the
  *	                    Kafka group after the commit)
  *	    slot_metrics.c  after commit: counters, latency, watermarks

@@ -11,7 +11,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use PipelineExt::Broker;
 
-my $broker = PipelineExt::Broker->start(brokers => 1, topics => { agg => 4 });
+my $broker = PipelineExt::Broker->start(brokers => 1, topics => { agg => 4, agg_updates => 3, agg_closed => 3 });
 my $bs = $broker->bootstrap;
 
 my $node = PostgreSQL::Test::Cluster->new('aggregate');
@@ -76,8 +76,19 @@ is(sql(q{SELECT aggregates FROM pipeline.aggregates WHERE name = 'exact'}) . ' '
 	. '{"approx_count_distinct(temp) AS temps","percentile(temp, 0.9) AS p90_temp","percentile(temp, 0.5) AS median_temp"}',
 	'count(distinct) is exact without hll and approximate (hll) with it; percentiles keep their fraction');
 
+# emitting through the outbox: 'update' every change of a window, 'close'
+# its final row once (open windows wait in the state table)
+sql(q{SELECT pipeline.create_aggregate('emit_upd', 'rd', '1 minute', 'ts', ARRAY['count(*)', 'sum(temp)'],
+        emit_topic => 'agg_updates');
+      SELECT pipeline.create_aggregate('emit_cls', 'rd', '1 minute', 'ts', ARRAY['count(*)', 'avg(temp) AS mean'], ARRAY['device'],
+        lateness => '5 seconds', emit => 'close', emit_topic => 'agg_closed')});
+is(sql(q{SELECT string_agg(concat_ws(':', name, emit, state, emit_connection, emit_topic), ',' ORDER BY name)
+           FROM pipeline.aggregates WHERE name LIKE 'emit%'}),
+	'emit_cls:close:emit_cls_open:local:agg_closed,emit_upd:update:local:agg_updates', 'pipeline.aggregates shows how they emit');
+
 is(sql(q{SELECT string_agg(name || ':' || window_kind || ':' || results::text, ',' ORDER BY name) FROM pipeline.aggregates}),
-	'approx:tumbling:approx,exact:tumbling:exact,hop:hopping:hop,per_min:tumbling:per_min', 'pipeline.aggregates lists them');
+	'approx:tumbling:approx,emit_cls:tumbling:emit_cls,emit_upd:tumbling:emit_upd,exact:tumbling:exact,hop:hopping:hop,per_min:tumbling:per_min',
+	'pipeline.aggregates lists them');
 
 # what the aggregates must hold: the same, in plain SQL over the table
 my $per_min_sql = q{SELECT string_agg(concat_ws('|', window_start, window_end, device, count, sum_temp,
@@ -136,6 +147,49 @@ wait_for(q{SELECT count(*) FROM readings}, '30000', 'after the crash, all 30,000
 wait_for(q{SELECT sum(count) FROM per_min}, '30000', 'each counted once');
 check('after kill -9');
 
+# what the emitting aggregates sent, as another client reads it; a round
+# re-sent after the crash (the test broker hides no aborted transaction)
+# is told by its outbox id header
+sub load_topic
+{
+	my ($topic) = @_;
+	my $msgs = $broker->read_topic($topic);
+	sql(qq{DROP TABLE IF EXISTS got_$topic; CREATE TABLE got_$topic (k jsonb, v jsonb, id bigint)});
+	while (my @chunk = splice(@$msgs, 0, 500))
+	{
+		sql("INSERT INTO got_$topic VALUES " . join(',', map { "(\$j\$$_->[2]\$j\$, \$j\$$_->[3]\$j\$, $_->[4])" } @chunk));
+	}
+	return sql("SELECT count(*) FROM got_$topic");
+}
+wait_for(q{SELECT coalesce(sum(backlog), 0) FROM pipeline.outbox_status}, '0', 'the relay published what the aggregates emitted');
+ok(load_topic('agg_updates') > 0, 'emit update: messages in the topic');
+is(sql(q{SELECT count(*) || ' windows, ' || count(*) FILTER (WHERE g.v IS DISTINCT FROM r.v) || ' differ'
+           FROM (SELECT DISTINCT ON (k) k, v FROM got_agg_updates ORDER BY k, id DESC) g
+           FULL JOIN (SELECT jsonb_build_object('window_start', window_start, 'window_end', window_end) AS k,
+                             to_jsonb(e) AS v FROM emit_upd e) r ON r.k = g.k}),
+	sql(q{SELECT count(*) FROM emit_upd}) . ' windows, 0 differ',
+	'emit update: the last message of each window is its row in the results table');
+ok(sql(q{SELECT count(*) FROM got_agg_updates}) > sql(q{SELECT count(*) FROM emit_upd}), '... after earlier ones for its changes');
+load_topic('agg_closed');
+is(sql(q{SELECT count(DISTINCT id) || '/' || count(DISTINCT k) FROM got_agg_closed}),
+	sql(q{SELECT count(*) || '/' || count(*) FROM emit_cls}), 'emit close: one message per closed window, once');
+is(sql(q{SELECT count(*) FROM (SELECT DISTINCT k, v FROM got_agg_closed) g
+           FULL JOIN (SELECT to_jsonb(e) - ARRAY['closed', 'count', 'mean', 'mean__sum', 'mean__count'] AS k,
+                             to_jsonb(e) - ARRAY['mean__sum', 'mean__count'] AS v FROM emit_cls e) r ON r.k = g.k
+          WHERE g.v IS DISTINCT FROM r.v}), '0', '... equal to the rows of the results table');
+is(sql(q{SELECT count(*) FILTER (WHERE NOT closed) FROM emit_cls}) . '/' . sql(q{SELECT count(*) FILTER (WHERE closed) FROM emit_cls_open}),
+	'0/0', 'emit close: the results table has closed windows only, the state table open ones only');
+ok(sql(q{SELECT count(*) FROM emit_cls_open}) > 0, '... and some are open');
+is(sql(q{SELECT string_agg(concat_ws('|', window_start, device, count, round(mean::numeric, 6)), ',' ORDER BY window_start, device)
+           FROM (SELECT * FROM emit_cls UNION ALL SELECT * FROM emit_cls_open) e}),
+	sql(q{SELECT string_agg(concat_ws('|', s, device, n, round(a::numeric, 6)), ',' ORDER BY s, device)
+            FROM (SELECT date_bin('1 minute', ts, timestamptz '2000-01-01 00:00:00+00') AS s, device, count(*) AS n, avg(temp) AS a
+                    FROM readings GROUP BY 1, 2) x}),
+	'emit close: closed and open windows together equal plain SQL over the table');
+is(sql(q{SELECT (emitted = (SELECT count(*) FROM emit_cls)) || '/' || (last_emit_at IS NOT NULL) || '/' || open_windows
+           FROM pipeline.aggregates WHERE name = 'emit_cls'}),
+	'true/true/' . sql(q{SELECT count(*) FROM emit_cls_open}), 'pipeline.aggregates counts what it emitted and the open windows');
+
 # watermarks: a window closes once the watermark (the least of the
 # partitions' newest event times) passes its end plus the lateness; an
 # event within the lateness still counts; a later one is kept, not counted
@@ -164,14 +218,14 @@ is(sql(q{SELECT (windows_closed = (SELECT count(*) FROM closing WHERE closed)) |
 like(sql(q{SELECT status || ': ' || reason FROM pipeline.health WHERE consumer = 'aggregate:closing'}),
 	qr/^warning: 1 late events kept in the last /, 'pipeline.health warns of the late event');
 is(sql(q{SELECT string_agg(consumer, ',' ORDER BY consumer) FROM pipeline.health WHERE consumer LIKE 'aggregate:%'}),
-	'aggregate:approx,aggregate:closing,aggregate:exact,aggregate:hop,aggregate:per_min', '... and has a row for each aggregate');
+	'aggregate:approx,aggregate:closing,aggregate:emit_cls,aggregate:emit_upd,aggregate:exact,aggregate:hop,aggregate:per_min', '... and has a row for each aggregate');
 {
 	# the exporter's query for aggregates (sql/prometheus-postgres-exporter.yaml) runs and has them
 	my $yaml = slurp_file(($ENV{TESTDIR} // '.') . '/sql/prometheus-postgres-exporter.yaml');
 	my ($query) = $yaml =~ /^pipeline_aggregate:\n  query: \|\n(.*?)\n  metrics:/ms;
 	ok(defined $query, 'the exporter has a query for aggregates');
 	like(sql("SELECT string_agg(aggregate || ':' || late_events, ',' ORDER BY aggregate) FROM ($query) q"),
-		qr/^approx:1,closing:1,exact:1,hop:1,per_min:1$/, '... which reads them');
+		qr/^approx:1,closing:1,emit_cls:1,emit_upd:1,exact:1,hop:1,per_min:1$/, '... which reads them');
 }
 
 # a dead letter replayed once the table takes it: counted then, once
@@ -222,6 +276,12 @@ refused(q{'a1', 'rd', '1 minute', 'ts', ARRAY['percentile(temp, 1.5)']}, qr/frac
 	'a percentile beyond 1');
 refused(q{'a1', 'rd', '1 minute', 'ts', ARRAY['percentile(device, 0.5)']}, qr/percentile\(device\) needs a number/,
 	'a percentile of text');
+refused(q{'a1', 'rd', '1 minute', 'ts', ARRAY['count(*)'], emit => 'always'}, qr/emit must be 'update' or 'close'/,
+	'an emit mode that does not exist');
+refused(q{'a1', 'rd', '1 minute', 'ts', ARRAY['count(*)'], emit_connection => 'local'}, qr/emit_connection needs an emit_topic/,
+	'a connection without a topic');
+refused(q{'a1', 'rd', '1 minute', 'ts', ARRAY['count(*)'], emit_topic => 't', emit_connection => 'nope'}, qr/connection "nope" does not exist/,
+	'a connection that does not exist');
 refused(q{'a1', 'rd', '1 minute', 'ts', ARRAY['count(*) AS n__sum']}, qr/needs another output name/,
 	'an output name with the state columns\' "__"');
 refused(q{'a1', 'rd', '1 month', 'ts', ARRAY['count(*)']}, qr/window of months or years is not supported/,
