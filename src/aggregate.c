@@ -198,6 +198,34 @@ pe_agg_col(PeTarget *t, PeAggregate *a, const char *name)
 	return -1;					/* keep compiler quiet */
 }
 
+/* The time column's index among those decoded; -1 for '$timestamp'. */
+static int
+pe_agg_time_col(PeTarget *t, PeAggregate *a)
+{
+	return strcmp(a->time_column, PE_AGG_TIMESTAMP) == 0 ? -1 : pe_agg_col(t, a, a->time_column);
+}
+
+/*
+ * The event time of a row: its time column, or with '$timestamp' its
+ * message's Kafka timestamp.  False when it has none.
+ */
+static bool
+pe_agg_time(int tc, PeMessage *msgs, PeRow *row, Datum *time)
+{
+	int64		ms;
+
+	if (tc >= 0)
+	{
+		*time = row->values[tc];
+		return !row->nulls[tc];
+	}
+	ms = msgs[row->msg_index].timestamp_ms;
+	if (ms < 0 || ms > PE_KAFKA_MS_MAX)
+		return false;
+	*time = TimestampTzGetDatum(pe_kafka_ms_to_timestamptz(ms));
+	return true;
+}
+
 /*
  * The results table or the state table, locked for the batch's writes, by
  * its quoted name.
@@ -280,25 +308,33 @@ pe_agg_interval(int64 us)
  * (compacted in place).
  */
 int
-pe_aggregates_screen(List *aggs, PeTarget *t, PeRow *rows, int nrows, PeBatchResult *res)
+pe_aggregates_screen(List *aggs, PeTarget *t, PeMessage *msgs, PeRow *rows, int nrows, PeBatchResult *res)
 {
 	ListCell   *lc;
 
 	foreach(lc, aggs)
 	{
 		PeAggregate *a = lfirst(lc);
-		int			tc = pe_agg_col(t, a, a->time_column);
+		int			tc = pe_agg_time_col(t, a);
 		int			kept = 0;
 
 		for (int r = 0; r < nrows; r++)
 		{
-			if (!rows[r].tombstone &&
-				(rows[r].nulls[tc] || TIMESTAMP_NOT_FINITE(DatumGetInt64(rows[r].values[tc]))))
+			Datum		tm = (Datum) 0;
+			bool		has = pe_agg_time(tc, msgs, &rows[r], &tm);
+
+			if (!rows[r].tombstone && (!has || TIMESTAMP_NOT_FINITE(DatumGetInt64(tm))))
 			{
 				PeDeadLetter *d = palloc0(sizeof(PeDeadLetter));
 
 				d->msg_index = rows[r].msg_index;
-				if (rows[r].nulls[tc])
+				if (!has && tc < 0)
+				{
+					d->error = psprintf("aggregate \"%s\": the event has no time (the message has no timestamp, or one out of range)",
+										a->name);
+					memcpy(d->sqlstate, "22004", 6);
+				}
+				else if (!has)
 				{
 					d->error = psprintf("aggregate \"%s\": the event has no time (column \"%s\" is null)",
 										a->name, a->time_column);
@@ -378,7 +414,7 @@ pe_agg_first_end(PeAggregate *a, int64 t)
 
 /* Events after their window closed: into pipeline.aggregate_late, with why. */
 static void
-pe_agg_keep_late(PeAggregate *a, PeMessage *msgs, PeRow *rows, const int *late, int nlate, int time_col)
+pe_agg_keep_late(PeAggregate *a, PeMessage *msgs, PeRow *rows, const int *late, int nlate, const Datum *times)
 {
 	PeCatalogAccess acc;
 	Oid			types[8] = {TEXTOID, INT4ARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID, TIMESTAMPTZOID,
@@ -400,7 +436,7 @@ pe_agg_keep_late(PeAggregate *a, PeMessage *msgs, PeRow *rows, const int *late, 
 
 		pd[i] = Int32GetDatum(m->partition);
 		od[i] = Int64GetDatum(m->offset);
-		td[i] = rows[late[i]].values[time_col];
+		td[i] = times[late[i]];
 		kn[i] = m->key == NULL;
 		kd[i] = kn[i] ? (Datum) 0 : pe_bytes_to_bytea(m->key, m->key_len);
 		vn[i] = m->value == NULL;
@@ -450,6 +486,7 @@ pe_aggregates_update(List *aggs, PeTarget *t, PeMessage *msgs, int n, PeRow *row
 		int		   *late = palloc(sizeof(int) * Max(nrows, 1));
 		int			nlate = 0;
 		int			time_col;
+		Datum	   *times = palloc0(sizeof(Datum) * Max(nrows, 1));
 		int32	   *bp = palloc(sizeof(int32) * Max(n, 1));
 		int64	   *bo = palloc(sizeof(int64) * Max(n, 1));
 		int64	   *bl = palloc(sizeof(int64) * Max(n, 1));
@@ -458,7 +495,7 @@ pe_aggregates_update(List *aggs, PeTarget *t, PeMessage *msgs, int n, PeRow *row
 		int			nbp = 0;
 
 		/* the columns it reads: the time, the groups, the arguments (once each) */
-		cols[ncols++] = time_col = pe_agg_col(t, a, a->time_column);
+		cols[ncols++] = time_col = pe_agg_time_col(t, a);
 		for (int i = 0; i < a->ngroups; i++)
 			cols[ncols++] = pe_agg_col(t, a, a->groups[i]);
 		for (int i = 0; i < a->naggs; i++)
@@ -488,6 +525,8 @@ pe_aggregates_update(List *aggs, PeTarget *t, PeMessage *msgs, int n, PeRow *row
 
 			if (rows[r].tombstone || is_dead[rows[r].msg_index])
 				continue;
+			if (!pe_agg_time(time_col, msgs, &rows[r], &times[r]))
+				continue;		/* (screened out before the apply) */
 
 			/*
 			 * A replayed dead letter was not counted when it failed (its
@@ -501,7 +540,7 @@ pe_aggregates_update(List *aggs, PeTarget *t, PeMessage *msgs, int n, PeRow *row
 				continue;
 			if (a->has_wm)
 			{
-				int64		t = DatumGetInt64(rows[r].values[time_col]);
+				int64		t = DatumGetInt64(times[r]);
 				int64		first_end = pe_agg_first_end(a, t);
 				int64		last_end = pe_agg_bin(t, a->slide_us, a->origin) + a->size_us;
 
@@ -515,10 +554,10 @@ pe_aggregates_update(List *aggs, PeTarget *t, PeMessage *msgs, int n, PeRow *row
 			take[ntake++] = r;
 		}
 		if (nlate > 0)
-			pe_agg_keep_late(a, msgs, rows, late, nlate, time_col);
+			pe_agg_keep_late(a, msgs, rows, late, nlate, times);
 
 		if (ntake > 0)
-			pe_agg_merge(a, t, rows, take, ntake, cols, ncols);
+			pe_agg_merge(a, t, rows, times, take, ntake, cols, ncols);
 
 		/*
 		 * What it has counted now: every message of the batch; each
@@ -547,7 +586,7 @@ pe_aggregates_update(List *aggs, PeTarget *t, PeMessage *msgs, int n, PeRow *row
 		for (int k = 0; k < ntake + nlate; k++)
 		{
 			int			r = k < ntake ? take[k] : late[k - ntake];
-			int64		tm = DatumGetInt64(rows[r].values[time_col]);
+			int64		tm = DatumGetInt64(times[r]);
 			int			p;
 
 			for (p = 0; bp[p] != msgs[rows[r].msg_index].partition; p++)

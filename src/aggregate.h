@@ -15,7 +15,11 @@
 #include "datapath.h"
 
 extern List *pe_aggregates_of(PeConsumerDef *def);
-extern int	pe_aggregates_screen(List *aggs, PeTarget *t, PeRow *rows, int nrows, PeBatchResult *res);
+extern int	pe_aggregates_screen(List *aggs, PeTarget *t, PeMessage *msgs, PeRow *rows, int nrows,
+								 PeBatchResult *res);
+
+/* the time_column that means the message's Kafka timestamp */
+#define PE_AGG_TIMESTAMP "$timestamp"
 extern void pe_aggregates_update(List *aggs, PeTarget *t, PeMessage *msgs, int n, PeRow *rows, int nrows,
 								 List *dead, int npart, bool replay);
 
@@ -57,8 +61,8 @@ extern const char *pe_agg_table(PeAggregate *a, Oid rel);
 extern const char *pe_agg_columns(PeAggregate *a);
 extern Datum pe_agg_interval(int64 us);
 extern int	pe_agg_as_owner(PeTarget *t, const char *sql, int nargs, Oid *types, Datum *values, const char *nulls);
-extern void pe_agg_merge(PeAggregate *a, PeTarget *t, PeRow *rows, const int *take, int ntake, const int *cols,
-						 int ncols);
+extern void pe_agg_merge(PeAggregate *a, PeTarget *t, PeRow *rows, const Datum *times, const int *take, int ntake,
+						 const int *cols, int ncols);
 extern char *pe_agg_emit_wrap(PeAggregate *a, const char *ctes, const char *sql);
 extern void pe_agg_emitted(PeAggregate *a, PeTarget *t);
 extern void pe_agg_note_emitted(PeAggregate *a);

@@ -444,12 +444,14 @@ pe_create_aggregate(PG_FUNCTION_ARGS)
 					 errhint("The consumer's owner sends the aggregate's windows; grant it membership in the connection's owner.")));
 	}
 
-	time_type = pe_agg_require_column(rel, time_column, "time column");
+	/* '$timestamp': the message's Kafka timestamp, kept in no column */
+	time_type = strcmp(time_column, PE_AGG_TIMESTAMP) == 0 ? TIMESTAMPTZOID
+		: pe_agg_require_column(rel, time_column, "time column");
 	if (time_type != TIMESTAMPTZOID && time_type != TIMESTAMPOID)
 		ereport(ERROR,
 				(errcode(ERRCODE_DATATYPE_MISMATCH),
 				 errmsg("time column \"%s\" is of type %s, not a time", time_column, format_type_be(time_type)),
-				 errhint("Use a column of type timestamp with time zone or timestamp.")));
+				 errhint("Use a column of type timestamp with time zone or timestamp, or '$timestamp' for the messages' Kafka timestamps.")));
 	if (!PG_ARGISNULL(5))
 	{
 		groups = pe_agg_text_array(PG_GETARG_ARRAYTYPE_P(5), &ngroups);
@@ -462,7 +464,8 @@ pe_create_aggregate(PG_FUNCTION_ARGS)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	target = pe_target_open(def, false);
-	pe_agg_require_decoded(target, time_column, "time column");
+	if (strcmp(time_column, PE_AGG_TIMESTAMP) != 0)
+		pe_agg_require_decoded(target, time_column, "time column");
 	for (int g = 0; g < ngroups; g++)
 		pe_agg_require_decoded(target, text_to_cstring(groups[g]), "group column");
 	aggs = pe_agg_text_array(PG_GETARG_ARRAYTYPE_P(4), &naggs);

@@ -164,7 +164,7 @@ pe_agg_sql(PeAggregate *a, PeTarget *t, const int *cols, int ncols, Oid time_typ
 		int			ac = -1;
 
 		for (int c = 0; c < ncols; c++)
-			if (strcmp(a->args[i], "*") != 0 && strcmp(t->cols[cols[c]].name, a->args[i]) == 0)
+			if (cols[c] >= 0 && strcmp(a->args[i], "*") != 0 && strcmp(t->cols[cols[c]].name, a->args[i]) == 0)
 				ac = c;
 		pe_agg_batch_expr(&s, a, i, ac);
 	}
@@ -172,7 +172,7 @@ pe_agg_sql(PeAggregate *a, PeTarget *t, const int *cols, int ncols, Oid time_typ
 	appendStringInfoString(&s, " FROM (SELECT ");
 	for (int c = 0; c < ncols; c++)
 	{
-		Oid			coll = t->cols[cols[c]].collation;
+		Oid			coll = cols[c] >= 0 ? t->cols[cols[c]].collation : InvalidOid;
 
 		if (OidIsValid(coll) && coll != DEFAULT_COLLATION_OID)
 			appendStringInfo(&s, "u.c%d COLLATE %s AS c%d, ", c, generate_collation_name(coll), c);
@@ -214,10 +214,11 @@ pe_agg_sql(PeAggregate *a, PeTarget *t, const int *cols, int ncols, Oid time_typ
 /*
  * Merge the events it takes (rows take[0..ntake-1]) into the results, as
  * the consumer's owner: one statement over the columns it reads (cols,
- * the time first).
+ * the time first: its values are times[], indexed like rows).
  */
 void
-pe_agg_merge(PeAggregate *a, PeTarget *t, PeRow *rows, const int *take, int ntake, const int *cols, int ncols)
+pe_agg_merge(PeAggregate *a, PeTarget *t, PeRow *rows, const Datum *times, const int *take, int ntake,
+			 const int *cols, int ncols)
 {
 	int			nargs = ncols + 6;
 	Oid		   *types = palloc(sizeof(Oid) * nargs);
@@ -226,12 +227,17 @@ pe_agg_merge(PeAggregate *a, PeTarget *t, PeRow *rows, const int *take, int ntak
 	bool	   *en = palloc(sizeof(bool) * ntake);
 	int			dims[1] = {ntake};
 	int			lbs[1] = {1};
-	Oid			time_type = t->cols[cols[0]].typid;
+	Oid			time_type = cols[0] >= 0 ? t->cols[cols[0]].typid : TIMESTAMPTZOID;
 	char	   *sql = pe_agg_sql(a, t, cols, ncols, time_type);
 	char	   *nulls = palloc(nargs + 1);
 	int			rc;
 
-	for (int c = 0; c < ncols; c++)
+	/* the times: a column's, or the messages' timestamps */
+	for (int i = 0; i < ntake; i++)
+		ev[i] = times[take[i]];
+	types[0] = time_type == TIMESTAMPTZOID ? TIMESTAMPTZARRAYOID : TIMESTAMPARRAYOID;
+	values[0] = PointerGetDatum(construct_array(ev, ntake, time_type, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	for (int c = 1; c < ncols; c++)
 	{
 		PeColumn   *col = &t->cols[cols[c]];
 

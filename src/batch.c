@@ -87,7 +87,7 @@ pe_batch_apply(PeBatch *b)
 	/* 1. decode */
 	nrows = pe_decode_batch(t, b->msgs, b->n, rows, &b->res);
 	if (aggs != NIL)
-		nrows = pe_aggregates_screen(aggs, t, rows, nrows, &b->res);
+		nrows = pe_aggregates_screen(aggs, t, b->msgs, rows, nrows, &b->res);
 
 	/* 2. dedup */
 	if (t->def->upsert && t->nkeys > 0)

@@ -76,6 +76,18 @@ is(sql(q{SELECT aggregates FROM pipeline.aggregates WHERE name = 'exact'}) . ' '
 	. '{"approx_count_distinct(temp) AS temps","percentile(temp, 0.9) AS p90_temp","percentile(temp, 0.5) AS median_temp"}',
 	'count(distinct) is exact without hll and approximate (hll) with it; percentiles keep their fraction');
 
+# the time from the messages' Kafka timestamps ('$timestamp'), kept in no
+# column; a second consumer of the topic keeps them (column_map) to check
+sql(q{CREATE TABLE readings_ts (id int PRIMARY KEY, kts timestamptz);
+      SELECT pipeline.create_consumer('rd_ts', 'local', 'agg', 'readings_ts', column_map => '{"kts": "$timestamp"}');
+      CREATE TABLE readings_ts2 (id int PRIMARY KEY);
+      SELECT pipeline.create_consumer('rd_ts2', 'local', 'agg', 'readings_ts2', start => false);
+      SELECT pipeline.create_aggregate('by_kafka_time', 'rd_ts2', '10 seconds', '$timestamp', ARRAY['count(*)', 'max(id)'])});
+my $kts_sql = q{SELECT string_agg(concat_ws('|', window_start, window_end, count, max_id), ',' ORDER BY window_start) FROM by_kafka_time};
+my $kts_want = q{SELECT string_agg(concat_ws('|', s, s + interval '10 seconds', n, m), ',' ORDER BY s)
+                 FROM (SELECT date_bin('10 seconds', kts, timestamptz '2000-01-01 00:00:00+00') AS s, count(*) AS n, max(id) AS m
+                         FROM readings_ts GROUP BY 1) x};
+
 # emitting through the outbox: 'update' every change of a window, 'close'
 # its final row once (open windows wait in the state table)
 sql(q{SELECT pipeline.create_aggregate('emit_upd', 'rd', '1 minute', 'ts', ARRAY['count(*)', 'sum(temp)'],
@@ -87,7 +99,7 @@ is(sql(q{SELECT string_agg(concat_ws(':', name, emit, state, emit_connection, em
 	'emit_cls:close:emit_cls_open:local:agg_closed,emit_upd:update:local:agg_updates', 'pipeline.aggregates shows how they emit');
 
 is(sql(q{SELECT string_agg(name || ':' || window_kind || ':' || results::text, ',' ORDER BY name) FROM pipeline.aggregates}),
-	'approx:tumbling:approx,emit_cls:tumbling:emit_cls,emit_upd:tumbling:emit_upd,exact:tumbling:exact,hop:hopping:hop,per_min:tumbling:per_min',
+	'approx:tumbling:approx,by_kafka_time:tumbling:by_kafka_time,emit_cls:tumbling:emit_cls,emit_upd:tumbling:emit_upd,exact:tumbling:exact,hop:hopping:hop,per_min:tumbling:per_min',
 	'pipeline.aggregates lists them');
 
 # what the aggregates must hold: the same, in plain SQL over the table
@@ -146,6 +158,12 @@ ok($pid && kill('KILL', $pid), "kill -9 of a slot worker (pid $pid)");
 wait_for(q{SELECT count(*) FROM readings}, '30000', 'after the crash, all 30,000 events are applied');
 wait_for(q{SELECT sum(count) FROM per_min}, '30000', 'each counted once');
 check('after kill -9');
+
+# '$timestamp' as the time: the other consumer, started now, reads it all
+sql(q{SELECT pipeline.start_consumer('rd_ts2')});
+wait_for(q{SELECT count(*) FROM readings_ts}, '30002', 'the consumer that keeps the timestamps has all events');
+wait_for(q{SELECT count(*) FROM readings_ts2}, '30002', 'the one whose aggregate reads $timestamp too');
+wait_for(qq{SELECT ($kts_sql) = ($kts_want)}, 't', q{windows over '$timestamp' equal plain SQL over the Kafka timestamps});
 
 # what the emitting aggregates sent, as another client reads it; a round
 # re-sent after the crash (the test broker hides no aborted transaction)
@@ -218,14 +236,14 @@ is(sql(q{SELECT (windows_closed = (SELECT count(*) FROM closing WHERE closed)) |
 like(sql(q{SELECT status || ': ' || reason FROM pipeline.health WHERE consumer = 'aggregate:closing'}),
 	qr/^warning: 1 late events kept in the last /, 'pipeline.health warns of the late event');
 is(sql(q{SELECT string_agg(consumer, ',' ORDER BY consumer) FROM pipeline.health WHERE consumer LIKE 'aggregate:%'}),
-	'aggregate:approx,aggregate:closing,aggregate:emit_cls,aggregate:emit_upd,aggregate:exact,aggregate:hop,aggregate:per_min', '... and has a row for each aggregate');
+	'aggregate:approx,aggregate:by_kafka_time,aggregate:closing,aggregate:emit_cls,aggregate:emit_upd,aggregate:exact,aggregate:hop,aggregate:per_min', '... and has a row for each aggregate');
 {
 	# the exporter's query for aggregates (sql/prometheus-postgres-exporter.yaml) runs and has them
 	my $yaml = slurp_file(($ENV{TESTDIR} // '.') . '/sql/prometheus-postgres-exporter.yaml');
 	my ($query) = $yaml =~ /^pipeline_aggregate:\n  query: \|\n(.*?)\n  metrics:/ms;
 	ok(defined $query, 'the exporter has a query for aggregates');
 	like(sql("SELECT string_agg(aggregate || ':' || late_events, ',' ORDER BY aggregate) FROM ($query) q"),
-		qr/^approx:1,closing:1,emit_cls:1,emit_upd:1,exact:1,hop:1,per_min:1$/, '... which reads them');
+		qr/^approx:1,by_kafka_time:\d+,closing:1,emit_cls:1,emit_upd:1,exact:1,hop:1,per_min:1$/, '... which reads them');
 }
 
 # a dead letter replayed once the table takes it: counted then, once
