@@ -13,6 +13,9 @@
 #define PIPELINE_EXT_AGGREGATE_H
 
 #include "datapath.h"
+#include "lib/stringinfo.h"
+#include "utils/rel.h"
+#include "datatype/timestamp.h"
 
 extern List *pe_aggregates_of(PeConsumerDef *def);
 extern int	pe_aggregates_screen(List *aggs, PeTarget *t, PeMessage *msgs, PeRow *rows, int nrows,
@@ -55,6 +58,13 @@ typedef struct PeAggregate
 #define PE_AGG_TDIGEST_COMPRESSION 100
 
 extern int	pe_agg_state_columns(const char *fn, const char **suffixes);
+
+/* aggregate_api.c: pieces of a definition, for create and alter */
+extern void pe_agg_parse(const char *spec, Relation rel, char **fn, char **arg, char **out, double *fraction);
+extern void pe_agg_select_item(StringInfo sql, const char *fn, const char *argument, const char *out,
+							   Oid time_type);
+extern void pe_agg_check_interval(Interval *iv, const char *what);
+extern char *pe_agg_emit_connection(PeConsumerDef *def, char *name);
 extern const char *pe_agg_extension_schema(const char *extname);
 
 extern const char *pe_agg_table(PeAggregate *a, Oid rel);

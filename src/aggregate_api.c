@@ -134,7 +134,7 @@ pe_agg_require_extension(const char *extname, const char *package, const char *f
  * count_distinct (the exact set) otherwise; percentile(x, fraction) keeps a
  * t-digest.
  */
-static void
+void
 pe_agg_parse(const char *spec, Relation rel, char **fn, char **arg, char **out, double *fraction)
 {
 	char	   *s = pstrdup(spec);
@@ -263,7 +263,26 @@ pe_agg_parse(const char *spec, Relation rel, char **fn, char **arg, char **out, 
 				 errhint("Aggregate a column whose type can be sorted, or use approx_count_distinct() with the hll extension.")));
 }
 
-static void
+/*
+ * The connection an aggregate's windows are sent through: the consumer's
+ * unless named; the caller and the consumer's owner (who sends) must be
+ * allowed to use it.
+ */
+char *
+pe_agg_emit_connection(PeConsumerDef *def, char *name)
+{
+	PeConnection *conn = pe_connection_lookup(name ? name : def->connection, false);
+
+	pe_check_connection_use(conn);
+	if (!superuser_arg(def->owner) && !has_privs_of_role(def->owner, conn->owner))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("the owner of consumer \"%s\" may not use connection \"%s\"", def->name, conn->name),
+				 errhint("The consumer's owner sends the aggregate's windows; grant it membership in the connection's owner.")));
+	return conn->name;
+}
+
+void
 pe_agg_check_interval(Interval *iv, const char *what)
 {
 	if (iv->month != 0)
@@ -276,6 +295,41 @@ pe_agg_check_interval(Interval *iv, const char *what)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("the %s must be longer than zero", what),
 				 errhint("Give a positive interval such as '1 minute'.")));
+}
+
+/*
+ * The select-list item that gives an aggregate's value and state columns
+ * their types, in the CREATE TABLE AS that makes the results table (or
+ * that adds an aggregate to it).
+ */
+void
+pe_agg_select_item(StringInfo sql, const char *fn, const char *argument, const char *out, Oid time_type)
+{
+	const char *arg = strcmp(argument, "*") == 0 ? "*" : quote_identifier(argument);
+	const char *o = quote_identifier(out);
+	const char *tt = format_type_be_qualified(time_type);
+
+	/* the value, and the state it is merged from (pe_agg_state_columns) */
+	if (strcmp(fn, "first") == 0 || strcmp(fn, "last") == 0)
+		appendStringInfo(sql, ", (pg_catalog.array_agg(%s))[1] AS %s, NULL::%s AS %s", arg, o, tt,
+						 quote_identifier(psprintf("%s__time", out)));
+	else if (strcmp(fn, "count_distinct") == 0)
+		appendStringInfo(sql, ", pg_catalog.count(%s) AS %s, pg_catalog.array_agg(%s) AS %s", arg, o, arg,
+						 quote_identifier(psprintf("%s__set", out)));
+	else if (strcmp(fn, "approx_count_distinct") == 0)
+		appendStringInfo(sql, ", pg_catalog.count(%s) AS %s, NULL::%s.hll AS %s", arg, o,
+						 pe_agg_extension_schema("hll"), quote_identifier(psprintf("%s__hll", out)));
+	else if (strcmp(fn, "percentile") == 0)
+		appendStringInfo(sql, ", NULL::pg_catalog.float8 AS %s, NULL::%s.tdigest AS %s", o,
+						 pe_agg_extension_schema("tdigest"), quote_identifier(psprintf("%s__digest", out)));
+	else
+	{
+		appendStringInfo(sql, ", pg_catalog.%s(%s) AS %s", fn, arg, o);
+		if (strcmp(fn, "avg") == 0)
+			appendStringInfo(sql, ", pg_catalog.sum(%s) AS %s, pg_catalog.count(%s) AS %s", arg,
+							 quote_identifier(psprintf("%s__sum", out)), arg,
+							 quote_identifier(psprintf("%s__count", out)));
+	}
 }
 
 static int64
@@ -429,20 +483,7 @@ pe_create_aggregate(PG_FUNCTION_ARGS)
 				 errhint("Drop the consumer and create it again on an existing table.")));
 	rel = table_open(def->target, AccessShareLock);
 	if (emit_topic != NULL)
-	{
-		PeConnection *conn;
-
-		/* the consumer's connection unless told; its owner sends, and must be allowed */
-		if (emit_connection == NULL)
-			emit_connection = def->connection;
-		conn = pe_connection_lookup(emit_connection, false);
-		pe_check_connection_use(conn);
-		if (!superuser_arg(def->owner) && !has_privs_of_role(def->owner, conn->owner))
-			ereport(ERROR,
-					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-					 errmsg("the owner of consumer \"%s\" may not use connection \"%s\"", def->name, conn->name),
-					 errhint("The consumer's owner sends the aggregate's windows; grant it membership in the connection's owner.")));
-	}
+		emit_connection = pe_agg_emit_connection(def, emit_connection);
 
 	/* '$timestamp': the message's Kafka timestamp, kept in no column */
 	time_type = strcmp(time_column, PE_AGG_TIMESTAMP) == 0 ? TIMESTAMPTZOID
@@ -519,33 +560,7 @@ pe_create_aggregate(PG_FUNCTION_ARGS)
 		appendStringInfo(&cols, ", %s", gq);
 	}
 	for (int i = 0; i < naggs; i++)
-	{
-		const char *arg = strcmp(args[i], "*") == 0 ? "*" : quote_identifier(args[i]);
-		const char *o = quote_identifier(outs[i]);
-		const char *tt = format_type_be_qualified(time_type);
-
-		/* the value, and the state it is merged from (pe_agg_state_columns) */
-		if (strcmp(fns[i], "first") == 0 || strcmp(fns[i], "last") == 0)
-			appendStringInfo(&sql, ", (pg_catalog.array_agg(%s))[1] AS %s, NULL::%s AS %s", arg, o, tt,
-							 quote_identifier(psprintf("%s__time", outs[i])));
-		else if (strcmp(fns[i], "count_distinct") == 0)
-			appendStringInfo(&sql, ", pg_catalog.count(%s) AS %s, pg_catalog.array_agg(%s) AS %s", arg, o, arg,
-							 quote_identifier(psprintf("%s__set", outs[i])));
-		else if (strcmp(fns[i], "approx_count_distinct") == 0)
-			appendStringInfo(&sql, ", pg_catalog.count(%s) AS %s, NULL::%s.hll AS %s", arg, o,
-							 pe_agg_extension_schema("hll"), quote_identifier(psprintf("%s__hll", outs[i])));
-		else if (strcmp(fns[i], "percentile") == 0)
-			appendStringInfo(&sql, ", NULL::pg_catalog.float8 AS %s, NULL::%s.tdigest AS %s", o,
-							 pe_agg_extension_schema("tdigest"), quote_identifier(psprintf("%s__digest", outs[i])));
-		else
-		{
-			appendStringInfo(&sql, ", pg_catalog.%s(%s) AS %s", fns[i], arg, o);
-			if (strcmp(fns[i], "avg") == 0)
-				appendStringInfo(&sql, ", pg_catalog.sum(%s) AS %s, pg_catalog.count(%s) AS %s", arg,
-								 quote_identifier(psprintf("%s__sum", outs[i])), arg,
-								 quote_identifier(psprintf("%s__count", outs[i])));
-		}
-	}
+		pe_agg_select_item(&sql, fns[i], args[i], outs[i], time_type);
 	appendStringInfoString(&sql, ", false AS closed");
 	appendStringInfo(&sql, " FROM %s.%s GROUP BY 1, 2%s WITH NO DATA", quote_identifier(schema),
 					 quote_identifier(RelationGetRelationName(rel)), cols.data);
