@@ -31,6 +31,7 @@ OBJS = \
 	src/decode_time.o \
 	src/batch.o \
 	src/aggregate.o \
+	src/aggregate_alter.o \
 	src/aggregate_api.o \
 	src/aggregate_close.o \
 	src/aggregate_emit.o \

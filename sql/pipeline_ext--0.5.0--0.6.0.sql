@@ -48,6 +48,12 @@ CREATE TABLE @extschema@.aggregate (
     emit_topic    text,
     emitted       bigint NOT NULL DEFAULT 0,
     last_emit_at  timestamptz,
+    -- of each function: the first window it is complete in, when it was
+    -- added by alter_aggregate (earlier windows show null); null: all
+    valid_from    timestamptz[],
+    -- changed by each alter_aggregate: a batch that read an older one
+    -- is retried
+    revision      int NOT NULL DEFAULT 1,
     created_at    timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
 REVOKE ALL ON @extschema@.aggregate FROM PUBLIC;
@@ -107,6 +113,22 @@ RETURNS regclass
 LANGUAGE C CALLED ON NULL INPUT VOLATILE
 AS 'MODULE_PATHNAME', 'pe_create_aggregate';
 
+-- Changes that keep what the aggregate holds: lateness, idle_timeout,
+-- emit (the open windows move between the results and the state table),
+-- emit_topic ('' to stop sending), emit_connection, and aggregates added
+-- (complete from the next window on; earlier ones show null).
+CREATE FUNCTION @extschema@.alter_aggregate(
+    name          text,
+    lateness      interval DEFAULT NULL,
+    idle_timeout  interval DEFAULT NULL,
+    emit          text DEFAULT NULL,
+    emit_topic    text DEFAULT NULL,
+    emit_connection text DEFAULT NULL,
+    add_aggregates text[] DEFAULT NULL)
+RETURNS void
+LANGUAGE C CALLED ON NULL INPUT VOLATILE
+AS 'MODULE_PATHNAME', 'pe_alter_aggregate';
+
 CREATE FUNCTION @extschema@.drop_aggregate(name text, drop_results boolean DEFAULT false)
 RETURNS void
 LANGUAGE C STRICT VOLATILE
@@ -120,10 +142,11 @@ SELECT a.name, a.consumer, pg_catalog.pg_get_userbyid(a.owner) AS owner, a.resul
        a.watermark, a.open_windows, a.windows_closed, a.emitted, a.last_emit_at, a.last_batch_at, a.batch_ms,
        (SELECT pg_catalog.count(*) FROM @extschema@.aggregate_late l WHERE l.aggregate = a.name) AS late_events,
        (SELECT pg_catalog.array_agg(CASE f WHEN 'count_distinct' THEN 'exact_count_distinct' ELSE f END
-                                    || '(' || g || CASE WHEN p IS NULL THEN '' ELSE ', ' || p END || ') AS ' || o ORDER BY n)
+                                    || '(' || g || CASE WHEN p IS NULL THEN '' ELSE ', ' || p END || ') AS ' || o
+                                    || CASE WHEN v IS NULL THEN '' ELSE ' (from the window at ' || v || ')' END ORDER BY n)
           FROM ROWS FROM (pg_catalog.unnest(a.functions), pg_catalog.unnest(a.arguments), pg_catalog.unnest(a.outputs),
-                          pg_catalog.unnest(a.fractions))
-               WITH ORDINALITY AS u(f, g, o, p, n)) AS aggregates,
+                          pg_catalog.unnest(a.fractions), pg_catalog.unnest(a.valid_from))
+               WITH ORDINALITY AS u(f, g, o, p, v, n)) AS aggregates,
        a.created_at
   FROM @extschema@.aggregate a
  WHERE pg_catalog.pg_has_role(a.owner, 'USAGE');

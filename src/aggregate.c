@@ -120,7 +120,8 @@ pe_aggregates_of(PeConsumerDef *def)
 
 	pe_catalog_begin(&acc);
 	if (SPI_execute_with_args("SELECT name, results, size, slide, origin, time_column, group_by, functions, "
-							  "arguments, outputs, lateness, watermark, fractions, emit, state, emit_connection, emit_topic FROM pipeline.aggregate WHERE consumer_id OPERATOR(pg_catalog.=) $1 ORDER BY name",
+							  "arguments, outputs, lateness, watermark, fractions, emit, state, emit_connection, emit_topic, valid_from, "
+							  "revision FROM pipeline.aggregate WHERE consumer_id OPERATOR(pg_catalog.=) $1 ORDER BY name",
 							  1, types, values, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read pipeline.aggregate");
 	for (uint64 r = 0; r < SPI_processed; r++)
@@ -161,6 +162,26 @@ pe_aggregates_of(PeConsumerDef *def)
 			a->state = InvalidOid;
 		a->emit_connection = SPI_getvalue(tup, desc, 16);
 		a->emit_topic = SPI_getvalue(tup, desc, 17);
+		a->has_valid_from = palloc0(sizeof(bool) * a->naggs);
+		a->valid_from = palloc0(sizeof(int64) * a->naggs);
+		{
+			Datum		vf = SPI_getbinval(tup, desc, 18, &isnull);
+
+			if (!isnull)
+			{
+				Datum	   *vd;
+				bool	   *vn;
+
+				deconstruct_array(DatumGetArrayTypeP(vf), TIMESTAMPTZOID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE,
+								  &vd, &vn, &n);
+				for (int i = 0; i < n && i < a->naggs; i++)
+				{
+					a->has_valid_from[i] = !vn[i];
+					a->valid_from[i] = vn[i] ? 0 : DatumGetInt64(vd[i]);
+				}
+			}
+		}
+		a->revision = DatumGetInt32(SPI_getbinval(tup, desc, 19, &isnull));
 		for (int i = 0; i < a->naggs; i++)
 		{
 			const char **schema = strcmp(a->fns[i], "approx_count_distinct") == 0 ? &a->hll_schema
@@ -461,6 +482,43 @@ pe_agg_keep_late(PeAggregate *a, PeMessage *msgs, PeRow *rows, const int *late, 
 	pe_catalog_end(&acc);
 }
 
+/*
+ * Lock the aggregate's tables for the batch's writes, then make sure its
+ * definition is still the one the batch read: alter_aggregate() locks
+ * them exclusively, and a batch that read the definition before it
+ * committed is retried (a transient error) with the new one.
+ */
+static void
+pe_agg_lock(PeAggregate *a)
+{
+	PeCatalogAccess acc;
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1] = {CStringGetTextDatum(a->name)};
+	bool		isnull;
+	bool		same;
+
+	(void) pe_agg_table(a, a->results);
+	if (a->emit_close)
+		(void) pe_agg_table(a, a->state);
+	pe_catalog_begin(&acc);
+	if (SPI_execute_with_args("SELECT revision FROM pipeline.aggregate WHERE name OPERATOR(pg_catalog.=) $1",
+							  1, types, values, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read pipeline.aggregate");
+	same = SPI_processed == 1 &&
+		DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)) == a->revision;
+	pe_catalog_end(&acc);
+	if (!same)
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+				 errmsg("aggregate \"%s\" was changed or dropped while a batch ran", a->name),
+				 errhint("The batch is tried again with the aggregates as they are now.")));
+}
+
+/*
+ * Step 5: merge the batch's events into each aggregate, then move its
+ * counted offsets past the batch.  SPI connected, in the batch's
+ * transaction; runs the merge as the consumer's owner.
+ */
 void
 pe_aggregates_update(List *aggs, PeTarget *t, PeMessage *msgs, int n, PeRow *rows, int nrows, List *dead,
 					 int npart, bool replay)
@@ -478,7 +536,7 @@ pe_aggregates_update(List *aggs, PeTarget *t, PeMessage *msgs, int n, PeRow *row
 		int32	   *parts;
 		int64	   *clo;
 		int64	   *chi;
-		int			nparts = pe_agg_counted(a, &parts, &clo, &chi);
+		int			nparts;
 		int		   *cols = palloc(sizeof(int) * (1 + a->ngroups + a->naggs));
 		int			ncols = 0;
 		int		   *take = palloc(sizeof(int) * Max(nrows, 1));
@@ -493,6 +551,9 @@ pe_aggregates_update(List *aggs, PeTarget *t, PeMessage *msgs, int n, PeRow *row
 		Datum	   *bt = palloc0(sizeof(Datum) * Max(n, 1));
 		bool	   *bt_null = palloc(sizeof(bool) * Max(n, 1));
 		int			nbp = 0;
+
+		pe_agg_lock(a);
+		nparts = pe_agg_counted(a, &parts, &clo, &chi);
 
 		/* the columns it reads: the time, the groups, the arguments (once each) */
 		cols[ncols++] = time_col = pe_agg_time_col(t, a);

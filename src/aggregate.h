@@ -52,6 +52,9 @@ typedef struct PeAggregate
 	char	   *emit_connection;	/* and emit_topic: NULL without a topic */
 	char	   *emit_topic;
 	uint64		emitted;		/* rows emitted in this batch */
+	bool	   *has_valid_from; /* of each function: added by alter_aggregate */
+	int64	   *valid_from;		/* ... complete in windows starting here on */
+	int32		revision;
 } PeAggregate;
 
 /* a t-digest's compression: about 1% error at the tails, 6 kB per window */
@@ -64,6 +67,7 @@ extern void pe_agg_parse(const char *spec, Relation rel, char **fn, char **arg, 
 extern void pe_agg_select_item(StringInfo sql, const char *fn, const char *argument, const char *out,
 							   Oid time_type);
 extern void pe_agg_check_interval(Interval *iv, const char *what);
+extern void pe_agg_require_decoded(PeTarget *t, const char *name, const char *what);
 extern char *pe_agg_emit_connection(PeConsumerDef *def, char *name);
 extern const char *pe_agg_extension_schema(const char *extname);
 

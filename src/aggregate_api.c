@@ -80,7 +80,7 @@ pe_agg_require_column(Relation rel, const char *name, const char *what)
  * column the consumer does not fill from the message, or fills from its
  * default when the message lacks it, would be seen null.
  */
-static void
+void
 pe_agg_require_decoded(PeTarget *t, const char *name, const char *what)
 {
 	for (int c = 0; c < t->ncols; c++)

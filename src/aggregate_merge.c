@@ -36,77 +36,130 @@ pe_agg_state(PeAggregate *a, int i, const char *suffix)
 	return quote_identifier(psprintf("%s__%s", a->outs[i], suffix));
 }
 
+/*
+ * An aggregate added by alter_aggregate() is complete in the windows that
+ * start at its valid_from or later; before, it is null.  The literal of
+ * that time, in the time column's type (the same microseconds for a
+ * timestamp), or NULL when it is complete everywhere.
+ */
+static const char *
+pe_agg_valid_from(PeAggregate *a, int i, Oid time_type)
+{
+	Datum		v = Int64GetDatum(a->valid_from[i]);
+	char	   *text;
+
+	if (!a->has_valid_from[i])
+		return NULL;
+	text = time_type == TIMESTAMPTZOID ? DatumGetCString(DirectFunctionCall1(timestamptz_out, v))
+		: DatumGetCString(DirectFunctionCall1(timestamp_out, v));
+	return psprintf("%s::%s", quote_literal_cstr(text), format_type_be_qualified(time_type));
+}
+
+/* One item of the select list: expr, or null in windows before valid. */
+static void
+pe_agg_item(StringInfo s, const char *valid, const char *expr)
+{
+	if (valid)
+		appendStringInfo(s, ", CASE WHEN w.s OPERATOR(pg_catalog.>=) %s THEN %s END", valid, expr);
+	else
+		appendStringInfo(s, ", %s", expr);
+}
+
+/* One assignment of ON CONFLICT ... SET: col = expr, the same way. */
+static void
+pe_agg_set(StringInfo s, const char *valid, const char *col, const char *expr)
+{
+	if (s->data[s->len - 1] != ' ')
+		appendStringInfoString(s, ", ");
+	if (valid)
+		appendStringInfo(s, "%s = CASE WHEN r.window_start OPERATOR(pg_catalog.>=) %s THEN %s END", col, valid, expr);
+	else
+		appendStringInfo(s, "%s = %s", col, expr);
+}
+
 /* Aggregate i over the batch's events of one window (column m.c<ac>). */
 static void
-pe_agg_batch_expr(StringInfo s, PeAggregate *a, int i, int ac)
+pe_agg_batch_expr(StringInfo s, PeAggregate *a, int i, int ac, const char *valid)
 {
 	const char *fn = a->fns[i];
 	char	   *not_null = psprintf("FILTER (WHERE m.c%d IS NOT NULL)", ac);
 
 	if (ac < 0)
-		appendStringInfoString(s, ", pg_catalog.count(*)");
+		pe_agg_item(s, valid, "pg_catalog.count(*)");
 	else if (strcmp(fn, "avg") == 0)
-		appendStringInfo(s, ", pg_catalog.avg(m.c%d), pg_catalog.sum(m.c%d), pg_catalog.count(m.c%d)", ac, ac, ac);
-	else if (strcmp(fn, "first") == 0)
+	{
+		pe_agg_item(s, valid, psprintf("pg_catalog.avg(m.c%d)", ac));
+		pe_agg_item(s, valid, psprintf("pg_catalog.sum(m.c%d)", ac));
+		pe_agg_item(s, valid, psprintf("pg_catalog.count(m.c%d)", ac));
+	}
+	else if (strcmp(fn, "first") == 0 || strcmp(fn, "last") == 0)
+	{
 		/* by event time, then as the messages came; nulls are not values */
-		appendStringInfo(s, ", (pg_catalog.array_agg(m.c%d ORDER BY m.c0, m.o) %s)[1], pg_catalog.min(m.c0) %s",
-						 ac, not_null, not_null);
-	else if (strcmp(fn, "last") == 0)
-		appendStringInfo(s, ", (pg_catalog.array_agg(m.c%d ORDER BY m.c0 DESC, m.o DESC) %s)[1], pg_catalog.max(m.c0) %s",
-						 ac, not_null, not_null);
+		bool		first = strcmp(fn, "first") == 0;
+
+		pe_agg_item(s, valid, psprintf("(pg_catalog.array_agg(m.c%d ORDER BY m.c0 %s, m.o %s) %s)[1]", ac,
+									   first ? "" : "DESC", first ? "" : "DESC", not_null));
+		pe_agg_item(s, valid, psprintf("pg_catalog.%s(m.c0) %s", first ? "min" : "max", not_null));
+	}
 	else if (strcmp(fn, "count_distinct") == 0)
-		appendStringInfo(s, ", pg_catalog.count(DISTINCT m.c%d), pg_catalog.array_agg(DISTINCT m.c%d) %s",
-						 ac, ac, not_null);
+	{
+		pe_agg_item(s, valid, psprintf("pg_catalog.count(DISTINCT m.c%d)", ac));
+		pe_agg_item(s, valid, psprintf("pg_catalog.array_agg(DISTINCT m.c%d) %s", ac, not_null));
+	}
 	else if (strcmp(fn, "approx_count_distinct") == 0)
 	{
 		char	   *h = psprintf("%s.hll_add_agg(%s.hll_hash_any(m.c%d)) %s", a->hll_schema, a->hll_schema, ac, not_null);
 
-		appendStringInfo(s, ", COALESCE(pg_catalog.round(%s.hll_cardinality(%s))::pg_catalog.int8, 0), %s",
-						 a->hll_schema, h, h);
+		pe_agg_item(s, valid, psprintf("COALESCE(pg_catalog.round(%s.hll_cardinality(%s))::pg_catalog.int8, 0)",
+									   a->hll_schema, h));
+		pe_agg_item(s, valid, h);
 	}
 	else if (strcmp(fn, "percentile") == 0)
-		appendStringInfo(s, ", %s.tdigest_percentile(m.c%d::pg_catalog.float8, %d, %.17g::pg_catalog.float8), "
-						 "%s.tdigest(m.c%d::pg_catalog.float8, %d)",
-						 a->tdigest_schema, ac, PE_AGG_TDIGEST_COMPRESSION, a->fractions[i],
-						 a->tdigest_schema, ac, PE_AGG_TDIGEST_COMPRESSION);
+	{
+		pe_agg_item(s, valid, psprintf("%s.tdigest_percentile(m.c%d::pg_catalog.float8, %d, %.17g::pg_catalog.float8)",
+									   a->tdigest_schema, ac, PE_AGG_TDIGEST_COMPRESSION, a->fractions[i]));
+		pe_agg_item(s, valid, psprintf("%s.tdigest(m.c%d::pg_catalog.float8, %d)",
+									   a->tdigest_schema, ac, PE_AGG_TDIGEST_COMPRESSION));
+	}
 	else
-		appendStringInfo(s, ", pg_catalog.%s(m.c%d)", fn, ac);
+		pe_agg_item(s, valid, psprintf("pg_catalog.%s(m.c%d)", fn, ac));
 }
 
 /* Aggregate i of a window, its row r merged with the batch's (EXCLUDED). */
 static void
-pe_agg_merge_expr(StringInfo s, PeAggregate *a, int i)
+pe_agg_merge_expr(StringInfo s, PeAggregate *a, int i, const char *valid)
 {
 	const char *fn = a->fns[i];
 	const char *o = quote_identifier(a->outs[i]);
 
 	if (strcmp(fn, "count") == 0)
-		appendStringInfo(s, "%s = r.%s OPERATOR(pg_catalog.+) EXCLUDED.%s", o, o, o);
+		pe_agg_set(s, valid, o, psprintf("r.%s OPERATOR(pg_catalog.+) EXCLUDED.%s", o, o));
 	else if (strcmp(fn, "sum") == 0)
-		appendStringInfo(s, "%s = COALESCE(r.%s OPERATOR(pg_catalog.+) EXCLUDED.%s, r.%s, EXCLUDED.%s)",
-						 o, o, o, o, o);
+		pe_agg_set(s, valid, o, psprintf("COALESCE(r.%s OPERATOR(pg_catalog.+) EXCLUDED.%s, r.%s, EXCLUDED.%s)",
+										 o, o, o, o));
 	else if (strcmp(fn, "min") == 0)
-		appendStringInfo(s, "%s = LEAST(r.%s, EXCLUDED.%s)", o, o, o);
+		pe_agg_set(s, valid, o, psprintf("LEAST(r.%s, EXCLUDED.%s)", o, o));
 	else if (strcmp(fn, "max") == 0)
-		appendStringInfo(s, "%s = GREATEST(r.%s, EXCLUDED.%s)", o, o, o);
+		pe_agg_set(s, valid, o, psprintf("GREATEST(r.%s, EXCLUDED.%s)", o, o));
 	else if (strcmp(fn, "first") == 0 || strcmp(fn, "last") == 0)
 	{
 		const char *tm = pe_agg_state(a, i, "time");
 		bool		first = strcmp(fn, "first") == 0;
 
 		/* the earlier (first) or later (last) of the two; a tie keeps the first seen, or takes the last */
-		appendStringInfo(s, "%s = CASE WHEN EXCLUDED.%s IS NOT NULL AND (r.%s IS NULL OR EXCLUDED.%s %s r.%s) "
-						 "THEN EXCLUDED.%s ELSE r.%s END, %s = %s(r.%s, EXCLUDED.%s)",
-						 o, tm, tm, tm, first ? "OPERATOR(pg_catalog.<)" : "OPERATOR(pg_catalog.>=)", tm,
-						 o, o, tm, first ? "LEAST" : "GREATEST", tm, tm);
+		pe_agg_set(s, valid, o, psprintf("CASE WHEN EXCLUDED.%s IS NOT NULL AND (r.%s IS NULL OR EXCLUDED.%s %s r.%s) "
+										 "THEN EXCLUDED.%s ELSE r.%s END",
+										 tm, tm, tm, first ? "OPERATOR(pg_catalog.<)" : "OPERATOR(pg_catalog.>=)", tm,
+										 o, o));
+		pe_agg_set(s, valid, tm, psprintf("%s(r.%s, EXCLUDED.%s)", first ? "LEAST" : "GREATEST", tm, tm));
 	}
 	else if (strcmp(fn, "count_distinct") == 0)
 	{
 		const char *set = pe_agg_state(a, i, "set");
 		char	   *both = psprintf("pg_catalog.unnest(pg_catalog.array_cat(r.%s, EXCLUDED.%s))", set, set);
 
-		appendStringInfo(s, "%s = (SELECT pg_catalog.array_agg(DISTINCT e) FROM %s AS e), "
-						 "%s = (SELECT pg_catalog.count(DISTINCT e) FROM %s AS e)", set, both, o, both);
+		pe_agg_set(s, valid, set, psprintf("(SELECT pg_catalog.array_agg(DISTINCT e) FROM %s AS e)", both));
+		pe_agg_set(s, valid, o, psprintf("(SELECT pg_catalog.count(DISTINCT e) FROM %s AS e)", both));
 	}
 	else if (strcmp(fn, "approx_count_distinct") == 0)
 	{
@@ -114,8 +167,9 @@ pe_agg_merge_expr(StringInfo s, PeAggregate *a, int i)
 		char	   *both = psprintf("COALESCE(%s.hll_union(r.%s, EXCLUDED.%s), r.%s, EXCLUDED.%s)",
 									a->hll_schema, h, h, h, h);
 
-		appendStringInfo(s, "%s = %s, %s = COALESCE(pg_catalog.round(%s.hll_cardinality(%s))::pg_catalog.int8, 0)",
-						 h, both, o, a->hll_schema, both);
+		pe_agg_set(s, valid, h, both);
+		pe_agg_set(s, valid, o, psprintf("COALESCE(pg_catalog.round(%s.hll_cardinality(%s))::pg_catalog.int8, 0)",
+										 a->hll_schema, both));
 	}
 	else if (strcmp(fn, "percentile") == 0)
 	{
@@ -123,8 +177,9 @@ pe_agg_merge_expr(StringInfo s, PeAggregate *a, int i)
 		char	   *both = psprintf("COALESCE(%s.tdigest_union(r.%s, EXCLUDED.%s), r.%s, EXCLUDED.%s)",
 									a->tdigest_schema, d, d, d, d);
 
-		appendStringInfo(s, "%s = %s, %s = (SELECT %s.tdigest_percentile(x, %.17g::pg_catalog.float8) FROM (SELECT %s) AS v(x))",
-						 d, both, o, a->tdigest_schema, a->fractions[i], both);
+		pe_agg_set(s, valid, d, both);
+		pe_agg_set(s, valid, o, psprintf("(SELECT %s.tdigest_percentile(x, %.17g::pg_catalog.float8) FROM (SELECT %s) AS v(x))",
+										 a->tdigest_schema, a->fractions[i], both));
 	}
 	else
 	{
@@ -135,10 +190,11 @@ pe_agg_merge_expr(StringInfo s, PeAggregate *a, int i)
 		char	   *merged_cnt = psprintf("r.%s OPERATOR(pg_catalog.+) EXCLUDED.%s", cnt, cnt);
 		Oid			avg_type = get_atttype(a->results, get_attnum(a->results, a->outs[i]));
 
-		appendStringInfo(s, "%s = %s, %s = %s, %s = CASE WHEN %s OPERATOR(pg_catalog.>) 0 THEN "
-						 "((%s)::pg_catalog.numeric OPERATOR(pg_catalog./) (%s)::pg_catalog.numeric)::%s END",
-						 sum, merged_sum, cnt, merged_cnt, o, merged_cnt, merged_sum, merged_cnt,
-						 format_type_be_qualified(avg_type));
+		pe_agg_set(s, valid, sum, merged_sum);
+		pe_agg_set(s, valid, cnt, merged_cnt);
+		pe_agg_set(s, valid, o, psprintf("CASE WHEN %s OPERATOR(pg_catalog.>) 0 THEN "
+										 "((%s)::pg_catalog.numeric OPERATOR(pg_catalog./) (%s)::pg_catalog.numeric)::%s END",
+										 merged_cnt, merged_sum, merged_cnt, format_type_be_qualified(avg_type)));
 	}
 }
 
@@ -166,7 +222,7 @@ pe_agg_sql(PeAggregate *a, PeTarget *t, const int *cols, int ncols, Oid time_typ
 		for (int c = 0; c < ncols; c++)
 			if (cols[c] >= 0 && strcmp(a->args[i], "*") != 0 && strcmp(t->cols[cols[c]].name, a->args[i]) == 0)
 				ac = c;
-		pe_agg_batch_expr(&s, a, i, ac);
+		pe_agg_batch_expr(&s, a, i, ac, pe_agg_valid_from(a, i, time_type));
 	}
 	/* each column with its collation, as the table compares it (unnest gives the type's default) */
 	appendStringInfoString(&s, " FROM (SELECT ");
@@ -202,11 +258,7 @@ pe_agg_sql(PeAggregate *a, PeTarget *t, const int *cols, int ncols, Oid time_typ
 		appendStringInfo(&s, ", m.c%d", i + 1);
 	appendStringInfo(&s, " ON CONFLICT (window_start%s) DO UPDATE SET ", g.data);
 	for (int i = 0; i < a->naggs; i++)
-	{
-		if (i > 0)
-			appendStringInfoString(&s, ", ");
-		pe_agg_merge_expr(&s, a, i);
-	}
+		pe_agg_merge_expr(&s, a, i, pe_agg_valid_from(a, i, time_type));
 	/* each change of a window is emitted, with emit 'update' */
 	return a->emit_close ? s.data : pe_agg_emit_wrap(a, NULL, s.data);
 }

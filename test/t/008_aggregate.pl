@@ -88,6 +88,8 @@ my $kts_want = q{SELECT string_agg(concat_ws('|', s, s + interval '10 seconds', 
                  FROM (SELECT date_bin('10 seconds', kts, timestamptz '2000-01-01 00:00:00+00') AS s, count(*) AS n, max(id) AS m
                          FROM readings_ts GROUP BY 1) x};
 
+sql(q{SELECT pipeline.create_aggregate('alt', 'rd', '1 minute', 'ts', ARRAY['count(*)'])});
+
 # emitting through the outbox: 'update' every change of a window, 'close'
 # its final row once (open windows wait in the state table)
 sql(q{SELECT pipeline.create_aggregate('emit_upd', 'rd', '1 minute', 'ts', ARRAY['count(*)', 'sum(temp)'],
@@ -99,7 +101,7 @@ is(sql(q{SELECT string_agg(concat_ws(':', name, emit, state, emit_connection, em
 	'emit_cls:close:emit_cls_open:local:agg_closed,emit_upd:update:local:agg_updates', 'pipeline.aggregates shows how they emit');
 
 is(sql(q{SELECT string_agg(name || ':' || window_kind || ':' || results::text, ',' ORDER BY name) FROM pipeline.aggregates}),
-	'approx:tumbling:approx,by_kafka_time:tumbling:by_kafka_time,emit_cls:tumbling:emit_cls,emit_upd:tumbling:emit_upd,exact:tumbling:exact,hop:hopping:hop,per_min:tumbling:per_min',
+	'alt:tumbling:alt,approx:tumbling:approx,by_kafka_time:tumbling:by_kafka_time,emit_cls:tumbling:emit_cls,emit_upd:tumbling:emit_upd,exact:tumbling:exact,hop:hopping:hop,per_min:tumbling:per_min',
 	'pipeline.aggregates lists them');
 
 # what the aggregates must hold: the same, in plain SQL over the table
@@ -236,14 +238,14 @@ is(sql(q{SELECT (windows_closed = (SELECT count(*) FROM closing WHERE closed)) |
 like(sql(q{SELECT status || ': ' || reason FROM pipeline.health WHERE consumer = 'aggregate:closing'}),
 	qr/^warning: 1 late events kept in the last /, 'pipeline.health warns of the late event');
 is(sql(q{SELECT string_agg(consumer, ',' ORDER BY consumer) FROM pipeline.health WHERE consumer LIKE 'aggregate:%'}),
-	'aggregate:approx,aggregate:by_kafka_time,aggregate:closing,aggregate:emit_cls,aggregate:emit_upd,aggregate:exact,aggregate:hop,aggregate:per_min', '... and has a row for each aggregate');
+	'aggregate:alt,aggregate:approx,aggregate:by_kafka_time,aggregate:closing,aggregate:emit_cls,aggregate:emit_upd,aggregate:exact,aggregate:hop,aggregate:per_min', '... and has a row for each aggregate');
 {
 	# the exporter's query for aggregates (sql/prometheus-postgres-exporter.yaml) runs and has them
 	my $yaml = slurp_file(($ENV{TESTDIR} // '.') . '/sql/prometheus-postgres-exporter.yaml');
 	my ($query) = $yaml =~ /^pipeline_aggregate:\n  query: \|\n(.*?)\n  metrics:/ms;
 	ok(defined $query, 'the exporter has a query for aggregates');
 	like(sql("SELECT string_agg(aggregate || ':' || late_events, ',' ORDER BY aggregate) FROM ($query) q"),
-		qr/^approx:1,by_kafka_time:\d+,closing:1,emit_cls:1,emit_upd:1,exact:1,hop:1,per_min:1$/, '... which reads them');
+		qr/^alt:1,approx:1,by_kafka_time:\d+,closing:1,emit_cls:1,emit_upd:1,exact:1,hop:1,per_min:1$/, '... which reads them');
 }
 
 # a dead letter replayed once the table takes it: counted then, once
@@ -274,6 +276,46 @@ sql(q{SELECT count(*) FROM pipeline.reset_offsets('rd', 'earliest')});
 wait_for(q{SELECT count(*) FROM readings WHERE id BETWEEN 41000 AND 41099}, '100', 'back to earliest: the skipped ones are applied');
 wait_for(q{SELECT count FROM closing WHERE window_start = '2026-01-01 08:30:00+00'}, '103',
 	'... and counted, and nothing else twice');
+
+# alter_aggregate keeps the state: an aggregate added is complete from the
+# first window after every event counted (earlier ones show null); emit
+# moves the open windows to the state table and back; the lateness changes
+my $valid = sql(q{SELECT date_bin('1 minute', max(ts), timestamptz '2000-01-01 00:00:00+00') + interval '1 minute' FROM readings});
+sql(q{SELECT pipeline.alter_aggregate('alt', add_aggregates => ARRAY['sum(temp) AS total', 'max(id)'], emit => 'close', lateness => '2 seconds')});
+is(sql(q{SELECT emit || ' ' || state::text || ' ' || lateness || ' ' || array_to_string(aggregates, '; ') FROM pipeline.aggregates WHERE name = 'alt'}),
+	"close alt_open 00:00:02 count(*) AS count; sum(total) AS total (from the window at $valid); max(id) AS max_id (from the window at $valid)"
+	=~ s/sum\(total\)/sum(temp)/r,
+	'alter_aggregate: the aggregates added, from which window they count, the emit mode and the lateness');
+is(sql(q{SELECT count(*) FILTER (WHERE NOT closed) FROM alt}), '0', 'emit close: the open windows left the results table ...');
+ok(sql(q{SELECT count(*) FROM alt_open}) > 0, '... for the state table');
+produce(60001, 60600);
+wait_for(q{SELECT count(*) FROM readings WHERE id > 60000}, '600', 'more events after the change');
+my $alt_want = q{SELECT string_agg(concat_ws('|', s, n, CASE WHEN s >= '__V__' THEN t END, CASE WHEN s >= '__V__' THEN m END), ',' ORDER BY s)
+                 FROM (SELECT date_bin('1 minute', ts, timestamptz '2000-01-01 00:00:00+00') AS s, count(*) AS n, sum(temp) AS t, max(id) AS m
+                         FROM readings
+                        WHERE id NOT IN (SELECT (convert_from(value, 'UTF8')::jsonb->>'id')::int FROM pipeline.late_events
+                                          WHERE aggregate = 'alt')
+                        GROUP BY 1) x} =~ s/__V__/$valid/gr;
+my $alt_sql = q{SELECT string_agg(concat_ws('|', window_start, count, total, max_id), ',' ORDER BY window_start)
+                FROM (SELECT * FROM alt UNION ALL SELECT * FROM alt_open) a};
+wait_for(qq{SELECT ($alt_sql) = ($alt_want)}, 't',
+	'the windows keep their counts; the aggregates added equal plain SQL from their first window, null before');
+sql(q{SELECT pipeline.alter_aggregate('alt', emit => 'update')});
+is(sql(q{SELECT (to_regclass('alt_open') IS NULL) || '/' || (state IS NULL) FROM pipeline.aggregates WHERE name = 'alt'}), 'true/true',
+	'emit update again: the state table is gone ...');
+is(sql($alt_sql =~ s/ UNION ALL SELECT \* FROM alt_open//r), sql($alt_want), '... and its windows are back in the results table');
+sql(q{SELECT pipeline.alter_aggregate('emit_upd', emit_topic => '')});
+is(sql(q{SELECT emit_topic IS NULL AND emit_connection IS NULL FROM pipeline.aggregates WHERE name = 'emit_upd'}), 't',
+	"emit_topic => '' stops sending to a topic");
+foreach my $case ([q{'nope'}, qr/aggregate "nope" does not exist/],
+	[q{'alt', add_aggregates => ARRAY['count(*)']}, qr/aggregate "alt" already has an output named "count"/],
+	[q{'alt', emit => 'sometimes'}, qr/emit must be 'update' or 'close'/],
+	[q{'alt', lateness => '-1 second'}, qr/lateness must be zero or more/])
+{
+	my ($rc, $out, $err) = $node->psql('postgres', "SELECT pipeline.alter_aggregate($case->[0])");
+	like($err, $case->[1], "alter_aggregate($case->[0]) is refused");
+	like($err, qr/HINT:/, '... with a hint');
+}
 
 # bad definitions
 sub refused
