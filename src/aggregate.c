@@ -32,7 +32,9 @@
 #include "storage/lmgr.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/float.h"
 #include "utils/fmgroids.h"
+#include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/ruleutils.h"
 #include "utils/timestamp.h"
@@ -306,10 +308,20 @@ pe_agg_as_owner(PeTarget *t, const char *sql, int nargs, Oid *types, Datum *valu
 	int			save_sec;
 	int			rc;
 
+	int			nest = NewGUCNestLevel();
+
+	/*
+	 * What it emits reads the same from any session (a replay runs in the
+	 * caller's): times in UTC, floats exact.  (The windows' arithmetic
+	 * does not depend on the time zone: its intervals have no days.)
+	 */
+	(void) set_config_option("TimeZone", "UTC", PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	(void) set_config_option("extra_float_digits", "1", PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
 	GetUserIdAndSecContext(&save_userid, &save_sec);
 	SetUserIdAndSecContext(t->def->owner, save_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
 	rc = SPI_execute_with_args(sql, nargs, types, values, nulls, false, 0);
 	SetUserIdAndSecContext(save_userid, save_sec);
+	AtEOXact_GUC(true, nest);
 	return rc;
 }
 
@@ -339,34 +351,63 @@ pe_aggregates_screen(List *aggs, PeTarget *t, PeMessage *msgs, PeRow *rows, int 
 		int			tc = pe_agg_time_col(t, a);
 		int			kept = 0;
 
+		/* room for the arithmetic of its windows: back a window, on a window and the lateness */
+		int64		lo = MIN_TIMESTAMP + a->size_us + a->slide_us;
+		int64		hi = END_TIMESTAMP - a->size_us - a->slide_us - a->lateness_us;
+		int		   *pct = palloc(sizeof(int) * Max(a->naggs, 1));
+		int			npct = 0;
+
+		for (int i = 0; i < a->naggs; i++)
+			if (strcmp(a->fns[i], "percentile") == 0)
+				pct[npct++] = pe_agg_col(t, a, a->args[i]);
+
 		for (int r = 0; r < nrows; r++)
 		{
 			Datum		tm = (Datum) 0;
 			bool		has = pe_agg_time(tc, msgs, &rows[r], &tm);
+			char	   *why = NULL;
+			const char *state = "22008";
 
-			if (!rows[r].tombstone && (!has || TIMESTAMP_NOT_FINITE(DatumGetInt64(tm))))
+			if (rows[r].tombstone)
+			{
+				rows[kept++] = rows[r];
+				continue;
+			}
+			if (!has && tc < 0)
+				why = "the event has no time (the message has no timestamp, or one out of range)";
+			else if (!has)
+				why = psprintf("the event has no time (column \"%s\" is null)", a->time_column);
+			else if (TIMESTAMP_NOT_FINITE(DatumGetInt64(tm)))
+				why = psprintf("the event's time (column \"%s\") is infinite: no window holds it", a->time_column);
+			else if (DatumGetInt64(tm) < lo || DatumGetInt64(tm) >= hi)
+				why = "the event's time is too near the limits of the timestamp range for its windows";
+			if (!has)
+				state = "22004";
+			for (int k = 0; k < npct && why == NULL; k++)
+			{
+				PeColumn   *col = &t->cols[pct[k]];
+				Datum		v = rows[r].values[pct[k]];
+				double		d;
+
+				if (rows[r].nulls[pct[k]])
+					continue;
+				d = col->typid == FLOAT8OID ? DatumGetFloat8(v)
+					: col->typid == FLOAT4OID ? (double) DatumGetFloat4(v)
+					: col->typid == NUMERICOID ? DatumGetFloat8(DirectFunctionCall1(numeric_float8_no_overflow, v))
+					: 0;
+				if (isnan(d) || isinf(d))
+				{
+					why = psprintf("column \"%s\" is not a finite double precision, which a percentile needs", col->name);
+					state = "22003";
+				}
+			}
+			if (why)
 			{
 				PeDeadLetter *d = palloc0(sizeof(PeDeadLetter));
 
 				d->msg_index = rows[r].msg_index;
-				if (!has && tc < 0)
-				{
-					d->error = psprintf("aggregate \"%s\": the event has no time (the message has no timestamp, or one out of range)",
-										a->name);
-					memcpy(d->sqlstate, "22004", 6);
-				}
-				else if (!has)
-				{
-					d->error = psprintf("aggregate \"%s\": the event has no time (column \"%s\" is null)",
-										a->name, a->time_column);
-					memcpy(d->sqlstate, "22004", 6);
-				}
-				else
-				{
-					d->error = psprintf("aggregate \"%s\": the event's time (column \"%s\") is infinite: no window holds it",
-										a->name, a->time_column);
-					memcpy(d->sqlstate, "22008", 6);
-				}
+				d->error = psprintf("aggregate \"%s\": %s", a->name, why);
+				memcpy(d->sqlstate, state, 6);
 				res->dead = lappend(res->dead, d);
 				continue;
 			}
@@ -486,7 +527,11 @@ pe_agg_keep_late(PeAggregate *a, PeMessage *msgs, PeRow *rows, const int *late, 
  * Lock the aggregate's tables for the batch's writes, then make sure its
  * definition is still the one the batch read: alter_aggregate() locks
  * them exclusively, and a batch that read the definition before it
- * committed is retried (a transient error) with the new one.
+ * committed is retried (a transient error) with the new one (the row
+ * is locked first, then the tables, in alter_aggregate()'s order).  The
+ * aggregate's row is locked until the batch commits, and its watermark
+ * read again under the lock: two slots (or a replay) update one aggregate
+ * in turn, each seeing the windows the other closed.
  */
 static void
 pe_agg_lock(PeAggregate *a)
@@ -497,21 +542,28 @@ pe_agg_lock(PeAggregate *a)
 	bool		isnull;
 	bool		same;
 
-	(void) pe_agg_table(a, a->results);
-	if (a->emit_close)
-		(void) pe_agg_table(a, a->state);
 	pe_catalog_begin(&acc);
-	if (SPI_execute_with_args("SELECT revision FROM pipeline.aggregate WHERE name OPERATOR(pg_catalog.=) $1",
-							  1, types, values, NULL, true, 0) != SPI_OK_SELECT)
+	if (SPI_execute_with_args("SELECT revision, watermark FROM pipeline.aggregate WHERE name OPERATOR(pg_catalog.=) $1 "
+							  "FOR UPDATE",
+							  1, types, values, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read pipeline.aggregate");
 	same = SPI_processed == 1 &&
 		DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)) == a->revision;
+	if (same)
+	{
+		a->wm = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+		a->has_wm = !isnull;
+	}
 	pe_catalog_end(&acc);
 	if (!same)
 		ereport(ERROR,
 				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
 				 errmsg("aggregate \"%s\" was changed or dropped while a batch ran", a->name),
 				 errhint("The batch is tried again with the aggregates as they are now.")));
+	/* the row first, then the tables: as alter_aggregate() takes them */
+	(void) pe_agg_table(a, a->results);
+	if (a->emit_close)
+		(void) pe_agg_table(a, a->state);
 }
 
 /*

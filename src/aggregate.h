@@ -18,6 +18,7 @@
 #include "datatype/timestamp.h"
 
 extern List *pe_aggregates_of(PeConsumerDef *def);
+extern void pe_aggregates_drop_state(PeConsumerDef *def);
 extern int	pe_aggregates_screen(List *aggs, PeTarget *t, PeMessage *msgs, PeRow *rows, int nrows,
 								 PeBatchResult *res);
 
@@ -59,6 +60,8 @@ typedef struct PeAggregate
 
 /* a t-digest's compression: about 1% error at the tails, 6 kB per window */
 #define PE_AGG_TDIGEST_COMPRESSION 100
+/* an hll's registers, 2^11: about 2.3% error, 1.3 kB per window */
+#define PE_AGG_HLL_LOG2M 11
 
 extern int	pe_agg_state_columns(const char *fn, const char **suffixes);
 
@@ -68,7 +71,7 @@ extern void pe_agg_select_item(StringInfo sql, const char *fn, const char *argum
 							   Oid time_type);
 extern void pe_agg_check_interval(Interval *iv, const char *what);
 extern void pe_agg_require_decoded(PeTarget *t, const char *name, const char *what);
-extern char *pe_agg_emit_connection(PeConsumerDef *def, char *name);
+extern char *pe_agg_emit_connection(PeConsumerDef *def, char *name, const char *topic);
 extern const char *pe_agg_extension_schema(const char *extname);
 
 extern const char *pe_agg_table(PeAggregate *a, Oid rel);

@@ -215,7 +215,7 @@ pe_alter_aggregate(PG_FUNCTION_ARGS)
 		if (emit_topic[0] == '\0')
 			emit_topic = emit_connection = NULL;
 		else if (PG_ARGISNULL(5) && emit_connection == NULL)
-			emit_connection = pe_agg_emit_connection(def, NULL);
+			emit_connection = pe_agg_emit_connection(def, NULL, emit_topic);
 	}
 	if (!PG_ARGISNULL(5))
 	{
@@ -227,7 +227,7 @@ pe_alter_aggregate(PG_FUNCTION_ARGS)
 		emit_connection = text_to_cstring(PG_GETARG_TEXT_PP(5));
 	}
 	if (emit_topic != NULL && (!PG_ARGISNULL(4) || !PG_ARGISNULL(5)))
-		emit_connection = pe_agg_emit_connection(def, emit_connection);
+		emit_connection = pe_agg_emit_connection(def, emit_connection, emit_topic);
 
 	/* no batch writes the tables until this commits (a batch that read the old definition is retried) */
 	LockRelationOid(results, AccessExclusiveLock);

@@ -236,6 +236,13 @@ pe_agg_parse(const char *spec, Relation rel, char **fn, char **arg, char **out, 
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("aggregate \"%s\" needs another output name", spec),
 				 errhint("Add AS name with a name that is not window_start, window_end or closed, and has no \"__\" (the results keep state in NAME__sum and the like).")));
+	/* its state columns too must fit a name: NAME__digest, NAME__count */
+	if (strlen(*out) + strlen("__digest") >= NAMEDATALEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_NAME_TOO_LONG),
+				 errmsg("the output name of aggregate \"%s\" is longer than %d bytes", spec,
+						(int) (NAMEDATALEN - 1 - strlen("__digest"))),
+				 errhint("Give it a shorter name with AS: the results table keeps state beside it in NAME__digest and the like.")));
 	if (strcmp(*arg, "*") == 0)
 	{
 		if (strcmp(*fn, "count") != 0)
@@ -254,6 +261,12 @@ pe_agg_parse(const char *spec, Relation rel, char **fn, char **arg, char **out, 
 				 errmsg("%s(%s) needs a number, and column \"%s\" is of type %s", shown, *arg, *arg,
 						format_type_be(typid)),
 				 errhint("sum, avg and percentile take smallint, integer, bigint, real, double precision or numeric columns.")));
+	if ((strcmp(*fn, "first") == 0 || strcmp(*fn, "last") == 0 || strcmp(*fn, "count_distinct") == 0) &&
+		type_is_array(typid))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("%s(%s) of an array column is not supported", shown, *arg),
+				 errhint("Aggregate a column of another type; min and max take arrays.")));
 	if ((strcmp(*fn, "count_distinct") == 0 || strcmp(*fn, "min") == 0 || strcmp(*fn, "max") == 0) &&
 		!OidIsValid(lookup_type_cache(typid, TYPECACHE_LT_OPR)->lt_opr))
 		ereport(ERROR,
@@ -269,9 +282,15 @@ pe_agg_parse(const char *spec, Relation rel, char **fn, char **arg, char **out, 
  * allowed to use it.
  */
 char *
-pe_agg_emit_connection(PeConsumerDef *def, char *name)
+pe_agg_emit_connection(PeConsumerDef *def, char *name, const char *topic)
 {
 	PeConnection *conn = pe_connection_lookup(name ? name : def->connection, false);
+
+	if (strcmp(conn->name, def->connection) == 0 && strcmp(topic, def->topic) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("aggregate windows cannot go to topic \"%s\", which their consumer \"%s\" reads", topic, def->name),
+				 errhint("Name another topic: the consumer would read the windows back as events.")));
 
 	pe_check_connection_use(conn);
 	if (!superuser_arg(def->owner) && !has_privs_of_role(def->owner, conn->owner))
@@ -483,7 +502,7 @@ pe_create_aggregate(PG_FUNCTION_ARGS)
 				 errhint("Drop the consumer and create it again on an existing table.")));
 	rel = table_open(def->target, AccessShareLock);
 	if (emit_topic != NULL)
-		emit_connection = pe_agg_emit_connection(def, emit_connection);
+		emit_connection = pe_agg_emit_connection(def, emit_connection, emit_topic);
 
 	/* '$timestamp': the message's Kafka timestamp, kept in no column */
 	time_type = strcmp(time_column, PE_AGG_TIMESTAMP) == 0 ? TIMESTAMPTZOID
@@ -758,4 +777,56 @@ pe_drop_aggregate(PG_FUNCTION_ARGS)
 		SPI_finish();
 	}
 	PG_RETURN_VOID();
+}
+
+/*
+ * A consumer dropped: its aggregates go with it (ON DELETE CASCADE), and
+ * their state tables, which hold no final row, with them; results tables
+ * stay, the user's.
+ */
+void
+pe_aggregates_drop_state(PeConsumerDef *def)
+{
+	PeCatalogAccess acc;
+	Oid			types[1] = {INT8OID};
+	Datum		values[1] = {Int64GetDatum(def->id)};
+	bool		isnull;
+	List	   *states = NIL;
+	ListCell   *lc;
+	MemoryContext outer = CurrentMemoryContext;
+
+	pe_catalog_begin(&acc);
+	/* (before 0.6.0 there are no aggregates) */
+	if (SPI_execute("SELECT pg_catalog.to_regclass('pipeline.aggregate') IS NOT NULL", true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not look for pipeline.aggregate");
+	if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
+	{
+		if (SPI_execute_with_args("SELECT state FROM pipeline.aggregate WHERE consumer_id OPERATOR(pg_catalog.=) $1 "
+								  "AND state IS NOT NULL",
+								  1, types, values, NULL, true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not read pipeline.aggregate");
+		for (uint64 r = 0; r < SPI_processed; r++)
+		{
+			Oid			rel = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1, &isnull));
+			MemoryContext spi = MemoryContextSwitchTo(outer);
+
+			states = lappend_oid(states, rel);
+			MemoryContextSwitchTo(spi);
+		}
+	}
+	pe_catalog_end(&acc);
+	foreach(lc, states)
+	{
+		Oid			rel = lfirst_oid(lc);
+
+		if (get_rel_name(rel) == NULL)
+			continue;
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		if (SPI_execute(psprintf("DROP TABLE %s", quote_qualified_identifier(get_namespace_name(get_rel_namespace(rel)),
+																		  get_rel_name(rel))),
+						false, 0) != SPI_OK_UTILITY)
+			elog(ERROR, "could not drop the state table of an aggregate");
+		SPI_finish();
+	}
 }

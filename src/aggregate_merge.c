@@ -108,7 +108,9 @@ pe_agg_batch_expr(StringInfo s, PeAggregate *a, int i, int ac, const char *valid
 	}
 	else if (strcmp(fn, "approx_count_distinct") == 0)
 	{
-		char	   *h = psprintf("%s.hll_add_agg(%s.hll_hash_any(m.c%d)) %s", a->hll_schema, a->hll_schema, ac, not_null);
+		/* the sketch's parameters given, not the session's hll_set_defaults(): every window's merge alike */
+		char	   *h = psprintf("%s.hll_add_agg(%s.hll_hash_any(m.c%d, 0), %d, 5, -1, 1) %s", a->hll_schema,
+								 a->hll_schema, ac, PE_AGG_HLL_LOG2M, not_null);
 
 		pe_agg_item(s, valid, psprintf("COALESCE(pg_catalog.round(%s.hll_cardinality(%s))::pg_catalog.int8, 0)",
 									   a->hll_schema, h));

@@ -30,6 +30,7 @@
 #include "utils/timestamp.h"
 
 #include "connection.h"
+#include "aggregate.h"
 #include "consumer.h"
 #include "datapath.h"
 #include "shmem.h"
@@ -444,6 +445,7 @@ pe_drop_consumer(PG_FUNCTION_ARGS)
 	 * their owner's, but belong to no consumer any more (ON DELETE SET
 	 * NULL), so that a new consumer of the same name cannot replay them.
 	 */
+	pe_aggregates_drop_state(def);
 	pe_consumer_exec("DELETE FROM pipeline.consumer WHERE name OPERATOR(pg_catalog.=) $1", name);
 	pe_wake_at_commit();
 	old = MemoryContextSwitchTo(TopMemoryContext);

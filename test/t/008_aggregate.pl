@@ -23,7 +23,8 @@ restart_after_crash = on
 });
 $node->start;
 
-sub sql { return $node->safe_psql('postgres', $_[0]); }
+# the test's own sessions show UTC (the database's default is another zone)
+sub sql { return $node->safe_psql('postgres', "SET TimeZone = 'UTC';\n" . $_[0]); }
 
 sub wait_for
 {
@@ -41,6 +42,10 @@ sub produce
 	                           'temp', g % 37)::text, g::text))
 	       FROM generate_series($from, $to) g});
 }
+
+# sessions here show times in another zone than UTC: what the workers emit
+# must not depend on it
+sql(q{ALTER DATABASE postgres SET TimeZone = 'Asia/Kolkata'});
 
 sql(qq{CREATE EXTENSION pipeline_ext;
        SELECT pipeline.create_connection('local', '$bs');
@@ -134,12 +139,20 @@ produce(1, 3000);
 sql(q{SELECT pipeline.produce('local', 'agg', '{"id": 99999, "device": "d1", "temp": 1}', '99999')});
 # nor one whose time is infinite: no window holds it
 sql(q{SELECT pipeline.produce('local', 'agg', '{"id": 99998, "device": "d1", "ts": "infinity", "temp": 1}', '99998')});
+# nor one so near the end of time that its windows' arithmetic would overflow
+sql(q{SELECT pipeline.produce('local', 'agg', '{"id": 99997, "device": "d1", "ts": "294276-12-31 23:59:00+00", "temp": 1}', '99997')});
+# nor one whose value a percentile (t-digest) cannot take
+sql(q{SELECT pipeline.produce('local', 'agg', '{"id": 99996, "device": "d1", "ts": "2026-01-01 00:00:01+00", "temp": "NaN"}', '99996')});
 wait_for(q{SELECT count(*) FROM readings}, '3000', 'the consumer applies 3,000 events');
-wait_for(q{SELECT count(*) FROM pipeline.dead_letters WHERE consumer = 'rd'}, '2',
+wait_for(q{SELECT count(*) FROM pipeline.dead_letters WHERE consumer = 'rd'}, '4',
 	'the events without a time, or with an infinite one, are dead letters');
 like(sql(q{SELECT string_agg(error, ' / ' ORDER BY "offset") FROM pipeline.dead_letters WHERE consumer = 'rd'}),
 	qr/aggregate "\w+": the event has no time.*aggregate "\w+": the event's time \(column "ts"\) is infinite/,
 	'... with the reasons');
+like(sql(q{SELECT error FROM pipeline.dead_letters WHERE consumer = 'rd' AND convert_from(value, 'UTF8') LIKE '%99997%'}),
+	qr/the event's time is too near the limits of the timestamp range/, '... and for a time at the end of the range');
+like(sql(q{SELECT error FROM pipeline.dead_letters WHERE consumer = 'rd' AND convert_from(value, 'UTF8') LIKE '%99996%'}),
+	qr/column "temp" is not a finite double precision, which a percentile needs/, '... or a percentile of NaN');
 check('3,000 events');
 is(sql(q{SELECT sum(count) FROM per_min}), '3000', 'each event counted once');
 
@@ -161,10 +174,10 @@ wait_for(q{SELECT count(*) FROM readings}, '30000', 'after the crash, all 30,000
 wait_for(q{SELECT sum(count) FROM per_min}, '30000', 'each counted once');
 check('after kill -9');
 
-# '$timestamp' as the time: the other consumer, started now, reads it all
+# '$timestamp' as the time: the other consumer, started now, reads it all (30,004: the events dead to the other consumer are fine here)
 sql(q{SELECT pipeline.start_consumer('rd_ts2')});
-wait_for(q{SELECT count(*) FROM readings_ts}, '30002', 'the consumer that keeps the timestamps has all events');
-wait_for(q{SELECT count(*) FROM readings_ts2}, '30002', 'the one whose aggregate reads $timestamp too');
+wait_for(q{SELECT count(*) FROM readings_ts}, '30004', 'the consumer that keeps the timestamps has all events');
+wait_for(q{SELECT count(*) FROM readings_ts2}, '30004', 'the one whose aggregate reads $timestamp too');
 wait_for(qq{SELECT ($kts_sql) = ($kts_want)}, 't', q{windows over '$timestamp' equal plain SQL over the Kafka timestamps});
 
 # what the emitting aggregates sent, as another client reads it; a round
@@ -183,7 +196,8 @@ sub load_topic
 }
 wait_for(q{SELECT coalesce(sum(backlog), 0) FROM pipeline.outbox_status}, '0', 'the relay published what the aggregates emitted');
 ok(load_topic('agg_updates') > 0, 'emit update: messages in the topic');
-is(sql(q{SELECT count(*) || ' windows, ' || count(*) FILTER (WHERE g.v IS DISTINCT FROM r.v) || ' differ'
+is(sql(q{SET TimeZone = 'UTC';
+         SELECT count(*) || ' windows, ' || count(*) FILTER (WHERE g.v IS DISTINCT FROM r.v) || ' differ'
            FROM (SELECT DISTINCT ON (k) k, v FROM got_agg_updates ORDER BY k, id DESC) g
            FULL JOIN (SELECT jsonb_build_object('window_start', window_start, 'window_end', window_end) AS k,
                              to_jsonb(e) AS v FROM emit_upd e) r ON r.k = g.k}),
@@ -193,7 +207,8 @@ ok(sql(q{SELECT count(*) FROM got_agg_updates}) > sql(q{SELECT count(*) FROM emi
 load_topic('agg_closed');
 is(sql(q{SELECT count(DISTINCT id) || '/' || count(DISTINCT k) FROM got_agg_closed}),
 	sql(q{SELECT count(*) || '/' || count(*) FROM emit_cls}), 'emit close: one message per closed window, once');
-is(sql(q{SELECT count(*) FROM (SELECT DISTINCT k, v FROM got_agg_closed) g
+is(sql(q{SET TimeZone = 'UTC';
+         SELECT count(*) FROM (SELECT DISTINCT k, v FROM got_agg_closed) g
            FULL JOIN (SELECT to_jsonb(e) - ARRAY['closed', 'count', 'mean', 'mean__sum', 'mean__count'] AS k,
                              to_jsonb(e) - ARRAY['mean__sum', 'mean__count'] AS v FROM emit_cls e) r ON r.k = g.k
           WHERE g.v IS DISTINCT FROM r.v}), '0', '... equal to the rows of the results table');
@@ -342,6 +357,10 @@ refused(q{'a1', 'rd', '1 minute', 'ts', ARRAY['count(*)'], emit_connection => 'l
 	'a connection without a topic');
 refused(q{'a1', 'rd', '1 minute', 'ts', ARRAY['count(*)'], emit_topic => 't', emit_connection => 'nope'}, qr/connection "nope" does not exist/,
 	'a connection that does not exist');
+refused(q{'a1', 'rd', '1 minute', 'ts', ARRAY['count(*)'], emit_topic => 'agg'}, qr/cannot go to topic "agg", which their consumer "rd" reads/,
+	'windows sent to the topic the consumer reads');
+refused(q{'a1', 'rd', '1 minute', 'ts', ARRAY['count(*) AS ' || repeat('n', 56)]}, qr/output name of aggregate .* is longer than 55 bytes/,
+	'an output name too long for its state columns');
 refused(q{'a1', 'rd', '1 minute', 'ts', ARRAY['count(*) AS n__sum']}, qr/needs another output name/,
 	'an output name with the state columns\' "__"');
 refused(q{'a1', 'rd', '1 month', 'ts', ARRAY['count(*)']}, qr/window of months or years is not supported/,
@@ -374,6 +393,12 @@ produce(50001, 50001);
 wait_for(q{SELECT last_error LIKE '%the results table of aggregate "per_min" was dropped%' FROM pipeline.consumers WHERE name = 'rd'},
 	't', 'a dropped results table stops the batches with an error that says so');
 is(sql(q{SELECT 1}), '1', 'the server is up');
+
+# a dropped consumer takes its aggregates and their state tables along; the
+# results tables stay
+sql(q{SELECT pipeline.drop_consumer('rd')});
+is(sql(q{SELECT count(*) FROM pipeline.aggregates WHERE consumer = 'rd'}) . '/' . sql(q{SELECT to_regclass('emit_cls_open') IS NULL})
+	. '/' . sql(q{SELECT to_regclass('emit_cls') IS NOT NULL}), '0/t/t', 'drop_consumer drops its aggregates and their state tables');
 
 $node->stop;
 done_testing();
