@@ -89,44 +89,13 @@ SQL
 # CPU-seconds so far of every process of the instance (the postmaster
 # collects those of exited children, once it has reaped them: a backend
 # whose psql just ended may not be yet, hence the pause)
-instance_cpu() {
-	local pm hz=$(getconf CLK_TCK)
-	sleep 0.3
-	pm=$(head -1 "$PE_SCRATCH_DATA/postmaster.pid")
-	{ awk '{print $14 + $15 + $16 + $17}' "/proc/$pm/stat"
-	  for c in $(pgrep -P "$pm"); do awk '{print $14 + $15}' "/proc/$c/stat" 2>/dev/null || true; done
-	} | awk -v hz="$hz" '{s += $1} END {printf "%.2f", s / hz}'
-}
 
 # Waits in one backend (a psql per poll would fork a backend each time and
 # count in the instance's CPU) until consumer C committed N messages.  The
 # start is the first batch's start, when its messages are in hand, which
 # is where the peer starts its own clock (its first message); the poller's
 # own CPU is left out of the instance's.
-psql_b <<'SQL'
-CREATE FUNCTION bench_wait(c text, n bigint, OUT first_batch_at timestamptz, OUT done_at timestamptz,
-                           OUT poller_cpu numeric)
-LANGUAGE plpgsql AS $$
-DECLARE
-  m bigint;
-  stat text[];
-BEGIN
-  LOOP
-    IF first_batch_at IS NULL THEN
-      PERFORM pg_catalog.pg_stat_clear_snapshot();
-      SELECT min(a.query_start) INTO first_batch_at
-        FROM pipeline._slots() s JOIN pg_catalog.pg_stat_activity a ON a.pid = s.pid
-       WHERE s.consumer = c AND a.query = 'applying a batch';
-    END IF;
-    SELECT coalesce(sum(messages), 0) INTO m FROM pipeline._slots() WHERE consumer = c;
-    EXIT WHEN m >= n;
-    PERFORM pg_catalog.pg_sleep(0.002);
-  END LOOP;
-  done_at := clock_timestamp();
-  stat := regexp_split_to_array(split_part(pg_read_file('/proc/' || pg_backend_pid() || '/stat'), ') ', 2), ' ');
-  poller_cpu := (stat[12]::numeric + stat[13]::numeric) / 100;   -- utime, stime (USER_HZ)
-END $$;
-SQL
+bench_wait_function
 
 # run_consumer NAME MODE TABLE PARALLELISM: seconds from the first batch to
 # all N committed, CPU-seconds of the instance from create_consumer on,
