@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Aggregate benchmark (not a test), on a scratch instance and the test
+# broker: what one continuous aggregate adds to ingest.  The reference data
+# (../shared/bench/gen_events.py: N keyed JSON events over 10,000 devices)
+# is consumed into a table three times per round: plain; with one aggregate
+# of five functions (count, sum, avg, min, max of temp) per device and day
+# (the events' times are one a second within one day: 10,000 groups, each
+# window and group about N / 10,000 events); and the same per device and
+# hour (3,600 events an hour over 10,000 devices: most events open a window
+# row of their own, the results table about as big as the input, the worst
+# shape).  Each case is timed from its first batch to all N applied;
+# upsert (the default mode, keyed by device) and append; ROUNDS interleaved
+# rounds, medians printed, and the ratios with / without (target: at least
+# 70 % with 10,000 groups).
+#
+#   sudo bash bench/aggregate.sh                N = 300,000, 3 rounds
+#   N=1000000 PARTS=40 sudo -E bash bench/aggregate.sh
+set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/../test/setup.sh"
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+N=${N:-300000}
+PARTS=${PARTS:-20}          # the test broker keeps about 5 MB per partition
+ROUNDS=${ROUNDS:-3}
+REF=${REF:-$PE_ROOT/../shared/bench}
+[ -x "$REF/gen_events.py" ] || { echo "the reference inputs are not in $REF (set REF)" >&2; exit 1; }
+
+pe_setup
+BENCH=${PE_BENCH_DIR:-/tmp/pipeline_ext-bench-aggregate}
+pe_workdir "$BENCH"
+PORT=${PE_BENCH_PORT:-55437}
+PE_EXTRA_CONF="shared_buffers = 512MB
+max_wal_size = 4GB
+max_worker_processes = 16
+pipeline_ext.default_parallelism = 1
+unix_socket_directories = '$BENCH'"
+pe_scratch "$BENCH" "$PORT" --brokers 1 --topic events:$PARTS
+psql_b() { pe_as_user psql -X -q -v ON_ERROR_STOP=1 -h "$BENCH" -p "$PORT" -U postgres -d bench "$@"; }
+pe_as_user psql -X -q -h "$BENCH" -p "$PORT" -U postgres -d postgres -c "CREATE DATABASE bench"
+
+echo "== generating $N events (gen_events.py) and loading them"
+cp "$REF/gen_events.py" "$BENCH/"
+pe_as_user /usr/bin/python3 "$BENCH/gen_events.py" "$N" 10000 "$BENCH/events.txt"
+bench_load "$BENCH/events.txt" events "$PARTS" "$N"
+psql_b -c "CREATE EXTENSION pipeline_ext; SELECT pipeline.create_connection('bench', '$BOOTSTRAP')" >/dev/null
+bench_wait_function
+
+COLS="device text PRIMARY KEY, id bigint NOT NULL, ts timestamptz NOT NULL, temp double precision, note text"
+ACOLS="device text, id bigint NOT NULL, ts timestamptz NOT NULL, temp double precision, note text"
+: >"$BENCH/results"
+# case NAME MODE WINDOW ROUND: msgs/s into results (WINDOW '' for none)
+run_case() {
+	local name=$1 mode=$2 win=$3 r=$4 t=${1}_$4 out first end
+	if [ "$mode" = upsert ]; then psql_b -c "CREATE TABLE $t ($COLS) WITH (autovacuum_enabled = off)"
+	else psql_b -c "CREATE TABLE $t ($ACOLS) WITH (autovacuum_enabled = off)"; fi
+	psql_b -c "SELECT pipeline.create_consumer('$t', 'bench', 'events', '$t', mode => '$mode', start => false)" >/dev/null
+	# the events' times wrap every 86,400 (one a second): a day of lateness keeps every window open
+	[ -n "$win" ] && psql_b -c "SELECT pipeline.create_aggregate('${t}_agg', '$t', '$win', 'ts',
+	    ARRAY['count(*)', 'sum(temp)', 'avg(temp)', 'min(temp)', 'max(temp)'], ARRAY['device'], lateness => '1 day')" >/dev/null
+	psql_b -c "SELECT pipeline.start_consumer('$t')" >/dev/null
+	out=$(psql_b -At -F' ' -c "SELECT extract(epoch FROM first_batch_at), extract(epoch FROM done_at) FROM bench_wait('$t', $N)")
+	read -r first end _ <<<"$out"
+	psql_b -c "SELECT pipeline.stop_consumer('$t')" >/dev/null
+	echo "$name $(echo "scale=0; $N / ($end - $first)" | bc)" >>"$BENCH/results"
+	if [ -n "$win" ]; then
+		psql_b -At -c "SELECT '   ' || name || ': ' || (SELECT count(*) FROM ${t}_agg) || ' window rows, '
+		                      || (SELECT sum(count) FROM ${t}_agg) || ' events counted, ' || round(batch_ms::numeric, 1)
+		                      || ' ms added to the last batch'
+		                 FROM pipeline.aggregates WHERE name = '${t}_agg'"
+		[ "$(psql_b -At -c "SELECT sum(count) FROM ${t}_agg")" = "$N" ] || { echo "the aggregate did not count $N events" >&2; exit 1; }
+	fi
+}
+for r in $(seq "$ROUNDS"); do
+	echo "== round $r of $ROUNDS"
+	for m in upsert append; do
+		run_case "$m" "$m" '' "$r"
+		run_case "${m}_day" "$m" '1 day' "$r"
+		run_case "${m}_hour" "$m" '1 hour' "$r"
+	done
+done
+
+median() { awk -v k="$1" '$1 == k {print $2}' "$BENCH/results" | sort -n | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
+echo
+echo "== $N events, 10,000 devices, $PARTS partitions, 1 slot; medians of $ROUNDS rounds (msgs/s)"
+for m in upsert append; do
+	plain=$(median "$m"); day=$(median "${m}_day"); hour=$(median "${m}_hour")
+	printf '%-7s without aggregate %8d | per device and day (10,000 groups) %8d: %3d %% (target >= 70 %%) | per device and hour %8d: %3d %%\n' \
+		"$m" "$plain" "$day" "$(echo "scale=0; 100 * $day / $plain" | bc)" "$hour" "$(echo "scale=0; 100 * $hour / $plain" | bc)"
+done
