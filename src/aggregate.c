@@ -317,6 +317,16 @@ pe_agg_as_owner(PeTarget *t, const char *sql, int nargs, Oid *types, Datum *valu
 	 */
 	(void) set_config_option("TimeZone", "UTC", PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
 	(void) set_config_option("extra_float_digits", "1", PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+
+	/*
+	 * Planned afresh each batch, over arrays whose sizes the planner does
+	 * not know: its estimates are high, and JIT compiling took longer than
+	 * the statement (0.5 s of a 0.7 s merge of 50,000 events).  A batch's
+	 * groups sort and hash in memory up to 16 MB.
+	 */
+	(void) set_config_option("jit", "off", PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	if (work_mem < 16 * 1024)
+		(void) set_config_option("work_mem", "16MB", PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
 	GetUserIdAndSecContext(&save_userid, &save_sec);
 	SetUserIdAndSecContext(t->def->owner, save_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
 	rc = SPI_execute_with_args(sql, nargs, types, values, nulls, false, 0);
@@ -352,7 +362,7 @@ pe_aggregates_screen(List *aggs, PeTarget *t, PeMessage *msgs, PeRow *rows, int 
 		int			kept = 0;
 
 		/* room for the arithmetic of its windows: back a window, on a window and the lateness */
-		int64		lo = MIN_TIMESTAMP + a->size_us + a->slide_us;
+		int64		lo = MIN_TIMESTAMP + a->size_us + a->slide_us + a->lateness_us;
 		int64		hi = END_TIMESTAMP - a->size_us - a->slide_us - a->lateness_us;
 		int		   *pct = palloc(sizeof(int) * Max(a->naggs, 1));
 		int			npct = 0;
@@ -711,7 +721,7 @@ pe_aggregates_update(List *aggs, PeTarget *t, PeMessage *msgs, int n, PeRow *row
 		/* old events replayed do not move the watermark nor what was counted */
 		if (nbp > 0 && !replay)
 			pe_agg_advance(a, t, bp, bl, bo, bt, bt_null, nbp, npart, started);
-		if (a->emitted > 0)
+		if (a->emitted > 0 || a->opened != 0)
 			pe_agg_note_emitted(a);
 	}
 }

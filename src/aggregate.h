@@ -53,6 +53,7 @@ typedef struct PeAggregate
 	char	   *emit_connection;	/* and emit_topic: NULL without a topic */
 	char	   *emit_topic;
 	uint64		emitted;		/* rows emitted in this batch */
+	int64		opened;			/* windows it opened, not yet in open_windows */
 	bool	   *has_valid_from; /* of each function: added by alter_aggregate */
 	int64	   *valid_from;		/* ... complete in windows starting here on */
 	int32		revision;
@@ -80,8 +81,8 @@ extern Datum pe_agg_interval(int64 us);
 extern int	pe_agg_as_owner(PeTarget *t, const char *sql, int nargs, Oid *types, Datum *values, const char *nulls);
 extern void pe_agg_merge(PeAggregate *a, PeTarget *t, PeRow *rows, const Datum *times, const int *take, int ntake,
 						 const int *cols, int ncols);
-extern char *pe_agg_emit_wrap(PeAggregate *a, const char *ctes, const char *sql);
-extern void pe_agg_emitted(PeAggregate *a, PeTarget *t);
+extern char *pe_agg_emit_wrap(PeAggregate *a, const char *ctes, const char *sql, bool emits);
+extern uint64 pe_agg_emitted(PeAggregate *a, PeTarget *t, bool emits, uint64 *inserted);
 extern void pe_agg_note_emitted(PeAggregate *a);
 extern void pe_agg_advance(PeAggregate *a, PeTarget *t, int32 *bp, int64 *bl, int64 *bo, Datum *bt, bool *bt_null,
 						   int nbp, int npart, TimestampTz started);

@@ -588,8 +588,9 @@ pe_create_aggregate(PG_FUNCTION_ARGS)
 	if (SPI_execute(sql.data, false, 0) != SPI_OK_UTILITY)
 		elog(ERROR, "could not create the results table");
 	resetStringInfo(&sql);
+	/* room on each page for a window's next version: its updates stay HOT (no index changes) */
 	appendStringInfo(&sql, "ALTER TABLE %s.%s ALTER window_start SET NOT NULL, ALTER window_end SET NOT NULL, "
-					 "ALTER closed SET NOT NULL, ALTER closed SET DEFAULT false",
+					 "ALTER closed SET NOT NULL, ALTER closed SET DEFAULT false, SET (fillfactor = 70)",
 					 quote_identifier(schema), quote_identifier(results));
 	if (SPI_execute(sql.data, false, 0) != SPI_OK_UTILITY)
 		elog(ERROR, "could not alter the results table");

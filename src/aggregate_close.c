@@ -38,8 +38,6 @@ pe_agg_advance(PeAggregate *a, PeTarget *t, int32 *bp, int64 *bl, int64 *bo, Dat
 			   int npart, TimestampTz started)
 {
 	uint64		closed = 0;
-	int64		open = 0;
-	bool		isnull_open;
 	PeCatalogAccess acc;
 	Oid			otypes[5] = {TEXTOID, INT4ARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID, INT8ARRAYOID};
 	Datum		ovalues[5];
@@ -101,7 +99,7 @@ pe_agg_advance(PeAggregate *a, PeTarget *t, int32 *bp, int64 *bl, int64 *bo, Dat
 	/*
 	 * The windows it passed: closed, as the consumer's owner (it owns
 	 * them), and emitted; with emit 'close', moved from the state table
-	 * into the results.  Then how many stay open.
+	 * into the results.
 	 */
 	{
 		Oid			ctypes[2] = {TIMESTAMPTZOID, INTERVALOID};
@@ -116,28 +114,27 @@ pe_agg_advance(PeAggregate *a, PeTarget *t, int32 *bp, int64 *bl, int64 *bo, Dat
 		cvalues[1] = pe_agg_interval(a->lateness_us);
 		if (!isnull)
 		{
-			const char *passed = "window_end OPERATOR(pg_catalog.+) $2 OPERATOR(pg_catalog.<=) $1";
+			/* (the open windows' partial index on window_end finds them) */
+			const char *passed = "window_end OPERATOR(pg_catalog.<=) ($1 OPERATOR(pg_catalog.-) $2)";
 			char	   *sql;
+			uint64		inserted;
 
 			if (a->emit_close)
 			{
 				const char *cols = pe_agg_columns(a);
 
 				sql = pe_agg_emit_wrap(a, psprintf("c AS (DELETE FROM %s WHERE %s RETURNING *)", open_in, passed),
-									   psprintf("INSERT INTO %s AS r (%s, closed) SELECT %s, true FROM c", res, cols, cols));
+									   psprintf("INSERT INTO %s AS r (%s, closed) SELECT %s, true FROM c", res, cols, cols),
+									   true);
 			}
 			else
-				sql = pe_agg_emit_wrap(a, NULL, psprintf("UPDATE %s AS r SET closed = true WHERE NOT closed AND %s", res, passed));
+				sql = pe_agg_emit_wrap(a, NULL, psprintf("UPDATE %s AS r SET closed = true WHERE NOT closed AND %s", res, passed),
+									   true);
 			rc = pe_agg_as_owner(t, sql, 2, ctypes, cvalues, NULL);
-			if (rc != SPI_OK_UPDATE && rc != SPI_OK_INSERT && rc != SPI_OK_SELECT)
+			if (rc != SPI_OK_SELECT)
 				elog(ERROR, "could not close the windows of aggregate \"%s\"", a->name);
-			closed = SPI_processed;
-			pe_agg_emitted(a, t);
+			closed = pe_agg_emitted(a, t, true, &inserted);
 		}
-		if (pe_agg_as_owner(t, psprintf("SELECT pg_catalog.count(*) FROM %s WHERE NOT closed", open_in),
-							0, NULL, NULL, NULL) != SPI_OK_SELECT)
-			elog(ERROR, "could not count the open windows of aggregate \"%s\"", a->name);
-		open = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull_open));
 	}
 
 	/* the watermark and the figures */
@@ -151,11 +148,13 @@ pe_agg_advance(PeAggregate *a, PeTarget *t, int32 *bp, int64 *bl, int64 *bo, Dat
 		if (isnull)
 			unulls[1] = 'n';
 		uvalues[2] = Int64GetDatum(closed);
-		uvalues[3] = Int64GetDatum(open);
+		uvalues[3] = Int64GetDatum(a->opened - (int64) closed);	/* the windows opened, less those closed */
+		a->opened = 0;
 		uvalues[4] = Float8GetDatum((double) (GetCurrentTimestamp() - started) / 1000.0);
 		pe_catalog_begin(&acc);
 		if (SPI_execute_with_args("UPDATE pipeline.aggregate SET watermark = $2, "
-								  "windows_closed = windows_closed OPERATOR(pg_catalog.+) $3, open_windows = $4, "
+								  "windows_closed = windows_closed OPERATOR(pg_catalog.+) $3, "
+								  "open_windows = open_windows OPERATOR(pg_catalog.+) $4, "
 								  "last_batch_at = pg_catalog.now(), batch_ms = $5 WHERE name OPERATOR(pg_catalog.=) $1",
 								  5, utypes, uvalues, unulls, false, 0) != SPI_OK_UPDATE)
 			elog(ERROR, "could not update aggregate \"%s\"", a->name);

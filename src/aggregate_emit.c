@@ -29,20 +29,16 @@
 #include "connection.h"
 #include "relay.h"
 
-/* A text[] literal of the state columns, and of the value columns if all. */
+/* A text[] literal of the columns a message leaves out: the state ones, and the value ones too for its key. */
 static char *
 pe_agg_emit_drop(PeAggregate *a, bool value_columns)
 {
 	StringInfoData s;
-	bool		any = false;
 
 	initStringInfo(&s);
-	appendStringInfoString(&s, "ARRAY[");
+	appendStringInfoString(&s, "ARRAY['pe_inserted'");
 	if (value_columns)
-	{
-		appendStringInfoString(&s, "'closed'");
-		any = true;
-	}
+		appendStringInfoString(&s, ", 'closed'");
 	for (int i = 0; i < a->naggs; i++)
 	{
 		const char *suffixes[2];
@@ -52,40 +48,46 @@ pe_agg_emit_drop(PeAggregate *a, bool value_columns)
 			appendStringInfo(&s, ", %s", quote_literal_cstr(a->outs[i]));
 		for (int k = 0; k < n; k++)
 		{
-			appendStringInfo(&s, "%s%s", any ? ", " : "",
-							 quote_literal_cstr(psprintf("%s__%s", a->outs[i], suffixes[k])));
-			any = true;
+			appendStringInfo(&s, ", %s", quote_literal_cstr(psprintf("%s__%s", a->outs[i], suffixes[k])));
 		}
 	}
 	appendStringInfoString(&s, "]::pg_catalog.text[]");
-	return any ? s.data : "'{}'::pg_catalog.text[]";
+	return s.data;
 }
 
 /*
  * A statement that writes rows of the results or state table (as r), after
- * common table expressions ctes (or NULL), made to return what they emit:
- * with a topic, each row's key and value (bytea); without, the rows'
- * count is all that is used.
+ * common table expressions ctes (or NULL), made to return what it did:
+ * when its rows are emitted to a topic, each row's key and value (bytea)
+ * and whether it is a new window; otherwise one row, how many rows it
+ * wrote and how many of them are new windows.  (A row an INSERT ... ON
+ * CONFLICT inserted has no xmax; one it updated has the locker's.)
  */
 char *
-pe_agg_emit_wrap(PeAggregate *a, const char *ctes, const char *sql)
+pe_agg_emit_wrap(PeAggregate *a, const char *ctes, const char *sql, bool emits)
 {
-	if (a->emit_topic == NULL)
-		return ctes ? psprintf("WITH %s %s", ctes, sql) : pstrdup(sql);
-	return psprintf("WITH %s%sm AS (%s RETURNING r.*) "
+	const char *with = ctes ? psprintf("WITH %s, ", ctes) : "WITH ";
+	const char *inserted = "(r.xmax OPERATOR(pg_catalog.=) '0'::pg_catalog.xid) AS pe_inserted";
+
+	if (!emits || a->emit_topic == NULL)
+		return psprintf("%sm AS (%s RETURNING %s) "
+						"SELECT pg_catalog.count(*), pg_catalog.count(*) FILTER (WHERE m.pe_inserted) FROM m",
+						with, sql, inserted);
+	return psprintf("%sm AS (%s RETURNING r.*, %s) "
 					"SELECT pg_catalog.convert_to((pg_catalog.to_jsonb(m) OPERATOR(pg_catalog.-) %s)::pg_catalog.text, 'UTF8'), "
-					"pg_catalog.convert_to((pg_catalog.to_jsonb(m) OPERATOR(pg_catalog.-) %s)::pg_catalog.text, 'UTF8') "
-					"FROM m ORDER BY m.window_start, m.window_end",
-					ctes ? ctes : "", ctes ? ", " : "", sql, pe_agg_emit_drop(a, true), pe_agg_emit_drop(a, false));
+					"pg_catalog.convert_to((pg_catalog.to_jsonb(m) OPERATOR(pg_catalog.-) %s)::pg_catalog.text, 'UTF8'), "
+					"m.pe_inserted FROM m ORDER BY m.window_start, m.window_end",
+					with, sql, inserted, pe_agg_emit_drop(a, true), pe_agg_emit_drop(a, false));
 }
 
 /*
- * After such a statement (its result in SPI_processed, SPI_tuptable):
- * count the rows, and with a topic write their messages into the outbox
- * for the consumer's owner, who must still be allowed the connection.
+ * After such a statement (its result in SPI_tuptable): the rows it wrote,
+ * and how many are new windows (*inserted).  When they are emitted, they
+ * count as emitted, and with a topic their messages go into the outbox for
+ * the consumer's owner, who must still be allowed the connection.
  */
-void
-pe_agg_emitted(PeAggregate *a, PeTarget *t)
+uint64
+pe_agg_emitted(PeAggregate *a, PeTarget *t, bool emits, uint64 *inserted)
 {
 	uint64		n = SPI_processed;
 	SPITupleTable *tt = SPI_tuptable;
@@ -96,10 +98,20 @@ pe_agg_emitted(PeAggregate *a, PeTarget *t)
 	int			dims[1];
 	int			lbs[1] = {1};
 	PeConnection *conn;
+	bool		isnull;
 
+	*inserted = 0;
+	if (!emits || a->emit_topic == NULL)
+	{
+		n = DatumGetInt64(SPI_getbinval(tt->vals[0], tt->tupdesc, 1, &isnull));
+		*inserted = DatumGetInt64(SPI_getbinval(tt->vals[0], tt->tupdesc, 2, &isnull));
+		if (emits)
+			a->emitted += n;
+		return n;
+	}
 	a->emitted += n;
-	if (a->emit_topic == NULL || n == 0)
-		return;
+	if (n == 0)
+		return 0;
 	conn = pe_connection_lookup(a->emit_connection, true);
 	if (conn == NULL)
 		ereport(ERROR,
@@ -119,28 +131,35 @@ pe_agg_emitted(PeAggregate *a, PeTarget *t)
 	{
 		k[r] = SPI_getbinval(tt->vals[r], tt->tupdesc, 1, &kn[r]);
 		v[r] = SPI_getbinval(tt->vals[r], tt->tupdesc, 2, &vn[r]);
+		if (DatumGetBool(SPI_getbinval(tt->vals[r], tt->tupdesc, 3, &isnull)))
+			(*inserted)++;
 	}
 	dims[0] = (int) n;
 	pe_outbox_insert_many(a->emit_connection, a->emit_topic, t->def->owner,
 						  PointerGetDatum(construct_md_array(k, kn, 1, dims, lbs, BYTEAOID, -1, false, TYPALIGN_INT)),
 						  PointerGetDatum(construct_md_array(v, vn, 1, dims, lbs, BYTEAOID, -1, false, TYPALIGN_INT)));
+	return n;
 }
 
-/* The batch emitted: the aggregate's figures. */
+/* The batch emitted, or opened windows: the aggregate's figures. */
 void
 pe_agg_note_emitted(PeAggregate *a)
 {
 	PeCatalogAccess acc;
-	Oid			types[2] = {TEXTOID, INT8OID};
-	Datum		values[2];
+	Oid			types[3] = {TEXTOID, INT8OID, INT8OID};
+	Datum		values[3];
 
 	values[0] = CStringGetTextDatum(a->name);
 	values[1] = Int64GetDatum((int64) a->emitted);
+	values[2] = Int64GetDatum(a->opened);
 	pe_catalog_begin(&acc);
 	if (SPI_execute_with_args("UPDATE pipeline.aggregate SET emitted = emitted OPERATOR(pg_catalog.+) $2, "
-							  "last_emit_at = pg_catalog.now() WHERE name OPERATOR(pg_catalog.=) $1",
-							  2, types, values, NULL, false, 0) != SPI_OK_UPDATE)
+							  "last_emit_at = CASE WHEN $2 OPERATOR(pg_catalog.>) 0 THEN pg_catalog.now() ELSE last_emit_at END, "
+							  "open_windows = open_windows OPERATOR(pg_catalog.+) $3 "
+							  "WHERE name OPERATOR(pg_catalog.=) $1",
+							  3, types, values, NULL, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "could not update aggregate \"%s\"", a->name);
 	pe_catalog_end(&acc);
 	a->emitted = 0;
+	a->opened = 0;
 }

@@ -192,11 +192,14 @@ pe_agg_merge_expr(StringInfo s, PeAggregate *a, int i, const char *valid)
 		char	   *merged_cnt = psprintf("r.%s OPERATOR(pg_catalog.+) EXCLUDED.%s", cnt, cnt);
 		Oid			avg_type = get_atttype(a->results, get_attnum(a->results, a->outs[i]));
 
+		/* as avg() divides: in double precision for floats (sum in it), in numeric otherwise */
+		const char *div = avg_type == FLOAT8OID ? "pg_catalog.float8" : "pg_catalog.numeric";
+
 		pe_agg_set(s, valid, sum, merged_sum);
 		pe_agg_set(s, valid, cnt, merged_cnt);
 		pe_agg_set(s, valid, o, psprintf("CASE WHEN %s OPERATOR(pg_catalog.>) 0 THEN "
-										 "((%s)::pg_catalog.numeric OPERATOR(pg_catalog./) (%s)::pg_catalog.numeric)::%s END",
-										 merged_cnt, merged_sum, merged_cnt, format_type_be_qualified(avg_type)));
+										 "((%s)::%s OPERATOR(pg_catalog./) (%s)::%s)::%s END",
+										 merged_cnt, merged_sum, div, merged_cnt, div, format_type_be_qualified(avg_type)));
 	}
 }
 
@@ -245,24 +248,25 @@ pe_agg_sql(PeAggregate *a, PeTarget *t, const int *cols, int ncols, Oid time_typ
 	for (int c = 0; c < ncols; c++)
 		appendStringInfo(&s, "c%d, ", c);
 	appendStringInfoString(&s, "o)) AS m");
-	/* every window that holds the event: the last one to start, and those before it */
-	appendStringInfo(&s, " CROSS JOIN LATERAL (SELECT x AS s FROM pg_catalog.generate_series(%s OPERATOR(pg_catalog.-) $%d, %s, $%d) AS x "
-					 "WHERE x OPERATOR(pg_catalog.+) $%d OPERATOR(pg_catalog.>) m.c0 "
-					 /* and is still open: a closed window stays as it closed */
-					 "AND ($%d IS NULL OR x OPERATOR(pg_catalog.+) $%d OPERATOR(pg_catalog.+) $%d OPERATOR(pg_catalog.>) $%d)"
-					 ") AS w GROUP BY w.s",
-					 bin, ncols + 4, bin, ncols + 2, ncols + 1, ncols + 5, ncols + 1, ncols + 6, ncols + 5);
+	if (a->size_us == a->slide_us)
+		/* a tumbling window: the one that holds the event (open: aggregate.c kept the late ones out) */
+		appendStringInfo(&s, " CROSS JOIN LATERAL (SELECT %s AS s) AS w GROUP BY w.s", bin);
+	else
+		/* every window that holds the event: the last one to start, and those before it */
+		appendStringInfo(&s, " CROSS JOIN LATERAL (SELECT x AS s FROM pg_catalog.generate_series(%s OPERATOR(pg_catalog.-) $%d, %s, $%d) AS x "
+						 "WHERE x OPERATOR(pg_catalog.+) $%d OPERATOR(pg_catalog.>) m.c0 "
+						 /* and is still open: a closed window stays as it closed */
+						 "AND ($%d IS NULL OR x OPERATOR(pg_catalog.+) $%d OPERATOR(pg_catalog.+) $%d OPERATOR(pg_catalog.>) $%d)"
+						 ") AS w GROUP BY w.s",
+						 bin, ncols + 4, bin, ncols + 2, ncols + 1, ncols + 5, ncols + 1, ncols + 6, ncols + 5);
 	for (int i = 0; i < a->ngroups; i++)
 		appendStringInfo(&s, ", m.c%d", i + 1);
-	/* rows in one order, so that two slots lock the same windows alike */
-	appendStringInfoString(&s, " ORDER BY w.s");
-	for (int i = 0; i < a->ngroups; i++)
-		appendStringInfo(&s, ", m.c%d", i + 1);
+	/* (no order needed: a batch holds the aggregate's row lock, pe_agg_lock()) */
 	appendStringInfo(&s, " ON CONFLICT (window_start%s) DO UPDATE SET ", g.data);
 	for (int i = 0; i < a->naggs; i++)
 		pe_agg_merge_expr(&s, a, i, pe_agg_valid_from(a, i, time_type));
 	/* each change of a window is emitted, with emit 'update' */
-	return a->emit_close ? s.data : pe_agg_emit_wrap(a, NULL, s.data);
+	return pe_agg_emit_wrap(a, NULL, s.data, !a->emit_close);
 }
 
 /*
@@ -285,6 +289,7 @@ pe_agg_merge(PeAggregate *a, PeTarget *t, PeRow *rows, const Datum *times, const
 	char	   *sql = pe_agg_sql(a, t, cols, ncols, time_type);
 	char	   *nulls = palloc(nargs + 1);
 	int			rc;
+	uint64		inserted;
 
 	/* the times: a column's, or the messages' timestamps */
 	for (int i = 0; i < ntake; i++)
@@ -325,8 +330,8 @@ pe_agg_merge(PeAggregate *a, PeTarget *t, PeRow *rows, const Datum *times, const
 	if (!a->has_wm)
 		nulls[ncols + 4] = 'n';
 	rc = pe_agg_as_owner(t, sql, nargs, types, values, nulls);
-	if (rc != SPI_OK_INSERT && rc != SPI_OK_SELECT)
+	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "could not update aggregate \"%s\"", a->name);
-	if (!a->emit_close)
-		pe_agg_emitted(a, t);
+	(void) pe_agg_emitted(a, t, !a->emit_close, &inserted);
+	a->opened += (int64) inserted;
 }
