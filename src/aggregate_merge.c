@@ -203,6 +203,44 @@ pe_agg_merge_expr(StringInfo s, PeAggregate *a, int i, const char *valid)
 	}
 }
 
+/*
+ * The batch's events as rows: c0 the time, c1.. the groups, then the
+ * arguments (the columns cols, values in the statement's parameters $1..),
+ * each with its collation as the table compares it (unnest gives the
+ * type's default), and o the order the messages came in (first, last).
+ */
+static void
+pe_agg_events(StringInfo s, PeTarget *t, const int *cols, int ncols)
+{
+	appendStringInfoString(s, "(SELECT ");
+	for (int c = 0; c < ncols; c++)
+	{
+		Oid			coll = cols[c] >= 0 ? t->cols[cols[c]].collation : InvalidOid;
+
+		if (OidIsValid(coll) && coll != DEFAULT_COLLATION_OID)
+			appendStringInfo(s, "u.c%d COLLATE %s AS c%d, ", c, generate_collation_name(coll), c);
+		else
+			appendStringInfo(s, "u.c%d, ", c);
+	}
+	appendStringInfoString(s, "u.o FROM ROWS FROM (");
+	for (int c = 0; c < ncols; c++)
+		appendStringInfo(s, "%spg_catalog.unnest($%d)", c ? ", " : "", c + 1);
+	appendStringInfoString(s, ") WITH ORDINALITY AS u(");
+	for (int c = 0; c < ncols; c++)
+		appendStringInfo(s, "c%d, ", c);
+	appendStringInfoString(s, "o))");
+}
+
+/* Which of the event columns (c<n>) aggregate i reads; -1 for count(*). */
+static int
+pe_agg_arg(PeAggregate *a, int i, PeTarget *t, const int *cols, int ncols)
+{
+	for (int c = 0; c < ncols; c++)
+		if (cols[c] >= 0 && strcmp(a->args[i], "*") != 0 && strcmp(t->cols[cols[c]].name, a->args[i]) == 0)
+			return c;
+	return -1;
+}
+
 /* The statement that merges a batch's events into the results. */
 static char *
 pe_agg_sql(PeAggregate *a, PeTarget *t, const int *cols, int ncols, Oid time_type)
@@ -221,33 +259,10 @@ pe_agg_sql(PeAggregate *a, PeTarget *t, const int *cols, int ncols, Oid time_typ
 	for (int i = 0; i < a->ngroups; i++)
 		appendStringInfo(&s, ", m.c%d", i + 1);
 	for (int i = 0; i < a->naggs; i++)
-	{
-		int			ac = -1;
-
-		for (int c = 0; c < ncols; c++)
-			if (cols[c] >= 0 && strcmp(a->args[i], "*") != 0 && strcmp(t->cols[cols[c]].name, a->args[i]) == 0)
-				ac = c;
-		pe_agg_batch_expr(&s, a, i, ac, pe_agg_valid_from(a, i, time_type));
-	}
-	/* each column with its collation, as the table compares it (unnest gives the type's default) */
-	appendStringInfoString(&s, " FROM (SELECT ");
-	for (int c = 0; c < ncols; c++)
-	{
-		Oid			coll = cols[c] >= 0 ? t->cols[cols[c]].collation : InvalidOid;
-
-		if (OidIsValid(coll) && coll != DEFAULT_COLLATION_OID)
-			appendStringInfo(&s, "u.c%d COLLATE %s AS c%d, ", c, generate_collation_name(coll), c);
-		else
-			appendStringInfo(&s, "u.c%d, ", c);
-	}
-	appendStringInfoString(&s, "u.o FROM ROWS FROM (");
-	for (int c = 0; c < ncols; c++)
-		appendStringInfo(&s, "%spg_catalog.unnest($%d)", c ? ", " : "", c + 1);
-	/* the ordinal: the order the messages came in, for first and last */
-	appendStringInfoString(&s, ") WITH ORDINALITY AS u(");
-	for (int c = 0; c < ncols; c++)
-		appendStringInfo(&s, "c%d, ", c);
-	appendStringInfoString(&s, "o)) AS m");
+		pe_agg_batch_expr(&s, a, i, pe_agg_arg(a, i, t, cols, ncols), pe_agg_valid_from(a, i, time_type));
+	appendStringInfoString(&s, " FROM ");
+	pe_agg_events(&s, t, cols, ncols);
+	appendStringInfoString(&s, " AS m");
 	if (a->size_us == a->slide_us)
 		/* a tumbling window: the one that holds the event (open: aggregate.c kept the late ones out) */
 		appendStringInfo(&s, " CROSS JOIN LATERAL (SELECT %s AS s) AS w GROUP BY w.s", bin);
