@@ -11,7 +11,8 @@ CREATE TABLE @extschema@.aggregate (
     consumer      text NOT NULL REFERENCES @extschema@.consumer (name) ON DELETE CASCADE,
     consumer_id   bigint NOT NULL,
     results       regclass NOT NULL,
-    window_kind   text NOT NULL CHECK (window_kind IN ('tumbling', 'hopping')),
+    -- a session window's size is its gap (slide, origin unused)
+    window_kind   text NOT NULL CHECK (window_kind IN ('tumbling', 'hopping', 'session')),
     size          interval NOT NULL,
     slide         interval NOT NULL,
     origin        timestamptz NOT NULL,
@@ -108,7 +109,8 @@ CREATE FUNCTION @extschema@.create_aggregate(
     idle_timeout  interval DEFAULT '1 minute',
     emit          text DEFAULT 'update',
     emit_topic    text DEFAULT NULL,
-    emit_connection text DEFAULT NULL)
+    emit_connection text DEFAULT NULL,
+    kind          text DEFAULT NULL)
 RETURNS regclass
 LANGUAGE C CALLED ON NULL INPUT VOLATILE
 AS 'MODULE_PATHNAME', 'pe_create_aggregate';

@@ -123,7 +123,7 @@ pe_aggregates_of(PeConsumerDef *def)
 	pe_catalog_begin(&acc);
 	if (SPI_execute_with_args("SELECT name, results, size, slide, origin, time_column, group_by, functions, "
 							  "arguments, outputs, lateness, watermark, fractions, emit, state, emit_connection, emit_topic, valid_from, "
-							  "revision FROM pipeline.aggregate WHERE consumer_id OPERATOR(pg_catalog.=) $1 ORDER BY name",
+							  "revision, window_kind FROM pipeline.aggregate WHERE consumer_id OPERATOR(pg_catalog.=) $1 ORDER BY name",
 							  1, types, values, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read pipeline.aggregate");
 	for (uint64 r = 0; r < SPI_processed; r++)
@@ -184,6 +184,7 @@ pe_aggregates_of(PeConsumerDef *def)
 			}
 		}
 		a->revision = DatumGetInt32(SPI_getbinval(tup, desc, 19, &isnull));
+		a->session = strcmp(SPI_getvalue(tup, desc, 20), "session") == 0;
 		for (int i = 0; i < a->naggs; i++)
 		{
 			const char **schema = strcmp(a->fns[i], "approx_count_distinct") == 0 ? &a->hll_schema
@@ -479,6 +480,9 @@ pe_agg_first_end(PeAggregate *a, int64 t)
 {
 	int64		s = pe_agg_bin(t, a->slide_us, a->origin);
 
+	if (a->session)
+		return t + a->size_us;	/* the session it would open */
+
 	while (s - a->slide_us + a->size_us > t)
 		s -= a->slide_us;
 	return s + a->size_us;
@@ -665,7 +669,7 @@ pe_aggregates_update(List *aggs, PeTarget *t, PeMessage *msgs, int n, PeRow *row
 			{
 				int64		t = DatumGetInt64(times[r]);
 				int64		first_end = pe_agg_first_end(a, t);
-				int64		last_end = pe_agg_bin(t, a->slide_us, a->origin) + a->size_us;
+				int64		last_end = a->session ? first_end : pe_agg_bin(t, a->slide_us, a->origin) + a->size_us;
 
 				if (first_end + a->lateness_us <= a->wm)
 				{

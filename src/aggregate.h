@@ -32,7 +32,8 @@ typedef struct PeAggregate
 {
 	char	   *name;
 	Oid			results;
-	int64		size_us;
+	int64		size_us;		/* of a session window: its gap */
+	bool		session;
 	int64		slide_us;
 	TimestampTz origin;
 	int64		lateness_us;
@@ -81,8 +82,8 @@ extern Datum pe_agg_interval(int64 us);
 extern int	pe_agg_as_owner(PeTarget *t, const char *sql, int nargs, Oid *types, Datum *values, const char *nulls);
 extern void pe_agg_merge(PeAggregate *a, PeTarget *t, PeRow *rows, const Datum *times, const int *take, int ntake,
 						 const int *cols, int ncols);
-extern char *pe_agg_emit_wrap(PeAggregate *a, const char *ctes, const char *sql, bool emits);
-extern uint64 pe_agg_emitted(PeAggregate *a, PeTarget *t, bool emits, uint64 *inserted);
+extern char *pe_agg_emit_wrap(PeAggregate *a, const char *ctes, const char *sql, bool emits, const char *removed);
+extern uint64 pe_agg_emitted(PeAggregate *a, PeTarget *t, bool emits, int64 *inserted);
 extern void pe_agg_note_emitted(PeAggregate *a);
 extern void pe_agg_advance(PeAggregate *a, PeTarget *t, int32 *bp, int64 *bl, int64 *bo, Datum *bt, bool *bt_null,
 						   int nbp, int npart, TimestampTz started);

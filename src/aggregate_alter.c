@@ -145,7 +145,7 @@ pe_alter_aggregate(PG_FUNCTION_ARGS)
 	/* the definition, locked against another change */
 	pe_catalog_begin(&acc);
 	if (SPI_execute_with_args("SELECT owner, consumer, results, state, emit, emit_topic, emit_connection, time_column, "
-							  "slide, origin, outputs, group_by FROM pipeline.aggregate "
+							  "slide, origin, outputs, group_by, window_kind FROM pipeline.aggregate "
 							  "WHERE name OPERATOR(pg_catalog.=) $1 FOR UPDATE",
 							  1, types, values, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read pipeline.aggregate");
@@ -187,6 +187,11 @@ pe_alter_aggregate(PG_FUNCTION_ARGS)
 		for (int i = 0; i < ngroups; i++)
 			groups[i] = TextDatumGetCString(elems[i]);
 	}
+	if (!PG_ARGISNULL(6) && strcmp(TextDatumGetCString(heap_getattr(tup, 13, desc, &isnull)), "session") == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("aggregates cannot be added to session windows"),
+				 errhint("Sessions merge as they grow, and one that started before the change would mix values; create another aggregate.")));
 	if (!pe_may_see_secrets(owner))
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),

@@ -392,6 +392,7 @@ pe_create_aggregate(PG_FUNCTION_ARGS)
 	char	   *emit;
 	char	   *emit_topic;
 	char	   *emit_connection;
+	char	   *kind;
 	Oid			state_oid = InvalidOid;
 	PeConsumerDef *def;
 	PeTarget   *target;
@@ -441,6 +442,22 @@ pe_create_aggregate(PG_FUNCTION_ARGS)
 	emit = PG_ARGISNULL(11) ? "update" : text_to_cstring(PG_GETARG_TEXT_PP(11));
 	emit_topic = PG_ARGISNULL(12) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(12));
 	emit_connection = PG_ARGISNULL(13) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(13));
+	kind = PG_ARGISNULL(14) ? (PG_ARGISNULL(6) ? "tumbling" : "hopping") : text_to_cstring(PG_GETARG_TEXT_PP(14));
+	if (strcmp(kind, "tumbling") != 0 && strcmp(kind, "hopping") != 0 && strcmp(kind, "session") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("window kind \"%s\" is not supported", kind),
+				 errhint("Use 'tumbling', 'hopping' (with a slide) or 'session' (the window is the gap that ends a session).")));
+	if (strcmp(kind, "session") == 0 && !PG_ARGISNULL(6))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("a session window has no slide"),
+				 errhint("A session ends after a gap of window without events; leave slide out.")));
+	if (strcmp(kind, "hopping") == 0 && PG_ARGISNULL(6))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("a hopping window needs a slide"),
+				 errhint("Give slide => an interval shorter than the window.")));
 	if (strcmp(emit, "update") != 0 && strcmp(emit, "close") != 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -541,6 +558,11 @@ pe_create_aggregate(PG_FUNCTION_ARGS)
 	for (int i = 0; i < naggs; i++)
 	{
 		pe_agg_parse(text_to_cstring(aggs[i]), rel, &fns[i], &args[i], &outs[i], &fractions[i]);
+		if (strcmp(kind, "session") == 0 && strcmp(fns[i], "count_distinct") == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("an exact distinct count is not supported in session windows"),
+					 errhint("Sessions merge as they grow; use approx_count_distinct() (the hll extension), whose sketches merge.")));
 		if (strcmp(args[i], "*") != 0)
 			pe_agg_require_decoded(target, args[i], "aggregated column");
 		for (int j = 0; j < i; j++)
@@ -662,7 +684,8 @@ pe_create_aggregate(PG_FUNCTION_ARGS)
 	values[2] = CStringGetTextDatum(def->name);
 	values[3] = Int64GetDatum(def->id);
 	values[4] = ObjectIdGetDatum(results_oid);
-	values[5] = CStringGetTextDatum(pe_agg_usecs(slide) == pe_agg_usecs(size) ? "tumbling" : "hopping");
+	values[5] = CStringGetTextDatum(strcmp(kind, "session") == 0 ? "session"
+									: pe_agg_usecs(slide) == pe_agg_usecs(size) ? "tumbling" : "hopping");
 	values[6] = IntervalPGetDatum(size);
 	values[7] = IntervalPGetDatum(slide);
 	values[8] = TimestampTzGetDatum(origin);

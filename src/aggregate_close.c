@@ -117,7 +117,7 @@ pe_agg_advance(PeAggregate *a, PeTarget *t, int32 *bp, int64 *bl, int64 *bo, Dat
 			/* (the open windows' partial index on window_end finds them) */
 			const char *passed = "window_end OPERATOR(pg_catalog.<=) ($1 OPERATOR(pg_catalog.-) $2)";
 			char	   *sql;
-			uint64		inserted;
+			int64		inserted;
 
 			if (a->emit_close)
 			{
@@ -125,11 +125,11 @@ pe_agg_advance(PeAggregate *a, PeTarget *t, int32 *bp, int64 *bl, int64 *bo, Dat
 
 				sql = pe_agg_emit_wrap(a, psprintf("c AS (DELETE FROM %s WHERE %s RETURNING *)", open_in, passed),
 									   psprintf("INSERT INTO %s AS r (%s, closed) SELECT %s, true FROM c", res, cols, cols),
-									   true);
+									   true, NULL);
 			}
 			else
 				sql = pe_agg_emit_wrap(a, NULL, psprintf("UPDATE %s AS r SET closed = true WHERE NOT closed AND %s", res, passed),
-									   true);
+									   true, NULL);
 			rc = pe_agg_as_owner(t, sql, 2, ctypes, cvalues, NULL);
 			if (rc != SPI_OK_SELECT)
 				elog(ERROR, "could not close the windows of aggregate \"%s\"", a->name);

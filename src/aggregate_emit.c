@@ -58,26 +58,30 @@ pe_agg_emit_drop(PeAggregate *a, bool value_columns)
 /*
  * A statement that writes rows of the results or state table (as r), after
  * common table expressions ctes (or NULL), made to return what it did:
- * when its rows are emitted to a topic, each row's key and value (bytea)
- * and whether it is a new window; otherwise one row, how many rows it
- * wrote and how many of them are new windows.  (A row an INSERT ... ON
+ * when its rows are emitted to a topic, each row's key and value (bytea),
+ * whether it is a new window and the windows removed (removed, an SQL
+ * expression, or NULL); otherwise one row, how many rows it wrote and how
+ * many windows it added, less those removed.  (A row an INSERT ... ON
  * CONFLICT inserted has no xmax; one it updated has the locker's.)
  */
 char *
-pe_agg_emit_wrap(PeAggregate *a, const char *ctes, const char *sql, bool emits)
+pe_agg_emit_wrap(PeAggregate *a, const char *ctes, const char *sql, bool emits, const char *removed)
 {
 	const char *with = ctes ? psprintf("WITH %s, ", ctes) : "WITH ";
 	const char *inserted = "(r.xmax OPERATOR(pg_catalog.=) '0'::pg_catalog.xid) AS pe_inserted";
 
+	if (removed == NULL)
+		removed = "0";
 	if (!emits || a->emit_topic == NULL)
 		return psprintf("%sm AS (%s RETURNING %s) "
-						"SELECT pg_catalog.count(*), pg_catalog.count(*) FILTER (WHERE m.pe_inserted) FROM m",
-						with, sql, inserted);
+						"SELECT pg_catalog.count(*), pg_catalog.count(*) FILTER (WHERE m.pe_inserted) OPERATOR(pg_catalog.-) %s "
+						"FROM m",
+						with, sql, inserted, removed);
 	return psprintf("%sm AS (%s RETURNING r.*, %s) "
 					"SELECT pg_catalog.convert_to((pg_catalog.to_jsonb(m) OPERATOR(pg_catalog.-) %s)::pg_catalog.text, 'UTF8'), "
 					"pg_catalog.convert_to((pg_catalog.to_jsonb(m) OPERATOR(pg_catalog.-) %s)::pg_catalog.text, 'UTF8'), "
-					"m.pe_inserted FROM m ORDER BY m.window_start, m.window_end",
-					with, sql, inserted, pe_agg_emit_drop(a, true), pe_agg_emit_drop(a, false));
+					"m.pe_inserted, %s FROM m ORDER BY m.window_start, m.window_end",
+					with, sql, inserted, pe_agg_emit_drop(a, true), pe_agg_emit_drop(a, false), removed);
 }
 
 /*
@@ -87,7 +91,7 @@ pe_agg_emit_wrap(PeAggregate *a, const char *ctes, const char *sql, bool emits)
  * the consumer's owner, who must still be allowed the connection.
  */
 uint64
-pe_agg_emitted(PeAggregate *a, PeTarget *t, bool emits, uint64 *inserted)
+pe_agg_emitted(PeAggregate *a, PeTarget *t, bool emits, int64 *inserted)
 {
 	uint64		n = SPI_processed;
 	SPITupleTable *tt = SPI_tuptable;
@@ -134,6 +138,7 @@ pe_agg_emitted(PeAggregate *a, PeTarget *t, bool emits, uint64 *inserted)
 		if (DatumGetBool(SPI_getbinval(tt->vals[r], tt->tupdesc, 3, &isnull)))
 			(*inserted)++;
 	}
+	*inserted -= DatumGetInt64(SPI_getbinval(tt->vals[0], tt->tupdesc, 4, &isnull));
 	dims[0] = (int) n;
 	pe_outbox_insert_many(a->emit_connection, a->emit_topic, t->def->owner,
 						  PointerGetDatum(construct_md_array(k, kn, 1, dims, lbs, BYTEAOID, -1, false, TYPALIGN_INT)),

@@ -281,7 +281,156 @@ pe_agg_sql(PeAggregate *a, PeTarget *t, const int *cols, int ncols, Oid time_typ
 	for (int i = 0; i < a->naggs; i++)
 		pe_agg_merge_expr(&s, a, i, pe_agg_valid_from(a, i, time_type));
 	/* each change of a window is emitted, with emit 'update' */
-	return pe_agg_emit_wrap(a, NULL, s.data, !a->emit_close);
+	return pe_agg_emit_wrap(a, NULL, s.data, !a->emit_close, NULL);
+}
+
+/* The name of aggregate i's column k (0: its value, 1..: its state) in a session merge's rows. */
+static char *
+pe_agg_scol(PeAggregate *a, int i, int k)
+{
+	const char *suffixes[2];
+
+	(void) pe_agg_state_columns(a->fns[i], suffixes);
+	return k == 0 ? psprintf("a%d", i) : psprintf("a%d_%s", i, suffixes[k - 1]);
+}
+
+/* Aggregate i's value and state over the rows of one session (i.*). */
+static void
+pe_agg_session_combine(StringInfo s, PeAggregate *a, int i)
+{
+	const char *fn = a->fns[i];
+	const char *v = pe_agg_scol(a, i, 0);
+	const char *ty = format_type_be_qualified(get_atttype(a->results, get_attnum(a->results, a->outs[i])));
+
+	if (strcmp(fn, "count") == 0)
+		appendStringInfo(s, ", pg_catalog.sum(i.%s)::pg_catalog.int8", v);
+	else if (strcmp(fn, "sum") == 0)
+		appendStringInfo(s, ", pg_catalog.sum(i.%s)::%s", v, ty);
+	else if (strcmp(fn, "min") == 0 || strcmp(fn, "max") == 0)
+		appendStringInfo(s, ", pg_catalog.%s(i.%s)", fn, v);
+	else if (strcmp(fn, "avg") == 0)
+	{
+		const char *sum = pe_agg_scol(a, i, 1);
+		const char *cnt = pe_agg_scol(a, i, 2);
+		const char *div = strcmp(ty, "double precision") == 0 ? "pg_catalog.float8" : "pg_catalog.numeric";
+		const char *sty = format_type_be_qualified(get_atttype(a->results, get_attnum(a->results,
+																				   psprintf("%s__sum", a->outs[i]))));
+
+		appendStringInfo(s, ", CASE WHEN pg_catalog.sum(i.%s) OPERATOR(pg_catalog.>) 0 THEN "
+						 "(pg_catalog.sum(i.%s)::%s OPERATOR(pg_catalog./) pg_catalog.sum(i.%s)::%s)::%s END, "
+						 "pg_catalog.sum(i.%s)::%s, pg_catalog.sum(i.%s)::pg_catalog.int8",
+						 cnt, sum, div, cnt, div, ty, sum, sty, cnt);
+	}
+	else if (strcmp(fn, "first") == 0 || strcmp(fn, "last") == 0)
+	{
+		const char *tm = pe_agg_scol(a, i, 1);
+		bool		first = strcmp(fn, "first") == 0;
+
+		appendStringInfo(s, ", (pg_catalog.array_agg(i.%s ORDER BY i.%s %s, i.o %s) FILTER (WHERE i.%s IS NOT NULL))[1], "
+						 "pg_catalog.%s(i.%s)",
+						 v, tm, first ? "" : "DESC", first ? "" : "DESC", tm, first ? "min" : "max", tm);
+	}
+	else if (strcmp(fn, "approx_count_distinct") == 0)
+	{
+		const char *h = pe_agg_scol(a, i, 1);
+
+		appendStringInfo(s, ", COALESCE(pg_catalog.round(%s.hll_cardinality(%s.hll_union_agg(i.%s)))::pg_catalog.int8, 0), "
+						 "%s.hll_union_agg(i.%s)", a->hll_schema, a->hll_schema, h, a->hll_schema, h);
+	}
+	else if (strcmp(fn, "percentile") == 0)
+	{
+		const char *d = pe_agg_scol(a, i, 1);
+
+		appendStringInfo(s, ", %s.tdigest_percentile(i.%s, %.17g::pg_catalog.float8), %s.tdigest(i.%s)",
+						 a->tdigest_schema, d, a->fractions[i], a->tdigest_schema, d);
+	}
+	else
+		elog(ERROR, "aggregate \"%s\": %s is not supported in session windows", a->name, fn);
+}
+
+/*
+ * The statement that merges a batch's events into session windows: each
+ * event is a session of its own, [time, time + gap); the open sessions of
+ * its group that it overlaps are taken out of the table, and the events
+ * and those sessions are merged where they overlap (gaps and islands, per
+ * group, in time order), each island one session with its aggregates
+ * combined, put back.  An event can so join two sessions into one.
+ */
+static char *
+pe_agg_session_sql(PeAggregate *a, PeTarget *t, const int *cols, int ncols)
+{
+	StringInfoData c;
+	StringInfoData s;
+	StringInfoData g;			/* the groups, as b and u name them: g1, g2 */
+	StringInfoData ig;			/* ... and as i.g1 */
+	StringInfoData gm;			/* ... and as m.c1 */
+	const char *res = pe_agg_table(a, a->emit_close ? a->state : a->results);
+
+	initStringInfo(&c);
+	initStringInfo(&s);
+	initStringInfo(&g);
+	initStringInfo(&ig);
+	initStringInfo(&gm);
+	for (int k = 0; k < a->ngroups; k++)
+	{
+		appendStringInfo(&g, "%sg%d", k ? ", " : "", k + 1);
+		appendStringInfo(&ig, ", i.g%d", k + 1);
+		appendStringInfo(&gm, ", m.c%d", k + 1);
+	}
+
+	/* ev: the events; b: each one as a session, with its aggregates' states */
+	appendStringInfoString(&c, "ev AS ");
+	pe_agg_events(&c, t, cols, ncols);
+	appendStringInfo(&c, ", b(s, e%s%s, o", a->ngroups ? ", " : "", g.data);
+	for (int i = 0; i < a->naggs; i++)
+	{
+		const char *suffixes[2];
+		int			n = pe_agg_state_columns(a->fns[i], suffixes);
+
+		for (int k = 0; k <= n; k++)
+			appendStringInfo(&c, ", %s", pe_agg_scol(a, i, k));
+	}
+	appendStringInfo(&c, ") AS (SELECT m.c0, m.c0 OPERATOR(pg_catalog.+) $%d%s, m.o", ncols + 1, gm.data);
+	for (int i = 0; i < a->naggs; i++)
+		pe_agg_batch_expr(&c, a, i, pe_agg_arg(a, i, t, cols, ncols), NULL);
+	appendStringInfo(&c, " FROM ev AS m GROUP BY m.o, m.c0%s), ", gm.data);
+
+	/* cand: the open sessions the events overlap, taken out */
+	appendStringInfo(&c, "cand AS (DELETE FROM %s AS r WHERE NOT r.closed "
+					 "AND r.window_end OPERATOR(pg_catalog.>) (SELECT pg_catalog.min(b.s) FROM b) "
+					 "AND EXISTS (SELECT FROM b WHERE b.s OPERATOR(pg_catalog.<) r.window_end "
+					 "AND b.e OPERATOR(pg_catalog.>) r.window_start", res);
+	for (int k = 0; k < a->ngroups; k++)
+		appendStringInfo(&c, " AND b.g%d IS NOT DISTINCT FROM r.%s", k + 1, quote_identifier(a->groups[k]));
+	appendStringInfoString(&c, ") RETURNING r.*), ");
+
+	/* u: both, alike; f, i: the islands of overlapping sessions */
+	appendStringInfoString(&c, "u AS (SELECT x.window_start AS s, x.window_end AS e");
+	for (int k = 0; k < a->ngroups; k++)
+		appendStringInfo(&c, ", x.%s AS g%d", quote_identifier(a->groups[k]), k + 1);
+	appendStringInfoString(&c, ", 0::pg_catalog.int8 AS o");
+	for (int i = 0; i < a->naggs; i++)
+	{
+		const char *suffixes[2];
+		int			n = pe_agg_state_columns(a->fns[i], suffixes);
+
+		appendStringInfo(&c, ", x.%s AS %s", quote_identifier(a->outs[i]), pe_agg_scol(a, i, 0));
+		for (int k = 0; k < n; k++)
+			appendStringInfo(&c, ", x.%s AS %s", pe_agg_state(a, i, suffixes[k]), pe_agg_scol(a, i, k + 1));
+	}
+	appendStringInfo(&c, " FROM cand AS x UNION ALL SELECT * FROM b), "
+					 "f AS (SELECT u.*, CASE WHEN u.s OPERATOR(pg_catalog.>=) pg_catalog.max(u.e) OVER "
+					 "(%s%s ORDER BY u.s, u.e ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) THEN 1 ELSE 0 END AS fresh FROM u), "
+					 "i AS (SELECT f.*, pg_catalog.sum(f.fresh) OVER (%s%s ORDER BY f.s, f.e ROWS UNBOUNDED PRECEDING) AS island FROM f)",
+					 a->ngroups ? "PARTITION BY " : "", g.data, a->ngroups ? "PARTITION BY " : "", g.data);
+
+	/* each island a session */
+	appendStringInfo(&s, "INSERT INTO %s AS r (%s) SELECT pg_catalog.min(i.s), pg_catalog.max(i.e)%s",
+					 res, pe_agg_columns(a), ig.data);
+	for (int i = 0; i < a->naggs; i++)
+		pe_agg_session_combine(&s, a, i);
+	appendStringInfo(&s, " FROM i GROUP BY i.island%s", ig.data);
+	return pe_agg_emit_wrap(a, c.data, s.data, !a->emit_close, "(SELECT pg_catalog.count(*) FROM cand)");
 }
 
 /*
@@ -301,10 +450,10 @@ pe_agg_merge(PeAggregate *a, PeTarget *t, PeRow *rows, const Datum *times, const
 	int			dims[1] = {ntake};
 	int			lbs[1] = {1};
 	Oid			time_type = cols[0] >= 0 ? t->cols[cols[0]].typid : TIMESTAMPTZOID;
-	char	   *sql = pe_agg_sql(a, t, cols, ncols, time_type);
+	char	   *sql = a->session ? pe_agg_session_sql(a, t, cols, ncols) : pe_agg_sql(a, t, cols, ncols, time_type);
 	char	   *nulls = palloc(nargs + 1);
 	int			rc;
-	uint64		inserted;
+	int64		inserted;
 
 	/* the times: a column's, or the messages' timestamps */
 	for (int i = 0; i < ntake; i++)
@@ -348,5 +497,5 @@ pe_agg_merge(PeAggregate *a, PeTarget *t, PeRow *rows, const Datum *times, const
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "could not update aggregate \"%s\"", a->name);
 	(void) pe_agg_emitted(a, t, !a->emit_close, &inserted);
-	a->opened += (int64) inserted;
+	a->opened += inserted;
 }

@@ -11,7 +11,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use PipelineExt::Broker;
 
-my $broker = PipelineExt::Broker->start(brokers => 1, topics => { agg => 4, agg_updates => 3, agg_closed => 3 });
+my $broker = PipelineExt::Broker->start(brokers => 1, topics => { agg => 4, agg_updates => 3, agg_closed => 3, sess => 3 });
 my $bs = $broker->bootstrap;
 
 my $node = PostgreSQL::Test::Cluster->new('aggregate');
@@ -94,6 +94,10 @@ my $kts_want = q{SELECT string_agg(concat_ws('|', s, s + interval '10 seconds', 
                          FROM readings_ts GROUP BY 1) x};
 
 sql(q{SELECT pipeline.create_aggregate('alt', 'rd', '1 minute', 'ts', ARRAY['count(*)'])});
+# session windows: each device's events come every 5 s, so with a gap of
+# 7 s a device has one session, that grows with every batch
+sql(q{SELECT pipeline.create_aggregate('sess_rd', 'rd', '7 seconds', 'ts', ARRAY['count(*)', 'max(id)', 'first(id)', 'avg(temp)'],
+        ARRAY['device'], kind => 'session')});
 
 # emitting through the outbox: 'update' every change of a window, 'close'
 # its final row once (open windows wait in the state table)
@@ -106,7 +110,7 @@ is(sql(q{SELECT string_agg(concat_ws(':', name, emit, state, emit_connection, em
 	'emit_cls:close:emit_cls_open:local:agg_closed,emit_upd:update:local:agg_updates', 'pipeline.aggregates shows how they emit');
 
 is(sql(q{SELECT string_agg(name || ':' || window_kind || ':' || results::text, ',' ORDER BY name) FROM pipeline.aggregates}),
-	'alt:tumbling:alt,approx:tumbling:approx,by_kafka_time:tumbling:by_kafka_time,emit_cls:tumbling:emit_cls,emit_upd:tumbling:emit_upd,exact:tumbling:exact,hop:hopping:hop,per_min:tumbling:per_min',
+	'alt:tumbling:alt,approx:tumbling:approx,by_kafka_time:tumbling:by_kafka_time,emit_cls:tumbling:emit_cls,emit_upd:tumbling:emit_upd,exact:tumbling:exact,hop:hopping:hop,per_min:tumbling:per_min,sess_rd:session:sess_rd',
 	'pipeline.aggregates lists them');
 
 # what the aggregates must hold: the same, in plain SQL over the table
@@ -125,6 +129,41 @@ my $hop_want = q{SELECT string_agg(concat_ws('|', s, s + interval '2 minutes', n
                                               (date_bin('1 minute', ts, timestamptz '2000-01-01 00:00:00+00') - interval '1 minute')) w(s)
                         GROUP BY s) x};
 
+# first and last by event time (ts grows with id; messages come in by
+# partition), distinct counts, percentiles within a t-digest's error
+my $exact_sql = q{SELECT string_agg(concat_ws('|', window_start, devices, count_distinct_temp, first_id, last_id, first_device, last_temp),
+                    ',' ORDER BY window_start) FROM exact};
+my $exact_want = q{SELECT string_agg(concat_ws('|', s, d, t, f, l, fd, lt), ',' ORDER BY s)
+                   FROM (SELECT date_bin('1 minute', ts, timestamptz '2000-01-01 00:00:00+00') AS s,
+                                count(DISTINCT device) AS d, count(DISTINCT temp) AS t,
+                                (array_agg(id ORDER BY ts))[1] AS f, (array_agg(id ORDER BY ts DESC))[1] AS l,
+                                (array_agg(device ORDER BY ts))[1] AS fd, (array_agg(temp ORDER BY ts DESC))[1] AS lt
+                           FROM readings GROUP BY 1) x};
+my $approx_off = q{SELECT count(*) || ' windows, ' || count(*) FILTER (WHERE a.temps IS DISTINCT FROM x.t) || ' distinct counts off, '
+                   || count(*) FILTER (WHERE abs(a.p90_temp - x.p90) > 2 OR abs(a.median_temp - x.p50) > 2) || ' percentiles off by more than 2'
+                     FROM (SELECT date_bin('10 minutes', ts, timestamptz '2000-01-01 00:00:00+00') AS s, device,
+                                  count(DISTINCT temp) AS t, percentile_cont(0.9) WITHIN GROUP (ORDER BY temp) AS p90,
+                                  percentile_cont(0.5) WITHIN GROUP (ORDER BY temp) AS p50
+                             FROM readings GROUP BY 1, 2) x
+                     FULL JOIN approx a ON a.window_start = x.s AND a.device = x.device};
+
+# plain SQL sessions: a new one where the gap since the device's last event is at least the gap
+# plain SQL sessions: a new one where the time since the group's last
+# event is at least the gap; $aggs, aggregates over each session's events
+sub sessions_want
+{
+	my ($table, $group, $gap, $aggs) = @_;
+	return qq{SELECT string_agg(v, ',' ORDER BY s, g)
+	          FROM (SELECT min(ts) AS s, $group AS g,
+	                       concat_ws('|', min(ts), max(ts) + interval '$gap', $group, $aggs) AS v
+	                  FROM (SELECT *, sum(fresh) OVER (PARTITION BY $group ORDER BY ts) AS isl
+	                          FROM (SELECT *, CASE WHEN ts >= lag(ts) OVER (PARTITION BY $group ORDER BY ts) + interval '$gap'
+	                                          THEN 1 ELSE 0 END AS fresh FROM $table) f) y
+	                 GROUP BY $group, isl) z};
+}
+my $sess_rd_sql = q{SELECT string_agg(concat_ws('|', window_start, window_end, device, count, max_id, first_id, round(avg_temp::numeric, 6)),
+                      ',' ORDER BY window_start, device) FROM sess_rd};
+
 sub check
 {
 	my ($what) = @_;
@@ -132,6 +171,13 @@ sub check
 	isnt($want, '', "$what: the table has events");
 	is(sql($per_min_sql), $want, "$what: the tumbling windows equal plain SQL over the table");
 	is(sql($hop_sql), sql($hop_want), "$what: the hopping windows equal plain SQL over the table");
+	is(sql($exact_sql), sql($exact_want), "$what: first, last and exact distinct counts equal plain SQL");
+	my $windows = sql(q{SELECT count(DISTINCT (date_bin('10 minutes', ts, timestamptz '2000-01-01 00:00:00+00'), device)) FROM readings});
+	is(sql($approx_off), "$windows windows, 0 distinct counts off, 0 percentiles off by more than 2",
+		"$what: hll distinct counts (exact at this size) and t-digest percentiles match plain SQL");
+	is(sql($sess_rd_sql), sql(sessions_want('readings', 'device', '7 seconds',
+			q{count(*), max(id), (array_agg(id ORDER BY ts))[1], round(avg(temp)::numeric, 6)})),
+		"$what: the session windows equal plain SQL sessions over the table");
 }
 
 produce(1, 3000);
@@ -253,14 +299,14 @@ is(sql(q{SELECT (windows_closed = (SELECT count(*) FROM closing WHERE closed)) |
 like(sql(q{SELECT status || ': ' || reason FROM pipeline.health WHERE consumer = 'aggregate:closing'}),
 	qr/^warning: 1 late events kept in the last /, 'pipeline.health warns of the late event');
 is(sql(q{SELECT string_agg(consumer, ',' ORDER BY consumer) FROM pipeline.health WHERE consumer LIKE 'aggregate:%'}),
-	'aggregate:alt,aggregate:approx,aggregate:by_kafka_time,aggregate:closing,aggregate:emit_cls,aggregate:emit_upd,aggregate:exact,aggregate:hop,aggregate:per_min', '... and has a row for each aggregate');
+	'aggregate:alt,aggregate:approx,aggregate:by_kafka_time,aggregate:closing,aggregate:emit_cls,aggregate:emit_upd,aggregate:exact,aggregate:hop,aggregate:per_min,aggregate:sess_rd', '... and has a row for each aggregate');
 {
 	# the exporter's query for aggregates (sql/prometheus-postgres-exporter.yaml) runs and has them
 	my $yaml = slurp_file(($ENV{TESTDIR} // '.') . '/sql/prometheus-postgres-exporter.yaml');
 	my ($query) = $yaml =~ /^pipeline_aggregate:\n  query: \|\n(.*?)\n  metrics:/ms;
 	ok(defined $query, 'the exporter has a query for aggregates');
 	like(sql("SELECT string_agg(aggregate || ':' || late_events, ',' ORDER BY aggregate) FROM ($query) q"),
-		qr/^alt:1,approx:1,by_kafka_time:\d+,closing:1,emit_cls:1,emit_upd:1,exact:1,hop:1,per_min:1$/, '... which reads them');
+		qr/^alt:1,approx:1,by_kafka_time:\d+,closing:1,emit_cls:1,emit_upd:1,exact:1,hop:1,per_min:1,sess_rd:\d+$/, '... which reads them');
 }
 
 # a dead letter replayed once the table takes it: counted then, once
@@ -291,6 +337,34 @@ sql(q{SELECT count(*) FROM pipeline.reset_offsets('rd', 'earliest')});
 wait_for(q{SELECT count(*) FROM readings WHERE id BETWEEN 41000 AND 41099}, '100', 'back to earliest: the skipped ones are applied');
 wait_for(q{SELECT count FROM closing WHERE window_start = '2026-01-01 08:30:00+00'}, '103',
 	'... and counted, and nothing else twice');
+
+# session windows from events that come out of order, in several batches:
+# sessions start apart, grow at both ends and join when an event bridges
+# them (users u0..u9, an event every 10 s, a pause of 60 s every 10
+# events; gap 30 s)
+sql(q{CREATE TABLE clicks (id int PRIMARY KEY, usr text, ts timestamptz, v float8);
+      SELECT pipeline.create_consumer('rc', 'local', 'sess', 'clicks');
+      SELECT pipeline.create_aggregate('visits', 'rc', '30 seconds', 'ts',
+        ARRAY['count(*)', 'sum(v)', 'min(v)', 'max(v)', 'first(id)', 'last(id)', 'approx_count_distinct(v)', 'median(v)'],
+        ARRAY['usr'], kind => 'session', lateness => '1 day')});
+my @order = map { $_->[0] } sort { $a->[1] <=> $b->[1] } map { [ $_, ($_ * 7919) % 2003 ] } 1 .. 2000;
+while (my @chunk = splice(@order, 0, 500))
+{
+	my $ids = join(',', @chunk);
+	sql(qq{SELECT count(pipeline.produce_async('local', 'sess', json_build_object('id', g, 'usr', 'u' || g % 10,
+	        'ts', timestamptz '2026-01-01 00:00:00+00' + (g / 10 * 10 + g / 100 * 60) * interval '1 second', 'v', g % 13)::text, g::text))
+	       FROM unnest('{$ids}'::int[]) g});
+	my $n = 2000 - scalar(@order);
+	wait_for(qq{SELECT count(*) FROM clicks}, $n, "session events: $n applied");
+}
+is(sql(q{SELECT string_agg(concat_ws('|', window_start, window_end, usr, count, sum_v, min_v, max_v, first_id, last_id,
+                                     approx_count_distinct_v, median_v), ',' ORDER BY window_start, usr) FROM visits}),
+	sql(sessions_want('clicks', 'usr', '30 seconds',
+		q{count(*), sum(v), min(v), max(v), (array_agg(id ORDER BY ts))[1], (array_agg(id ORDER BY ts DESC))[1],
+		  count(DISTINCT v), percentile_cont(0.5) WITHIN GROUP (ORDER BY v)})),
+	'session windows of out-of-order events in several batches equal plain SQL sessions');
+is(sql(q{SELECT open_windows = (SELECT count(*) FROM visits WHERE NOT closed) FROM pipeline.aggregates WHERE name = 'visits'}), 't',
+	'... and pipeline.aggregates counts their open windows');
 
 # alter_aggregate keeps the state: an aggregate added is complete from the
 # first window after every event counted (earlier ones show null); emit
