@@ -11,7 +11,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use PipelineExt::Broker;
 
-my $broker = PipelineExt::Broker->start(brokers => 1, topics => { agg => 4, agg_updates => 3, agg_closed => 3, sess => 3 });
+my $broker = PipelineExt::Broker->start(brokers => 1, topics => { agg => 4, agg_updates => 3, agg_closed => 3, sess => 3, quiet => 2 });
 my $bs = $broker->bootstrap;
 
 my $node = PostgreSQL::Test::Cluster->new('aggregate');
@@ -365,6 +365,33 @@ is(sql(q{SELECT string_agg(concat_ws('|', window_start, window_end, usr, count, 
 	'session windows of out-of-order events in several batches equal plain SQL sessions');
 is(sql(q{SELECT open_windows = (SELECT count(*) FROM visits WHERE NOT closed) FROM pipeline.aggregates WHERE name = 'visits'}), 't',
 	'... and pipeline.aggregates counts their open windows');
+
+# an idle partition holds the watermark back only until idle_timeout: with
+# events on partition 0 alone, partition 1 (no event yet) keeps the
+# watermark unset; after 2 s without a message from it, it no longer does
+sql(q{CREATE TABLE quiet (id int PRIMARY KEY, ts timestamptz);
+      SELECT pipeline.create_consumer('rq', 'local', 'quiet', 'quiet');
+      SELECT pipeline.create_aggregate('quiet10', 'rq', '10 seconds', 'ts', ARRAY['count(*)'], idle_timeout => '2 seconds')});
+sub quiet_event
+{
+	my ($id, $sec, $part) = @_;
+	sql(qq{SELECT pipeline.produce('local', 'quiet', json_build_object('id', $id, 'ts', timestamptz '2026-01-01 00:00:00+00'
+	        + $sec * interval '1 second')::text, '$id', partition => $part)});
+	wait_for(qq{SELECT count(*) FROM quiet WHERE id = $id}, '1', "event $id applied");
+}
+quiet_event(1, 5, 0);
+is(sql(q{SELECT watermark IS NULL FROM pipeline.aggregates WHERE name = 'quiet10'}), 't',
+	'a partition without events holds the watermark back at first');
+my $t0 = time;
+sleep(1) while time - $t0 < 3;
+quiet_event(2, 25, 0);
+is(sql(q{SELECT watermark || ' ' || (SELECT string_agg(window_start || ':' || closed, ',' ORDER BY window_start) FROM quiet10)
+           FROM pipeline.aggregates WHERE name = 'quiet10'}),
+	'2026-01-01 00:00:25+00 2026-01-01 00:00:00+00:true,2026-01-01 00:00:20+00:false',
+	'idle past idle_timeout, it does not: the watermark moves with partition 0, and closes its windows');
+quiet_event(3, 21, 1);
+is(sql(q{SELECT watermark FROM pipeline.aggregates WHERE name = 'quiet10'}), '2026-01-01 00:00:25+00',
+	'the partition back with an older event does not move the watermark back');
 
 # alter_aggregate keeps the state: an aggregate added is complete from the
 # first window after every event counted (earlier ones show null); emit
