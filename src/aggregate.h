@@ -85,6 +85,7 @@ extern void pe_agg_merge(PeAggregate *a, PeTarget *t, PeRow *rows, const Datum *
 extern char *pe_agg_emit_wrap(PeAggregate *a, const char *ctes, const char *sql, bool emits, const char *removed);
 extern uint64 pe_agg_emitted(PeAggregate *a, PeTarget *t, bool emits, int64 *inserted);
 extern void pe_agg_note_emitted(PeAggregate *a);
+extern void pe_agg_close_to(PeAggregate *a, PeTarget *t, Datum wm, bool isnull, TimestampTz started);
 extern void pe_agg_advance(PeAggregate *a, PeTarget *t, int32 *bp, int64 *bl, int64 *bo, Datum *bt, bool *bt_null,
 						   int nbp, int npart, TimestampTz started);
 

@@ -37,7 +37,6 @@ void
 pe_agg_advance(PeAggregate *a, PeTarget *t, int32 *bp, int64 *bl, int64 *bo, Datum *bt, bool *bt_null, int nbp,
 			   int npart, TimestampTz started)
 {
-	uint64		closed = 0;
 	PeCatalogAccess acc;
 	Oid			otypes[5] = {TEXTOID, INT4ARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID, INT8ARRAYOID};
 	Datum		ovalues[5];
@@ -95,6 +94,19 @@ pe_agg_advance(PeAggregate *a, PeTarget *t, int32 *bp, int64 *bl, int64 *bo, Dat
 		elog(ERROR, "could not move the watermark of aggregate \"%s\"", a->name);
 	wm = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	pe_catalog_end(&acc);
+	pe_agg_close_to(a, t, wm, isnull, started);
+}
+
+/*
+ * Close the windows watermark wm (null: none yet) has passed, end plus
+ * lateness, and record the watermark and the aggregate's figures.  The
+ * aggregate's row is locked (pe_agg_lock).
+ */
+void
+pe_agg_close_to(PeAggregate *a, PeTarget *t, Datum wm, bool isnull, TimestampTz started)
+{
+	uint64		closed = 0;
+	PeCatalogAccess acc;
 
 	/*
 	 * The windows it passed: closed, as the consumer's owner (it owns
@@ -143,7 +155,7 @@ pe_agg_advance(PeAggregate *a, PeTarget *t, int32 *bp, int64 *bl, int64 *bo, Dat
 		Datum		uvalues[5];
 		char		unulls[6] = "     ";
 
-		uvalues[0] = ovalues[0];
+		uvalues[0] = CStringGetTextDatum(a->name);
 		uvalues[1] = wm;
 		if (isnull)
 			unulls[1] = 'n';
