@@ -19,6 +19,7 @@
 
 extern List *pe_aggregates_of(PeConsumerDef *def);
 extern void pe_aggregates_drop_state(PeConsumerDef *def);
+extern void pe_aggregates_idle(PeConsumerDef *def);
 extern int	pe_aggregates_screen(List *aggs, PeTarget *t, PeMessage *msgs, PeRow *rows, int nrows,
 								 PeBatchResult *res);
 

@@ -581,7 +581,9 @@ pe_slot_loop(void)
 			}
 			if (n == 0 && pe_ms_since(pe_run->last_watermarks) >= 1000)
 			{
-				pe_slot_publish_watermarks();
+				/* idle and caught up: a quiet stream's aggregates close their last windows */
+				if (pe_slot_publish_watermarks())
+					pe_slot_idle_aggregates();
 				pe_run->last_watermarks = GetCurrentTimestamp();
 #ifdef __GLIBC__
 				/* idle for a while: give back the batch memory kept (mallopt below) */

@@ -120,7 +120,8 @@ extern void pe_slot_record_batch(rd_kafka_message_t **batch, int n, size_t bytes
 extern void pe_slot_note_oldest(rd_kafka_message_t **batch, int n, bool before_apply);
 extern void pe_slot_publish_partitions(void);
 extern void pe_slot_wake_fetchers(void);
-extern void pe_slot_publish_watermarks(void);
+extern bool pe_slot_publish_watermarks(void);
+extern void pe_slot_idle_aggregates(void);
 
 /* offsets.c */
 extern void pe_slot_load_offsets(void);

@@ -21,6 +21,7 @@
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 
+#include "aggregate.h"
 #include "shmem.h"
 #include "slot.h"
 #include "workers.h"
@@ -323,4 +324,43 @@ pe_slot_try_batch(rd_kafka_message_t **batch, int n, PeBatchOutcome *outcome,
 		*stop_error = pstrdup(*stop_error);
 	MemoryContextReset(pe_run->batch_cxt);
 	return ok;
+}
+
+/*
+ * Idle and caught up: the consumer's aggregates may move their watermark
+ * with the clock (pe_aggregates_idle), in a transaction of its own.  An
+ * error is logged, not fatal to the worker: the next idle second tries
+ * again.
+ */
+void
+pe_slot_idle_aggregates(void)
+{
+	MemoryContext old = CurrentMemoryContext;
+
+	PG_TRY();
+	{
+		pe_xact_begin();
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		pe_aggregates_idle(pe_run->def);
+		SPI_finish();
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+	}
+	PG_CATCH();
+	{
+		HOLD_INTERRUPTS();
+		MemoryContextSwitchTo(old);
+		if (ProcDiePending)
+		{
+			RESUME_INTERRUPTS();
+			PG_RE_THROW();
+		}
+		EmitErrorReport();
+		FlushErrorState();
+		AbortOutOfAnyTransaction();
+		RESUME_INTERRUPTS();
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(old);
 }

@@ -182,9 +182,10 @@ pe_slot_ask_watermarks(TimestampTz now, bool all, int timeout_ms)
  * partitions.  The watermarks come from librdkafka's cache, filled by the
  * fetch responses: no request to the broker, so readers never wait on it.
  */
-void
+bool
 pe_slot_publish_watermarks(void)
 {
+	bool		caught_up = false;
 	PeSlot	   *s = &pe_shared->slots[pe_run->slot_index];
 	TimestampTz now = GetCurrentTimestamp();
 	int64		lo[PE_SLOT_MAX_PARTITIONS];
@@ -210,6 +211,7 @@ pe_slot_publish_watermarks(void)
 	{
 		int64		lag = 0;
 		bool		known = false;
+		bool		all_known = n > 0;
 
 		for (int k = 0; k < n && k < s->npartitions; k++)
 		{
@@ -221,6 +223,8 @@ pe_slot_publish_watermarks(void)
 				s->progress_at[k] = now;
 				pe_run->parts[p].moved_at = now;
 			}
+			if (hi[k] < 0)
+				all_known = false;
 			if (hi[k] >= 0)
 			{
 				s->high[k] = hi[k];
@@ -232,8 +236,10 @@ pe_slot_publish_watermarks(void)
 		if (known)
 			s->period_lag[pe_slot_period(s, now)] = lag;
 		pe_slot_note_watermarks(s, now);
+		caught_up = known && all_known && lag == 0;
 	}
 	LWLockRelease(pe_shared->lock);
+	return caught_up;
 }
 
 /*

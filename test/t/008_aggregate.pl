@@ -392,6 +392,13 @@ is(sql(q{SELECT watermark || ' ' || (SELECT string_agg(window_start || ':' || cl
 quiet_event(3, 21, 1);
 is(sql(q{SELECT watermark FROM pipeline.aggregates WHERE name = 'quiet10'}), '2026-01-01 00:00:25+00',
 	'the partition back with an older event does not move the watermark back');
+# the whole topic quiet (no message for idle_timeout, the consumer caught
+# up): the watermark moves on with the clock from the newest event time,
+# and the last window closes without another event
+wait_for(q{SELECT closed FROM quiet10 WHERE window_start = '2026-01-01 00:00:20+00'}, 't',
+	'a quiet stream closes its last window as the clock passes its end');
+ok(sql(q{SELECT watermark >= '2026-01-01 00:00:30+00' FROM pipeline.aggregates WHERE name = 'quiet10'}) eq 't',
+	'... its watermark moved on');
 
 # alter_aggregate keeps the state: an aggregate added is complete from the
 # first window after every event counted (earlier ones show null); emit
