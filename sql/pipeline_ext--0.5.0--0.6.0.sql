@@ -27,6 +27,10 @@ CREATE TABLE @extschema@.aggregate (
     -- the least of the active partitions' newest event times (of all
     -- partitions' when every one is idle); it never goes back
     watermark     timestamptz,
+    -- the windows that end at or before it are closed: the highest
+    -- watermark less lateness used to close (a lateness raised later does
+    -- not reopen them)
+    closed_through timestamptz,
     -- figures, kept by the batches
     windows_closed bigint NOT NULL DEFAULT 0,
     open_windows  bigint NOT NULL DEFAULT 0,

@@ -557,16 +557,26 @@ pe_agg_lock(PeAggregate *a)
 	bool		same;
 
 	pe_catalog_begin(&acc);
-	if (SPI_execute_with_args("SELECT revision, watermark FROM pipeline.aggregate WHERE name OPERATOR(pg_catalog.=) $1 "
-							  "FOR UPDATE",
+	if (SPI_execute_with_args("SELECT revision, watermark, closed_through FROM pipeline.aggregate "
+							  "WHERE name OPERATOR(pg_catalog.=) $1 FOR UPDATE",
 							  1, types, values, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read pipeline.aggregate");
 	same = SPI_processed == 1 &&
 		DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)) == a->revision;
 	if (same)
 	{
+		Datum		through;
+		bool		through_null;
+
 		a->wm = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
 		a->has_wm = !isnull;
+		through = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &through_null);
+
+		/* closed: what the watermark less the lateness passed, or was closed before a lateness raised */
+		a->has_cp = a->has_wm || !through_null;
+		a->cp = a->has_wm ? a->wm - a->lateness_us : PG_INT64_MIN;
+		if (!through_null)
+			a->cp = Max(a->cp, DatumGetInt64(through));
 	}
 	pe_catalog_end(&acc);
 	if (!same)
@@ -665,16 +675,16 @@ pe_aggregates_update(List *aggs, PeTarget *t, PeMessage *msgs, int n, PeRow *row
 					counted = true;
 			if (counted)
 				continue;
-			if (a->has_wm)
+			if (a->has_cp)
 			{
 				int64		t = DatumGetInt64(times[r]);
 				int64		first_end = pe_agg_first_end(a, t);
 				int64		last_end = a->session ? first_end : pe_agg_bin(t, a->slide_us, a->origin) + a->size_us;
 
-				if (first_end + a->lateness_us <= a->wm)
+				if (first_end <= a->cp)
 				{
 					late[nlate++] = r;
-					if (last_end + a->lateness_us <= a->wm)
+					if (last_end <= a->cp)
 						continue;	/* every window of it closed */
 				}
 			}

@@ -40,6 +40,8 @@ typedef struct PeAggregate
 	int64		lateness_us;
 	bool		has_wm;			/* a watermark yet (at the batch's start) */
 	int64		wm;				/* it, in the time column's microseconds */
+	bool		has_cp;			/* windows ending at or before cp are closed */
+	int64		cp;				/* (the watermark less the lateness, or more) */
 	char	   *time_column;
 	int			ngroups;
 	char	  **groups;

@@ -47,6 +47,43 @@ pe_alter_sql(const char *sql)
 		elog(ERROR, "could not alter the aggregate's tables: %s", sql);
 }
 
+/*
+ * Run a statement as the tables' owner, restricted, as the batches write
+ * them (pe_agg_as_owner): code the owner attached to its tables does not
+ * run with the caller's rights.
+ */
+static void
+pe_alter_as_owner(Oid owner, const char *sql)
+{
+	Oid			save_userid;
+	int			save_sec;
+
+	GetUserIdAndSecContext(&save_userid, &save_sec);
+	SetUserIdAndSecContext(owner, save_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
+	pe_alter_sql(sql);
+	SetUserIdAndSecContext(save_userid, save_sec);
+}
+
+/* A table's columns, quoted, in order. */
+static char *
+pe_alter_columns(Oid relid)
+{
+	Relation	rel = table_open(relid, AccessShareLock);
+	TupleDesc	desc = RelationGetDescr(rel);
+	StringInfoData s;
+
+	initStringInfo(&s);
+	for (int c = 0; c < desc->natts; c++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, c);
+
+		if (!att->attisdropped)
+			appendStringInfo(&s, "%s%s", s.len ? ", " : "", quote_identifier(NameStr(att->attname)));
+	}
+	table_close(rel, AccessShareLock);
+	return s.data;
+}
+
 static char *
 pe_alter_qualified(Oid rel)
 {
@@ -132,6 +169,7 @@ pe_alter_aggregate(PG_FUNCTION_ARGS)
 	double	   *fractions = NULL;
 	bool		valid_null = true;
 	TimestampTz valid = 0;
+	MemoryContext outer = CurrentMemoryContext;
 
 	pe_require_preload();
 	if (PG_ARGISNULL(0))
@@ -154,8 +192,13 @@ pe_alter_aggregate(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("aggregate \"%s\" does not exist", name),
 				 errhint("See pipeline.aggregates for the aggregates you may see.")));
-	tup = SPI_copytuple(SPI_tuptable->vals[0]);
-	desc = CreateTupleDescCopy(SPI_tuptable->tupdesc);
+	tup = SPI_copytuple(SPI_tuptable->vals[0]);	/* (in the caller's context) */
+	{
+		MemoryContext spi = MemoryContextSwitchTo(outer);
+
+		desc = CreateTupleDescCopy(SPI_tuptable->tupdesc);
+		MemoryContextSwitchTo(spi);
+	}
 	pe_catalog_end(&acc);
 	owner = DatumGetObjectId(heap_getattr(tup, 1, desc, &isnull));
 	consumer = TextDatumGetCString(heap_getattr(tup, 2, desc, &isnull));
@@ -247,6 +290,8 @@ pe_alter_aggregate(PG_FUNCTION_ARGS)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
+	/* what is parsed here is used after SPI_finish(): in the caller's context */
+	MemoryContextSwitchTo(outer);
 
 	/* emit: the open windows move to the state table, or back */
 	if (strcmp(new_emit, emit) != 0 && strcmp(new_emit, "close") == 0)
@@ -260,17 +305,22 @@ pe_alter_aggregate(PG_FUNCTION_ARGS)
 					(errcode(ERRCODE_NAME_TOO_LONG),
 					 errmsg("the state table's name \"%s\" is longer than %d bytes", sname, NAMEDATALEN - 1),
 					 errhint("Rename the results table to a shorter name first.")));
-		pe_alter_sql(psprintf("CREATE TABLE %s.%s (LIKE %s INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES)",
+		pe_alter_sql(psprintf("CREATE TABLE %s.%s (LIKE %s INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES) "
+							  "WITH (fillfactor = 70)",
 							  quote_identifier(schema), quote_identifier(sname), pe_alter_qualified(results)));
 		state = get_relname_relid(sname, get_rel_namespace(results));
 		pe_alter_sql(psprintf("ALTER TABLE %s OWNER TO %s", pe_alter_qualified(state),
 							  quote_identifier(GetUserNameFromId(def->owner, false))));
-		pe_alter_sql(psprintf("WITH c AS (DELETE FROM %s WHERE NOT closed RETURNING *) INSERT INTO %s SELECT * FROM c",
-							  pe_alter_qualified(results), pe_alter_qualified(state)));
+		pe_alter_as_owner(def->owner, psprintf("WITH c AS (DELETE FROM %s WHERE NOT closed RETURNING *) "
+											   "INSERT INTO %s (%s) SELECT %s FROM c",
+											   pe_alter_qualified(results), pe_alter_qualified(state),
+											   pe_alter_columns(results), pe_alter_columns(results)));
 	}
 	else if (strcmp(new_emit, emit) != 0)
 	{
-		pe_alter_sql(psprintf("INSERT INTO %s SELECT * FROM %s", pe_alter_qualified(results), pe_alter_qualified(state)));
+		pe_alter_as_owner(def->owner, psprintf("INSERT INTO %s (%s) SELECT %s FROM %s", pe_alter_qualified(results),
+											   pe_alter_columns(results), pe_alter_columns(results),
+											   pe_alter_qualified(state)));
 		pe_alter_sql(psprintf("DROP TABLE %s", pe_alter_qualified(state)));
 		state = InvalidOid;
 	}
@@ -326,7 +376,9 @@ pe_alter_aggregate(PG_FUNCTION_ARGS)
 	if (nadd > 0)
 	{
 		Oid			vtypes[3] = {TEXTOID, INTERVALOID, TIMESTAMPTZOID};
-		Datum		vvalues[3] = {values[0], IntervalPGetDatum(slide), TimestampTzGetDatum(origin)};
+		/* the slide in microseconds: no day that the caller's time zone would stretch */
+		Datum		vvalues[3] = {values[0], pe_agg_interval(slide->time + (int64) slide->day * USECS_PER_DAY),
+		TimestampTzGetDatum(origin)};
 
 		/* the next window start after the newest event time counted, if any */
 		if (SPI_execute_with_args("SELECT pg_catalog.date_bin($2, pg_catalog.max(max_time), $3) OPERATOR(pg_catalog.+) $2 "

@@ -423,6 +423,7 @@ pe_create_aggregate(PG_FUNCTION_ARGS)
 	Datum	   *ad;
 	Datum	   *od;
 	Datum	   *gd;
+	MemoryContext outer = CurrentMemoryContext;
 
 	pe_require_preload();
 	for (int i = 0; i < 5; i++)
@@ -540,6 +541,8 @@ pe_create_aggregate(PG_FUNCTION_ARGS)
 	/* as the consumer's batches will see them (describing prepares its statements) */
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
+	/* what is parsed here is used after SPI_finish(): in the caller's context */
+	MemoryContextSwitchTo(outer);
 	target = pe_target_open(def, false);
 	if (strcmp(time_column, PE_AGG_TIMESTAMP) != 0)
 		pe_agg_require_decoded(target, time_column, "time column");
@@ -632,7 +635,8 @@ pe_create_aggregate(PG_FUNCTION_ARGS)
 	if (strcmp(emit, "close") == 0)
 	{
 		resetStringInfo(&sql);
-		appendStringInfo(&sql, "CREATE TABLE %s.%s (LIKE %s.%s INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES)",
+		appendStringInfo(&sql, "CREATE TABLE %s.%s (LIKE %s.%s INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES) "
+						 "WITH (fillfactor = 70)",
 						 quote_identifier(schema), quote_identifier(psprintf("%s_open", results)),
 						 quote_identifier(schema), quote_identifier(results));
 		if (SPI_execute(sql.data, false, 0) != SPI_OK_UTILITY)

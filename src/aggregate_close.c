@@ -127,7 +127,7 @@ pe_agg_close_to(PeAggregate *a, PeTarget *t, Datum wm, bool isnull, TimestampTz 
 		if (!isnull)
 		{
 			/* (the open windows' partial index on window_end finds them) */
-			const char *passed = "window_end OPERATOR(pg_catalog.<=) ($1 OPERATOR(pg_catalog.-) $2)";
+			const char *passed = "NOT closed AND window_end OPERATOR(pg_catalog.<=) ($1 OPERATOR(pg_catalog.-) $2)";
 			char	   *sql;
 			int64		inserted;
 
@@ -140,7 +140,7 @@ pe_agg_close_to(PeAggregate *a, PeTarget *t, Datum wm, bool isnull, TimestampTz 
 									   true, NULL);
 			}
 			else
-				sql = pe_agg_emit_wrap(a, NULL, psprintf("UPDATE %s AS r SET closed = true WHERE NOT closed AND %s", res, passed),
+				sql = pe_agg_emit_wrap(a, NULL, psprintf("UPDATE %s AS r SET closed = true WHERE %s", res, passed),
 									   true, NULL);
 			rc = pe_agg_as_owner(t, sql, 2, ctypes, cvalues, NULL);
 			if (rc != SPI_OK_SELECT)
@@ -151,9 +151,9 @@ pe_agg_close_to(PeAggregate *a, PeTarget *t, Datum wm, bool isnull, TimestampTz 
 
 	/* the watermark and the figures */
 	{
-		Oid			utypes[5] = {TEXTOID, TIMESTAMPTZOID, INT8OID, INT8OID, FLOAT8OID};
-		Datum		uvalues[5];
-		char		unulls[6] = "     ";
+		Oid			utypes[6] = {TEXTOID, TIMESTAMPTZOID, INT8OID, INT8OID, FLOAT8OID, TIMESTAMPTZOID};
+		Datum		uvalues[6];
+		char		unulls[7] = "      ";
 
 		uvalues[0] = CStringGetTextDatum(a->name);
 		uvalues[1] = wm;
@@ -163,12 +163,16 @@ pe_agg_close_to(PeAggregate *a, PeTarget *t, Datum wm, bool isnull, TimestampTz 
 		uvalues[3] = Int64GetDatum(a->opened - (int64) closed);	/* the windows opened, less those closed */
 		a->opened = 0;
 		uvalues[4] = Float8GetDatum((double) (GetCurrentTimestamp() - started) / 1000.0);
+		uvalues[5] = isnull ? (Datum) 0 : Int64GetDatum(DatumGetInt64(wm) - a->lateness_us);
+		if (isnull)
+			unulls[5] = 'n';
 		pe_catalog_begin(&acc);
 		if (SPI_execute_with_args("UPDATE pipeline.aggregate SET watermark = $2, "
 								  "windows_closed = windows_closed OPERATOR(pg_catalog.+) $3, "
 								  "open_windows = open_windows OPERATOR(pg_catalog.+) $4, "
+								  "closed_through = GREATEST(closed_through, $6), "
 								  "last_batch_at = pg_catalog.now(), batch_ms = $5 WHERE name OPERATOR(pg_catalog.=) $1",
-								  5, utypes, uvalues, unulls, false, 0) != SPI_OK_UPDATE)
+								  6, utypes, uvalues, unulls, false, 0) != SPI_OK_UPDATE)
 			elog(ERROR, "could not update aggregate \"%s\"", a->name);
 		pe_catalog_end(&acc);
 	}

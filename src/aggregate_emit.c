@@ -71,7 +71,7 @@ pe_agg_emit_wrap(PeAggregate *a, const char *ctes, const char *sql, bool emits, 
 	const char *inserted = "(r.xmax OPERATOR(pg_catalog.=) '0'::pg_catalog.xid) AS pe_inserted";
 
 	if (removed == NULL)
-		removed = "0";
+		removed = "0::pg_catalog.int8";
 	if (!emits || a->emit_topic == NULL)
 		return psprintf("%sm AS (%s RETURNING %s) "
 						"SELECT pg_catalog.count(*), pg_catalog.count(*) FILTER (WHERE m.pe_inserted) OPERATOR(pg_catalog.-) %s "

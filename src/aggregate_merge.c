@@ -27,6 +27,9 @@
 #include "utils/ruleutils.h"
 #include "utils/timestamp.h"
 
+#include "catalog/pg_operator.h"
+#include "utils/syscache.h"
+#include "utils/typcache.h"
 #include "aggregate.h"
 
 /* A column of the results: NAME__suffix, quoted. */
@@ -45,14 +48,11 @@ pe_agg_state(PeAggregate *a, int i, const char *suffix)
 static const char *
 pe_agg_valid_from(PeAggregate *a, int i, Oid time_type)
 {
-	Datum		v = Int64GetDatum(a->valid_from[i]);
-	char	   *text;
-
 	if (!a->has_valid_from[i])
 		return NULL;
-	text = time_type == TIMESTAMPTZOID ? DatumGetCString(DirectFunctionCall1(timestamptz_out, v))
-		: DatumGetCString(DirectFunctionCall1(timestamp_out, v));
-	return psprintf("%s::%s", quote_literal_cstr(text), format_type_be_qualified(time_type));
+	/* its microseconds from 2000-01-01 (no DateStyle, no time zone, no abbreviations) */
+	return psprintf("('2000-01-01 00:00:00%s'::%s OPERATOR(pg_catalog.+) '" INT64_FORMAT " microseconds'::pg_catalog.interval)",
+					time_type == TIMESTAMPTZOID ? "+00" : "", format_type_be_qualified(time_type), a->valid_from[i]);
 }
 
 /* One item of the select list: expr, or null in windows before valid. */
@@ -284,6 +284,28 @@ pe_agg_sql(PeAggregate *a, PeTarget *t, const int *cols, int ncols, Oid time_typ
 	return pe_agg_emit_wrap(a, NULL, s.data, !a->emit_close, NULL);
 }
 
+/* The qualified name of a type's default equality operator, for OPERATOR(). */
+static char *
+pe_agg_equality(Oid typid)
+{
+	Oid			opr = lookup_type_cache(typid, TYPECACHE_EQ_OPR)->eq_opr;
+	HeapTuple	tup;
+	char	   *name;
+
+	if (!OidIsValid(opr))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_FUNCTION),
+				 errmsg("could not identify an equality operator for type %s", format_type_be(typid)),
+				 errhint("Group session windows by columns whose type has a default btree operator class.")));
+	tup = SearchSysCache1(OPEROID, ObjectIdGetDatum(opr));
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for operator %u", opr);
+	name = psprintf("%s.%s", quote_identifier(get_namespace_name(((Form_pg_operator) GETSTRUCT(tup))->oprnamespace)),
+					NameStr(((Form_pg_operator) GETSTRUCT(tup))->oprname));
+	ReleaseSysCache(tup);
+	return name;
+}
+
 /* The name of aggregate i's column k (0: its value, 1..: its state) in a session merge's rows. */
 static char *
 pe_agg_scol(PeAggregate *a, int i, int k)
@@ -401,14 +423,21 @@ pe_agg_session_sql(PeAggregate *a, PeTarget *t, const int *cols, int ncols)
 					 "AND EXISTS (SELECT FROM b WHERE b.s OPERATOR(pg_catalog.<) r.window_end "
 					 "AND b.e OPERATOR(pg_catalog.>) r.window_start", res);
 	for (int k = 0; k < a->ngroups; k++)
-		appendStringInfo(&c, " AND b.g%d IS NOT DISTINCT FROM r.%s", k + 1, quote_identifier(a->groups[k]));
+	{
+		/* IS NOT DISTINCT FROM would look = up on the search_path: the type's own equality */
+		const char *col = quote_identifier(a->groups[k]);
+
+		appendStringInfo(&c, " AND (b.g%d OPERATOR(%s) r.%s OR (b.g%d IS NULL AND r.%s IS NULL))",
+						 k + 1, pe_agg_equality(t->cols[cols[k + 1]].typid), col, k + 1, col);
+	}
 	appendStringInfoString(&c, ") RETURNING r.*), ");
 
 	/* u: both, alike; f, i: the islands of overlapping sessions */
 	appendStringInfoString(&c, "u AS (SELECT x.window_start AS s, x.window_end AS e");
 	for (int k = 0; k < a->ngroups; k++)
 		appendStringInfo(&c, ", x.%s AS g%d", quote_identifier(a->groups[k]), k + 1);
-	appendStringInfoString(&c, ", 0::pg_catalog.int8 AS o");
+	/* (a total order for ties: the sessions taken out before the events, each its own) */
+	appendStringInfoString(&c, ", OPERATOR(pg_catalog.-) pg_catalog.row_number() OVER () AS o");
 	for (int i = 0; i < a->naggs; i++)
 	{
 		const char *suffixes[2];
@@ -420,8 +449,8 @@ pe_agg_session_sql(PeAggregate *a, PeTarget *t, const int *cols, int ncols)
 	}
 	appendStringInfo(&c, " FROM cand AS x UNION ALL SELECT * FROM b), "
 					 "f AS (SELECT u.*, CASE WHEN u.s OPERATOR(pg_catalog.>=) pg_catalog.max(u.e) OVER "
-					 "(%s%s ORDER BY u.s, u.e ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) THEN 1 ELSE 0 END AS fresh FROM u), "
-					 "i AS (SELECT f.*, pg_catalog.sum(f.fresh) OVER (%s%s ORDER BY f.s, f.e ROWS UNBOUNDED PRECEDING) AS island FROM f)",
+					 "(%s%s ORDER BY u.s, u.e, u.o ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) THEN 1 ELSE 0 END AS fresh FROM u), "
+					 "i AS (SELECT f.*, pg_catalog.sum(f.fresh) OVER (%s%s ORDER BY f.s, f.e, f.o ROWS UNBOUNDED PRECEDING) AS island FROM f)",
 					 a->ngroups ? "PARTITION BY " : "", g.data, a->ngroups ? "PARTITION BY " : "", g.data);
 
 	/* each island a session */
@@ -483,15 +512,15 @@ pe_agg_merge(PeAggregate *a, PeTarget *t, PeRow *rows, const Datum *times, const
 	/* how far back the first window holding an event starts */
 	types[ncols + 3] = INTERVALOID;
 	values[ncols + 3] = pe_agg_interval(((a->size_us + a->slide_us - 1) / a->slide_us - 1) * a->slide_us);
-	/* the watermark at the batch's start, and the lateness: which windows are open */
+	/* which windows are open: those ending after where they are closed (the lateness is in it) */
 	types[ncols + 4] = time_type;
-	values[ncols + 4] = Int64GetDatum(a->wm);
+	values[ncols + 4] = Int64GetDatum(a->cp);
 	types[ncols + 5] = INTERVALOID;
-	values[ncols + 5] = pe_agg_interval(a->lateness_us);
+	values[ncols + 5] = pe_agg_interval(0);
 
 	memset(nulls, ' ', nargs);
 	nulls[nargs] = '\0';
-	if (!a->has_wm)
+	if (!a->has_cp)
 		nulls[ncols + 4] = 'n';
 	rc = pe_agg_as_owner(t, sql, nargs, types, values, nulls);
 	if (rc != SPI_OK_SELECT)

@@ -427,6 +427,17 @@ sql(q{SELECT pipeline.alter_aggregate('alt', emit => 'update')});
 is(sql(q{SELECT (to_regclass('alt_open') IS NULL) || '/' || (state IS NULL) FROM pipeline.aggregates WHERE name = 'alt'}), 'true/true',
 	'emit update again: the state table is gone ...');
 is(sql($alt_sql =~ s/ UNION ALL SELECT \* FROM alt_open//r), sql($alt_want), '... and its windows are back in the results table');
+# a lateness raised does not reopen the windows already closed: an event
+# for one of them is late
+my $alt0 = sql(q{SELECT count || '/' || closed FROM alt WHERE window_start = '2026-01-01 00:05:00+00'});
+sql(q{SELECT pipeline.alter_aggregate('alt', lateness => '1 day')});
+sql(q{SELECT pipeline.produce('local', 'agg', '{"id": 70001, "device": "d1", "ts": "2026-01-01 00:05:30+00", "temp": 1}', '70001')});
+wait_for(q{SELECT count(*) FROM readings WHERE id = 70001}, '1', 'an event for a closed window, after the lateness was raised');
+is(sql(q{SELECT count || '/' || closed FROM alt WHERE window_start = '2026-01-01 00:05:00+00'}), $alt0,
+	'the closed window does not change ...');
+is(sql(q{SELECT count(*) FROM pipeline.late_events WHERE aggregate = 'alt' AND convert_from(value, 'UTF8') LIKE '%70001%'}), '1',
+	'... and the event is kept as late');
+
 sql(q{SELECT pipeline.alter_aggregate('emit_upd', emit_topic => '')});
 is(sql(q{SELECT emit_topic IS NULL AND emit_connection IS NULL FROM pipeline.aggregates WHERE name = 'emit_upd'}), 't',
 	"emit_topic => '' stops sending to a topic");
