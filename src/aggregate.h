@@ -85,7 +85,8 @@ extern Datum pe_agg_interval(int64 us);
 extern int	pe_agg_as_owner(PeTarget *t, const char *sql, int nargs, Oid *types, Datum *values, const char *nulls);
 extern void pe_agg_merge(PeAggregate *a, PeTarget *t, PeRow *rows, const Datum *times, const int *take, int ntake,
 						 const int *cols, int ncols);
-extern char *pe_agg_emit_wrap(PeAggregate *a, const char *ctes, const char *sql, bool emits, const char *removed);
+extern char *pe_agg_emit_wrap(PeAggregate *a, const char *ctes, const char *sql, bool emits, const char *removed,
+							  const char *retracted);
 extern uint64 pe_agg_emitted(PeAggregate *a, PeTarget *t, bool emits, int64 *inserted);
 extern void pe_agg_note_emitted(PeAggregate *a);
 extern void pe_agg_close_to(PeAggregate *a, PeTarget *t, Datum wm, bool isnull, TimestampTz started);

@@ -137,11 +137,11 @@ pe_agg_close_to(PeAggregate *a, PeTarget *t, Datum wm, bool isnull, TimestampTz 
 
 				sql = pe_agg_emit_wrap(a, psprintf("c AS (DELETE FROM %s WHERE %s RETURNING *)", open_in, passed),
 									   psprintf("INSERT INTO %s AS r (%s, closed) SELECT %s, true FROM c", res, cols, cols),
-									   true, NULL);
+									   true, NULL, NULL);
 			}
 			else
 				sql = pe_agg_emit_wrap(a, NULL, psprintf("UPDATE %s AS r SET closed = true WHERE %s", res, passed),
-									   true, NULL);
+									   true, NULL, NULL);
 			rc = pe_agg_as_owner(t, sql, 2, ctypes, cvalues, NULL);
 			if (rc != SPI_OK_SELECT)
 				elog(ERROR, "could not close the windows of aggregate \"%s\"", a->name);

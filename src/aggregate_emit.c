@@ -65,7 +65,8 @@ pe_agg_emit_drop(PeAggregate *a, bool value_columns)
  * CONFLICT inserted has no xmax; one it updated has the locker's.)
  */
 char *
-pe_agg_emit_wrap(PeAggregate *a, const char *ctes, const char *sql, bool emits, const char *removed)
+pe_agg_emit_wrap(PeAggregate *a, const char *ctes, const char *sql, bool emits, const char *removed,
+				 const char *retracted)
 {
 	const char *with = ctes ? psprintf("WITH %s, ", ctes) : "WITH ";
 	const char *inserted = "(r.xmax OPERATOR(pg_catalog.=) '0'::pg_catalog.xid) AS pe_inserted";
@@ -77,11 +78,25 @@ pe_agg_emit_wrap(PeAggregate *a, const char *ctes, const char *sql, bool emits, 
 						"SELECT pg_catalog.count(*), pg_catalog.count(*) FILTER (WHERE m.pe_inserted) OPERATOR(pg_catalog.-) %s "
 						"FROM m",
 						with, sql, inserted, removed);
-	return psprintf("%sm AS (%s RETURNING r.*, %s) "
-					"SELECT pg_catalog.convert_to((pg_catalog.to_jsonb(m) OPERATOR(pg_catalog.-) %s)::pg_catalog.text, 'UTF8'), "
-					"pg_catalog.convert_to((pg_catalog.to_jsonb(m) OPERATOR(pg_catalog.-) %s)::pg_catalog.text, 'UTF8'), "
-					"m.pe_inserted, %s FROM m ORDER BY m.window_start, m.window_end",
-					with, sql, inserted, pe_agg_emit_drop(a, true), pe_agg_emit_drop(a, false), removed);
+	{
+		char	   *key = pe_agg_emit_drop(a, true);
+		char	   *tombstones = "";
+
+		/* the windows taken out and not put back (a session that moved): their keys, with a null value */
+		if (retracted)
+			tombstones = psprintf("UNION ALL SELECT pg_catalog.to_jsonb(x) OPERATOR(pg_catalog.-) %s, NULL, false, "
+								  "x.window_start, x.window_end FROM %s AS x WHERE NOT EXISTS (SELECT FROM m "
+								  "WHERE (pg_catalog.to_jsonb(m) OPERATOR(pg_catalog.-) %s) OPERATOR(pg_catalog.=) "
+								  "(pg_catalog.to_jsonb(x) OPERATOR(pg_catalog.-) %s)) ",
+								  key, retracted, key, key);
+		return psprintf("%sm AS (%s RETURNING r.*, %s) "
+						"SELECT pg_catalog.convert_to(z.k::pg_catalog.text, 'UTF8'), "
+						"pg_catalog.convert_to(z.v::pg_catalog.text, 'UTF8'), z.ins, %s "
+						"FROM (SELECT pg_catalog.to_jsonb(m) OPERATOR(pg_catalog.-) %s AS k, "
+						"pg_catalog.to_jsonb(m) OPERATOR(pg_catalog.-) %s AS v, m.pe_inserted AS ins, "
+						"m.window_start AS ws, m.window_end AS we FROM m %s) AS z ORDER BY z.ws, z.we",
+						with, sql, inserted, removed, key, pe_agg_emit_drop(a, false), tombstones);
+	}
 }
 
 /*

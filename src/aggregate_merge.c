@@ -281,7 +281,7 @@ pe_agg_sql(PeAggregate *a, PeTarget *t, const int *cols, int ncols, Oid time_typ
 	for (int i = 0; i < a->naggs; i++)
 		pe_agg_merge_expr(&s, a, i, pe_agg_valid_from(a, i, time_type));
 	/* each change of a window is emitted, with emit 'update' */
-	return pe_agg_emit_wrap(a, NULL, s.data, !a->emit_close, NULL);
+	return pe_agg_emit_wrap(a, NULL, s.data, !a->emit_close, NULL, NULL);
 }
 
 /* The qualified name of a type's default equality operator, for OPERATOR(). */
@@ -459,7 +459,7 @@ pe_agg_session_sql(PeAggregate *a, PeTarget *t, const int *cols, int ncols)
 	for (int i = 0; i < a->naggs; i++)
 		pe_agg_session_combine(&s, a, i);
 	appendStringInfo(&s, " FROM i GROUP BY i.island%s", ig.data);
-	return pe_agg_emit_wrap(a, c.data, s.data, !a->emit_close, "(SELECT pg_catalog.count(*) FROM cand)");
+	return pe_agg_emit_wrap(a, c.data, s.data, !a->emit_close, "(SELECT pg_catalog.count(*) FROM cand)", "cand");
 }
 
 /*

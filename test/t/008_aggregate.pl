@@ -11,7 +11,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use PipelineExt::Broker;
 
-my $broker = PipelineExt::Broker->start(brokers => 1, topics => { agg => 4, agg_updates => 3, agg_closed => 3, sess => 3, quiet => 2 });
+my $broker = PipelineExt::Broker->start(brokers => 1, topics => { agg => 4, agg_updates => 3, agg_closed => 3, sess => 3, quiet => 2, visits_out => 2 });
 my $bs = $broker->bootstrap;
 
 my $node = PostgreSQL::Test::Cluster->new('aggregate');
@@ -346,7 +346,7 @@ sql(q{CREATE TABLE clicks (id int PRIMARY KEY, usr text, ts timestamptz, v float
       SELECT pipeline.create_consumer('rc', 'local', 'sess', 'clicks');
       SELECT pipeline.create_aggregate('visits', 'rc', '30 seconds', 'ts',
         ARRAY['count(*)', 'sum(v)', 'min(v)', 'max(v)', 'first(id)', 'last(id)', 'approx_count_distinct(v)', 'median(v)'],
-        ARRAY['usr'], kind => 'session', lateness => '1 day')});
+        ARRAY['usr'], kind => 'session', lateness => '1 day', emit_topic => 'visits_out')});
 my @order = map { $_->[0] } sort { $a->[1] <=> $b->[1] } map { [ $_, ($_ * 7919) % 2003 ] } 1 .. 2000;
 while (my @chunk = splice(@order, 0, 500))
 {
@@ -365,6 +365,27 @@ is(sql(q{SELECT string_agg(concat_ws('|', window_start, window_end, usr, count, 
 	'session windows of out-of-order events in several batches equal plain SQL sessions');
 is(sql(q{SELECT open_windows = (SELECT count(*) FROM visits WHERE NOT closed) FROM pipeline.aggregates WHERE name = 'visits'}), 't',
 	'... and pipeline.aggregates counts their open windows');
+# their topic: a session's last message is its row; a session that moved
+# (it grew backwards, or was joined to an earlier one) has a tombstone
+# under its old key, so a compacted topic holds the sessions of the table
+wait_for(q{SELECT coalesce(sum(backlog), 0) FROM pipeline.outbox_status}, '0', 'the relay published the sessions');
+{
+	my $msgs = $broker->read_topic('visits_out');
+	my %last;
+	$last{ $_->[2] } = [ $_->[4], $_->[3] ] for sort { $a->[4] <=> $b->[4] } @$msgs;
+	my @live = grep { $last{$_}[1] ne '\N' } keys %last;
+	ok(scalar(grep { $last{$_}[1] eq '\N' } keys %last) > 0, 'sessions that moved left tombstones');
+	sql(q{CREATE TABLE visits_topic (k jsonb, v jsonb)});
+	sql("INSERT INTO visits_topic VALUES " . join(',', map { "(\$j\$$_\$j\$, \$j\$$last{$_}[1]\$j\$)" } @live)) if @live;
+	is(sql(q{SELECT count(*) || ' sessions, ' || count(*) FILTER (WHERE t.v IS DISTINCT FROM r.v) || ' differ'
+	           FROM visits_topic t FULL JOIN (SELECT to_jsonb(x) - ARRAY['closed', 'count', 'sum_v', 'min_v', 'max_v', 'first_id',
+	                  'last_id', 'approx_count_distinct_v', 'median_v', 'first_id__time', 'last_id__time',
+	                  'approx_count_distinct_v__hll', 'median_v__digest'] AS k,
+	                  to_jsonb(x) - ARRAY['first_id__time', 'last_id__time', 'approx_count_distinct_v__hll', 'median_v__digest'] AS v
+	                  FROM visits x) r ON r.k = t.k}),
+		sql(q{SELECT count(*) FROM visits}) . ' sessions, 0 differ',
+		'the live keys of the topic are the sessions of the table, with their rows');
+}
 
 # an idle partition holds the watermark back only until idle_timeout: with
 # events on partition 0 alone, partition 1 (no event yet) keeps the
