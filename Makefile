@@ -34,6 +34,7 @@ OBJS = \
 	src/aggregate_alter.o \
 	src/aggregate_api.o \
 	src/aggregate_close.o \
+	src/aggregate_drop.o \
 	src/aggregate_emit.o \
 	src/aggregate_merge.o \
 	src/dedup.o \

@@ -547,7 +547,7 @@ pe_agg_keep_late(PeAggregate *a, PeMessage *msgs, PeRow *rows, const int *late, 
  * read again under the lock: two slots (or a replay) update one aggregate
  * in turn, each seeing the windows the other closed.
  */
-static void
+void
 pe_agg_lock(PeAggregate *a)
 {
 	PeCatalogAccess acc;
@@ -735,64 +735,6 @@ pe_aggregates_update(List *aggs, PeTarget *t, PeMessage *msgs, int n, PeRow *row
 		/* old events replayed do not move the watermark nor what was counted */
 		if (nbp > 0 && !replay)
 			pe_agg_advance(a, t, bp, bl, bo, bt, bt_null, nbp, npart, started);
-		if (a->emitted > 0 || a->opened != 0)
-			pe_agg_note_emitted(a);
-	}
-}
-
-/*
- * The consumer has read all there is and no partition of its topic has
- * had a message for an aggregate's idle_timeout: the stream is quiet, and
- * its last windows would wait for events that do not come.  The watermark
- * then moves on with the clock, from the newest event time by the time
- * since the last message came, and closes (and emits) the windows it
- * passes.  A slot calls this, in a transaction of its own, when idle and
- * caught up (slot_batch.c).  SPI connected.
- */
-void
-pe_aggregates_idle(PeConsumerDef *def)
-{
-	List	   *aggs = pe_aggregates_of(def);
-	PeTarget	t;
-	ListCell   *lc;
-
-	memset(&t, 0, sizeof(t));
-	t.def = def;
-	foreach(lc, aggs)
-	{
-		PeAggregate *a = lfirst(lc);
-		PeCatalogAccess acc;
-		Oid			types[1] = {TEXTOID};
-		Datum		values[1] = {CStringGetTextDatum(a->name)};
-		TimestampTz started = GetCurrentTimestamp();
-		bool		isnull = true;
-		Datum		wm = (Datum) 0;
-
-		/* first without a lock (most seconds nothing moves); again under it, which a batch may have taken */
-		for (int locked = 0; locked < 2; locked++)
-		{
-			if (locked)
-				pe_agg_lock(a);
-			isnull = true;
-			pe_catalog_begin(&acc);
-			if (SPI_execute_with_args("SELECT pg_catalog.max(o.max_time) OPERATOR(pg_catalog.+) "
-									  "(pg_catalog.statement_timestamp() OPERATOR(pg_catalog.-) pg_catalog.max(o.seen_at)) "
-									  "FROM pipeline.aggregate_offset o JOIN pipeline.aggregate a "
-									  "ON a.name OPERATOR(pg_catalog.=) o.aggregate "
-									  "WHERE o.aggregate OPERATOR(pg_catalog.=) $1 GROUP BY a.idle_timeout "
-									  "HAVING pg_catalog.bool_and(o.seen_at OPERATOR(pg_catalog.<) "
-									  "(pg_catalog.statement_timestamp() OPERATOR(pg_catalog.-) a.idle_timeout))",
-									  1, types, values, NULL, false, 0) != SPI_OK_SELECT)
-				elog(ERROR, "could not read what aggregate \"%s\" counted", a->name);
-			if (SPI_processed == 1)
-				wm = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-			pe_catalog_end(&acc);
-			if (isnull || (a->has_wm && DatumGetTimestampTz(wm) <= a->wm))
-				break;
-		}
-		if (isnull || (a->has_wm && DatumGetTimestampTz(wm) <= a->wm))
-			continue;
-		pe_agg_close_to(a, &t, wm, false, started);
 		if (a->emitted > 0 || a->opened != 0)
 			pe_agg_note_emitted(a);
 	}

@@ -80,6 +80,7 @@ extern char *pe_agg_emit_connection(PeConsumerDef *def, char *name, const char *
 extern const char *pe_agg_extension_schema(const char *extname);
 
 extern const char *pe_agg_table(PeAggregate *a, Oid rel);
+extern void pe_agg_lock(PeAggregate *a);
 extern const char *pe_agg_columns(PeAggregate *a);
 extern Datum pe_agg_interval(int64 us);
 extern int	pe_agg_as_owner(PeTarget *t, const char *sql, int nargs, Oid *types, Datum *values, const char *nulls);
