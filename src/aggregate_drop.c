@@ -26,6 +26,21 @@
 
 PG_FUNCTION_INFO_V1(pe_drop_aggregate);
 
+/* Drop an aggregate's results or state table, if it is still there. */
+static void
+pe_agg_drop_table(Oid rel, const char *what)
+{
+	if (get_rel_name(rel) == NULL)
+		return;
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute(psprintf("DROP TABLE %s", quote_qualified_identifier(get_namespace_name(get_rel_namespace(rel)),
+																	  get_rel_name(rel))),
+					false, 0) != SPI_OK_UTILITY)
+		elog(ERROR, "could not drop the %s table of an aggregate", what);
+	SPI_finish();
+}
+
 Datum
 pe_drop_aggregate(PG_FUNCTION_ARGS)
 {
@@ -73,15 +88,8 @@ pe_drop_aggregate(PG_FUNCTION_ARGS)
 	{
 		Oid			rel = i == 0 ? state : results;
 
-		if (!OidIsValid(rel) || get_rel_name(rel) == NULL || (rel == results && !drop_results))
-			continue;
-		if (SPI_connect() != SPI_OK_CONNECT)
-			elog(ERROR, "SPI_connect failed");
-		if (SPI_execute(psprintf("DROP TABLE %s", quote_qualified_identifier(get_namespace_name(get_rel_namespace(rel)),
-																		  get_rel_name(rel))),
-						false, 0) != SPI_OK_UTILITY)
-			elog(ERROR, "could not drop the %s table", i == 0 ? "state" : "results");
-		SPI_finish();
+		if (OidIsValid(rel) && (rel != results || drop_results))
+			pe_agg_drop_table(rel, i == 0 ? "state" : "results");
 	}
 	PG_RETURN_VOID();
 }
@@ -126,14 +134,6 @@ pe_aggregates_drop_state(PeConsumerDef *def)
 	{
 		Oid			rel = lfirst_oid(lc);
 
-		if (get_rel_name(rel) == NULL)
-			continue;
-		if (SPI_connect() != SPI_OK_CONNECT)
-			elog(ERROR, "SPI_connect failed");
-		if (SPI_execute(psprintf("DROP TABLE %s", quote_qualified_identifier(get_namespace_name(get_rel_namespace(rel)),
-																		  get_rel_name(rel))),
-						false, 0) != SPI_OK_UTILITY)
-			elog(ERROR, "could not drop the state table of an aggregate");
-		SPI_finish();
+		pe_agg_drop_table(rel, "state");
 	}
 }
