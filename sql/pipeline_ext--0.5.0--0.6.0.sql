@@ -31,6 +31,9 @@ CREATE TABLE @extschema@.aggregate (
     -- watermark less lateness used to close (a lateness raised later does
     -- not reopen them)
     closed_through timestamptz,
+    -- windows aligned in this zone's wall time (a day from local midnight
+    -- to midnight, 23 or 25 hours across a change of clocks); null: UTC
+    time_zone     text,
     -- figures, kept by the batches
     windows_closed bigint NOT NULL DEFAULT 0,
     open_windows  bigint NOT NULL DEFAULT 0,
@@ -114,7 +117,8 @@ CREATE FUNCTION @extschema@.create_aggregate(
     emit          text DEFAULT 'update',
     emit_topic    text DEFAULT NULL,
     emit_connection text DEFAULT NULL,
-    kind          text DEFAULT NULL)
+    kind          text DEFAULT NULL,
+    time_zone     text DEFAULT NULL)
 RETURNS regclass
 LANGUAGE C CALLED ON NULL INPUT VOLATILE
 AS 'MODULE_PATHNAME', 'pe_create_aggregate';
@@ -143,7 +147,7 @@ AS 'MODULE_PATHNAME', 'pe_drop_aggregate';
 -- Everyone sees the aggregates of the consumers they may see.
 CREATE VIEW @extschema@.aggregates WITH (security_barrier) AS
 SELECT a.name, a.consumer, pg_catalog.pg_get_userbyid(a.owner) AS owner, a.results,
-       a.window_kind, a.size, a.slide, a.origin, a.time_column, a.group_by,
+       a.window_kind, a.size, a.slide, a.origin, a.time_zone, a.time_column, a.group_by,
        a.lateness, a.idle_timeout, a.emit, a.state, a.emit_connection, a.emit_topic,
        a.watermark, a.open_windows, a.windows_closed, a.emitted, a.last_emit_at, a.last_batch_at, a.batch_ms,
        (SELECT pg_catalog.count(*) FROM @extschema@.aggregate_late l WHERE l.aggregate = a.name) AS late_events,

@@ -123,7 +123,7 @@ pe_aggregates_of(PeConsumerDef *def)
 	pe_catalog_begin(&acc);
 	if (SPI_execute_with_args("SELECT name, results, size, slide, origin, time_column, group_by, functions, "
 							  "arguments, outputs, lateness, watermark, fractions, emit, state, emit_connection, emit_topic, valid_from, "
-							  "revision, window_kind FROM pipeline.aggregate WHERE consumer_id OPERATOR(pg_catalog.=) $1 ORDER BY name",
+							  "revision, window_kind, time_zone FROM pipeline.aggregate WHERE consumer_id OPERATOR(pg_catalog.=) $1 ORDER BY name",
 							  1, types, values, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read pipeline.aggregate");
 	for (uint64 r = 0; r < SPI_processed; r++)
@@ -185,6 +185,7 @@ pe_aggregates_of(PeConsumerDef *def)
 		}
 		a->revision = DatumGetInt32(SPI_getbinval(tup, desc, 19, &isnull));
 		a->session = strcmp(SPI_getvalue(tup, desc, 20), "session") == 0;
+		a->time_zone = SPI_getvalue(tup, desc, 21);
 		for (int i = 0; i < a->naggs; i++)
 		{
 			const char **schema = strcmp(a->fns[i], "approx_count_distinct") == 0 ? &a->hll_schema
@@ -462,6 +463,27 @@ pe_agg_counted(PeAggregate *a, int32 **parts, int64 **lo, int64 **hi)
 }
 
 
+/*
+ * An instant as the wall time of the aggregate's time zone, and back (at
+ * a change of clocks, as PostgreSQL's AT TIME ZONE resolves it).  Without
+ * a time zone, the same microseconds.
+ */
+int64
+pe_agg_local(PeAggregate *a, int64 t)
+{
+	if (a->time_zone == NULL)
+		return t;
+	return DatumGetInt64(DirectFunctionCall2(timestamptz_zone, CStringGetTextDatum(a->time_zone), Int64GetDatum(t)));
+}
+
+int64
+pe_agg_utc(PeAggregate *a, int64 local)
+{
+	if (a->time_zone == NULL)
+		return local;
+	return DatumGetInt64(DirectFunctionCall2(timestamp_zone, CStringGetTextDatum(a->time_zone), Int64GetDatum(local)));
+}
+
 /* date_bin: the start of the stride holding t */
 static int64
 pe_agg_bin(int64 t, int64 stride, int64 origin)
@@ -478,14 +500,15 @@ pe_agg_bin(int64 t, int64 stride, int64 origin)
 static int64
 pe_agg_first_end(PeAggregate *a, int64 t)
 {
-	int64		s = pe_agg_bin(t, a->slide_us, a->origin);
+	int64		lt = pe_agg_local(a, t);	/* windows are aligned in wall time */
+	int64		s = pe_agg_bin(lt, a->slide_us, a->origin);
 
 	if (a->session)
 		return t + a->size_us;	/* the session it would open */
 
-	while (s - a->slide_us + a->size_us > t)
+	while (s - a->slide_us + a->size_us > lt)
 		s -= a->slide_us;
-	return s + a->size_us;
+	return pe_agg_utc(a, s + a->size_us);
 }
 
 /* Events after their window closed: into pipeline.aggregate_late, with why. */
@@ -679,7 +702,8 @@ pe_aggregates_update(List *aggs, PeTarget *t, PeMessage *msgs, int n, PeRow *row
 			{
 				int64		t = DatumGetInt64(times[r]);
 				int64		first_end = pe_agg_first_end(a, t);
-				int64		last_end = a->session ? first_end : pe_agg_bin(t, a->slide_us, a->origin) + a->size_us;
+				int64		last_end = a->session ? first_end
+					: pe_agg_utc(a, pe_agg_bin(pe_agg_local(a, t), a->slide_us, a->origin) + a->size_us);
 
 				if (first_end <= a->cp)
 				{

@@ -37,6 +37,7 @@ typedef struct PeAggregate
 	bool		session;
 	int64		slide_us;
 	TimestampTz origin;
+	char	   *time_zone;		/* windows in its wall time; NULL: UTC */
 	int64		lateness_us;
 	bool		has_wm;			/* a watermark yet (at the batch's start) */
 	int64		wm;				/* it, in the time column's microseconds */
@@ -83,6 +84,8 @@ extern const char *pe_agg_table(PeAggregate *a, Oid rel);
 extern void pe_agg_lock(PeAggregate *a);
 extern const char *pe_agg_columns(PeAggregate *a);
 extern Datum pe_agg_interval(int64 us);
+extern int64 pe_agg_local(PeAggregate *a, int64 t);
+extern int64 pe_agg_utc(PeAggregate *a, int64 local);
 extern int	pe_agg_as_owner(PeTarget *t, const char *sql, int nargs, Oid *types, Datum *values, const char *nulls);
 extern void pe_agg_merge(PeAggregate *a, PeTarget *t, PeRow *rows, const Datum *times, const int *take, int ntake,
 						 const int *cols, int ncols);

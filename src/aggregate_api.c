@@ -19,6 +19,7 @@
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "fmgr.h"
+#include "pgtime.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
@@ -392,6 +393,7 @@ pe_create_aggregate(PG_FUNCTION_ARGS)
 	char	   *emit_topic;
 	char	   *emit_connection;
 	char	   *kind;
+	char	   *time_zone;
 	Oid			state_oid = InvalidOid;
 	PeConsumerDef *def;
 	PeTarget   *target;
@@ -411,11 +413,11 @@ pe_create_aggregate(PG_FUNCTION_ARGS)
 	StringInfoData cols;
 	Oid			results_oid;
 	PeCatalogAccess acc;
-	Datum		values[21];
-	char		nulls[22] = "                     ";
-	Oid			types[21] = {TEXTOID, OIDOID, TEXTOID, INT8OID, OIDOID, TEXTOID, INTERVALOID, INTERVALOID,
+	Datum		values[22];
+	char		nulls[23] = "                      ";
+	Oid			types[22] = {TEXTOID, OIDOID, TEXTOID, INT8OID, OIDOID, TEXTOID, INTERVALOID, INTERVALOID,
 	TIMESTAMPTZOID, TEXTOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, INTERVALOID, INTERVALOID,
-	FLOAT8ARRAYOID, TEXTOID, OIDOID, TEXTOID, TEXTOID};
+	FLOAT8ARRAYOID, TEXTOID, OIDOID, TEXTOID, TEXTOID, TEXTOID};
 	Datum	   *pd;
 	bool	   *pn;
 	Datum	   *fd;
@@ -453,6 +455,17 @@ pe_create_aggregate(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("a session window has no slide"),
 				 errhint("A session ends after a gap of window without events; leave slide out.")));
+	time_zone = PG_ARGISNULL(15) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(15));
+	if (time_zone && strcmp(kind, "session") == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("a session window has no time zone"),
+				 errhint("Sessions are not aligned on the clock; leave time_zone out.")));
+	if (time_zone && pg_tzset(time_zone) == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("time zone \"%s\" is not known", time_zone),
+				 errhint("Name a time zone of pg_timezone_names, such as 'Europe/Paris'.")));
 	if (strcmp(kind, "hopping") == 0 && PG_ARGISNULL(6))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -524,6 +537,12 @@ pe_create_aggregate(PG_FUNCTION_ARGS)
 	/* '$timestamp': the message's Kafka timestamp, kept in no column */
 	time_type = strcmp(time_column, PE_AGG_TIMESTAMP) == 0 ? TIMESTAMPTZOID
 		: pe_agg_require_column(rel, time_column, "time column");
+	if (time_zone && time_type != TIMESTAMPTZOID)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("a time zone needs a time column of type timestamp with time zone, and \"%s\" is %s", time_column,
+						format_type_be(time_type)),
+				 errhint("A timestamp without time zone is already wall time: leave time_zone out.")));
 	if (time_type != TIMESTAMPTZOID && time_type != TIMESTAMPOID)
 		ereport(ERROR,
 				(errcode(ERRCODE_DATATYPE_MISMATCH),
@@ -717,14 +736,17 @@ pe_create_aggregate(PG_FUNCTION_ARGS)
 	}
 	else
 		nulls[19] = nulls[20] = 'n';
+	values[21] = time_zone ? CStringGetTextDatum(time_zone) : (Datum) 0;
+	if (time_zone == NULL)
+		nulls[21] = 'n';
 
 	pe_catalog_begin(&acc);
 	if (SPI_execute_with_args("INSERT INTO pipeline.aggregate (name, owner, consumer, consumer_id, results, window_kind, "
 							  "size, slide, origin, time_column, group_by, functions, arguments, outputs, lateness, idle_timeout, fractions, "
-							  "emit, state, emit_connection, emit_topic) "
-							  "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21) "
+							  "emit, state, emit_connection, emit_topic, time_zone) "
+							  "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22) "
 							  "ON CONFLICT (name) DO NOTHING",
-							  21, types, values, nulls, false, 0) != SPI_OK_INSERT)
+							  22, types, values, nulls, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not record the aggregate");
 	if (SPI_processed == 0)
 		ereport(ERROR,
@@ -740,7 +762,7 @@ pe_create_aggregate(PG_FUNCTION_ARGS)
 							  "SELECT $1, \"partition\", pg_catalog.int8multirange(pg_catalog.int8range(0, next_offset)), "
 							  "pg_catalog.now() FROM pipeline.offsets "
 							  "WHERE consumer OPERATOR(pg_catalog.=) $3",
-							  21, types, values, nulls, false, 0) != SPI_OK_INSERT)
+							  22, types, values, nulls, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not record where the aggregate starts");
 	pe_catalog_end(&acc);
 	PG_RETURN_OID(results_oid);

@@ -248,14 +248,25 @@ pe_agg_sql(PeAggregate *a, PeTarget *t, const int *cols, int ncols, Oid time_typ
 	StringInfoData s;
 	StringInfoData g;
 	const char *res = pe_agg_table(a, a->emit_close ? a->state : a->results);
-	const char *tt = format_type_be_qualified(time_type);
-	const char *bin = psprintf("pg_catalog.date_bin($%d, m.c0, $%d::%s)", ncols + 2, ncols + 3, tt);
+	/*
+	 * Windows are aligned in wall time: the time zone's ($ncols+7), or
+	 * UTC's (the same microseconds).  x is a window's start in it; s and e
+	 * its start and end as the time column has them.
+	 */
+	const char *lt = format_type_be_qualified(a->time_zone ? TIMESTAMPOID : time_type);
+	char	   *tz = psprintf("$%d", ncols + 7);
+	const char *local_c0 = a->time_zone ? psprintf("pg_catalog.timezone(%s, m.c0)", tz) : "m.c0";
+	const char *bin = psprintf("pg_catalog.date_bin($%d, %s, $%d::%s)", ncols + 2, local_c0, ncols + 3, lt);
+	const char *x_end = psprintf("x OPERATOR(pg_catalog.+) $%d", ncols + 1);
+	const char *s_of_x = a->time_zone ? psprintf("pg_catalog.timezone(%s, x)", tz) : "x";
+	const char *e_of_x = a->time_zone ? psprintf("pg_catalog.timezone(%s, %s)", tz, x_end) : x_end;
+
 	initStringInfo(&s);
 	initStringInfo(&g);
 	for (int i = 0; i < a->ngroups; i++)
 		appendStringInfo(&g, ", %s", quote_identifier(a->groups[i]));
 
-	appendStringInfo(&s, "INSERT INTO %s AS r (%s) SELECT w.s, w.s OPERATOR(pg_catalog.+) $%d", res, pe_agg_columns(a), ncols + 1);
+	appendStringInfo(&s, "INSERT INTO %s AS r (%s) SELECT w.s, w.e", res, pe_agg_columns(a));
 	for (int i = 0; i < a->ngroups; i++)
 		appendStringInfo(&s, ", m.c%d", i + 1);
 	for (int i = 0; i < a->naggs; i++)
@@ -265,15 +276,16 @@ pe_agg_sql(PeAggregate *a, PeTarget *t, const int *cols, int ncols, Oid time_typ
 	appendStringInfoString(&s, " AS m");
 	if (a->size_us == a->slide_us)
 		/* a tumbling window: the one that holds the event (open: aggregate.c kept the late ones out) */
-		appendStringInfo(&s, " CROSS JOIN LATERAL (SELECT %s AS s) AS w GROUP BY w.s", bin);
+		appendStringInfo(&s, " CROSS JOIN LATERAL (SELECT %s AS s, %s AS e FROM (SELECT %s AS x) AS y) AS w GROUP BY w.s, w.e",
+						 s_of_x, e_of_x, bin);
 	else
 		/* every window that holds the event: the last one to start, and those before it */
-		appendStringInfo(&s, " CROSS JOIN LATERAL (SELECT x AS s FROM pg_catalog.generate_series(%s OPERATOR(pg_catalog.-) $%d, %s, $%d) AS x "
-						 "WHERE x OPERATOR(pg_catalog.+) $%d OPERATOR(pg_catalog.>) m.c0 "
+		appendStringInfo(&s, " CROSS JOIN LATERAL (SELECT %s AS s, %s AS e FROM pg_catalog.generate_series(%s OPERATOR(pg_catalog.-) $%d, %s, $%d) AS x "
+						 "WHERE %s OPERATOR(pg_catalog.>) m.c0 "
 						 /* and is still open: a closed window stays as it closed */
-						 "AND ($%d IS NULL OR x OPERATOR(pg_catalog.+) $%d OPERATOR(pg_catalog.+) $%d OPERATOR(pg_catalog.>) $%d)"
-						 ") AS w GROUP BY w.s",
-						 bin, ncols + 4, bin, ncols + 2, ncols + 1, ncols + 5, ncols + 1, ncols + 6, ncols + 5);
+						 "AND ($%d IS NULL OR %s OPERATOR(pg_catalog.>) $%d)"
+						 ") AS w GROUP BY w.s, w.e",
+						 s_of_x, e_of_x, bin, ncols + 4, bin, ncols + 2, e_of_x, ncols + 5, e_of_x, ncols + 5);
 	for (int i = 0; i < a->ngroups; i++)
 		appendStringInfo(&s, ", m.c%d", i + 1);
 	/* (no order needed: a batch holds the aggregate's row lock, pe_agg_lock()) */
@@ -471,7 +483,7 @@ void
 pe_agg_merge(PeAggregate *a, PeTarget *t, PeRow *rows, const Datum *times, const int *take, int ntake,
 			 const int *cols, int ncols)
 {
-	int			nargs = ncols + 6;
+	int			nargs = ncols + 7;
 	Oid		   *types = palloc(sizeof(Oid) * nargs);
 	Datum	   *values = palloc(sizeof(Datum) * nargs);
 	Datum	   *ev = palloc(sizeof(Datum) * ntake);
@@ -507,7 +519,7 @@ pe_agg_merge(PeAggregate *a, PeTarget *t, PeRow *rows, const Datum *times, const
 	types[ncols + 1] = INTERVALOID;
 	values[ncols + 1] = pe_agg_interval(a->slide_us);
 	/* the origin as UTC wall time for a timestamp column: the same microseconds */
-	types[ncols + 2] = time_type;
+	types[ncols + 2] = a->time_zone ? TIMESTAMPOID : time_type;
 	values[ncols + 2] = TimestampTzGetDatum(a->origin);
 	/* how far back the first window holding an event starts */
 	types[ncols + 3] = INTERVALOID;
@@ -517,6 +529,9 @@ pe_agg_merge(PeAggregate *a, PeTarget *t, PeRow *rows, const Datum *times, const
 	values[ncols + 4] = Int64GetDatum(a->cp);
 	types[ncols + 5] = INTERVALOID;
 	values[ncols + 5] = pe_agg_interval(0);
+	/* the time zone the windows are aligned in (unused without one) */
+	types[ncols + 6] = TEXTOID;
+	values[ncols + 6] = CStringGetTextDatum(a->time_zone ? a->time_zone : "UTC");
 
 	memset(nulls, ' ', nargs);
 	nulls[nargs] = '\0';

@@ -11,7 +11,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use PipelineExt::Broker;
 
-my $broker = PipelineExt::Broker->start(brokers => 1, topics => { agg => 4, agg_updates => 3, agg_closed => 3, sess => 3, quiet => 2, visits_out => 2 });
+my $broker = PipelineExt::Broker->start(brokers => 1, topics => { agg => 4, agg_updates => 3, agg_closed => 3, sess => 3, quiet => 2, visits_out => 2, paris => 1 });
 my $bs = $broker->bootstrap;
 
 my $node = PostgreSQL::Test::Cluster->new('aggregate');
@@ -421,6 +421,23 @@ wait_for(q{SELECT closed FROM quiet10 WHERE window_start = '2026-01-01 00:00:20+
 ok(sql(q{SELECT watermark >= '2026-01-01 00:00:30+00' FROM pipeline.aggregates WHERE name = 'quiet10'}) eq 't',
 	'... its watermark moved on');
 
+# day windows in a time zone: local midnight to midnight, 23 hours on the
+# day Paris puts its clocks forward (2026-03-29); closed as the watermark
+# passes their end
+sql(q{CREATE TABLE paris (id int PRIMARY KEY, ts timestamptz);
+      SELECT pipeline.create_consumer('rp', 'local', 'paris', 'paris');
+      SELECT pipeline.create_aggregate('paris_days', 'rp', '1 day', 'ts', ARRAY['count(*)', 'max(id)'], time_zone => 'Europe/Paris');
+      SELECT count(pipeline.produce_async('local', 'paris', json_build_object('id', h, 'ts',
+               timestamptz '2026-03-27 20:00:00+00' + h * interval '1 hour')::text, h::text)) FROM generate_series(1, 80) h});
+wait_for(q{SELECT count(*) FROM paris}, '80', 'the Paris events are applied');
+is(sql(q{SELECT string_agg(concat_ws('|', window_start, window_end, count, max_id, closed), ',' ORDER BY window_start) FROM paris_days}),
+	sql(q{SELECT string_agg(concat_ws('|', d AT TIME ZONE 'Europe/Paris', (d + interval '1 day') AT TIME ZONE 'Europe/Paris', n, m,
+	                                  (d + interval '1 day') AT TIME ZONE 'Europe/Paris' <= (SELECT max(ts) FROM paris)), ',' ORDER BY d)
+	        FROM (SELECT date_trunc('day', ts AT TIME ZONE 'Europe/Paris') AS d, count(*) AS n, max(id) AS m FROM paris GROUP BY 1) x}),
+	'day windows in Europe/Paris equal plain SQL over local days, and close as the watermark passes their end');
+is(sql(q{SELECT string_agg((window_end - window_start)::text, ',' ORDER BY window_start) FROM paris_days}),
+	'1 day,1 day,23:00:00,1 day,1 day', '... the day the clocks go forward has 23 hours');
+
 # alter_aggregate keeps the state: an aggregate added is complete from the
 # first window after every event counted (earlier ones show null); emit
 # moves the open windows to the state table and back; the lateness changes
@@ -491,6 +508,8 @@ refused(q{'a1', 'rd', '1 minute', 'ts', ARRAY['percentile(temp, 1.5)']}, qr/frac
 	'a percentile beyond 1');
 refused(q{'a1', 'rd', '1 minute', 'ts', ARRAY['percentile(device, 0.5)']}, qr/percentile\(device\) needs a number/,
 	'a percentile of text');
+refused(q{'a1', 'rd', '1 day', 'ts', ARRAY['count(*)'], time_zone => 'Mars/Olympus'}, qr/time zone "Mars\/Olympus" is not known/,
+	'an unknown time zone');
 refused(q{'a1', 'rd', '1 minute', 'ts', ARRAY['count(*)'], emit => 'always'}, qr/emit must be 'update' or 'close'/,
 	'an emit mode that does not exist');
 refused(q{'a1', 'rd', '1 minute', 'ts', ARRAY['count(*)'], emit_connection => 'local'}, qr/emit_connection needs an emit_topic/,
