@@ -12,7 +12,9 @@ CREATE TABLE @extschema@.aggregate (
     consumer_id   bigint NOT NULL,
     results       regclass NOT NULL,
     -- a session window's size is its gap (slide, origin unused)
-    window_kind   text NOT NULL CHECK (window_kind IN ('tumbling', 'hopping', 'session')),
+    -- a cumulative window's slide is its step: windows of one start that
+    -- end a step, two steps, ... up to its size after it
+    window_kind   text NOT NULL CHECK (window_kind IN ('tumbling', 'hopping', 'session', 'cumulative')),
     size          interval NOT NULL,
     slide         interval NOT NULL,
     origin        timestamptz NOT NULL,

@@ -185,6 +185,7 @@ pe_aggregates_of(PeConsumerDef *def)
 		}
 		a->revision = DatumGetInt32(SPI_getbinval(tup, desc, 19, &isnull));
 		a->session = strcmp(SPI_getvalue(tup, desc, 20), "session") == 0;
+		a->cumulative = strcmp(SPI_getvalue(tup, desc, 20), "cumulative") == 0;
 		a->time_zone = SPI_getvalue(tup, desc, 21);
 		for (int i = 0; i < a->naggs; i++)
 		{
@@ -505,6 +506,13 @@ pe_agg_first_end(PeAggregate *a, int64 t)
 
 	if (a->session)
 		return t + a->size_us;	/* the session it would open */
+	if (a->cumulative)
+	{
+		/* the windows from the start of its size: the first to end after it */
+		int64		b = pe_agg_bin(lt, a->size_us, a->origin);
+
+		return pe_agg_utc(a, b + ((lt - b) / a->slide_us + 1) * a->slide_us);
+	}
 
 	while (s - a->slide_us + a->size_us > lt)
 		s -= a->slide_us;
@@ -703,7 +711,8 @@ pe_aggregates_update(List *aggs, PeTarget *t, PeMessage *msgs, int n, PeRow *row
 				int64		t = DatumGetInt64(times[r]);
 				int64		first_end = pe_agg_first_end(a, t);
 				int64		last_end = a->session ? first_end
-					: pe_agg_utc(a, pe_agg_bin(pe_agg_local(a, t), a->slide_us, a->origin) + a->size_us);
+					: pe_agg_utc(a, pe_agg_bin(pe_agg_local(a, t), a->cumulative ? a->size_us : a->slide_us,
+											   a->origin) + a->size_us);
 
 				if (first_end <= a->cp)
 				{

@@ -35,6 +35,7 @@ typedef struct PeAggregate
 	Oid			results;
 	int64		size_us;		/* of a session window: its gap */
 	bool		session;
+	bool		cumulative;		/* slide_us: its step */
 	int64		slide_us;
 	TimestampTz origin;
 	char	   *time_zone;		/* windows in its wall time; NULL: UTC */

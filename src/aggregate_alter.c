@@ -183,7 +183,8 @@ pe_alter_aggregate(PG_FUNCTION_ARGS)
 	/* the definition, locked against another change */
 	pe_catalog_begin(&acc);
 	if (SPI_execute_with_args("SELECT owner, consumer, results, state, emit, emit_topic, emit_connection, time_column, "
-							  "slide, origin, outputs, group_by, window_kind FROM pipeline.aggregate "
+							  "CASE WHEN window_kind OPERATOR(pg_catalog.=) 'cumulative' THEN size ELSE slide END, "
+							  "origin, outputs, group_by, window_kind FROM pipeline.aggregate "
 							  "WHERE name OPERATOR(pg_catalog.=) $1 FOR UPDATE",
 							  1, types, values, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read pipeline.aggregate");

@@ -445,11 +445,12 @@ pe_create_aggregate(PG_FUNCTION_ARGS)
 	emit_topic = PG_ARGISNULL(12) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(12));
 	emit_connection = PG_ARGISNULL(13) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(13));
 	kind = PG_ARGISNULL(14) ? (PG_ARGISNULL(6) ? "tumbling" : "hopping") : text_to_cstring(PG_GETARG_TEXT_PP(14));
-	if (strcmp(kind, "tumbling") != 0 && strcmp(kind, "hopping") != 0 && strcmp(kind, "session") != 0)
+	if (strcmp(kind, "tumbling") != 0 && strcmp(kind, "hopping") != 0 && strcmp(kind, "session") != 0 &&
+		strcmp(kind, "cumulative") != 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("window kind \"%s\" is not supported", kind),
-				 errhint("Use 'tumbling', 'hopping' (with a slide) or 'session' (the window is the gap that ends a session).")));
+				 errhint("Use 'tumbling', 'hopping' (with a slide), 'cumulative' (with a slide, its step) or 'session' (the window is the gap that ends a session).")));
 	if (strcmp(kind, "session") == 0 && !PG_ARGISNULL(6))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -466,11 +467,11 @@ pe_create_aggregate(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("time zone \"%s\" is not known", time_zone),
 				 errhint("Name a time zone of pg_timezone_names, such as 'Europe/Paris'.")));
-	if (strcmp(kind, "hopping") == 0 && PG_ARGISNULL(6))
+	if ((strcmp(kind, "hopping") == 0 || strcmp(kind, "cumulative") == 0) && PG_ARGISNULL(6))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("a hopping window needs a slide"),
-				 errhint("Give slide => an interval shorter than the window.")));
+				 errmsg("a %s window needs a slide", kind),
+				 errhint("Give slide => an interval shorter than the window (for a cumulative window, its step).")));
 	if (strcmp(emit, "update") != 0 && strcmp(emit, "close") != 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -518,6 +519,11 @@ pe_create_aggregate(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("the slide cannot be longer than the window"),
 				 errhint("A hopping window slides by at most its size; leave slide out for a tumbling window.")));
+	if (strcmp(kind, "cumulative") == 0 && pe_agg_usecs(size) % pe_agg_usecs(slide) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("a cumulative window must be a whole number of steps"),
+				 errhint("Give a slide (the step) that divides the window, such as window '1 day' and slide '1 hour'.")));
 	if (pe_agg_usecs(size) / pe_agg_usecs(slide) > 1000)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -637,9 +643,9 @@ pe_create_aggregate(PG_FUNCTION_ARGS)
 					 quote_identifier(schema), quote_identifier(results));
 	if (SPI_execute(sql.data, false, 0) != SPI_OK_UTILITY)
 		elog(ERROR, "could not alter the results table");
-	/* one row per window and group; a null group is one group */
+	/* one row per window and group (the end too: cumulative windows share their start); a null group is one group */
 	resetStringInfo(&sql);
-	appendStringInfo(&sql, "CREATE UNIQUE INDEX ON %s.%s (window_start%s) NULLS NOT DISTINCT",
+	appendStringInfo(&sql, "CREATE UNIQUE INDEX ON %s.%s (window_start, window_end%s) NULLS NOT DISTINCT",
 					 quote_identifier(schema), quote_identifier(results), cols.data);
 	if (SPI_execute(sql.data, false, 0) != SPI_OK_UTILITY)
 		elog(ERROR, "could not index the results table");
@@ -706,7 +712,7 @@ pe_create_aggregate(PG_FUNCTION_ARGS)
 	values[2] = CStringGetTextDatum(def->name);
 	values[3] = Int64GetDatum(def->id);
 	values[4] = ObjectIdGetDatum(results_oid);
-	values[5] = CStringGetTextDatum(strcmp(kind, "session") == 0 ? "session"
+	values[5] = CStringGetTextDatum(strcmp(kind, "session") == 0 || strcmp(kind, "cumulative") == 0 ? kind
 									: pe_agg_usecs(slide) == pe_agg_usecs(size) ? "tumbling" : "hopping");
 	values[6] = IntervalPGetDatum(size);
 	values[7] = IntervalPGetDatum(slide);

@@ -274,7 +274,19 @@ pe_agg_sql(PeAggregate *a, PeTarget *t, const int *cols, int ncols, Oid time_typ
 	appendStringInfoString(&s, " FROM ");
 	pe_agg_events(&s, t, cols, ncols);
 	appendStringInfoString(&s, " AS m");
-	if (a->size_us == a->slide_us)
+	if (a->cumulative)
+	{
+		/* cumulative: the windows of the event's start (binned by the size) that end after it, step by step */
+		const char *b = psprintf("pg_catalog.date_bin($%d, %s, $%d::%s)", ncols + 1, local_c0, ncols + 3, lt);
+		const char *e_of = a->time_zone ? psprintf("pg_catalog.timezone(%s, x)", tz) : "x";
+
+		appendStringInfo(&s, " CROSS JOIN LATERAL (SELECT %s AS s, %s AS e FROM (SELECT %s AS b) AS y, "
+						 "pg_catalog.generate_series(y.b OPERATOR(pg_catalog.+) $%d, y.b OPERATOR(pg_catalog.+) $%d, $%d) AS x "
+						 "WHERE %s OPERATOR(pg_catalog.>) m.c0 AND ($%d IS NULL OR %s OPERATOR(pg_catalog.>) $%d)) AS w GROUP BY w.s, w.e",
+						 a->time_zone ? psprintf("pg_catalog.timezone(%s, y.b)", tz) : "y.b", e_of, b,
+						 ncols + 2, ncols + 1, ncols + 2, e_of, ncols + 5, e_of, ncols + 5);
+	}
+	else if (a->size_us == a->slide_us)
 		/* a tumbling window: the one that holds the event (open: aggregate.c kept the late ones out) */
 		appendStringInfo(&s, " CROSS JOIN LATERAL (SELECT %s AS s, %s AS e FROM (SELECT %s AS x) AS y) AS w GROUP BY w.s, w.e",
 						 s_of_x, e_of_x, bin);
@@ -289,7 +301,7 @@ pe_agg_sql(PeAggregate *a, PeTarget *t, const int *cols, int ncols, Oid time_typ
 	for (int i = 0; i < a->ngroups; i++)
 		appendStringInfo(&s, ", m.c%d", i + 1);
 	/* (no order needed: a batch holds the aggregate's row lock, pe_agg_lock()) */
-	appendStringInfo(&s, " ON CONFLICT (window_start%s) DO UPDATE SET ", g.data);
+	appendStringInfo(&s, " ON CONFLICT (window_start, window_end%s) DO UPDATE SET ", g.data);
 	for (int i = 0; i < a->naggs; i++)
 		pe_agg_merge_expr(&s, a, i, pe_agg_valid_from(a, i, time_type));
 	/* each change of a window is emitted, with emit 'update' */

@@ -94,6 +94,10 @@ my $kts_want = q{SELECT string_agg(concat_ws('|', s, s + interval '10 seconds', 
                          FROM readings_ts GROUP BY 1) x};
 
 sql(q{SELECT pipeline.create_aggregate('alt', 'rd', '1 minute', 'ts', ARRAY['count(*)'])});
+# cumulative windows: within each 10 minutes, the windows that end after
+# 2, 4, ..., 10 minutes
+sql(q{SELECT pipeline.create_aggregate('cum', 'rd', '10 minutes', 'ts', ARRAY['count(*)', 'max(id)'], slide => '2 minutes',
+        kind => 'cumulative')});
 # session windows: each device's events come every 5 s, so with a gap of
 # 7 s a device has one session, that grows with every batch
 sql(q{SELECT pipeline.create_aggregate('sess_rd', 'rd', '7 seconds', 'ts', ARRAY['count(*)', 'max(id)', 'first(id)', 'avg(temp)'],
@@ -110,7 +114,7 @@ is(sql(q{SELECT string_agg(concat_ws(':', name, emit, state, emit_connection, em
 	'emit_cls:close:emit_cls_open:local:agg_closed,emit_upd:update:local:agg_updates', 'pipeline.aggregates shows how they emit');
 
 is(sql(q{SELECT string_agg(name || ':' || window_kind || ':' || results::text, ',' ORDER BY name) FROM pipeline.aggregates}),
-	'alt:tumbling:alt,approx:tumbling:approx,by_kafka_time:tumbling:by_kafka_time,emit_cls:tumbling:emit_cls,emit_upd:tumbling:emit_upd,exact:tumbling:exact,hop:hopping:hop,per_min:tumbling:per_min,sess_rd:session:sess_rd',
+	'alt:tumbling:alt,approx:tumbling:approx,by_kafka_time:tumbling:by_kafka_time,cum:cumulative:cum,emit_cls:tumbling:emit_cls,emit_upd:tumbling:emit_upd,exact:tumbling:exact,hop:hopping:hop,per_min:tumbling:per_min,sess_rd:session:sess_rd',
 	'pipeline.aggregates lists them');
 
 # what the aggregates must hold: the same, in plain SQL over the table
@@ -175,6 +179,13 @@ sub check
 	my $windows = sql(q{SELECT count(DISTINCT (date_bin('10 minutes', ts, timestamptz '2000-01-01 00:00:00+00'), device)) FROM readings});
 	is(sql($approx_off), "$windows windows, 0 distinct counts off, 0 percentiles off by more than 2",
 		"$what: hll distinct counts (exact at this size) and t-digest percentiles match plain SQL");
+	is(sql(q{SELECT string_agg(concat_ws('|', window_start, window_end, count, max_id), ',' ORDER BY window_start, window_end) FROM cum}),
+		sql(q{SELECT string_agg(concat_ws('|', s, e, n, m), ',' ORDER BY s, e)
+		        FROM (SELECT b AS s, b + k * interval '2 minutes' AS e, count(*) AS n, max(id) AS m
+		                FROM readings, LATERAL (SELECT date_bin('10 minutes', ts, timestamptz '2000-01-01 00:00:00+00') AS b) y,
+		                     generate_series(1, 5) k
+		               WHERE b + k * interval '2 minutes' > ts GROUP BY 1, 2) x}),
+		"$what: the cumulative windows equal plain SQL over the table");
 	is(sql($sess_rd_sql), sql(sessions_want('readings', 'device', '7 seconds',
 			q{count(*), max(id), (array_agg(id ORDER BY ts))[1], round(avg(temp)::numeric, 6)})),
 		"$what: the session windows equal plain SQL sessions over the table");
@@ -299,14 +310,14 @@ is(sql(q{SELECT (windows_closed = (SELECT count(*) FROM closing WHERE closed)) |
 like(sql(q{SELECT status || ': ' || reason FROM pipeline.health WHERE consumer = 'aggregate:closing'}),
 	qr/^warning: 1 late events kept in the last /, 'pipeline.health warns of the late event');
 is(sql(q{SELECT string_agg(consumer, ',' ORDER BY consumer) FROM pipeline.health WHERE consumer LIKE 'aggregate:%'}),
-	'aggregate:alt,aggregate:approx,aggregate:by_kafka_time,aggregate:closing,aggregate:emit_cls,aggregate:emit_upd,aggregate:exact,aggregate:hop,aggregate:per_min,aggregate:sess_rd', '... and has a row for each aggregate');
+	'aggregate:alt,aggregate:approx,aggregate:by_kafka_time,aggregate:closing,aggregate:cum,aggregate:emit_cls,aggregate:emit_upd,aggregate:exact,aggregate:hop,aggregate:per_min,aggregate:sess_rd', '... and has a row for each aggregate');
 {
 	# the exporter's query for aggregates (sql/prometheus-postgres-exporter.yaml) runs and has them
 	my $yaml = slurp_file(($ENV{TESTDIR} // '.') . '/sql/prometheus-postgres-exporter.yaml');
 	my ($query) = $yaml =~ /^pipeline_aggregate:\n  query: \|\n(.*?)\n  metrics:/ms;
 	ok(defined $query, 'the exporter has a query for aggregates');
 	like(sql("SELECT string_agg(aggregate || ':' || late_events, ',' ORDER BY aggregate) FROM ($query) q"),
-		qr/^alt:1,approx:1,by_kafka_time:\d+,closing:1,emit_cls:1,emit_upd:1,exact:1,hop:1,per_min:1,sess_rd:\d+$/, '... which reads them');
+		qr/^alt:1,approx:1,by_kafka_time:\d+,closing:1,cum:\d+,emit_cls:1,emit_upd:1,exact:1,hop:1,per_min:1,sess_rd:\d+$/, '... which reads them');
 }
 
 # a dead letter replayed once the table takes it: counted then, once
@@ -510,6 +521,8 @@ refused(q{'a1', 'rd', '1 minute', 'ts', ARRAY['percentile(device, 0.5)']}, qr/pe
 	'a percentile of text');
 refused(q{'a1', 'rd', '1 day', 'ts', ARRAY['count(*)'], time_zone => 'Mars/Olympus'}, qr/time zone "Mars\/Olympus" is not known/,
 	'an unknown time zone');
+refused(q{'a1', 'rd', '10 minutes', 'ts', ARRAY['count(*)'], slide => '3 minutes', kind => 'cumulative'},
+	qr/a cumulative window must be a whole number of steps/, 'a cumulative window that is not a whole number of steps');
 refused(q{'a1', 'rd', '1 minute', 'ts', ARRAY['count(*)'], emit => 'always'}, qr/emit must be 'update' or 'close'/,
 	'an emit mode that does not exist');
 refused(q{'a1', 'rd', '1 minute', 'ts', ARRAY['count(*)'], emit_connection => 'local'}, qr/emit_connection needs an emit_topic/,
