@@ -158,6 +158,7 @@ pe_alter_aggregate(PG_FUNCTION_ARGS)
 	char	  **groups;
 	int			ngroups;
 	char	   *new_emit;
+	char	   *time_zone;
 	Interval   *lateness = PG_ARGISNULL(1) ? NULL : PG_GETARG_INTERVAL_P(1);
 	Interval   *idle = PG_ARGISNULL(2) ? NULL : PG_GETARG_INTERVAL_P(2);
 	PeConsumerDef *def;
@@ -184,7 +185,7 @@ pe_alter_aggregate(PG_FUNCTION_ARGS)
 	pe_catalog_begin(&acc);
 	if (SPI_execute_with_args("SELECT owner, consumer, results, state, emit, emit_topic, emit_connection, time_column, "
 							  "CASE WHEN window_kind OPERATOR(pg_catalog.=) 'cumulative' THEN size ELSE slide END, "
-							  "origin, outputs, group_by, window_kind FROM pipeline.aggregate "
+							  "origin, outputs, group_by, window_kind, COALESCE(time_zone, 'UTC') FROM pipeline.aggregate "
 							  "WHERE name OPERATOR(pg_catalog.=) $1 FOR UPDATE",
 							  1, types, values, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read pipeline.aggregate");
@@ -208,6 +209,7 @@ pe_alter_aggregate(PG_FUNCTION_ARGS)
 	if (isnull)
 		state = InvalidOid;
 	emit = TextDatumGetCString(heap_getattr(tup, 5, desc, &isnull));
+	time_zone = TextDatumGetCString(heap_getattr(tup, 14, desc, &isnull));
 	{
 		Datum		d = heap_getattr(tup, 6, desc, &isnull);
 
@@ -291,9 +293,6 @@ pe_alter_aggregate(PG_FUNCTION_ARGS)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	/* what is parsed here is used after SPI_finish(): in the caller's context */
-	MemoryContextSwitchTo(outer);
-
 	/* emit: the open windows move to the state table, or back */
 	if (strcmp(new_emit, emit) != 0 && strcmp(new_emit, "close") == 0)
 	{
@@ -335,6 +334,11 @@ pe_alter_aggregate(PG_FUNCTION_ARGS)
 		Relation	rel;
 		PeTarget   *target;
 
+		/*
+		 * What is parsed here is used after SPI_finish(): in the caller's
+		 * context (each SPI call leaves SPI's procedure context current).
+		 */
+		MemoryContextSwitchTo(outer);
 		deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &nadd);
 		fns = palloc(sizeof(char *) * Max(nadd, 1));
 		args = palloc(sizeof(char *) * Max(nadd, 1));
@@ -342,6 +346,7 @@ pe_alter_aggregate(PG_FUNCTION_ARGS)
 		fractions = palloc(sizeof(double) * Max(nadd, 1));
 		rel = table_open(def->target, AccessShareLock);
 		target = pe_target_open(def, false);
+		MemoryContextSwitchTo(outer);
 		for (int i = 0; i < nadd; i++)
 		{
 			if (nulls[i])
@@ -376,15 +381,21 @@ pe_alter_aggregate(PG_FUNCTION_ARGS)
 	pe_catalog_begin(&acc);
 	if (nadd > 0)
 	{
-		Oid			vtypes[3] = {TEXTOID, INTERVALOID, TIMESTAMPTZOID};
+		Oid			vtypes[4] = {TEXTOID, INTERVALOID, TIMESTAMPOID, TEXTOID};
 		/* the slide in microseconds: no day that the caller's time zone would stretch */
-		Datum		vvalues[3] = {values[0], pe_agg_interval(slide->time + (int64) slide->day * USECS_PER_DAY),
-		TimestampTzGetDatum(origin)};
+		Datum		vvalues[4] = {values[0], pe_agg_interval(slide->time + (int64) slide->day * USECS_PER_DAY),
+		TimestampTzGetDatum(origin), CStringGetTextDatum(time_zone)};
 
-		/* the next window start after the newest event time counted, if any */
-		if (SPI_execute_with_args("SELECT pg_catalog.date_bin($2, pg_catalog.max(max_time), $3) OPERATOR(pg_catalog.+) $2 "
+		/*
+		 * The next window start after the newest event time counted, if
+		 * any, in the wall time the windows are aligned on (UTC's by
+		 * default: the same microseconds; the origin's wall time is local).
+		 */
+		if (SPI_execute_with_args("SELECT pg_catalog.timezone($4, pg_catalog.date_bin($2, "
+								  "pg_catalog.timezone($4, pg_catalog.max(max_time)), $3::pg_catalog.timestamp) "
+								  "OPERATOR(pg_catalog.+) $2) "
 								  "FROM pipeline.aggregate_offset WHERE aggregate OPERATOR(pg_catalog.=) $1",
-								  3, vtypes, vvalues, NULL, true, 0) != SPI_OK_SELECT || SPI_processed != 1)
+								  4, vtypes, vvalues, NULL, true, 0) != SPI_OK_SELECT || SPI_processed != 1)
 			elog(ERROR, "could not read what aggregate \"%s\" counted", name);
 		valid = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &valid_null));
 	}

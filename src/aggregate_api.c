@@ -565,9 +565,13 @@ pe_create_aggregate(PG_FUNCTION_ARGS)
 	/* as the consumer's batches will see them (describing prepares its statements) */
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	/* what is parsed here is used after SPI_finish(): in the caller's context */
-	MemoryContextSwitchTo(outer);
 	target = pe_target_open(def, false);
+
+	/*
+	 * What is parsed here is used after SPI_finish(): in the caller's
+	 * context (each SPI call leaves SPI's procedure context current).
+	 */
+	MemoryContextSwitchTo(outer);
 	if (strcmp(time_column, PE_AGG_TIMESTAMP) != 0)
 		pe_agg_require_decoded(target, time_column, "time column");
 	for (int g = 0; g < ngroups; g++)

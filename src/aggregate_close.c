@@ -179,6 +179,25 @@ pe_agg_close_to(PeAggregate *a, PeTarget *t, Datum wm, bool isnull, TimestampTz 
 	}
 }
 
+/* Whether a watermark would close an open window of the aggregate. */
+static bool
+pe_agg_would_close(PeAggregate *a, PeTarget *t, Datum wm)
+{
+	Oid			types[2] = {TIMESTAMPTZOID, INTERVALOID};
+	Datum		values[2];
+	const char *open_in = pe_agg_table(a, a->emit_close ? a->state : a->results);
+	bool		isnull;
+
+	types[0] = get_atttype(a->results, get_attnum(a->results, "window_end"));	/* the same microseconds */
+	values[0] = wm;
+	values[1] = pe_agg_interval(a->lateness_us);
+	if (pe_agg_as_owner(t, psprintf("SELECT EXISTS (SELECT FROM %s WHERE NOT closed "
+									"AND window_end OPERATOR(pg_catalog.<=) ($1 OPERATOR(pg_catalog.-) $2))", open_in),
+						2, types, values, NULL) != SPI_OK_SELECT)
+		elog(ERROR, "could not look at the open windows of aggregate \"%s\"", a->name);
+	return DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+}
+
 /*
  * The consumer has read all there is and no partition of its topic has
  * had a message for an aggregate's idle_timeout: the stream is quiet, and
@@ -186,7 +205,8 @@ pe_agg_close_to(PeAggregate *a, PeTarget *t, Datum wm, bool isnull, TimestampTz 
  * then moves on with the clock, from the newest event time by the time
  * since the last message came, and closes (and emits) the windows it
  * passes.  A slot calls this, in a transaction of its own, when idle and
- * caught up (slot_batch.c).  SPI connected.
+ * caught up, every slot of the consumer (slot_batch.c).  It writes only
+ * when an open window would close.  SPI connected.
  */
 void
 pe_aggregates_idle(PeConsumerDef *def)
@@ -228,6 +248,12 @@ pe_aggregates_idle(PeConsumerDef *def)
 			pe_catalog_end(&acc);
 			if (isnull || (a->has_wm && DatumGetTimestampTz(wm) <= a->wm))
 				break;
+			/* nothing to write (nor to lock) unless an open window would close */
+			if (!locked && !pe_agg_would_close(a, &t, wm))
+			{
+				isnull = true;
+				break;
+			}
 		}
 		if (isnull || (a->has_wm && DatumGetTimestampTz(wm) <= a->wm))
 			continue;

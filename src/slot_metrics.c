@@ -14,11 +14,15 @@
  */
 #include "postgres.h"
 
+#include "miscadmin.h"
 #include "storage/lwlock.h"
 #include "utils/timestamp.h"
 
 #include "shmem.h"
 #include "slot.h"
+
+/* high watermarks older than this do not say a consumer is caught up */
+#define PE_CAUGHT_UP_FRESH_MS 5000
 
 #define PE_ASK_EVERY_MS 5000		/* ask for idle partitions' watermarks */
 #define PE_ASK_TIMEOUT_MS 1000
@@ -178,9 +182,38 @@ pe_slot_ask_watermarks(TimestampTz now, bool all, int timeout_ms)
 }
 
 /*
+ * Every slot of this consumer is running, has read all there is of its
+ * partitions by high watermarks seen within PE_CAUGHT_UP_FRESH_MS, and
+ * together they hold all of the topic's partitions: no slot behind, none
+ * restarting, no partition unread.  (pe_shared->lock held.)
+ */
+static bool
+pe_slot_consumer_caught_up(TimestampTz now)
+{
+	int			held = 0;
+
+	for (int i = 0; i < pe_shared->max_slots; i++)
+	{
+		PeSlot	   *o = &pe_shared->slots[i];
+
+		if (o->state == PE_SLOT_FREE || o->dboid != MyDatabaseId || o->consumer_id != pe_run->def->id || o->dropped)
+			continue;
+		if (o->state != PE_SLOT_RUNNING)
+			return false;
+		for (int k = 0; k < o->npartitions; k++)
+			if (o->high[k] < 0 || now - o->high_at[k] > (int64) PE_CAUGHT_UP_FRESH_MS * 1000 ||
+				o->high[k] > Max(o->applied[k], 0))
+				return false;
+		held += o->npartitions;
+	}
+	return held >= pe_run->npart;
+}
+
+/*
  * Publish the committed offsets and the high watermarks of this slot's
  * partitions.  The watermarks come from librdkafka's cache, filled by the
  * fetch responses: no request to the broker, so readers never wait on it.
+ * True when the whole consumer has read all there is (see above).
  */
 bool
 pe_slot_publish_watermarks(void)
@@ -236,7 +269,7 @@ pe_slot_publish_watermarks(void)
 		if (known)
 			s->period_lag[pe_slot_period(s, now)] = lag;
 		pe_slot_note_watermarks(s, now);
-		caught_up = known && all_known && lag == 0;
+		caught_up = known && all_known && lag == 0 && pe_slot_consumer_caught_up(now);
 	}
 	LWLockRelease(pe_shared->lock);
 	return caught_up;
