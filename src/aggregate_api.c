@@ -22,6 +22,7 @@
 #include "pgtime.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
+#include "parser/scansup.h"
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -276,6 +277,19 @@ pe_agg_parse(const char *spec, Relation rel, char **fn, char **arg, char **out, 
 				 errhint("Aggregate a column whose type can be sorted, or use approx_count_distinct() with the hll extension.")));
 }
 
+/* Whether AT TIME ZONE would read a zone name as an abbreviation (a fixed offset). */
+static bool
+pe_agg_zone_is_abbreviation(const char *name)
+{
+	char	   *low = downcase_truncate_identifier(name, strlen(name), false);
+	int			offset;
+	pg_tz	   *tzp;
+
+	/* (UTC, GMT and the like are an offset of 0 both ways) */
+	return strlen(name) < TOKMAXLEN && DecodeTimezoneAbbrev(0, low, &offset, &tzp) != UNKNOWN_FIELD &&
+		!(tzp == NULL && offset == 0);
+}
+
 /*
  * The connection an aggregate's windows are sent through: the consumer's
  * unless named; the caller and the consumer's owner (who sends) must be
@@ -462,6 +476,11 @@ pe_create_aggregate(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("a session window has no time zone"),
 				 errhint("Sessions are not aligned on the clock; leave time_zone out.")));
+	if (time_zone && pe_agg_zone_is_abbreviation(time_zone))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("time zone \"%s\" is also an abbreviation, which PostgreSQL reads as a fixed offset", time_zone),
+				 errhint("Name the zone by its region, such as 'Europe/Paris' rather than 'CET'.")));
 	if (time_zone && pg_tzset(time_zone) == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),

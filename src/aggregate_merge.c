@@ -251,7 +251,9 @@ pe_agg_sql(PeAggregate *a, PeTarget *t, const int *cols, int ncols, Oid time_typ
 	/*
 	 * Windows are aligned in wall time: the time zone's ($ncols+7), or
 	 * UTC's (the same microseconds).  x is a window's start in it; s and e
-	 * its start and end as the time column has them.
+	 * its start and end as the time column has them.  Whether a window
+	 * holds an event is judged in wall time, as the late check does
+	 * (aggregate.c); whether it is still open, in instants.
 	 */
 	const char *lt = format_type_be_qualified(a->time_zone ? TIMESTAMPOID : time_type);
 	char	   *tz = psprintf("$%d", ncols + 7);
@@ -282,9 +284,9 @@ pe_agg_sql(PeAggregate *a, PeTarget *t, const int *cols, int ncols, Oid time_typ
 
 		appendStringInfo(&s, " CROSS JOIN LATERAL (SELECT %s AS s, %s AS e FROM (SELECT %s AS b) AS y, "
 						 "pg_catalog.generate_series(y.b OPERATOR(pg_catalog.+) $%d, y.b OPERATOR(pg_catalog.+) $%d, $%d) AS x "
-						 "WHERE %s OPERATOR(pg_catalog.>) m.c0 AND ($%d IS NULL OR %s OPERATOR(pg_catalog.>) $%d)) AS w GROUP BY w.s, w.e",
+						 "WHERE x OPERATOR(pg_catalog.>) %s AND ($%d IS NULL OR %s OPERATOR(pg_catalog.>) $%d)) AS w GROUP BY w.s, w.e",
 						 a->time_zone ? psprintf("pg_catalog.timezone(%s, y.b)", tz) : "y.b", e_of, b,
-						 ncols + 2, ncols + 1, ncols + 2, e_of, ncols + 5, e_of, ncols + 5);
+						 ncols + 2, ncols + 1, ncols + 2, local_c0, ncols + 5, e_of, ncols + 5);
 	}
 	else if (a->size_us == a->slide_us)
 		/* a tumbling window: the one that holds the event (open: aggregate.c kept the late ones out) */
@@ -293,11 +295,11 @@ pe_agg_sql(PeAggregate *a, PeTarget *t, const int *cols, int ncols, Oid time_typ
 	else
 		/* every window that holds the event: the last one to start, and those before it */
 		appendStringInfo(&s, " CROSS JOIN LATERAL (SELECT %s AS s, %s AS e FROM pg_catalog.generate_series(%s OPERATOR(pg_catalog.-) $%d, %s, $%d) AS x "
-						 "WHERE %s OPERATOR(pg_catalog.>) m.c0 "
+						 "WHERE %s OPERATOR(pg_catalog.>) %s "
 						 /* and is still open: a closed window stays as it closed */
 						 "AND ($%d IS NULL OR %s OPERATOR(pg_catalog.>) $%d)"
 						 ") AS w GROUP BY w.s, w.e",
-						 s_of_x, e_of_x, bin, ncols + 4, bin, ncols + 2, e_of_x, ncols + 5, e_of_x, ncols + 5);
+						 s_of_x, e_of_x, bin, ncols + 4, bin, ncols + 2, x_end, local_c0, ncols + 5, e_of_x, ncols + 5);
 	for (int i = 0; i < a->ngroups; i++)
 		appendStringInfo(&s, ", m.c%d", i + 1);
 	/* (no order needed: a batch holds the aggregate's row lock, pe_agg_lock()) */

@@ -519,6 +519,8 @@ refused(q{'a1', 'rd', '1 minute', 'ts', ARRAY['percentile(temp, 1.5)']}, qr/frac
 	'a percentile beyond 1');
 refused(q{'a1', 'rd', '1 minute', 'ts', ARRAY['percentile(device, 0.5)']}, qr/percentile\(device\) needs a number/,
 	'a percentile of text');
+refused(q{'a1', 'rd', '1 day', 'ts', ARRAY['count(*)'], time_zone => 'CET'}, qr/time zone "CET" is also an abbreviation/,
+	'a zone name that PostgreSQL would read as a fixed offset');
 refused(q{'a1', 'rd', '1 day', 'ts', ARRAY['count(*)'], time_zone => 'Mars/Olympus'}, qr/time zone "Mars\/Olympus" is not known/,
 	'an unknown time zone');
 refused(q{'a1', 'rd', '10 minutes', 'ts', ARRAY['count(*)'], slide => '3 minutes', kind => 'cumulative'},
