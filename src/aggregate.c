@@ -187,6 +187,8 @@ pe_aggregates_of(PeConsumerDef *def)
 		a->session = strcmp(SPI_getvalue(tup, desc, 20), "session") == 0;
 		a->cumulative = strcmp(SPI_getvalue(tup, desc, 20), "cumulative") == 0;
 		a->time_zone = SPI_getvalue(tup, desc, 21);
+		if (a->time_zone)
+			a->tz_text = CStringGetTextDatum(a->time_zone);	/* once, not per event */
 		for (int i = 0; i < a->naggs; i++)
 		{
 			const char **schema = strcmp(a->fns[i], "approx_count_distinct") == 0 ? &a->hll_schema
@@ -474,7 +476,7 @@ pe_agg_local(PeAggregate *a, int64 t)
 {
 	if (a->time_zone == NULL)
 		return t;
-	return DatumGetInt64(DirectFunctionCall2(timestamptz_zone, CStringGetTextDatum(a->time_zone), Int64GetDatum(t)));
+	return DatumGetInt64(DirectFunctionCall2(timestamptz_zone, a->tz_text, Int64GetDatum(t)));
 }
 
 int64
@@ -482,7 +484,7 @@ pe_agg_utc(PeAggregate *a, int64 local)
 {
 	if (a->time_zone == NULL)
 		return local;
-	return DatumGetInt64(DirectFunctionCall2(timestamp_zone, CStringGetTextDatum(a->time_zone), Int64GetDatum(local)));
+	return DatumGetInt64(DirectFunctionCall2(timestamp_zone, a->tz_text, Int64GetDatum(local)));
 }
 
 /* date_bin: the start of the stride holding t */
@@ -709,13 +711,14 @@ pe_aggregates_update(List *aggs, PeTarget *t, PeMessage *msgs, int n, PeRow *row
 			if (a->has_cp)
 			{
 				int64		t = DatumGetInt64(times[r]);
-				int64		first_end = pe_agg_first_end(a, t);
-				int64		last_end = a->session ? first_end
-					: pe_agg_utc(a, pe_agg_bin(pe_agg_local(a, t), a->cumulative ? a->size_us : a->slide_us,
-											   a->origin) + a->size_us);
 
-				if (first_end <= a->cp)
+				if (pe_agg_first_end(a, t) <= a->cp)
 				{
+					/* (its last window's end, only for the few that are late) */
+					int64		last_end = a->session ? t + a->size_us
+						: pe_agg_utc(a, pe_agg_bin(pe_agg_local(a, t), a->cumulative ? a->size_us : a->slide_us,
+												   a->origin) + a->size_us);
+
 					late[nlate++] = r;
 					if (last_end <= a->cp)
 						continue;	/* every window of it closed */

@@ -39,6 +39,7 @@ typedef struct PeAggregate
 	int64		slide_us;
 	TimestampTz origin;
 	char	   *time_zone;		/* windows in its wall time; NULL: UTC */
+	Datum		tz_text;		/* ... as text, for timezone() */
 	int64		lateness_us;
 	bool		has_wm;			/* a watermark yet (at the batch's start) */
 	int64		wm;				/* it, in the time column's microseconds */
