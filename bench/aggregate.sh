@@ -15,6 +15,7 @@
 #
 #   sudo bash bench/aggregate.sh                N = 300,000, 3 rounds
 #   N=1000000 PARTS=40 sudo -E bash bench/aggregate.sh
+#   BATCH_SIZE=50000 sudo -E bash bench/aggregate.sh   another batch_size than the default (both cases)
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/../test/setup.sh"
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -53,7 +54,7 @@ run_case() {
 	local name=$1 mode=$2 win=$3 r=$4 t=${1}_$4 out first end
 	if [ "$mode" = upsert ]; then psql_b -c "CREATE TABLE $t ($COLS) WITH (autovacuum_enabled = off)"
 	else psql_b -c "CREATE TABLE $t ($ACOLS) WITH (autovacuum_enabled = off)"; fi
-	psql_b -c "SELECT pipeline.create_consumer('$t', 'bench', 'events', '$t', mode => '$mode', start => false)" >/dev/null
+	psql_b -c "SELECT pipeline.create_consumer('$t', 'bench', 'events', '$t', mode => '$mode', ${BATCH_SIZE:+batch_size => $BATCH_SIZE, }start => false)" >/dev/null
 	# the events' times wrap every 86,400 (one a second): a day of lateness keeps every window open
 	[ -n "$win" ] && psql_b -c "SELECT pipeline.create_aggregate('${t}_agg', '$t', '$win', 'ts',
 	    ARRAY['count(*)', 'sum(temp)', 'avg(temp)', 'min(temp)', 'max(temp)'], ARRAY['device'], lateness => '1 day')" >/dev/null

@@ -6,6 +6,7 @@
 #
 #   sudo bash bench/profile.sh               N = 200,000
 #   MODE=append N=400000 PARTS=12 sudo -E bash bench/profile.sh
+#   AGG='1 day' MODE=append sudo -E bash bench/profile.sh   with an aggregate
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/../test/setup.sh"
 
@@ -34,14 +35,23 @@ SELECT pipeline.create_connection('bench', '$BOOTSTRAP');
 CREATE TABLE devices (device text $( [ "$MODE" = upsert ] && echo PRIMARY KEY ), id bigint NOT NULL,
                       ts timestamptz NOT NULL, temp double precision, note text);
 SELECT pipeline.create_consumer('prof', 'bench', 'events', 'devices', mode => '$MODE', parallelism => 1, start => false);
-SELECT pipeline.start_consumer('prof');
 SQL
+# AGG='1 day': with one aggregate of five functions of temp per device and window
+[ -n "${AGG:-}" ] && psql_b -c "SELECT pipeline.create_aggregate('prof_agg', 'prof', '$AGG', 'ts',
+    ARRAY['count(*)', 'sum(temp)', 'avg(temp)', 'min(temp)', 'max(temp)'], ARRAY['device'], lateness => '1 day')" >/dev/null
+psql_b -c "SELECT pipeline.start_consumer('prof')" >/dev/null
 pid=
 until [ -n "$pid" ]; do pid=$(psql_b -At -c "SELECT pid FROM pipeline._slots() WHERE consumer = 'prof' AND pid IS NOT NULL"); sleep 0.05; done
 perf record -F 999 -g -p "$pid" -o "$BENCH/perf.data" 2>/dev/null &
 rec=$!
 until [ "$(psql_b -At -c "SELECT coalesce(sum(messages), 0) FROM pipeline._slots() WHERE consumer = 'prof'")" -ge "$N" ]; do sleep 0.05; done
 kill -INT "$rec"; wait "$rec" 2>/dev/null || true
+if [ -n "${AGG:-}" ]; then
+	echo "== the aggregate's results table"
+	psql_b -c "SELECT n_tup_ins, n_tup_upd, n_tup_hot_upd, pg_size_pretty(pg_relation_size(relid)) AS heap,
+	                  pg_size_pretty(pg_indexes_size(relid)) AS indexes, (SELECT batch_ms FROM pipeline.aggregates) AS last_batch_ms
+	             FROM pg_stat_user_tables WHERE relname = 'prof_agg'"
+fi
 echo "== top symbols (self), one $MODE slot, $N events"
 perf report -i "$BENCH/perf.data" --stdio --no-children --sort symbol -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -40
 echo "== by library"
