@@ -20,6 +20,7 @@ PE_PACKAGES=(
 	postgresql-15-hll postgresql-15-tdigest
 	librdkafka-dev libavro-dev libcurl4-openssl-dev
 	kcat python3 python3-confluent-kafka python3-psycopg2 prometheus-postgres-exporter
+	python3-avro python3-requests
 	libipc-run-perl libjson-pp-perl
 )
 
