@@ -12,6 +12,7 @@ OBJS = \
 	src/kafka_client.o \
 	src/eventhubs.o \
 	src/connection.o \
+	src/registry.o \
 	src/producer.o \
 	src/produce.o \
 	src/outbox.o \

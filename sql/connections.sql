@@ -48,3 +48,18 @@ SELECT pipeline.drop_connection('sasl');
 SELECT pipeline.drop_connection(NULL);
 SELECT * FROM pipeline.connection_config('nope');
 SELECT name FROM pipeline.connections ORDER BY name;
+
+-- a schema registry on the connection: its options are checked, not passed
+-- to librdkafka, and its password is a secret like sasl.password
+SELECT pipeline.create_connection('reg', '127.0.0.1:9',
+  '{"schema.registry.url": "http://127.0.0.1:8081", "schema.registry.basic.auth.user.info": "app:reg-pa55",
+    "schema.registry.request.timeout.ms": 2000}');
+SELECT property, value FROM pipeline.connection_config('reg') WHERE property LIKE 'schema.registry.%' ORDER BY 1;
+SELECT pipeline.create_connection('bad', '127.0.0.1:9', '{"schema.registry.url": "ftp://127.0.0.1/"}');
+SELECT pipeline.create_connection('bad', '127.0.0.1:9', '{"schema.registry.url": "http://"}');
+SELECT pipeline.create_connection('bad', '127.0.0.1:9', '{"schema.registry.url": "http://a:8081,http://b:8081"}');
+SELECT pipeline.create_connection('bad', '127.0.0.1:9', '{"schema.registry.url": "http://app:pw@127.0.0.1:8081"}');
+SELECT pipeline.create_connection('bad', '127.0.0.1:9', '{"schema.registry.basic.auth.user.info": "no-colon-pw"}');
+SELECT pipeline.create_connection('bad', '127.0.0.1:9', '{"schema.registry.request.timeout.ms": 0}');
+SELECT pipeline.create_connection('bad', '127.0.0.1:9', '{"schema.registry.urll": "http://127.0.0.1:8081"}');
+SELECT pipeline.drop_connection('reg');

@@ -21,6 +21,7 @@
 
 #include "connection.h"
 #include "kafka.h"
+#include "registry.h"
 
 /*
  * Replace every occurrence of each secret in text with asterisks.
@@ -79,6 +80,9 @@ pe_kafka_conf(PeConnection *conn, List *defaults, List *forced)
 	{
 		PeProperty *prop = lfirst(lc);
 
+		/* the schema registry's options are not librdkafka's */
+		if (pe_registry_property(prop->name, NULL))
+			continue;
 		if (rd_kafka_conf_set(conf, prop->name, prop->value, errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK)
 		{
 			rd_kafka_conf_destroy(conf);

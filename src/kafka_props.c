@@ -25,6 +25,7 @@
 #include "utils/varlena.h"
 
 #include "kafka.h"
+#include "registry.h"
 
 /* Every property name librdkafka knows, read once per process. */
 static List *known_properties = NIL;
@@ -293,11 +294,18 @@ pe_known_property(const char *name)
 	return bsearch(name, pe_known, lengthof(pe_known), sizeof(PeKnownProperty), pe_known_cmp);
 }
 
-/* Secret: listed as such, or not listed at all (not reviewed: masked). */
+/*
+ * Secret: listed as such, or not listed at all (not reviewed: masked).  The
+ * schema registry's options (registry.c) say themselves.
+ */
 bool
 pe_property_is_secret(const char *name)
 {
 	const PeKnownProperty *p = pe_known_property(name);
+	bool		secret;
+
+	if (pe_registry_property(name, &secret))
+		return secret;
 
 	return p == NULL || p->secret;
 }
@@ -307,6 +315,8 @@ pe_property_access(const char *name)
 {
 	const PeKnownProperty *p = pe_known_property(name);
 
+	if (pe_registry_property(name, NULL))
+		return PE_PROP_USER;
 	return p ? p->access : PE_PROP_UNLISTED;
 }
 
@@ -379,6 +389,20 @@ pe_validate_options(Jsonb *options, bool for_eventhubs_derived)
 			}
 			if (tok != WJB_VALUE)
 				continue;
+
+			/* the schema registry's: not librdkafka's, checked on their own */
+			if (pe_registry_property(key, NULL))
+			{
+				pe_registry_check_option(key, pe_jsonb_scalar_to_cstring(&v, key));
+				continue;
+			}
+			if (strncmp(key, "schema.registry.", 16) == 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("unknown schema registry option \"%s\"", key),
+						 errhint("The registry's options are \"%s\", \"%s\" and \"%s\".",
+								 PE_REGISTRY_URL, PE_REGISTRY_USER_INFO, PE_REGISTRY_TIMEOUT),
+						 errhidestmt(true)));
 
 			if (!pe_property_exists(key))
 			{

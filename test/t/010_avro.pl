@@ -78,4 +78,38 @@ print(len(c.get_subjects()))
 });
 is($out, "refused\n2\n", 'the registry can be made unreachable for a while');
 
+# --- the registry on a connection
+my $node = PostgreSQL::Test::Cluster->new('avro');
+$node->init;
+$node->append_conf('postgresql.conf', qq{
+shared_preload_libraries = 'pipeline_ext'
+max_worker_processes = 16
+# (log_statement = all would log every statement's text, secrets included,
+# whoever wrote it: README, Security; the log is checked for what
+# pipeline_ext itself writes)
+log_statement = none
+});
+$node->start;
+sub sql { return $node->safe_psql('postgres', $_[0]); }
+my $url = $registry->url;
+sql(qq{CREATE EXTENSION pipeline_ext;
+       CREATE ROLE owner_role LOGIN; CREATE ROLE other_role LOGIN;
+       GRANT EXECUTE ON FUNCTION pipeline.create_connection(text, text, jsonb) TO owner_role;});
+$node->safe_psql('postgres', qq{SELECT pipeline.create_connection('reg', '127.0.0.1:9',
+    '{"schema.registry.url": "$url", "schema.registry.basic.auth.user.info": "ingest:reg-s3cret-pw"}')},
+	extra_params => [ '-U', 'owner_role' ]);
+is($node->safe_psql('postgres', q{SELECT value FROM pipeline.connection_config('reg') WHERE property = 'schema.registry.basic.auth.user.info'},
+		extra_params => [ '-U', 'owner_role' ]),
+	'ingest:reg-s3cret-pw', "the connection's owner sees the registry's credentials");
+is($node->safe_psql('postgres', q{SELECT value FROM pipeline.connection_config('reg') WHERE property = 'schema.registry.basic.auth.user.info'},
+		extra_params => [ '-U', 'other_role' ]),
+	'********', 'another role sees them masked');
+unlike($node->safe_psql('postgres', q{SELECT options::text FROM pipeline.connections WHERE name = 'reg'},
+		extra_params => [ '-U', 'other_role' ]),
+	qr/s3cret/, 'and masked in pipeline.connections');
+
+# (the server log is read at the end: nothing may show the password)
+my $log = slurp_file($node->logfile);
+unlike($log, qr/reg-s3cret-pw/, 'the registry password is in no line of the server log');
+
 done_testing();
