@@ -28,6 +28,7 @@ OBJS = \
 	src/decode.o \
 	src/decode_json.o \
 	src/decode_csv.o \
+	src/decode_avro.o \
 	src/decode_raw.o \
 	src/decode_time.o \
 	src/batch.o \
@@ -60,7 +61,7 @@ PG_CONFIG ?= $(shell test -x /usr/lib/postgresql/15/bin/pg_config && echo /usr/l
 PG_CPPFLAGS = -I$(srcdir)/src
 # CI builds with WERROR=1 (test/setup.sh does when CI is set)
 PG_CFLAGS += -Wall -Wextra $(if $(WERROR),-Werror)
-SHLIB_LINK = -lrdkafka
+SHLIB_LINK = -lrdkafka -lavro -lcurl
 
 REGRESS = setup connections eventhubs privileges produce_errors consumers upgrade
 REGRESS_OPTS = --temp-config=$(srcdir)/test/pipeline_ext.conf --temp-instance=./tmp_check_regress

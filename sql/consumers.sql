@@ -27,6 +27,8 @@ SELECT pipeline.create_consumer('c', 'cons', 't', 'nosuch_table', start => false
 
 -- formats, modes, delivery, errors, sizes
 SELECT pipeline.create_consumer('c', 'cons', 't', 'readings', format => 'xml', start => false);
+-- avro needs a schema registry on the connection
+SELECT pipeline.create_consumer('c', 'cons', 't', 'readings', format => 'avro', start => false);
 SELECT pipeline.create_consumer('c', 'cons', 't', 'readings', mode => 'merge', start => false);
 SELECT pipeline.create_consumer('c', 'cons', 't', 'readings', delivery => 'twice', start => false);
 SELECT pipeline.create_consumer('c', 'cons', 't', 'readings', on_error => 'ignore', start => false);

@@ -1,5 +1,9 @@
-/* pipeline_ext 0.5.0 -> 0.6.0: continuous windowed aggregates */
+/* pipeline_ext 0.5.0 -> 0.6.0: continuous windowed aggregates; the avro format */
 \echo Use "ALTER EXTENSION pipeline_ext UPDATE TO '0.6.0'" to load this file. \quit
+
+-- Consumers of Avro in the schema registry's wire format (format => 'avro')
+ALTER TABLE @extschema@.consumer DROP CONSTRAINT consumer_format_check,
+    ADD CONSTRAINT consumer_format_check CHECK (format IN ('json', 'csv', 'text', 'bytea', 'avro'));
 
 -- One continuous aggregate: a consumer's messages (each counts once, in
 -- upsert mode too) grouped into time windows, updated in the transaction

@@ -24,7 +24,8 @@ typedef enum PeFormat
 	PE_FORMAT_JSON,
 	PE_FORMAT_CSV,
 	PE_FORMAT_TEXT,
-	PE_FORMAT_BYTEA
+	PE_FORMAT_BYTEA,
+	PE_FORMAT_AVRO
 } PeFormat;
 
 /* What a consumer's catalog row says about decoding and applying. */

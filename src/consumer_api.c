@@ -30,6 +30,7 @@
 #include "utils/timestamp.h"
 
 #include "connection.h"
+#include "registry.h"
 #include "aggregate.h"
 #include "consumer.h"
 #include "datapath.h"
@@ -308,6 +309,12 @@ pe_create_consumer(PG_FUNCTION_ARGS)
 
 	conn = pe_connection_lookup(def.connection, false);
 	pe_check_connection_use(conn);
+	if (def.format == PE_FORMAT_AVRO && pe_registry_option(conn, PE_REGISTRY_URL) == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("connection \"%s\" has no schema registry", conn->name),
+				 errhint("Avro messages name their writer schema by its id in a registry: create the connection "
+						 "with the option \"%s\".", PE_REGISTRY_URL)));
 
 	/* the target, its columns, keys and the caller's privileges */
 	if (SPI_connect() != SPI_OK_CONNECT)

@@ -28,6 +28,7 @@
 #include <librdkafka/rdkafka.h>
 
 #include "consumer.h"
+#include "registry.h"
 
 #define PE_JSON_MAX_DEPTH 16
 
@@ -124,6 +125,7 @@ typedef struct PeTarget
 	char	   *csv_null;
 	bool		needs_headers;
 	bool		flat_json;		/* every field column is a top-level field */
+	struct PeAvroCache *avro;	/* the Avro format's writer schemas (decode_avro.c) */
 	SPIPlanPtr	apply_plan;
 	SPIPlanPtr	delete_plan;
 	MemoryContext cxt;			/* holds all of the above (pe_target_open) */
@@ -161,6 +163,13 @@ pe_json_skip_ws(const char *data, size_t len, size_t i)
 		i++;
 	return i;
 }
+
+/* decode_avro.c */
+extern void pe_decode_avro(PeTarget *t, const char *data, size_t len, PeRow *row);
+extern int32 pe_avro_schema_id(const char *data, size_t len);
+extern bool pe_avro_known(PeTarget *t, int32 id);
+extern PeRegistryAnswer pe_avro_fetch(PeTarget *t, struct PeConnection *conn, int32 id, char **why);
+extern void pe_avro_close(PeTarget *t);
 
 /* target.c */
 extern PeTarget *pe_target_open(PeConsumerDef *def, bool check_privileges);

@@ -49,6 +49,7 @@ static const PeDecoder pe_decoders[] = {
 	[PE_FORMAT_CSV] = {"csv", pe_decode_csv_value},
 	[PE_FORMAT_TEXT] = {"text", NULL},
 	[PE_FORMAT_BYTEA] = {"bytea", NULL},
+	[PE_FORMAT_AVRO] = {"avro", NULL},	/* pe_decode_avro(): values, not text */
 };
 
 PeFormat
@@ -381,6 +382,9 @@ pe_decode_one(PeTarget *t, PeMessage *msg, PeRow *row, MemoryContext scratch)
 	if (pe_decoders[def->format].fields)
 		pe_decoders[def->format].fields(t, msg->value, msg->value_len, found);
 	MemoryContextSwitchTo(batch_cxt);
+	/* Avro's fields go straight into the row's values (the rest below) */
+	if (def->format == PE_FORMAT_AVRO)
+		pe_decode_avro(t, msg->value, msg->value_len, row);
 
 	for (int c = 0; c < t->ncols; c++)
 	{

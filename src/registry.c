@@ -3,7 +3,8 @@
  * registry.c
  *	  A connection's schema registry, Confluent's REST API: its options
  *	  (beside librdkafka's in the connection's options, and never passed
- *	  to librdkafka), checked when the connection is created.
+ *	  to librdkafka), checked when the connection is created, and fetching
+ *	  a writer schema by its id (libcurl).
  *
  *	  schema.registry.url                    http:// or https://, no
  *	                                         credentials in it
@@ -18,6 +19,15 @@
  */
 #include "postgres.h"
 
+#include <curl/curl.h>
+
+#include "miscadmin.h"
+#include "lib/stringinfo.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+
+#include "connection.h"
+#include "kafka.h"
 #include "registry.h"
 
 typedef struct PeRegistryProperty
@@ -109,4 +119,205 @@ pe_registry_check_option(const char *name, const char *value)
 					 errhint("The default is %d.", PE_REGISTRY_TIMEOUT_DEFAULT),
 					 errhidestmt(true)));
 	}
+}
+
+/*
+ * Fetching a writer schema by id: GET {url}/schemas/ids/{id}, with the
+ * connection's credentials, bounded by its timeout, over http or https only
+ * (no redirects followed, no other protocols).  A cancel or SIGTERM ends a
+ * request at once.  The caller is told what was found: the schema, that the
+ * registry has no such id (Confluent's 40403), or that it could not tell
+ * (down, slow, refused the credentials, answered something else); never
+ * an error of its own, and no text here shows the credentials.
+ */
+
+/* a response's body, bounded */
+#define PE_REGISTRY_MAX_BODY (16 * 1024 * 1024)
+
+typedef struct PeHttpBody
+{
+	StringInfoData buf;
+	bool		too_big;
+} PeHttpBody;
+
+static size_t
+pe_registry_write(char *data, size_t size, size_t nmemb, void *arg)
+{
+	PeHttpBody *b = arg;
+	size_t		n = size * nmemb;
+
+	if (b->buf.len + n > PE_REGISTRY_MAX_BODY)
+	{
+		b->too_big = true;
+		return 0;				/* curl stops */
+	}
+	appendBinaryStringInfo(&b->buf, data, n);
+	return n;
+}
+
+/* curl's progress callback: stop a request when the process must stop */
+static int
+pe_registry_progress(void *arg, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal, curl_off_t ulnow)
+{
+	(void) arg;
+	(void) dltotal;
+	(void) dlnow;
+	(void) ultotal;
+	(void) ulnow;
+	return (InterruptPending && (QueryCancelPending || ProcDiePending)) ? 1 : 0;
+}
+
+/* One of the registry options of a connection, or NULL. */
+const char *
+pe_registry_option(PeConnection *conn, const char *name)
+{
+	ListCell   *lc;
+
+	foreach(lc, conn->props)
+	{
+		PeProperty *p = lfirst(lc);
+
+		if (strcmp(p->name, name) == 0)
+			return p->value;
+	}
+	return NULL;
+}
+
+/* The "schema" string of a registry's JSON answer, or NULL. */
+static char *
+pe_registry_schema_of(const char *body)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	char	   *volatile schema = NULL;
+
+	PG_TRY();
+	{
+		Jsonb	   *doc = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(body)));
+		JsonbValue	k;
+		JsonbValue *v;
+
+		if (JB_ROOT_IS_OBJECT(doc))
+		{
+			k.type = jbvString;
+			k.val.string.val = "schema";
+			k.val.string.len = 6;
+			v = findJsonbValueFromContainer(&doc->root, JB_FOBJECT, &k);
+			if (v && v->type == jbvString)
+				schema = pnstrdup(v->val.string.val, v->val.string.len);
+		}
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(cxt);
+		FlushErrorState();
+		schema = NULL;
+	}
+	PG_END_TRY();
+	return schema;
+}
+
+/* Confluent's error_code in an error answer, or 0. */
+static int
+pe_registry_error_code(const char *body)
+{
+	const char *p = strstr(body, "\"error_code\"");
+
+	if (p == NULL || (p = strchr(p, ':')) == NULL)
+		return 0;
+	return atoi(p + 1);
+}
+
+PeRegistryAnswer
+pe_registry_fetch_schema(PeConnection *conn, int32 id, char **schema_json, char **why)
+{
+	const char *url = pe_registry_option(conn, PE_REGISTRY_URL);
+	const char *user = pe_registry_option(conn, PE_REGISTRY_USER_INFO);
+	const char *timeout = pe_registry_option(conn, PE_REGISTRY_TIMEOUT);
+	long		timeout_ms = timeout ? atol(timeout) : PE_REGISTRY_TIMEOUT_DEFAULT;
+	static bool curl_ready = false;
+	CURL	   *curl;
+	CURLcode	rc;
+	char		errbuf[CURL_ERROR_SIZE];
+	struct curl_slist *headers = NULL;
+	PeHttpBody	body;
+	long		status = 0;
+	PeRegistryAnswer answer = PE_REGISTRY_UNAVAILABLE;
+	size_t		ulen;
+
+	*schema_json = NULL;
+	*why = NULL;
+	if (url == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("connection \"%s\" has no schema registry", conn->name),
+				 errhint("Avro messages name their schema by id: create the connection with the option \"%s\".",
+						 PE_REGISTRY_URL)));
+	if (!curl_ready)
+	{
+		if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+			elog(ERROR, "could not initialize libcurl");
+		curl_ready = true;
+	}
+	curl = curl_easy_init();
+	if (curl == NULL)
+		elog(ERROR, "could not start a libcurl request");
+
+	initStringInfo(&body.buf);
+	body.too_big = false;
+	errbuf[0] = '\0';
+	ulen = strlen(url);
+	while (ulen > 0 && url[ulen - 1] == '/')
+		ulen--;
+	headers = curl_slist_append(headers, "Accept: application/vnd.schemaregistry.v1+json, application/json");
+	(void) curl_easy_setopt(curl, CURLOPT_URL, psprintf("%.*s/schemas/ids/%d", (int) ulen, url, id));
+	(void) curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "http,https");
+	(void) curl_easy_setopt(curl, CURLOPT_FOLLOWLOCATION, 0L);
+	(void) curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
+	(void) curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, timeout_ms);
+	(void) curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT_MS, timeout_ms);
+	(void) curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
+	(void) curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, pe_registry_write);
+	(void) curl_easy_setopt(curl, CURLOPT_WRITEDATA, &body);
+	(void) curl_easy_setopt(curl, CURLOPT_NOPROGRESS, 0L);
+	(void) curl_easy_setopt(curl, CURLOPT_XFERINFOFUNCTION, pe_registry_progress);
+	(void) curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, errbuf);
+	if (user)
+	{
+		(void) curl_easy_setopt(curl, CURLOPT_HTTPAUTH, (long) CURLAUTH_BASIC);
+		(void) curl_easy_setopt(curl, CURLOPT_USERPWD, user);
+	}
+
+	rc = curl_easy_perform(curl);
+	if (rc == CURLE_OK)
+		(void) curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
+	curl_slist_free_all(headers);
+	curl_easy_cleanup(curl);
+	CHECK_FOR_INTERRUPTS();
+
+	if (rc != CURLE_OK)
+		*why = body.too_big ? psprintf("the answer for schema id %d was larger than %d bytes", id, PE_REGISTRY_MAX_BODY)
+			: psprintf("%s", errbuf[0] ? errbuf : curl_easy_strerror(rc));
+	else if (status == 200)
+	{
+		*schema_json = pe_registry_schema_of(body.buf.data);
+		if (*schema_json)
+			answer = PE_REGISTRY_FOUND;
+		else
+			*why = psprintf("the answer for schema id %d has no \"schema\"", id);
+	}
+	else if (status == 404 && pe_registry_error_code(body.buf.data) == 40403)
+	{
+		answer = PE_REGISTRY_NOT_FOUND;
+		*why = psprintf("the schema registry has no schema with id %d", id);
+	}
+	else if (status == 401 || status == 403)
+		*why = psprintf("the schema registry refused the connection's credentials (HTTP %ld)", status);
+	else
+		*why = psprintf("the schema registry answered HTTP %ld for schema id %d", status, id);
+
+	/* libcurl's own texts name the host, never the credentials (not in the URL) */
+	if (*why)
+		*why = pe_redact(*why, pe_connection_secrets(conn));
+	pfree(body.buf.data);
+	return answer;
 }

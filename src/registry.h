@@ -25,6 +25,7 @@ struct PeConnection;
 #define PE_REGISTRY_TIMEOUT_DEFAULT 5000
 
 extern bool pe_registry_property(const char *name, bool *secret);
+extern const char *pe_registry_option(struct PeConnection *conn, const char *name);
 extern void pe_registry_check_option(const char *name, const char *value);
 
 /* What asking the registry for a schema found. */

@@ -70,11 +70,11 @@ pe_set_source(PeColumn *col, const char *src, PeFormat format)
 		return;
 	}
 
-	if (format != PE_FORMAT_JSON)
+	if (format != PE_FORMAT_JSON && format != PE_FORMAT_AVRO)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("column_map maps column \"%s\" to the field \"%s\", but the format is not json", col->name, src),
-				 errhint("Field paths apply to the json format; other formats take message metadata ($key, $value, ...).")));
+				 errmsg("column_map maps column \"%s\" to the field \"%s\", but the format is neither json nor avro", col->name, src),
+				 errhint("Field paths apply to the json and avro formats; other formats take message metadata ($key, $value, ...).")));
 
 	/* a dotted path of field names: payload.device.id */
 	{
@@ -484,14 +484,14 @@ pe_target_describe(PeConsumerDef *def, bool check_privileges)
 			pe_set_source(col, src, def->format);
 			if (col->source == PE_SRC_VALUE)
 			{
-				if (def->format == PE_FORMAT_JSON || def->format == PE_FORMAT_CSV)
+				if (def->format == PE_FORMAT_JSON || def->format == PE_FORMAT_CSV || def->format == PE_FORMAT_AVRO)
 				{
 					/* the raw value next to decoded fields: fine */
 				}
 				value_col = t->ncols;
 			}
 		}
-		else if (def->format == PE_FORMAT_JSON)
+		else if (def->format == PE_FORMAT_JSON || def->format == PE_FORMAT_AVRO)
 		{
 			col->source = PE_SRC_FIELD;
 			col->path = palloc(sizeof(char *));
@@ -616,5 +616,6 @@ pe_target_close(PeTarget *t)
 		SPI_freeplan(t->apply_plan);
 	if (t->delete_plan)
 		SPI_freeplan(t->delete_plan);
+	pe_avro_close(t);
 	MemoryContextDelete(t->cxt);
 }

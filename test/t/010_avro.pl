@@ -4,7 +4,13 @@
 # identical schemas, look-ups, versions, compatibility levels judged by
 # Apache Avro's rules, Confluent's error codes, basic auth, and its fault
 # injection.  Then the registry on a connection: its options checked, its
-# password masked for other roles and kept out of the server log.
+# password masked for other roles and kept out of the server log.  Then
+# consumers of format avro: messages written by python3-avro
+# (test/tools/avro_produce.py) over three versions of a subject, every
+# logical type, nested records, arrays, maps, enums and bytes, into an
+# upsert and an append consumer, equal to what was written; bad messages
+# are dead letters with their reasons; a registry that is down makes the
+# messages wait, not dead letters.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -107,6 +113,116 @@ is($node->safe_psql('postgres', q{SELECT value FROM pipeline.connection_config('
 unlike($node->safe_psql('postgres', q{SELECT options::text FROM pipeline.connections WHERE name = 'reg'},
 		extra_params => [ '-U', 'other_role' ]),
 	qr/s3cret/, 'and masked in pipeline.connections');
+
+# --- consuming Avro: three versions of a subject written by python3-avro
+my $broker = PipelineExt::Broker->start(brokers => 1, topics => { readings_avro => 4, bad_avro => 1 });
+my $bs = $broker->bootstrap;
+my $user = 'ingest:reg-s3cret-pw';
+sql(qq{SELECT pipeline.create_connection('local', '$bs',
+    '{"schema.registry.url": "$url", "schema.registry.basic.auth.user.info": "$user", "schema.registry.request.timeout.ms": 2000}')});
+
+my $N = 3000;
+my $dir = PostgreSQL::Test::Utils::tempdir();
+my $tools = ($ENV{TESTDIR} // '.') . '/test/tools';
+my $ids = $registry->python("exec(open('$tools/avro_produce.py').read())", $bs, 'readings_avro', $N, "$dir/expected.jsonl");
+like($ids, qr/^\d+ \d+ \d+$/, 'three versions of readings_avro-value registered') or diag($ids);
+
+my $cols = q{id int PRIMARY KEY, name text, price numeric(10,2), ts timestamptz, day date, tm time, tmu time,
+             tsu timestamptz, lts timestamp, uid uuid, color text, data bytea, tags jsonb, attrs jsonb, addr jsonb,
+             city text, big int8, ratio float4, score float8, legacy text, note text DEFAULT 'none'};
+(my $acols = $cols) =~ s/ PRIMARY KEY//;
+sql(qq{CREATE TABLE readings ($cols);
+       CREATE TABLE readings_log ($acols);
+       SELECT pipeline.create_consumer('avro_up', 'local', 'readings_avro', 'readings', format => 'avro',
+                                       column_map => '{"city": "addr.city"}');
+       SELECT pipeline.create_consumer('avro_log', 'local', 'readings_avro', 'readings_log', format => 'avro',
+                                       mode => 'append', column_map => '{"city": "addr.city"}');
+       CREATE TABLE expected (j jsonb);
+       COPY expected FROM '$dir/expected.jsonl' WITH (FORMAT csv, QUOTE e'\\x01', DELIMITER e'\\x02');});
+
+sub wait_for
+{
+	my ($query, $expected, $what) = @_;
+	ok($node->poll_query_until('postgres', $query, $expected), $what)
+	  or diag("last result: " . sql($query) . "\nstatus: " . sql('SELECT * FROM pipeline.consumer_status')
+		  . "\ndead letters: " . sql('SELECT consumer, error FROM pipeline.dead_letters LIMIT 5'));
+}
+wait_for('SELECT count(*) FROM readings', $N, 'the upsert consumer applied every Avro message');
+wait_for('SELECT count(*) FROM readings_log', $N, 'so did the append consumer');
+
+my $equal = q{
+  SELECT count(*) FROM expected e JOIN %s r ON r.id = (e.j->>'id')::int
+   WHERE r.name = e.j->>'name' AND r.price = (e.j->>'price')::numeric AND r.ts = (e.j->>'ts')::timestamptz
+     AND r.day = (e.j->>'day')::date AND r.tm = (e.j->>'tm')::time AND r.tmu = (e.j->>'tmu')::time
+     AND r.tsu = (e.j->>'tsu')::timestamptz AND r.lts = (e.j->>'lts')::timestamp AND r.uid = (e.j->>'uid')::uuid
+     AND r.color = e.j->>'color' AND r.data = (e.j->>'data')::bytea
+     AND r.tags = e.j->'tags' AND r.attrs = e.j->'attrs'
+     AND r.addr = e.j->'addr' AND r.city = e.j->>'city' AND r.big = (e.j->>'big')::int8
+     AND r.ratio = (e.j->>'ratio')::float4 AND r.score IS NOT DISTINCT FROM (e.j->>'score')::float8
+     AND r.legacy IS NOT DISTINCT FROM e.j->>'legacy' AND r.note = e.j->>'note'};
+is(sql(sprintf($equal, 'readings')), $N, 'every upserted row equals what python3-avro wrote, through three schema versions');
+is(sql(sprintf($equal, 'readings_log')), $N, 'every appended row too');
+is(sql(q{SELECT count(*) FROM readings WHERE score IS NULL}), $N / 3 / 5, 'a field made nullable gives nulls');
+is(sql(q{SELECT count(*) FROM readings WHERE legacy IS NOT NULL}), $N / 3, 'a removed field is null in later versions');
+is(sql(q{SELECT count(*) FROM pipeline.dead_letters}), 0, 'no dead letters');
+
+# --- bad input: each bad message one dead letter with its reason, the rest applied
+sql(q{CREATE TABLE bad_target (id int PRIMARY KEY, price numeric(10,2), label text);
+      SELECT pipeline.create_consumer('avro_bad', 'local', 'bad_avro', 'bad_target', format => 'avro');});
+$registry->python(q{
+import io, struct, sys, decimal, json
+import avro.io, avro.schema
+from confluent_kafka import Producer
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+url, user, bootstrap = sys.argv[1:4]
+client = SchemaRegistryClient({"url": url, "basic.auth.user.info": user})
+def schema(fields):
+    text = json.dumps({"type": "record", "name": "Bad", "fields": fields})
+    return client.register_schema("bad_avro-" + str(len(fields)) + fields[0]["type"], Schema(text, "AVRO")), avro.schema.parse(text)
+good_id, good = schema([{"name": "id", "type": "int"},
+                        {"name": "price", "type": {"type": "bytes", "logicalType": "decimal", "precision": 20, "scale": 2}},
+                        {"name": "label", "type": "string"}])
+str_id, str_schema = schema([{"name": "id", "type": "string"}, {"name": "label", "type": "string"}])
+def wire(sid, sch, rec):
+    buf = io.BytesIO()
+    buf.write(struct.pack(">bI", 0, sid))
+    avro.io.DatumWriter(sch).write(rec, avro.io.BinaryEncoder(buf))
+    return buf.getvalue()
+def ok(i):
+    return wire(good_id, good, {"id": i, "price": decimal.Decimal("12.34"), "label": "fine %d" % i})
+msgs = [ok(1), b'{"id": 2}', ok(3), b"\x00\x00\x00\x03\xe7" + ok(4)[5:], ok(5), ok(6)[:9],
+        wire(good_id, good, {"id": 7, "price": decimal.Decimal("123456789012.34"), "label": "too big"}),
+        wire(str_id, str_schema, {"id": "eight", "label": "a string id"}), ok(9) + b"\x00", ok(10)]
+p = Producer({"bootstrap.servers": bootstrap})
+for m in msgs:
+    p.produce("bad_avro", value=m)
+p.flush(30)
+}, $bs);
+wait_for(q{SELECT count(*) FROM pipeline.dead_letters WHERE consumer = 'avro_bad'}, 6, 'six bad messages are six dead letters');
+wait_for(q{SELECT string_agg(id::text, ',' ORDER BY id) FROM bad_target}, '1,3,5,10', 'the good ones around them are applied');
+my $dead = sql(q{SELECT "offset" || ' ' || error || ' | ' || encode(value, 'hex') FROM pipeline.dead_letters
+                 WHERE consumer = 'avro_bad' ORDER BY "offset"});
+like($dead, qr/^1 message value is not Avro in the schema registry's wire format: Its first byte is 123/m, 'no magic byte');
+like($dead, qr/^3 unknown Avro schema id 999: the schema registry has no schema with id 999/m, 'an unknown schema id');
+like($dead, qr/^5 could not decode an Avro message with schema \d+: avro-c: .* \| 00/m, 'a truncated body, its raw bytes kept');
+like($dead, qr/^6 column "price": numeric field overflow/m, 'a decimal that does not fit the column, naming it');
+like($dead, qr/^7 column "id": invalid input syntax for type integer: "eight"/m, 'a field of an incompatible type');
+like($dead, qr/^8 an Avro message with schema \d+ has bytes after its record/m, 'bytes after the record');
+
+# --- the registry down: the messages wait, none is a dead letter, and all come when it is back
+my $before = sql('SELECT count(*) FROM readings');
+sql(q{SELECT pipeline.stop_consumer('avro_up')});
+$ids = $registry->python("exec(open('$tools/avro_produce.py').read())", $bs, 'readings_avro', 300, "$dir/expected4.jsonl", $N, 'v4');
+like($ids, qr/^\d+ \d+ \d+ \d+$/, 'a fourth version registered, and messages of it written');
+$registry->ctl('down 8');
+sql(q{SELECT pipeline.start_consumer('avro_up')});
+wait_for(q{SELECT bool_or(last_error LIKE '%schema registry%') FROM pipeline.consumer_status WHERE consumer = 'avro_up'}, 't',
+	'consumer_status says the registry cannot be reached');
+is(sql('SELECT count(*) FROM readings'), $before, 'nothing is applied while the registry is down');
+is(sql(q{SELECT count(*) FROM pipeline.dead_letters WHERE consumer = 'avro_up'}), 0, 'and nothing is a dead letter');
+wait_for('SELECT count(*) FROM readings', $N + 300, 'when the registry is back, every message is applied');
+sql(qq{TRUNCATE expected; COPY expected FROM '$dir/expected4.jsonl' WITH (FORMAT csv, QUOTE e'\\x01', DELIMITER e'\\x02');});
+is(sql(sprintf($equal, 'readings')), 300, 'and equals what was written');
 
 # (the server log is read at the end: nothing may show the password)
 my $log = slurp_file($node->logfile);

@@ -1,0 +1,983 @@
+/*-------------------------------------------------------------------------
+ *
+ * decode_avro.c
+ *	  The Avro format: a message's value in Confluent's wire format (byte 0
+ *	  is 0, bytes 1-4 the writer schema's id in the registry, big-endian,
+ *	  then the record in Avro's binary encoding) decoded with its writer
+ *	  schema (avro-c) straight into the values of the target's columns.
+ *
+ *	  Writer schemas are fetched from the connection's registry by id
+ *	  (registry.c) once, and kept with what each column needs: the field
+ *	  indexes of its path (a column's name, or a column_map path into
+ *	  nested records) and the logical type of the field, which avro-c does
+ *	  not read, so it is read here from the schema's JSON.  So messages of
+ *	  every version of a subject go into the same table: a field a version
+ *	  lacks leaves its column null (and so to its default).
+ *
+ *	  Values: ["null", T] is a nullable T, other unions their current
+ *	  branch; logical types date, time-millis/-micros, timestamp-millis/
+ *	  -micros (timestamptz), local-timestamp-millis/-micros (timestamp),
+ *	  decimal (numeric, with the column's own precision checked) and uuid
+ *	  (a string); enums their symbol; bytes and fixed bytea; records,
+ *	  arrays and maps JSON for json and jsonb columns, and arrays also
+ *	  arrays of the column's element type.  Other columns take a value
+ *	  through their type's input function (a numeric from an int, a text
+ *	  from a long, an enum type from a symbol).
+ *
+ *	  A value that is not in the wire format, names an id the registry does
+ *	  not have, does not decode with its schema, or does not fit its column
+ *	  is an error about the message (a dead letter).  A registry that does
+ *	  not answer is not: the batch fails, and is tried again.
+ *
+ * IDENTIFICATION
+ *	  src/decode_avro.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <avro.h>
+
+#include "catalog/pg_type.h"
+#include "common/int.h"
+#include "lib/stringinfo.h"
+#include "mb/pg_wchar.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/date.h"
+#include "utils/float.h"
+#include "utils/hsearch.h"
+#include "utils/json.h"
+#include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/numeric.h"
+#include "utils/timestamp.h"
+
+#include "connection.h"
+#include "datapath.h"
+#include "registry.h"
+
+/* schemas kept per target, at most; then they are all fetched again */
+#define PE_AVRO_MAX_SCHEMAS 1000
+/* how long a registry's "no such id" is believed before it is asked again */
+#define PE_AVRO_MISSING_MS 10000
+/* days and microseconds from 1970-01-01 (Avro's epoch) to 2000-01-01 (PostgreSQL's) */
+#define PE_AVRO_EPOCH_DAYS (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE)
+#define PE_AVRO_EPOCH_US ((int64) PE_AVRO_EPOCH_DAYS * USECS_PER_DAY)
+
+typedef enum PeAvroLogical
+{
+	PE_AVRO_PLAIN,
+	PE_AVRO_DATE,
+	PE_AVRO_TIME_MILLIS,
+	PE_AVRO_TIME_MICROS,
+	PE_AVRO_TIMESTAMP_MILLIS,
+	PE_AVRO_TIMESTAMP_MICROS,
+	PE_AVRO_LOCAL_TIMESTAMP_MILLIS,
+	PE_AVRO_LOCAL_TIMESTAMP_MICROS,
+	PE_AVRO_DECIMAL
+} PeAvroLogical;
+
+/* One column's way into the records of one writer schema. */
+typedef struct PeAvroPath
+{
+	int			n;				/* fields to follow; -1: not in this schema */
+	int		   *idx;			/* their indexes, record by record */
+	PeAvroLogical logical;		/* the field's logical type */
+	int			scale;			/* a decimal's */
+} PeAvroPath;
+
+/* A writer schema, by its registry id. */
+typedef struct PeAvroSchema
+{
+	int32		id;				/* hash key */
+	bool		missing;		/* the registry said it has no such id ... */
+	TimestampTz missing_at;		/* ... then */
+	avro_schema_t schema;
+	avro_value_iface_t *iface;
+	avro_value_t value;			/* a record read into, again and again */
+	PeAvroPath *paths;			/* indexed like the target's columns */
+} PeAvroSchema;
+
+typedef struct PeAvroCache
+{
+	HTAB	   *schemas;
+	avro_reader_t reader;
+} PeAvroCache;
+
+/* ---- the schema's JSON: logical types ---------------------------------- */
+
+static JsonbValue *
+pe_avro_json_key(JsonbContainer *obj, const char *key)
+{
+	JsonbValue	k;
+
+	k.type = jbvString;
+	k.val.string.val = (char *) key;
+	k.val.string.len = strlen(key);
+	return findJsonbValueFromContainer(obj, JB_FOBJECT, &k);
+}
+
+static bool
+pe_avro_json_is(JsonbValue *v, const char *s)
+{
+	return v && v->type == jbvString && v->val.string.len == (int) strlen(s) &&
+		memcmp(v->val.string.val, s, v->val.string.len) == 0;
+}
+
+/*
+ * A type in a schema's JSON with a nullable union taken apart: the one
+ * branch that is not "null" of ["null", T], the type itself otherwise.
+ * NULL for a type given by name, or a union of several types.
+ */
+static JsonbContainer *
+pe_avro_json_type(JsonbValue *t)
+{
+	if (t == NULL || t->type != jbvBinary)
+		return NULL;
+	if (JsonContainerIsArray(t->val.binary.data))
+	{
+		JsonbContainer *found = NULL;
+		int			n = JsonContainerSize(t->val.binary.data);
+
+		for (int i = 0; i < n; i++)
+		{
+			JsonbValue *b = getIthJsonbValueFromContainer(t->val.binary.data, i);
+
+			if (pe_avro_json_is(b, "null"))
+				continue;
+			if (found || b->type != jbvBinary || !JsonContainerIsObject(b->val.binary.data))
+				return NULL;
+			found = b->val.binary.data;
+		}
+		return found;
+	}
+	return JsonContainerIsObject(t->val.binary.data) ? t->val.binary.data : NULL;
+}
+
+/* The logical type (and a decimal's scale) of the field at path in the schema's JSON. */
+static void
+pe_avro_json_logical(Jsonb *doc, PeColumn *col, PeAvroPath *p)
+{
+	JsonbValue	root;
+	JsonbContainer *node;
+	JsonbValue *lt;
+	static const struct
+	{
+		const char *name;
+		PeAvroLogical logical;
+	}			names[] = {
+		{"date", PE_AVRO_DATE},
+		{"time-millis", PE_AVRO_TIME_MILLIS},
+		{"time-micros", PE_AVRO_TIME_MICROS},
+		{"timestamp-millis", PE_AVRO_TIMESTAMP_MILLIS},
+		{"timestamp-micros", PE_AVRO_TIMESTAMP_MICROS},
+		{"local-timestamp-millis", PE_AVRO_LOCAL_TIMESTAMP_MILLIS},
+		{"local-timestamp-micros", PE_AVRO_LOCAL_TIMESTAMP_MICROS},
+		{"decimal", PE_AVRO_DECIMAL},
+	};
+
+	p->logical = PE_AVRO_PLAIN;
+	p->scale = 0;
+	root.type = jbvBinary;
+	root.val.binary.data = &doc->root;
+	root.val.binary.len = VARSIZE(doc);
+	node = pe_avro_json_type(&root);
+	for (int k = 0; k < col->npath && node; k++)
+	{
+		JsonbValue *fields = pe_avro_json_key(node, "fields");
+		JsonbContainer *next = NULL;
+
+		if (fields == NULL || fields->type != jbvBinary || !JsonContainerIsArray(fields->val.binary.data))
+			return;
+		for (uint32 i = 0; i < JsonContainerSize(fields->val.binary.data); i++)
+		{
+			JsonbValue *f = getIthJsonbValueFromContainer(fields->val.binary.data, i);
+
+			if (f->type == jbvBinary && JsonContainerIsObject(f->val.binary.data) &&
+				pe_avro_json_is(pe_avro_json_key(f->val.binary.data, "name"), col->path[k]))
+			{
+				next = pe_avro_json_type(pe_avro_json_key(f->val.binary.data, "type"));
+				break;
+			}
+		}
+		node = next;
+	}
+	if (node == NULL || (lt = pe_avro_json_key(node, "logicalType")) == NULL)
+		return;
+	for (size_t i = 0; i < lengthof(names); i++)
+		if (pe_avro_json_is(lt, names[i].name))
+			p->logical = names[i].logical;
+	if (p->logical == PE_AVRO_DECIMAL)
+	{
+		JsonbValue *scale = pe_avro_json_key(node, "scale");
+
+		if (scale && scale->type == jbvNumeric)
+			p->scale = DatumGetInt32(DirectFunctionCall1(numeric_int4, NumericGetDatum(scale->val.numeric)));
+	}
+}
+
+/* ---- the schema: field indexes ------------------------------------------ */
+
+/* A schema with ["null", T] taken apart, and named references followed. */
+static avro_schema_t
+pe_avro_unwrap(avro_schema_t s)
+{
+	if (is_avro_union(s))
+	{
+		avro_schema_t found = NULL;
+
+		for (size_t i = 0; i < avro_schema_union_size(s); i++)
+		{
+			avro_schema_t b = avro_schema_union_branch(s, i);
+
+			if (is_avro_null(b))
+				continue;
+			if (found)
+				return NULL;
+			found = b;
+		}
+		s = found;
+	}
+	if (is_avro_link(s))
+		s = avro_schema_link_target(s);
+	return s;
+}
+
+static void
+pe_avro_resolve(PeTarget *t, PeAvroSchema *s, Jsonb *doc)
+{
+	s->paths = MemoryContextAllocZero(t->cxt, sizeof(PeAvroPath) * t->ncols);
+	for (int c = 0; c < t->ncols; c++)
+	{
+		PeColumn   *col = &t->cols[c];
+		PeAvroPath *p = &s->paths[c];
+		avro_schema_t cur = s->schema;
+
+		p->n = -1;
+		if (col->source != PE_SRC_FIELD)
+			continue;
+		p->idx = MemoryContextAlloc(t->cxt, sizeof(int) * col->npath);
+		for (int k = 0; k < col->npath; k++)
+		{
+			int			i;
+
+			cur = pe_avro_unwrap(cur);
+			if (cur == NULL || !is_avro_record(cur) ||
+				(i = avro_schema_record_field_get_index(cur, col->path[k])) < 0)
+				break;
+			p->idx[k] = i;
+			cur = avro_schema_record_field_get_by_index(cur, i);
+			if (k == col->npath - 1)
+				p->n = col->npath;
+		}
+		if (p->n > 0)
+			pe_avro_json_logical(doc, col, p);
+	}
+}
+
+/* ---- the cache of writer schemas ---------------------------------------- */
+
+static void
+pe_avro_forget(PeAvroSchema *s)
+{
+	if (s->iface)
+	{
+		avro_value_decref(&s->value);
+		avro_value_iface_decref(s->iface);
+	}
+	if (s->schema)
+		avro_schema_decref(s->schema);
+	s->iface = NULL;
+	s->schema = NULL;
+}
+
+/* Give back what avro-c holds for a target (pe_target_close). */
+void
+pe_avro_close(PeTarget *t)
+{
+	PeAvroCache *cache = t->avro;
+	HASH_SEQ_STATUS seq;
+	PeAvroSchema *s;
+
+	if (cache == NULL)
+		return;
+	hash_seq_init(&seq, cache->schemas);
+	while ((s = hash_seq_search(&seq)) != NULL)
+		pe_avro_forget(s);
+	hash_destroy(cache->schemas);
+	avro_reader_free(cache->reader);
+	t->avro = NULL;
+}
+
+static PeAvroCache *
+pe_avro_cache(PeTarget *t)
+{
+	if (t->avro == NULL)
+	{
+		HASHCTL		ctl;
+		PeAvroCache *cache = MemoryContextAllocZero(t->cxt, sizeof(PeAvroCache));
+
+		ctl.keysize = sizeof(int32);
+		ctl.entrysize = sizeof(PeAvroSchema);
+		ctl.hcxt = t->cxt;
+		cache->schemas = hash_create("pipeline_ext Avro schemas", 64, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+		cache->reader = avro_reader_memory("", 0);
+		if (cache->reader == NULL)
+			elog(ERROR, "could not create an Avro reader: %s", avro_strerror());
+		t->avro = cache;
+	}
+	return t->avro;
+}
+
+/*
+ * Whether the writer schema of id is known (or known to be missing), so
+ * that decoding a message of it asks nobody: a slot asks this before its
+ * batch's transaction, and fetches what is not (pe_avro_fetch).
+ */
+bool
+pe_avro_known(PeTarget *t, int32 id)
+{
+	PeAvroSchema *s = hash_search(pe_avro_cache(t)->schemas, &id, HASH_FIND, NULL);
+
+	return s && (!s->missing || !TimestampDifferenceExceeds(s->missing_at, GetCurrentTimestamp(), PE_AVRO_MISSING_MS));
+}
+
+/*
+ * Ask the registry of conn for the writer schema of id, and keep it: found,
+ * or said to be missing.  PE_REGISTRY_UNAVAILABLE (with *why) when the
+ * registry did not tell; nothing is kept then.  A schema avro-c cannot
+ * read counts as missing (its messages cannot be decoded).
+ */
+PeRegistryAnswer
+pe_avro_fetch(PeTarget *t, PeConnection *conn, int32 id, char **why)
+{
+	PeAvroCache *cache = pe_avro_cache(t);
+	char	   *json;
+	PeRegistryAnswer answer = pe_registry_fetch_schema(conn, id, &json, why);
+	PeAvroSchema *s;
+	bool		found;
+
+	if (answer == PE_REGISTRY_UNAVAILABLE)
+		return answer;
+	if (hash_get_num_entries(cache->schemas) >= PE_AVRO_MAX_SCHEMAS)
+	{
+		/* bounded: forget them all, the ones in use come back one request each */
+		pe_avro_close(t);
+		cache = pe_avro_cache(t);
+	}
+	s = hash_search(cache->schemas, &id, HASH_ENTER, &found);
+	if (found)
+		pe_avro_forget(s);
+	s->id = id;
+	s->missing = true;
+	s->missing_at = GetCurrentTimestamp();
+	s->schema = NULL;
+	s->iface = NULL;
+	s->paths = NULL;
+	if (answer == PE_REGISTRY_FOUND)
+	{
+		if (avro_schema_from_json_length(json, strlen(json), &s->schema) != 0)
+		{
+			*why = psprintf("avro-c cannot read schema %d: %s", id, avro_strerror());
+			s->schema = NULL;
+			return PE_REGISTRY_NOT_FOUND;
+		}
+		s->iface = avro_generic_class_from_schema(s->schema);
+		if (s->iface == NULL || avro_generic_value_new(s->iface, &s->value) != 0)
+		{
+			*why = psprintf("avro-c cannot read schema %d: %s", id, avro_strerror());
+			pe_avro_forget(s);
+			return PE_REGISTRY_NOT_FOUND;
+		}
+		pe_avro_resolve(t, s, DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(json))));
+		s->missing = false;
+	}
+	return answer;
+}
+
+/* The schema of id, asked for now if need be (a replay, or a schema forgotten). */
+static PeAvroSchema *
+pe_avro_schema(PeTarget *t, int32 id)
+{
+	char	   *why = NULL;
+	PeAvroSchema *s;
+
+	if (!pe_avro_known(t, id))
+	{
+		PeConnection *conn = pe_connection_lookup(t->def->connection, false);
+
+		if (pe_avro_fetch(t, conn, id, &why) == PE_REGISTRY_UNAVAILABLE)
+			ereport(ERROR,
+					(errcode(ERRCODE_CONNECTION_FAILURE),
+					 errmsg("could not fetch Avro schema %d from the schema registry of connection \"%s\"",
+							id, conn->name),
+					 errdetail("%s", why),
+					 errhint("Messages wait until the registry answers; none is skipped.")));
+	}
+	s = hash_search(pe_avro_cache(t)->schemas, &id, HASH_FIND, NULL);
+	if (s == NULL || s->missing)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_BINARY_REPRESENTATION),
+				 errmsg("unknown Avro schema id %d", id),
+				 why ? errdetail("%s.", why) : 0,
+				 errhint("Register the writer's schema, or give the consumer's connection the registry "
+						 "the producer uses; then replay the dead letter.")));
+	return s;
+}
+
+/* The schema id of a value in the wire format; an error otherwise. */
+int32
+pe_avro_schema_id(const char *data, size_t len)
+{
+	const unsigned char *u = (const unsigned char *) data;
+
+	if (len < 5 || u[0] != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_BINARY_REPRESENTATION),
+				 errmsg("message value is not Avro in the schema registry's wire format"),
+				 len < 5 ? errdetail("It has %zu bytes; the wire format starts with 5 (a zero byte and a 4-byte schema id).", len)
+				 : errdetail("Its first byte is %d, not 0 (the wire format's magic byte).", (int) u[0]),
+				 errhint("Produce with a schema-registry Avro serializer, or consume the topic with another format.")));
+	return (int32) (((uint32) u[1] << 24) | ((uint32) u[2] << 16) | ((uint32) u[3] << 8) | (uint32) u[4]);
+}
+
+/* ---- values -------------------------------------------------------------- */
+
+static void pe_avro_json(StringInfo buf, avro_value_t *v, int depth);
+
+/* a value's current branch, for a union; the value otherwise */
+static avro_value_t *
+pe_avro_branch(avro_value_t *v, avro_value_t *branch)
+{
+	if (avro_value_get_type(v) == AVRO_UNION)
+	{
+		if (avro_value_get_current_branch(v, branch) != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_BINARY_REPRESENTATION),
+					 errmsg("could not read an Avro union: %s", avro_strerror())));
+		return branch;
+	}
+	return v;
+}
+
+static void
+pe_avro_hex(StringInfo buf, const void *data, size_t len)
+{
+	appendStringInfoString(buf, "\\x");
+	for (size_t i = 0; i < len; i++)
+		appendStringInfo(buf, "%02x", ((const unsigned char *) data)[i]);
+}
+
+static const char *
+pe_avro_string(avro_value_t *v, size_t *len)
+{
+	const char *s;
+	size_t		size;
+
+	(void) avro_value_get_string(v, &s, &size);
+	/* avro-c counts the terminating zero */
+	*len = size > 0 ? size - 1 : 0;
+	if (!pg_verifymbstr(s, *len, true) || strlen(s) != *len)
+		ereport(ERROR,
+				(errcode(ERRCODE_CHARACTER_NOT_IN_REPERTOIRE),
+				 errmsg("an Avro string is not valid %s text", GetDatabaseEncodingName()),
+				 errhint("Correct the producer, then replay the dead letter.")));
+	return s;
+}
+
+/* Avro as JSON: records and maps objects, unions their branch, bytes "\x..". */
+static void
+pe_avro_json(StringInfo buf, avro_value_t *v, int depth)
+{
+	avro_value_t branch;
+	size_t		n;
+	const void *bytes;
+	size_t		len;
+	int32_t		i32;
+	int64_t		i64;
+	float		f;
+	double		d;
+	int			b;
+
+	check_stack_depth();
+	if (depth > PE_JSON_MAX_DEPTH * 4)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("Avro value nested deeper than %d levels", PE_JSON_MAX_DEPTH * 4)));
+	v = pe_avro_branch(v, &branch);
+	switch (avro_value_get_type(v))
+	{
+		case AVRO_NULL:
+			appendStringInfoString(buf, "null");
+			break;
+		case AVRO_BOOLEAN:
+			(void) avro_value_get_boolean(v, &b);
+			appendStringInfoString(buf, b ? "true" : "false");
+			break;
+		case AVRO_INT32:
+			(void) avro_value_get_int(v, &i32);
+			appendStringInfo(buf, "%d", i32);
+			break;
+		case AVRO_INT64:
+			(void) avro_value_get_long(v, &i64);
+			appendStringInfo(buf, INT64_FORMAT, (int64) i64);
+			break;
+		case AVRO_FLOAT:
+		case AVRO_DOUBLE:
+			if (avro_value_get_type(v) == AVRO_FLOAT)
+			{
+				(void) avro_value_get_float(v, &f);
+				d = f;
+			}
+			else
+				(void) avro_value_get_double(v, &d);
+			if (isnan(d) || isinf(d))
+				escape_json(buf, isnan(d) ? "NaN" : (d > 0 ? "Infinity" : "-Infinity"));
+			else
+				appendStringInfoString(buf, float8out_internal(d));
+			break;
+		case AVRO_STRING:
+			{
+				const char *s = pe_avro_string(v, &len);
+
+				escape_json(buf, s);
+			}
+			break;
+		case AVRO_BYTES:
+		case AVRO_FIXED:
+			{
+				StringInfoData hex;
+
+				if (avro_value_get_type(v) == AVRO_BYTES)
+					(void) avro_value_get_bytes(v, &bytes, &len);
+				else
+					(void) avro_value_get_fixed(v, &bytes, &len);
+				initStringInfo(&hex);
+				pe_avro_hex(&hex, bytes, len);
+				escape_json(buf, hex.data);
+			}
+			break;
+		case AVRO_ENUM:
+			(void) avro_value_get_enum(v, &b);
+			escape_json(buf, avro_schema_enum_get(avro_value_get_schema(v), b));
+			break;
+		case AVRO_RECORD:
+		case AVRO_MAP:
+			(void) avro_value_get_size(v, &n);
+			appendStringInfoChar(buf, '{');
+			for (size_t i = 0; i < n; i++)
+			{
+				avro_value_t child;
+				const char *name;
+
+				(void) avro_value_get_by_index(v, i, &child, &name);
+				if (i > 0)
+					appendStringInfoString(buf, ", ");
+				escape_json(buf, name);
+				appendStringInfoString(buf, ": ");
+				pe_avro_json(buf, &child, depth + 1);
+			}
+			appendStringInfoChar(buf, '}');
+			break;
+		case AVRO_ARRAY:
+			(void) avro_value_get_size(v, &n);
+			appendStringInfoChar(buf, '[');
+			for (size_t i = 0; i < n; i++)
+			{
+				avro_value_t child;
+
+				(void) avro_value_get_by_index(v, i, &child, NULL);
+				if (i > 0)
+					appendStringInfoString(buf, ", ");
+				pe_avro_json(buf, &child, depth + 1);
+			}
+			appendStringInfoChar(buf, ']');
+			break;
+		default:
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_BINARY_REPRESENTATION),
+					 errmsg("unexpected Avro type %d", (int) avro_value_get_type(v))));
+	}
+}
+
+/* An Avro array as an array literal ({...}) of its elements' text, for array_in. */
+static void pe_avro_text(StringInfo buf, avro_value_t *v, int depth);
+
+static void
+pe_avro_array_literal(StringInfo buf, avro_value_t *v, int depth)
+{
+	size_t		n;
+
+	(void) avro_value_get_size(v, &n);
+	appendStringInfoChar(buf, '{');
+	for (size_t i = 0; i < n; i++)
+	{
+		avro_value_t child;
+		avro_value_t branch;
+		avro_value_t *e;
+
+		(void) avro_value_get_by_index(v, i, &child, NULL);
+		e = pe_avro_branch(&child, &branch);
+		if (i > 0)
+			appendStringInfoChar(buf, ',');
+		if (avro_value_get_type(e) == AVRO_NULL)
+			appendStringInfoString(buf, "NULL");
+		else if (avro_value_get_type(e) == AVRO_ARRAY)
+			pe_avro_array_literal(buf, e, depth + 1);
+		else
+		{
+			StringInfoData t;
+
+			initStringInfo(&t);
+			pe_avro_text(&t, e, depth + 1);
+			appendStringInfoChar(buf, '"');
+			for (const char *p = t.data; *p; p++)
+			{
+				if (*p == '"' || *p == '\\')
+					appendStringInfoChar(buf, '\\');
+				appendStringInfoChar(buf, *p);
+			}
+			appendStringInfoChar(buf, '"');
+		}
+	}
+	appendStringInfoChar(buf, '}');
+}
+
+/* A value as text, for a type's input function: strings as they are, the rest as JSON. */
+static void
+pe_avro_text(StringInfo buf, avro_value_t *v, int depth)
+{
+	avro_value_t branch;
+	size_t		len;
+
+	v = pe_avro_branch(v, &branch);
+	if (avro_value_get_type(v) == AVRO_STRING)
+		appendStringInfoString(buf, pe_avro_string(v, &len));
+	else if (avro_value_get_type(v) == AVRO_ENUM)
+	{
+		int			sym;
+
+		(void) avro_value_get_enum(v, &sym);
+		appendStringInfoString(buf, avro_schema_enum_get(avro_value_get_schema(v), sym));
+	}
+	else if (avro_value_get_type(v) == AVRO_BYTES || avro_value_get_type(v) == AVRO_FIXED)
+	{
+		const void *bytes;
+
+		if (avro_value_get_type(v) == AVRO_BYTES)
+			(void) avro_value_get_bytes(v, &bytes, &len);
+		else
+			(void) avro_value_get_fixed(v, &bytes, &len);
+		pe_avro_hex(buf, bytes, len);
+	}
+	else if (avro_value_get_type(v) == AVRO_ARRAY)
+		pe_avro_array_literal(buf, v, depth);
+	else
+		pe_avro_json(buf, v, depth);
+}
+
+/* A decimal's unscaled two's complement, big-endian, as text with its scale. */
+static char *
+pe_avro_decimal_text(const unsigned char *b, size_t len, int scale)
+{
+	uint128		uu = 0;
+	int128		u;
+	bool		neg;
+	char		digits[64];
+	int			nd = 0;
+	StringInfoData s;
+
+	if (len == 0)
+		return pstrdup("0");
+	if (len > 16)
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("Avro decimal of %zu bytes is too large", len),
+				 errhint("pipeline_ext reads decimals of up to 16 bytes (38 digits).")));
+	neg = (b[0] & 0x80) != 0;
+	for (size_t i = 0; i < len; i++)
+		uu = (uu << 8) | b[i];
+	u = (int128) uu;
+	if (neg && len < 16)
+		u -= ((int128) 1) << (8 * len);
+	initStringInfo(&s);
+	if (neg)
+		appendStringInfoChar(&s, '-');
+	/* digits of |u|, least significant first (|INT128_MIN| fits in the unsigned) */
+	{
+		uint128		m = neg ? (uint128) (-(u + 1)) + 1 : (uint128) u;
+
+		do
+		{
+			digits[nd++] = '0' + (int) (m % 10);
+			m /= 10;
+		} while (m > 0);
+	}
+	while (nd <= scale)
+		digits[nd++] = '0';
+	for (int i = nd - 1; i >= 0; i--)
+	{
+		appendStringInfoChar(&s, digits[i]);
+		if (i == scale && scale > 0)
+			appendStringInfoChar(&s, '.');
+	}
+	return s.data;
+}
+
+/* An integer into a column. */
+static Datum
+pe_avro_integer(PeColumn *col, int64 i)
+{
+	if (col->typmod < 0)
+		switch (col->typid)
+		{
+			case INT8OID:
+				return Int64GetDatum(i);
+			case INT4OID:
+				if (i < PG_INT32_MIN || i > PG_INT32_MAX)
+					break;
+				return Int32GetDatum((int32) i);
+			case INT2OID:
+				if (i < PG_INT16_MIN || i > PG_INT16_MAX)
+					break;
+				return Int16GetDatum((int16) i);
+			case FLOAT8OID:
+				return Float8GetDatum((float8) i);
+			case NUMERICOID:
+				return NumericGetDatum(int64_to_numeric(i));
+			default:
+				break;
+		}
+	/* the input function says what does not fit */
+	return pe_input(col, psprintf(INT64_FORMAT, i));
+}
+
+/* A value (the field of column col, by path p) into col. */
+static Datum
+pe_avro_datum(PeColumn *col, PeAvroPath *p, avro_value_t *v, bool *isnull)
+{
+	avro_value_t branch;
+	int32_t		i32;
+	int64_t		i64;
+	const void *bytes;
+	size_t		len;
+
+	*isnull = false;
+	v = pe_avro_branch(v, &branch);
+	if (avro_value_get_type(v) == AVRO_NULL)
+	{
+		*isnull = true;
+		return (Datum) 0;
+	}
+	if (col->is_json)
+	{
+		StringInfoData buf;
+
+		initStringInfo(&buf);
+		pe_avro_json(&buf, v, 0);
+		return pe_input(col, buf.data);
+	}
+	switch (avro_value_get_type(v))
+	{
+		case AVRO_BOOLEAN:
+			{
+				int			b;
+
+				(void) avro_value_get_boolean(v, &b);
+				if (col->typid == BOOLOID)
+					return BoolGetDatum(b != 0);
+				return pe_input(col, b ? "true" : "false");
+			}
+		case AVRO_INT32:
+			(void) avro_value_get_int(v, &i32);
+			if (p->logical == PE_AVRO_DATE)
+			{
+				DateADT		d = (DateADT) i32 - PE_AVRO_EPOCH_DAYS;
+
+				if (col->typid == DATEOID)
+					return DateADTGetDatum(d);
+				return pe_input(col, DatumGetCString(DirectFunctionCall1(date_out, DateADTGetDatum(d))));
+			}
+			if (p->logical == PE_AVRO_TIME_MILLIS)
+			{
+				TimeADT		tm = (TimeADT) i32 * 1000;
+
+				if (col->typid == TIMEOID && col->typmod < 0 && tm >= 0 && tm <= USECS_PER_DAY)
+					return TimeADTGetDatum(tm);
+				return pe_input(col, DatumGetCString(DirectFunctionCall1(time_out, TimeADTGetDatum(tm))));
+			}
+			return pe_avro_integer(col, i32);
+		case AVRO_INT64:
+			(void) avro_value_get_long(v, &i64);
+			switch (p->logical)
+			{
+				case PE_AVRO_TIME_MICROS:
+					if (col->typid == TIMEOID && col->typmod < 0 && i64 >= 0 && i64 <= USECS_PER_DAY)
+						return TimeADTGetDatum(i64);
+					return pe_input(col, DatumGetCString(DirectFunctionCall1(time_out, TimeADTGetDatum(i64))));
+				case PE_AVRO_TIMESTAMP_MILLIS:
+				case PE_AVRO_TIMESTAMP_MICROS:
+				case PE_AVRO_LOCAL_TIMESTAMP_MILLIS:
+				case PE_AVRO_LOCAL_TIMESTAMP_MICROS:
+					{
+						bool		millis = p->logical == PE_AVRO_TIMESTAMP_MILLIS ||
+							p->logical == PE_AVRO_LOCAL_TIMESTAMP_MILLIS;
+						bool		local = p->logical == PE_AVRO_LOCAL_TIMESTAMP_MILLIS ||
+							p->logical == PE_AVRO_LOCAL_TIMESTAMP_MICROS;
+						int64		us;
+
+						if (pg_mul_s64_overflow(i64, millis ? 1000 : 1, &us) ||
+							pg_sub_s64_overflow(us, PE_AVRO_EPOCH_US, &us) ||
+							!IS_VALID_TIMESTAMP(us))
+							ereport(ERROR,
+									(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+									 errmsg("Avro %s " INT64_FORMAT " is out of range for a timestamp",
+											millis ? "timestamp in milliseconds" : "timestamp in microseconds", (int64) i64)));
+						/* an instant into timestamptz, a wall time into timestamp: the same microseconds */
+						if ((col->typid == TIMESTAMPTZOID || col->typid == TIMESTAMPOID) && col->typmod < 0)
+							return TimestampGetDatum(us);
+						return pe_input(col, DatumGetCString(local
+															 ? DirectFunctionCall1(timestamp_out, TimestampGetDatum(us))
+															 : DirectFunctionCall1(timestamptz_out, TimestampTzGetDatum(us))));
+					}
+				default:
+					return pe_avro_integer(col, i64);
+			}
+		case AVRO_FLOAT:
+		case AVRO_DOUBLE:
+			{
+				double		d;
+
+				if (avro_value_get_type(v) == AVRO_FLOAT)
+				{
+					float		f;
+
+					(void) avro_value_get_float(v, &f);
+					if (col->typid == FLOAT4OID && col->typmod < 0)
+						return Float4GetDatum(f);
+					d = f;
+				}
+				else
+					(void) avro_value_get_double(v, &d);
+				if (col->typid == FLOAT8OID && col->typmod < 0)
+					return Float8GetDatum(d);
+				if (col->typid == NUMERICOID && col->typmod < 0)
+					return DirectFunctionCall1(float8_numeric, Float8GetDatum(d));
+				return pe_input(col, float8out_internal(d));
+			}
+		case AVRO_BYTES:
+		case AVRO_FIXED:
+			if (avro_value_get_type(v) == AVRO_BYTES)
+				(void) avro_value_get_bytes(v, &bytes, &len);
+			else
+				(void) avro_value_get_fixed(v, &bytes, &len);
+			if (p->logical == PE_AVRO_DECIMAL)
+				return pe_input(col, pe_avro_decimal_text(bytes, len, p->scale));
+			if (col->is_bytea)
+				return pe_bytes_to_bytea(bytes, len);
+			return pe_raw_value(col, bytes, len, "field");
+		case AVRO_STRING:
+			{
+				const char *s = pe_avro_string(v, &len);
+
+				if ((col->typid == TEXTOID || col->typid == VARCHAROID) && col->typmod < 0)
+					return PointerGetDatum(cstring_to_text_with_len(s, len));
+				return pe_input(col, s);
+			}
+		case AVRO_ARRAY:
+			if (!OidIsValid(get_element_type(col->typid)))
+				break;
+			/* FALLTHROUGH */
+		case AVRO_ENUM:
+			{
+				StringInfoData buf;
+
+				initStringInfo(&buf);
+				pe_avro_text(&buf, v, 0);
+				return pe_input(col, buf.data);
+			}
+		default:
+			break;
+	}
+	ereport(ERROR,
+			(errcode(ERRCODE_DATA_EXCEPTION),
+			 errmsg("an Avro %s does not go into column \"%s\" of type %s",
+					avro_schema_type_name(avro_value_get_schema(v)), col->name, format_type_be(col->typid)),
+			 errhint("Use a json or jsonb column (or an array column for an array), or map the column to a field "
+					 "inside it with column_map.")));
+	return (Datum) 0;			/* keep the compiler quiet */
+}
+
+/*
+ * Decode one Avro value into the columns that take fields (the others are
+ * the caller's): each column's field by its path in the writer schema, null
+ * when that version of the schema has no such field.
+ */
+void
+pe_decode_avro(PeTarget *t, const char *data, size_t len, PeRow *row)
+{
+	int32		id = pe_avro_schema_id(data, len);
+	PeAvroSchema *s = pe_avro_schema(t, id);
+	PeAvroCache *cache = t->avro;
+	volatile int c = 0;
+	MemoryContext cxt = CurrentMemoryContext;
+	char		extra;
+
+	avro_value_reset(&s->value);
+	avro_reader_memory_set_source(cache->reader, data + 5, len - 5);
+	if (avro_value_read(cache->reader, &s->value) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_BINARY_REPRESENTATION),
+				 errmsg("could not decode an Avro message with schema %d", id),
+				 errdetail("avro-c: %s", avro_strerror()),
+				 errhint("The message does not match the schema its id names: correct the producer, then replay the dead letter.")));
+	/* (avro-c's memory reader does not say where it is: one more byte must not be there) */
+	if (avro_read(cache->reader, &extra, 1) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_BINARY_REPRESENTATION),
+				 errmsg("an Avro message with schema %d has bytes after its record", id),
+				 errhint("The message does not match the schema its id names: correct the producer, then replay the dead letter.")));
+
+	PG_TRY();
+	{
+		for (c = 0; c < t->ncols; c++)
+		{
+			PeAvroPath *p = &s->paths[c];
+			avro_value_t v = s->value;
+			bool		isnull = false;
+
+			if (p->n < 0)
+				continue;
+			for (int k = 0; k < p->n && !isnull; k++)
+			{
+				avro_value_t branch;
+				avro_value_t *r = pe_avro_branch(&v, &branch);
+				avro_value_t child;
+
+				if (avro_value_get_type(r) == AVRO_NULL)
+					isnull = true;
+				else if (avro_value_get_by_index(r, p->idx[k], &child, NULL) != 0)
+					isnull = true;	/* another branch of a union than a record */
+				else
+					v = child;
+			}
+			if (!isnull)
+				row->values[c] = pe_avro_datum(&t->cols[c], p, &v, &isnull);
+			row->nulls[c] = isnull;
+		}
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		/* which column: the message alone would not say */
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		edata->message = psprintf("column \"%s\": %s", t->cols[c].name, edata->message);
+		ReThrowError(edata);
+	}
+	PG_END_TRY();
+}
