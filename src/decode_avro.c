@@ -94,6 +94,7 @@ typedef struct PeAvroSchema
 	int32		id;				/* hash key */
 	bool		missing;		/* the registry said it has no such id ... */
 	TimestampTz missing_at;		/* ... then */
+	char	   *why;			/* ... or why it cannot be read */
 	avro_schema_t schema;
 	avro_value_iface_t *iface;
 	avro_value_t value;			/* a record read into, again and again */
@@ -369,18 +370,24 @@ pe_avro_fetch(PeTarget *t, PeConnection *conn, int32 id, char **why)
 	}
 	s = hash_search(cache->schemas, &id, HASH_ENTER, &found);
 	if (found)
+	{
 		pe_avro_forget(s);
+		if (s->why)
+			pfree(s->why);
+	}
 	s->id = id;
 	s->missing = true;
 	s->missing_at = GetCurrentTimestamp();
 	s->schema = NULL;
 	s->iface = NULL;
 	s->paths = NULL;
+	s->why = MemoryContextStrdup(t->cxt, *why ? *why : "");
 	if (answer == PE_REGISTRY_FOUND)
 	{
 		if (avro_schema_from_json_length(json, strlen(json), &s->schema) != 0)
 		{
 			*why = psprintf("avro-c cannot read schema %d: %s", id, avro_strerror());
+			s->why = MemoryContextStrdup(t->cxt, *why);
 			s->schema = NULL;
 			return PE_REGISTRY_NOT_FOUND;
 		}
@@ -388,6 +395,7 @@ pe_avro_fetch(PeTarget *t, PeConnection *conn, int32 id, char **why)
 		if (s->iface == NULL || avro_generic_value_new(s->iface, &s->value) != 0)
 		{
 			*why = psprintf("avro-c cannot read schema %d: %s", id, avro_strerror());
+			s->why = MemoryContextStrdup(t->cxt, *why);
 			pe_avro_forget(s);
 			return PE_REGISTRY_NOT_FOUND;
 		}
@@ -421,7 +429,7 @@ pe_avro_schema(PeTarget *t, int32 id)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_BINARY_REPRESENTATION),
 				 errmsg("unknown Avro schema id %d", id),
-				 why ? errdetail("%s.", why) : 0,
+				 s && s->why[0] ? errdetail("%s.", s->why) : 0,
 				 errhint("Register the writer's schema, or give the consumer's connection the registry "
 						 "the producer uses; then replay the dead letter.")));
 	return s;

@@ -62,7 +62,6 @@
 
 PeSlotRun  *pe_run = NULL;
 
-static void pe_slot_record_error(const char *msg);
 
 /*
  * Between two slices of a wait on the brokers (at most PE_WAIT_SLICE_MS
@@ -346,7 +345,7 @@ pe_slot_exit(int code, Datum arg)
 	LWLockRelease(pe_shared->lock);
 }
 
-static void
+void
 pe_slot_record_error(const char *msg)
 {
 	PeSlot	   *s = &pe_shared->slots[pe_run->slot_index];
@@ -612,6 +611,7 @@ pe_slot_loop(void)
 		pe_slot_note_oldest(batch, n, true);
 		elog(DEBUG2, "pipeline_ext consumer %s/%d: batch of %d messages collected in %lld ms",
 			 pe_run->def->name, pe_run->slot, n, (long long) pe_ms_since(first_at));
+		pe_slot_fetch_schemas(batch, n);
 		outcome = pe_slot_apply_with_retries(batch, n, &ndead, &stop_error);
 		if (outcome == PE_BATCH_STOP)
 			pe_slot_stop_on_error(stop_error);

@@ -96,6 +96,7 @@ extern void pe_slot_wait_tick(void);
 extern PeBatchOutcome pe_slot_apply_with_retries(rd_kafka_message_t **batch, int n, int64 *ndead,
 												 char **stop_error);
 extern void pe_slot_stop_on_error(const char *stop_error) pg_attribute_noreturn();
+extern void pe_slot_record_error(const char *msg);
 
 /* slot_handoff.c */
 extern void pe_slot_handoff_metadata(rd_kafka_topic_partition_t *tp, int64 from);
@@ -103,6 +104,7 @@ extern int64 pe_slot_handoff_assigned(const rd_kafka_topic_partition_t *tp);
 extern void pe_slot_catch_up(void);
 
 /* slot_batch.c */
+extern void pe_slot_fetch_schemas(rd_kafka_message_t **batch, int n);
 extern bool pe_slot_try_batch(rd_kafka_message_t **batch, int n, PeBatchOutcome *outcome,
 							  int64 *ndead, char **stop_error);
 

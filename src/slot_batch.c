@@ -16,10 +16,12 @@
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
+#include "storage/latch.h"
 #include "storage/lwlock.h"
 #include "utils/inval.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
+#include "utils/timestamp.h"
 
 #include "aggregate.h"
 #include "shmem.h"
@@ -324,6 +326,55 @@ pe_slot_try_batch(rd_kafka_message_t **batch, int n, PeBatchOutcome *outcome,
 		*stop_error = pstrdup(*stop_error);
 	MemoryContextReset(pe_run->batch_cxt);
 	return ok;
+}
+
+/*
+ * Avro: the writer schemas a batch's messages name, fetched before its
+ * transaction, so that decoding asks nobody and no request to the registry
+ * runs while the transaction holds its locks.  A registry that does not
+ * answer: the slot waits, backing off from 1 s to 30 s, with the reason as
+ * its last error, and asks again; the messages stay in hand, so none is
+ * lost or made a dead letter.  A SIGTERM ends the wait.  (A schema still
+ * missing when the batch decodes, its target described again in between,
+ * is fetched then, and a failure fails the batch: the worker restarts.)
+ */
+void
+pe_slot_fetch_schemas(rd_kafka_message_t **batch, int n)
+{
+	int			backoff_ms = 1000;
+
+	if (pe_run->def->format != PE_FORMAT_AVRO || pe_run->target == NULL)
+		return;
+	for (int i = 0; i < n; i++)
+	{
+		const unsigned char *v = batch[i]->payload;
+		int32		id;
+
+		if (v == NULL || batch[i]->len < 5 || v[0] != 0)
+			continue;			/* a dead letter when decoded */
+		id = (int32) (((uint32) v[1] << 24) | ((uint32) v[2] << 16) | ((uint32) v[3] << 8) | (uint32) v[4]);
+		while (!pe_avro_known(pe_run->target, id))
+		{
+			char	   *why;
+			TimestampTz until;
+
+			if (pe_avro_fetch(pe_run->target, pe_run->conn, id, &why) != PE_REGISTRY_UNAVAILABLE)
+				break;
+			why = psprintf("waiting for the schema registry (schema %d): %s", id, why);
+			ereport(LOG,
+					(errmsg("pipeline_ext %s: %s; asking again in %d ms", pe_run->log_who, why, backoff_ms)));
+			pe_slot_record_error(why);
+			until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), backoff_ms);
+			while (GetCurrentTimestamp() < until)
+			{
+				(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, PE_WAIT_SLICE_MS,
+								 PG_WAIT_EXTENSION);
+				ResetLatch(MyLatch);
+				pe_slot_wait_tick();
+			}
+			backoff_ms = Min(backoff_ms * 2, 30000);
+		}
+	}
 }
 
 /*

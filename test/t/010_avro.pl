@@ -209,6 +209,12 @@ like($dead, qr/^6 column "price": numeric field overflow/m, 'a decimal that does
 like($dead, qr/^7 column "id": invalid input syntax for type integer: "eight"/m, 'a field of an incompatible type');
 like($dead, qr/^8 an Avro message with schema \d+ has bytes after its record/m, 'bytes after the record');
 
+# replaying, after the cause is fixed: the decimal fits a wider column now
+is(sql(q{ALTER TABLE bad_target ALTER price TYPE numeric(20,2);
+         SELECT replayed || ' ' || failed FROM pipeline.replay_dead_letters('avro_bad')}), '1 5',
+	'replay_dead_letters decodes Avro again: the fixed one is applied, the others stay');
+is(sql(q{SELECT price FROM bad_target WHERE id = 7}), '123456789012.34', 'with its value');
+
 # --- the registry down: the messages wait, none is a dead letter, and all come when it is back
 my $before = sql('SELECT count(*) FROM readings');
 sql(q{SELECT pipeline.stop_consumer('avro_up')});
