@@ -65,6 +65,9 @@ SELECT pipeline.create_consumer('c4', 'cons', 't', 'readings',
 SELECT pipeline.create_consumer('c', 'cons', 't', 'readings', format_options => '{"delimiter": ";"}', start => false);
 SELECT pipeline.create_consumer('c', 'cons', 't', 'readings', format => 'csv', format_options => '{"delimiter": ";;"}', start => false);
 SELECT pipeline.create_consumer('c', 'cons', 't', 'readings', format => 'csv', format_options => '{"escape": "\\"}', start => false);
+SELECT pipeline.create_consumer('c', 'cons', 't', 'readings', format_options => '{"key_format": "protobuf"}', start => false);
+-- key_format avro needs a schema registry too
+SELECT pipeline.create_consumer('c', 'cons', 't', 'readings', format_options => '{"key_format": "avro"}', start => false);
 SELECT pipeline.create_consumer('c5', 'cons', 't', 'readings', format => 'csv', format_options => '{"delimiter": ";", "null": "NA"}', start => false);
 
 -- text: the value goes to the first column without a default

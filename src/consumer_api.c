@@ -309,17 +309,21 @@ pe_create_consumer(PG_FUNCTION_ARGS)
 
 	conn = pe_connection_lookup(def.connection, false);
 	pe_check_connection_use(conn);
-	if (def.format == PE_FORMAT_AVRO && pe_registry_option(conn, PE_REGISTRY_URL) == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("connection \"%s\" has no schema registry", conn->name),
-				 errhint("Avro messages name their writer schema by its id in a registry: create the connection "
-						 "with the option \"%s\".", PE_REGISTRY_URL)));
 
 	/* the target, its columns, keys and the caller's privileges */
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	pe_target_close(pe_target_open(&def, true));
+	{
+		PeTarget   *t = pe_target_open(&def, true);
+
+		if ((def.format == PE_FORMAT_AVRO || t->key_avro) && pe_registry_option(conn, PE_REGISTRY_URL) == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("connection \"%s\" has no schema registry", conn->name),
+					 errhint("Avro messages name their writer schema by its id in a registry: create the connection "
+							 "with the option \"%s\".", PE_REGISTRY_URL)));
+		pe_target_close(t);
+	}
 	SPI_finish();
 
 	memset(nulls, ' ', sizeof(nulls));

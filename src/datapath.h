@@ -125,7 +125,9 @@ typedef struct PeTarget
 	char	   *csv_null;
 	bool		needs_headers;
 	bool		flat_json;		/* every field column is a top-level field */
+	bool		key_avro;		/* format_options key_format 'avro' */
 	struct PeAvroCache *avro;	/* the Avro format's writer schemas (decode_avro.c) */
+	struct PeAvroCache *avro_key;	/* ... and those of Avro keys */
 	SPIPlanPtr	apply_plan;
 	SPIPlanPtr	delete_plan;
 	MemoryContext cxt;			/* holds all of the above (pe_target_open) */
@@ -166,9 +168,11 @@ pe_json_skip_ws(const char *data, size_t len, size_t i)
 
 /* decode_avro.c */
 extern void pe_decode_avro(PeTarget *t, const char *data, size_t len, PeRow *row);
+extern void pe_decode_avro_key(PeTarget *t, const char *data, size_t len, PeRow *row, bool only_nulls);
+extern Datum pe_avro_key_value(PeTarget *t, PeColumn *col, const char *data, size_t len);
 extern int32 pe_avro_schema_id(const char *data, size_t len);
-extern bool pe_avro_known(PeTarget *t, int32 id);
-extern PeRegistryAnswer pe_avro_fetch(PeTarget *t, struct PeConnection *conn, int32 id, char **why);
+extern bool pe_avro_known(PeTarget *t, bool key, int32 id);
+extern PeRegistryAnswer pe_avro_fetch(PeTarget *t, bool key, struct PeConnection *conn, int32 id, char **why);
 extern void pe_avro_close(PeTarget *t);
 
 /* target.c */

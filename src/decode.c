@@ -317,6 +317,18 @@ pe_decode_tombstone_key(PeTarget *t, PeMessage *msg, PeRow *row)
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("tombstone without a key"),
 				 errhint("A tombstone (null value) deletes the row of its key; this one has no key.")));
+	if (t->key_avro)
+	{
+		/* key_format 'avro': a record with a field per key column, or the one key column's value */
+		pe_decode_avro_key(t, msg->key, msg->key_len, row, false);
+		for (int k = 0; k < t->nkeys; k++)
+			if (row->nulls[t->keycols[k]])
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("cannot find key column \"%s\" in the Avro key of a tombstone", t->cols[t->keycols[k]].name),
+						 errhint("Use an Avro record key with a field per key column, or a plain key for a single key column.")));
+		return;
+	}
 	pe_verify_text(msg->key, msg->key_len, "key");
 	{
 		size_t		i = pe_json_skip_ws(msg->key, msg->key_len, 0);
@@ -385,6 +397,16 @@ pe_decode_one(PeTarget *t, PeMessage *msg, PeRow *row, MemoryContext scratch)
 	/* Avro's fields go straight into the row's values (the rest below) */
 	if (def->format == PE_FORMAT_AVRO)
 		pe_decode_avro(t, msg->value, msg->value_len, row);
+	/* key_format 'avro': key columns the value leaves null come from the key */
+	if (t->key_avro && msg->key && t->nkeys > 0)
+	{
+		bool		need = false;
+
+		for (int k = 0; k < t->nkeys; k++)
+			need |= row->nulls[t->keycols[k]] && t->cols[t->keycols[k]].source != PE_SRC_KEY;
+		if (need)
+			pe_decode_avro_key(t, msg->key, msg->key_len, row, true);
+	}
 
 	for (int c = 0; c < t->ncols; c++)
 	{
@@ -407,7 +429,11 @@ pe_decode_one(PeTarget *t, PeMessage *msg, PeRow *row, MemoryContext scratch)
 			case PE_SRC_KEY:
 				if (msg->key)
 				{
-					row->values[c] = pe_raw_value(col, msg->key, msg->key_len, "key");
+					/* an Avro key as JSON (or its text), unless the column takes the bytes */
+					if (t->key_avro && !col->is_bytea)
+						row->values[c] = pe_avro_key_value(t, col, msg->key, msg->key_len);
+					else
+						row->values[c] = pe_raw_value(col, msg->key, msg->key_len, "key");
 					row->nulls[c] = false;
 				}
 				break;

@@ -159,7 +159,7 @@ pe_avro_json_type(JsonbValue *t)
 
 /* The logical type (and a decimal's scale) of the field at path in the schema's JSON. */
 static void
-pe_avro_json_logical(Jsonb *doc, PeColumn *col, PeAvroPath *p)
+pe_avro_json_logical(Jsonb *doc, char **path, int npath, PeAvroPath *p)
 {
 	JsonbValue	root;
 	JsonbContainer *node;
@@ -185,7 +185,7 @@ pe_avro_json_logical(Jsonb *doc, PeColumn *col, PeAvroPath *p)
 	root.val.binary.data = &doc->root;
 	root.val.binary.len = VARSIZE(doc);
 	node = pe_avro_json_type(&root);
-	for (int k = 0; k < col->npath && node; k++)
+	for (int k = 0; k < npath && node; k++)
 	{
 		JsonbValue *fields = pe_avro_json_key(node, "fields");
 		JsonbContainer *next = NULL;
@@ -197,7 +197,7 @@ pe_avro_json_logical(Jsonb *doc, PeColumn *col, PeAvroPath *p)
 			JsonbValue *f = getIthJsonbValueFromContainer(fields->val.binary.data, i);
 
 			if (f->type == jbvBinary && JsonContainerIsObject(f->val.binary.data) &&
-				pe_avro_json_is(pe_avro_json_key(f->val.binary.data, "name"), col->path[k]))
+				pe_avro_json_is(pe_avro_json_key(f->val.binary.data, "name"), path[k]))
 			{
 				next = pe_avro_json_type(pe_avro_json_key(f->val.binary.data, "type"));
 				break;
@@ -246,35 +246,47 @@ pe_avro_unwrap(avro_schema_t s)
 	return s;
 }
 
+/*
+ * Each column's path into the records of a schema: a value's columns that
+ * take fields by their column_map path or name; a key's key columns by
+ * name, or the whole key for a single key column when the key is not a
+ * record.
+ */
 static void
-pe_avro_resolve(PeTarget *t, PeAvroSchema *s, Jsonb *doc)
+pe_avro_resolve(PeTarget *t, PeAvroSchema *s, Jsonb *doc, bool key)
 {
+	bool		whole_key = key && t->nkeys == 1 && !is_avro_record(pe_avro_unwrap(s->schema));
+
 	s->paths = MemoryContextAllocZero(t->cxt, sizeof(PeAvroPath) * t->ncols);
 	for (int c = 0; c < t->ncols; c++)
 	{
 		PeColumn   *col = &t->cols[c];
 		PeAvroPath *p = &s->paths[c];
 		avro_schema_t cur = s->schema;
+		char	  **path = key ? &col->name : col->path;
+		int			npath = key ? (whole_key ? 0 : 1) : col->npath;
 
 		p->n = -1;
-		if (col->source != PE_SRC_FIELD)
+		if (key ? !col->is_key : col->source != PE_SRC_FIELD)
 			continue;
-		p->idx = MemoryContextAlloc(t->cxt, sizeof(int) * col->npath);
-		for (int k = 0; k < col->npath; k++)
+		p->idx = MemoryContextAlloc(t->cxt, sizeof(int) * Max(npath, 1));
+		if (npath == 0)
+			p->n = 0;
+		for (int k = 0; k < npath; k++)
 		{
 			int			i;
 
 			cur = pe_avro_unwrap(cur);
 			if (cur == NULL || !is_avro_record(cur) ||
-				(i = avro_schema_record_field_get_index(cur, col->path[k])) < 0)
+				(i = avro_schema_record_field_get_index(cur, path[k])) < 0)
 				break;
 			p->idx[k] = i;
 			cur = avro_schema_record_field_get_by_index(cur, i);
-			if (k == col->npath - 1)
-				p->n = col->npath;
+			if (k == npath - 1)
+				p->n = npath;
 		}
-		if (p->n > 0)
-			pe_avro_json_logical(doc, col, p);
+		if (p->n >= 0)
+			pe_avro_json_logical(doc, path, p->n, p);
 	}
 }
 
@@ -294,11 +306,10 @@ pe_avro_forget(PeAvroSchema *s)
 	s->schema = NULL;
 }
 
-/* Give back what avro-c holds for a target (pe_target_close). */
-void
-pe_avro_close(PeTarget *t)
+static void
+pe_avro_close_cache(PeAvroCache **cachep)
 {
-	PeAvroCache *cache = t->avro;
+	PeAvroCache *cache = *cachep;
 	HASH_SEQ_STATUS seq;
 	PeAvroSchema *s;
 
@@ -309,13 +320,24 @@ pe_avro_close(PeTarget *t)
 		pe_avro_forget(s);
 	hash_destroy(cache->schemas);
 	avro_reader_free(cache->reader);
-	t->avro = NULL;
+	*cachep = NULL;
 }
 
-static PeAvroCache *
-pe_avro_cache(PeTarget *t)
+/* Give back what avro-c holds for a target (pe_target_close). */
+void
+pe_avro_close(PeTarget *t)
 {
-	if (t->avro == NULL)
+	pe_avro_close_cache(&t->avro);
+	pe_avro_close_cache(&t->avro_key);
+}
+
+/* The writer schemas of values, or of keys: resolved differently. */
+static PeAvroCache *
+pe_avro_cache(PeTarget *t, bool key)
+{
+	PeAvroCache **cachep = key ? &t->avro_key : &t->avro;
+
+	if (*cachep == NULL)
 	{
 		HASHCTL		ctl;
 		PeAvroCache *cache = MemoryContextAllocZero(t->cxt, sizeof(PeAvroCache));
@@ -327,9 +349,9 @@ pe_avro_cache(PeTarget *t)
 		cache->reader = avro_reader_memory("", 0);
 		if (cache->reader == NULL)
 			elog(ERROR, "could not create an Avro reader: %s", avro_strerror());
-		t->avro = cache;
+		*cachep = cache;
 	}
-	return t->avro;
+	return *cachep;
 }
 
 /*
@@ -338,9 +360,9 @@ pe_avro_cache(PeTarget *t)
  * batch's transaction, and fetches what is not (pe_avro_fetch).
  */
 bool
-pe_avro_known(PeTarget *t, int32 id)
+pe_avro_known(PeTarget *t, bool key, int32 id)
 {
-	PeAvroSchema *s = hash_search(pe_avro_cache(t)->schemas, &id, HASH_FIND, NULL);
+	PeAvroSchema *s = hash_search(pe_avro_cache(t, key)->schemas, &id, HASH_FIND, NULL);
 
 	return s && (!s->missing || !TimestampDifferenceExceeds(s->missing_at, GetCurrentTimestamp(), PE_AVRO_MISSING_MS));
 }
@@ -352,9 +374,9 @@ pe_avro_known(PeTarget *t, int32 id)
  * read counts as missing (its messages cannot be decoded).
  */
 PeRegistryAnswer
-pe_avro_fetch(PeTarget *t, PeConnection *conn, int32 id, char **why)
+pe_avro_fetch(PeTarget *t, bool key, PeConnection *conn, int32 id, char **why)
 {
-	PeAvroCache *cache = pe_avro_cache(t);
+	PeAvroCache *cache = pe_avro_cache(t, key);
 	char	   *json;
 	PeRegistryAnswer answer = pe_registry_fetch_schema(conn, id, &json, why);
 	PeAvroSchema *s;
@@ -365,8 +387,8 @@ pe_avro_fetch(PeTarget *t, PeConnection *conn, int32 id, char **why)
 	if (hash_get_num_entries(cache->schemas) >= PE_AVRO_MAX_SCHEMAS)
 	{
 		/* bounded: forget them all, the ones in use come back one request each */
-		pe_avro_close(t);
-		cache = pe_avro_cache(t);
+		pe_avro_close_cache(key ? &t->avro_key : &t->avro);
+		cache = pe_avro_cache(t, key);
 	}
 	s = hash_search(cache->schemas, &id, HASH_ENTER, &found);
 	if (found)
@@ -399,7 +421,7 @@ pe_avro_fetch(PeTarget *t, PeConnection *conn, int32 id, char **why)
 			pe_avro_forget(s);
 			return PE_REGISTRY_NOT_FOUND;
 		}
-		pe_avro_resolve(t, s, DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(json))));
+		pe_avro_resolve(t, s, DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(json))), key);
 		s->missing = false;
 	}
 	return answer;
@@ -407,16 +429,16 @@ pe_avro_fetch(PeTarget *t, PeConnection *conn, int32 id, char **why)
 
 /* The schema of id, asked for now if need be (a replay, or a schema forgotten). */
 static PeAvroSchema *
-pe_avro_schema(PeTarget *t, int32 id)
+pe_avro_schema(PeTarget *t, bool key, int32 id)
 {
 	char	   *why = NULL;
 	PeAvroSchema *s;
 
-	if (!pe_avro_known(t, id))
+	if (!pe_avro_known(t, key, id))
 	{
 		PeConnection *conn = pe_connection_lookup(t->def->connection, false);
 
-		if (pe_avro_fetch(t, conn, id, &why) == PE_REGISTRY_UNAVAILABLE)
+		if (pe_avro_fetch(t, key, conn, id, &why) == PE_REGISTRY_UNAVAILABLE)
 			ereport(ERROR,
 					(errcode(ERRCODE_CONNECTION_FAILURE),
 					 errmsg("could not fetch Avro schema %d from the schema registry of connection \"%s\"",
@@ -424,7 +446,7 @@ pe_avro_schema(PeTarget *t, int32 id)
 					 errdetail("%s", why),
 					 errhint("Messages wait until the registry answers; none is skipped.")));
 	}
-	s = hash_search(pe_avro_cache(t)->schemas, &id, HASH_FIND, NULL);
+	s = hash_search(pe_avro_cache(t, key)->schemas, &id, HASH_FIND, NULL);
 	if (s == NULL || s->missing)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_BINARY_REPRESENTATION),
@@ -435,16 +457,16 @@ pe_avro_schema(PeTarget *t, int32 id)
 	return s;
 }
 
-/* The schema id of a value in the wire format; an error otherwise. */
-int32
-pe_avro_schema_id(const char *data, size_t len)
+/* The schema id of a value (or key) in the wire format; an error otherwise. */
+static int32
+pe_avro_id(const char *data, size_t len, const char *what)
 {
 	const unsigned char *u = (const unsigned char *) data;
 
 	if (len < 5 || u[0] != 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_BINARY_REPRESENTATION),
-				 errmsg("message value is not Avro in the schema registry's wire format"),
+				 errmsg("message %s is not Avro in the schema registry's wire format", what),
 				 len < 5 ? errdetail("It has %zu bytes; the wire format starts with 5 (a zero byte and a 4-byte schema id).", len)
 				 : errdetail("Its first byte is %d, not 0 (the wire format's magic byte).", (int) u[0]),
 				 errhint("Produce with a schema-registry Avro serializer, or consume the topic with another format.")));
@@ -918,19 +940,14 @@ pe_avro_datum(PeColumn *col, PeAvroPath *p, avro_value_t *v, bool *isnull)
 	return (Datum) 0;			/* keep the compiler quiet */
 }
 
-/*
- * Decode one Avro value into the columns that take fields (the others are
- * the caller's): each column's field by its path in the writer schema, null
- * when that version of the schema has no such field.
- */
-void
-pe_decode_avro(PeTarget *t, const char *data, size_t len, PeRow *row)
+/* Read a value (or key) in the wire format with its writer schema into that schema's record. */
+static PeAvroSchema *
+pe_avro_read(PeTarget *t, bool key, const char *data, size_t len)
 {
-	int32		id = pe_avro_schema_id(data, len);
-	PeAvroSchema *s = pe_avro_schema(t, id);
-	PeAvroCache *cache = t->avro;
-	volatile int c = 0;
-	MemoryContext cxt = CurrentMemoryContext;
+	const char *what = key ? "key" : "value";
+	int32		id = pe_avro_id(data, len, what);
+	PeAvroSchema *s = pe_avro_schema(t, key, id);
+	PeAvroCache *cache = pe_avro_cache(t, key);
 	char		extra;
 
 	avro_value_reset(&s->value);
@@ -938,15 +955,27 @@ pe_decode_avro(PeTarget *t, const char *data, size_t len, PeRow *row)
 	if (avro_value_read(cache->reader, &s->value) != 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_BINARY_REPRESENTATION),
-				 errmsg("could not decode an Avro message with schema %d", id),
+				 errmsg("could not decode an Avro message %s with schema %d", what, id),
 				 errdetail("avro-c: %s", avro_strerror()),
 				 errhint("The message does not match the schema its id names: correct the producer, then replay the dead letter.")));
 	/* (avro-c's memory reader does not say where it is: one more byte must not be there) */
 	if (avro_read(cache->reader, &extra, 1) == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_BINARY_REPRESENTATION),
-				 errmsg("an Avro message with schema %d has bytes after its record", id),
+				 errmsg("an Avro message %s with schema %d has bytes after its record", what, id),
 				 errhint("The message does not match the schema its id names: correct the producer, then replay the dead letter.")));
+	return s;
+}
+
+/*
+ * Each column with a path in s (read) takes its field; only those still
+ * null with only_nulls.  An error names the column.
+ */
+static void
+pe_avro_fill(PeTarget *t, PeAvroSchema *s, PeRow *row, bool only_nulls)
+{
+	volatile int c = 0;
+	MemoryContext cxt = CurrentMemoryContext;
 
 	PG_TRY();
 	{
@@ -956,7 +985,7 @@ pe_decode_avro(PeTarget *t, const char *data, size_t len, PeRow *row)
 			avro_value_t v = s->value;
 			bool		isnull = false;
 
-			if (p->n < 0)
+			if (p->n < 0 || (only_nulls && !row->nulls[c]))
 				continue;
 			for (int k = 0; k < p->n && !isnull; k++)
 			{
@@ -988,4 +1017,52 @@ pe_decode_avro(PeTarget *t, const char *data, size_t len, PeRow *row)
 		ReThrowError(edata);
 	}
 	PG_END_TRY();
+}
+
+/*
+ * Decode one Avro value into the columns that take fields (the others are
+ * the caller's): each column's field by its path in the writer schema, null
+ * when that version of the schema has no such field.
+ */
+void
+pe_decode_avro(PeTarget *t, const char *data, size_t len, PeRow *row)
+{
+	pe_avro_fill(t, pe_avro_read(t, false, data, len), row, false);
+}
+
+/*
+ * key_format 'avro': the key columns from an Avro key, by name (a record),
+ * or the whole key for one key column; with only_nulls, those the value
+ * left null.
+ */
+void
+pe_decode_avro_key(PeTarget *t, const char *data, size_t len, PeRow *row, bool only_nulls)
+{
+	pe_avro_fill(t, pe_avro_read(t, true, data, len), row, only_nulls);
+}
+
+/* key_format 'avro': the whole key for a column mapped to $key (JSON, or a type's input). */
+Datum
+pe_avro_key_value(PeTarget *t, PeColumn *col, const char *data, size_t len)
+{
+	PeAvroSchema *s = pe_avro_read(t, true, data, len);
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	if (col->is_json)
+		pe_avro_json(&buf, &s->value, 0);
+	else
+		pe_avro_text(&buf, &s->value, 0);
+	return pe_input(col, buf.data);
+}
+
+/* The schema id of a value or key in the wire format, for a slot's look-ahead; -1 if none. */
+int32
+pe_avro_schema_id(const char *data, size_t len)
+{
+	const unsigned char *u = (const unsigned char *) data;
+
+	if (data == NULL || len < 5 || u[0] != 0)
+		return -1;
+	return (int32) (((uint32) u[1] << 24) | ((uint32) u[2] << 16) | ((uint32) u[3] << 8) | (uint32) u[4]);
 }

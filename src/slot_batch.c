@@ -329,7 +329,7 @@ pe_slot_try_batch(rd_kafka_message_t **batch, int n, PeBatchOutcome *outcome,
 }
 
 /*
- * Avro: the writer schemas a batch's messages name, fetched before its
+ * Avro: the writer schemas a batch's values (and keys) name, fetched before its
  * transaction, so that decoding asks nobody and no request to the registry
  * runs while the transaction holds its locks.  A registry that does not
  * answer: the slot waits, backing off from 1 s to 30 s, with the reason as
@@ -342,23 +342,27 @@ void
 pe_slot_fetch_schemas(rd_kafka_message_t **batch, int n)
 {
 	int			backoff_ms = 1000;
+	PeTarget   *t = pe_run->target;
 
-	if (pe_run->def->format != PE_FORMAT_AVRO || pe_run->target == NULL)
+	if (t == NULL || (pe_run->def->format != PE_FORMAT_AVRO && !t->key_avro))
 		return;
-	for (int i = 0; i < n; i++)
+	for (int i = 0; i < 2 * n; i++)
 	{
-		const unsigned char *v = batch[i]->payload;
+		bool		key = (i % 2) == 1;
+		rd_kafka_message_t *m = batch[i / 2];
 		int32		id;
 
-		if (v == NULL || batch[i]->len < 5 || v[0] != 0)
+		if (key ? !t->key_avro : pe_run->def->format != PE_FORMAT_AVRO)
+			continue;
+		id = key ? pe_avro_schema_id(m->key, m->key_len) : pe_avro_schema_id(m->payload, m->len);
+		if (id < 0)
 			continue;			/* a dead letter when decoded */
-		id = (int32) (((uint32) v[1] << 24) | ((uint32) v[2] << 16) | ((uint32) v[3] << 8) | (uint32) v[4]);
-		while (!pe_avro_known(pe_run->target, id))
+		while (!pe_avro_known(t, key, id))
 		{
 			char	   *why;
 			TimestampTz until;
 
-			if (pe_avro_fetch(pe_run->target, pe_run->conn, id, &why) != PE_REGISTRY_UNAVAILABLE)
+			if (pe_avro_fetch(t, key, pe_run->conn, id, &why) != PE_REGISTRY_UNAVAILABLE)
 				break;
 			why = psprintf("waiting for the schema registry (schema %d): %s", id, why);
 			ereport(LOG,

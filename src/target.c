@@ -207,6 +207,8 @@ pe_check_format_options(PeTarget *t)
 			if (tok != WJB_KEY)
 				continue;
 			name = pnstrdup(v.val.string.val, v.val.string.len);
+			if (strcmp(name, "key_format") == 0)
+				continue;		/* any format's */
 			if (def->format != PE_FORMAT_CSV ||
 				(strcmp(name, "delimiter") != 0 && strcmp(name, "quote") != 0 && strcmp(name, "null") != 0))
 				ereport(ERROR,
@@ -214,8 +216,21 @@ pe_check_format_options(PeTarget *t)
 						 def->format == PE_FORMAT_CSV
 						 ? errmsg("unknown format option \"%s\"", name)
 						 : errmsg("format option \"%s\" applies only to the csv format", name),
-						 errhint("The csv format takes \"delimiter\", \"quote\" and \"null\"; other formats take none.")));
+						 errhint("The csv format takes \"delimiter\", \"quote\" and \"null\"; every format takes \"key_format\".")));
 		}
+	}
+
+	/* how keys are read: text (a JSON object or a plain value), or Avro in the wire format */
+	{
+		char	   *kf = pe_format_option(def->format_options, "key_format", "text");
+
+		if (strcmp(kf, "avro") == 0)
+			t->key_avro = true;
+		else if (strcmp(kf, "text") != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("unknown key_format \"%s\"", kf),
+					 errhint("Use 'text' (a JSON object with a field per key column, or a plain value) or 'avro'.")));
 	}
 
 	delim = pe_format_option(def->format_options, "delimiter", ",");

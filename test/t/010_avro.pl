@@ -115,7 +115,7 @@ unlike($node->safe_psql('postgres', q{SELECT options::text FROM pipeline.connect
 	qr/s3cret/, 'and masked in pipeline.connections');
 
 # --- consuming Avro: three versions of a subject written by python3-avro
-my $broker = PipelineExt::Broker->start(brokers => 1, topics => { readings_avro => 4, bad_avro => 1 });
+my $broker = PipelineExt::Broker->start(brokers => 1, topics => { readings_avro => 4, bad_avro => 1, keyed_avro => 2, int_keyed_avro => 1 });
 my $bs = $broker->bootstrap;
 my $user = 'ingest:reg-s3cret-pw';
 sql(qq{SELECT pipeline.create_connection('local', '$bs',
@@ -204,16 +204,59 @@ my $dead = sql(q{SELECT "offset" || ' ' || error || ' | ' || encode(value, 'hex'
                  WHERE consumer = 'avro_bad' ORDER BY "offset"});
 like($dead, qr/^1 message value is not Avro in the schema registry's wire format: Its first byte is 123/m, 'no magic byte');
 like($dead, qr/^3 unknown Avro schema id 999: the schema registry has no schema with id 999/m, 'an unknown schema id');
-like($dead, qr/^5 could not decode an Avro message with schema \d+: avro-c: .* \| 00/m, 'a truncated body, its raw bytes kept');
+like($dead, qr/^5 could not decode an Avro message value with schema \d+: avro-c: .* \| 00/m, 'a truncated body, its raw bytes kept');
 like($dead, qr/^6 column "price": numeric field overflow/m, 'a decimal that does not fit the column, naming it');
 like($dead, qr/^7 column "id": invalid input syntax for type integer: "eight"/m, 'a field of an incompatible type');
-like($dead, qr/^8 an Avro message with schema \d+ has bytes after its record/m, 'bytes after the record');
+like($dead, qr/^8 an Avro message value with schema \d+ has bytes after its record/m, 'bytes after the record');
 
 # replaying, after the cause is fixed: the decimal fits a wider column now
 is(sql(q{ALTER TABLE bad_target ALTER price TYPE numeric(20,2);
          SELECT replayed || ' ' || failed FROM pipeline.replay_dead_letters('avro_bad')}), '1 5',
 	'replay_dead_letters decodes Avro again: the fixed one is applied, the others stay');
 is(sql(q{SELECT price FROM bad_target WHERE id = 7}), '123456789012.34', 'with its value');
+
+# --- Avro keys (format_options key_format 'avro'): upsert keys from a record key, or a plain one; tombstones
+sql(q{CREATE TABLE accounts (id int PRIMARY KEY, name text, k jsonb);
+      CREATE TABLE counters (id int PRIMARY KEY, name text);
+      SELECT pipeline.create_consumer('avro_keys', 'local', 'keyed_avro', 'accounts', format => 'avro',
+                                      format_options => '{"key_format": "avro"}', delete_on_tombstone => true,
+                                      column_map => '{"k": "$key"}');
+      SELECT pipeline.create_consumer('avro_int_keys', 'local', 'int_keyed_avro', 'counters', format => 'avro',
+                                      format_options => '{"key_format": "avro"}', delete_on_tombstone => true);});
+$registry->python(q{
+import io, struct, sys, json
+import avro.io, avro.schema
+from confluent_kafka import Producer
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+url, user, bootstrap = sys.argv[1:4]
+client = SchemaRegistryClient({"url": url, "basic.auth.user.info": user})
+def reg(subject, sch):
+    text = json.dumps(sch)
+    return client.register_schema(subject, Schema(text, "AVRO")), avro.schema.parse(text)
+def wire(sid_sch, rec):
+    buf = io.BytesIO()
+    buf.write(struct.pack(">bI", 0, sid_sch[0]))
+    avro.io.DatumWriter(sid_sch[1]).write(rec, avro.io.BinaryEncoder(buf))
+    return buf.getvalue()
+key = reg("keyed_avro-key", {"type": "record", "name": "AccountKey", "fields": [{"name": "id", "type": "int"}]})
+val = reg("keyed_avro-value", {"type": "record", "name": "Account", "fields": [{"name": "name", "type": "string"}]})
+ikey = reg("int_keyed_avro-key", "int")
+p = Producer({"bootstrap.servers": bootstrap})
+for rnd in range(2):
+    for i in range(1, 21):
+        p.produce("keyed_avro", key=wire(key, {"id": i}), value=wire(val, {"name": "n%d.%d" % (i, rnd)}))
+        p.produce("int_keyed_avro", key=wire(ikey, i), value=wire(val, {"name": "c%d.%d" % (i, rnd)}))
+for i in range(1, 6):
+    p.produce("keyed_avro", key=wire(key, {"id": i}), value=None)
+p.produce("int_keyed_avro", key=wire(ikey, 20), value=None)
+p.flush(30)
+}, $bs);
+wait_for(q{SELECT count(*) || ' ' || min(id) || ' ' || max(id) FROM accounts}, '15 6 20',
+	'upsert keys from an Avro record key; Avro tombstones delete their rows');
+is(sql(q{SELECT count(*) FROM accounts WHERE name = 'n' || id || '.1' AND k = jsonb_build_object('id', id)}), 15,
+	'each row has its newest value, and $key gives the key as JSON');
+wait_for(q{SELECT count(*) || ' ' || max(id) || ' ' || min(name) FROM counters}, '19 19 c1.1',
+	'a plain Avro key for a single key column, its tombstone too');
 
 # --- the registry down: the messages wait, none is a dead letter, and all come when it is back
 my $before = sql('SELECT count(*) FROM readings');
