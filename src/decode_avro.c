@@ -54,6 +54,7 @@
 #include "utils/numeric.h"
 #include "utils/timestamp.h"
 
+#include "avro_logical.h"
 #include "connection.h"
 #include "datapath.h"
 #include "registry.h"
@@ -62,22 +63,6 @@
 #define PE_AVRO_MAX_SCHEMAS 1000
 /* how long a registry's "no such id" is believed before it is asked again */
 #define PE_AVRO_MISSING_MS 10000
-/* days and microseconds from 1970-01-01 (Avro's epoch) to 2000-01-01 (PostgreSQL's) */
-#define PE_AVRO_EPOCH_DAYS (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE)
-#define PE_AVRO_EPOCH_US ((int64) PE_AVRO_EPOCH_DAYS * USECS_PER_DAY)
-
-typedef enum PeAvroLogical
-{
-	PE_AVRO_PLAIN,
-	PE_AVRO_DATE,
-	PE_AVRO_TIME_MILLIS,
-	PE_AVRO_TIME_MICROS,
-	PE_AVRO_TIMESTAMP_MILLIS,
-	PE_AVRO_TIMESTAMP_MICROS,
-	PE_AVRO_LOCAL_TIMESTAMP_MILLIS,
-	PE_AVRO_LOCAL_TIMESTAMP_MICROS,
-	PE_AVRO_DECIMAL
-} PeAvroLogical;
 
 /* One column's way into the records of one writer schema. */
 typedef struct PeAvroPath
@@ -109,7 +94,7 @@ typedef struct PeAvroCache
 
 /* ---- the schema's JSON: logical types ---------------------------------- */
 
-static JsonbValue *
+JsonbValue *
 pe_avro_json_key(JsonbContainer *obj, const char *key)
 {
 	JsonbValue	k;
@@ -157,13 +142,11 @@ pe_avro_json_type(JsonbValue *t)
 	return JsonContainerIsObject(t->val.binary.data) ? t->val.binary.data : NULL;
 }
 
-/* The logical type (and a decimal's scale) of the field at path in the schema's JSON. */
-static void
-pe_avro_json_logical(Jsonb *doc, char **path, int npath, PeAvroPath *p)
+/* The logical type of a type object of a schema's JSON (a decimal's scale and precision too). */
+PeAvroLogical
+pe_avro_logical(JsonbContainer *type, int *scale, int *precision)
 {
-	JsonbValue	root;
-	JsonbContainer *node;
-	JsonbValue *lt;
+	JsonbValue *lt = pe_avro_json_key(type, "logicalType");
 	static const struct
 	{
 		const char *name;
@@ -177,7 +160,37 @@ pe_avro_json_logical(Jsonb *doc, char **path, int npath, PeAvroPath *p)
 		{"local-timestamp-millis", PE_AVRO_LOCAL_TIMESTAMP_MILLIS},
 		{"local-timestamp-micros", PE_AVRO_LOCAL_TIMESTAMP_MICROS},
 		{"decimal", PE_AVRO_DECIMAL},
+		{"uuid", PE_AVRO_UUID},
 	};
+	PeAvroLogical logical = PE_AVRO_PLAIN;
+
+	*scale = 0;
+	*precision = 0;
+	if (lt == NULL)
+		return PE_AVRO_PLAIN;
+	for (size_t i = 0; i < lengthof(names); i++)
+		if (pe_avro_json_is(lt, names[i].name))
+			logical = names[i].logical;
+	if (logical == PE_AVRO_DECIMAL)
+	{
+		JsonbValue *v = pe_avro_json_key(type, "scale");
+
+		if (v && v->type == jbvNumeric)
+			*scale = DatumGetInt32(DirectFunctionCall1(numeric_int4, NumericGetDatum(v->val.numeric)));
+		v = pe_avro_json_key(type, "precision");
+		if (v && v->type == jbvNumeric)
+			*precision = DatumGetInt32(DirectFunctionCall1(numeric_int4, NumericGetDatum(v->val.numeric)));
+	}
+	return logical;
+}
+
+/* The logical type (and a decimal's scale) of the field at path in the schema's JSON. */
+static void
+pe_avro_json_logical(Jsonb *doc, char **path, int npath, PeAvroPath *p)
+{
+	JsonbValue	root;
+	JsonbContainer *node;
+	int			precision;
 
 	p->logical = PE_AVRO_PLAIN;
 	p->scale = 0;
@@ -205,18 +218,8 @@ pe_avro_json_logical(Jsonb *doc, char **path, int npath, PeAvroPath *p)
 		}
 		node = next;
 	}
-	if (node == NULL || (lt = pe_avro_json_key(node, "logicalType")) == NULL)
-		return;
-	for (size_t i = 0; i < lengthof(names); i++)
-		if (pe_avro_json_is(lt, names[i].name))
-			p->logical = names[i].logical;
-	if (p->logical == PE_AVRO_DECIMAL)
-	{
-		JsonbValue *scale = pe_avro_json_key(node, "scale");
-
-		if (scale && scale->type == jbvNumeric)
-			p->scale = DatumGetInt32(DirectFunctionCall1(numeric_int4, NumericGetDatum(scale->val.numeric)));
-	}
+	if (node)
+		p->logical = pe_avro_logical(node, &p->scale, &precision);
 }
 
 /* ---- the schema: field indexes ------------------------------------------ */

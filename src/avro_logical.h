@@ -1,0 +1,38 @@
+/*-------------------------------------------------------------------------
+ *
+ * avro_logical.h
+ *	  Avro's logical types, which avro-c does not read: read from a
+ *	  schema's JSON (decode_avro.c), for decoding and encoding alike.
+ *
+ * IDENTIFICATION
+ *	  src/avro_logical.h
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef PE_AVRO_LOGICAL_H
+#define PE_AVRO_LOGICAL_H
+
+#include "utils/jsonb.h"
+
+/* days and microseconds from 1970-01-01 (Avro's epoch) to 2000-01-01 (PostgreSQL's) */
+#define PE_AVRO_EPOCH_DAYS (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE)
+#define PE_AVRO_EPOCH_US ((int64) PE_AVRO_EPOCH_DAYS * USECS_PER_DAY)
+
+typedef enum PeAvroLogical
+{
+	PE_AVRO_PLAIN,
+	PE_AVRO_DATE,
+	PE_AVRO_TIME_MILLIS,
+	PE_AVRO_TIME_MICROS,
+	PE_AVRO_TIMESTAMP_MILLIS,
+	PE_AVRO_TIMESTAMP_MICROS,
+	PE_AVRO_LOCAL_TIMESTAMP_MILLIS,
+	PE_AVRO_LOCAL_TIMESTAMP_MICROS,
+	PE_AVRO_DECIMAL,
+	PE_AVRO_UUID
+} PeAvroLogical;
+
+extern JsonbValue *pe_avro_json_key(JsonbContainer *obj, const char *key);
+extern PeAvroLogical pe_avro_logical(JsonbContainer *type, int *scale, int *precision);
+
+#endif							/* PE_AVRO_LOGICAL_H */
