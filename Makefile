@@ -29,6 +29,7 @@ OBJS = \
 	src/decode_json.o \
 	src/decode_csv.o \
 	src/decode_avro.o \
+	src/avro_encode.o \
 	src/decode_raw.o \
 	src/decode_time.o \
 	src/batch.o \

@@ -294,3 +294,20 @@ SELECT 'aggregate:' OPERATOR(pg_catalog.||) a.name,
                          AND x.created_at OPERATOR(pg_catalog.>) (pg_catalog.now() OPERATOR(pg_catalog.-)
                              pg_catalog.current_setting('pipeline_ext.lag_window')::interval)) l
  WHERE pg_catalog.pg_has_role(a.owner, 'USAGE');
+
+-- Producing Avro: a jsonb value (to_jsonb() of a row) in the schema
+-- registry's wire format, with the subject's schema (TopicNameStrategy:
+-- <topic>-value, or -key), registered when given, else its latest version;
+-- pass the result to produce() or send() as a bytea value.
+CREATE FUNCTION @extschema@.avro_encode(
+    connection text, topic text, value jsonb,
+    schema text DEFAULT NULL, subject text DEFAULT NULL, is_key boolean DEFAULT false)
+RETURNS bytea
+LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'pe_avro_encode';
+
+-- An Avro record schema for a table's row type.
+CREATE FUNCTION @extschema@.avro_schema(rel regclass, name text DEFAULT NULL)
+RETURNS text
+LANGUAGE C STABLE
+AS 'MODULE_PATHNAME', 'pe_avro_schema_of';

@@ -24,6 +24,7 @@
 #include "miscadmin.h"
 #include "lib/stringinfo.h"
 #include "utils/builtins.h"
+#include "utils/json.h"
 #include "utils/jsonb.h"
 
 #include "connection.h"
@@ -183,12 +184,12 @@ pe_registry_option(PeConnection *conn, const char *name)
 	return NULL;
 }
 
-/* The "schema" string of a registry's JSON answer, or NULL. */
+/* A field of a registry's JSON answer as text (a string's, or a number's), or NULL. */
 static char *
-pe_registry_schema_of(const char *body)
+pe_registry_field(const char *body, const char *key)
 {
 	MemoryContext cxt = CurrentMemoryContext;
-	char	   *volatile schema = NULL;
+	char	   *volatile text = NULL;
 
 	PG_TRY();
 	{
@@ -199,36 +200,42 @@ pe_registry_schema_of(const char *body)
 		if (JB_ROOT_IS_OBJECT(doc))
 		{
 			k.type = jbvString;
-			k.val.string.val = "schema";
-			k.val.string.len = 6;
+			k.val.string.val = (char *) key;
+			k.val.string.len = strlen(key);
 			v = findJsonbValueFromContainer(&doc->root, JB_FOBJECT, &k);
 			if (v && v->type == jbvString)
-				schema = pnstrdup(v->val.string.val, v->val.string.len);
+				text = pnstrdup(v->val.string.val, v->val.string.len);
+			else if (v && v->type == jbvNumeric)
+				text = DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(v->val.numeric)));
 		}
 	}
 	PG_CATCH();
 	{
 		MemoryContextSwitchTo(cxt);
 		FlushErrorState();
-		schema = NULL;
+		text = NULL;
 	}
 	PG_END_TRY();
-	return schema;
+	return text;
 }
 
 /* Confluent's error_code in an error answer, or 0. */
 static int
 pe_registry_error_code(const char *body)
 {
-	const char *p = strstr(body, "\"error_code\"");
+	char	   *code = pe_registry_field(body, "error_code");
 
-	if (p == NULL || (p = strchr(p, ':')) == NULL)
-		return 0;
-	return atoi(p + 1);
+	return code ? atoi(code) : 0;
 }
 
-PeRegistryAnswer
-pe_registry_fetch_schema(PeConnection *conn, int32 id, char **schema_json, char **why)
+/*
+ * One request to a connection's registry: GET path, or POST post_body
+ * (JSON) to it.  False, with *why, when no answer came; else the answer's
+ * status and body.
+ */
+static bool
+pe_registry_request(PeConnection *conn, const char *path, const char *post_body, long *status, char **answer,
+					char **why)
 {
 	const char *url = pe_registry_option(conn, PE_REGISTRY_URL);
 	const char *user = pe_registry_option(conn, PE_REGISTRY_USER_INFO);
@@ -240,11 +247,10 @@ pe_registry_fetch_schema(PeConnection *conn, int32 id, char **schema_json, char 
 	char		errbuf[CURL_ERROR_SIZE];
 	struct curl_slist *headers = NULL;
 	PeHttpBody	body;
-	long		status = 0;
-	PeRegistryAnswer answer = PE_REGISTRY_UNAVAILABLE;
 	size_t		ulen;
 
-	*schema_json = NULL;
+	*status = 0;
+	*answer = NULL;
 	*why = NULL;
 	if (url == NULL)
 		ereport(ERROR,
@@ -269,7 +275,12 @@ pe_registry_fetch_schema(PeConnection *conn, int32 id, char **schema_json, char 
 	while (ulen > 0 && url[ulen - 1] == '/')
 		ulen--;
 	headers = curl_slist_append(headers, "Accept: application/vnd.schemaregistry.v1+json, application/json");
-	(void) curl_easy_setopt(curl, CURLOPT_URL, psprintf("%.*s/schemas/ids/%d", (int) ulen, url, id));
+	if (post_body)
+	{
+		headers = curl_slist_append(headers, "Content-Type: application/vnd.schemaregistry.v1+json");
+		(void) curl_easy_setopt(curl, CURLOPT_POSTFIELDS, post_body);
+	}
+	(void) curl_easy_setopt(curl, CURLOPT_URL, psprintf("%.*s%s", (int) ulen, url, path));
 	(void) curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "http,https");
 	(void) curl_easy_setopt(curl, CURLOPT_FOLLOWLOCATION, 0L);
 	(void) curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
@@ -289,35 +300,121 @@ pe_registry_fetch_schema(PeConnection *conn, int32 id, char **schema_json, char 
 
 	rc = curl_easy_perform(curl);
 	if (rc == CURLE_OK)
-		(void) curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
+		(void) curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, status);
 	curl_slist_free_all(headers);
 	curl_easy_cleanup(curl);
 	CHECK_FOR_INTERRUPTS();
 
 	if (rc != CURLE_OK)
-		*why = body.too_big ? psprintf("the answer for schema id %d was larger than %d bytes", id, PE_REGISTRY_MAX_BODY)
-			: psprintf("%s", errbuf[0] ? errbuf : curl_easy_strerror(rc));
-	else if (status == 200)
 	{
-		*schema_json = pe_registry_schema_of(body.buf.data);
-		if (*schema_json)
-			answer = PE_REGISTRY_FOUND;
-		else
-			*why = psprintf("the answer for schema id %d has no \"schema\"", id);
+		/* libcurl's own texts name the host, never the credentials (not in the URL) */
+		*why = body.too_big ? psprintf("the registry's answer was larger than %d bytes", PE_REGISTRY_MAX_BODY)
+			: pe_redact(errbuf[0] ? errbuf : curl_easy_strerror(rc), pe_connection_secrets(conn));
+		pfree(body.buf.data);
+		return false;
 	}
-	else if (status == 404 && pe_registry_error_code(body.buf.data) == 40403)
+	*answer = body.buf.data;
+	return true;
+}
+
+PeRegistryAnswer
+pe_registry_fetch_schema(PeConnection *conn, int32 id, char **schema_json, char **why)
+{
+	long		status;
+	char	   *body;
+
+	*schema_json = NULL;
+	if (!pe_registry_request(conn, psprintf("/schemas/ids/%d", id), NULL, &status, &body, why))
+		return PE_REGISTRY_UNAVAILABLE;
+	if (status == 200)
 	{
-		answer = PE_REGISTRY_NOT_FOUND;
+		*schema_json = pe_registry_field(body, "schema");
+		if (*schema_json)
+			return PE_REGISTRY_FOUND;
+		*why = psprintf("the answer for schema id %d has no \"schema\"", id);
+	}
+	else if (status == 404 && pe_registry_error_code(body) == 40403)
+	{
 		*why = psprintf("the schema registry has no schema with id %d", id);
+		return PE_REGISTRY_NOT_FOUND;
 	}
 	else if (status == 401 || status == 403)
 		*why = psprintf("the schema registry refused the connection's credentials (HTTP %ld)", status);
 	else
 		*why = psprintf("the schema registry answered HTTP %ld for schema id %d", status, id);
+	return PE_REGISTRY_UNAVAILABLE;
+}
 
-	/* libcurl's own texts name the host, never the credentials (not in the URL) */
-	if (*why)
-		*why = pe_redact(*why, pe_connection_secrets(conn));
-	pfree(body.buf.data);
-	return answer;
+/*
+ * For producing: the id of a subject's schema, registered (schema_json
+ * given: POST /subjects/{subject}/versions, which returns the id of an
+ * identical schema already there) or its latest version (GET
+ * /subjects/{subject}/versions/latest, *schema_json set).  Errors say what
+ * the registry said.
+ */
+int32
+pe_registry_subject_schema(PeConnection *conn, const char *subject, char **schema_json)
+{
+	long		status;
+	char	   *body;
+	char	   *why;
+	char	   *escaped;
+	char	   *path;
+	char	   *id;
+	CURL	   *curl = curl_easy_init();
+
+	if (curl == NULL)
+		elog(ERROR, "could not start a libcurl request");
+	escaped = curl_easy_escape(curl, subject, 0);
+	path = psprintf("/subjects/%s/versions%s", escaped, *schema_json ? "" : "/latest");
+	curl_free(escaped);
+	curl_easy_cleanup(curl);
+
+	if (*schema_json)
+	{
+		StringInfoData req;
+
+		initStringInfo(&req);
+		appendStringInfoString(&req, "{\"schema\": ");
+		escape_json(&req, *schema_json);
+		appendStringInfoChar(&req, '}');
+		if (!pe_registry_request(conn, path, req.data, &status, &body, &why))
+			goto unavailable;
+	}
+	else if (!pe_registry_request(conn, path, NULL, &status, &body, &why))
+		goto unavailable;
+
+	if (status == 200 && (id = pe_registry_field(body, "id")) != NULL)
+	{
+		if (*schema_json == NULL && (*schema_json = pe_registry_field(body, "schema")) == NULL)
+			elog(ERROR, "the schema registry's latest version of subject \"%s\" has no schema", subject);
+		return (int32) atol(id);
+	}
+	if (status == 401 || status == 403)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
+				 errmsg("the schema registry of connection \"%s\" refused its credentials (HTTP %ld)", conn->name, status),
+				 errhint("Check the connection's \"%s\".", PE_REGISTRY_USER_INFO)));
+	{
+		int			code = pe_registry_error_code(body);
+		char	   *message = pe_registry_field(body, "message");
+
+		ereport(ERROR,
+				(errcode(code == 409 || code == 42201 || code == 40401 ? ERRCODE_INVALID_PARAMETER_VALUE
+						 : ERRCODE_CONNECTION_FAILURE),
+				 code == 409 ? errmsg("the schema is incompatible with subject \"%s\"", subject)
+				 : code == 42201 ? errmsg("the schema registry finds the schema invalid")
+				 : code == 40401 ? errmsg("subject \"%s\" is not in the schema registry", subject)
+				 : errmsg("the schema registry answered HTTP %ld for subject \"%s\"", status, subject),
+				 message ? errdetail("The registry said: %s", message) : 0,
+				 code == 40401 ? errhint("Pass the schema, to register it.")
+				 : code == 409 ? errhint("Change the schema as the subject's compatibility level allows, or change the level.")
+				 : 0));
+	}
+unavailable:
+	ereport(ERROR,
+			(errcode(ERRCODE_CONNECTION_FAILURE),
+			 errmsg("could not reach the schema registry of connection \"%s\"", conn->name),
+			 errdetail("%s", why)));
+	return -1;					/* keep the compiler quiet */
 }

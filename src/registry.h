@@ -38,5 +38,6 @@ typedef enum PeRegistryAnswer
 
 extern PeRegistryAnswer pe_registry_fetch_schema(struct PeConnection *conn, int32 id, char **schema_json,
 												 char **why);
+extern int32 pe_registry_subject_schema(struct PeConnection *conn, const char *subject, char **schema_json);
 
 #endif							/* PE_REGISTRY_H */

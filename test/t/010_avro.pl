@@ -115,7 +115,7 @@ unlike($node->safe_psql('postgres', q{SELECT options::text FROM pipeline.connect
 	qr/s3cret/, 'and masked in pipeline.connections');
 
 # --- consuming Avro: three versions of a subject written by python3-avro
-my $broker = PipelineExt::Broker->start(brokers => 1, topics => { readings_avro => 4, bad_avro => 1, keyed_avro => 2, int_keyed_avro => 1 });
+my $broker = PipelineExt::Broker->start(brokers => 1, topics => { readings_avro => 4, bad_avro => 1, keyed_avro => 2, int_keyed_avro => 1, orders_out => 2 });
 my $bs = $broker->bootstrap;
 my $user = 'ingest:reg-s3cret-pw';
 sql(qq{SELECT pipeline.create_connection('local', '$bs',
@@ -257,6 +257,68 @@ is(sql(q{SELECT count(*) FROM accounts WHERE name = 'n' || id || '.1' AND k = js
 	'each row has its newest value, and $key gives the key as JSON');
 wait_for(q{SELECT count(*) || ' ' || max(id) || ' ' || min(name) FROM counters}, '19 19 c1.1',
 	'a plain Avro key for a single key column, its tombstone too');
+
+# --- producing Avro from SQL, read back by python3-avro with the registered schema
+sql(q{CREATE TABLE orders (id int NOT NULL, customer text, amount numeric(12,2), placed timestamptz, day date,
+                           tags text[], paid boolean, uid uuid, ratio float8, big int8);
+      INSERT INTO orders SELECT g, CASE WHEN g % 7 <> 0 THEN 'cust ' || g || ' ü "x"' END, (g * 13.07 - 500)::numeric(12,2),
+                                timestamptz '2026-06-01 12:00:00+00' + g * interval '61.000123 seconds',
+                                date '2026-01-01' + g, ARRAY['a' || g, 'b'], g % 2 = 0,
+                                ('00000000-0000-0000-0000-' || lpad(g::text, 12, '0'))::uuid, g / 3.0, 2^40 + g
+                           FROM generate_series(1, 200) g;});
+my $schema = sql(q{SELECT pipeline.avro_schema('orders')});
+like($schema, qr/"name": "id", "type": "int"\}, \{"name": "customer", "type": \["null", "string"\], "default": null\}/,
+	'avro_schema() derives a record from the row type: NOT NULL columns plain, the others nullable');
+like($schema, qr/"logicalType": "decimal", "precision": 12, "scale": 2/, 'numeric(12,2) is a decimal of its precision and scale');
+is(sql(q{SELECT count(*) FROM orders o,
+           pipeline.produce('local', 'orders_out',
+                            pipeline.avro_encode('local', 'orders_out', to_jsonb(o), pipeline.avro_schema('orders')), o.id::text)}),
+	200, 'produce() takes avro_encode() of each row, registering the schema');
+my $read = $registry->python(q{
+import io, sys, json
+import avro.io, avro.schema
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.schema_registry import SchemaRegistryClient
+url, user, bootstrap = sys.argv[1:4]
+client = SchemaRegistryClient({"url": url, "basic.auth.user.info": user})
+c = Consumer({"bootstrap.servers": bootstrap, "group.id": "avro-readback", "enable.auto.commit": False})
+c.assign([TopicPartition("orders_out", p, 0) for p in range(2)])
+rows, schemas, ids = [], {}, set()
+while len(rows) < 200:
+    m = c.poll(10)
+    if m is None:
+        break
+    v = m.value()
+    assert v[0] == 0
+    sid = int.from_bytes(v[1:5], "big")
+    ids.add(sid)
+    if sid not in schemas:
+        schemas[sid] = avro.schema.parse(client.get_schema(sid).schema_str)
+    r = avro.io.DatumReader(schemas[sid]).read(avro.io.BinaryDecoder(io.BytesIO(v[5:])))
+    rows.append("|".join(str(x) for x in [r["id"], r["customer"], r["amount"], r["placed"].isoformat(), r["day"].isoformat(),
+                                          json.dumps(r["tags"]), r["paid"], r["uid"], repr(r["ratio"]).removesuffix(".0"), r["big"]]))
+print(len(ids))
+print("\n".join(sorted(rows)))
+}, $bs);
+my ($nids, @got) = split /\n/, $read;
+is($nids, 1, 'one schema id for all of them');
+my @want = split /\n/, sql(q{SELECT string_agg(l, e'\n' ORDER BY l) FROM (
+    SELECT concat_ws('|', id, coalesce(customer, 'None'), amount, to_char(placed AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US') || '+00:00', day,
+                     '["a' || id || '", "b"]', CASE WHEN paid THEN 'True' ELSE 'False' END, uid, ratio, big) AS l FROM orders) x});
+# (python prints floats with repr(), the shortest text that reads back, as PostgreSQL does, but keeps ".0")
+is_deeply(\@got, \@want, 'python3-avro reads back every row as it is in the table');
+
+my ($ok, $out_, $err) = $node->psql('postgres', q{SELECT pipeline.avro_encode('local', 'orders_out', '{"id": "seven"}')});
+like($err, qr/value does not fit the Avro schema of subject "orders_out-value": field "id": expected a whole number, got a string/,
+	'a value that does not fit is an error naming the field');
+($ok, $out_, $err) = $node->psql('postgres', q{SELECT pipeline.avro_encode('local', 'orders_out', '{"id": 1, "customre": "x"}')});
+like($err, qr/field "customre": the schema has no such field/, 'a misspelt field is not dropped silently');
+($ok, $out_, $err) = $node->psql('postgres', q{SELECT pipeline.avro_encode('local', 'orders_out', '{"customer": "x"}')});
+like($err, qr/field "id": missing, and the schema gives it no default/, 'a missing field without a default');
+($ok, $out_, $err) = $node->psql('postgres', q{SELECT pipeline.avro_encode('local', 'orders_out', '{"id": 1, "amount": 1.234}')});
+like($err, qr/field "amount": 1.234 has more than the decimal's scale/, 'a decimal with more digits than its scale');
+($ok, $out_, $err) = $node->psql('postgres', q{SELECT pipeline.avro_encode('local', 'nothing_here', '{"id": 1}')});
+like($err, qr/subject "nothing_here-value" is not in the schema registry/, 'no schema given and none registered');
 
 # --- the registry down: the messages wait, none is a dead letter, and all come when it is back
 my $before = sql('SELECT count(*) FROM readings');

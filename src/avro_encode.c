@@ -1,0 +1,766 @@
+/*-------------------------------------------------------------------------
+ *
+ * avro_encode.c
+ *	  Producing Avro: pipeline.avro_encode() turns a jsonb value (a row's
+ *	  to_jsonb()) into Avro in the schema registry's wire format, to pass
+ *	  to produce() or send() as a bytea value; pipeline.avro_schema()
+ *	  derives an Avro schema from a table's row type.
+ *
+ *	  The schema is the subject's (TopicNameStrategy: <topic>-value, or
+ *	  -key): registered when given (the registry returns the id of an
+ *	  identical schema it has), else its latest version.  Ids and schemas
+ *	  are kept per backend: a given schema for good, a latest version for
+ *	  a minute.  A value that does not fit is an error naming the field.
+ *
+ * IDENTIFICATION
+ *	  src/avro_encode.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <avro.h>
+
+#include "access/htup_details.h"
+#include "access/relation.h"
+#include "catalog/pg_type.h"
+#include "common/int.h"
+#include "fmgr.h"
+#include "lib/stringinfo.h"
+#include "mb/pg_wchar.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/date.h"
+#include "utils/json.h"
+#include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/numeric.h"
+#include "utils/rel.h"
+#include "utils/timestamp.h"
+
+#include "avro_logical.h"
+#include "connection.h"
+#include "registry.h"
+
+PG_FUNCTION_INFO_V1(pe_avro_encode);
+PG_FUNCTION_INFO_V1(pe_avro_schema_of);
+
+#define PE_AVRO_KEPT_SCHEMAS 64
+#define PE_AVRO_LATEST_MS 60000
+
+/* A subject's schema, as this backend last had it. */
+typedef struct PeAvroWriter
+{
+	char	   *key;			/* connection, URL, subject, and the schema given or "" */
+	int32		id;
+	TimestampTz at;
+	bool		latest;			/* the latest version: asked for again after a minute */
+	avro_schema_t schema;
+	avro_value_iface_t *iface;
+	Jsonb	   *json;			/* for logical types and defaults */
+} PeAvroWriter;
+
+static List *pe_writers = NIL;
+
+static void
+pe_writer_free(PeAvroWriter *w)
+{
+	avro_value_iface_decref(w->iface);
+	avro_schema_decref(w->schema);
+	pfree(w->key);
+	pfree(w->json);
+	pfree(w);
+}
+
+static pg_noinline PeAvroWriter *
+pe_writer(PeConnection *conn, const char *subject, const char *schema_text)
+{
+	const char *url = pe_registry_option(conn, PE_REGISTRY_URL);
+	char	   *key = psprintf("%s\x01%s\x01%s\x01%s", conn->name, url ? url : "", subject, schema_text ? schema_text : "");
+	ListCell   *lc;
+	PeAvroWriter *w;
+	char	   *json = schema_text ? pstrdup(schema_text) : NULL;
+	int32		id;
+	avro_schema_t schema;
+	MemoryContext old;
+
+	foreach(lc, pe_writers)
+	{
+		w = lfirst(lc);
+		if (strcmp(w->key, key) == 0)
+		{
+			if (!w->latest || !TimestampDifferenceExceeds(w->at, GetCurrentTimestamp(), PE_AVRO_LATEST_MS))
+				return w;
+			pe_writers = foreach_delete_current(pe_writers, lc);
+			pe_writer_free(w);
+			break;
+		}
+	}
+
+	if (schema_text && avro_schema_from_json_length(schema_text, strlen(schema_text), &schema) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid Avro schema"),
+				 errdetail("avro-c: %s", avro_strerror()),
+				 errhint("Give a schema in Avro's JSON form, or derive one from a table with pipeline.avro_schema().")));
+	if (schema_text)
+		avro_schema_decref(schema);
+	id = pe_registry_subject_schema(conn, subject, &json);
+	if (avro_schema_from_json_length(json, strlen(json), &schema) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("avro-c cannot read the schema of subject \"%s\"", subject),
+				 errdetail("avro-c: %s", avro_strerror())));
+
+	if (list_length(pe_writers) >= PE_AVRO_KEPT_SCHEMAS)
+	{
+		pe_writer_free(linitial(pe_writers));
+		pe_writers = list_delete_first(pe_writers);
+	}
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	w = palloc0(sizeof(PeAvroWriter));
+	w->key = pstrdup(key);
+	w->id = id;
+	w->at = GetCurrentTimestamp();
+	w->latest = schema_text == NULL;
+	w->schema = schema;
+	w->json = DatumGetJsonbPCopy(DirectFunctionCall1(jsonb_in, CStringGetDatum(json)));
+	w->iface = avro_generic_class_from_schema(schema);
+	pe_writers = lappend(pe_writers, w);
+	MemoryContextSwitchTo(old);
+	if (w->iface == NULL)
+		elog(ERROR, "avro-c: %s", avro_strerror());
+	return w;
+}
+
+/* ---- a jsonb value into an Avro value ------------------------------------ */
+
+typedef struct PeEncode
+{
+	const char *subject;
+	StringInfoData path;		/* the field being written, for errors */
+} PeEncode;
+
+static void
+pe_encode_error(PeEncode *e, const char *fmt, const char *what) pg_attribute_noreturn();
+
+static void
+pe_encode_error(PeEncode *e, const char *fmt, const char *what)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("value does not fit the Avro schema of subject \"%s\": %s: %s", e->subject,
+					e->path.len ? psprintf("field \"%s\"", e->path.data) : "the value", psprintf(fmt, what)),
+			 errhint("Correct the value, or register a schema that allows it.")));
+}
+
+static const char *
+pe_json_kind(JsonbValue *v)
+{
+	switch (v->type)
+	{
+		case jbvNull:
+			return "null";
+		case jbvString:
+			return "a string";
+		case jbvNumeric:
+			return "a number";
+		case jbvBool:
+			return "a boolean";
+		case jbvBinary:
+			return JsonContainerIsArray(v->val.binary.data) ? "an array" : "an object";
+		default:
+			return "a value";
+	}
+}
+
+/* A schema JSON node's object (for logical types, fields, items), or NULL. */
+static JsonbContainer *
+pe_sj_object(JsonbValue *node)
+{
+	if (node && node->type == jbvBinary && JsonContainerIsObject(node->val.binary.data))
+		return node->val.binary.data;
+	return NULL;
+}
+
+static JsonbValue *
+pe_sj_child(JsonbValue *node, const char *key)
+{
+	JsonbContainer *o = pe_sj_object(node);
+
+	return o ? pe_avro_json_key(o, key) : NULL;
+}
+
+static char *
+pe_json_text(JsonbValue *v)
+{
+	return pnstrdup(v->val.string.val, v->val.string.len);
+}
+
+/* A number's integer value; an error when it is not a whole number in range. */
+static int64
+pe_json_int(PeEncode *e, JsonbValue *v, int64 min, int64 max)
+{
+	Numeric		n;
+	int64		i;
+
+	if (v->type != jbvNumeric)
+		pe_encode_error(e, "expected a whole number, got %s", pe_json_kind(v));
+	n = v->val.numeric;
+	if (numeric_is_nan(n) || numeric_is_inf(n) ||
+		!DatumGetBool(DirectFunctionCall2(numeric_eq, NumericGetDatum(n),
+										  DirectFunctionCall2(numeric_trunc, NumericGetDatum(n), Int32GetDatum(0)))))
+		pe_encode_error(e, "expected a whole number, got %s", DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(n))));
+	if (DatumGetInt32(DirectFunctionCall2(numeric_cmp, NumericGetDatum(n), NumericGetDatum(int64_to_numeric(min)))) < 0 ||
+		DatumGetInt32(DirectFunctionCall2(numeric_cmp, NumericGetDatum(n), NumericGetDatum(int64_to_numeric(max)))) > 0)
+		pe_encode_error(e, "%s is out of range", DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(n))));
+	/* (in range: PostgreSQL 15 has no numeric_int8_opt_error) */
+	i = DatumGetInt64(DirectFunctionCall1(numeric_int8, NumericGetDatum(n)));
+	return i;
+}
+
+/* A decimal's unscaled value, two's complement big-endian, in size bytes (0: as few as it takes). */
+static bytea *
+pe_decimal_bytes(PeEncode *e, JsonbValue *v, int scale, int precision, int size)
+{
+	Datum		scaled;
+	Datum		n;
+	char	   *digits;
+	int128		u = 0;
+	bool		neg;
+	unsigned char buf[16];
+	int			len = 16;
+	bytea	   *out;
+
+	if (v->type != jbvNumeric)
+		pe_encode_error(e, "expected a number for a decimal, got %s", pe_json_kind(v));
+	n = NumericGetDatum(v->val.numeric);
+	if (numeric_is_nan(v->val.numeric) || numeric_is_inf(v->val.numeric))
+		pe_encode_error(e, "a decimal cannot be %s", DatumGetCString(DirectFunctionCall1(numeric_out, n)));
+	/* the value with its scale's digits, exactly: more would be rounded away */
+	scaled = DirectFunctionCall2(numeric_round, n, Int32GetDatum(scale));
+	if (!DatumGetBool(DirectFunctionCall2(numeric_eq, n, scaled)))
+		pe_encode_error(e, "%s has more than the decimal's scale of digits after the point",
+						DatumGetCString(DirectFunctionCall1(numeric_out, n)));
+	digits = DatumGetCString(DirectFunctionCall1(numeric_out, scaled));
+	neg = digits[0] == '-';
+	{
+		int			nd = 0;
+
+		for (char *c = digits + (neg ? 1 : 0); *c; c++)
+		{
+			if (*c == '.')
+				continue;
+			if (nd++ >= 38 || (precision > 0 && nd > precision))
+				pe_encode_error(e, "%s has more digits than the decimal's precision", digits);
+			u = u * 10 + (*c - '0');
+		}
+		/* numeric_out writes exactly scale digits after the point */
+	}
+	if (neg)
+		u = -u;
+	for (int i = 15; i >= 0; i--)
+	{
+		buf[i] = (unsigned char) (u & 0xff);
+		u >>= 8;
+	}
+	/* as few bytes as keep the sign */
+	{
+		int			start = 0;
+
+		while (start < 15 && ((buf[start] == 0x00 && !(buf[start + 1] & 0x80)) ||
+							  (buf[start] == 0xff && (buf[start + 1] & 0x80))))
+			start++;
+		len = 16 - start;
+		if (size > 0)
+		{
+			if (len > size)
+				pe_encode_error(e, "%s does not fit the fixed size of the decimal", digits);
+			len = size;
+		}
+		out = palloc(VARHDRSZ + len);
+		SET_VARSIZE(out, VARHDRSZ + len);
+		memcpy(VARDATA(out), buf + 16 - len, len);
+	}
+	return out;
+}
+
+static void pe_encode(PeEncode *e, avro_value_t *dest, JsonbValue *node, JsonbValue *v);
+
+/* Which branch of a union takes the value: null for null, else the first of a fitting kind. */
+static int
+pe_encode_branch(PeEncode *e, avro_schema_t u, JsonbValue *v)
+{
+	for (size_t i = 0; i < avro_schema_union_size(u); i++)
+	{
+		avro_schema_t b = avro_schema_union_branch(u, i);
+		avro_type_t t;
+		bool		fits;
+
+		if (is_avro_link(b))
+			b = avro_schema_link_target(b);
+		t = avro_typeof(b);
+		switch (v->type)
+		{
+			case jbvNull:
+				fits = t == AVRO_NULL;
+				break;
+			case jbvBool:
+				fits = t == AVRO_BOOLEAN;
+				break;
+			case jbvNumeric:
+				fits = t == AVRO_INT32 || t == AVRO_INT64 || t == AVRO_FLOAT || t == AVRO_DOUBLE ||
+					t == AVRO_BYTES || t == AVRO_FIXED;
+				break;
+			case jbvString:
+				fits = t == AVRO_STRING || t == AVRO_ENUM || t == AVRO_BYTES || t == AVRO_FIXED ||
+					t == AVRO_INT32 || t == AVRO_INT64;	/* dates, times */
+				break;
+			default:
+				fits = JsonContainerIsArray(v->val.binary.data) ? t == AVRO_ARRAY : (t == AVRO_RECORD || t == AVRO_MAP);
+				break;
+		}
+		if (fits)
+			return (int) i;
+	}
+	pe_encode_error(e, "no branch of the union takes %s", pe_json_kind(v));
+	return -1;
+}
+
+/* A record's fields from a JSON object: each by name, a missing one its default or null. */
+static void
+pe_encode_record(PeEncode *e, avro_value_t *dest, JsonbValue *node, JsonbValue *v)
+{
+	avro_schema_t schema = avro_value_get_schema(dest);
+	JsonbValue *fields = pe_sj_child(node, "fields");
+	size_t		n = avro_schema_record_size(schema);
+	int			saved = e->path.len;
+	JsonbIterator *it;
+	JsonbValue	k;
+	JsonbIteratorToken tok;
+
+	if (v->type != jbvBinary || !JsonContainerIsObject(v->val.binary.data))
+		pe_encode_error(e, "expected an object for a record, got %s", pe_json_kind(v));
+	/* no key the record does not have: a misspelt name is not silently dropped */
+	it = JsonbIteratorInit(v->val.binary.data);
+	while ((tok = JsonbIteratorNext(&it, &k, true)) != WJB_DONE)
+		if (tok == WJB_KEY)
+		{
+			char	   *name = pe_json_text(&k);
+
+			if (avro_schema_record_field_get_index(schema, name) < 0)
+			{
+				if (e->path.len)
+					appendStringInfoChar(&e->path, '.');
+				appendStringInfoString(&e->path, name);
+				pe_encode_error(e, "%s", "the schema has no such field");
+			}
+		}
+	for (size_t i = 0; i < n; i++)
+	{
+		const char *name = avro_schema_record_field_name(schema, i);
+		avro_value_t field;
+		JsonbValue *fnode = NULL;
+		JsonbValue *fv;
+		JsonbValue	null_value;
+
+		if (fields && fields->type == jbvBinary && i < JsonContainerSize(fields->val.binary.data))
+			fnode = getIthJsonbValueFromContainer(fields->val.binary.data, i);
+		if (e->path.len)
+			appendStringInfoChar(&e->path, '.');
+		appendStringInfoString(&e->path, name);
+		fv = pe_avro_json_key(v->val.binary.data, name);
+		if (fv == NULL)
+			fv = pe_sj_child(fnode, "default");
+		if (fv == NULL)
+		{
+			avro_schema_t fs = avro_schema_record_field_get_by_index(schema, i);
+
+			if (!is_avro_union(fs) && !is_avro_null(fs))
+				pe_encode_error(e, "%s", "missing, and the schema gives it no default");
+			null_value.type = jbvNull;
+			fv = &null_value;
+		}
+		(void) avro_value_get_by_index(dest, i, &field, NULL);
+		pe_encode(e, &field, pe_sj_child(fnode, "type"), fv);
+		e->path.len = saved;
+		e->path.data[saved] = '\0';
+	}
+}
+
+static void
+pe_encode(PeEncode *e, avro_value_t *dest, JsonbValue *node, JsonbValue *v)
+{
+	avro_schema_t schema = avro_value_get_schema(dest);
+	JsonbContainer *obj = pe_sj_object(node);
+	int			scale = 0;
+	int			precision = 0;
+	PeAvroLogical logical = obj ? pe_avro_logical(obj, &scale, &precision) : PE_AVRO_PLAIN;
+	int			rc = 0;
+
+	check_stack_depth();
+	switch (avro_typeof(schema))
+	{
+		case AVRO_NULL:
+			if (v->type != jbvNull)
+				pe_encode_error(e, "expected null, got %s", pe_json_kind(v));
+			rc = avro_value_set_null(dest);
+			break;
+		case AVRO_BOOLEAN:
+			if (v->type != jbvBool)
+				pe_encode_error(e, "expected a boolean, got %s", pe_json_kind(v));
+			rc = avro_value_set_boolean(dest, v->val.boolean);
+			break;
+		case AVRO_INT32:
+			if (logical == PE_AVRO_DATE || logical == PE_AVRO_TIME_MILLIS)
+			{
+				if (v->type != jbvString)
+					pe_encode_error(e, "%s", psprintf("expected a string for a %s, got %s",
+													   logical == PE_AVRO_DATE ? "date" : "time", pe_json_kind(v)));
+				if (logical == PE_AVRO_DATE)
+					rc = avro_value_set_int(dest, DatumGetDateADT(DirectFunctionCall1(date_in, CStringGetDatum(pe_json_text(v))))
+											+ PE_AVRO_EPOCH_DAYS);
+				else
+					rc = avro_value_set_int(dest, (int32) (DatumGetTimeADT(DirectFunctionCall3(time_in, CStringGetDatum(pe_json_text(v)),
+																								ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1))) / 1000));
+			}
+			else
+				rc = avro_value_set_int(dest, (int32) pe_json_int(e, v, PG_INT32_MIN, PG_INT32_MAX));
+			break;
+		case AVRO_INT64:
+			if (logical == PE_AVRO_PLAIN || logical == PE_AVRO_DECIMAL || logical == PE_AVRO_UUID || logical == PE_AVRO_DATE)
+				rc = avro_value_set_long(dest, pe_json_int(e, v, PG_INT64_MIN, PG_INT64_MAX));
+			else
+			{
+				char	   *s;
+				int64		us;
+
+				if (v->type != jbvString)
+					pe_encode_error(e, "expected a string for a time or timestamp, got %s", pe_json_kind(v));
+				s = pe_json_text(v);
+				if (logical == PE_AVRO_TIME_MICROS || logical == PE_AVRO_TIME_MILLIS)
+					us = DatumGetTimeADT(DirectFunctionCall3(time_in, CStringGetDatum(s), ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1)));
+				else if (logical == PE_AVRO_TIMESTAMP_MILLIS || logical == PE_AVRO_TIMESTAMP_MICROS)
+					us = DatumGetTimestampTz(DirectFunctionCall3(timestamptz_in, CStringGetDatum(s), ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1)))
+						+ PE_AVRO_EPOCH_US;
+				else
+					us = DatumGetTimestamp(DirectFunctionCall3(timestamp_in, CStringGetDatum(s), ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1)))
+						+ PE_AVRO_EPOCH_US;
+				if (logical == PE_AVRO_TIMESTAMP_MILLIS || logical == PE_AVRO_LOCAL_TIMESTAMP_MILLIS)
+				{
+					if (us % 1000 != 0)
+						pe_encode_error(e, "%s has more than milliseconds", s);
+					us /= 1000;
+				}
+				rc = avro_value_set_long(dest, us);
+			}
+			break;
+		case AVRO_FLOAT:
+		case AVRO_DOUBLE:
+			{
+				double		d;
+
+				if (v->type != jbvNumeric)
+					pe_encode_error(e, "expected a number, got %s", pe_json_kind(v));
+				d = DatumGetFloat8(DirectFunctionCall1(numeric_float8, NumericGetDatum(v->val.numeric)));
+				rc = avro_typeof(schema) == AVRO_FLOAT ? avro_value_set_float(dest, (float) d) : avro_value_set_double(dest, d);
+			}
+			break;
+		case AVRO_STRING:
+			{
+				char	   *s;
+
+				if (v->type != jbvString)
+					pe_encode_error(e, "expected a string, got %s", pe_json_kind(v));
+				s = pe_json_text(v);
+				if (logical == PE_AVRO_UUID)
+					s = DatumGetCString(DirectFunctionCall1(uuid_out, DirectFunctionCall1(uuid_in, CStringGetDatum(s))));
+				rc = avro_value_set_string_len(dest, s, strlen(s) + 1);
+			}
+			break;
+		case AVRO_BYTES:
+		case AVRO_FIXED:
+			{
+				bytea	   *b;
+				int			size = is_avro_fixed(schema) ? (int) avro_schema_fixed_size(schema) : 0;
+
+				if (logical == PE_AVRO_DECIMAL)
+					b = pe_decimal_bytes(e, v, scale, precision, size);
+				else
+				{
+					if (v->type != jbvString)
+						pe_encode_error(e, "expected a string (\\x and hex digits, as bytea prints) for bytes, got %s", pe_json_kind(v));
+					b = DatumGetByteaPP(DirectFunctionCall1(byteain, CStringGetDatum(pe_json_text(v))));
+					if (size > 0 && VARSIZE_ANY_EXHDR(b) != (size_t) size)
+						pe_encode_error(e, "%s bytes for a fixed of another size", psprintf("%zu", VARSIZE_ANY_EXHDR(b)));
+				}
+				if (size > 0)
+				{
+					unsigned char *copy = palloc(size);
+
+					/* a decimal narrower than the fixed: sign-extended */
+					memset(copy, (VARSIZE_ANY_EXHDR(b) > 0 && (((unsigned char *) VARDATA_ANY(b))[0] & 0x80)) ? 0xff : 0, size);
+					memcpy(copy + size - VARSIZE_ANY_EXHDR(b), VARDATA_ANY(b), VARSIZE_ANY_EXHDR(b));
+					rc = avro_value_set_fixed(dest, copy, size);
+				}
+				else
+					rc = avro_value_set_bytes(dest, VARDATA_ANY(b), VARSIZE_ANY_EXHDR(b));
+			}
+			break;
+		case AVRO_ENUM:
+			{
+				int			sym;
+
+				if (v->type != jbvString)
+					pe_encode_error(e, "expected a string for an enum, got %s", pe_json_kind(v));
+				sym = avro_schema_enum_get_by_name(schema, pe_json_text(v));
+				if (sym < 0)
+					pe_encode_error(e, "\"%s\" is not a symbol of the enum", pe_json_text(v));
+				rc = avro_value_set_enum(dest, sym);
+			}
+			break;
+		case AVRO_ARRAY:
+			if (v->type != jbvBinary || !JsonContainerIsArray(v->val.binary.data))
+				pe_encode_error(e, "expected an array, got %s", pe_json_kind(v));
+			for (uint32 i = 0; i < JsonContainerSize(v->val.binary.data) && rc == 0; i++)
+			{
+				avro_value_t item;
+
+				rc = avro_value_append(dest, &item, NULL);
+				if (rc == 0)
+					pe_encode(e, &item, pe_sj_child(node, "items"), getIthJsonbValueFromContainer(v->val.binary.data, i));
+			}
+			break;
+		case AVRO_MAP:
+			{
+				JsonbIterator *it;
+				JsonbValue	x;
+				JsonbIteratorToken tok;
+				char	   *name = NULL;
+
+				if (v->type != jbvBinary || !JsonContainerIsObject(v->val.binary.data))
+					pe_encode_error(e, "expected an object for a map, got %s", pe_json_kind(v));
+				it = JsonbIteratorInit(v->val.binary.data);
+				while (rc == 0 && (tok = JsonbIteratorNext(&it, &x, true)) != WJB_DONE)
+				{
+					if (tok == WJB_KEY)
+						name = pe_json_text(&x);
+					else if (tok == WJB_VALUE)
+					{
+						avro_value_t item;
+
+						rc = avro_value_add(dest, name, &item, NULL, NULL);
+						if (rc == 0)
+							pe_encode(e, &item, pe_sj_child(node, "values"), &x);
+					}
+				}
+			}
+			break;
+		case AVRO_RECORD:
+			pe_encode_record(e, dest, node, v);
+			break;
+		case AVRO_UNION:
+			{
+				int			b = pe_encode_branch(e, schema, v);
+				avro_value_t branch;
+				JsonbValue *bnode = NULL;
+
+				if (node && node->type == jbvBinary && JsonContainerIsArray(node->val.binary.data))
+					bnode = getIthJsonbValueFromContainer(node->val.binary.data, b);
+				rc = avro_value_set_branch(dest, b, &branch);
+				if (rc == 0)
+					pe_encode(e, &branch, bnode, v);
+			}
+			break;
+		default:
+			pe_encode_error(e, "%s", "an Avro type pipeline_ext cannot write");
+	}
+	if (rc != 0)
+		pe_encode_error(e, "avro-c: %s", avro_strerror());
+}
+
+/*
+ * pipeline.avro_encode(connection, topic, value jsonb, schema text, subject
+ * text, is_key boolean) returns bytea: the value in the wire format.
+ */
+Datum
+pe_avro_encode(PG_FUNCTION_ARGS)
+{
+	char	   *conn_name;
+	char	   *topic;
+	Jsonb	   *value;
+	char	   *schema_text = PG_ARGISNULL(3) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(3));
+	bool		is_key = !PG_ARGISNULL(5) && PG_GETARG_BOOL(5);
+	PeConnection *conn;
+	PeAvroWriter *w;
+	PeEncode	e;
+	avro_value_t record;
+	JsonbValue	root;
+	JsonbValue	schema_root;
+	JsonbValue *v;
+	size_t		size;
+	bytea	   *volatile out = NULL;
+	avro_writer_t writer;
+	MemoryContext cxt = CurrentMemoryContext;
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(2))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("connection, topic and value must not be null"),
+				 errhint("A null value is a tombstone: produce NULL itself, not its encoding.")));
+	conn_name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	topic = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	value = PG_GETARG_JSONB_P(2);
+	e.subject = PG_ARGISNULL(4) ? psprintf("%s-%s", topic, is_key ? "key" : "value")
+		: text_to_cstring(PG_GETARG_TEXT_PP(4));
+	conn = pe_connection_lookup(conn_name, false);
+	pe_check_connection_use(conn);
+	w = pe_writer(conn, e.subject, schema_text);
+
+	initStringInfo(&e.path);
+	if (avro_generic_value_new(w->iface, &record) != 0)
+		elog(ERROR, "avro-c: %s", avro_strerror());
+	PG_TRY();
+	{
+		if (JB_ROOT_IS_SCALAR(value))
+		{
+			if (!JsonbExtractScalar(&value->root, &root))
+				elog(ERROR, "could not read a jsonb scalar");
+			v = &root;
+		}
+		else
+		{
+			root.type = jbvBinary;
+			root.val.binary.data = &value->root;
+			root.val.binary.len = VARSIZE(value);
+			v = &root;
+		}
+		if (JB_ROOT_IS_SCALAR(w->json))
+		{
+			if (!JsonbExtractScalar(&w->json->root, &schema_root))
+				elog(ERROR, "could not read a jsonb scalar");
+		}
+		else
+		{
+			schema_root.type = jbvBinary;
+			schema_root.val.binary.data = &w->json->root;
+			schema_root.val.binary.len = VARSIZE(w->json);
+		}
+		pe_encode(&e, &record, &schema_root, v);
+		if (avro_value_sizeof(&record, &size) != 0)
+			elog(ERROR, "avro-c: %s", avro_strerror());
+		out = palloc(VARHDRSZ + 5 + size);
+		SET_VARSIZE(out, VARHDRSZ + 5 + size);
+		((unsigned char *) VARDATA(out))[0] = 0;
+		((unsigned char *) VARDATA(out))[1] = (unsigned char) ((uint32) w->id >> 24);
+		((unsigned char *) VARDATA(out))[2] = (unsigned char) ((uint32) w->id >> 16);
+		((unsigned char *) VARDATA(out))[3] = (unsigned char) ((uint32) w->id >> 8);
+		((unsigned char *) VARDATA(out))[4] = (unsigned char) (uint32) w->id;
+		writer = avro_writer_memory(VARDATA(out) + 5, size);
+		if (writer == NULL || avro_value_write(writer, &record) != 0)
+			elog(ERROR, "avro-c could not write the value: %s", avro_strerror());
+		avro_writer_free(writer);
+	}
+	PG_FINALLY();
+	{
+		MemoryContextSwitchTo(cxt);
+		avro_value_decref(&record);
+	}
+	PG_END_TRY();
+	PG_RETURN_BYTEA_P(out);
+}
+
+/* ---- a schema from a row type ------------------------------------------- */
+
+/* The Avro type of a column type: a JSON text. */
+static char *
+pe_avro_type_of(Oid typid, int32 typmod, const char *name)
+{
+	Oid			elem = get_element_type(typid);
+
+	if (OidIsValid(elem))
+		return psprintf("{\"type\": \"array\", \"items\": %s}", pe_avro_type_of(elem, -1, name));
+	switch (getBaseType(typid))
+	{
+		case BOOLOID:
+			return "\"boolean\"";
+		case INT2OID:
+		case INT4OID:
+			return "\"int\"";
+		case INT8OID:
+			return "\"long\"";
+		case FLOAT4OID:
+			return "\"float\"";
+		case FLOAT8OID:
+			return "\"double\"";
+		case NUMERICOID:
+			if (typmod < (int32) VARHDRSZ)
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("column \"%s\" is a numeric without a precision, which an Avro decimal needs", name),
+						 errhint("Give the column a precision (numeric(12,2)), or write the schema by hand.")));
+			return psprintf("{\"type\": \"bytes\", \"logicalType\": \"decimal\", \"precision\": %d, \"scale\": %d}",
+							((typmod - VARHDRSZ) >> 16) & 0xffff, (typmod - VARHDRSZ) & 0xffff);
+		case DATEOID:
+			return "{\"type\": \"int\", \"logicalType\": \"date\"}";
+		case TIMEOID:
+			return "{\"type\": \"long\", \"logicalType\": \"time-micros\"}";
+		case TIMESTAMPTZOID:
+			return "{\"type\": \"long\", \"logicalType\": \"timestamp-micros\"}";
+		case TIMESTAMPOID:
+			return "{\"type\": \"long\", \"logicalType\": \"local-timestamp-micros\"}";
+		case UUIDOID:
+			return "{\"type\": \"string\", \"logicalType\": \"uuid\"}";
+		case BYTEAOID:
+			return "\"bytes\"";
+		default:
+			/* text, varchar, json (as its text), enums, and whatever prints as text */
+			return "\"string\"";
+	}
+}
+
+/*
+ * pipeline.avro_schema(rel regclass, name text) returns text: an Avro
+ * record schema for the table's row type, its columns in order, those
+ * that may be null as ["null", T] with default null.
+ */
+Datum
+pe_avro_schema_of(PG_FUNCTION_ARGS)
+{
+	Relation	rel;
+	TupleDesc	desc;
+	StringInfoData s;
+	bool		first = true;
+	char	   *name;
+
+	if (PG_ARGISNULL(0))
+		PG_RETURN_NULL();
+	rel = relation_open(PG_GETARG_OID(0), AccessShareLock);
+	desc = RelationGetDescr(rel);
+	name = PG_ARGISNULL(1) ? RelationGetRelationName(rel) : text_to_cstring(PG_GETARG_TEXT_PP(1));
+
+	initStringInfo(&s);
+	appendStringInfoString(&s, "{\"type\": \"record\", \"name\": ");
+	escape_json(&s, name);
+	appendStringInfoString(&s, ", \"fields\": [");
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+		char	   *type;
+
+		if (att->attisdropped)
+			continue;
+		type = pe_avro_type_of(att->atttypid, att->atttypmod, NameStr(att->attname));
+		appendStringInfoString(&s, first ? "{\"name\": " : ", {\"name\": ");
+		first = false;
+		escape_json(&s, NameStr(att->attname));
+		if (att->attnotnull)
+			appendStringInfo(&s, ", \"type\": %s}", type);
+		else
+			appendStringInfo(&s, ", \"type\": [\"null\", %s], \"default\": null}", type);
+	}
+	appendStringInfoString(&s, "]}");
+	relation_close(rel, AccessShareLock);
+	PG_RETURN_TEXT_P(cstring_to_text(s.data));
+}
