@@ -2,11 +2,17 @@
 # Shared by the benchmarks (sourced, after test/setup.sh and pe_scratch).
 
 # bench_load FILE TOPIC PARTS N: produce FILE's key<TAB>value lines to TOPIC
-# of the test broker, then check that it holds all N (it keeps about 5 MB
-# per partition and drops the oldest beyond that).
+# of the test broker, then check that it holds all N (bench_held).
 bench_load() {
-	local file=$1 topic=$2 parts=$3 n=$4 held
+	local file=$1 topic=$2 parts=$3 n=$4
 	kcat -P -b "$BOOTSTRAP" -t "$topic" -K$'\t' -l "$file"
+	bench_held "$topic" "$parts" "$n"
+}
+
+# bench_held TOPIC PARTS N: check that the test broker holds all N messages
+# of TOPIC (it keeps about 5 MB per partition and drops the oldest beyond).
+bench_held() {
+	local topic=$1 parts=$2 n=$3 held
 	held=$(/usr/bin/python3 - "$BOOTSTRAP" "$topic" "$parts" <<'PY'
 import sys
 from confluent_kafka import Consumer, TopicPartition

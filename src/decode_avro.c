@@ -89,6 +89,7 @@ typedef struct PeAvroSchema
 typedef struct PeAvroCache
 {
 	HTAB	   *schemas;
+	PeAvroSchema *last;			/* the schema found last (a topic's messages mostly share one) */
 	avro_reader_t reader;
 } PeAvroCache;
 
@@ -365,8 +366,14 @@ pe_avro_cache(PeTarget *t, bool key)
 bool
 pe_avro_known(PeTarget *t, bool key, int32 id)
 {
-	PeAvroSchema *s = hash_search(pe_avro_cache(t, key)->schemas, &id, HASH_FIND, NULL);
+	PeAvroCache *cache = pe_avro_cache(t, key);
+	PeAvroSchema *s;
 
+	if (cache->last && cache->last->id == id)
+		return true;
+	s = hash_search(cache->schemas, &id, HASH_FIND, NULL);
+	if (s && !s->missing)
+		cache->last = s;
 	return s && (!s->missing || !TimestampDifferenceExceeds(s->missing_at, GetCurrentTimestamp(), PE_AVRO_MISSING_MS));
 }
 
@@ -393,6 +400,7 @@ pe_avro_fetch(PeTarget *t, bool key, PeConnection *conn, int32 id, char **why)
 		pe_avro_close_cache(key ? &t->avro_key : &t->avro);
 		cache = pe_avro_cache(t, key);
 	}
+	cache->last = NULL;
 	s = hash_search(cache->schemas, &id, HASH_ENTER, &found);
 	if (found)
 	{
@@ -449,7 +457,9 @@ pe_avro_schema(PeTarget *t, bool key, int32 id)
 					 errdetail("%s", why),
 					 errhint("Messages wait until the registry answers; none is skipped.")));
 	}
-	s = hash_search(pe_avro_cache(t, key)->schemas, &id, HASH_FIND, NULL);
+	s = pe_avro_cache(t, key)->last;
+	if (s == NULL || s->id != id)
+		s = hash_search(pe_avro_cache(t, key)->schemas, &id, HASH_FIND, NULL);
 	if (s == NULL || s->missing)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_BINARY_REPRESENTATION),
@@ -512,7 +522,8 @@ pe_avro_string(avro_value_t *v, size_t *len)
 	(void) avro_value_get_string(v, &s, &size);
 	/* avro-c counts the terminating zero */
 	*len = size > 0 ? size - 1 : 0;
-	if (!pg_verifymbstr(s, *len, true) || strlen(s) != *len)
+	/* (the check refuses a zero byte too, which text cannot hold) */
+	if (!pg_verifymbstr(s, *len, true))
 		ereport(ERROR,
 				(errcode(ERRCODE_CHARACTER_NOT_IN_REPERTOIRE),
 				 errmsg("an Avro string is not valid %s text", GetDatabaseEncodingName()),
