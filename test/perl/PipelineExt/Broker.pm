@@ -4,41 +4,21 @@ package PipelineExt::Broker;
 
 use strict;
 use warnings;
-use IO::Socket::INET;
 use Time::HiRes qw(usleep);
-use File::Temp qw(tempdir);
 use IPC::Run ();
 use Test::More;
+use PipelineExt::Service;
 
 # PipelineExt::Broker->start(brokers => 1, topics => { events => 8 })
 sub start
 {
 	my ($class, %args) = @_;
-	my $dir = tempdir(CLEANUP => 1);
-	my $info = "$dir/broker.info";
-	my $bin = ($ENV{TESTDIR} // '.') . '/test/broker/pe_broker';
-	my @cmd = ($bin, '--brokers', $args{brokers} // 1, '--info-file', $info);
+	my @cmd = (($ENV{TESTDIR} // '.') . '/test/broker/pe_broker', '--brokers', $args{brokers} // 1);
 	my $topics = $args{topics} // {};
 	push @cmd, '--topic', "$_:$topics->{$_}" for sort keys %$topics;
 
-	my $pid = fork();
-	die "fork: $!" unless defined $pid;
-	if ($pid == 0)
-	{
-		open(STDOUT, '>', "$dir/broker.out");
-		open(STDERR, '>&', \*STDOUT);
-		exec(@cmd) or die "exec $bin: $!";
-	}
-	for (1 .. 100)
-	{
-		last if -s $info;
-		usleep(100_000);
-	}
-	die "test broker did not start" unless -s $info;
-	open(my $fh, '<', $info) or die;
-	my %kv = map { chomp; split /=/, $_, 2 } <$fh>;
-	close($fh);
-	my $self = bless { pid => $pid, bootstrap => $kv{bootstrap}, control => $kv{control} }, $class;
+	my ($pid, $kv) = PipelineExt::Service::spawn('broker', \@cmd, '--info-file');
+	my $self = bless { pid => $pid, bootstrap => $kv->{bootstrap}, control => $kv->{control} }, $class;
 	note "test broker $self->{bootstrap}, control $self->{control}";
 	return $self;
 }
@@ -49,14 +29,7 @@ sub bootstrap { return $_[0]->{bootstrap}; }
 sub ctl
 {
 	my ($self, $cmd) = @_;
-	my $sock = IO::Socket::INET->new(PeerAddr => $self->{control}, Proto => 'tcp')
-	  or die "control channel: $!";
-	print $sock "$cmd\n";
-	my $answer = <$sock>;
-	close($sock);
-	die "broker command '$cmd' failed: " . ($answer // 'no answer') unless $answer && $answer =~ /^OK/;
-	chomp $answer;
-	return $answer;
+	return PipelineExt::Service::control('broker', $self->{control}, $cmd);
 }
 
 # The sum of the offsets a Kafka consumer group committed for a topic's

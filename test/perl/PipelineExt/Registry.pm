@@ -4,40 +4,19 @@ package PipelineExt::Registry;
 
 use strict;
 use warnings;
-use IO::Socket::INET;
-use Time::HiRes qw(usleep);
-use File::Temp qw(tempdir);
 use IPC::Run ();
 use Test::More;
+use PipelineExt::Service;
 
 # PipelineExt::Registry->start(user => 'name:password')
 sub start
 {
 	my ($class, %args) = @_;
-	my $dir = tempdir(CLEANUP => 1);
-	my $info = "$dir/registry.info";
-	my $bin = ($ENV{TESTDIR} // '.') . '/test/registry/pe_registry.py';
-	my @cmd = ('/usr/bin/python3', $bin, '--info-file', $info);
+	my @cmd = ('/usr/bin/python3', ($ENV{TESTDIR} // '.') . '/test/registry/pe_registry.py');
 	push @cmd, '--user', $args{user} if defined $args{user};
 
-	my $pid = fork();
-	die "fork: $!" unless defined $pid;
-	if ($pid == 0)
-	{
-		open(STDOUT, '>', "$dir/registry.out");
-		open(STDERR, '>&', \*STDOUT);
-		exec(@cmd) or die "exec $bin: $!";
-	}
-	for (1 .. 100)
-	{
-		last if -s $info;
-		usleep(100_000);
-	}
-	die "test registry did not start" unless -s $info;
-	open(my $fh, '<', $info) or die;
-	my %kv = map { chomp; split /=/, $_, 2 } <$fh>;
-	close($fh);
-	my $self = bless { pid => $pid, url => $kv{url}, control => $kv{control}, user => $args{user} }, $class;
+	my ($pid, $kv) = PipelineExt::Service::spawn('registry', \@cmd, '--info-file');
+	my $self = bless { pid => $pid, url => $kv->{url}, control => $kv->{control}, user => $args{user} }, $class;
 	note "test registry $self->{url}, control $self->{control}";
 	return $self;
 }
@@ -49,14 +28,7 @@ sub url { return $_[0]->{url}; }
 sub ctl
 {
 	my ($self, $cmd) = @_;
-	my $sock = IO::Socket::INET->new(PeerAddr => $self->{control}, Proto => 'tcp')
-	  or die "registry control channel: $!";
-	print $sock "$cmd\n";
-	my $answer = <$sock>;
-	close($sock);
-	die "registry command '$cmd' failed: " . ($answer // 'no answer') unless $answer && $answer =~ /^OK/;
-	chomp $answer;
-	return $answer;
+	return PipelineExt::Service::control('registry', $self->{control}, $cmd);
 }
 
 # Run a Python program with the registry's URL and credentials as its first
