@@ -19,8 +19,8 @@
  *	  -micros (timestamptz), local-timestamp-millis/-micros (timestamp),
  *	  decimal (numeric, with the column's own precision checked) and uuid
  *	  (a string); enums their symbol; bytes and fixed bytea; records,
- *	  arrays and maps JSON for json and jsonb columns, and arrays also
- *	  arrays of the column's element type.  Other columns take a value
+ *	  arrays and maps JSON for json and jsonb columns (a target cannot have
+ *	  array columns: target.c).  Other columns take a value
  *	  through their type's input function (a numeric from an int, a text
  *	  from a long, an enum type from a symbol).
  *
@@ -646,49 +646,6 @@ pe_avro_json(StringInfo buf, avro_value_t *v, int depth)
 	}
 }
 
-/* An Avro array as an array literal ({...}) of its elements' text, for array_in. */
-static void pe_avro_text(StringInfo buf, avro_value_t *v, int depth);
-
-static void
-pe_avro_array_literal(StringInfo buf, avro_value_t *v, int depth)
-{
-	size_t		n;
-
-	(void) avro_value_get_size(v, &n);
-	appendStringInfoChar(buf, '{');
-	for (size_t i = 0; i < n; i++)
-	{
-		avro_value_t child;
-		avro_value_t branch;
-		avro_value_t *e;
-
-		(void) avro_value_get_by_index(v, i, &child, NULL);
-		e = pe_avro_branch(&child, &branch);
-		if (i > 0)
-			appendStringInfoChar(buf, ',');
-		if (avro_value_get_type(e) == AVRO_NULL)
-			appendStringInfoString(buf, "NULL");
-		else if (avro_value_get_type(e) == AVRO_ARRAY)
-			pe_avro_array_literal(buf, e, depth + 1);
-		else
-		{
-			StringInfoData t;
-
-			initStringInfo(&t);
-			pe_avro_text(&t, e, depth + 1);
-			appendStringInfoChar(buf, '"');
-			for (const char *p = t.data; *p; p++)
-			{
-				if (*p == '"' || *p == '\\')
-					appendStringInfoChar(buf, '\\');
-				appendStringInfoChar(buf, *p);
-			}
-			appendStringInfoChar(buf, '"');
-		}
-	}
-	appendStringInfoChar(buf, '}');
-}
-
 /* A value as text, for a type's input function: strings as they are, the rest as JSON. */
 static void
 pe_avro_text(StringInfo buf, avro_value_t *v, int depth)
@@ -716,8 +673,6 @@ pe_avro_text(StringInfo buf, avro_value_t *v, int depth)
 			(void) avro_value_get_fixed(v, &bytes, &len);
 		pe_avro_hex(buf, bytes, len);
 	}
-	else if (avro_value_get_type(v) == AVRO_ARRAY)
-		pe_avro_array_literal(buf, v, depth);
 	else
 		pe_avro_json(buf, v, depth);
 }
@@ -930,10 +885,6 @@ pe_avro_datum(PeColumn *col, PeAvroPath *p, avro_value_t *v, bool *isnull)
 					return PointerGetDatum(cstring_to_text_with_len(s, len));
 				return pe_input(col, s);
 			}
-		case AVRO_ARRAY:
-			if (!OidIsValid(get_element_type(col->typid)))
-				break;
-			/* FALLTHROUGH */
 		case AVRO_ENUM:
 			{
 				StringInfoData buf;
@@ -949,8 +900,7 @@ pe_avro_datum(PeColumn *col, PeAvroPath *p, avro_value_t *v, bool *isnull)
 			(errcode(ERRCODE_DATA_EXCEPTION),
 			 errmsg("an Avro %s does not go into column \"%s\" of type %s",
 					avro_schema_type_name(avro_value_get_schema(v)), col->name, format_type_be(col->typid)),
-			 errhint("Use a json or jsonb column (or an array column for an array), or map the column to a field "
-					 "inside it with column_map.")));
+			 errhint("Use a json or jsonb column, or map the column to a field inside it with column_map.")));
 	return (Datum) 0;			/* keep the compiler quiet */
 }
 
