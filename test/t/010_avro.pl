@@ -338,6 +338,18 @@ wait_for('SELECT count(*) FROM readings', $N + 300, 'when the registry is back, 
 sql(qq{TRUNCATE expected; COPY expected FROM '$dir/expected4.jsonl' WITH (FORMAT csv, QUOTE e'\\x01', DELIMITER e'\\x02');});
 is(sql(sprintf($equal, 'readings')), 300, 'and equals what was written');
 
+# slower than the connection's schema.registry.request.timeout.ms (2 s): the same wait, the timeout as the reason
+sql(q{SELECT pipeline.stop_consumer('avro_up')});
+$registry->python("exec(open('$tools/avro_produce.py').read())", $bs, 'readings_avro', 100, "$dir/expected5.jsonl", $N + 300, 'v4');
+$registry->ctl('slow 3000');
+sql(q{SELECT pipeline.start_consumer('avro_up')});
+wait_for(q{SELECT bool_or(last_error ~ 'schema registry.*timed out') FROM pipeline.consumer_status WHERE consumer = 'avro_up'}, 't',
+	'a registry slower than the timeout: the request gives up, and the reason says so');
+is(sql('SELECT count(*) FROM readings'), $N + 300, 'nothing is applied meanwhile');
+$registry->ctl('slow 0');
+wait_for('SELECT count(*) FROM readings', $N + 400, 'and everything once it answers in time');
+is(sql(q{SELECT count(*) FROM pipeline.dead_letters WHERE consumer = 'avro_up'}), 0, 'no dead letter from either');
+
 # (the server log is read at the end: nothing may show the password)
 my $log = slurp_file($node->logfile);
 unlike($log, qr/reg-s3cret-pw/, 'the registry password is in no line of the server log');
