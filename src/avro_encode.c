@@ -29,6 +29,7 @@
 #include "lib/stringinfo.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/date.h"
 #include "utils/json.h"
@@ -118,19 +119,29 @@ pe_writer(PeConnection *conn, const char *subject, const char *schema_text)
 		pe_writer_free(linitial(pe_writers));
 		pe_writers = list_delete_first(pe_writers);
 	}
-	old = MemoryContextSwitchTo(TopMemoryContext);
-	w = palloc0(sizeof(PeAvroWriter));
-	w->key = pstrdup(key);
-	w->id = id;
-	w->at = GetCurrentTimestamp();
-	w->latest = schema_text == NULL;
-	w->schema = schema;
-	w->json = DatumGetJsonbPCopy(DirectFunctionCall1(jsonb_in, CStringGetDatum(json)));
-	w->iface = avro_generic_class_from_schema(schema);
-	pe_writers = lappend(pe_writers, w);
-	MemoryContextSwitchTo(old);
-	if (w->iface == NULL)
-		elog(ERROR, "avro-c: %s", avro_strerror());
+	{
+		avro_value_iface_t *iface = avro_generic_class_from_schema(schema);
+		Jsonb	   *doc;
+
+		if (iface == NULL)
+		{
+			avro_schema_decref(schema);
+			elog(ERROR, "avro-c: %s", avro_strerror());
+		}
+		doc = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(json)));
+		old = MemoryContextSwitchTo(TopMemoryContext);
+		w = palloc0(sizeof(PeAvroWriter));
+		w->key = pstrdup(key);
+		w->id = id;
+		w->at = GetCurrentTimestamp();
+		w->latest = schema_text == NULL;
+		w->schema = schema;
+		w->iface = iface;
+		w->json = palloc(VARSIZE(doc));
+		memcpy(w->json, doc, VARSIZE(doc));
+		pe_writers = lappend(pe_writers, w);
+		MemoryContextSwitchTo(old);
+	}
 	return w;
 }
 
@@ -246,11 +257,11 @@ pe_decimal_bytes(PeEncode *e, JsonbValue *v, int scale, int precision, int size)
 	digits = DatumGetCString(DirectFunctionCall1(numeric_out, scaled));
 	neg = digits[0] == '-';
 	{
-		int			nd = 0;
+		int			nd = 0;			/* digits of the unscaled value, leading zeros not counted */
 
 		for (char *c = digits + (neg ? 1 : 0); *c; c++)
 		{
-			if (*c == '.')
+			if (*c == '.' || (nd == 0 && *c == '0'))
 				continue;
 			if (nd++ >= 38 || (precision > 0 && nd > precision))
 				pe_encode_error(e, "%s has more digits than the decimal's precision", digits);
@@ -273,12 +284,9 @@ pe_decimal_bytes(PeEncode *e, JsonbValue *v, int scale, int precision, int size)
 							  (buf[start] == 0xff && (buf[start + 1] & 0x80))))
 			start++;
 		len = 16 - start;
-		if (size > 0)
-		{
-			if (len > size)
-				pe_encode_error(e, "%s does not fit the fixed size of the decimal", digits);
-			len = size;
-		}
+		if (size > 0 && len > size)
+			pe_encode_error(e, "%s does not fit the fixed size of the decimal", digits);
+		/* (a fixed is filled to its size by the caller, sign-extended) */
 		out = palloc(VARHDRSZ + len);
 		SET_VARSIZE(out, VARHDRSZ + len);
 		memcpy(VARDATA(out), buf + 16 - len, len);
@@ -419,8 +427,13 @@ pe_encode(PeEncode *e, avro_value_t *dest, JsonbValue *node, JsonbValue *v)
 					pe_encode_error(e, "%s", psprintf("expected a string for a %s, got %s",
 													   logical == PE_AVRO_DATE ? "date" : "time", pe_json_kind(v)));
 				if (logical == PE_AVRO_DATE)
-					rc = avro_value_set_int(dest, DatumGetDateADT(DirectFunctionCall1(date_in, CStringGetDatum(pe_json_text(v))))
-											+ PE_AVRO_EPOCH_DAYS);
+				{
+					DateADT		d = DatumGetDateADT(DirectFunctionCall1(date_in, CStringGetDatum(pe_json_text(v))));
+
+					if (DATE_NOT_FINITE(d))
+						pe_encode_error(e, "%s: Avro has no infinite dates", pe_json_text(v));
+					rc = avro_value_set_int(dest, d + PE_AVRO_EPOCH_DAYS);
+				}
 				else
 					rc = avro_value_set_int(dest, (int32) (DatumGetTimeADT(DirectFunctionCall3(time_in, CStringGetDatum(pe_json_text(v)),
 																								ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1))) / 1000));
@@ -441,12 +454,16 @@ pe_encode(PeEncode *e, avro_value_t *dest, JsonbValue *node, JsonbValue *v)
 				s = pe_json_text(v);
 				if (logical == PE_AVRO_TIME_MICROS || logical == PE_AVRO_TIME_MILLIS)
 					us = DatumGetTimeADT(DirectFunctionCall3(time_in, CStringGetDatum(s), ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1)));
-				else if (logical == PE_AVRO_TIMESTAMP_MILLIS || logical == PE_AVRO_TIMESTAMP_MICROS)
-					us = DatumGetTimestampTz(DirectFunctionCall3(timestamptz_in, CStringGetDatum(s), ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1)))
-						+ PE_AVRO_EPOCH_US;
 				else
-					us = DatumGetTimestamp(DirectFunctionCall3(timestamp_in, CStringGetDatum(s), ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1)))
-						+ PE_AVRO_EPOCH_US;
+				{
+					if (logical == PE_AVRO_TIMESTAMP_MILLIS || logical == PE_AVRO_TIMESTAMP_MICROS)
+						us = DatumGetTimestampTz(DirectFunctionCall3(timestamptz_in, CStringGetDatum(s), ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1)));
+					else
+						us = DatumGetTimestamp(DirectFunctionCall3(timestamp_in, CStringGetDatum(s), ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1)));
+					if (TIMESTAMP_NOT_FINITE(us))
+						pe_encode_error(e, "%s: Avro has no infinite timestamps", s);
+					us += PE_AVRO_EPOCH_US;
+				}
 				if (logical == PE_AVRO_TIMESTAMP_MILLIS || logical == PE_AVRO_LOCAL_TIMESTAMP_MILLIS)
 				{
 					if (us % 1000 != 0)
@@ -498,6 +515,9 @@ pe_encode(PeEncode *e, avro_value_t *dest, JsonbValue *node, JsonbValue *v)
 				if (size > 0)
 				{
 					unsigned char *copy = palloc(size);
+
+					if (VARSIZE_ANY_EXHDR(b) > (size_t) size)
+						pe_encode_error(e, "%s bytes for a fixed of another size", psprintf("%zu", VARSIZE_ANY_EXHDR(b)));
 
 					/* a decimal narrower than the fixed: sign-extended */
 					memset(copy, (VARSIZE_ANY_EXHDR(b) > 0 && (((unsigned char *) VARDATA_ANY(b))[0] & 0x80)) ? 0xff : 0, size);
@@ -602,6 +622,7 @@ pe_avro_encode(PG_FUNCTION_ARGS)
 	size_t		size;
 	bytea	   *volatile out = NULL;
 	avro_writer_t writer;
+	int			rc;
 	MemoryContext cxt = CurrentMemoryContext;
 
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(2))
@@ -658,9 +679,12 @@ pe_avro_encode(PG_FUNCTION_ARGS)
 		((unsigned char *) VARDATA(out))[3] = (unsigned char) ((uint32) w->id >> 8);
 		((unsigned char *) VARDATA(out))[4] = (unsigned char) (uint32) w->id;
 		writer = avro_writer_memory(VARDATA(out) + 5, size);
-		if (writer == NULL || avro_value_write(writer, &record) != 0)
-			elog(ERROR, "avro-c could not write the value: %s", avro_strerror());
+		if (writer == NULL)
+			elog(ERROR, "avro-c could not make a writer: %s", avro_strerror());
+		rc = avro_value_write(writer, &record);
 		avro_writer_free(writer);
+		if (rc != 0)
+			elog(ERROR, "avro-c could not write the value: %s", avro_strerror());
 	}
 	PG_FINALLY();
 	{
@@ -736,6 +760,12 @@ pe_avro_schema_of(PG_FUNCTION_ARGS)
 
 	if (PG_ARGISNULL(0))
 		PG_RETURN_NULL();
+	/* (as reading its columns in a query would ask: a lock on a table one may not read is not given) */
+	if (pg_class_aclcheck(PG_GETARG_OID(0), GetUserId(), ACL_SELECT) != ACLCHECK_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied for table %s", get_rel_name(PG_GETARG_OID(0))),
+				 errhint("avro_schema() needs SELECT on the table.")));
 	rel = relation_open(PG_GETARG_OID(0), AccessShareLock);
 	desc = RelationGetDescr(rel);
 	name = PG_ARGISNULL(1) ? RelationGetRelationName(rel) : text_to_cstring(PG_GETARG_TEXT_PP(1));

@@ -301,9 +301,11 @@ pe_avro_forget(PeAvroSchema *s)
 {
 	if (s->iface)
 	{
-		avro_value_decref(&s->value);
+		if (s->value.self)
+			avro_value_decref(&s->value);
 		avro_value_iface_decref(s->iface);
 	}
+	s->value.self = NULL;
 	if (s->schema)
 		avro_schema_decref(s->schema);
 	s->iface = NULL;
@@ -413,6 +415,7 @@ pe_avro_fetch(PeTarget *t, bool key, PeConnection *conn, int32 id, char **why)
 	s->missing_at = GetCurrentTimestamp();
 	s->schema = NULL;
 	s->iface = NULL;
+	s->value.self = NULL;
 	s->paths = NULL;
 	s->why = MemoryContextStrdup(t->cxt, *why ? *why : "");
 	if (answer == PE_REGISTRY_FOUND)
@@ -427,6 +430,7 @@ pe_avro_fetch(PeTarget *t, bool key, PeConnection *conn, int32 id, char **why)
 		s->iface = avro_generic_class_from_schema(s->schema);
 		if (s->iface == NULL || avro_generic_value_new(s->iface, &s->value) != 0)
 		{
+			s->value.self = NULL;
 			*why = psprintf("avro-c cannot read schema %d: %s", id, avro_strerror());
 			s->why = MemoryContextStrdup(t->cxt, *why);
 			pe_avro_forget(s);
@@ -475,6 +479,7 @@ static int32
 pe_avro_id(const char *data, size_t len, const char *what)
 {
 	const unsigned char *u = (const unsigned char *) data;
+	int32		id;
 
 	if (len < 5 || u[0] != 0)
 		ereport(ERROR,
@@ -483,7 +488,14 @@ pe_avro_id(const char *data, size_t len, const char *what)
 				 len < 5 ? errdetail("It has %zu bytes; the wire format starts with 5 (a zero byte and a 4-byte schema id).", len)
 				 : errdetail("Its first byte is %d, not 0 (the wire format's magic byte).", (int) u[0]),
 				 errhint("Produce with a schema-registry Avro serializer, or consume the topic with another format.")));
-	return (int32) (((uint32) u[1] << 24) | ((uint32) u[2] << 16) | ((uint32) u[3] << 8) | (uint32) u[4]);
+	id = (int32) (((uint32) u[1] << 24) | ((uint32) u[2] << 16) | ((uint32) u[3] << 8) | (uint32) u[4]);
+	if (id < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_BINARY_REPRESENTATION),
+				 errmsg("message %s is not Avro in the schema registry's wire format", what),
+				 errdetail("Its schema id %d is negative.", id),
+				 errhint("Produce with a schema-registry Avro serializer, or consume the topic with another format.")));
+	return id;
 }
 
 /* ---- values -------------------------------------------------------------- */
@@ -684,8 +696,7 @@ pe_avro_decimal_text(const unsigned char *b, size_t len, int scale)
 	uint128		uu = 0;
 	int128		u;
 	bool		neg;
-	char		digits[64];
-	int			nd = 0;
+	StringInfoData digits;		/* least significant first */
 	StringInfoData s;
 
 	if (len == 0)
@@ -705,20 +716,21 @@ pe_avro_decimal_text(const unsigned char *b, size_t len, int scale)
 	if (neg)
 		appendStringInfoChar(&s, '-');
 	/* digits of |u|, least significant first (|INT128_MIN| fits in the unsigned) */
+	initStringInfo(&digits);
 	{
 		uint128		m = neg ? (uint128) (-(u + 1)) + 1 : (uint128) u;
 
 		do
 		{
-			digits[nd++] = '0' + (int) (m % 10);
+			appendStringInfoChar(&digits, '0' + (int) (m % 10));
 			m /= 10;
 		} while (m > 0);
 	}
-	while (nd <= scale)
-		digits[nd++] = '0';
-	for (int i = nd - 1; i >= 0; i--)
+	while (digits.len <= scale)
+		appendStringInfoChar(&digits, '0');
+	for (int i = digits.len - 1; i >= 0; i--)
 	{
-		appendStringInfoChar(&s, digits[i]);
+		appendStringInfoChar(&s, digits.data[i]);
 		if (i == scale && scale > 0)
 			appendStringInfoChar(&s, '.');
 	}
@@ -793,7 +805,13 @@ pe_avro_datum(PeColumn *col, PeAvroPath *p, avro_value_t *v, bool *isnull)
 			(void) avro_value_get_int(v, &i32);
 			if (p->logical == PE_AVRO_DATE)
 			{
-				DateADT		d = (DateADT) i32 - PE_AVRO_EPOCH_DAYS;
+				int64		days = (int64) i32 - PE_AVRO_EPOCH_DAYS;
+				DateADT		d = (DateADT) days;
+
+				if (!IS_VALID_DATE(days))
+					ereport(ERROR,
+							(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+							 errmsg("Avro date %d (days since 1970) is out of range for type date", i32)));
 
 				if (col->typid == DATEOID)
 					return DateADTGetDatum(d);
@@ -873,7 +891,23 @@ pe_avro_datum(PeColumn *col, PeAvroPath *p, avro_value_t *v, bool *isnull)
 			else
 				(void) avro_value_get_fixed(v, &bytes, &len);
 			if (p->logical == PE_AVRO_DECIMAL)
-				return pe_input(col, pe_avro_decimal_text(bytes, len, p->scale));
+			{
+				char	   *text = pe_avro_decimal_text(bytes, len, p->scale);
+				Datum		d = pe_input(col, text);
+
+				/* a numeric of a smaller scale would round: an error, not a changed value */
+				if (col->typid == NUMERICOID && col->typmod >= (int32) VARHDRSZ &&
+					((col->typmod - VARHDRSZ) & 0xffff) < p->scale &&
+					!DatumGetBool(DirectFunctionCall2(numeric_eq, d,
+													  DirectFunctionCall3(numeric_in, CStringGetDatum(text),
+																		  ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1)))))
+					ereport(ERROR,
+							(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+							 errmsg("Avro decimal %s has more digits after the point than the column's scale of %d",
+									text, (col->typmod - VARHDRSZ) & 0xffff),
+							 errhint("Give the column the decimal's scale (%d), then replay the dead letter.", p->scale)));
+				return d;
+			}
 			if (col->is_bytea)
 				return pe_bytes_to_bytea(bytes, len);
 			return pe_raw_value(col, bytes, len, "field");
@@ -904,6 +938,201 @@ pe_avro_datum(PeColumn *col, PeAvroPath *p, avro_value_t *v, bool *isnull)
 	return (Datum) 0;			/* keep the compiler quiet */
 }
 
+/* ---- checking a message before avro-c reads it ---------------------------- */
+
+/* items of an array or map whose items take no bytes (nulls, empty records), at most */
+#define PE_AVRO_MAX_EMPTY_ITEMS 1000000
+
+static bool
+pe_avro_varint(const unsigned char **p, const unsigned char *end, int64 *out)
+{
+	uint64		u = 0;
+
+	for (int shift = 0; *p < end && shift < 64; shift += 7)
+	{
+		unsigned char b = *(*p)++;
+
+		u |= (uint64) (b & 0x7f) << shift;
+		if (!(b & 0x80))
+		{
+			*out = (int64) ((u >> 1) ^ (~(u & 1) + 1));
+			return true;
+		}
+	}
+	return false;
+}
+
+/* The fewest bytes a value of the schema takes (0 for null, an empty record, fixed(0)). */
+static int64
+pe_avro_min_size(avro_schema_t s, int depth)
+{
+	int64		n = 0;
+
+	if (depth > 64)
+		return 1;
+	if (is_avro_link(s))
+		s = avro_schema_link_target(s);
+	switch (avro_typeof(s))
+	{
+		case AVRO_NULL:
+			return 0;
+		case AVRO_FIXED:
+			return avro_schema_fixed_size(s);
+		case AVRO_RECORD:
+			for (size_t i = 0; i < avro_schema_record_size(s); i++)
+				n += pe_avro_min_size(avro_schema_record_field_get_by_index(s, i), depth + 1);
+			return n;
+		default:
+			return 1;
+	}
+}
+
+/* a string's or bytes' length, and them */
+static bool
+pe_avro_check_bytes(const unsigned char **p, const unsigned char *end, const char **why)
+{
+	int64		n;
+
+	if (!pe_avro_varint(p, end, &n) || n < 0 || n > end - *p)
+	{
+		*why = "a string or bytes longer than what is left of the message";
+		return false;
+	}
+	*p += n;
+	return true;
+}
+
+/*
+ * Whether the bytes from *p hold a value of schema s, without reading past
+ * end: avro-c trusts a union's branch number and an enum's index (one out
+ * of range calls through a wild pointer), and allocates a string's length
+ * and loops over an array's count before it finds the message short.  On
+ * false, *why says what is wrong.
+ */
+static bool
+pe_avro_check(avro_schema_t s, const unsigned char **p, const unsigned char *end, int depth, const char **why)
+{
+	int64		n;
+
+	if (depth > 64)
+	{
+		*why = "values nested deeper than 64 levels";
+		return false;
+	}
+	if (is_avro_link(s))
+		s = avro_schema_link_target(s);
+	switch (avro_typeof(s))
+	{
+		case AVRO_NULL:
+			return true;
+		case AVRO_BOOLEAN:
+			if (*p >= end || **p > 1)
+			{
+				*why = *p >= end ? "the message ends inside a boolean" : "a boolean that is neither 0 nor 1";
+				return false;
+			}
+			(*p)++;
+			return true;
+		case AVRO_INT32:
+		case AVRO_INT64:
+			if (!pe_avro_varint(p, end, &n) ||
+				(avro_typeof(s) == AVRO_INT32 && (n < PG_INT32_MIN || n > PG_INT32_MAX)))
+			{
+				*why = "a truncated or overlong integer";
+				return false;
+			}
+			return true;
+		case AVRO_FLOAT:
+		case AVRO_DOUBLE:
+			n = avro_typeof(s) == AVRO_FLOAT ? 4 : 8;
+			if (end - *p < n)
+			{
+				*why = "the message ends inside a number";
+				return false;
+			}
+			*p += n;
+			return true;
+		case AVRO_STRING:
+		case AVRO_BYTES:
+			return pe_avro_check_bytes(p, end, why);
+		case AVRO_FIXED:
+			n = avro_schema_fixed_size(s);
+			if (end - *p < n)
+			{
+				*why = "the message ends inside a fixed";
+				return false;
+			}
+			*p += n;
+			return true;
+		case AVRO_ENUM:
+			if (!pe_avro_varint(p, end, &n) || n < 0 || n >= avro_schema_enum_number_of_symbols(s))
+			{
+				*why = "an enum index out of its symbols' range";
+				return false;
+			}
+			return true;
+		case AVRO_UNION:
+			if (!pe_avro_varint(p, end, &n) || n < 0 || n >= (int64) avro_schema_union_size(s))
+			{
+				*why = "a union branch number out of the union's range";
+				return false;
+			}
+			return pe_avro_check(avro_schema_union_branch(s, (int) n), p, end, depth + 1, why);
+		case AVRO_RECORD:
+			for (size_t i = 0; i < avro_schema_record_size(s); i++)
+				if (!pe_avro_check(avro_schema_record_field_get_by_index(s, i), p, end, depth + 1, why))
+					return false;
+			return true;
+		case AVRO_ARRAY:
+		case AVRO_MAP:
+			{
+				bool		map = avro_typeof(s) == AVRO_MAP;
+				avro_schema_t item = map ? avro_schema_map_values(s) : avro_schema_array_items(s);
+				int64		min = pe_avro_min_size(item, depth + 1) + (map ? 1 : 0);
+				int64		total = 0;
+
+				for (;;)
+				{
+					int64		size;
+
+					if (!pe_avro_varint(p, end, &n))
+					{
+						*why = "the message ends inside an array or map";
+						return false;
+					}
+					if (n == 0)
+						return true;
+					if (n < 0)
+					{
+						/* a negative count: its block's size in bytes follows */
+						if (n == PG_INT64_MIN || !pe_avro_varint(p, end, &size) || size < 0 || size > end - *p)
+						{
+							*why = "an array or map block larger than what is left of the message";
+							return false;
+						}
+						n = -n;
+					}
+					total += n;
+					if ((min > 0 && n > (end - *p) / min) || (min == 0 && total > PE_AVRO_MAX_EMPTY_ITEMS))
+					{
+						*why = "an array or map with more items than the message can hold";
+						return false;
+					}
+					for (int64 i = 0; i < n; i++)
+					{
+						CHECK_FOR_INTERRUPTS();
+						if ((map && !pe_avro_check_bytes(p, end, why)) ||
+							!pe_avro_check(item, p, end, depth + 1, why))
+							return false;
+					}
+				}
+			}
+		default:
+			*why = "a type pipeline_ext does not read";
+			return false;
+	}
+}
+
 /* Read a value (or key) in the wire format with its writer schema into that schema's record. */
 static PeAvroSchema *
 pe_avro_read(PeTarget *t, bool key, const char *data, size_t len)
@@ -913,7 +1142,16 @@ pe_avro_read(PeTarget *t, bool key, const char *data, size_t len)
 	PeAvroSchema *s = pe_avro_schema(t, key, id);
 	PeAvroCache *cache = pe_avro_cache(t, key);
 	char		extra;
+	const unsigned char *p = (const unsigned char *) data + 5;
+	const char *why = NULL;
 
+	if (!pe_avro_check(s->schema, &p, (const unsigned char *) data + len, 0, &why) ||
+		(p != (const unsigned char *) data + len && (why = "bytes after the record")))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_BINARY_REPRESENTATION),
+				 errmsg("could not decode an Avro message %s with schema %d", what, id),
+				 errdetail("%s.", why),
+				 errhint("The message does not match the schema its id names: correct the producer, then replay the dead letter.")));
 	avro_value_reset(&s->value);
 	avro_reader_memory_set_source(cache->reader, data + 5, len - 5);
 	if (avro_value_read(cache->reader, &s->value) != 0)

@@ -399,6 +399,9 @@ pe_registry_subject_schema(PeConnection *conn, const char *subject, char **schem
 		int			code = pe_registry_error_code(body);
 		char	   *message = pe_registry_field(body, "message");
 
+		if (message)
+			message = pe_redact(message, pe_connection_secrets(conn));
+
 		ereport(ERROR,
 				(errcode(code == 409 || code == 42201 || code == 40401 ? ERRCODE_INVALID_PARAMETER_VALUE
 						 : ERRCODE_CONNECTION_FAILURE),

@@ -42,6 +42,7 @@ import socketserver
 import sys
 import threading
 import time
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import avro.schema
@@ -206,7 +207,7 @@ def make_handler(reg, faults, user):
                         raise ApiError(401, 401, "Unauthorized")
                 if failing:
                     raise ApiError(500, 50001, "Error in the backend data store (injected)")
-                parts = [p for p in self.path.split("?")[0].split("/") if p]
+                parts = [urllib.parse.unquote(p) for p in self.path.split("?")[0].split("/") if p]
                 with reg.lock:
                     status, body = self.route(method, parts)
                 self.reply(status, body)

@@ -179,13 +179,20 @@ from confluent_kafka import Producer
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 url, user, bootstrap = sys.argv[1:4]
 client = SchemaRegistryClient({"url": url, "basic.auth.user.info": user})
+subjects = []
 def schema(fields):
     text = json.dumps({"type": "record", "name": "Bad", "fields": fields})
-    return client.register_schema("bad_avro-" + str(len(fields)) + fields[0]["type"], Schema(text, "AVRO")), avro.schema.parse(text)
+    subjects.append("bad_avro-%d" % len(subjects))
+    return client.register_schema(subjects[-1], Schema(text, "AVRO")), avro.schema.parse(text)
 good_id, good = schema([{"name": "id", "type": "int"},
                         {"name": "price", "type": {"type": "bytes", "logicalType": "decimal", "precision": 20, "scale": 2}},
                         {"name": "label", "type": "string"}])
 str_id, str_schema = schema([{"name": "id", "type": "string"}, {"name": "label", "type": "string"}])
+dec3_id, dec3 = schema([{"name": "id", "type": "int"},
+                       {"name": "price", "type": {"type": "bytes", "logicalType": "decimal", "precision": 20, "scale": 3}},
+                       {"name": "label", "type": "string"}])
+odd_id, _ = schema([{"name": "u", "type": ["null", "string"]}, {"name": "e", "type": {"type": "enum", "name": "E", "symbols": ["A", "B"]}},
+                    {"name": "a", "type": {"type": "array", "items": "string"}}])
 def wire(sid, sch, rec):
     buf = io.BytesIO()
     buf.write(struct.pack(">bI", 0, sid))
@@ -195,26 +202,42 @@ def ok(i):
     return wire(good_id, good, {"id": i, "price": decimal.Decimal("12.34"), "label": "fine %d" % i})
 msgs = [ok(1), b'{"id": 2}', ok(3), b"\x00\x00\x00\x03\xe7" + ok(4)[5:], ok(5), ok(6)[:9],
         wire(good_id, good, {"id": 7, "price": decimal.Decimal("123456789012.34"), "label": "too big"}),
-        wire(str_id, str_schema, {"id": "eight", "label": "a string id"}), ok(9) + b"\x00", ok(10)]
+        wire(str_id, str_schema, {"id": "eight", "label": "a string id"}), ok(9) + b"\x00", ok(10),
+        struct.pack(">bI", 0, odd_id) + b"\x0a",                 # union branch 5 of 2
+        struct.pack(">bI", 0, odd_id) + b"\x00\x0e",             # enum index 7 of 2
+        struct.pack(">bI", 0, odd_id) + b"\x00\x00\xfe\xff\xff\xff\x0f",   # an array of 2^31 - 1 strings
+        b"\x00\xff\xff\xff\xfe" + ok(13)[5:], ok(14),
+        wire(dec3_id, dec3, {"id": 15, "price": decimal.Decimal("1.234"), "label": "three decimals"}), ok(16)]
 p = Producer({"bootstrap.servers": bootstrap})
 for m in msgs:
     p.produce("bad_avro", value=m)
 p.flush(30)
 }, $bs);
-wait_for(q{SELECT count(*) FROM pipeline.dead_letters WHERE consumer = 'avro_bad'}, 6, 'six bad messages are six dead letters');
-wait_for(q{SELECT string_agg(id::text, ',' ORDER BY id) FROM bad_target}, '1,3,5,10', 'the good ones around them are applied');
+wait_for(q{SELECT count(*) FROM pipeline.dead_letters WHERE consumer = 'avro_bad'}, 11, 'eleven bad messages are eleven dead letters');
+wait_for(q{SELECT string_agg(id::text, ',' ORDER BY id) FROM bad_target}, '1,3,5,10,14,16', 'the good ones around them are applied');
 my $dead = sql(q{SELECT "offset" || ' ' || error || ' | ' || encode(value, 'hex') FROM pipeline.dead_letters
                  WHERE consumer = 'avro_bad' ORDER BY "offset"});
 like($dead, qr/^1 message value is not Avro in the schema registry's wire format: Its first byte is 123/m, 'no magic byte');
 like($dead, qr/^3 unknown Avro schema id 999: the schema registry has no schema with id 999/m, 'an unknown schema id');
-like($dead, qr/^5 could not decode an Avro message value with schema \d+: avro-c: .* \| 00/m, 'a truncated body, its raw bytes kept');
+like($dead, qr/^5 could not decode an Avro message value with schema \d+: a string or bytes longer than what is left of the message\. \| 00/m,
+	'a truncated body, its raw bytes kept');
 like($dead, qr/^6 column "price": numeric field overflow/m, 'a decimal that does not fit the column, naming it');
 like($dead, qr/^7 column "id": invalid input syntax for type integer: "eight"/m, 'a field of an incompatible type');
-like($dead, qr/^8 an Avro message value with schema \d+ has bytes after its record/m, 'bytes after the record');
+like($dead, qr/^8 could not decode an Avro message value with schema \d+: bytes after the record/m, 'bytes after the record');
+like($dead, qr/^10 could not decode an Avro message value with schema \d+: a union branch number out of the union's range/m,
+	'a union branch out of range (avro-c would call through a wild pointer)');
+like($dead, qr/^11 could not decode an Avro message value with schema \d+: an enum index out of its symbols' range/m,
+	'an enum index out of range');
+like($dead, qr/^12 could not decode an Avro message value with schema \d+: an array or map with more items than the message can hold/m,
+	'an array claiming more items than the message holds');
+like($dead, qr/^15 column "price": Avro decimal 1.234 has more digits after the point than the column's scale of 2/m,
+	'a decimal of a greater scale than the column is not rounded away');
+like($dead, qr/^13 message value is not Avro in the schema registry's wire format: Its schema id -2 is negative/m,
+	'a negative schema id');
 
 # replaying, after the cause is fixed: the decimal fits a wider column now
 is(sql(q{ALTER TABLE bad_target ALTER price TYPE numeric(20,2);
-         SELECT replayed || ' ' || failed FROM pipeline.replay_dead_letters('avro_bad')}), '1 5',
+         SELECT replayed || ' ' || failed FROM pipeline.replay_dead_letters('avro_bad')}), '1 10',
 	'replay_dead_letters decodes Avro again: the fixed one is applied, the others stay');
 is(sql(q{SELECT price FROM bad_target WHERE id = 7}), '123456789012.34', 'with its value');
 
@@ -322,6 +345,16 @@ like($err, qr/field "id": missing, and the schema gives it no default/, 'a missi
 like($err, qr/field "amount": 1.234 has more than the decimal's scale/, 'a decimal with more digits than its scale');
 ($ok, $out_, $err) = $node->psql('postgres', q{SELECT pipeline.avro_encode('local', 'nothing_here', '{"id": 1}')});
 like($err, qr/subject "nothing_here-value" is not in the schema registry/, 'no schema given and none registered');
+($ok, $out_, $err) = $node->psql('postgres', q{SELECT pipeline.avro_encode('local', 'orders_out', '{"id": 1, "placed": "infinity"}')});
+like($err, qr/field "placed": infinity: Avro has no infinite timestamps/, 'an infinite timestamp is refused, not wrapped around');
+is(sql(q{SELECT length(pipeline.avro_encode('local', 'x', '{"x": 0.05}',
+           '{"type": "record", "name": "D", "fields": [{"name": "x", "type": {"type": "bytes", "logicalType": "decimal", "precision": 2, "scale": 2}}]}',
+           subject => 'decimals only:v1'))}), 7, 'decimal(2,2) takes 0.05 (leading zeros are not digits of its precision)');
+like($registry->python(q{
+import sys
+from confluent_kafka.schema_registry import SchemaRegistryClient
+print(SchemaRegistryClient({"url": sys.argv[1], "basic.auth.user.info": sys.argv[2]}).get_latest_version("decimals only:v1").version)
+}), qr/^1$/, 'a subject with a space and a colon is registered under its name');
 
 # --- the registry down: the messages wait, none is a dead letter, and all come when it is back
 my $before = sql('SELECT count(*) FROM readings');
