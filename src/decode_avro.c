@@ -765,6 +765,66 @@ pe_avro_integer(PeColumn *col, int64 i)
 	return pe_input(col, psprintf(INT64_FORMAT, i));
 }
 
+/*
+ * An Avro int (or long) into a column, through its logical type: a date
+ * (days since 1970), a time (of day, millis for an int, micros for a
+ * long), a timestamp (an instant, or a local wall time), or a number.
+ */
+static Datum
+pe_avro_int_datum(PeColumn *col, PeAvroLogical logical, int64 i, bool is_long)
+{
+	if (!is_long && logical == PE_AVRO_DATE)
+	{
+		int64		days = i - PE_AVRO_EPOCH_DAYS;
+
+		if (!IS_VALID_DATE(days))
+			ereport(ERROR,
+					(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+					 errmsg("Avro date " INT64_FORMAT " (days since 1970) is out of range for type date", i)));
+		if (col->typid == DATEOID)
+			return DateADTGetDatum((DateADT) days);
+		return pe_input(col, DatumGetCString(DirectFunctionCall1(date_out, DateADTGetDatum((DateADT) days))));
+	}
+	if ((!is_long && logical == PE_AVRO_TIME_MILLIS) || (is_long && logical == PE_AVRO_TIME_MICROS))
+	{
+		TimeADT		tm = is_long ? i : i * 1000;
+
+		if (tm < 0 || tm > USECS_PER_DAY)
+			ereport(ERROR,
+					(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+					 errmsg("Avro time " INT64_FORMAT " is not a time of day", i)));
+		if (col->typid == TIMEOID && col->typmod < 0)
+			return TimeADTGetDatum(tm);
+		return pe_input(col, DatumGetCString(DirectFunctionCall1(time_out, TimeADTGetDatum(tm))));
+	}
+	if (is_long && (logical == PE_AVRO_TIMESTAMP_MILLIS || logical == PE_AVRO_TIMESTAMP_MICROS ||
+					logical == PE_AVRO_LOCAL_TIMESTAMP_MILLIS || logical == PE_AVRO_LOCAL_TIMESTAMP_MICROS))
+	{
+		bool		millis = logical == PE_AVRO_TIMESTAMP_MILLIS || logical == PE_AVRO_LOCAL_TIMESTAMP_MILLIS;
+		bool		local = logical == PE_AVRO_LOCAL_TIMESTAMP_MILLIS || logical == PE_AVRO_LOCAL_TIMESTAMP_MICROS;
+		int64		us;
+
+		if (pg_mul_s64_overflow(i, millis ? 1000 : 1, &us) ||
+			pg_sub_s64_overflow(us, PE_AVRO_EPOCH_US, &us) ||
+			!IS_VALID_TIMESTAMP(us))
+			ereport(ERROR,
+					(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+					 errmsg("Avro %s " INT64_FORMAT " is out of range for a timestamp",
+							millis ? "timestamp in milliseconds" : "timestamp in microseconds", i)));
+		/*
+		 * An instant into timestamptz, a wall time into timestamp: the same
+		 * microseconds (UTC's wall time for an instant into timestamp),
+		 * whatever the column's precision and the session's time zone.
+		 */
+		if ((col->typid == TIMESTAMPTZOID || col->typid == TIMESTAMPOID) && col->typmod < 0)
+			return TimestampGetDatum(us);
+		if (col->typid == TIMESTAMPOID || (col->typid != TIMESTAMPTZOID && local))
+			return pe_input(col, DatumGetCString(DirectFunctionCall1(timestamp_out, TimestampGetDatum(us))));
+		return pe_input(col, DatumGetCString(DirectFunctionCall1(timestamptz_out, TimestampTzGetDatum(us))));
+	}
+	return pe_avro_integer(col, i);
+}
+
 /* A value (the field of column col, by path p) into col. */
 static Datum
 pe_avro_datum(PeColumn *col, PeAvroPath *p, avro_value_t *v, bool *isnull)
@@ -803,65 +863,10 @@ pe_avro_datum(PeColumn *col, PeAvroPath *p, avro_value_t *v, bool *isnull)
 			}
 		case AVRO_INT32:
 			(void) avro_value_get_int(v, &i32);
-			if (p->logical == PE_AVRO_DATE)
-			{
-				int64		days = (int64) i32 - PE_AVRO_EPOCH_DAYS;
-				DateADT		d = (DateADT) days;
-
-				if (!IS_VALID_DATE(days))
-					ereport(ERROR,
-							(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
-							 errmsg("Avro date %d (days since 1970) is out of range for type date", i32)));
-
-				if (col->typid == DATEOID)
-					return DateADTGetDatum(d);
-				return pe_input(col, DatumGetCString(DirectFunctionCall1(date_out, DateADTGetDatum(d))));
-			}
-			if (p->logical == PE_AVRO_TIME_MILLIS)
-			{
-				TimeADT		tm = (TimeADT) i32 * 1000;
-
-				if (col->typid == TIMEOID && col->typmod < 0 && tm >= 0 && tm <= USECS_PER_DAY)
-					return TimeADTGetDatum(tm);
-				return pe_input(col, DatumGetCString(DirectFunctionCall1(time_out, TimeADTGetDatum(tm))));
-			}
-			return pe_avro_integer(col, i32);
+			return pe_avro_int_datum(col, p->logical, i32, false);
 		case AVRO_INT64:
 			(void) avro_value_get_long(v, &i64);
-			switch (p->logical)
-			{
-				case PE_AVRO_TIME_MICROS:
-					if (col->typid == TIMEOID && col->typmod < 0 && i64 >= 0 && i64 <= USECS_PER_DAY)
-						return TimeADTGetDatum(i64);
-					return pe_input(col, DatumGetCString(DirectFunctionCall1(time_out, TimeADTGetDatum(i64))));
-				case PE_AVRO_TIMESTAMP_MILLIS:
-				case PE_AVRO_TIMESTAMP_MICROS:
-				case PE_AVRO_LOCAL_TIMESTAMP_MILLIS:
-				case PE_AVRO_LOCAL_TIMESTAMP_MICROS:
-					{
-						bool		millis = p->logical == PE_AVRO_TIMESTAMP_MILLIS ||
-							p->logical == PE_AVRO_LOCAL_TIMESTAMP_MILLIS;
-						bool		local = p->logical == PE_AVRO_LOCAL_TIMESTAMP_MILLIS ||
-							p->logical == PE_AVRO_LOCAL_TIMESTAMP_MICROS;
-						int64		us;
-
-						if (pg_mul_s64_overflow(i64, millis ? 1000 : 1, &us) ||
-							pg_sub_s64_overflow(us, PE_AVRO_EPOCH_US, &us) ||
-							!IS_VALID_TIMESTAMP(us))
-							ereport(ERROR,
-									(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
-									 errmsg("Avro %s " INT64_FORMAT " is out of range for a timestamp",
-											millis ? "timestamp in milliseconds" : "timestamp in microseconds", (int64) i64)));
-						/* an instant into timestamptz, a wall time into timestamp: the same microseconds */
-						if ((col->typid == TIMESTAMPTZOID || col->typid == TIMESTAMPOID) && col->typmod < 0)
-							return TimestampGetDatum(us);
-						return pe_input(col, DatumGetCString(local
-															 ? DirectFunctionCall1(timestamp_out, TimestampGetDatum(us))
-															 : DirectFunctionCall1(timestamptz_out, TimestampTzGetDatum(us))));
-					}
-				default:
-					return pe_avro_integer(col, i64);
-			}
+			return pe_avro_int_datum(col, p->logical, i64, true);
 		case AVRO_FLOAT:
 		case AVRO_DOUBLE:
 			{
