@@ -45,6 +45,7 @@
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/date.h"
+#include "utils/datum.h"
 #include "utils/float.h"
 #include "utils/hsearch.h"
 #include "utils/json.h"
@@ -71,6 +72,8 @@ typedef struct PeAvroPath
 	int		   *idx;			/* their indexes, record by record */
 	PeAvroLogical logical;		/* the field's logical type */
 	int			scale;			/* a decimal's */
+	bool		has_default;	/* not in this schema: the reader's default ... */
+	Datum		dflt;			/* ... for the column */
 } PeAvroPath;
 
 /* A writer schema, by its registry id. */
@@ -91,6 +94,8 @@ typedef struct PeAvroCache
 	HTAB	   *schemas;
 	PeAvroSchema *last;			/* the schema found last (a topic's messages mostly share one) */
 	avro_reader_t reader;
+	int32		reader_id;		/* the subject's latest version asked for (0: never) */
+	Jsonb	   *reader_doc;		/* ... its JSON, or NULL: no such subject */
 } PeAvroCache;
 
 /* ---- the schema's JSON: logical types ---------------------------------- */
@@ -185,16 +190,13 @@ pe_avro_logical(JsonbContainer *type, int *scale, int *precision)
 	return logical;
 }
 
-/* The logical type (and a decimal's scale) of the field at path in the schema's JSON. */
-static void
-pe_avro_json_logical(Jsonb *doc, char **path, int npath, PeAvroPath *p)
+/* The field (its object: name, type, default) at path in a record schema's JSON, or NULL. */
+static JsonbContainer *
+pe_avro_json_field(Jsonb *doc, char **path, int npath)
 {
 	JsonbValue	root;
 	JsonbContainer *node;
-	int			precision;
 
-	p->logical = PE_AVRO_PLAIN;
-	p->scale = 0;
 	root.type = jbvBinary;
 	root.val.binary.data = &doc->root;
 	root.val.binary.len = VARSIZE(doc);
@@ -202,10 +204,10 @@ pe_avro_json_logical(Jsonb *doc, char **path, int npath, PeAvroPath *p)
 	for (int k = 0; k < npath && node; k++)
 	{
 		JsonbValue *fields = pe_avro_json_key(node, "fields");
-		JsonbContainer *next = NULL;
+		JsonbContainer *field = NULL;
 
 		if (fields == NULL || fields->type != jbvBinary || !JsonContainerIsArray(fields->val.binary.data))
-			return;
+			return NULL;
 		for (uint32 i = 0; i < JsonContainerSize(fields->val.binary.data); i++)
 		{
 			JsonbValue *f = getIthJsonbValueFromContainer(fields->val.binary.data, i);
@@ -213,11 +215,40 @@ pe_avro_json_logical(Jsonb *doc, char **path, int npath, PeAvroPath *p)
 			if (f->type == jbvBinary && JsonContainerIsObject(f->val.binary.data) &&
 				pe_avro_json_is(pe_avro_json_key(f->val.binary.data, "name"), path[k]))
 			{
-				next = pe_avro_json_type(pe_avro_json_key(f->val.binary.data, "type"));
+				field = f->val.binary.data;
 				break;
 			}
 		}
-		node = next;
+		if (field == NULL || k == npath - 1)
+			return field;
+		node = pe_avro_json_type(pe_avro_json_key(field, "type"));
+	}
+	return NULL;
+}
+
+/* The logical type (and a decimal's scale) of the field at path in the schema's JSON. */
+static void
+pe_avro_json_logical(Jsonb *doc, char **path, int npath, PeAvroPath *p)
+{
+	JsonbContainer *node;
+	int			precision;
+
+	p->logical = PE_AVRO_PLAIN;
+	p->scale = 0;
+	if (npath == 0)
+	{
+		JsonbValue	root;
+
+		root.type = jbvBinary;
+		root.val.binary.data = &doc->root;
+		root.val.binary.len = VARSIZE(doc);
+		node = pe_avro_json_type(&root);
+	}
+	else
+	{
+		JsonbContainer *field = pe_avro_json_field(doc, path, npath);
+
+		node = field ? pe_avro_json_type(pe_avro_json_key(field, "type")) : NULL;
 	}
 	if (node)
 		p->logical = pe_avro_logical(node, &p->scale, &precision);
@@ -379,6 +410,161 @@ pe_avro_known(PeTarget *t, bool key, int32 id)
 	return s && (!s->missing || !TimestampDifferenceExceeds(s->missing_at, GetCurrentTimestamp(), PE_AVRO_MISSING_MS));
 }
 
+static Datum pe_avro_int_datum(PeColumn *col, PeAvroLogical logical, int64 i, bool is_long);
+
+/*
+ * A field's default in a schema's JSON as a value of the column, as a
+ * reader of that schema would see it; false when it has none (or null, or
+ * one the column cannot take).  Avro's defaults are JSON of the field's
+ * type (its first branch for a union): numbers for dates, times and
+ * timestamps, strings of code points for bytes.
+ */
+static bool
+pe_avro_default(PeColumn *col, JsonbContainer *field, Datum *out)
+{
+	JsonbValue *dv = pe_avro_json_key(field, "default");
+	JsonbValue *type = pe_avro_json_key(field, "type");
+	JsonbContainer *tobj = pe_avro_json_type(type);
+	int			scale;
+	int			precision;
+	PeAvroLogical logical = tobj ? pe_avro_logical(tobj, &scale, &precision) : PE_AVRO_PLAIN;
+	MemoryContext cxt = CurrentMemoryContext;
+	volatile bool ok = false;
+
+	if (dv == NULL || dv->type == jbvNull)
+		return false;
+	PG_TRY();
+	{
+		if (col->is_json)
+		{
+			if (dv->type == jbvBinary)
+				*out = pe_input(col, JsonbToCString(NULL, dv->val.binary.data, dv->val.binary.len));
+			else
+			{
+				JsonbValue	copy = *dv;
+				Jsonb	   *j = JsonbValueToJsonb(&copy);
+
+				*out = pe_input(col, JsonbToCString(NULL, &j->root, VARSIZE(j)));
+			}
+			ok = true;
+		}
+		else if (dv->type == jbvString && col->is_bytea)
+		{
+			/* bytes: each character one byte (code points 0..255) */
+			char	   *text = pnstrdup(dv->val.string.val, dv->val.string.len);
+			int			n = pg_mbstrlen(text);
+			char	   *bytes = palloc(n + 1);
+			const char *c = text;
+
+			ok = GetDatabaseEncoding() == PG_UTF8;
+			for (int i = 0; i < n && ok; i++)
+			{
+				pg_wchar	w = utf8_to_unicode((const unsigned char *) c);
+
+				ok = w <= 255;
+				bytes[i] = (char) w;
+				c += pg_utf_mblen((const unsigned char *) c);
+			}
+			if (ok)
+				*out = pe_bytes_to_bytea(bytes, n);
+		}
+		else if (dv->type == jbvString)
+		{
+			*out = pe_input(col, pnstrdup(dv->val.string.val, dv->val.string.len));
+			ok = true;
+		}
+		else if (dv->type == jbvNumeric && logical != PE_AVRO_PLAIN && logical != PE_AVRO_DECIMAL &&
+				 logical != PE_AVRO_UUID)
+		{
+			int64		i = DatumGetInt64(DirectFunctionCall1(numeric_int8, NumericGetDatum(dv->val.numeric)));
+			bool		is_long = logical != PE_AVRO_DATE && logical != PE_AVRO_TIME_MILLIS;
+
+			*out = pe_avro_int_datum(col, logical, i, is_long);
+			ok = true;
+		}
+		else if (dv->type == jbvNumeric)
+		{
+			*out = pe_input(col, DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(dv->val.numeric))));
+			ok = true;
+		}
+		else if (dv->type == jbvBool)
+		{
+			*out = pe_input(col, dv->val.boolean ? "true" : "false");
+			ok = true;
+		}
+	}
+	PG_CATCH();
+	{
+		/* a default the column cannot take: none (the column's own default applies) */
+		MemoryContextSwitchTo(cxt);
+		FlushErrorState();
+		ok = false;
+	}
+	PG_END_TRY();
+	return ok;
+}
+
+/*
+ * The columns a writer schema lacks take the default that the subject's
+ * latest version gives their field (TopicNameStrategy: TOPIC-value), as
+ * Avro's schema resolution with the newest schema as the reader would: a
+ * field added with a default is that default in the messages written
+ * before it.  The latest version is asked for again when a writer schema
+ * newer than it turns up.  False (with *why) when the registry did not
+ * answer.
+ */
+static bool
+pe_avro_defaults(PeTarget *t, PeAvroCache *cache, PeAvroSchema *s, PeConnection *conn, char **why)
+{
+	bool		lacking = false;
+
+	for (int c = 0; c < t->ncols; c++)
+		lacking |= t->cols[c].source == PE_SRC_FIELD && s->paths[c].n < 0;
+	if (!lacking)
+		return true;
+	if (cache->reader_id < s->id)
+	{
+		int32		id = s->id;
+		char	   *json;
+		PeRegistryAnswer answer = pe_registry_latest(conn, psprintf("%s-value", t->def->topic), &id, &json, why);
+
+		if (answer == PE_REGISTRY_UNAVAILABLE)
+			return false;
+		if (cache->reader_doc)
+			pfree(cache->reader_doc);
+		cache->reader_doc = NULL;
+		cache->reader_id = Max(id, s->id);
+		if (answer == PE_REGISTRY_FOUND)
+		{
+			Jsonb	   *doc = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(json)));
+
+			cache->reader_doc = MemoryContextAlloc(t->cxt, VARSIZE(doc));
+			memcpy(cache->reader_doc, doc, VARSIZE(doc));
+		}
+	}
+	if (cache->reader_doc == NULL)
+		return true;
+	for (int c = 0; c < t->ncols; c++)
+	{
+		PeColumn   *col = &t->cols[c];
+		JsonbContainer *field;
+		MemoryContext old;
+		Datum		d;
+
+		if (col->source != PE_SRC_FIELD || s->paths[c].n >= 0 ||
+			(field = pe_avro_json_field(cache->reader_doc, col->path, col->npath)) == NULL)
+			continue;
+		old = MemoryContextSwitchTo(t->cxt);
+		if (pe_avro_default(col, field, &d))
+		{
+			s->paths[c].has_default = true;
+			s->paths[c].dflt = datumCopy(d, col->typbyval, col->typlen);
+		}
+		MemoryContextSwitchTo(old);
+	}
+	return true;
+}
+
 /*
  * Ask the registry of conn for the writer schema of id, and keep it: found,
  * or said to be missing.  PE_REGISTRY_UNAVAILABLE (with *why) when the
@@ -437,6 +623,14 @@ pe_avro_fetch(PeTarget *t, bool key, PeConnection *conn, int32 id, char **why)
 			return PE_REGISTRY_NOT_FOUND;
 		}
 		pe_avro_resolve(t, s, DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(json))), key);
+		if (!key && !pe_avro_defaults(t, cache, s, conn, why))
+		{
+			/* not kept: asked for again, with the latest version */
+			pe_avro_forget(s);
+			pfree(s->why);
+			(void) hash_search(cache->schemas, &id, HASH_REMOVE, NULL);
+			return PE_REGISTRY_UNAVAILABLE;
+		}
 		s->missing = false;
 	}
 	return answer;
@@ -1192,8 +1386,18 @@ pe_avro_fill(PeTarget *t, PeAvroSchema *s, PeRow *row, bool only_nulls)
 			avro_value_t v = s->value;
 			bool		isnull = false;
 
-			if (p->n < 0 || (only_nulls && !row->nulls[c]))
+			if (only_nulls && !row->nulls[c])
 				continue;
+			if (p->n < 0)
+			{
+				/* not in this version of the schema: the latest version's default, if any */
+				if (p->has_default)
+				{
+					row->values[c] = p->dflt;
+					row->nulls[c] = false;
+				}
+				continue;
+			}
 			for (int k = 0; k < p->n && !isnull; k++)
 			{
 				avro_value_t branch;

@@ -346,6 +346,44 @@ pe_registry_fetch_schema(PeConnection *conn, int32 id, char **schema_json, char 
 }
 
 /*
+ * A subject's latest version (GET /subjects/{subject}/versions/latest):
+ * PE_REGISTRY_NOT_FOUND when the registry has no such subject.
+ */
+PeRegistryAnswer
+pe_registry_latest(PeConnection *conn, const char *subject, int32 *id, char **schema_json, char **why)
+{
+	long		status;
+	char	   *body;
+	char	   *text;
+	CURL	   *curl = curl_easy_init();
+	char	   *escaped;
+	char	   *path;
+
+	if (curl == NULL)
+		elog(ERROR, "could not start a libcurl request");
+	escaped = curl_easy_escape(curl, subject, 0);
+	path = psprintf("/subjects/%s/versions/latest", escaped);
+	curl_free(escaped);
+	curl_easy_cleanup(curl);
+	*schema_json = NULL;
+	if (!pe_registry_request(conn, path, NULL, &status, &body, why))
+		return PE_REGISTRY_UNAVAILABLE;
+	if (status == 200 && (text = pe_registry_field(body, "id")) != NULL &&
+		(*schema_json = pe_registry_field(body, "schema")) != NULL)
+	{
+		*id = (int32) atol(text);
+		return PE_REGISTRY_FOUND;
+	}
+	if (status == 404 && pe_registry_error_code(body) == 40401)
+	{
+		*why = psprintf("the schema registry has no subject \"%s\"", subject);
+		return PE_REGISTRY_NOT_FOUND;
+	}
+	*why = psprintf("the schema registry answered HTTP %ld for the latest version of subject \"%s\"", status, subject);
+	return PE_REGISTRY_UNAVAILABLE;
+}
+
+/*
  * For producing: the id of a subject's schema, registered (schema_json
  * given: POST /subjects/{subject}/versions, which returns the id of an
  * identical schema already there) or its latest version (GET

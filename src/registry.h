@@ -39,5 +39,7 @@ typedef enum PeRegistryAnswer
 extern PeRegistryAnswer pe_registry_fetch_schema(struct PeConnection *conn, int32 id, char **schema_json,
 												 char **why);
 extern int32 pe_registry_subject_schema(struct PeConnection *conn, const char *subject, char **schema_json);
+extern PeRegistryAnswer pe_registry_latest(struct PeConnection *conn, const char *subject, int32 *id,
+										   char **schema_json, char **why);
 
 #endif							/* PE_REGISTRY_H */

@@ -129,7 +129,7 @@ like($ids, qr/^\d+ \d+ \d+$/, 'three versions of readings_avro-value registered'
 
 my $cols = q{id int PRIMARY KEY, name text, price numeric(10,2), ts timestamptz, day date, tm time, tmu time,
              tsu timestamptz, lts timestamp, uid uuid, color text, data bytea, tags jsonb, attrs jsonb, addr jsonb,
-             city text, big int8, ratio float4, score float8, legacy text, note text DEFAULT 'none'};
+             city text, big int8, ratio float4, score float8, legacy text, note text};
 (my $acols = $cols) =~ s/ PRIMARY KEY//;
 sql(qq{CREATE TABLE readings ($cols);
        CREATE TABLE readings_log ($acols);
@@ -167,6 +167,8 @@ my ($v1_end, $v3_start) = (int($N / 3), int(2 * $N / 3));
 is(sql(q{SELECT count(*) FROM readings WHERE score IS NULL}), scalar(grep { $_ % 5 == 0 } $v3_start .. $N - 1),
 	'a field made nullable gives nulls');
 is(sql(q{SELECT count(*) FROM readings WHERE legacy IS NOT NULL}), $v1_end, 'a removed field is null in later versions');
+is(sql(q{SELECT count(*) FROM readings WHERE note = 'none'}), $v1_end,
+	'a field added with a default: the messages written before it have the default (the latest version as reader)');
 is(sql(q{SELECT count(*) FROM pipeline.dead_letters}), 0, 'no dead letters');
 
 # --- bad input: each bad message one dead letter with its reason, the rest applied
