@@ -119,18 +119,81 @@ pe_avro_json_is(JsonbValue *v, const char *s)
 }
 
 /*
- * A type in a schema's JSON with a nullable union taken apart: the one
- * branch that is not "null" of ["null", T], the type itself otherwise.
- * NULL for a type given by name, or a union of several types.
+ * The definition of a named type (a record, enum or fixed defined earlier
+ * and referred to by its name) anywhere in a schema's JSON: by its full
+ * name (namespace.name) or its short name.
  */
 static JsonbContainer *
-pe_avro_json_type(JsonbValue *t)
+pe_avro_json_named(JsonbContainer *node, const char *name, const char *ns, int depth)
 {
-	if (t == NULL || t->type != jbvBinary)
+	JsonbIterator *it;
+	JsonbValue	v;
+	JsonbIteratorToken tok;
+
+	if (depth > 64)
 		return NULL;
-	if (JsonContainerIsArray(t->val.binary.data))
+	if (JsonContainerIsObject(node))
 	{
-		JsonbContainer *found = NULL;
+		JsonbValue *n = pe_avro_json_key(node, "name");
+		JsonbValue *space = pe_avro_json_key(node, "namespace");
+		JsonbValue *type = pe_avro_json_key(node, "type");
+
+		if (space && space->type == jbvString)
+			ns = pnstrdup(space->val.string.val, space->val.string.len);
+		if (n && n->type == jbvString &&
+			(pe_avro_json_is(type, "record") || pe_avro_json_is(type, "enum") || pe_avro_json_is(type, "fixed") ||
+			 pe_avro_json_is(type, "error")))
+		{
+			char	   *shortname = pnstrdup(n->val.string.val, n->val.string.len);
+			char	   *full = (strchr(shortname, '.') || ns == NULL) ? shortname : psprintf("%s.%s", ns, shortname);
+			const char *dot = strrchr(full, '.');
+
+			if (strcmp(full, name) == 0 || strcmp(dot ? dot + 1 : full, name) == 0)
+				return node;
+		}
+	}
+	/* the definitions inside: fields, their types, items, values, branches */
+	it = JsonbIteratorInit(node);
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+		if ((tok == WJB_VALUE || tok == WJB_ELEM) && v.type == jbvBinary)
+		{
+			JsonbContainer *found = pe_avro_json_named(v.val.binary.data, name, ns, depth + 1);
+
+			if (found)
+				return found;
+		}
+	return NULL;
+}
+
+/* One type of a schema's JSON as an object: its definition when given by name; NULL for a primitive's name. */
+static JsonbContainer *
+pe_avro_json_object(JsonbValue *t, Jsonb *doc)
+{
+	if (t && t->type == jbvString && doc)
+	{
+		char	   *name = pnstrdup(t->val.string.val, t->val.string.len);
+
+		return JB_ROOT_IS_SCALAR(doc) ? NULL : pe_avro_json_named(&doc->root, name, NULL, 0);
+	}
+	if (t && t->type == jbvBinary && JsonContainerIsObject(t->val.binary.data))
+		return t->val.binary.data;
+	return NULL;
+}
+
+/*
+ * A type in a schema's JSON (doc, for types given by name) with a nullable
+ * union taken apart: the one branch that is not "null" of ["null", T], the
+ * type itself otherwise.  NULL for a primitive's name, or a union of
+ * several types.
+ */
+static JsonbContainer *
+pe_avro_json_type(JsonbValue *t, Jsonb *doc)
+{
+	if (t == NULL)
+		return NULL;
+	if (t->type == jbvBinary && JsonContainerIsArray(t->val.binary.data))
+	{
+		JsonbValue *found = NULL;
 		int			n = JsonContainerSize(t->val.binary.data);
 
 		for (int i = 0; i < n; i++)
@@ -139,13 +202,13 @@ pe_avro_json_type(JsonbValue *t)
 
 			if (pe_avro_json_is(b, "null"))
 				continue;
-			if (found || b->type != jbvBinary || !JsonContainerIsObject(b->val.binary.data))
+			if (found)
 				return NULL;
-			found = b->val.binary.data;
+			found = b;
 		}
-		return found;
+		return pe_avro_json_object(found, doc);
 	}
-	return JsonContainerIsObject(t->val.binary.data) ? t->val.binary.data : NULL;
+	return pe_avro_json_object(t, doc);
 }
 
 /* The logical type of a type object of a schema's JSON (a decimal's scale and precision too). */
@@ -200,7 +263,7 @@ pe_avro_json_field(Jsonb *doc, char **path, int npath)
 	root.type = jbvBinary;
 	root.val.binary.data = &doc->root;
 	root.val.binary.len = VARSIZE(doc);
-	node = pe_avro_json_type(&root);
+	node = pe_avro_json_type(&root, doc);
 	for (int k = 0; k < npath && node; k++)
 	{
 		JsonbValue *fields = pe_avro_json_key(node, "fields");
@@ -221,7 +284,7 @@ pe_avro_json_field(Jsonb *doc, char **path, int npath)
 		}
 		if (field == NULL || k == npath - 1)
 			return field;
-		node = pe_avro_json_type(pe_avro_json_key(field, "type"));
+		node = pe_avro_json_type(pe_avro_json_key(field, "type"), doc);
 	}
 	return NULL;
 }
@@ -242,13 +305,13 @@ pe_avro_json_logical(Jsonb *doc, char **path, int npath, PeAvroPath *p)
 		root.type = jbvBinary;
 		root.val.binary.data = &doc->root;
 		root.val.binary.len = VARSIZE(doc);
-		node = pe_avro_json_type(&root);
+		node = pe_avro_json_type(&root, doc);
 	}
 	else
 	{
 		JsonbContainer *field = pe_avro_json_field(doc, path, npath);
 
-		node = field ? pe_avro_json_type(pe_avro_json_key(field, "type")) : NULL;
+		node = field ? pe_avro_json_type(pe_avro_json_key(field, "type"), doc) : NULL;
 	}
 	if (node)
 		p->logical = pe_avro_logical(node, &p->scale, &precision);
@@ -420,11 +483,11 @@ static Datum pe_avro_int_datum(PeColumn *col, PeAvroLogical logical, int64 i, bo
  * timestamps, strings of code points for bytes.
  */
 static bool
-pe_avro_default(PeColumn *col, JsonbContainer *field, Datum *out)
+pe_avro_default(PeColumn *col, Jsonb *doc, JsonbContainer *field, Datum *out)
 {
 	JsonbValue *dv = pe_avro_json_key(field, "default");
 	JsonbValue *type = pe_avro_json_key(field, "type");
-	JsonbContainer *tobj = pe_avro_json_type(type);
+	JsonbContainer *tobj = pe_avro_json_type(type, doc);
 	int			scale;
 	int			precision;
 	PeAvroLogical logical = tobj ? pe_avro_logical(tobj, &scale, &precision) : PE_AVRO_PLAIN;
@@ -555,7 +618,7 @@ pe_avro_defaults(PeTarget *t, PeAvroCache *cache, PeAvroSchema *s, PeConnection 
 			(field = pe_avro_json_field(cache->reader_doc, col->path, col->npath)) == NULL)
 			continue;
 		old = MemoryContextSwitchTo(t->cxt);
-		if (pe_avro_default(col, field, &d))
+		if (pe_avro_default(col, cache->reader_doc, field, &d))
 		{
 			s->paths[c].has_default = true;
 			s->paths[c].dflt = datumCopy(d, col->typbyval, col->typlen);

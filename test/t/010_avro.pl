@@ -115,7 +115,7 @@ unlike($node->safe_psql('postgres', q{SELECT options::text FROM pipeline.connect
 	qr/s3cret/, 'and masked in pipeline.connections');
 
 # --- consuming Avro: three versions of a subject written by python3-avro
-my $broker = PipelineExt::Broker->start(brokers => 1, topics => { readings_avro => 8, bad_avro => 1, keyed_avro => 2, int_keyed_avro => 1, orders_out => 2 });
+my $broker = PipelineExt::Broker->start(brokers => 1, topics => { readings_avro => 8, bad_avro => 1, keyed_avro => 2, int_keyed_avro => 1, orders_out => 2, envelopes => 1 });
 my $bs = $broker->bootstrap;
 my $user = 'ingest:reg-s3cret-pw';
 sql(qq{SELECT pipeline.create_connection('local', '$bs',
@@ -357,6 +357,40 @@ import sys
 from confluent_kafka.schema_registry import SchemaRegistryClient
 print(SchemaRegistryClient({"url": sys.argv[1], "basic.auth.user.info": sys.argv[2]}).get_latest_version("decimals only:v1").version)
 }), qr/^1$/, 'a subject with a space and a colon is registered under its name');
+
+# --- a type defined once and used again by its name (Debezium's envelope: "after" is ["null", "Value"])
+sql(q{CREATE TABLE envelope_rows (id int PRIMARY KEY, amount numeric(10,2), ts timestamptz, op text);
+      SELECT pipeline.create_consumer('avro_envelopes', 'local', 'envelopes', 'envelope_rows', format => 'avro',
+                                      column_map => '{"id": "after.id", "amount": "after.amount", "ts": "after.ts"}');});
+$registry->python(q{
+import io, struct, sys, json, decimal, datetime
+import avro.io, avro.schema
+from confluent_kafka import Producer
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+url, user, bootstrap = sys.argv[1:4]
+value = {"type": "record", "name": "Value", "namespace": "shop.orders", "fields": [
+    {"name": "id", "type": "int"},
+    {"name": "amount", "type": {"type": "bytes", "logicalType": "decimal", "precision": 10, "scale": 2}},
+    {"name": "ts", "type": {"type": "long", "logicalType": "timestamp-millis"}}]}
+text = json.dumps({"type": "record", "name": "Envelope", "namespace": "shop.orders", "fields": [
+    {"name": "before", "type": ["null", value], "default": None},
+    {"name": "after", "type": ["null", "Value"], "default": None},
+    {"name": "op", "type": "string"}]})
+sid = SchemaRegistryClient({"url": url, "basic.auth.user.info": user}).register_schema("envelopes-value", Schema(text, "AVRO"))
+w = avro.io.DatumWriter(avro.schema.parse(text))
+p = Producer({"bootstrap.servers": bootstrap})
+t = datetime.datetime(2026, 5, 1, 12, 0, 0, 250000, tzinfo=datetime.timezone.utc)
+for i in range(1, 4):
+    buf = io.BytesIO()
+    buf.write(struct.pack(">bI", 0, sid))
+    w.write({"before": None, "after": {"id": i, "amount": decimal.Decimal("10.05") * i, "ts": t}, "op": "c"},
+            avro.io.BinaryEncoder(buf))
+    p.produce("envelopes", value=buf.getvalue())
+p.flush(30)
+}, $bs);
+wait_for(q{SELECT string_agg(id || ' ' || amount || ' ' || (ts AT TIME ZONE 'UTC'), ', ' ORDER BY id) FROM envelope_rows},
+	'1 10.05 2026-05-01 12:00:00.25, 2 20.10 2026-05-01 12:00:00.25, 3 30.15 2026-05-01 12:00:00.25',
+	'fields of a record type used again by its name keep their logical types (decimal, timestamp-millis)');
 
 # --- the registry down: the messages wait, none is a dead letter, and all come when it is back
 my $before = sql('SELECT count(*) FROM readings');
