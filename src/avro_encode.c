@@ -150,6 +150,8 @@ pe_writer(PeConnection *conn, const char *subject, const char *schema_text)
 typedef struct PeEncode
 {
 	const char *subject;
+	Jsonb	   *doc;			/* the schema's JSON (types given by name) */
+	bool		defaults;		/* writing a schema's default: Avro's JSON, not to_jsonb()'s */
 	StringInfoData path;		/* the field being written, for errors */
 } PeEncode;
 
@@ -188,17 +190,15 @@ pe_json_kind(JsonbValue *v)
 
 /* A schema JSON node's object (for logical types, fields, items), or NULL. */
 static JsonbContainer *
-pe_sj_object(JsonbValue *node)
+pe_sj_object(PeEncode *e, JsonbValue *node)
 {
-	if (node && node->type == jbvBinary && JsonContainerIsObject(node->val.binary.data))
-		return node->val.binary.data;
-	return NULL;
+	return pe_avro_json_object(node, e->doc);
 }
 
 static JsonbValue *
-pe_sj_child(JsonbValue *node, const char *key)
+pe_sj_child(PeEncode *e, JsonbValue *node, const char *key)
 {
-	JsonbContainer *o = pe_sj_object(node);
+	JsonbContainer *o = pe_sj_object(e, node);
 
 	return o ? pe_avro_json_key(o, key) : NULL;
 }
@@ -296,10 +296,32 @@ pe_decimal_bytes(PeEncode *e, JsonbValue *v, int scale, int precision, int size)
 
 static void pe_encode(PeEncode *e, avro_value_t *dest, JsonbValue *node, JsonbValue *v);
 
-/* Which branch of a union takes the value: null for null, else the first of a fitting kind. */
+/*
+ * Which branch of a union takes the value: null for null; else the first
+ * of the value's own kind (a string a string or enum, a whole number an
+ * int or long, another number a float or double), else the first that can
+ * take it (a string a date or bytes, a number a double or decimal).
+ */
 static int
 pe_encode_branch(PeEncode *e, avro_schema_t u, JsonbValue *v)
 {
+	bool		whole = v->type == jbvNumeric && !numeric_is_nan(v->val.numeric) && !numeric_is_inf(v->val.numeric) &&
+		DatumGetBool(DirectFunctionCall2(numeric_eq, NumericGetDatum(v->val.numeric),
+										 DirectFunctionCall2(numeric_trunc, NumericGetDatum(v->val.numeric), Int32GetDatum(0))));
+
+	for (size_t i = 0; i < avro_schema_union_size(u); i++)
+	{
+		avro_schema_t b = avro_schema_union_branch(u, i);
+		avro_type_t t;
+
+		if (is_avro_link(b))
+			b = avro_schema_link_target(b);
+		t = avro_typeof(b);
+		if ((v->type == jbvString && (t == AVRO_STRING || t == AVRO_ENUM)) ||
+			(v->type == jbvNumeric && whole && (t == AVRO_INT32 || t == AVRO_INT64)) ||
+			(v->type == jbvNumeric && !whole && (t == AVRO_FLOAT || t == AVRO_DOUBLE)))
+			return (int) i;
+	}
 	for (size_t i = 0; i < avro_schema_union_size(u); i++)
 	{
 		avro_schema_t b = avro_schema_union_branch(u, i);
@@ -341,7 +363,7 @@ static void
 pe_encode_record(PeEncode *e, avro_value_t *dest, JsonbValue *node, JsonbValue *v)
 {
 	avro_schema_t schema = avro_value_get_schema(dest);
-	JsonbValue *fields = pe_sj_child(node, "fields");
+	JsonbValue *fields = pe_sj_child(e, node, "fields");
 	size_t		n = avro_schema_record_size(schema);
 	int			saved = e->path.len;
 	JsonbIterator *it;
@@ -379,8 +401,21 @@ pe_encode_record(PeEncode *e, avro_value_t *dest, JsonbValue *node, JsonbValue *
 			appendStringInfoChar(&e->path, '.');
 		appendStringInfoString(&e->path, name);
 		fv = pe_avro_json_key(v->val.binary.data, name);
-		if (fv == NULL)
-			fv = pe_sj_child(fnode, "default");
+		if (fv == NULL && !e->defaults && (fv = pe_sj_child(e, fnode, "default")) != NULL)
+		{
+			/* the field's default, in Avro's JSON */
+			avro_value_t field;
+
+			(void) avro_value_get_by_index(dest, i, &field, NULL);
+			e->defaults = true;
+			pe_encode(e, &field, pe_sj_child(e, fnode, "type"), fv);
+			e->defaults = false;
+			e->path.len = saved;
+			e->path.data[saved] = '\0';
+			continue;
+		}
+		if (fv == NULL && e->defaults)
+			fv = pe_sj_child(e, fnode, "default");
 		if (fv == NULL)
 		{
 			avro_schema_t fs = avro_schema_record_field_get_by_index(schema, i);
@@ -391,7 +426,7 @@ pe_encode_record(PeEncode *e, avro_value_t *dest, JsonbValue *node, JsonbValue *
 			fv = &null_value;
 		}
 		(void) avro_value_get_by_index(dest, i, &field, NULL);
-		pe_encode(e, &field, pe_sj_child(fnode, "type"), fv);
+		pe_encode(e, &field, pe_sj_child(e, fnode, "type"), fv);
 		e->path.len = saved;
 		e->path.data[saved] = '\0';
 	}
@@ -401,11 +436,15 @@ static void
 pe_encode(PeEncode *e, avro_value_t *dest, JsonbValue *node, JsonbValue *v)
 {
 	avro_schema_t schema = avro_value_get_schema(dest);
-	JsonbContainer *obj = pe_sj_object(node);
+	JsonbContainer *obj = pe_sj_object(e, node);
 	int			scale = 0;
 	int			precision = 0;
 	PeAvroLogical logical = obj ? pe_avro_logical(obj, &scale, &precision) : PE_AVRO_PLAIN;
 	int			rc = 0;
+
+	/* a default is Avro's JSON of the type itself: a timestamp's is its number (a decimal's its bytes) */
+	if (e->defaults)
+		logical = PE_AVRO_PLAIN;
 
 	check_stack_depth();
 	switch (avro_typeof(schema))
@@ -504,6 +543,25 @@ pe_encode(PeEncode *e, avro_value_t *dest, JsonbValue *node, JsonbValue *v)
 
 				if (logical == PE_AVRO_DECIMAL)
 					b = pe_decimal_bytes(e, v, scale, precision, size);
+				else if (e->defaults && v->type == jbvString)
+				{
+					/* Avro's JSON for bytes: a character per byte (code points 0..255) */
+					char	   *text = pe_json_text(v);
+					int			n = pg_mbstrlen(text);
+					const char *c = text;
+
+					b = palloc(VARHDRSZ + n);
+					SET_VARSIZE(b, VARHDRSZ + n);
+					for (int i = 0; i < n; i++)
+					{
+						pg_wchar	w = GetDatabaseEncoding() == PG_UTF8 ? utf8_to_unicode((const unsigned char *) c) : (unsigned char) *c;
+
+						if (w > 255)
+							pe_encode_error(e, "%s", "a bytes default with a character past \\u00ff");
+						VARDATA(b)[i] = (char) w;
+						c += pg_mblen(c);
+					}
+				}
 				else
 				{
 					if (v->type != jbvString)
@@ -549,7 +607,7 @@ pe_encode(PeEncode *e, avro_value_t *dest, JsonbValue *node, JsonbValue *v)
 
 				rc = avro_value_append(dest, &item, NULL);
 				if (rc == 0)
-					pe_encode(e, &item, pe_sj_child(node, "items"), getIthJsonbValueFromContainer(v->val.binary.data, i));
+					pe_encode(e, &item, pe_sj_child(e, node, "items"), getIthJsonbValueFromContainer(v->val.binary.data, i));
 			}
 			break;
 		case AVRO_MAP:
@@ -572,7 +630,7 @@ pe_encode(PeEncode *e, avro_value_t *dest, JsonbValue *node, JsonbValue *v)
 
 						rc = avro_value_add(dest, name, &item, NULL, NULL);
 						if (rc == 0)
-							pe_encode(e, &item, pe_sj_child(node, "values"), &x);
+							pe_encode(e, &item, pe_sj_child(e, node, "values"), &x);
 					}
 				}
 			}
@@ -582,7 +640,7 @@ pe_encode(PeEncode *e, avro_value_t *dest, JsonbValue *node, JsonbValue *v)
 			break;
 		case AVRO_UNION:
 			{
-				int			b = pe_encode_branch(e, schema, v);
+				int			b = e->defaults ? 0 : pe_encode_branch(e, schema, v);
 				avro_value_t branch;
 				JsonbValue *bnode = NULL;
 
@@ -633,11 +691,13 @@ pe_avro_encode(PG_FUNCTION_ARGS)
 	conn_name = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	topic = text_to_cstring(PG_GETARG_TEXT_PP(1));
 	value = PG_GETARG_JSONB_P(2);
+	e.defaults = false;
 	e.subject = PG_ARGISNULL(4) ? psprintf("%s-%s", topic, is_key ? "key" : "value")
 		: text_to_cstring(PG_GETARG_TEXT_PP(4));
 	conn = pe_connection_lookup(conn_name, false);
 	pe_check_connection_use(conn);
 	w = pe_writer(conn, e.subject, schema_text);
+	e.doc = w->json;
 
 	initStringInfo(&e.path);
 	if (avro_generic_value_new(w->iface, &record) != 0)

@@ -34,5 +34,6 @@ typedef enum PeAvroLogical
 
 extern JsonbValue *pe_avro_json_key(JsonbContainer *obj, const char *key);
 extern PeAvroLogical pe_avro_logical(JsonbContainer *type, int *scale, int *precision);
+extern JsonbContainer *pe_avro_json_object(JsonbValue *t, Jsonb *doc);
 
 #endif							/* PE_AVRO_LOGICAL_H */

@@ -166,7 +166,7 @@ pe_avro_json_named(JsonbContainer *node, const char *name, const char *ns, int d
 }
 
 /* One type of a schema's JSON as an object: its definition when given by name; NULL for a primitive's name. */
-static JsonbContainer *
+JsonbContainer *
 pe_avro_json_object(JsonbValue *t, Jsonb *doc)
 {
 	if (t && t->type == jbvString && doc)

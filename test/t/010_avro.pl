@@ -347,6 +347,25 @@ like($err, qr/field "id": missing, and the schema gives it no default/, 'a missi
 like($err, qr/field "amount": 1.234 has more than the decimal's scale/, 'a decimal with more digits than its scale');
 ($ok, $out_, $err) = $node->psql('postgres', q{SELECT pipeline.avro_encode('local', 'nothing_here', '{"id": 1}')});
 like($err, qr/subject "nothing_here-value" is not in the schema registry/, 'no schema given and none registered');
+# unions take the branch of the value's kind; a missing field its default in Avro's JSON; a type used again by name
+my $uschema = '{"type": "record", "name": "U", "fields": [{"name": "a", "type": ["null", "long", "string"]},
+  {"name": "b", "type": ["int", "double"]}, {"name": "t", "type": {"type": "long", "logicalType": "timestamp-millis"}, "default": 0},
+  {"name": "raw", "type": "bytes", "default": "\u00ff"},
+  {"name": "p1", "type": {"type": "record", "name": "Money", "fields": [{"name": "amt", "type": {"type": "bytes", "logicalType": "decimal", "precision": 6, "scale": 2}}]}},
+  {"name": "p2", "type": "Money"}]}';
+my $uhex = sql(qq{SELECT encode(pipeline.avro_encode('local', 'unions', '{"a": "text", "b": 1.5, "p1": {"amt": 1.25}, "p2": {"amt": 2.5}}',
+                                                     '$uschema'), 'hex')});
+is($registry->python(q{
+import io, sys
+import avro.io, avro.schema
+from confluent_kafka.schema_registry import SchemaRegistryClient
+b = bytes.fromhex(sys.argv[3])
+schema = avro.schema.parse(SchemaRegistryClient({"url": sys.argv[1], "basic.auth.user.info": sys.argv[2]}).get_schema(int.from_bytes(b[1:5], "big")).schema_str)
+r = avro.io.DatumReader(schema).read(avro.io.BinaryDecoder(io.BytesIO(b[5:])))
+print(repr(r["a"]), r["b"], r["t"].isoformat(), r["raw"], r["p1"]["amt"], r["p2"]["amt"])
+}, $uhex), "'text' 1.5 1970-01-01T00:00:00+00:00 b'\\xff' 1.25 2.50\n",
+	'unions by kind, defaults in Avro JSON (a timestamp number, bytes as code points), decimals under a named type');
+
 ($ok, $out_, $err) = $node->psql('postgres', q{SELECT pipeline.avro_encode('local', 'orders_out', '{"id": 1, "placed": "infinity"}')});
 like($err, qr/field "placed": infinity: Avro has no infinite timestamps/, 'an infinite timestamp is refused, not wrapped around');
 is(sql(q{SELECT length(pipeline.avro_encode('local', 'x', '{"x": 0.05}',
