@@ -174,6 +174,8 @@ extern int32 pe_avro_schema_id(const char *data, size_t len);
 extern bool pe_avro_known(PeTarget *t, bool key, int32 id);
 extern PeRegistryAnswer pe_avro_fetch(PeTarget *t, bool key, struct PeConnection *conn, int32 id, char **why);
 extern void pe_avro_close(PeTarget *t);
+extern void pe_avro_keep(PeTarget *t);
+extern void pe_avro_reuse(PeTarget *t);
 
 /* target.c */
 extern PeTarget *pe_target_open(PeConsumerDef *def, bool check_privileges);

@@ -86,11 +86,13 @@ typedef struct PeAvroSchema
 	avro_schema_t schema;
 	avro_value_iface_t *iface;
 	avro_value_t value;			/* a record read into, again and again */
-	PeAvroPath *paths;			/* indexed like the target's columns */
+	Jsonb	   *doc;			/* its JSON, for resolving it for a target again */
+	PeAvroPath *paths;			/* indexed like the target's columns; NULL: to resolve */
 } PeAvroSchema;
 
 typedef struct PeAvroCache
 {
+	MemoryContext cxt;			/* all of it, beside avro-c's own (outlives a target's description) */
 	HTAB	   *schemas;
 	PeAvroSchema *last;			/* the schema found last (a topic's messages mostly share one) */
 	avro_reader_t reader;
@@ -351,11 +353,11 @@ pe_avro_unwrap(avro_schema_t s)
  * record.
  */
 static void
-pe_avro_resolve(PeTarget *t, PeAvroSchema *s, Jsonb *doc, bool key)
+pe_avro_resolve(PeTarget *t, PeAvroCache *cache, PeAvroSchema *s, Jsonb *doc, bool key)
 {
 	bool		whole_key = key && t->nkeys == 1 && !is_avro_record(pe_avro_unwrap(s->schema));
 
-	s->paths = MemoryContextAllocZero(t->cxt, sizeof(PeAvroPath) * t->ncols);
+	s->paths = MemoryContextAllocZero(cache->cxt, sizeof(PeAvroPath) * t->ncols);
 	for (int c = 0; c < t->ncols; c++)
 	{
 		PeColumn   *col = &t->cols[c];
@@ -367,7 +369,7 @@ pe_avro_resolve(PeTarget *t, PeAvroSchema *s, Jsonb *doc, bool key)
 		p->n = -1;
 		if (key ? !col->is_key : col->source != PE_SRC_FIELD)
 			continue;
-		p->idx = MemoryContextAlloc(t->cxt, sizeof(int) * Max(npath, 1));
+		p->idx = MemoryContextAlloc(cache->cxt, sizeof(int) * Max(npath, 1));
 		if (npath == 0)
 			p->n = 0;
 		for (int k = 0; k < npath; k++)
@@ -418,9 +420,58 @@ pe_avro_close_cache(PeAvroCache **cachep)
 	hash_seq_init(&seq, cache->schemas);
 	while ((s = hash_seq_search(&seq)) != NULL)
 		pe_avro_forget(s);
-	hash_destroy(cache->schemas);
 	avro_reader_free(cache->reader);
 	*cachep = NULL;
+	MemoryContextDelete(cache->cxt);
+}
+
+/*
+ * A slot describes its target again after ALTER TABLE, and after any
+ * invalidation of it (autovacuum's too): the writer schemas it has are
+ * kept from the old description (pe_avro_keep, before it is closed) for
+ * the new one (pe_avro_reuse), resolved for its columns again when next
+ * used, so that the registry is not asked for them again inside a batch's
+ * transaction.  At most one set is kept.
+ */
+static PeAvroCache *pe_avro_kept[2];
+
+void
+pe_avro_keep(PeTarget *t)
+{
+	pe_avro_close_cache(&pe_avro_kept[0]);
+	pe_avro_close_cache(&pe_avro_kept[1]);
+	pe_avro_kept[0] = t->avro;
+	pe_avro_kept[1] = t->avro_key;
+	t->avro = NULL;
+	t->avro_key = NULL;
+}
+
+void
+pe_avro_reuse(PeTarget *t)
+{
+	for (int k = 0; k < 2; k++)
+	{
+		PeAvroCache *cache = pe_avro_kept[k];
+		HASH_SEQ_STATUS seq;
+		PeAvroSchema *s;
+
+		pe_avro_kept[k] = NULL;
+		if (cache == NULL)
+			continue;
+		if ((k ? t->avro_key : t->avro) != NULL)
+		{
+			pe_avro_close_cache(&cache);
+			continue;
+		}
+		hash_seq_init(&seq, cache->schemas);
+		while ((s = hash_seq_search(&seq)) != NULL)
+			s->paths = NULL;	/* (in the cache's memory: gone with it) */
+		cache->last = NULL;
+		if (k)
+			t->avro_key = cache;
+		else
+			t->avro = cache;
+	}
 }
 
 /* Give back what avro-c holds for a target (pe_target_close). */
@@ -440,11 +491,14 @@ pe_avro_cache(PeTarget *t, bool key)
 	if (*cachep == NULL)
 	{
 		HASHCTL		ctl;
-		PeAvroCache *cache = MemoryContextAllocZero(t->cxt, sizeof(PeAvroCache));
+		MemoryContext cxt = AllocSetContextCreate(TopMemoryContext, "pipeline_ext Avro schemas",
+												  ALLOCSET_DEFAULT_SIZES);
+		PeAvroCache *cache = MemoryContextAllocZero(cxt, sizeof(PeAvroCache));
 
+		cache->cxt = cxt;
 		ctl.keysize = sizeof(int32);
 		ctl.entrysize = sizeof(PeAvroSchema);
-		ctl.hcxt = t->cxt;
+		ctl.hcxt = cxt;
 		cache->schemas = hash_create("pipeline_ext Avro schemas", 64, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 		cache->reader = avro_reader_memory("", 0);
 		if (cache->reader == NULL)
@@ -601,7 +655,7 @@ pe_avro_defaults(PeTarget *t, PeAvroCache *cache, PeAvroSchema *s, PeConnection 
 		{
 			Jsonb	   *doc = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(json)));
 
-			cache->reader_doc = MemoryContextAlloc(t->cxt, VARSIZE(doc));
+			cache->reader_doc = MemoryContextAlloc(cache->cxt, VARSIZE(doc));
 			memcpy(cache->reader_doc, doc, VARSIZE(doc));
 		}
 	}
@@ -617,7 +671,7 @@ pe_avro_defaults(PeTarget *t, PeAvroCache *cache, PeAvroSchema *s, PeConnection 
 		if (col->source != PE_SRC_FIELD || s->paths[c].n >= 0 ||
 			(field = pe_avro_json_field(cache->reader_doc, col->path, col->npath)) == NULL)
 			continue;
-		old = MemoryContextSwitchTo(t->cxt);
+		old = MemoryContextSwitchTo(cache->cxt);
 		if (pe_avro_default(col, cache->reader_doc, field, &d))
 		{
 			s->paths[c].has_default = true;
@@ -666,13 +720,14 @@ pe_avro_fetch(PeTarget *t, bool key, PeConnection *conn, int32 id, char **why)
 	s->iface = NULL;
 	s->value.self = NULL;
 	s->paths = NULL;
-	s->why = MemoryContextStrdup(t->cxt, *why ? *why : "");
+	s->why = MemoryContextStrdup(cache->cxt, *why ? *why : "");
+	s->doc = NULL;
 	if (answer == PE_REGISTRY_FOUND)
 	{
 		if (avro_schema_from_json_length(json, strlen(json), &s->schema) != 0)
 		{
 			*why = psprintf("avro-c cannot read schema %d: %s", id, avro_strerror());
-			s->why = MemoryContextStrdup(t->cxt, *why);
+			s->why = MemoryContextStrdup(cache->cxt, *why);
 			s->schema = NULL;
 			return PE_REGISTRY_NOT_FOUND;
 		}
@@ -681,11 +736,17 @@ pe_avro_fetch(PeTarget *t, bool key, PeConnection *conn, int32 id, char **why)
 		{
 			s->value.self = NULL;
 			*why = psprintf("avro-c cannot read schema %d: %s", id, avro_strerror());
-			s->why = MemoryContextStrdup(t->cxt, *why);
+			s->why = MemoryContextStrdup(cache->cxt, *why);
 			pe_avro_forget(s);
 			return PE_REGISTRY_NOT_FOUND;
 		}
-		pe_avro_resolve(t, s, DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(json))), key);
+		{
+			Jsonb	   *doc = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(json)));
+
+			s->doc = MemoryContextAlloc(cache->cxt, VARSIZE(doc));
+			memcpy(s->doc, doc, VARSIZE(doc));
+		}
+		pe_avro_resolve(t, cache, s, s->doc, key);
 		if (!key && !pe_avro_defaults(t, cache, s, conn, why))
 		{
 			/* not kept: asked for again, with the latest version */
@@ -1406,6 +1467,20 @@ pe_avro_read(PeTarget *t, bool key, const char *data, size_t len)
 	char		extra;
 	const unsigned char *p = (const unsigned char *) data + 5;
 	const char *why = NULL;
+
+	/* kept from an older description of the target: resolved for this one */
+	if (s->paths == NULL)
+	{
+		char	   *reason = NULL;
+
+		pe_avro_resolve(t, cache, s, s->doc, key);
+		if (!key && !pe_avro_defaults(t, cache, s, pe_connection_lookup(t->def->connection, false), &reason))
+			ereport(ERROR,
+					(errcode(ERRCODE_CONNECTION_FAILURE),
+					 errmsg("could not fetch the latest Avro schema of topic \"%s\" from the schema registry", t->def->topic),
+					 errdetail("%s", reason),
+					 errhint("Messages wait until the registry answers; none is skipped.")));
+	}
 
 	if (!pe_avro_check(s->schema, &p, (const unsigned char *) data + len, 0, &why) ||
 		(p != (const unsigned char *) data + len && (why = "bytes after the record")))

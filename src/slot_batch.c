@@ -104,9 +104,13 @@ pe_slot_apply_batch(rd_kafka_message_t **rkm, int n, int64 *ndead, char **stop_e
 		 * instead of using a description that is gone.
 		 */
 		if (pe_run->target)
+		{
+			pe_avro_keep(pe_run->target);	/* Avro's writer schemas: for the new description */
 			pe_target_close(pe_run->target);
+		}
 		pe_run->target = NULL;
 		pe_run->target = pe_target_open(pe_run->def, false);
+		pe_avro_reuse(pe_run->target);
 		pe_run->target_stale = false;
 		MemoryContextSwitchTo(old);
 	}

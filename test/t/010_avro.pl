@@ -438,6 +438,31 @@ $registry->ctl('slow 0');
 wait_for('SELECT count(*) FROM readings', $N + 400, 'and everything once it answers in time');
 is(sql(q{SELECT count(*) FROM pipeline.dead_letters WHERE consumer = 'avro_up'}), 0, 'no dead letter from either');
 
+# a target described again (ALTER TABLE) keeps the schemas it had: no request to a registry that is down
+$registry->ctl('down 100000');
+my $log_before = sql('SELECT count(*) FROM readings_log');
+sql('ALTER TABLE readings_log ADD COLUMN probe int');
+$registry->python(q{
+import sys
+from confluent_kafka import Consumer, Producer, TopicPartition
+bootstrap = sys.argv[3]
+c = Consumer({"bootstrap.servers": bootstrap, "group.id": "avro-copy", "enable.auto.commit": False})
+lo, hi = c.get_watermark_offsets(TopicPartition("readings_avro", 0), timeout=10)
+c.assign([TopicPartition("readings_avro", 0, hi - 50)])
+p = Producer({"bootstrap.servers": bootstrap})
+n = 0
+while n < 50:
+    m = c.poll(10)
+    if m is None:
+        break
+    p.produce("readings_avro", key=m.key(), value=m.value(), partition=0)
+    n += 1
+p.flush(30)
+}, $bs);
+wait_for('SELECT count(*) FROM readings_log', $log_before + 50,
+	'after ALTER TABLE the append consumer applies messages of the schemas it had, the registry down');
+$registry->ctl('up');
+
 # (the server log is read at the end: nothing may show the password)
 my $log = slurp_file($node->logfile);
 unlike($log, qr/reg-s3cret-pw/, 'the registry password is in no line of the server log');
