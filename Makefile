@@ -28,8 +28,12 @@ OBJS = \
 	src/decode.o \
 	src/decode_json.o \
 	src/decode_csv.o \
+	src/avro_json.o \
+	src/avro_schemas.o \
+	src/avro_check.o \
 	src/decode_avro.o \
 	src/avro_encode.o \
+	src/avro_row_schema.o \
 	src/decode_raw.o \
 	src/decode_time.o \
 	src/batch.o \

@@ -1,16 +1,17 @@
 /*-------------------------------------------------------------------------
  *
- * avro_logical.h
- *	  Avro's logical types, which avro-c does not read: read from a
- *	  schema's JSON (decode_avro.c), for decoding and encoding alike.
+ * avro_json.h
+ *	  What an Avro schema's JSON says that avro-c does not read
+ *	  (avro_json.c): logical types, types used again by name, a record's
+ *	  fields and their defaults.  For decoding and encoding alike.
  *
  * IDENTIFICATION
- *	  src/avro_logical.h
+ *	  src/avro_json.h
  *
  *-------------------------------------------------------------------------
  */
-#ifndef PE_AVRO_LOGICAL_H
-#define PE_AVRO_LOGICAL_H
+#ifndef PE_AVRO_JSON_H
+#define PE_AVRO_JSON_H
 
 #include "utils/jsonb.h"
 
@@ -33,7 +34,10 @@ typedef enum PeAvroLogical
 } PeAvroLogical;
 
 extern JsonbValue *pe_avro_json_key(JsonbContainer *obj, const char *key);
+extern bool pe_avro_json_is(JsonbValue *v, const char *s);
+extern JsonbContainer *pe_avro_json_type(JsonbValue *t, Jsonb *doc);
+extern JsonbContainer *pe_avro_json_field(Jsonb *doc, char **path, int npath);
 extern PeAvroLogical pe_avro_logical(JsonbContainer *type, int *scale, int *precision);
 extern JsonbContainer *pe_avro_json_object(JsonbValue *t, Jsonb *doc);
 
-#endif							/* PE_AVRO_LOGICAL_H */
+#endif							/* PE_AVRO_JSON_H */

@@ -1,0 +1,74 @@
+/*-------------------------------------------------------------------------
+ *
+ * avro_decode.h
+ *	  What the Avro format's files share: a target's writer schemas
+ *	  (avro_schemas.c), the check of a message's bytes against one
+ *	  (avro_check.c), and the values decoded with one (decode_avro.c).
+ *
+ * IDENTIFICATION
+ *	  src/avro_decode.h
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef PE_AVRO_DECODE_H
+#define PE_AVRO_DECODE_H
+
+#include <avro.h>
+
+#include "utils/hsearch.h"
+#include "utils/jsonb.h"
+#include "utils/timestamp.h"
+
+#include "avro_json.h"
+#include "connection.h"
+#include "datapath.h"
+
+/* One column's way into the records of one writer schema. */
+typedef struct PeAvroPath
+{
+	int			n;				/* fields to follow; -1: not in this schema */
+	int		   *idx;			/* their indexes, record by record */
+	PeAvroLogical logical;		/* the field's logical type */
+	int			scale;			/* a decimal's */
+	bool		has_default;	/* not in this schema: the reader's default ... */
+	Datum		dflt;			/* ... for the column */
+} PeAvroPath;
+
+/* A writer schema, by its registry id. */
+typedef struct PeAvroSchema
+{
+	int32		id;				/* hash key */
+	bool		missing;		/* the registry said it has no such id ... */
+	TimestampTz missing_at;		/* ... then */
+	char	   *why;			/* ... or why it cannot be read */
+	avro_schema_t schema;
+	avro_value_iface_t *iface;
+	avro_value_t value;			/* a record read into, again and again */
+	Jsonb	   *doc;			/* its JSON, for resolving it for a target again */
+	PeAvroPath *paths;			/* indexed like the target's columns; NULL: to resolve */
+} PeAvroSchema;
+
+typedef struct PeAvroCache
+{
+	MemoryContext cxt;			/* all of it, beside avro-c's own (outlives a target's description) */
+	HTAB	   *schemas;
+	PeAvroSchema *last;			/* the schema found last (a topic's messages mostly share one) */
+	avro_reader_t reader;
+	int32		reader_id;		/* the subject's latest version asked for (0: never) */
+	Jsonb	   *reader_doc;		/* ... its JSON, or NULL: no such subject */
+} PeAvroCache;
+
+/* avro_schemas.c */
+extern PeAvroCache *pe_avro_cache(PeTarget *t, bool key);
+extern PeAvroSchema *pe_avro_schema(PeTarget *t, bool key, int32 id);
+extern void pe_avro_resolve(PeTarget *t, PeAvroCache *cache, PeAvroSchema *s, Jsonb *doc, bool key);
+extern bool pe_avro_defaults(PeTarget *t, PeAvroCache *cache, PeAvroSchema *s, PeConnection *conn, char **why);
+
+/* avro_check.c */
+extern bool pe_avro_check(avro_schema_t s, const unsigned char **p, const unsigned char *end, int depth,
+						  const char **why);
+
+/* decode_avro.c */
+extern Datum pe_avro_int_datum(PeColumn *col, PeAvroLogical logical, int64 i, bool is_long);
+
+#endif							/* PE_AVRO_DECODE_H */
