@@ -3,7 +3,7 @@
  * datapath.h
  *	  The data path of a batch of messages (batch.c runs it): the target's
  *	  description (target.c), decoding (decode.c and a decoder per format:
- *	  decode_json.c, decode_csv.c, decode_raw.c), keeping the newest
+ *	  decode_json.c, decode_csv.c, decode_raw.c, decode_avro.c), keeping the newest
  *	  message per key (dedup.c), applying with prepared statements
  *	  (apply.c), isolating and recording dead letters (deadletter.c), and
  *	  storing offsets (offsets.c).

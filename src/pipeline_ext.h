@@ -22,7 +22,10 @@
  *	    batch.c         the steps below in this order; a replay of dead
  *	                    letters (deadletter_api.c) too
  *	      decode.c      message → row, through the format's decoder:
- *	                    decode_json.c, decode_csv.c, decode_raw.c
+ *	                    decode_json.c, decode_csv.c, decode_raw.c,
+ *	                    decode_avro.c (avro_schemas.c: writer schemas
+ *	                    from registry.c, fetched by slot_batch.c before
+ *	                    the transaction; avro_check.c, avro_json.c)
  *	                    (target.c: which column takes what)
  *	      dedup.c       newest message per key (upsert)
  *	      apply.c       set-based INSERT / DELETE, prepared once;

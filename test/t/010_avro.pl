@@ -438,6 +438,16 @@ $registry->ctl('slow 0');
 wait_for('SELECT count(*) FROM readings', $N + 400, 'and everything once it answers in time');
 is(sql(q{SELECT count(*) FROM pipeline.dead_letters WHERE consumer = 'avro_up'}), 0, 'no dead letter from either');
 
+# the registry answering HTTP 500 for a while, then the schemas: the slot waits through it
+sql(q{SELECT pipeline.stop_consumer('avro_up')});
+$registry->python("exec(open('$tools/avro_produce.py').read())", $bs, 'readings_avro', 20, "$dir/expected6.jsonl", $N + 400, 'v4');
+$registry->ctl('fail 3');
+sql(q{SELECT pipeline.start_consumer('avro_up')});
+wait_for('SELECT count(*) FROM readings', $N + 420, 'a registry answering errors (HTTP 500) three times: the messages come after');
+like(sql(q{SELECT last_error FROM pipeline.consumer_status WHERE consumer = 'avro_up'}), qr/schema registry answered HTTP 500/,
+	'and the status said why meanwhile');
+is(sql(q{SELECT count(*) FROM pipeline.dead_letters WHERE consumer = 'avro_up'}), 0, 'no dead letter from it');
+
 # a target described again (ALTER TABLE) keeps the schemas it had: no request to a registry that is down
 $registry->ctl('down 100000');
 my $log_before = sql('SELECT count(*) FROM readings_log');
