@@ -345,6 +345,25 @@ pe_registry_fetch_schema(PeConnection *conn, int32 id, char **schema_json, char 
 	return PE_REGISTRY_UNAVAILABLE;
 }
 
+/* The path of a subject's resource: /subjects/{subject, percent-encoded}{rest}. */
+static char *
+pe_registry_subject_path(const char *subject, const char *rest)
+{
+	CURL	   *curl = curl_easy_init();
+	char	   *escaped;
+	char	   *path;
+
+	if (curl == NULL)
+		elog(ERROR, "could not start a libcurl request");
+	escaped = curl_easy_escape(curl, subject, 0);
+	curl_easy_cleanup(curl);
+	if (escaped == NULL)
+		elog(ERROR, "could not encode a subject's name");
+	path = psprintf("/subjects/%s%s", escaped, rest);
+	curl_free(escaped);
+	return path;
+}
+
 /*
  * A subject's latest version (GET /subjects/{subject}/versions/latest):
  * PE_REGISTRY_NOT_FOUND when the registry has no such subject.
@@ -355,16 +374,8 @@ pe_registry_latest(PeConnection *conn, const char *subject, int32 *id, char **sc
 	long		status;
 	char	   *body;
 	char	   *text;
-	CURL	   *curl = curl_easy_init();
-	char	   *escaped;
-	char	   *path;
+	char	   *path = pe_registry_subject_path(subject, "/versions/latest");
 
-	if (curl == NULL)
-		elog(ERROR, "could not start a libcurl request");
-	escaped = curl_easy_escape(curl, subject, 0);
-	path = psprintf("/subjects/%s/versions/latest", escaped);
-	curl_free(escaped);
-	curl_easy_cleanup(curl);
 	*schema_json = NULL;
 	if (!pe_registry_request(conn, path, NULL, &status, &body, why))
 		return PE_REGISTRY_UNAVAILABLE;
@@ -396,17 +407,8 @@ pe_registry_subject_schema(PeConnection *conn, const char *subject, char **schem
 	long		status;
 	char	   *body;
 	char	   *why;
-	char	   *escaped;
-	char	   *path;
+	char	   *path = pe_registry_subject_path(subject, *schema_json ? "/versions" : "/versions/latest");
 	char	   *id;
-	CURL	   *curl = curl_easy_init();
-
-	if (curl == NULL)
-		elog(ERROR, "could not start a libcurl request");
-	escaped = curl_easy_escape(curl, subject, 0);
-	path = psprintf("/subjects/%s/versions%s", escaped, *schema_json ? "" : "/latest");
-	curl_free(escaped);
-	curl_easy_cleanup(curl);
 
 	if (*schema_json)
 	{
