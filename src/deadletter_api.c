@@ -55,7 +55,17 @@ pe_replay_apply(PeConsumerDef *def, PeBatch *b)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	b->target = pe_target_open(def, false);
-	(void) pe_batch_apply(b);
+	PG_TRY();
+	{
+		(void) pe_batch_apply(b);
+	}
+	PG_CATCH();
+	{
+		/* what avro-c holds, and the Avro schemas' memory, are not the transaction's */
+		pe_avro_close(b->target);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
 	/* the list and the target live in SPI's memory: before SPI_finish() */
 	nfailed = list_length(b->res.dead);
 	pe_target_close(b->target);
