@@ -23,18 +23,8 @@ set -euo pipefail
 N=${N:-300000}
 PARTS=${PARTS:-20}          # the test broker keeps about 5 MB per partition
 ROUNDS=${ROUNDS:-3}
-REF=${REF:-$PE_ROOT/../shared/bench}
-[ -x "$REF/gen_events.py" ] || { echo "the reference inputs are not in $REF (set REF)" >&2; exit 1; }
 
-pe_setup
-BENCH=${PE_BENCH_DIR:-/tmp/pipeline_ext-bench-aggregate}
-pe_workdir "$BENCH"
-PORT=${PE_BENCH_PORT:-55437}
-PE_EXTRA_CONF="shared_buffers = 512MB
-max_wal_size = 4GB
-max_worker_processes = 16
-pipeline_ext.default_parallelism = 1
-unix_socket_directories = '$BENCH'"
+bench_throughput_scratch aggregate 55437
 pe_scratch "$BENCH" "$PORT" --brokers 1 --topic events:$PARTS
 psql_b() { pe_as_user psql -X -q -v ON_ERROR_STOP=1 -h "$BENCH" -p "$PORT" -U postgres -d bench "$@"; }
 pe_as_user psql -X -q -h "$BENCH" -p "$PORT" -U postgres -d postgres -c "CREATE DATABASE bench"

@@ -19,18 +19,8 @@ set -euo pipefail
 N=${N:-300000}
 PARTS=${PARTS:-20}          # the test broker keeps about 5 MB per partition
 ROUNDS=${ROUNDS:-3}
-REF=${REF:-$PE_ROOT/../shared/bench}
-[ -x "$REF/gen_events.py" ] || { echo "the reference inputs are not in $REF (set REF)" >&2; exit 1; }
 
-pe_setup
-BENCH=${PE_BENCH_DIR:-/tmp/pipeline_ext-bench-avro}
-pe_workdir "$BENCH"
-PORT=${PE_BENCH_PORT:-55438}
-PE_EXTRA_CONF="shared_buffers = 512MB
-max_wal_size = 4GB
-max_worker_processes = 16
-pipeline_ext.default_parallelism = 1
-unix_socket_directories = '$BENCH'"
+bench_throughput_scratch avro 55438
 pe_scratch "$BENCH" "$PORT" --brokers 1 --topic events_json:$PARTS --topic events_avro:$PARTS
 pe_as_user /usr/bin/python3 "$BENCH/test/registry/pe_registry.py" --info-file "$BENCH/registry.info" >"$BENCH/registry.log" 2>&1 &
 REGISTRY_PID=$!

@@ -1,6 +1,24 @@
 #!/usr/bin/env bash
 # Shared by the benchmarks (sourced, after test/setup.sh and pe_scratch).
 
+# bench_throughput_scratch NAME PORT: the reference inputs (REF, checked),
+# then a fresh copy of the tree in BENCH (/tmp/pipeline_ext-bench-NAME, or
+# PE_BENCH_DIR) and the settings of a one-slot throughput run in
+# PE_EXTRA_CONF, for pe_scratch; PORT is PE_BENCH_PORT's default.
+bench_throughput_scratch() {
+	REF=${REF:-$PE_ROOT/../shared/bench}
+	[ -x "$REF/gen_events.py" ] || { echo "the reference inputs are not in $REF (set REF)" >&2; exit 1; }
+	pe_setup
+	BENCH=${PE_BENCH_DIR:-/tmp/pipeline_ext-bench-$1}
+	pe_workdir "$BENCH"
+	PORT=${PE_BENCH_PORT:-$2}
+	PE_EXTRA_CONF="shared_buffers = 512MB
+max_wal_size = 4GB
+max_worker_processes = 16
+pipeline_ext.default_parallelism = 1
+unix_socket_directories = '$BENCH'"
+}
+
 # bench_load FILE TOPIC PARTS N: produce FILE's key<TAB>value lines to TOPIC
 # of the test broker, then check that it holds all N (bench_held).
 bench_load() {

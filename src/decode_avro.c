@@ -53,6 +53,13 @@
 
 #include "avro_decode.h"
 
+/* The wire format's schema id: bytes 1 to 4, big-endian. */
+static inline int32
+pe_avro_id_bytes(const unsigned char *u)
+{
+	return (int32) (((uint32) u[1] << 24) | ((uint32) u[2] << 16) | ((uint32) u[3] << 8) | (uint32) u[4]);
+}
+
 /* The schema id of a value (or key) in the wire format; an error otherwise. */
 static int32
 pe_avro_id(const char *data, size_t len, const char *what)
@@ -67,7 +74,7 @@ pe_avro_id(const char *data, size_t len, const char *what)
 				 len < 5 ? errdetail("It has %zu bytes; the wire format starts with 5 (a zero byte and a 4-byte schema id).", len)
 				 : errdetail("Its first byte is %d, not 0 (the wire format's magic byte).", (int) u[0]),
 				 errhint("Produce with a schema-registry Avro serializer, or consume the topic with another format.")));
-	id = (int32) (((uint32) u[1] << 24) | ((uint32) u[2] << 16) | ((uint32) u[3] << 8) | (uint32) u[4]);
+	id = pe_avro_id_bytes(u);
 	if (id < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_BINARY_REPRESENTATION),
@@ -680,5 +687,5 @@ pe_avro_schema_id(const char *data, size_t len)
 
 	if (data == NULL || len < 5 || u[0] != 0)
 		return -1;
-	return (int32) (((uint32) u[1] << 24) | ((uint32) u[2] << 16) | ((uint32) u[3] << 8) | (uint32) u[4]);
+	return pe_avro_id_bytes(u);
 }
