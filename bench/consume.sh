@@ -102,26 +102,13 @@ bench_wait_function
 # one slot worker's peak RssAnon (kB), the number of slots, and seconds
 # from create_consumer
 run_consumer() {
-	local name=$1 mode=$2 table=$3 par=$4 start end cpu0 cpu1 peak=0 sampler out
+	local name=$1 mode=$2 table=$3 par=$4 start end cpu0 cpu1 peak out
 	cpu0=$(instance_cpu)
 	start=$(now)
 	psql_b -c "SELECT pipeline.create_consumer('$name', 'bench', 'events', '$table', mode => '$mode' $par)" >/dev/null
-	# the slot workers' peak private memory, read from /proc (no backend)
-	( peak=0
-	  while :; do
-		for pid in $(pgrep -f "pipeline_ext consumer $name/" || true); do
-			rss=$(awk '/^RssAnon:/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
-			[ "${rss:-0}" -gt "$peak" ] && peak=$rss
-		done
-		echo "$peak" > "$BENCH/peak.$name.tmp" && mv "$BENCH/peak.$name.tmp" "$BENCH/peak.$name"
-		sleep 0.05
-	  done ) &
-	sampler=$!
-	out=$(psql_b -At -F' ' -c "SELECT extract(epoch FROM first_batch_at), extract(epoch FROM done_at), poller_cpu
+	out=$(psql_b -At -F' ' -c "SELECT extract(epoch FROM first_batch_at), extract(epoch FROM done_at), poller_cpu, peak_kb
 	                             FROM bench_wait('$name', $N)")
-	kill "$sampler"; wait "$sampler" 2>/dev/null || true
-	peak=$(cat "$BENCH/peak.$name")
-	read -r first end poller <<<"$out"
+	read -r first end poller peak <<<"$out"
 	psql_b -At -c "SELECT '   slots ' || count(*) || ', batches ' || sum(batches) || ', average batch '
 	                      || round(sum(messages)::numeric / nullif(sum(batches), 0)) || ', first batch after '
 	                      || round($first - $start, 2) || ' s'
