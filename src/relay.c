@@ -85,11 +85,65 @@ int			pe_relay_db = -1;		/* its entry in pe_shared->dbs */
 static List *relay_conns = NIL;	/* PeRelayConn, TopMemoryContext */
 static Oid	pe_relay_catalog = InvalidOid;	/* pipeline.outbox_relay, in the transactional.id */
 
+/*
+ * The relay's statements, each prepared once and kept (a round runs six to
+ * eight of them; parsing and planning each every round was most of the
+ * relay's CPU).  Keyed by their text, which for the round's query depends
+ * on two settings: a reload that changes them adds a plan, and the oldest
+ * ones go past PE_RELAY_PLANS_MAX.
+ */
+typedef struct PeRelayPlan
+{
+	char	   *sql;
+	SPIPlanPtr	plan;
+} PeRelayPlan;
+
+#define PE_RELAY_PLANS_MAX 32
+static List *pe_relay_plans = NIL;	/* PeRelayPlan, TopMemoryContext */
+
 static void
 pe_spi_exec(const char *sql, int nargs, Oid *types, Datum *values, const char *nulls, int expect)
 {
-	int			rc = SPI_execute_with_args(sql, nargs, types, values, nulls, false, 0);
+	SPIPlanPtr	plan = NULL;
+	ListCell   *lc;
+	int			rc;
 
+	foreach(lc, pe_relay_plans)
+	{
+		PeRelayPlan *p = lfirst(lc);
+
+		if (strcmp(p->sql, sql) == 0)
+		{
+			plan = p->plan;
+			break;
+		}
+	}
+	if (plan == NULL)
+	{
+		MemoryContext old;
+		PeRelayPlan *p;
+
+		plan = SPI_prepare(sql, nargs, types);
+		if (plan == NULL)
+			elog(ERROR, "outbox relay: could not prepare \"%s\": %s", sql, SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+		if (list_length(pe_relay_plans) >= PE_RELAY_PLANS_MAX)
+		{
+			PeRelayPlan *oldest = linitial(pe_relay_plans);
+
+			SPI_freeplan(oldest->plan);
+			pfree(oldest->sql);
+			pfree(oldest);
+			pe_relay_plans = list_delete_first(pe_relay_plans);
+		}
+		old = MemoryContextSwitchTo(TopMemoryContext);
+		p = palloc(sizeof(PeRelayPlan));
+		p->sql = pstrdup(sql);
+		p->plan = plan;
+		pe_relay_plans = lappend(pe_relay_plans, p);
+		MemoryContextSwitchTo(old);
+	}
+	rc = SPI_execute_plan(plan, values, nulls, false, 0);
 	if (rc != expect)
 		elog(ERROR, "outbox relay: \"%s\" failed: %s", sql, SPI_result_code_string(rc));
 }
