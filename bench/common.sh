@@ -61,7 +61,7 @@ instance_cpu() {
 # the first batch started, when it was done, the CPU the wait used, and the
 # largest private memory (RssAnon, kB) seen in one slot worker.  The
 # sampling is done here, in the backend that waits anyway, every
-# tenth poll: a shell loop forking pgrep and awk every 50 ms took a third
+# tenth poll and at the end: a shell loop forking pgrep and awk every 50 ms took a third
 # of a core, which on a 2-core machine was taken from the slots measured
 # (and from none of the cases they are compared with).
 bench_wait_function() {
@@ -84,16 +84,18 @@ BEGIN
        WHERE s.consumer = c AND a.query = 'applying a batch';
     END IF;
     SELECT coalesce(sum(messages), 0) INTO m FROM pipeline._slots() WHERE consumer = c;
-    EXIT WHEN m >= n;
-    IF polls % 10 = 0 THEN
+    IF m >= n THEN
+      done_at := clock_timestamp();
+    END IF;
+    IF polls % 10 = 0 OR m >= n THEN
       SELECT max(substring(pg_read_file('/proc/' || pid || '/status', 0, 65536, true) FROM 'RssAnon:\s*(\d+)')::bigint)
         INTO kb FROM pipeline._slots() WHERE consumer = c AND pid IS NOT NULL;
       peak_kb := greatest(peak_kb, coalesce(kb, 0));
     END IF;
+    EXIT WHEN m >= n;
     polls := polls + 1;
     PERFORM pg_catalog.pg_sleep(0.005);
   END LOOP;
-  done_at := clock_timestamp();
   stat := regexp_split_to_array(split_part(pg_read_file('/proc/' || pg_backend_pid() || '/stat'), ') ', 2), ' ');
   poller_cpu := (stat[12]::numeric + stat[13]::numeric) / 100;   -- utime, stime (USER_HZ)
 END $$;
