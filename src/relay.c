@@ -90,11 +90,16 @@ static Oid	pe_relay_catalog = InvalidOid;	/* pipeline.outbox_relay, in the trans
  * eight of them; parsing and planning each every round was most of the
  * relay's CPU).  Keyed by their text, which for the round's query depends
  * on two settings: a reload that changes them adds a plan, and the oldest
- * ones go past PE_RELAY_PLANS_MAX.
+ * ones go past PE_RELAY_PLANS_MAX.  The argument types are part of the
+ * key, so that a text run with other types is prepared for them.
  */
+#define PE_RELAY_PLAN_ARGS 4
+
 typedef struct PeRelayPlan
 {
 	char	   *sql;
+	int			nargs;
+	Oid			types[PE_RELAY_PLAN_ARGS];
 	SPIPlanPtr	plan;
 } PeRelayPlan;
 
@@ -112,7 +117,8 @@ pe_spi_exec(const char *sql, int nargs, Oid *types, Datum *values, const char *n
 	{
 		PeRelayPlan *p = lfirst(lc);
 
-		if (strcmp(p->sql, sql) == 0)
+		if (p->nargs == nargs && strcmp(p->sql, sql) == 0 &&
+			(nargs == 0 || memcmp(p->types, types, sizeof(Oid) * nargs) == 0))
 		{
 			plan = p->plan;
 			break;
@@ -123,6 +129,8 @@ pe_spi_exec(const char *sql, int nargs, Oid *types, Datum *values, const char *n
 		MemoryContext old;
 		PeRelayPlan *p;
 
+		if (nargs > PE_RELAY_PLAN_ARGS)
+			elog(ERROR, "outbox relay: \"%s\" takes more than %d arguments", sql, PE_RELAY_PLAN_ARGS);
 		plan = SPI_prepare(sql, nargs, types);
 		if (plan == NULL)
 			elog(ERROR, "outbox relay: could not prepare \"%s\": %s", sql, SPI_result_code_string(SPI_result));
@@ -139,6 +147,9 @@ pe_spi_exec(const char *sql, int nargs, Oid *types, Datum *values, const char *n
 		old = MemoryContextSwitchTo(TopMemoryContext);
 		p = palloc(sizeof(PeRelayPlan));
 		p->sql = pstrdup(sql);
+		p->nargs = nargs;
+		if (nargs > 0)
+			memcpy(p->types, types, sizeof(Oid) * nargs);
 		p->plan = plan;
 		pe_relay_plans = lappend(pe_relay_plans, p);
 		MemoryContextSwitchTo(old);
