@@ -15,6 +15,7 @@
  */
 #include "postgres.h"
 
+#include "access/xact.h"
 #include "mb/pg_wchar.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
@@ -370,6 +371,8 @@ bool
 pe_avro_defaults(PeTarget *t, PeAvroCache *cache, PeAvroSchema *s, PeConnection *conn, char **why)
 {
 	bool		lacking = false;
+	bool		own;
+	MemoryContext caller;
 
 	for (int c = 0; c < t->ncols; c++)
 		lacking |= t->cols[c].source == PE_SRC_FIELD && s->paths[c].n < 0;
@@ -397,6 +400,18 @@ pe_avro_defaults(PeTarget *t, PeAvroCache *cache, PeAvroSchema *s, PeConnection 
 	}
 	if (cache->reader_doc == NULL)
 		return true;
+
+	/*
+	 * Schemas are fetched before a batch's transaction, but input functions
+	 * may read the catalogs (those of arrays, enums and domains): convert
+	 * the defaults in a transaction of their own.  It keeps nothing (the
+	 * values are copied out), so it ends as an abort, which also drops what
+	 * an input function that failed (caught below) left behind.
+	 */
+	caller = CurrentMemoryContext;
+	own = !IsTransactionState();
+	if (own)
+		StartTransactionCommand();
 	for (int c = 0; c < t->ncols; c++)
 	{
 		PeColumn   *col = &t->cols[c];
@@ -415,6 +430,9 @@ pe_avro_defaults(PeTarget *t, PeAvroCache *cache, PeAvroSchema *s, PeConnection 
 		}
 		MemoryContextSwitchTo(old);
 	}
+	if (own)
+		AbortCurrentTransaction();
+	MemoryContextSwitchTo(caller);
 	return true;
 }
 

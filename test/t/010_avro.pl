@@ -129,9 +129,11 @@ like($ids, qr/^\d+ \d+ \d+$/, 'three versions of readings_avro-value registered'
 
 my $cols = q{id int PRIMARY KEY, name text, price numeric(10,2), ts timestamptz, day date, tm time, tmu time,
              tsu timestamptz, lts timestamp, uid uuid, color text, data bytea, tags jsonb, attrs jsonb, addr jsonb,
-             city text, big int8, ratio float4, score float8, legacy text, note text};
+             city text, big int8, ratio float4, score float8, legacy text, note note_text};
 (my $acols = $cols) =~ s/ PRIMARY KEY//;
-sql(qq{CREATE TABLE readings ($cols);
+# (note is of a domain: its input function reads the catalogs, also for the default of a field)
+sql(qq{CREATE DOMAIN note_text AS text;
+       CREATE TABLE readings ($cols);
        CREATE TABLE readings_log ($acols);
        SELECT pipeline.create_consumer('avro_up', 'local', 'readings_avro', 'readings', format => 'avro',
                                        column_map => '{"city": "addr.city"}');
