@@ -221,7 +221,8 @@ pe_agg_events(StringInfo s, PeTarget *t, const int *cols, int ncols, bool order)
 	{
 		Oid			coll = cols[c] >= 0 ? t->cols[cols[c]].collation : InvalidOid;
 
-		appendStringInfo(s, "%spg_catalog.unnest($%d)", c ? ", " : "", c + 1);
+		appendStringInfo(s, "%spg_catalog.unnest($%d)%s", c ? ", " : "", c + 1,
+						 cols[c] >= 0 ? t->cols[cols[c]].cast : "");
 		if (OidIsValid(coll) && coll != DEFAULT_COLLATION_OID)
 			appendStringInfo(s, " COLLATE %s", generate_collation_name(coll));
 		appendStringInfo(s, " AS c%d", c);
@@ -512,8 +513,6 @@ pe_agg_merge(PeAggregate *a, PeTarget *t, PeRow *rows, const Datum *times, const
 	Datum	   *values = palloc(sizeof(Datum) * nargs);
 	Datum	   *ev = palloc(sizeof(Datum) * ntake);
 	bool	   *en = palloc(sizeof(bool) * ntake);
-	int			dims[1] = {ntake};
-	int			lbs[1] = {1};
 	Oid			time_type = cols[0] >= 0 ? t->cols[cols[0]].typid : TIMESTAMPTZOID;
 	char	   *sql = a->session ? pe_agg_session_sql(a, t, cols, ncols) : pe_agg_sql(a, t, cols, ncols, time_type);
 	char	   *nulls = palloc(nargs + 1);
@@ -535,8 +534,7 @@ pe_agg_merge(PeAggregate *a, PeTarget *t, PeRow *rows, const Datum *times, const
 			en[i] = rows[take[i]].nulls[cols[c]];
 		}
 		types[c] = col->arraytyp;
-		values[c] = PointerGetDatum(construct_md_array(ev, en, 1, dims, lbs, col->typid, col->typlen,
-													   col->typbyval, col->typalign));
+		values[c] = pe_column_array(col, ev, en, ntake);
 	}
 	types[ncols] = INTERVALOID;
 	values[ncols] = pe_agg_interval(a->size_us);

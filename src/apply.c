@@ -64,9 +64,10 @@ pe_build_statements(PeTarget *t)
 	for (int c = 0; c < t->ncols; c++)
 	{
 		if (t->cols[c].default_expr)
-			appendStringInfo(&sql, "%sCOALESCE(u.a%d, %s)", c ? ", " : "", c, t->cols[c].default_expr);
+			appendStringInfo(&sql, "%sCOALESCE(u.a%d%s, %s)", c ? ", " : "", c, t->cols[c].cast,
+							 t->cols[c].default_expr);
 		else
-			appendStringInfo(&sql, "%su.a%d", c ? ", " : "", c);
+			appendStringInfo(&sql, "%su.a%d%s", c ? ", " : "", c, t->cols[c].cast);
 		argtypes[c] = t->cols[c].arraytyp;
 	}
 	appendStringInfoString(&sql, " FROM ROWS FROM (");
@@ -121,15 +122,41 @@ pe_build_statements(PeTarget *t)
 		 * in a schema on some search_path can stand in for it.
 		 */
 		for (int k = 0; k < t->nkeys; k++)
-			appendStringInfo(&sql, "%st.%s %s u.a%d", k ? " AND " : "",
+			appendStringInfo(&sql, "%st.%s %s u.a%d%s", k ? " AND " : "",
 							 quote_identifier(t->cols[t->keycols[k]].name),
-							 pe_qualified_operator(t->cols[t->keycols[k]].eq_opr), k);
+							 pe_qualified_operator(t->cols[t->keycols[k]].eq_opr), k,
+							 t->cols[t->keycols[k]].cast);
 		t->delete_plan = SPI_prepare(sql.data, t->nkeys, argtypes);
 		if (t->delete_plan == NULL)
 			elog(ERROR, "could not prepare the delete statement of consumer \"%s\": %s",
 				 t->def->name, SPI_result_code_string(SPI_result));
 		SPI_keepplan(t->delete_plan);
 	}
+}
+
+/*
+ * A column's values as one argument of a statement: an array of its type,
+ * or, for a type without an array type (an array column), an array of the
+ * values' text, which the statement casts back (col->cast).
+ */
+Datum
+pe_column_array(PeColumn *col, Datum *values, bool *nulls, int n)
+{
+	int			dims[1] = {n};
+	int			lbs[1] = {1};
+	Datum	   *texts;
+	Datum		result;
+
+	if (!col->via_text)
+		return PointerGetDatum(construct_md_array(values, nulls, 1, dims, lbs, col->typid,
+												  col->typlen, col->typbyval, col->typalign));
+	texts = palloc(sizeof(Datum) * Max(n, 1));
+	for (int i = 0; i < n; i++)
+		texts[i] = nulls[i] ? (Datum) 0 :
+			PointerGetDatum(cstring_to_text(OutputFunctionCall(&col->outfunc, values[i])));
+	result = PointerGetDatum(construct_md_array(texts, nulls, 1, dims, lbs, TEXTOID, -1, false, TYPALIGN_INT));
+	pfree(texts);
+	return result;
 }
 
 /* The statement's arguments for rows[0..n): an array per column (or key). */
@@ -143,17 +170,13 @@ pe_statement_args(PeTarget *t, PeRow **rows, int n, bool is_delete, Datum *args)
 	for (int a = 0; a < nargs; a++)
 	{
 		int			c = is_delete ? t->keycols[a] : a;
-		PeColumn   *col = &t->cols[c];
-		int			dims[1] = {n};
-		int			lbs[1] = {1};
 
 		for (int i = 0; i < n; i++)
 		{
 			elems[i] = rows[i]->values[c];
 			enulls[i] = rows[i]->nulls[c];
 		}
-		args[a] = PointerGetDatum(construct_md_array(elems, enulls, 1, dims, lbs, col->typid,
-													 col->typlen, col->typbyval, col->typalign));
+		args[a] = pe_column_array(&t->cols[c], elems, enulls, n);
 	}
 	pfree(elems);
 	pfree(enulls);

@@ -30,6 +30,8 @@ typedef struct PeAvroPath
 	int		   *idx;			/* their indexes, record by record */
 	PeAvroLogical logical;		/* the field's logical type */
 	int			scale;			/* a decimal's */
+	PeAvroLogical item_logical; /* an array's items': logical type ... */
+	int			item_scale;		/* ... and a decimal's scale */
 	bool		has_default;	/* not in this schema: the reader's default ... */
 	Datum		dflt;			/* ... for the column */
 } PeAvroPath;

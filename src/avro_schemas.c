@@ -39,6 +39,8 @@ pe_avro_json_logical(Jsonb *doc, char **path, int npath, PeAvroPath *p)
 
 	p->logical = PE_AVRO_PLAIN;
 	p->scale = 0;
+	p->item_logical = PE_AVRO_PLAIN;
+	p->item_scale = 0;
 	if (npath == 0)
 	{
 		JsonbValue	root;
@@ -56,6 +58,13 @@ pe_avro_json_logical(Jsonb *doc, char **path, int npath, PeAvroPath *p)
 	}
 	if (node)
 		p->logical = pe_avro_logical(node, &p->scale, &precision);
+	if (node && pe_avro_json_is(pe_avro_json_key(node, "type"), "array"))
+	{
+		JsonbContainer *items = pe_avro_json_type(pe_avro_json_key(node, "items"), doc);
+
+		if (items)
+			p->item_logical = pe_avro_logical(items, &p->item_scale, &precision);
+	}
 }
 
 /* ---- the schema: field indexes ------------------------------------------ */
@@ -300,6 +309,13 @@ pe_avro_default(PeColumn *col, Jsonb *doc, JsonbContainer *field, Datum *out)
 
 				*out = pe_input(col, JsonbToCString(NULL, &j->root, VARSIZE(j)));
 			}
+			ok = true;
+		}
+		else if (dv->type == jbvBinary && col->elem && JsonContainerIsArray(dv->val.binary.data))
+		{
+			char	   *text = JsonbToCString(NULL, dv->val.binary.data, dv->val.binary.len);
+
+			*out = pe_input(col, pe_json_array_literal(col, text, strlen(text)));
 			ok = true;
 		}
 		else if (dv->type == jbvString && col->is_bytea)

@@ -84,7 +84,15 @@ typedef struct PeColumn
 	Oid			typid;
 	int32		typmod;
 	Oid			collation;
-	Oid			arraytyp;
+	Oid			arraytyp;		/* how a batch's values of it travel: an array of
+								 * the type, or text[] when it has no array type
+								 * (it is an array itself): apply.c */
+	bool		via_text;		/* the latter: cast back in the statement ... */
+	char	   *cast;			/* ... with this ("::type", qualified), else "" */
+	FmgrInfo	outfunc;		/* via_text or an array: the (base) type's output function */
+	bool		is_domain;
+	Oid			elemtyp;		/* an array column: its element type, else invalid */
+	struct PeColumn *elem;		/* ... and the element as a column of its own */
 	int16		typlen;
 	bool		typbyval;
 	char		typalign;
@@ -153,6 +161,7 @@ typedef struct PeFound
 	size_t		len;
 	bool		raw;			/* text holds raw bytes, not verified text */
 	bool		json_string;	/* JSON string: a json column needs it quoted */
+	bool		json_nested;	/* a JSON object or array, as its JSON text */
 } PeFound;
 
 /* JSON's whitespace, skipped from data[i] on (decode_json.c, decode.c) */
@@ -236,6 +245,7 @@ pe_input(PeColumn *col, const char *text)
 extern void pe_decode_json_value(PeTarget *t, const char *data, size_t len, PeFound *found);
 extern void pe_decode_json(PeTarget *t, const char *data, size_t len, PeFound *found, const char *what);
 extern void pe_decode_csv_value(PeTarget *t, const char *data, size_t len, PeFound *found);
+extern char *pe_json_array_literal(PeColumn *col, const char *json, size_t len);
 
 /* decode_time.c */
 extern void pe_iso_prepare(void);
@@ -252,6 +262,7 @@ extern int	pe_key_bytes_cmp(Datum a, Datum b);
 
 /* apply.c */
 extern void pe_build_statements(PeTarget *t);
+extern Datum pe_column_array(PeColumn *col, Datum *values, bool *nulls, int n);
 extern ErrorData *pe_try_statement(PeTarget *t, PeRow **rows, int n, bool is_delete, bool keep,
 								   int64 *processed);
 extern void pe_apply(PeTarget *t, PeRow *rows, int nrows, PeBatchResult *res);

@@ -264,6 +264,9 @@ pe_found_value(PeColumn *col, PeFound *f)
 {
 	TimestampTz ts;
 
+	/* a JSON array into an array column: its elements, by the element type's input */
+	if (f->json_nested && col->elem && f->text[0] == '[')
+		return pe_input(col, pe_json_array_literal(col, f->text, f->len));
 	if (col->is_json && f->json_string)
 	{
 		StringInfoData buf;

@@ -18,9 +18,9 @@
  *	  branch; logical types date, time-millis/-micros, timestamp-millis/
  *	  -micros (timestamptz), local-timestamp-millis/-micros (timestamp),
  *	  decimal (numeric, with the column's own precision checked) and uuid
- *	  (a string); enums their symbol; bytes and fixed bytea; records,
- *	  arrays and maps JSON for json and jsonb columns (a target cannot have
- *	  array columns: target.c).  Other columns take a value
+ *	  (a string); enums their symbol; bytes and fixed bytea; arrays into
+ *	  array columns item by item (the items' logical type too); records,
+ *	  arrays and maps JSON for json and jsonb columns.  Other columns take a value
  *	  through their type's input function (a numeric from an int, a text
  *	  from a long, an enum type from a symbol).
  *
@@ -411,6 +411,45 @@ pe_avro_int_datum(PeColumn *col, PeAvroLogical logical, int64 i, bool is_long)
 	return pe_avro_integer(col, i);
 }
 
+static Datum pe_avro_datum(PeColumn *col, PeAvroPath *p, avro_value_t *v, bool *isnull);
+
+/*
+ * An Avro array into an array column: each item into the column's element
+ * type as a field of the items' type would go (logical types too).
+ */
+static Datum
+pe_avro_array(PeColumn *col, PeAvroPath *p, avro_value_t *v)
+{
+	PeColumn   *e = col->elem;
+	PeAvroPath	item = {0};
+	size_t		n;
+	Datum	   *values;
+	bool	   *nulls;
+	int			dims[1];
+	int			lbs[1] = {1};
+	Datum		result;
+
+	item.logical = p->item_logical;
+	item.scale = p->item_scale;
+	(void) avro_value_get_size(v, &n);
+	values = palloc(sizeof(Datum) * Max(n, 1));
+	nulls = palloc(sizeof(bool) * Max(n, 1));
+	for (size_t i = 0; i < n; i++)
+	{
+		avro_value_t child;
+
+		(void) avro_value_get_by_index(v, i, &child, NULL);
+		values[i] = pe_avro_datum(e, &item, &child, &nulls[i]);
+	}
+	dims[0] = (int) n;
+	result = PointerGetDatum(construct_md_array(values, nulls, 1, dims, lbs, e->typid, e->typlen,
+												e->typbyval, e->typalign));
+	/* a domain over the array type: its constraints, through its input */
+	if (col->is_domain)
+		result = pe_input(col, OutputFunctionCall(&col->outfunc, result));
+	return result;
+}
+
 /* A value (the field of column col, by path p) into col. */
 static Datum
 pe_avro_datum(PeColumn *col, PeAvroPath *p, avro_value_t *v, bool *isnull)
@@ -428,6 +467,8 @@ pe_avro_datum(PeColumn *col, PeAvroPath *p, avro_value_t *v, bool *isnull)
 		*isnull = true;
 		return (Datum) 0;
 	}
+	if (col->elem && avro_value_get_type(v) == AVRO_ARRAY)
+		return pe_avro_array(col, p, v);
 	if (col->is_json)
 	{
 		StringInfoData buf;

@@ -15,6 +15,7 @@
 
 #include "common/jsonapi.h"
 #include "mb/pg_wchar.h"
+#include "utils/json.h"
 #include "utils/jsonb.h"
 
 #include "datapath.h"
@@ -108,6 +109,7 @@ pe_json_struct_end(void *state)
 		f->len = st->lex->prev_token_terminator - st->capture_start[k];
 		f->text = pnstrdup(st->capture_start[k], f->len);
 		f->json_string = false;
+		f->json_nested = true;
 		st->ncaptures--;
 	}
 }
@@ -126,6 +128,7 @@ pe_json_scalar(void *state, char *token, JsonTokenType type)
 	f->text = token;
 	f->len = token ? strlen(token) : 0;
 	f->json_string = (type == JSON_TOKEN_STRING);
+	f->json_nested = false;
 }
 
 /*
@@ -314,6 +317,7 @@ pe_decode_json_fast(PeTarget *t, const char *data, size_t len, PeFound *found)
 			f->text = pnstrdup(data + vstart, vend - vstart);
 			f->len = vend - vstart;
 			f->json_string = is_string;
+			f->json_nested = !is_string && (data[vstart] == '{' || data[vstart] == '[');
 		}
 
 		i = pe_json_skip_ws(data, len, i);
@@ -390,4 +394,141 @@ pe_decode_json_value(PeTarget *t, const char *data, size_t len, PeFound *found)
 		memset(found, 0, sizeof(PeFound) * t->ncols);
 		pe_decode_json(t, data, len, found, "value");
 	}
+}
+
+/* ---- a JSON array into an array column ---------------------------------- */
+
+typedef struct PeJsonArrayState
+{
+	JsonLexContext *lex;
+	StringInfo	out;			/* the array literal */
+	bool		elem_json;		/* json or jsonb elements: each element's JSON text */
+	int			capture_level;	/* an element taken whole, from this level; -1: none */
+	const char *capture_start;
+} PeJsonArrayState;
+
+/* An element of an array literal, quoted: never read as NULL or as a sub-array. */
+static void
+pe_array_quote(StringInfo out, const char *s, size_t len)
+{
+	appendStringInfoChar(out, '"');
+	for (size_t i = 0; i < len; i++)
+	{
+		if (s[i] == '"' || s[i] == '\\')
+			appendStringInfoChar(out, '\\');
+		appendStringInfoChar(out, s[i]);
+	}
+	appendStringInfoChar(out, '"');
+}
+
+static void
+pe_json_array_start(void *state)
+{
+	PeJsonArrayState *st = state;
+	int			level = st->lex->lex_level;	/* the array's own: 0 for the value */
+
+	if (st->capture_level >= 0)
+		return;
+	if (level > 0 && st->elem_json)
+	{
+		st->capture_level = level;
+		st->capture_start = st->lex->token_start;
+		return;
+	}
+	appendStringInfoChar(st->out, '{');	/* a dimension */
+}
+
+static void
+pe_json_array_end(void *state)
+{
+	PeJsonArrayState *st = state;
+
+	if (st->capture_level >= 0)
+	{
+		if (st->lex->lex_level == st->capture_level)
+		{
+			pe_array_quote(st->out, st->capture_start, st->lex->prev_token_terminator - st->capture_start);
+			st->capture_level = -1;
+		}
+		return;
+	}
+	appendStringInfoChar(st->out, '}');
+}
+
+static void
+pe_json_array_object_start(void *state)
+{
+	PeJsonArrayState *st = state;
+
+	if (st->capture_level >= 0)
+		return;
+	st->capture_level = st->lex->lex_level;
+	st->capture_start = st->lex->token_start;
+}
+
+static void
+pe_json_array_element_start(void *state, bool isnull)
+{
+	PeJsonArrayState *st = state;
+
+	(void) isnull;
+	if (st->capture_level < 0 && st->out->data[st->out->len - 1] != '{')
+		appendStringInfoChar(st->out, ',');
+}
+
+static void
+pe_json_array_scalar(void *state, char *token, JsonTokenType type)
+{
+	PeJsonArrayState *st = state;
+
+	if (st->capture_level >= 0)
+		return;
+	if (type == JSON_TOKEN_NULL)
+		appendStringInfoString(st->out, "NULL");
+	else if (type == JSON_TOKEN_STRING && st->elem_json)
+	{
+		StringInfoData j;
+
+		initStringInfo(&j);
+		escape_json(&j, token);
+		pe_array_quote(st->out, j.data, j.len);
+	}
+	else
+		pe_array_quote(st->out, token, strlen(token));
+}
+
+/*
+ * A JSON array (json, len: valid JSON) as the literal of array column col:
+ * nested arrays its dimensions, null NULL, objects their JSON text; for
+ * json and jsonb elements, each element's JSON text.  The column's input
+ * function then reads the elements with the element type's own.
+ */
+char *
+pe_json_array_literal(PeColumn *col, const char *json, size_t len)
+{
+	PeJsonArrayState st;
+	JsonSemAction sem;
+	StringInfoData out;
+	JsonParseErrorType rc;
+
+	initStringInfo(&out);
+	memset(&st, 0, sizeof(st));
+	st.lex = makeJsonLexContextCstringLen((char *) json, len, GetDatabaseEncoding(), true);
+	st.out = &out;
+	st.elem_json = col->elem && col->elem->is_json;
+	st.capture_level = -1;
+	memset(&sem, 0, sizeof(sem));
+	sem.semstate = &st;
+	sem.array_start = pe_json_array_start;
+	sem.array_end = pe_json_array_end;
+	sem.object_start = pe_json_array_object_start;
+	sem.object_end = pe_json_array_end;
+	sem.array_element_start = pe_json_array_element_start;
+	sem.scalar = pe_json_array_scalar;
+	rc = pg_parse_json(st.lex, &sem);
+	if (rc != JSON_SUCCESS)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+				 errmsg("field for column \"%s\" is not valid JSON: %s", col->name, json_errdetail(rc, st.lex))));
+	return out.data;
 }

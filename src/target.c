@@ -405,6 +405,54 @@ pe_resolve_keys(PeTarget *t, Relation rel)
 }
 
 /*
+ * A column's type, and what the data path needs of it.  A type without an
+ * array type (an array type: PostgreSQL 15 has no arrays of arrays) goes
+ * into the statements as text and is cast back there; an array column also
+ * knows its element, for decoders that build its values element by element.
+ */
+static void
+pe_column_type(PeColumn *col, Oid typid, int32 typmod, Oid collation)
+{
+	Oid			infunc;
+	Oid			base = getBaseType(typid);
+
+	col->typid = typid;
+	col->typmod = typmod;
+	col->collation = collation;
+	col->arraytyp = get_array_type(typid);
+	col->cast = "";
+	if (!OidIsValid(col->arraytyp))
+	{
+		col->arraytyp = TEXTARRAYOID;
+		col->via_text = true;
+		col->cast = psprintf("::%s", format_type_extended(typid, typmod,
+														  FORMAT_TYPE_TYPEMOD_GIVEN | FORMAT_TYPE_FORCE_QUALIFY));
+	}
+	get_typlenbyvalalign(typid, &col->typlen, &col->typbyval, &col->typalign);
+	getTypeInputInfo(typid, &infunc, &col->ioparam);
+	fmgr_info(infunc, &col->infunc);
+	col->is_json = (base == JSONOID || base == JSONBOID);
+	col->is_bytea = (base == BYTEAOID);
+	col->is_domain = (base != typid);
+	col->elemtyp = get_element_type(base);
+	if (col->via_text || OidIsValid(col->elemtyp))
+	{
+		Oid			outfunc;
+		bool		varlena;
+
+		getTypeOutputInfo(base, &outfunc, &varlena);
+		fmgr_info(outfunc, &col->outfunc);
+	}
+	if (OidIsValid(col->elemtyp))
+	{
+		col->elem = palloc0(sizeof(PeColumn));
+		col->elem->name = col->name;
+		/* a typmod of an array column is its elements' (varchar(10)[]) */
+		pe_column_type(col->elem, col->elemtyp, base == typid ? typmod : -1, collation);
+	}
+}
+
+/*
  * Describe the target of a consumer, checking everything that can be checked
  * before a message arrives.  With check_privileges, the current role must be
  * allowed to do what the consumer will do.  Needs SPI and a transaction;
@@ -465,7 +513,6 @@ pe_target_describe(PeConsumerDef *def, bool check_privileges)
 		PeColumn   *col = &t->cols[t->ncols];
 		char	   *src = NULL;
 		bool		mapped;
-		Oid			infunc;
 
 		if (att->attisdropped || att->attgenerated)
 			continue;
@@ -477,20 +524,7 @@ pe_target_describe(PeConsumerDef *def, bool check_privileges)
 			continue;			/* identity columns number themselves */
 
 		col->attnum = att->attnum;
-		col->typid = att->atttypid;
-		col->typmod = att->atttypmod;
-		col->collation = att->attcollation;
-		col->arraytyp = get_array_type(att->atttypid);
-		if (!OidIsValid(col->arraytyp))
-			ereport(ERROR,
-					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-					 errmsg("column \"%s\" has type %s, which has no array type", col->name,
-							format_type_be(att->atttypid))));
-		get_typlenbyvalalign(col->typid, &col->typlen, &col->typbyval, &col->typalign);
-		getTypeInputInfo(col->typid, &infunc, &col->ioparam);
-		fmgr_info(infunc, &col->infunc);
-		col->is_json = (getBaseType(col->typid) == JSONOID || getBaseType(col->typid) == JSONBOID);
-		col->is_bytea = (getBaseType(col->typid) == BYTEAOID);
+		pe_column_type(col, att->atttypid, att->atttypmod, att->attcollation);
 		if (att->atthasdef && !mapped)
 			col->default_expr = pe_column_default(rel, att->attnum);
 
@@ -603,6 +637,7 @@ pe_target_describe(PeConsumerDef *def, bool check_privileges)
 	pe_build_statements(t);
 	return t;
 }
+
 
 /*
  * A target's description and prepared statements, in a memory context of

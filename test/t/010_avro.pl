@@ -115,7 +115,7 @@ unlike($node->safe_psql('postgres', q{SELECT options::text FROM pipeline.connect
 	qr/s3cret/, 'and masked in pipeline.connections');
 
 # --- consuming Avro: three versions of a subject written by python3-avro
-my $broker = PipelineExt::Broker->start(brokers => 1, topics => { readings_avro => 8, bad_avro => 1, keyed_avro => 2, int_keyed_avro => 1, orders_out => 2, envelopes => 1 });
+my $broker = PipelineExt::Broker->start(brokers => 1, topics => { readings_avro => 8, bad_avro => 1, keyed_avro => 2, int_keyed_avro => 1, orders_out => 2, envelopes => 1, arrays_avro => 1 });
 my $bs = $broker->bootstrap;
 my $user = 'ingest:reg-s3cret-pw';
 sql(qq{SELECT pipeline.create_connection('local', '$bs',
@@ -129,16 +129,16 @@ like($ids, qr/^\d+ \d+ \d+$/, 'three versions of readings_avro-value registered'
 
 my $cols = q{id int PRIMARY KEY, name text, price numeric(10,2), ts timestamptz, day date, tm time, tmu time,
              tsu timestamptz, lts timestamp, uid uuid, color text, data bytea, tags jsonb, attrs jsonb, addr jsonb,
-             city text, big int8, ratio float4, score float8, legacy text, note note_text};
+             city text, big int8, ratio float4, score float8, legacy text, note note_text, tag_list text[]};
 (my $acols = $cols) =~ s/ PRIMARY KEY//;
 # (note is of a domain: its input function reads the catalogs, also for the default of a field)
 sql(qq{CREATE DOMAIN note_text AS text;
        CREATE TABLE readings ($cols);
        CREATE TABLE readings_log ($acols);
        SELECT pipeline.create_consumer('avro_up', 'local', 'readings_avro', 'readings', format => 'avro',
-                                       column_map => '{"city": "addr.city"}');
+                                       column_map => '{"city": "addr.city", "tag_list": "tags"}');
        SELECT pipeline.create_consumer('avro_log', 'local', 'readings_avro', 'readings_log', format => 'avro',
-                                       mode => 'append', column_map => '{"city": "addr.city"}');
+                                       mode => 'append', column_map => '{"city": "addr.city", "tag_list": "tags"}');
        CREATE TABLE expected (j jsonb);
        COPY expected FROM '$dir/expected.jsonl' WITH (FORMAT csv, QUOTE e'\\x01', DELIMITER e'\\x02');});
 
@@ -159,6 +159,7 @@ my $equal = q{
      AND r.tsu = (e.j->>'tsu')::timestamptz AND r.lts = (e.j->>'lts')::timestamp AND r.uid = (e.j->>'uid')::uuid
      AND r.color = e.j->>'color' AND r.data = (e.j->>'data')::bytea
      AND r.tags = e.j->'tags' AND r.attrs = e.j->'attrs'
+     AND r.tag_list = ARRAY(SELECT jsonb_array_elements_text(e.j->'tags'))
      AND r.addr = e.j->'addr' AND r.city = e.j->>'city' AND r.big = (e.j->>'big')::int8
      AND r.ratio = (e.j->>'ratio')::float4 AND r.score IS NOT DISTINCT FROM (e.j->>'score')::float8
      AND r.legacy IS NOT DISTINCT FROM e.j->>'legacy' AND r.note = e.j->>'note'};
@@ -412,6 +413,66 @@ p.flush(30)
 wait_for(q{SELECT string_agg(id || ' ' || amount || ' ' || (ts AT TIME ZONE 'UTC'), ', ' ORDER BY id) FROM envelope_rows},
 	'1 10.05 2026-05-01 12:00:00.25, 2 20.10 2026-05-01 12:00:00.25, 3 30.15 2026-05-01 12:00:00.25',
 	'fields of a record type used again by its name keep their logical types (decimal, timestamp-millis)');
+
+# --- Avro arrays into array columns, item by item: the items' logical types, null items, a null array,
+# a domain over an array, an array field's default (for a message of the version without the field);
+# an array of arrays is a dead letter (a column takes one dimension from Avro: jsonb takes any)
+sql(q{CREATE DOMAIN short_longs AS int8[] CHECK (cardinality(VALUE) < 4);
+      CREATE TABLE arrays_t (id int PRIMARY KEY, names text[], at timestamptz[], amounts numeric(8,2)[], maybe int8[],
+                             small short_longs, defaults int[], grid int[]);
+      SELECT pipeline.create_consumer('avro_arrays', 'local', 'arrays_avro', 'arrays_t', format => 'avro');});
+$registry->python(q{
+import io, struct, sys, json, decimal, datetime
+import avro.io, avro.schema
+from confluent_kafka import Producer
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+url, user, bootstrap = sys.argv[1:4]
+client = SchemaRegistryClient({"url": url, "basic.auth.user.info": user})
+def arr(items):
+    return {"type": "array", "items": items}
+fields = [{"name": "id", "type": "int"}, {"name": "names", "type": arr("string")},
+          {"name": "at", "type": arr({"type": "long", "logicalType": "timestamp-millis"})},
+          {"name": "amounts", "type": arr({"type": "bytes", "logicalType": "decimal", "precision": 8, "scale": 2})},
+          {"name": "maybe", "type": ["null", arr(["null", "long"])]},
+          {"name": "small", "type": arr("long")},
+          {"name": "grid", "type": ["null", arr(arr("int"))], "default": None}]
+versions = []
+for fs in (fields, fields + [{"name": "defaults", "type": arr("int"), "default": [7, 8]}]):
+    text = json.dumps({"type": "record", "name": "Arrays", "fields": fs})
+    versions.append((client.register_schema("arrays_avro-value", Schema(text, "AVRO")), avro.schema.parse(text)))
+def wire(v, rec):
+    buf = io.BytesIO()
+    buf.write(struct.pack(">bI", 0, versions[v][0]))
+    avro.io.DatumWriter(versions[v][1]).write(rec, avro.io.BinaryEncoder(buf))
+    return buf.getvalue()
+t = datetime.datetime(2026, 5, 1, 12, 0, 0, 250000, tzinfo=datetime.timezone.utc)
+base = {"names": [], "at": [], "amounts": [], "maybe": None, "small": [], "grid": None, "defaults": []}
+def rec(**kw):
+    r = dict(base)
+    r.update(kw)
+    return r
+p = Producer({"bootstrap.servers": bootstrap})
+for m in [wire(1, rec(id=1, names=["a", "b \"q\"", "NULL", "{x}"], at=[t, t + datetime.timedelta(seconds=1)],
+                      amounts=[decimal.Decimal("1.25"), decimal.Decimal("-3.50")], maybe=[1, None, 3], small=[1, 2],
+                      defaults=[1])),
+          wire(0, {k: v for k, v in rec(id=2).items() if k != "defaults"}),
+          wire(1, rec(id=3, small=[1, 2, 3, 4])),
+          wire(1, rec(id=4, grid=[[1, 2], [3]])),
+          wire(1, rec(id=5))]:
+    p.produce("arrays_avro", value=m)
+p.flush(30)
+}, $bs);
+wait_for(q{SELECT string_agg(id::text, ',' ORDER BY id) FROM arrays_t}, '1,2,5', 'Avro arrays into array columns');
+is(sql(q{SELECT count(*) FROM arrays_t WHERE id = 1 AND names = ARRAY['a', 'b "q"', 'NULL', '{x}'] AND names[3] IS NOT NULL
+           AND at = ARRAY['2026-05-01 12:00:00.25+00', '2026-05-01 12:00:01.25+00']::timestamptz[]
+           AND amounts = '{1.25,-3.50}' AND maybe = '{1,NULL,3}' AND small = '{1,2}' AND defaults = '{1}' AND grid IS NULL}),
+	1, "each item converted as a field of the items' type would be (timestamp-millis, decimal, nullable long)");
+is(sql(q{SELECT count(*) FROM arrays_t WHERE id = 2 AND names = '{}' AND at = '{}' AND maybe IS NULL AND defaults = '{7,8}'}),
+	1, 'empty arrays, a null array, and the default of an array field the writer did not have');
+is(sql(q{SELECT string_agg("offset" || ' ' || error, e'\n' ORDER BY "offset") FROM pipeline.dead_letters WHERE consumer = 'avro_arrays'}),
+	qq{2 column "small": value for domain public.short_longs violates check constraint "short_longs_check"\n}
+	. q{3 column "grid": an Avro array does not go into column "grid" of type integer},
+	"a domain's check, and an array of arrays into a column of one dimension: dead letters");
 
 # --- the registry down: the messages wait, none is a dead letter, and all come when it is back
 my $before = sql('SELECT count(*) FROM readings');
