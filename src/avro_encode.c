@@ -226,17 +226,24 @@ pe_json_int(PeEncode *e, JsonbValue *v, int64 min, int64 max)
 	return i;
 }
 
-/* A decimal's unscaled value, two's complement big-endian, in size bytes (0: as few as it takes). */
+/*
+ * A decimal's unscaled value, two's complement big-endian, in as few bytes
+ * as keep its sign (at most size, when size > 0: a fixed, which the caller
+ * fills to its size, sign-extended).  Any number of digits: the magnitude
+ * is built in base 256 a digit at a time, then negated in place.
+ */
 static bytea *
 pe_decimal_bytes(PeEncode *e, JsonbValue *v, int scale, int precision, int size)
 {
 	Datum		scaled;
 	Datum		n;
 	char	   *digits;
-	int128		u = 0;
 	bool		neg;
-	unsigned char buf[16];
-	int			len = 16;
+	int			nd = 0;			/* digits of the unscaled value, leading zeros not counted */
+	int			cap;
+	unsigned char *mag;			/* the magnitude, big-endian, in mag[start .. cap) */
+	int			start;
+	int			len;
 	bytea	   *out;
 
 	if (v->type != jbvNumeric)
@@ -249,43 +256,55 @@ pe_decimal_bytes(PeEncode *e, JsonbValue *v, int scale, int precision, int size)
 	if (!DatumGetBool(DirectFunctionCall2(numeric_eq, n, scaled)))
 		pe_encode_error(e, "%s has more than the decimal's scale of digits after the point",
 						DatumGetCString(DirectFunctionCall1(numeric_out, n)));
+	/* (numeric_out writes exactly scale digits after the point) */
 	digits = DatumGetCString(DirectFunctionCall1(numeric_out, scaled));
 	neg = digits[0] == '-';
-	{
-		int			nd = 0;			/* digits of the unscaled value, leading zeros not counted */
 
-		for (char *c = digits + (neg ? 1 : 0); *c; c++)
+	/* a byte holds more than two decimal digits; one more for the sign */
+	cap = (int) strlen(digits) / 2 + 2;
+	mag = palloc0(cap);
+	start = cap;
+	for (char *c = digits + (neg ? 1 : 0); *c; c++)
+	{
+		unsigned int carry;
+
+		if (*c == '.' || (nd == 0 && *c == '0'))
+			continue;
+		if (precision > 0 && ++nd > precision)
+			pe_encode_error(e, "%s has more digits than the decimal's precision", digits);
+		carry = (unsigned int) (*c - '0');
+		for (int i = cap - 1; i >= start; i--)
 		{
-			if (*c == '.' || (nd == 0 && *c == '0'))
-				continue;
-			if (nd++ >= 38 || (precision > 0 && nd > precision))
-				pe_encode_error(e, "%s has more digits than the decimal's precision", digits);
-			u = u * 10 + (*c - '0');
+			unsigned int x = mag[i] * 10 + carry;
+
+			mag[i] = (unsigned char) (x & 0xff);
+			carry = x >> 8;
 		}
-		/* numeric_out writes exactly scale digits after the point */
+		if (carry)
+			mag[--start] = (unsigned char) carry;
 	}
 	if (neg)
-		u = -u;
-	for (int i = 15; i >= 0; i--)
 	{
-		buf[i] = (unsigned char) (u & 0xff);
-		u >>= 8;
-	}
-	/* as few bytes as keep the sign */
-	{
-		int			start = 0;
+		unsigned int carry = 1;
 
-		while (start < 15 && ((buf[start] == 0x00 && !(buf[start + 1] & 0x80)) ||
-							  (buf[start] == 0xff && (buf[start + 1] & 0x80))))
-			start++;
-		len = 16 - start;
-		if (size > 0 && len > size)
-			pe_encode_error(e, "%s does not fit the fixed size of the decimal", digits);
-		/* (a fixed is filled to its size by the caller, sign-extended) */
-		out = palloc(VARHDRSZ + len);
-		SET_VARSIZE(out, VARHDRSZ + len);
-		memcpy(VARDATA(out), buf + 16 - len, len);
+		for (int i = cap - 1; i >= start; i--)
+		{
+			unsigned int x = (unsigned char) ~mag[i] + carry;
+
+			mag[i] = (unsigned char) (x & 0xff);
+			carry = x >> 8;
+		}
 	}
+	/* a sign byte where the top bit says otherwise (and zero as one byte) */
+	if (start == cap || ((mag[start] & 0x80) != 0) != neg)
+		mag[--start] = neg ? 0xff : 0x00;
+	len = cap - start;
+	if (size > 0 && len > size)
+		pe_encode_error(e, "%s does not fit the fixed size of the decimal", digits);
+	out = palloc(VARHDRSZ + len);
+	SET_VARSIZE(out, VARHDRSZ + len);
+	memcpy(VARDATA(out), mag + start, len);
+	pfree(mag);
 	return out;
 }
 

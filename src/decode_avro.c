@@ -275,51 +275,78 @@ pe_avro_text(StringInfo buf, avro_value_t *v, int depth)
 		pe_avro_json(buf, v, depth);
 }
 
-/* A decimal's unscaled two's complement, big-endian, as text with its scale. */
+/*
+ * A decimal's unscaled two's complement, big-endian, of any length, as
+ * text with its scale: the magnitude's bytes into base-10^9 limbs (least
+ * significant first), for a negative one the bytes inverted plus one.
+ */
 static char *
 pe_avro_decimal_text(const unsigned char *b, size_t len, int scale)
 {
-	uint128		uu = 0;
-	int128		u;
-	bool		neg;
-	StringInfoData digits;		/* least significant first */
+	bool		neg = len > 0 && (b[0] & 0x80) != 0;
+	uint32	   *limbs = palloc(sizeof(uint32) * (len / 3 + 2));
+	int			nlimbs = 0;
+	uint64		carry;
+	StringInfoData digits;
 	StringInfoData s;
 
-	if (len == 0)
-		return pstrdup("0");
-	if (len > 16)
-		ereport(ERROR,
-				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
-				 errmsg("Avro decimal of %zu bytes is too large", len),
-				 errhint("pipeline_ext reads decimals of up to 16 bytes (38 digits).")));
-	neg = (b[0] & 0x80) != 0;
 	for (size_t i = 0; i < len; i++)
-		uu = (uu << 8) | b[i];
-	u = (int128) uu;
-	if (neg && len < 16)
-		u -= ((int128) 1) << (8 * len);
+	{
+		carry = neg ? (uint8) ~b[i] : b[i];
+		for (int k = 0; k < nlimbs; k++)
+		{
+			uint64		v = (uint64) limbs[k] * 256 + carry;
+
+			limbs[k] = (uint32) (v % 1000000000);
+			carry = v / 1000000000;
+		}
+		if (carry)
+			limbs[nlimbs++] = (uint32) carry;	/* below 256 */
+	}
+	if (neg)
+	{
+		carry = 1;
+		for (int k = 0; k < nlimbs && carry; k++)
+		{
+			uint64		v = (uint64) limbs[k] + carry;
+
+			limbs[k] = (uint32) (v % 1000000000);
+			carry = v / 1000000000;
+		}
+		if (carry)
+			limbs[nlimbs++] = (uint32) carry;
+	}
+
+	initStringInfo(&digits);
+	if (nlimbs == 0)
+		appendStringInfoChar(&digits, '0');
+	else
+	{
+		appendStringInfo(&digits, "%u", limbs[nlimbs - 1]);
+		for (int k = nlimbs - 2; k >= 0; k--)
+			appendStringInfo(&digits, "%09u", limbs[k]);
+	}
+	pfree(limbs);
+
 	initStringInfo(&s);
 	if (neg)
 		appendStringInfoChar(&s, '-');
-	/* digits of |u|, least significant first (|INT128_MIN| fits in the unsigned) */
-	initStringInfo(&digits);
+	if (scale <= 0)
+		appendBinaryStringInfo(&s, digits.data, digits.len);
+	else if (digits.len <= scale)
 	{
-		uint128		m = neg ? (uint128) (-(u + 1)) + 1 : (uint128) u;
-
-		do
-		{
-			appendStringInfoChar(&digits, '0' + (int) (m % 10));
-			m /= 10;
-		} while (m > 0);
+		appendStringInfoString(&s, "0.");
+		for (int i = digits.len; i < scale; i++)
+			appendStringInfoChar(&s, '0');
+		appendBinaryStringInfo(&s, digits.data, digits.len);
 	}
-	while (digits.len <= scale)
-		appendStringInfoChar(&digits, '0');
-	for (int i = digits.len - 1; i >= 0; i--)
+	else
 	{
-		appendStringInfoChar(&s, digits.data[i]);
-		if (i == scale && scale > 0)
-			appendStringInfoChar(&s, '.');
+		appendBinaryStringInfo(&s, digits.data, digits.len - scale);
+		appendStringInfoChar(&s, '.');
+		appendBinaryStringInfo(&s, digits.data + digits.len - scale, scale);
 	}
+	pfree(digits.data);
 	return s.data;
 }
 

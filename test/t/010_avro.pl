@@ -115,7 +115,7 @@ unlike($node->safe_psql('postgres', q{SELECT options::text FROM pipeline.connect
 	qr/s3cret/, 'and masked in pipeline.connections');
 
 # --- consuming Avro: three versions of a subject written by python3-avro
-my $broker = PipelineExt::Broker->start(brokers => 1, topics => { readings_avro => 8, bad_avro => 1, keyed_avro => 2, int_keyed_avro => 1, orders_out => 2, envelopes => 1, arrays_avro => 1 });
+my $broker = PipelineExt::Broker->start(brokers => 1, topics => { readings_avro => 8, bad_avro => 1, keyed_avro => 2, int_keyed_avro => 1, orders_out => 2, envelopes => 1, arrays_avro => 1, wide_avro => 1 });
 my $bs = $broker->bootstrap;
 my $user = 'ingest:reg-s3cret-pw';
 sql(qq{SELECT pipeline.create_connection('local', '$bs',
@@ -473,6 +473,55 @@ is(sql(q{SELECT string_agg("offset" || ' ' || error, e'\n' ORDER BY "offset") FR
 	qq{2 column "small": value for domain public.short_longs violates check constraint "short_longs_check"\n}
 	. q{3 column "grid": an Avro array does not go into column "grid" of type integer},
 	"a domain's check, and an array of arrays into a column of one dimension: dead letters");
+
+# --- decimals of any width (a DECIMAL(65,30) of MySQL through Debezium takes 28 bytes): decoded, and
+# encoded by avro_encode() for python3-avro to read back; bytes and fixed, negative and positive
+sql(q{CREATE TABLE wide_t (id int PRIMARY KEY, b numeric(65,30), f numeric(60,10));
+      SELECT pipeline.create_consumer('avro_wide', 'local', 'wide_avro', 'wide_t', format => 'avro');});
+my $wide = $registry->python(q{
+import io, struct, sys, json, decimal
+import avro.io, avro.schema
+from confluent_kafka import Producer
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+decimal.getcontext().prec = 100
+url, user, bootstrap = sys.argv[1:4]
+text = json.dumps({"type": "record", "name": "Wide", "fields": [{"name": "id", "type": "int"},
+    {"name": "b", "type": {"type": "bytes", "logicalType": "decimal", "precision": 65, "scale": 30}},
+    {"name": "f", "type": {"type": "fixed", "name": "F", "size": 26, "logicalType": "decimal", "precision": 60, "scale": 10}}]})
+sid = SchemaRegistryClient({"url": url, "basic.auth.user.info": user}).register_schema("wide_avro-value", Schema(text, "AVRO"))
+w = avro.io.DatumWriter(avro.schema.parse(text))
+vals = [("12345678901234567890123456789012345.123456789012345678901234567890", "-98765432109876543210987654321098765432109876543210.0123456789"),
+        ("-0.000000000000000000000000000001", "0.0000000001"), ("0", "-1"),
+        ("-17014118346046923173168730371.5884105728", "170141183460469231731687303715884105728"),
+        ("-128", "255")]
+p = Producer({"bootstrap.servers": bootstrap})
+for i, (b, f) in enumerate(vals):
+    buf = io.BytesIO()
+    buf.write(struct.pack(">bI", 0, sid))
+    # (python3-avro writes a Decimal's digits as they are: it must have the scale's exponent)
+    b, f = decimal.Decimal(b).quantize(decimal.Decimal(1).scaleb(-30)), decimal.Decimal(f).quantize(decimal.Decimal(1).scaleb(-10))
+    w.write({"id": i, "b": b, "f": f}, avro.io.BinaryEncoder(buf))
+    p.produce("wide_avro", value=buf.getvalue())
+    print(i, b, f)
+p.flush(30)
+}, $bs);
+wait_for(q{SELECT count(*) FROM wide_t}, 5, 'wide decimals, bytes and fixed, are applied');
+my $wide_got = sql(q{SELECT string_agg(id || ' ' || b || ' ' || f, e'\n' ORDER BY id) FROM wide_t});
+my $wide_want = join("\n", map { my ($i, $b, $f) = split / /; "$i " . sql("SELECT ${b}::numeric(65,30) || ' ' || ${f}::numeric(60,10)") }
+	split /\n/, $wide);
+is($wide_got, $wide_want, 'each equal to what python3-avro wrote (beyond 38 digits, and 2^127)');
+my $wide_hex = sql(q{SELECT string_agg(encode(pipeline.avro_encode('local', 'wide_avro', to_jsonb(w)), 'hex'), ',' ORDER BY id) FROM wide_t w});
+is($registry->python(q{
+import io, sys, decimal
+import avro.io, avro.schema
+from confluent_kafka.schema_registry import SchemaRegistryClient
+c = SchemaRegistryClient({"url": sys.argv[1], "basic.auth.user.info": sys.argv[2]})
+for h in sys.argv[3].split(","):
+    b = bytes.fromhex(h)
+    r = avro.io.DatumReader(avro.schema.parse(c.get_schema(int.from_bytes(b[1:5], "big")).schema_str)).read(avro.io.BinaryDecoder(io.BytesIO(b[5:])))
+    print(r["id"], format(r["b"], "f"), format(r["f"], "f"))
+}, $wide_hex), sql(q{SELECT string_agg(id || ' ' || b || ' ' || f, e'\n' ORDER BY id) FROM wide_t}) . "\n",
+	'avro_encode() writes them back, python3-avro reads the same values');
 
 # --- the registry down: the messages wait, none is a dead letter, and all come when it is back
 my $before = sql('SELECT count(*) FROM readings');
