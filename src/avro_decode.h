@@ -36,6 +36,8 @@ typedef struct PeAvroPath
 	Datum		dflt;			/* ... for the column */
 } PeAvroPath;
 
+typedef struct PeAvroFlat PeAvroFlat;	/* decode_avro_flat.c */
+
 /* A writer schema, by its registry id. */
 typedef struct PeAvroSchema
 {
@@ -48,6 +50,7 @@ typedef struct PeAvroSchema
 	avro_value_t value;			/* a record read into, again and again */
 	Jsonb	   *doc;			/* its JSON, for resolving it for a target again */
 	PeAvroPath *paths;			/* indexed like the target's columns; NULL: to resolve */
+	PeAvroFlat *flat;			/* values: how to read its records in one pass, or NULL */
 } PeAvroSchema;
 
 typedef struct PeAvroCache
@@ -70,7 +73,26 @@ extern bool pe_avro_defaults(PeTarget *t, PeAvroCache *cache, PeAvroSchema *s, P
 extern bool pe_avro_check(avro_schema_t s, const unsigned char **p, const unsigned char *end, int depth,
 						  const char **why);
 
+/* A primitive Avro value, read by avro-c or straight from a message's bytes. */
+typedef struct PeAvroScalar
+{
+	avro_type_t type;
+	int64		i;				/* boolean, int, long; an enum's index */
+	double		d;
+	float		f;
+	const char *bytes;			/* string (not zero-terminated), bytes, fixed */
+	size_t		len;
+	avro_schema_t schema;		/* an enum's, for its symbol */
+} PeAvroScalar;
+
+/* decode_avro_flat.c */
+extern PeAvroFlat *pe_avro_flat_plan(PeTarget *t, PeAvroSchema *s, MemoryContext cxt);
+extern bool pe_avro_flat_read(PeAvroFlat *f, const unsigned char *p, const unsigned char *end);
+extern PeAvroScalar *pe_avro_flat_value(PeAvroFlat *f, int i);
+
 /* decode_avro.c */
 extern Datum pe_avro_int_datum(PeColumn *col, PeAvroLogical logical, int64 i, bool is_long);
+extern Datum pe_avro_scalar_datum(PeColumn *col, PeAvroPath *p, PeAvroScalar *x);
+extern void pe_avro_verify_string(const char *s, size_t len);
 
 #endif							/* PE_AVRO_DECODE_H */

@@ -136,6 +136,7 @@ pe_avro_resolve(PeTarget *t, PeAvroCache *cache, PeAvroSchema *s, Jsonb *doc, bo
 		if (p->n >= 0)
 			pe_avro_json_logical(doc, path, p->n, p);
 	}
+	s->flat = key ? NULL : pe_avro_flat_plan(t, s, cache->cxt);
 }
 
 /* ---- the cache of writer schemas ---------------------------------------- */
@@ -213,7 +214,10 @@ pe_avro_reuse(PeTarget *t)
 		}
 		hash_seq_init(&seq, cache->schemas);
 		while ((s = hash_seq_search(&seq)) != NULL)
+		{
 			s->paths = NULL;	/* (in the cache's memory: gone with it) */
+			s->flat = NULL;
+		}
 		cache->last = NULL;
 		if (k)
 			t->avro_key = cache;
@@ -490,6 +494,7 @@ pe_avro_fetch(PeTarget *t, bool key, PeConnection *conn, int32 id, char **why)
 	s->iface = NULL;
 	s->value.self = NULL;
 	s->paths = NULL;
+	s->flat = NULL;
 	s->why = MemoryContextStrdup(cache->cxt, *why ? *why : "");
 	s->doc = NULL;
 	if (answer == PE_REGISTRY_FOUND)

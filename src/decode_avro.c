@@ -111,6 +111,17 @@ pe_avro_hex(StringInfo buf, const void *data, size_t len)
 		appendStringInfo(buf, "%02x", ((const unsigned char *) data)[i]);
 }
 
+/* An Avro string must be text of the database's encoding (without a zero byte, which text cannot hold). */
+void
+pe_avro_verify_string(const char *s, size_t len)
+{
+	if (!pg_verifymbstr(s, len, true))
+		ereport(ERROR,
+				(errcode(ERRCODE_CHARACTER_NOT_IN_REPERTOIRE),
+				 errmsg("an Avro string is not valid %s text", GetDatabaseEncodingName()),
+				 errhint("Correct the producer, then replay the dead letter.")));
+}
+
 static const char *
 pe_avro_string(avro_value_t *v, size_t *len)
 {
@@ -120,12 +131,7 @@ pe_avro_string(avro_value_t *v, size_t *len)
 	(void) avro_value_get_string(v, &s, &size);
 	/* avro-c counts the terminating zero */
 	*len = size > 0 ? size - 1 : 0;
-	/* (the check refuses a zero byte too, which text cannot hold) */
-	if (!pg_verifymbstr(s, *len, true))
-		ereport(ERROR,
-				(errcode(ERRCODE_CHARACTER_NOT_IN_REPERTOIRE),
-				 errmsg("an Avro string is not valid %s text", GetDatabaseEncodingName()),
-				 errhint("Correct the producer, then replay the dead letter.")));
+	pe_avro_verify_string(s, *len);
 	return s;
 }
 
@@ -482,10 +488,7 @@ static Datum
 pe_avro_datum(PeColumn *col, PeAvroPath *p, avro_value_t *v, bool *isnull)
 {
 	avro_value_t branch;
-	int32_t		i32;
-	int64_t		i64;
-	const void *bytes;
-	size_t		len;
+	PeAvroScalar x = {0};
 
 	*isnull = false;
 	v = pe_avro_branch(v, &branch);
@@ -504,39 +507,107 @@ pe_avro_datum(PeColumn *col, PeAvroPath *p, avro_value_t *v, bool *isnull)
 		pe_avro_json(&buf, v, 0);
 		return pe_input(col, buf.data);
 	}
-	switch (avro_value_get_type(v))
+	x.type = avro_value_get_type(v);
+	switch (x.type)
 	{
 		case AVRO_BOOLEAN:
 			{
 				int			b;
 
 				(void) avro_value_get_boolean(v, &b);
-				if (col->typid == BOOLOID)
-					return BoolGetDatum(b != 0);
-				return pe_input(col, b ? "true" : "false");
+				x.i = b != 0;
 			}
+			break;
 		case AVRO_INT32:
-			(void) avro_value_get_int(v, &i32);
-			return pe_avro_int_datum(col, p->logical, i32, false);
+			{
+				int32_t		i32;
+
+				(void) avro_value_get_int(v, &i32);
+				x.i = i32;
+			}
+			break;
 		case AVRO_INT64:
-			(void) avro_value_get_long(v, &i64);
-			return pe_avro_int_datum(col, p->logical, i64, true);
+			{
+				int64_t		i64;
+
+				(void) avro_value_get_long(v, &i64);
+				x.i = i64;
+			}
+			break;
+		case AVRO_FLOAT:
+			(void) avro_value_get_float(v, &x.f);
+			break;
+		case AVRO_DOUBLE:
+			(void) avro_value_get_double(v, &x.d);
+			break;
+		case AVRO_BYTES:
+		case AVRO_FIXED:
+			{
+				const void *bytes;
+
+				if (x.type == AVRO_BYTES)
+					(void) avro_value_get_bytes(v, &bytes, &x.len);
+				else
+					(void) avro_value_get_fixed(v, &bytes, &x.len);
+				x.bytes = bytes;
+			}
+			break;
+		case AVRO_STRING:
+			{
+				size_t		size;
+
+				(void) avro_value_get_string(v, &x.bytes, &size);
+				/* avro-c counts the terminating zero */
+				x.len = size > 0 ? size - 1 : 0;
+			}
+			break;
+		case AVRO_ENUM:
+			{
+				int			sym;
+
+				(void) avro_value_get_enum(v, &sym);
+				x.i = sym;
+				x.schema = avro_value_get_schema(v);
+			}
+			break;
+		default:
+			ereport(ERROR,
+					(errcode(ERRCODE_DATA_EXCEPTION),
+					 errmsg("an Avro %s does not go into column \"%s\" of type %s",
+							avro_schema_type_name(avro_value_get_schema(v)), col->name, format_type_be(col->typid)),
+					 errhint("Use a json or jsonb column, or map the column to a field inside it with column_map.")));
+	}
+	return pe_avro_scalar_datum(col, p, &x);
+}
+
+/*
+ * A primitive value (read by avro-c, or straight from the bytes by
+ * decode_avro_flat.c) into col: the field of path p, for its logical type.
+ */
+Datum
+pe_avro_scalar_datum(PeColumn *col, PeAvroPath *p, PeAvroScalar *x)
+{
+	switch (x->type)
+	{
+		case AVRO_BOOLEAN:
+			if (col->typid == BOOLOID)
+				return BoolGetDatum(x->i != 0);
+			return pe_input(col, x->i ? "true" : "false");
+		case AVRO_INT32:
+			return pe_avro_int_datum(col, p->logical, x->i, false);
+		case AVRO_INT64:
+			return pe_avro_int_datum(col, p->logical, x->i, true);
 		case AVRO_FLOAT:
 		case AVRO_DOUBLE:
 			{
-				double		d;
+				double		d = x->d;
 
-				if (avro_value_get_type(v) == AVRO_FLOAT)
+				if (x->type == AVRO_FLOAT)
 				{
-					float		f;
-
-					(void) avro_value_get_float(v, &f);
 					if (col->typid == FLOAT4OID && col->typmod < 0)
-						return Float4GetDatum(f);
-					d = f;
+						return Float4GetDatum(x->f);
+					d = x->f;
 				}
-				else
-					(void) avro_value_get_double(v, &d);
 				if (col->typid == FLOAT8OID && col->typmod < 0)
 					return Float8GetDatum(d);
 				if (col->typid == NUMERICOID && col->typmod < 0)
@@ -545,13 +616,9 @@ pe_avro_datum(PeColumn *col, PeAvroPath *p, avro_value_t *v, bool *isnull)
 			}
 		case AVRO_BYTES:
 		case AVRO_FIXED:
-			if (avro_value_get_type(v) == AVRO_BYTES)
-				(void) avro_value_get_bytes(v, &bytes, &len);
-			else
-				(void) avro_value_get_fixed(v, &bytes, &len);
 			if (p->logical == PE_AVRO_DECIMAL)
 			{
-				char	   *text = pe_avro_decimal_text(bytes, len, p->scale);
+				char	   *text = pe_avro_decimal_text((const unsigned char *) x->bytes, x->len, p->scale);
 				Datum		d = pe_input(col, text);
 
 				/* a numeric of a smaller scale would round: an error, not a changed value */
@@ -568,47 +635,29 @@ pe_avro_datum(PeColumn *col, PeAvroPath *p, avro_value_t *v, bool *isnull)
 				return d;
 			}
 			if (col->is_bytea)
-				return pe_bytes_to_bytea(bytes, len);
-			return pe_raw_value(col, bytes, len, "field");
+				return pe_bytes_to_bytea(x->bytes, x->len);
+			return pe_raw_value(col, x->bytes, x->len, "field");
 		case AVRO_STRING:
-			{
-				const char *s = pe_avro_string(v, &len);
-
-				if ((col->typid == TEXTOID || col->typid == VARCHAROID) && col->typmod < 0)
-					return PointerGetDatum(cstring_to_text_with_len(s, len));
-				return pe_input(col, s);
-			}
+			pe_avro_verify_string(x->bytes, x->len);
+			if ((col->typid == TEXTOID || col->typid == VARCHAROID) && col->typmod < 0)
+				return PointerGetDatum(cstring_to_text_with_len(x->bytes, x->len));
+			return pe_input(col, pnstrdup(x->bytes, x->len));
 		case AVRO_ENUM:
-			{
-				StringInfoData buf;
-
-				initStringInfo(&buf);
-				pe_avro_text(&buf, v, 0);
-				return pe_input(col, buf.data);
-			}
+			return pe_input(col, avro_schema_enum_get(x->schema, (int) x->i));
 		default:
-			break;
+			elog(ERROR, "unexpected Avro type %d", (int) x->type);
 	}
-	ereport(ERROR,
-			(errcode(ERRCODE_DATA_EXCEPTION),
-			 errmsg("an Avro %s does not go into column \"%s\" of type %s",
-					avro_schema_type_name(avro_value_get_schema(v)), col->name, format_type_be(col->typid)),
-			 errhint("Use a json or jsonb column, or map the column to a field inside it with column_map.")));
 	return (Datum) 0;			/* keep the compiler quiet */
 }
 
 
-/* Read a value (or key) in the wire format with its writer schema into that schema's record. */
+/* The writer schema of a value (or key) in the wire format, resolved for t. */
 static PeAvroSchema *
-pe_avro_read(PeTarget *t, bool key, const char *data, size_t len)
+pe_avro_writer(PeTarget *t, bool key, const char *data, size_t len)
 {
-	const char *what = key ? "key" : "value";
-	int32		id = pe_avro_id(data, len, what);
+	int32		id = pe_avro_id(data, len, key ? "key" : "value");
 	PeAvroSchema *s = pe_avro_schema(t, key, id);
 	PeAvroCache *cache = pe_avro_cache(t, key);
-	char		extra;
-	const unsigned char *p = (const unsigned char *) data + 5;
-	const char *why = NULL;
 
 	/* kept from an older description of the target: resolved for this one */
 	if (s->paths == NULL)
@@ -623,6 +672,19 @@ pe_avro_read(PeTarget *t, bool key, const char *data, size_t len)
 					 errdetail("%s", reason),
 					 errhint("Messages wait until the registry answers; none is skipped.")));
 	}
+	return s;
+}
+
+/* Read a value (or key) in the wire format with its writer schema s into that schema's record. */
+static PeAvroSchema *
+pe_avro_read(PeTarget *t, PeAvroSchema *s, bool key, const char *data, size_t len)
+{
+	const char *what = key ? "key" : "value";
+	int32		id = s->id;
+	PeAvroCache *cache = pe_avro_cache(t, key);
+	char		extra;
+	const unsigned char *p = (const unsigned char *) data + 5;
+	const char *why = NULL;
 
 	if (!pe_avro_check(s->schema, &p, (const unsigned char *) data + len, 0, &why) ||
 		(p != (const unsigned char *) data + len && (why = "bytes after the record")))
@@ -653,7 +715,7 @@ pe_avro_read(PeTarget *t, bool key, const char *data, size_t len)
  * null with only_nulls.  An error names the column.
  */
 static void
-pe_avro_fill(PeTarget *t, PeAvroSchema *s, PeRow *row, bool only_nulls)
+pe_avro_fill(PeTarget *t, PeAvroSchema *s, PeRow *row, bool only_nulls, bool flat)
 {
 	volatile int c = 0;
 	MemoryContext cxt = CurrentMemoryContext;
@@ -676,6 +738,16 @@ pe_avro_fill(PeTarget *t, PeAvroSchema *s, PeRow *row, bool only_nulls)
 					row->values[c] = p->dflt;
 					row->nulls[c] = false;
 				}
+				continue;
+			}
+			if (flat)
+			{
+				/* read by decode_avro_flat.c: a top-level field */
+				PeAvroScalar *x = pe_avro_flat_value(s->flat, p->idx[0]);
+
+				if (x)
+					row->values[c] = pe_avro_scalar_datum(&t->cols[c], p, x);
+				row->nulls[c] = (x == NULL);
 				continue;
 			}
 			for (int k = 0; k < p->n && !isnull; k++)
@@ -718,7 +790,12 @@ pe_avro_fill(PeTarget *t, PeAvroSchema *s, PeRow *row, bool only_nulls)
 void
 pe_decode_avro(PeTarget *t, const char *data, size_t len, PeRow *row)
 {
-	pe_avro_fill(t, pe_avro_read(t, false, data, len), row, false);
+	PeAvroSchema *s = pe_avro_writer(t, false, data, len);
+
+	if (s->flat && pe_avro_flat_read(s->flat, (const unsigned char *) data + 5, (const unsigned char *) data + len))
+		pe_avro_fill(t, s, row, false, true);
+	else
+		pe_avro_fill(t, pe_avro_read(t, s, false, data, len), row, false, false);
 }
 
 /*
@@ -729,14 +806,14 @@ pe_decode_avro(PeTarget *t, const char *data, size_t len, PeRow *row)
 void
 pe_decode_avro_key(PeTarget *t, const char *data, size_t len, PeRow *row, bool only_nulls)
 {
-	pe_avro_fill(t, pe_avro_read(t, true, data, len), row, only_nulls);
+	pe_avro_fill(t, pe_avro_read(t, pe_avro_writer(t, true, data, len), true, data, len), row, only_nulls, false);
 }
 
 /* key_format 'avro': the whole key for a column mapped to $key (JSON, or a type's input). */
 Datum
 pe_avro_key_value(PeTarget *t, PeColumn *col, const char *data, size_t len)
 {
-	PeAvroSchema *s = pe_avro_read(t, true, data, len);
+	PeAvroSchema *s = pe_avro_read(t, pe_avro_writer(t, true, data, len), true, data, len);
 	StringInfoData buf;
 
 	initStringInfo(&buf);
