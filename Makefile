@@ -33,6 +33,7 @@ OBJS = \
 	src/avro_check.o \
 	src/decode_avro.o \
 	src/decode_avro_flat.o \
+	src/avro_values.o \
 	src/avro_encode.o \
 	src/avro_row_schema.o \
 	src/decode_raw.o \

@@ -90,8 +90,12 @@ extern PeAvroFlat *pe_avro_flat_plan(PeTarget *t, PeAvroSchema *s, MemoryContext
 extern bool pe_avro_flat_read(PeAvroFlat *f, const unsigned char *p, const unsigned char *end);
 extern PeAvroScalar *pe_avro_flat_value(PeAvroFlat *f, int i);
 
-/* decode_avro.c */
+/* avro_values.c */
+extern avro_value_t *pe_avro_branch(avro_value_t *v, avro_value_t *branch);
+extern void pe_avro_json(StringInfo buf, avro_value_t *v, int depth);
+extern void pe_avro_text(StringInfo buf, avro_value_t *v, int depth);
 extern Datum pe_avro_int_datum(PeColumn *col, PeAvroLogical logical, int64 i, bool is_long);
+extern Datum pe_avro_datum(PeColumn *col, PeAvroPath *p, avro_value_t *v, bool *isnull);
 extern Datum pe_avro_scalar_datum(PeColumn *col, PeAvroPath *p, PeAvroScalar *x);
 extern void pe_avro_verify_string(const char *s, size_t len);
 

@@ -25,8 +25,9 @@
  *	                    decode_json.c, decode_csv.c, decode_raw.c,
  *	                    decode_avro.c (avro_schemas.c: writer schemas
  *	                    from registry.c, fetched by slot_batch.c before
- *	                    the transaction; decode_avro_flat.c: flat
- *	                    records in one pass; avro_check.c, avro_json.c)
+ *	                    the transaction; avro_values.c: values into
+ *	                    columns; decode_avro_flat.c: flat records in one
+ *	                    pass; avro_check.c, avro_json.c)
  *	                    (target.c: which column takes what)
  *	      dedup.c       newest message per key (upsert)
  *	      apply.c       set-based INSERT / DELETE, prepared once;
