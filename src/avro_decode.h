@@ -51,6 +51,7 @@ typedef struct PeAvroSchema
 	Jsonb	   *doc;			/* its JSON, for resolving it for a target again */
 	PeAvroPath *paths;			/* indexed like the target's columns; NULL: to resolve */
 	PeAvroFlat *flat;			/* values: how to read its records in one pass, or NULL */
+	MemoryContext rcxt;			/* what resolving it allocated (paths, flat, defaults) */
 } PeAvroSchema;
 
 typedef struct PeAvroCache

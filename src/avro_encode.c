@@ -270,7 +270,8 @@ pe_decimal_bytes(PeEncode *e, JsonbValue *v, int scale, int precision, int size)
 
 		if (*c == '.' || (nd == 0 && *c == '0'))
 			continue;
-		if (precision > 0 && ++nd > precision)
+		nd++;
+		if (precision > 0 && nd > precision)
 			pe_encode_error(e, "%s has more digits than the decimal's precision", digits);
 		carry = (unsigned int) (*c - '0');
 		for (int i = cap - 1; i >= start; i--)

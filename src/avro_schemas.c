@@ -94,6 +94,17 @@ pe_avro_unwrap(avro_schema_t s)
 	return s;
 }
 
+/* Forget how s was resolved for a target (its paths, plan and defaults), and free it. */
+static void
+pe_avro_unresolve(PeAvroSchema *s)
+{
+	if (s->rcxt)
+		MemoryContextDelete(s->rcxt);
+	s->rcxt = NULL;
+	s->paths = NULL;
+	s->flat = NULL;
+}
+
 /*
  * Each column's path into the records of a schema: a value's columns that
  * take fields by their column_map path or name; a key's key columns by
@@ -105,7 +116,9 @@ pe_avro_resolve(PeTarget *t, PeAvroCache *cache, PeAvroSchema *s, Jsonb *doc, bo
 {
 	bool		whole_key = key && t->nkeys == 1 && !is_avro_record(pe_avro_unwrap(s->schema));
 
-	s->paths = MemoryContextAllocZero(cache->cxt, sizeof(PeAvroPath) * t->ncols);
+	pe_avro_unresolve(s);
+	s->rcxt = AllocSetContextCreate(cache->cxt, "pipeline_ext Avro schema resolved", ALLOCSET_SMALL_SIZES);
+	s->paths = MemoryContextAllocZero(s->rcxt, sizeof(PeAvroPath) * t->ncols);
 	for (int c = 0; c < t->ncols; c++)
 	{
 		PeColumn   *col = &t->cols[c];
@@ -117,7 +130,7 @@ pe_avro_resolve(PeTarget *t, PeAvroCache *cache, PeAvroSchema *s, Jsonb *doc, bo
 		p->n = -1;
 		if (key ? !col->is_key : col->source != PE_SRC_FIELD)
 			continue;
-		p->idx = MemoryContextAlloc(cache->cxt, sizeof(int) * Max(npath, 1));
+		p->idx = MemoryContextAlloc(s->rcxt, sizeof(int) * Max(npath, 1));
 		if (npath == 0)
 			p->n = 0;
 		for (int k = 0; k < npath; k++)
@@ -136,7 +149,7 @@ pe_avro_resolve(PeTarget *t, PeAvroCache *cache, PeAvroSchema *s, Jsonb *doc, bo
 		if (p->n >= 0)
 			pe_avro_json_logical(doc, path, p->n, p);
 	}
-	s->flat = key ? NULL : pe_avro_flat_plan(t, s, cache->cxt);
+	s->flat = key ? NULL : pe_avro_flat_plan(t, s, s->rcxt);
 }
 
 /* ---- the cache of writer schemas ---------------------------------------- */
@@ -155,6 +168,7 @@ pe_avro_forget(PeAvroSchema *s)
 		avro_schema_decref(s->schema);
 	s->iface = NULL;
 	s->schema = NULL;
+	pe_avro_unresolve(s);
 }
 
 static void
@@ -214,10 +228,7 @@ pe_avro_reuse(PeTarget *t)
 		}
 		hash_seq_init(&seq, cache->schemas);
 		while ((s = hash_seq_search(&seq)) != NULL)
-		{
-			s->paths = NULL;	/* (in the cache's memory: gone with it) */
-			s->flat = NULL;
-		}
+			pe_avro_unresolve(s);
 		cache->last = NULL;
 		if (k)
 			t->avro_key = cache;
@@ -396,8 +407,7 @@ pe_avro_defaults(PeTarget *t, PeAvroCache *cache, PeAvroSchema *s, PeConnection 
 
 	for (int c = 0; c < t->ncols; c++)
 		lacking |= t->cols[c].source == PE_SRC_FIELD && s->paths[c].n < 0;
-	if (!lacking)
-		return true;
+	/* a writer newer than the newest version seen: the subject's latest is asked for, lacking or not */
 	if (cache->reader_id < s->id)
 	{
 		int32		id = s->id;
@@ -417,8 +427,25 @@ pe_avro_defaults(PeTarget *t, PeAvroCache *cache, PeAvroSchema *s, PeConnection 
 			cache->reader_doc = MemoryContextAlloc(cache->cxt, VARSIZE(doc));
 			memcpy(cache->reader_doc, doc, VARSIZE(doc));
 		}
+
+		/*
+		 * The defaults come from the newest version seen: the writer
+		 * schemas resolved with an older one take them from this one when
+		 * next used (as after a restart), not from whichever was newest
+		 * when each was first seen.
+		 */
+		{
+			HASH_SEQ_STATUS seq;
+			PeAvroSchema *other;
+
+			hash_seq_init(&seq, cache->schemas);
+			while ((other = hash_seq_search(&seq)) != NULL)
+				if (other != s && other->paths)
+					pe_avro_unresolve(other);
+			cache->last = NULL;
+		}
 	}
-	if (cache->reader_doc == NULL)
+	if (!lacking || cache->reader_doc == NULL)
 		return true;
 
 	/*
@@ -442,7 +469,7 @@ pe_avro_defaults(PeTarget *t, PeAvroCache *cache, PeAvroSchema *s, PeConnection 
 		if (col->source != PE_SRC_FIELD || s->paths[c].n >= 0 ||
 			(field = pe_avro_json_field(cache->reader_doc, col->path, col->npath)) == NULL)
 			continue;
-		old = MemoryContextSwitchTo(cache->cxt);
+		old = MemoryContextSwitchTo(s->rcxt);
 		if (pe_avro_default(col, cache->reader_doc, field, &d))
 		{
 			s->paths[c].has_default = true;
@@ -493,8 +520,9 @@ pe_avro_fetch(PeTarget *t, bool key, PeConnection *conn, int32 id, char **why)
 	s->schema = NULL;
 	s->iface = NULL;
 	s->value.self = NULL;
-	s->paths = NULL;
-	s->flat = NULL;
+	if (!found)
+		s->rcxt = NULL;
+	pe_avro_unresolve(s);
 	s->why = MemoryContextStrdup(cache->cxt, *why ? *why : "");
 	s->doc = NULL;
 	if (answer == PE_REGISTRY_FOUND)

@@ -115,7 +115,7 @@ unlike($node->safe_psql('postgres', q{SELECT options::text FROM pipeline.connect
 	qr/s3cret/, 'and masked in pipeline.connections');
 
 # --- consuming Avro: three versions of a subject written by python3-avro
-my $broker = PipelineExt::Broker->start(brokers => 1, topics => { readings_avro => 8, bad_avro => 1, keyed_avro => 2, int_keyed_avro => 1, orders_out => 2, envelopes => 1, arrays_avro => 1, wide_avro => 1 });
+my $broker = PipelineExt::Broker->start(brokers => 1, topics => { readings_avro => 8, bad_avro => 1, keyed_avro => 2, int_keyed_avro => 1, orders_out => 2, envelopes => 1, arrays_avro => 1, wide_avro => 1, evolve_avro => 1 });
 my $bs = $broker->bootstrap;
 my $user = 'ingest:reg-s3cret-pw';
 sql(qq{SELECT pipeline.create_connection('local', '$bs',
@@ -487,7 +487,9 @@ is(sql(q{SELECT string_agg("offset" || ' ' || error, e'\n' ORDER BY "offset") FR
 
 # --- decimals of any width (a DECIMAL(65,30) of MySQL through Debezium takes 28 bytes): decoded, and
 # encoded by avro_encode() for python3-avro to read back; bytes and fixed, negative and positive
-sql(q{CREATE TABLE wide_t (id int PRIMARY KEY, b numeric(65,30), f numeric(60,10));
+# (and in the same records, read in one pass: a local-timestamp-millis, which python3-avro writes as its
+# long, a union with null second, a fixed that is not a decimal)
+sql(q{CREATE TABLE wide_t (id int PRIMARY KEY, b numeric(65,30), f numeric(60,10), lt timestamp, opt text, raw bytea);
       SELECT pipeline.create_consumer('avro_wide', 'local', 'wide_avro', 'wide_t', format => 'avro');});
 my $wide = $registry->python(q{
 import io, struct, sys, json, decimal
@@ -498,7 +500,9 @@ decimal.getcontext().prec = 100
 url, user, bootstrap = sys.argv[1:4]
 text = json.dumps({"type": "record", "name": "Wide", "fields": [{"name": "id", "type": "int"},
     {"name": "b", "type": {"type": "bytes", "logicalType": "decimal", "precision": 65, "scale": 30}},
-    {"name": "f", "type": {"type": "fixed", "name": "F", "size": 26, "logicalType": "decimal", "precision": 60, "scale": 10}}]})
+    {"name": "f", "type": {"type": "fixed", "name": "F", "size": 26, "logicalType": "decimal", "precision": 60, "scale": 10}},
+    {"name": "lt", "type": {"type": "long", "logicalType": "local-timestamp-millis"}},
+    {"name": "opt", "type": ["string", "null"]}, {"name": "raw", "type": {"type": "fixed", "name": "Raw", "size": 4}}]})
 sid = SchemaRegistryClient({"url": url, "basic.auth.user.info": user}).register_schema("wide_avro-value", Schema(text, "AVRO"))
 w = avro.io.DatumWriter(avro.schema.parse(text))
 vals = [("12345678901234567890123456789012345.123456789012345678901234567890", "-98765432109876543210987654321098765432109876543210.0123456789"),
@@ -511,7 +515,8 @@ for i, (b, f) in enumerate(vals):
     buf.write(struct.pack(">bI", 0, sid))
     # (python3-avro writes a Decimal's digits as they are: it must have the scale's exponent)
     b, f = decimal.Decimal(b).quantize(decimal.Decimal(1).scaleb(-30)), decimal.Decimal(f).quantize(decimal.Decimal(1).scaleb(-10))
-    w.write({"id": i, "b": b, "f": f}, avro.io.BinaryEncoder(buf))
+    w.write({"id": i, "b": b, "f": f, "lt": 1777636800250 + i, "opt": "s%d" % i if i % 2 else None, "raw": bytes([i, 1, 2, 3])},
+            avro.io.BinaryEncoder(buf))
     p.produce("wide_avro", value=buf.getvalue())
     print(i, b, f)
 p.flush(30)
@@ -521,6 +526,10 @@ my $wide_got = sql(q{SELECT string_agg(id || ' ' || b || ' ' || f, e'\n' ORDER B
 my $wide_want = join("\n", map { my ($i, $b, $f) = split / /; "$i " . sql("SELECT ${b}::numeric(65,30) || ' ' || ${f}::numeric(60,10)") }
 	split /\n/, $wide);
 is($wide_got, $wide_want, 'each equal to what python3-avro wrote (beyond 38 digits, and 2^127)');
+is(sql(q{SELECT string_agg(id || ' ' || lt || ' ' || coalesce(opt, 'NULL') || ' ' || encode(raw, 'hex'), ', ' ORDER BY id) FROM wide_t}),
+	'0 2026-05-01 12:00:00.25 NULL 00010203, 1 2026-05-01 12:00:00.251 s1 01010203, 2 2026-05-01 12:00:00.252 NULL 02010203, '
+	. '3 2026-05-01 12:00:00.253 s3 03010203, 4 2026-05-01 12:00:00.254 NULL 04010203',
+	'a local-timestamp-millis, a union with null second, a plain fixed');
 my $wide_hex = sql(q{SELECT string_agg(encode(pipeline.avro_encode('local', 'wide_avro', to_jsonb(w)), 'hex'), ',' ORDER BY id) FROM wide_t w});
 is($registry->python(q{
 import io, sys, decimal
@@ -533,6 +542,57 @@ for h in sys.argv[3].split(","):
     print(r["id"], format(r["b"], "f"), format(r["f"], "f"))
 }, $wide_hex), sql(q{SELECT string_agg(id || ' ' || b || ' ' || f, e'\n' ORDER BY id) FROM wide_t}) . "\n",
 	'avro_encode() writes them back, python3-avro reads the same values');
+# a decimal schema without a precision (which python3-avro reads as plain bytes): the unscaled value whole
+is($registry->python(q{
+import io, sys
+import avro.io, avro.schema
+from confluent_kafka.schema_registry import SchemaRegistryClient
+c = SchemaRegistryClient({"url": sys.argv[1], "basic.auth.user.info": sys.argv[2]})
+for h in sys.argv[3].split(","):
+    b = bytes.fromhex(h)
+    x = avro.io.DatumReader(avro.schema.parse(c.get_schema(int.from_bytes(b[1:5], "big")).schema_str)).read(avro.io.BinaryDecoder(io.BytesIO(b[5:])))["x"]
+    print(int.from_bytes(x, "big", signed=True) if isinstance(x, bytes) else x.scaleb(2))
+}, sql(q{SELECT string_agg(encode(pipeline.avro_encode('local', 'x', jsonb_build_object('x', v),
+           '{"type": "record", "name": "N", "fields": [{"name": "x", "type": {"type": "bytes", "logicalType": "decimal", "scale": 2}}]}',
+           subject => 'no precision'), 'hex'), ',' ORDER BY o)
+         FROM unnest(ARRAY[100.05, -10, 0.5, 1000000]) WITH ORDINALITY u(v, o)})),
+	"10005\n-1000\n50\n100000000\n", 'a decimal without a precision keeps every digit (zeros too)');
+
+# --- a field's default comes from the newest version seen, for the messages of every older version,
+# also of a version whose schema the slot had already resolved before the newer one came
+sql(q{CREATE TABLE evolve_t (id int PRIMARY KEY, label text, extra int);
+      SELECT pipeline.create_consumer('avro_evolve', 'local', 'evolve_avro', 'evolve_t', format => 'avro');});
+my $evolve = q{
+import io, struct, sys, json
+import avro.io, avro.schema
+from confluent_kafka import Producer
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+url, user, bootstrap, step = sys.argv[1:5]
+client = SchemaRegistryClient({"url": url, "basic.auth.user.info": user})
+fields = [{"name": "id", "type": "int"}, {"name": "label", "type": "string"}]
+def reg(fs):
+    text = json.dumps({"type": "record", "name": "Evolve", "fields": fs})
+    return client.register_schema("evolve_avro-value", Schema(text, "AVRO")), avro.schema.parse(text)
+def wire(v, rec):
+    buf = io.BytesIO()
+    buf.write(struct.pack(">bI", 0, v[0]))
+    avro.io.DatumWriter(v[1]).write(rec, avro.io.BinaryEncoder(buf))
+    return buf.getvalue()
+p = Producer({"bootstrap.servers": bootstrap})
+v1 = reg(fields)
+if step == "1":
+    p.produce("evolve_avro", value=wire(v1, {"id": 1, "label": "v1 first"}))
+else:
+    v2 = reg(fields + [{"name": "extra", "type": "int", "default": 7}])
+    p.produce("evolve_avro", value=wire(v2, {"id": 2, "label": "v2", "extra": 5}))
+    p.produce("evolve_avro", value=wire(v1, {"id": 3, "label": "v1 again"}))
+p.flush(30)
+};
+$registry->python($evolve, $bs, 1);
+wait_for(q{SELECT count(*) FROM evolve_t}, 1, 'a message of the first version');
+$registry->python($evolve, $bs, 2);
+wait_for(q{SELECT string_agg(id || ' ' || coalesce(extra::text, 'NULL'), ', ' ORDER BY id) FROM evolve_t}, '1 NULL, 2 5, 3 7',
+	"after a newer version adds a field with a default, an older version's message takes that default");
 
 # --- the registry down: the messages wait, none is a dead letter, and all come when it is back
 my $before = sql('SELECT count(*) FROM readings');
