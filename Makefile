@@ -46,6 +46,7 @@ OBJS = \
 	src/aggregate_drop.o \
 	src/aggregate_emit.o \
 	src/aggregate_merge.o \
+	src/aggregate_pre.o \
 	src/dedup.o \
 	src/apply.o \
 	src/apply_append.o \

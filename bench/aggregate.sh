@@ -51,6 +51,7 @@ run_case() {
 	psql_b -c "SELECT pipeline.start_consumer('$t')" >/dev/null
 	out=$(psql_b -At -F' ' -c "SELECT extract(epoch FROM first_batch_at), extract(epoch FROM done_at) FROM bench_wait('$t', $N)")
 	read -r first end _ <<<"$out"
+	psql_b -At -c "SELECT '   $t: ' || sum(batches) || ' batches' FROM pipeline._slots() WHERE consumer = '$t'"
 	psql_b -c "SELECT pipeline.stop_consumer('$t')" >/dev/null
 	echo "$name $(echo "scale=0; $N / ($end - $first)" | bc)" >>"$BENCH/results"
 	if [ -n "$win" ]; then

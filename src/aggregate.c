@@ -488,7 +488,7 @@ pe_agg_utc(PeAggregate *a, int64 local)
 }
 
 /* date_bin: the start of the stride holding t */
-static int64
+int64
 pe_agg_bin(int64 t, int64 stride, int64 origin)
 {
 	int64		d = t - origin;

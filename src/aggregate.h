@@ -86,11 +86,17 @@ extern const char *pe_agg_table(PeAggregate *a, Oid rel);
 extern void pe_agg_lock(PeAggregate *a);
 extern const char *pe_agg_columns(PeAggregate *a);
 extern Datum pe_agg_interval(int64 us);
+extern int64 pe_agg_bin(int64 t, int64 stride, int64 origin);
 extern int64 pe_agg_local(PeAggregate *a, int64 t);
 extern int64 pe_agg_utc(PeAggregate *a, int64 local);
 extern int	pe_agg_as_owner(PeTarget *t, const char *sql, int nargs, Oid *types, Datum *values, const char *nulls);
 extern void pe_agg_merge(PeAggregate *a, PeTarget *t, PeRow *rows, const Datum *times, const int *take, int ntake,
 						 const int *cols, int ncols);
+extern void pe_agg_on_conflict(StringInfo s, PeAggregate *a, Oid time_type);
+
+/* aggregate_pre.c */
+extern bool pe_agg_pre_merge(PeAggregate *a, PeTarget *t, PeRow *rows, const Datum *times, const int *take, int ntake,
+							 const int *cols, int ncols);
 extern char *pe_agg_emit_wrap(PeAggregate *a, const char *ctes, const char *sql, bool emits, const char *removed,
 							  const char *retracted);
 extern uint64 pe_agg_emitted(PeAggregate *a, PeTarget *t, bool emits, int64 *inserted);

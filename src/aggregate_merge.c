@@ -252,12 +252,28 @@ pe_agg_arg(PeAggregate *a, int i, PeTarget *t, const int *cols, int ncols)
 	return -1;
 }
 
+/*
+ * The end of the statement that merges a batch's windows into the results
+ * (r, as the INSERT names it): a window and group already there takes the
+ * merge of the two.
+ */
+void
+pe_agg_on_conflict(StringInfo s, PeAggregate *a, Oid time_type)
+{
+	/* (no order needed: a batch holds the aggregate's row lock, pe_agg_lock()) */
+	appendStringInfoString(s, " ON CONFLICT (window_start, window_end");
+	for (int i = 0; i < a->ngroups; i++)
+		appendStringInfo(s, ", %s", quote_identifier(a->groups[i]));
+	appendStringInfoString(s, ") DO UPDATE SET ");
+	for (int i = 0; i < a->naggs; i++)
+		pe_agg_merge_expr(s, a, i, pe_agg_valid_from(a, i, time_type));
+}
+
 /* The statement that merges a batch's events into the results. */
 static char *
 pe_agg_sql(PeAggregate *a, PeTarget *t, const int *cols, int ncols, Oid time_type)
 {
 	StringInfoData s;
-	StringInfoData g;
 	const char *res = pe_agg_table(a, a->emit_close ? a->state : a->results);
 	/*
 	 * Windows are aligned in wall time: the time zone's ($ncols+7), or
@@ -275,9 +291,6 @@ pe_agg_sql(PeAggregate *a, PeTarget *t, const int *cols, int ncols, Oid time_typ
 	const char *e_of_x = a->time_zone ? psprintf("pg_catalog.timezone(%s, %s)", tz, x_end) : x_end;
 
 	initStringInfo(&s);
-	initStringInfo(&g);
-	for (int i = 0; i < a->ngroups; i++)
-		appendStringInfo(&g, ", %s", quote_identifier(a->groups[i]));
 
 	appendStringInfo(&s, "INSERT INTO %s AS r (%s) SELECT w.s, w.e", res, pe_agg_columns(a));
 	for (int i = 0; i < a->ngroups; i++)
@@ -313,10 +326,7 @@ pe_agg_sql(PeAggregate *a, PeTarget *t, const int *cols, int ncols, Oid time_typ
 						 s_of_x, e_of_x, bin, ncols + 4, bin, ncols + 2, x_end, local_c0, ncols + 5, e_of_x, ncols + 5);
 	for (int i = 0; i < a->ngroups; i++)
 		appendStringInfo(&s, ", m.c%d", i + 1);
-	/* (no order needed: a batch holds the aggregate's row lock, pe_agg_lock()) */
-	appendStringInfo(&s, " ON CONFLICT (window_start, window_end%s) DO UPDATE SET ", g.data);
-	for (int i = 0; i < a->naggs; i++)
-		pe_agg_merge_expr(&s, a, i, pe_agg_valid_from(a, i, time_type));
+	pe_agg_on_conflict(&s, a, time_type);
 	/* each change of a window is emitted, with emit 'update' */
 	return pe_agg_emit_wrap(a, NULL, s.data, !a->emit_close, NULL, NULL);
 }
@@ -518,6 +528,10 @@ pe_agg_merge(PeAggregate *a, PeTarget *t, PeRow *rows, const Datum *times, const
 	char	   *nulls = palloc(nargs + 1);
 	int			rc;
 	int64		inserted;
+
+	/* the common aggregate: grouped in C first */
+	if (!a->session && pe_agg_pre_merge(a, t, rows, times, take, ntake, cols, ncols))
+		return;
 
 	/* the times: a column's, or the messages' timestamps */
 	for (int i = 0; i < ntake; i++)

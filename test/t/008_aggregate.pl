@@ -54,7 +54,10 @@ sql(qq{CREATE EXTENSION pipeline_ext;
        SELECT pipeline.create_aggregate('per_min', 'rd', '1 minute', 'ts',
          ARRAY['count(*)', 'sum(temp)', 'avg(temp) AS mean', 'min(temp)', 'max(temp)'], ARRAY['device']);
        SELECT pipeline.create_aggregate('hop', 'rd', '2 minutes', 'ts', ARRAY['count(*)', 'max(id)'],
-         slide => '1 minute');});
+         slide => '1 minute');
+       -- (grouped in C before the merge, aggregate_pre.c: sums and averages of an integer, text's min and max)
+       SELECT pipeline.create_aggregate('ints', 'rd', '1 minute', 'ts',
+         ARRAY['sum(id)', 'avg(id)', 'min(device)', 'max(device)', 'count(temp)']);});
 
 
 # the optional extensions: a function that needs one that is missing says
@@ -114,7 +117,7 @@ is(sql(q{SELECT string_agg(concat_ws(':', name, emit, state, emit_connection, em
 	'emit_cls:close:emit_cls_open:local:agg_closed,emit_upd:update:local:agg_updates', 'pipeline.aggregates shows how they emit');
 
 is(sql(q{SELECT string_agg(name || ':' || window_kind || ':' || results::text, ',' ORDER BY name) FROM pipeline.aggregates}),
-	'alt:tumbling:alt,approx:tumbling:approx,by_kafka_time:tumbling:by_kafka_time,cum:cumulative:cum,emit_cls:tumbling:emit_cls,emit_upd:tumbling:emit_upd,exact:tumbling:exact,hop:hopping:hop,per_min:tumbling:per_min,sess_rd:session:sess_rd',
+	'alt:tumbling:alt,approx:tumbling:approx,by_kafka_time:tumbling:by_kafka_time,cum:cumulative:cum,emit_cls:tumbling:emit_cls,emit_upd:tumbling:emit_upd,exact:tumbling:exact,hop:hopping:hop,ints:tumbling:ints,per_min:tumbling:per_min,sess_rd:session:sess_rd',
 	'pipeline.aggregates lists them');
 
 # what the aggregates must hold: the same, in plain SQL over the table
@@ -175,6 +178,12 @@ sub check
 	isnt($want, '', "$what: the table has events");
 	is(sql($per_min_sql), $want, "$what: the tumbling windows equal plain SQL over the table");
 	is(sql($hop_sql), sql($hop_want), "$what: the hopping windows equal plain SQL over the table");
+	is(sql(q{SELECT string_agg(concat_ws('|', window_start, sum_id, avg_id, min_device, max_device, count_temp), ',' ORDER BY window_start)
+	           FROM ints}),
+		sql(q{SELECT string_agg(concat_ws('|', s, si, ai, mi, ma, ct), ',' ORDER BY s)
+		        FROM (SELECT date_bin('1 minute', ts, timestamptz '2000-01-01 00:00:00+00') AS s, sum(id) AS si, avg(id) AS ai,
+		                     min(device) AS mi, max(device) AS ma, count(temp) AS ct FROM readings GROUP BY 1) x}),
+		"$what: sums and averages of an integer (bigint, numeric), text's min and max equal plain SQL");
 	is(sql($exact_sql), sql($exact_want), "$what: first, last and exact distinct counts equal plain SQL");
 	my $windows = sql(q{SELECT count(DISTINCT (date_bin('10 minutes', ts, timestamptz '2000-01-01 00:00:00+00'), device)) FROM readings});
 	is(sql($approx_off), "$windows windows, 0 distinct counts off, 0 percentiles off by more than 2",
@@ -310,14 +319,14 @@ is(sql(q{SELECT (windows_closed = (SELECT count(*) FROM closing WHERE closed)) |
 like(sql(q{SELECT status || ': ' || reason FROM pipeline.health WHERE consumer = 'aggregate:closing'}),
 	qr/^warning: 1 late events kept in the last /, 'pipeline.health warns of the late event');
 is(sql(q{SELECT string_agg(consumer, ',' ORDER BY consumer) FROM pipeline.health WHERE consumer LIKE 'aggregate:%'}),
-	'aggregate:alt,aggregate:approx,aggregate:by_kafka_time,aggregate:closing,aggregate:cum,aggregate:emit_cls,aggregate:emit_upd,aggregate:exact,aggregate:hop,aggregate:per_min,aggregate:sess_rd', '... and has a row for each aggregate');
+	'aggregate:alt,aggregate:approx,aggregate:by_kafka_time,aggregate:closing,aggregate:cum,aggregate:emit_cls,aggregate:emit_upd,aggregate:exact,aggregate:hop,aggregate:ints,aggregate:per_min,aggregate:sess_rd', '... and has a row for each aggregate');
 {
 	# the exporter's query for aggregates (sql/prometheus-postgres-exporter.yaml) runs and has them
 	my $yaml = slurp_file(($ENV{TESTDIR} // '.') . '/sql/prometheus-postgres-exporter.yaml');
 	my ($query) = $yaml =~ /^pipeline_aggregate:\n  query: \|\n(.*?)\n  metrics:/ms;
 	ok(defined $query, 'the exporter has a query for aggregates');
 	like(sql("SELECT string_agg(aggregate || ':' || late_events, ',' ORDER BY aggregate) FROM ($query) q"),
-		qr/^alt:1,approx:1,by_kafka_time:\d+,closing:1,cum:\d+,emit_cls:1,emit_upd:1,exact:1,hop:1,per_min:1,sess_rd:\d+$/, '... which reads them');
+		qr/^alt:1,approx:1,by_kafka_time:\d+,closing:1,cum:\d+,emit_cls:1,emit_upd:1,exact:1,hop:1,ints:1,per_min:1,sess_rd:\d+$/, '... which reads them');
 }
 
 # a dead letter replayed once the table takes it: counted then, once
