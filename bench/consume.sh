@@ -29,6 +29,7 @@
 #
 #   sudo bash bench/consume.sh               N = 1,000,000 over 40 partitions
 #   N=200000 PARTS=6 sudo -E bash bench/consume.sh
+#   BATCH_SIZE=200000 sudo -E bash bench/consume.sh   pipeline_ext's cases with another batch_size
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/../test/setup.sh"
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -105,7 +106,7 @@ run_consumer() {
 	local name=$1 mode=$2 table=$3 par=$4 start end cpu0 cpu1 peak out
 	cpu0=$(instance_cpu)
 	start=$(now)
-	psql_b -c "SELECT pipeline.create_consumer('$name', 'bench', 'events', '$table', mode => '$mode' $par)" >/dev/null
+	psql_b -c "SELECT pipeline.create_consumer('$name', 'bench', 'events', '$table', mode => '$mode' $par${BATCH_SIZE:+, batch_size => $BATCH_SIZE})" >/dev/null
 	out=$(psql_b -At -F' ' -c "SELECT extract(epoch FROM first_batch_at), extract(epoch FROM done_at), poller_cpu, peak_kb
 	                             FROM bench_wait('$name', $N)")
 	read -r first end poller peak <<<"$out"
