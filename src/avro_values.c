@@ -563,17 +563,25 @@ pe_avro_scalar_datum(PeColumn *col, PeAvroPath *p, PeAvroScalar *x)
 				char	   *text = pe_avro_decimal_text((const unsigned char *) x->bytes, x->len, p->scale);
 				Datum		d = pe_input(col, text);
 
-				/* a numeric of a smaller scale would round: an error, not a changed value */
-				if (col->typid == NUMERICOID && col->typmod >= (int32) VARHDRSZ &&
-					((col->typmod - VARHDRSZ) & 0xffff) < p->scale &&
-					!DatumGetBool(DirectFunctionCall2(numeric_eq, d,
-													  DirectFunctionCall3(numeric_in, CStringGetDatum(text),
-																		  ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1)))))
-					ereport(ERROR,
-							(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
-							 errmsg("Avro decimal %s has more digits after the point than the column's scale of %d",
-									text, (col->typmod - VARHDRSZ) & 0xffff),
-							 errhint("Give the column the decimal's scale (%d), then replay the dead letter.", p->scale)));
+				/*
+				 * A numeric of a smaller scale (its own typmod, or its
+				 * domain's; PostgreSQL 15's scale may be negative) would
+				 * round: an error, not a changed value.
+				 */
+				if (col->numeric_typmod >= (int32) VARHDRSZ)
+				{
+					int			scale = ((((col->numeric_typmod - VARHDRSZ) & 0x7ff) ^ 1024) - 1024);
+
+					if (scale < p->scale &&
+						!DatumGetBool(DirectFunctionCall2(numeric_eq, d,
+														  DirectFunctionCall3(numeric_in, CStringGetDatum(text),
+																			  ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1)))))
+						ereport(ERROR,
+								(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+								 errmsg("Avro decimal %s has more digits after the point than the column's scale of %d",
+										text, scale),
+								 errhint("Give the column the decimal's scale (%d), then replay the dead letter.", p->scale)));
+				}
 				return d;
 			}
 			if (col->is_bytea)

@@ -91,6 +91,7 @@ typedef struct PeColumn
 	char	   *cast;			/* ... with this ("::type", qualified), else "" */
 	FmgrInfo	outfunc;		/* via_text or an array: the (base) type's output function */
 	bool		is_domain;
+	int32		numeric_typmod; /* a numeric (or a domain over one): its typmod, else -1 */
 	Oid			elemtyp;		/* an array column: its element type, else invalid */
 	struct PeColumn *elem;		/* ... and the element as a column of its own */
 	int16		typlen;

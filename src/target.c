@@ -414,7 +414,8 @@ static void
 pe_column_type(PeColumn *col, Oid typid, int32 typmod, Oid collation)
 {
 	Oid			infunc;
-	Oid			base = getBaseType(typid);
+	int32		basemod = typmod;
+	Oid			base = getBaseTypeAndTypmod(typid, &basemod);
 
 	col->typid = typid;
 	col->typmod = typmod;
@@ -434,6 +435,7 @@ pe_column_type(PeColumn *col, Oid typid, int32 typmod, Oid collation)
 	col->is_json = (base == JSONOID || base == JSONBOID);
 	col->is_bytea = (base == BYTEAOID);
 	col->is_domain = (base != typid);
+	col->numeric_typmod = base == NUMERICOID ? basemod : -1;
 	col->elemtyp = get_element_type(base);
 	if (col->via_text || OidIsValid(col->elemtyp))
 	{

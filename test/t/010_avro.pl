@@ -187,7 +187,13 @@ is(sql(q{SELECT count(*) FROM pipeline.dead_letters}), 0, 'no dead letters');
 
 # --- bad input: each bad message one dead letter with its reason, the rest applied
 sql(q{CREATE TABLE bad_target (id int PRIMARY KEY, price numeric(10,2), label text);
-      SELECT pipeline.create_consumer('avro_bad', 'local', 'bad_avro', 'bad_target', format => 'avro');});
+      SELECT pipeline.create_consumer('avro_bad', 'local', 'bad_avro', 'bad_target', format => 'avro');
+      -- the scale of a domain over numeric(10,2), and a negative scale, are as much the column's
+      CREATE DOMAIN price_d AS numeric(10,2);
+      CREATE TABLE bad_dom (id int PRIMARY KEY, price price_d, label text);
+      SELECT pipeline.create_consumer('avro_bad_dom', 'local', 'bad_avro', 'bad_dom', format => 'avro');
+      CREATE TABLE bad_neg (id int PRIMARY KEY, price numeric(12,-2), label text);
+      SELECT pipeline.create_consumer('avro_bad_neg', 'local', 'bad_avro', 'bad_neg', format => 'avro');});
 $registry->python(q{
 import io, struct, sys, decimal, json
 import avro.io, avro.schema
@@ -250,6 +256,15 @@ like($dead, qr/^15 column "price": Avro decimal 1.234 has more digits after the 
 	'a decimal of a greater scale than the column is not rounded away');
 like($dead, qr/^13 message value is not Avro in the schema registry's wire format: Its schema id -2 is negative/m,
 	'a negative schema id');
+wait_for(q{SELECT count(*) FROM pipeline.dead_letters WHERE consumer = 'avro_bad_dom'}, 11, 'the same into a domain over numeric(10,2)');
+like(sql(q{SELECT error FROM pipeline.dead_letters WHERE consumer = 'avro_bad_dom' AND "offset" = 15}),
+	qr/^column "price": Avro decimal 1.234 has more digits after the point than the column's scale of 2$/,
+	"... where the domain's scale is the column's: not rounded either");
+wait_for(q{SELECT count(*) FROM pipeline.dead_letters WHERE consumer = 'avro_bad_neg' AND "offset" = 0}, 1,
+	'into numeric(12,-2), 12.34 is a dead letter');
+like(sql(q{SELECT error FROM pipeline.dead_letters WHERE consumer = 'avro_bad_neg' AND "offset" = 0}),
+	qr/^column "price": Avro decimal 12.34 has more digits after the point than the column's scale of -2$/,
+	'... saying the negative scale');
 
 # replaying, after the cause is fixed: the decimal fits a wider column now
 is(sql(q{ALTER TABLE bad_target ALTER price TYPE numeric(20,2);
