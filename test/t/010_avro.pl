@@ -54,6 +54,17 @@ print("forward", c.get_compatibility("t-value"), c.test_compatibility("t-value",
 c.set_compatibility("t-value", "NONE")
 print("none", c.register_schema("t-value", Schema(bad_type, "AVRO")))
 print("wrong password", err(lambda: SchemaRegistryClient({"url": url, "basic.auth.user.info": "ingest:nope"}).get_subjects()))
+f1 = '{"type":"record","name":"f","fields":[{"name":"a","type":"int"},{"name":"c","type":"string"}]}'
+f_drop_c = '{"type":"record","name":"f","fields":[{"name":"a","type":"int"}]}'
+f_add_d = '{"type":"record","name":"f","fields":[{"name":"a","type":"int"},{"name":"c","type":"string"},{"name":"d","type":"int","default":0}]}'
+c.register_schema("f-value", Schema(f1, "AVRO"))
+print("backward drop", c.test_compatibility("f-value", Schema(f_drop_c, "AVRO")))
+c.set_compatibility("f-value", "FULL")
+print("full", c.get_compatibility("f-value"), c.test_compatibility("f-value", Schema(f_drop_c, "AVRO")),
+      c.test_compatibility("f-value", Schema(f_add_d, "AVRO")))
+c.set_compatibility(level="FULL_TRANSITIVE")
+print("global", c.get_compatibility())
+c.set_compatibility(level="BACKWARD")
 });
 like($out, qr/^ids 1 2 1$/m, 'registering gives ids; an identical schema keeps its id in another subject');
 like($out, qr/^subjects other-value,t-value versions \[1, 2\]$/m, 'subjects and versions');
@@ -67,6 +78,10 @@ like($out, qr/^invalid 422\/42201$/m, 'an invalid schema: 42201');
 like($out, qr/^forward FORWARD True$/m, 'FORWARD: the old schema reads data of the new one');
 like($out, qr/^none 3$/m, 'NONE: anything goes');
 like($out, qr/^wrong password 401\/401$/m, 'basic auth');
+like($out, qr/^backward drop True$/m, 'BACKWARD: dropping a field without a default is compatible (new readers skip it)');
+like($out, qr/^full FULL False True$/m,
+	"FULL: ... but not both ways (old readers lack its value); a field added with a default is");
+like($out, qr/^global FULL_TRANSITIVE$/m, 'the global level (PUT and GET /config)');
 
 # fault injection: down refuses connections, then it is back
 $registry->ctl('down 2');
@@ -82,7 +97,7 @@ except Exception:
 time.sleep(3)
 print(len(c.get_subjects()))
 });
-is($out, "refused\n2\n", 'the registry can be made unreachable for a while');
+is($out, "refused\n3\n", 'the registry can be made unreachable for a while');
 
 # --- the registry on a connection
 my $node = PostgreSQL::Test::Cluster->new('avro');
