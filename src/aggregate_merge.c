@@ -524,7 +524,7 @@ pe_agg_merge(PeAggregate *a, PeTarget *t, PeRow *rows, const Datum *times, const
 	Datum	   *ev = palloc(sizeof(Datum) * ntake);
 	bool	   *en = palloc(sizeof(bool) * ntake);
 	Oid			time_type = cols[0] >= 0 ? t->cols[cols[0]].typid : TIMESTAMPTZOID;
-	char	   *sql = a->session ? pe_agg_session_sql(a, t, cols, ncols) : pe_agg_sql(a, t, cols, ncols, time_type);
+	char	   *sql;
 	char	   *nulls = palloc(nargs + 1);
 	int			rc;
 	int64		inserted;
@@ -532,6 +532,7 @@ pe_agg_merge(PeAggregate *a, PeTarget *t, PeRow *rows, const Datum *times, const
 	/* the common aggregate: grouped in C first */
 	if (!a->session && pe_agg_pre_merge(a, t, rows, times, take, ntake, cols, ncols))
 		return;
+	sql = a->session ? pe_agg_session_sql(a, t, cols, ncols) : pe_agg_sql(a, t, cols, ncols, time_type);
 
 	/* the times: a column's, or the messages' timestamps */
 	for (int i = 0; i < ntake; i++)

@@ -32,6 +32,9 @@
 
 #include "aggregate.h"
 
+/* windows and groups of one batch, at most: more go through the SQL statement (which can spill) */
+#define PE_PRE_MAX_CELLS 1000000
+
 typedef enum PeAggFn
 {
 	PE_PRE_COUNT,
@@ -58,7 +61,8 @@ typedef struct PeAggAcc
 	int64		i;				/* sum of int2/int4 */
 	int128		i128;			/* sum of int8 */
 	float4		f4;				/* sum of float4 */
-	float8		f8;				/* sum of float8; avg of floats: their sum in float8 */
+	float8		f8;				/* sum of float8 (from its first value), of float4 in float8 */
+	float8		avg8;			/* avg of floats: their sum from 0, in float8 */
 	Datum		d;				/* sum of numeric; min, max */
 } PeAggAcc;
 
@@ -145,13 +149,43 @@ pe_pre_plan(PeAggregate *a, PeTarget *t, const int *cols, int ncols, PeAggPlan *
 		{
 			TypeCacheEntry *tc = lookup_type_cache(p->col->typid, TYPECACHE_CMP_PROC_FINFO);
 
-			if (!OidIsValid(tc->cmp_proc))
+			/* (an array column's values travel as text: aggregate_merge.c's statement) */
+			if (!OidIsValid(tc->cmp_proc) || p->col->via_text)
 				return false;
 			p->cmp = &tc->cmp_proc_finfo;
 			p->collation = p->col->collation;
 		}
 	}
 	return true;
+}
+
+/*
+ * The type this path computes item k of function p in (0: its value; for
+ * avg 1: the sum, 2: the count), as the SQL aggregate returns it.
+ */
+static Oid
+pe_pre_item_type(PeAggPlan *p, int item)
+{
+	Oid			arg = p->col ? getBaseType(p->col->typid) : InvalidOid;
+
+	if (p->fn == PE_PRE_COUNT || (p->fn == PE_PRE_AVG && item == 2))
+		return INT8OID;
+	if (p->fn == PE_PRE_MIN || p->fn == PE_PRE_MAX)
+		return arg;
+	if (p->fn == PE_PRE_AVG && item == 0)
+		return (arg == FLOAT4OID || arg == FLOAT8OID) ? FLOAT8OID : NUMERICOID;
+	/* a sum */
+	switch (arg)
+	{
+		case INT2OID:
+		case INT4OID:
+			return INT8OID;
+		case FLOAT4OID:
+		case FLOAT8OID:
+			return arg;
+		default:
+			return NUMERICOID;
+	}
 }
 
 /* A window and group's hash: its start and each group value's hash (the column's collation). */
@@ -223,11 +257,14 @@ pe_pre_add(PeAggPlan *p, PeAggAcc *acc, Datum v)
 					acc->i128 += DatumGetInt64(v);
 					break;
 				case FLOAT4OID:
-					acc->f4 = float4_pl(acc->f4, DatumGetFloat4(v));
+					/* sum() starts from the first value (a lone -0 stays -0); avg() adds to 0 */
+					acc->f4 = acc->count == 1 ? DatumGetFloat4(v) : float4_pl(acc->f4, DatumGetFloat4(v));
 					acc->f8 = float8_pl(acc->f8, (float8) DatumGetFloat4(v));
+					acc->avg8 = acc->f8;
 					break;
 				case FLOAT8OID:
-					acc->f8 = float8_pl(acc->f8, DatumGetFloat8(v));
+					acc->avg8 = float8_pl(acc->avg8, DatumGetFloat8(v));
+					acc->f8 = acc->count == 1 ? DatumGetFloat8(v) : float8_pl(acc->f8, DatumGetFloat8(v));
 					break;
 				case NUMERICOID:
 					acc->d = acc->count == 1 ? v : DirectFunctionCall2(numeric_add, acc->d, v);
@@ -242,7 +279,8 @@ pe_pre_add(PeAggPlan *p, PeAggAcc *acc, Datum v)
 			{
 				int			c = DatumGetInt32(FunctionCall2Coll(p->cmp, p->collation, v, acc->d));
 
-				if (p->fn == PE_PRE_MIN ? c < 0 : c > 0)
+				/* a tie takes the later value, as min() and max() do (numeric 1.0, then 1.00) */
+				if (p->fn == PE_PRE_MIN ? c <= 0 : c >= 0)
 					acc->d = v;
 			}
 			acc->any = true;
@@ -295,7 +333,7 @@ pe_pre_avg(PeAggPlan *p, PeAggAcc *acc)
 	Datum		sum;
 
 	if (p->col->typid == FLOAT4OID || p->col->typid == FLOAT8OID)
-		return Float8GetDatum(acc->f8 / (float8) acc->count);
+		return Float8GetDatum(acc->avg8 / (float8) acc->count);
 	if (p->col->typid == NUMERICOID)
 		sum = acc->d;
 	else if (p->col->typid == INT8OID)
@@ -343,9 +381,23 @@ pe_agg_pre_merge(PeAggregate *a, PeTarget *t, PeRow *rows, const Datum *times, c
 
 	if (!pe_pre_plan(a, t, cols, ncols, plan, gf))
 		return false;
+	/* the results' columns must be of the types computed here (ALTER TABLE may have changed either) */
+	for (int i = 0; i < a->naggs; i++)
+	{
+		const char *suffixes[2];
+		int			nstate = pe_agg_state_columns(a->fns[i], suffixes);
 
-	while (nbuckets < ntake)
-		nbuckets *= 2;
+		for (int item = 0; item <= nstate; item++)
+		{
+			const char *name = item == 0 ? a->outs[i] : psprintf("%s__%s", a->outs[i], suffixes[item - 1]);
+
+			Oid			want = pe_pre_item_type(&plan[i], item);
+
+			if (get_atttype(res, get_attnum(res, name)) != want || !OidIsValid(get_array_type(want)))
+				return false;
+		}
+	}
+
 	buckets = palloc(sizeof(int) * nbuckets);
 	memset(buckets, -1, sizeof(int) * nbuckets);
 	cells = palloc(sizeof(PeAggCell) * maxcells);
@@ -374,6 +426,20 @@ pe_agg_pre_merge(PeAggregate *a, PeTarget *t, PeRow *rows, const Datum *times, c
 					break;
 			if (cell < 0)
 			{
+				if (ncells == PE_PRE_MAX_CELLS)
+					return false;	/* (nothing written yet: the SQL statement, which can spill) */
+				if (ncells == nbuckets)
+				{
+					/* as many buckets as cells, at least: chained again */
+					nbuckets *= 2;
+					buckets = repalloc(buckets, sizeof(int) * nbuckets);
+					memset(buckets, -1, sizeof(int) * nbuckets);
+					for (int c = 0; c < ncells; c++)
+					{
+						cells[c].next = buckets[cells[c].hash & (nbuckets - 1)];
+						buckets[cells[c].hash & (nbuckets - 1)] = c;
+					}
+				}
 				if (ncells == maxcells)
 				{
 					cells = repalloc(cells, sizeof(PeAggCell) * maxcells * 2);

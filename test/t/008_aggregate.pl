@@ -11,7 +11,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use PipelineExt::Broker;
 
-my $broker = PipelineExt::Broker->start(brokers => 1, topics => { agg => 4, agg_updates => 3, agg_closed => 3, sess => 3, quiet => 2, visits_out => 2, paris => 1 });
+my $broker = PipelineExt::Broker->start(brokers => 1, topics => { agg => 4, agg_updates => 3, agg_closed => 3, sess => 3, quiet => 2, visits_out => 2, paris => 1, kinds => 1 });
 my $bs = $broker->bootstrap;
 
 my $node = PostgreSQL::Test::Cluster->new('aggregate');
@@ -559,6 +559,60 @@ refused(q{'a1', 'st', '1 minute', 'received', ARRAY['count(*)']}, qr/time column
 	'a time column filled from its default');
 refused(q{repeat('x', 64), 'rd', '1 minute', 'ts', ARRAY['count(*)']}, qr/longer than 63 bytes/, 'a name too long for a table');
 is(sql(q{SELECT count(*) FROM pg_class WHERE relname IN ('a1', 'other')}), '0', 'a refused definition leaves no table');
+
+# --- the functions grouped in C (aggregate_pre.c) over every type they take, equal to plain SQL:
+# sums beyond 2^63, float4, a lone -0, numeric, nulls; what they leave to the SQL statement (a min of
+# an array column; a column whose type changed under the results) still counts right
+# (the events' times go back and forth within two hours: a day of lateness counts them all)
+sql(q{CREATE TABLE kinds (id int PRIMARY KEY, ts timestamptz, g text, i2 int2, i8 int8, f4 float4, f8 float8, n numeric, arr int[]);
+      SELECT pipeline.create_consumer('kinds', 'local', 'kinds', 'kinds');
+      SELECT pipeline.create_aggregate('kinds_agg', 'kinds', '1 hour', 'ts',
+        ARRAY['sum(i2)', 'avg(i2)', 'sum(i8)', 'avg(i8)', 'sum(f4)', 'avg(f4)', 'sum(f8)', 'min(f8)', 'max(f8)',
+              'sum(n)', 'avg(n)', 'min(n)', 'max(n)', 'count(n)'], ARRAY['g'], lateness => '1 day');
+      SELECT pipeline.create_aggregate('arr_agg', 'kinds', '1 hour', 'ts', ARRAY['min(arr)', 'max(arr)', 'count(*)'], ARRAY['g'],
+        lateness => '1 day');});
+sub produce_kinds
+{
+	my ($from, $to, $big) = @_;
+	sql(qq{SELECT count(*) FROM (
+	         SELECT g AS id, timestamptz '2026-02-01 00:00:00+00' + (g % 3) * interval '50 minutes' AS ts,
+	                CASE WHEN g % 4 = 0 THEN 'b' ELSE 'a' END AS g, (g % 7)::int2 AS i2,
+	                CASE WHEN g % 4 = 0 THEN g ELSE $big - g END AS i8,
+	                (g / 8.0)::float4 AS f4, CASE WHEN g % 4 = 0 THEN -0.0::float8 ELSE g / 4.0 END AS f8,
+	                CASE WHEN g % 5 = 0 THEN NULL ELSE (g / 7.0)::numeric(20,4) END AS n, ARRAY[g % 3, g] AS arr
+	           FROM generate_series($from, $to) g) x,
+	         LATERAL pipeline.produce('local', 'kinds', row_to_json(x)::text, x.id::text)});
+}
+my $kinds_sql = q{SELECT string_agg(concat_ws('|', window_start, g, sum_i2, avg_i2, sum_i8, avg_i8, sum_f4, avg_f4, sum_f8, min_f8,
+                    max_f8, sum_n, avg_n, min_n, max_n, count_n), ',' ORDER BY window_start, g) FROM kinds_agg};
+my $kinds_want = q{SELECT string_agg(concat_ws('|', s, g, a, b, c, d, e, f, h, i, j, k, l, m, o, p), ',' ORDER BY s, g)
+                   FROM (SELECT date_bin('1 hour', ts, timestamptz '2000-01-01 00:00:00+00') AS s, g, sum(i2) a, avg(i2) b,
+                                sum(i8) c, avg(i8) d, sum(f4) e, avg(f4) f, sum(f8) h, min(f8) i, max(f8) j, sum(n) k,
+                                avg(n) l, min(n) m, max(n) o, count(n) p FROM kinds GROUP BY 1, 2) x};
+my $arr_sql = q{SELECT string_agg(concat_ws('|', window_start, g, min_arr, max_arr, count), ',' ORDER BY window_start, g) FROM arr_agg};
+my $arr_want = q{SELECT string_agg(concat_ws('|', s, g, a, b, c), ',' ORDER BY s, g)
+                 FROM (SELECT date_bin('1 hour', ts, timestamptz '2000-01-01 00:00:00+00') AS s, g, min(arr) a, max(arr) b, count(*) c
+                         FROM kinds GROUP BY 1, 2) x};
+produce_kinds(1, 400, '9223372036854775807');
+wait_for(q{SELECT count(*) FROM kinds}, 400, 'the events of every kind are applied');
+wait_for(q{SELECT sum(count) FROM arr_agg}, 400, '... and counted');
+is(sql($kinds_sql), sql($kinds_want),
+	'grouped in C: int2, int8 (beyond 2^63), float4, float8 (a lone -0), numeric with nulls: equal to plain SQL');
+is(sql($arr_sql), sql($arr_want), 'min and max of an array column (the SQL statement) equal plain SQL');
+# the sum of an int4 is a bigint, whose value the numeric results column takes: the SQL statement converts it
+# (values that add up the same in any order: the windows' sums are merged batch by batch)
+sql(q{SELECT pipeline.stop_consumer('kinds'); ALTER TABLE kinds ALTER i8 TYPE int4 USING (i8 % 1000)::int4;
+      UPDATE kinds_agg SET sum_i8 = 0, avg_i8 = 0, avg_i8__sum = 0, avg_i8__count = 0;
+      SELECT pipeline.start_consumer('kinds')});
+produce_kinds(401, 800, '1000000');
+wait_for(q{SELECT count(*) FROM kinds}, 800, 'after ALTER TABLE, more events are applied');
+wait_for(q{SELECT sum(count_n) FROM kinds_agg}, sql(q{SELECT count(n) FROM kinds}), '... and counted');
+is(sql(q{SELECT string_agg(concat_ws('|', window_start, g, sum_i8, avg_i8__count), ',' ORDER BY window_start, g) FROM kinds_agg}),
+	sql(q{SELECT string_agg(concat_ws('|', s, g, c, d), ',' ORDER BY s, g)
+	        FROM (SELECT date_bin('1 hour', ts, timestamptz '2000-01-01 00:00:00+00') AS s, g, sum(i8) FILTER (WHERE id > 400) c,
+	                     count(i8) FILTER (WHERE id > 400) d FROM kinds GROUP BY 1, 2) x}),
+	'a column whose type changed under its results: the sums go on, converted');
+is(sql(q{SELECT count(*) FROM pipeline.consumers WHERE name = 'kinds' AND last_error IS NOT NULL}), 0, 'without an error');
 
 # another role neither sees nor drops it
 sql(q{CREATE ROLE agg_other LOGIN});
