@@ -21,7 +21,8 @@
 /* items of an array or map whose items take no bytes (nulls, empty records), at most */
 #define PE_AVRO_MAX_EMPTY_ITEMS 1000000
 
-static bool
+/* A zig-zag varint (Avro's int and long) of at most 10 bytes at *p, moved past it; false if it does not end in time. */
+bool
 pe_avro_varint(const unsigned char **p, const unsigned char *end, int64 *out)
 {
 	uint64		u = 0;

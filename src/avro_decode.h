@@ -71,6 +71,7 @@ extern void pe_avro_resolve(PeTarget *t, PeAvroCache *cache, PeAvroSchema *s, Js
 extern bool pe_avro_defaults(PeTarget *t, PeAvroCache *cache, PeAvroSchema *s, PeConnection *conn, char **why);
 
 /* avro_check.c */
+extern bool pe_avro_varint(const unsigned char **p, const unsigned char *end, int64 *out);
 extern bool pe_avro_check(avro_schema_t s, const unsigned char **p, const unsigned char *end, int depth,
 						  const char **why);
 

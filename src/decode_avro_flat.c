@@ -147,26 +147,6 @@ not_flat:
 	return NULL;
 }
 
-/* A zig-zag varint of at most 10 bytes. */
-static inline bool
-pe_avro_flat_long(const unsigned char **p, const unsigned char *end, int64 *out)
-{
-	uint64		u = 0;
-
-	for (int shift = 0; *p < end && shift < 64; shift += 7)
-	{
-		unsigned char b = *(*p)++;
-
-		u |= (uint64) (b & 0x7f) << shift;
-		if (!(b & 0x80))
-		{
-			*out = (int64) ((u >> 1) ^ (~(u & 1) + 1));
-			return true;
-		}
-	}
-	return false;
-}
-
 /* n bytes, little-endian, as an unsigned integer */
 static inline uint64
 pe_avro_flat_le(const unsigned char *p, int n)
@@ -203,7 +183,7 @@ pe_avro_flat_read(PeAvroFlat *f, const unsigned char *p, const unsigned char *en
 		f->nulls[i] = false;
 		if (ff->null_branch >= 0)
 		{
-			if (!pe_avro_flat_long(&p, end, &n) || (n != 0 && n != 1))
+			if (!pe_avro_varint(&p, end, &n) || (n != 0 && n != 1))
 				return false;
 			if (n == ff->null_branch)
 			{
@@ -223,11 +203,11 @@ pe_avro_flat_read(PeAvroFlat *f, const unsigned char *p, const unsigned char *en
 				x->i = *p++;
 				break;
 			case AVRO_INT32:
-				if (!pe_avro_flat_long(&p, end, &x->i) || x->i < PG_INT32_MIN || x->i > PG_INT32_MAX)
+				if (!pe_avro_varint(&p, end, &x->i) || x->i < PG_INT32_MIN || x->i > PG_INT32_MAX)
 					return false;
 				break;
 			case AVRO_INT64:
-				if (!pe_avro_flat_long(&p, end, &x->i))
+				if (!pe_avro_varint(&p, end, &x->i))
 					return false;
 				break;
 			case AVRO_FLOAT:
@@ -254,7 +234,7 @@ pe_avro_flat_read(PeAvroFlat *f, const unsigned char *p, const unsigned char *en
 				break;
 			case AVRO_STRING:
 			case AVRO_BYTES:
-				if (!pe_avro_flat_long(&p, end, &n) || n < 0 || n > end - p)
+				if (!pe_avro_varint(&p, end, &n) || n < 0 || n > end - p)
 					return false;
 				x->bytes = (const char *) p;
 				x->len = (size_t) n;
@@ -269,7 +249,7 @@ pe_avro_flat_read(PeAvroFlat *f, const unsigned char *p, const unsigned char *en
 				p += n;
 				break;
 			case AVRO_ENUM:
-				if (!pe_avro_flat_long(&p, end, &x->i) || x->i < 0 ||
+				if (!pe_avro_varint(&p, end, &x->i) || x->i < 0 ||
 					x->i >= avro_schema_enum_number_of_symbols(ff->type_schema))
 					return false;
 				x->schema = ff->type_schema;
