@@ -172,9 +172,8 @@ def make_handler(reg, faults, user):
             self.wfile.write(data)
 
         def body(self):
-            n = int(self.headers.get("Content-Length") or 0)
             try:
-                doc = json.loads(self.rfile.read(n) or b"{}")
+                doc = json.loads(self.raw or b"{}")
             except ValueError:
                 raise ApiError(400, 400, "Unexpected character in the request body")
             if not isinstance(doc, dict):
@@ -189,6 +188,11 @@ def make_handler(reg, faults, user):
             return doc["schema"]
 
         def handle_any(self, method):
+            # The request's body is read whatever the answer, so that the
+            # connection stays usable: a client that keeps it alive (requests,
+            # libcurl) sends its next request on it at once.  Closing it after
+            # an error instead raced with that next request.
+            self.raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             with faults.lock:
                 for prefix in list(faults.counts):
                     if self.path.startswith(prefix):
@@ -212,8 +216,6 @@ def make_handler(reg, faults, user):
                     status, body = self.route(method, parts)
                 self.reply(status, body)
             except ApiError as e:
-                if method == "POST" or method == "PUT":
-                    self.close_connection = True
                 self.reply(e.status, {"error_code": e.code, "message": e.message})
 
         def route(self, method, p):
