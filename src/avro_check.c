@@ -14,6 +14,7 @@
  */
 #include "postgres.h"
 
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 
 #include "avro_decode.h"
@@ -41,16 +42,20 @@ pe_avro_varint(const unsigned char **p, const unsigned char *end, int64 *out)
 	return false;
 }
 
-/* The fewest bytes a value of the schema takes (0 for null, an empty record, fixed(0)). */
+/*
+ * The fewest bytes a value of the schema takes (0 for null, an empty
+ * record, fixed(0)), or fewer.  A named type used again (a link: a record
+ * may hold itself, or hold another one twice) counts as 0, a lower bound,
+ * so that the work is that of the schema's text: following links, a
+ * record R {a: R, b: R} would take 2^64 calls.
+ */
 static int64
 pe_avro_min_size(avro_schema_t s, int depth)
 {
 	int64		n = 0;
 
-	if (depth > 64)
-		return 1;
-	if (is_avro_link(s))
-		s = avro_schema_link_target(s);
+	if (depth > 64 || is_avro_link(s))
+		return 0;
 	switch (avro_typeof(s))
 	{
 		case AVRO_NULL:
@@ -78,6 +83,31 @@ pe_avro_check_bytes(const unsigned char **p, const unsigned char *end, const cha
 		return false;
 	}
 	*p += n;
+	return true;
+}
+
+/*
+ * a map's key: avro-c keeps it as a C string, so a zero byte would cut it
+ * (and two keys could become one), and it goes into JSON as it is
+ */
+static bool
+pe_avro_check_key(const unsigned char **p, const unsigned char *end, const char **why)
+{
+	const unsigned char *start;
+	int64		n;
+
+	if (!pe_avro_varint(p, end, &n) || n < 0 || n > end - *p)
+	{
+		*why = "a map key longer than what is left of the message";
+		return false;
+	}
+	start = *p;
+	*p += n;
+	if (!pg_verifymbstr((const char *) start, (int) n, true))
+	{
+		*why = "a map key that is not valid text (a zero byte, or not the database's encoding)";
+		return false;
+	}
 	return true;
 }
 
@@ -167,7 +197,7 @@ pe_avro_check(avro_schema_t s, const unsigned char **p, const unsigned char *end
 			{
 				bool		map = avro_typeof(s) == AVRO_MAP;
 				avro_schema_t item = map ? avro_schema_map_values(s) : avro_schema_array_items(s);
-				int64		min = pe_avro_min_size(item, depth + 1) + (map ? 1 : 0);
+				int64		min = -1;	/* the fewest bytes of an item, when needed */
 				int64		total = 0;
 
 				for (;;)
@@ -191,16 +221,28 @@ pe_avro_check(avro_schema_t s, const unsigned char **p, const unsigned char *end
 						}
 						n = -n;
 					}
-					total += n;
-					if ((min > 0 && n > (end - *p) / min) || (min == 0 && total > PE_AVRO_MAX_EMPTY_ITEMS))
+
+					/*
+					 * The loop below is bounded by the message's length as
+					 * long as items take bytes; items that take none (nulls,
+					 * empty records) are allowed PE_AVRO_MAX_EMPTY_ITEMS in
+					 * all.  (total never passes it, so the sums cannot wrap.)
+					 */
+					if (min < 0 && (n > end - *p || n > PE_AVRO_MAX_EMPTY_ITEMS - total))
+						min = map ? 1 : pe_avro_min_size(item, depth + 1);
+					if (min > 0 ? n > (end - *p) / min : (min == 0 && n > PE_AVRO_MAX_EMPTY_ITEMS - total))
 					{
 						*why = "an array or map with more items than the message can hold";
 						return false;
 					}
+					if (n <= PE_AVRO_MAX_EMPTY_ITEMS - total)
+						total += n;
+					else
+						total = PE_AVRO_MAX_EMPTY_ITEMS;
 					for (int64 i = 0; i < n; i++)
 					{
 						CHECK_FOR_INTERRUPTS();
-						if ((map && !pe_avro_check_bytes(p, end, why)) ||
+						if ((map && !pe_avro_check_key(p, end, why)) ||
 							!pe_avro_check(item, p, end, depth + 1, why))
 							return false;
 					}

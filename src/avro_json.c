@@ -130,6 +130,23 @@ pe_avro_json_type(JsonbValue *t, Jsonb *doc)
 	return pe_avro_json_object(t, doc);
 }
 
+/* A JSON number that is an integer of int32's range, into *out. */
+static bool
+pe_avro_json_int(JsonbValue *v, int *out)
+{
+	bool		have_error = false;
+	int32		i;
+
+	if (v == NULL || v->type != jbvNumeric ||
+		DatumGetInt32(DirectFunctionCall1(numeric_scale, NumericGetDatum(v->val.numeric))) > 0)
+		return false;
+	i = numeric_int4_opt_error(v->val.numeric, &have_error);
+	if (have_error)
+		return false;
+	*out = i;
+	return true;
+}
+
 /* The logical type of a type object of a schema's JSON (a decimal's scale and precision too). */
 PeAvroLogical
 pe_avro_logical(JsonbContainer *type, int *scale, int *precision)
@@ -161,13 +178,24 @@ pe_avro_logical(JsonbContainer *type, int *scale, int *precision)
 			logical = names[i].logical;
 	if (logical == PE_AVRO_DECIMAL)
 	{
-		JsonbValue *v = pe_avro_json_key(type, "scale");
+		/*
+		 * Avro's specification: precision a positive integer, scale (0
+		 * when absent) from 0 to the precision.  A decimal that breaks it
+		 * is an invalid logical type, which readers ignore: its values are
+		 * the underlying bytes or fixed, as Java's are.  One exception, as
+		 * before: a decimal without a precision is read with its scale
+		 * (its digits are not counted).
+		 */
+		JsonbValue *sv = pe_avro_json_key(type, "scale");
+		JsonbValue *pv = pe_avro_json_key(type, "precision");
 
-		if (v && v->type == jbvNumeric)
-			*scale = DatumGetInt32(DirectFunctionCall1(numeric_int4, NumericGetDatum(v->val.numeric)));
-		v = pe_avro_json_key(type, "precision");
-		if (v && v->type == jbvNumeric)
-			*precision = DatumGetInt32(DirectFunctionCall1(numeric_int4, NumericGetDatum(v->val.numeric)));
+		if ((sv && !pe_avro_json_int(sv, scale)) || (pv && !pe_avro_json_int(pv, precision)) ||
+			(pv && *precision < 1) || *scale < 0 || (pv && *scale > *precision))
+		{
+			*scale = 0;
+			*precision = 0;
+			return PE_AVRO_PLAIN;
+		}
 	}
 	return logical;
 }

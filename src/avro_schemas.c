@@ -21,6 +21,8 @@
 #include "utils/datum.h"
 #include "utils/memutils.h"
 #include "utils/numeric.h"
+#include "utils/resowner.h"
+#include "utils/snapmgr.h"
 
 #include "avro_decode.h"
 #include "registry.h"
@@ -307,10 +309,19 @@ pe_avro_default(PeColumn *col, Jsonb *doc, JsonbContainer *field, Datum *out)
 	int			precision;
 	PeAvroLogical logical = tobj ? pe_avro_logical(tobj, &scale, &precision) : PE_AVRO_PLAIN;
 	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
 	volatile bool ok = false;
 
 	if (dv == NULL || dv->type == jbvNull)
 		return false;
+
+	/*
+	 * In a subtransaction: an input function that fails (a domain's check
+	 * in PL/pgSQL, say) may leave locks, pins or an SPI connection behind,
+	 * which only its rollback releases.
+	 */
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
 	PG_TRY();
 	{
 		if (col->is_json)
@@ -377,12 +388,18 @@ pe_avro_default(PeColumn *col, Jsonb *doc, JsonbContainer *field, Datum *out)
 			*out = pe_input(col, dv->val.boolean ? "true" : "false");
 			ok = true;
 		}
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
 	}
 	PG_CATCH();
 	{
 		/* a default the column cannot take: none (the column's own default applies) */
 		MemoryContextSwitchTo(cxt);
 		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
 		ok = false;
 	}
 	PG_END_TRY();
@@ -403,6 +420,7 @@ pe_avro_defaults(PeTarget *t, PeAvroCache *cache, PeAvroSchema *s, PeConnection 
 {
 	bool		lacking = false;
 	bool		own;
+	bool		pushed;
 	MemoryContext caller;
 
 	for (int c = 0; c < t->ncols; c++)
@@ -459,6 +477,10 @@ pe_avro_defaults(PeTarget *t, PeAvroCache *cache, PeAvroSchema *s, PeConnection 
 	own = !IsTransactionState();
 	if (own)
 		StartTransactionCommand();
+	/* (a domain's check may run SQL, which needs a snapshot) */
+	pushed = !ActiveSnapshotSet();
+	if (pushed)
+		PushActiveSnapshot(GetTransactionSnapshot());
 	for (int c = 0; c < t->ncols; c++)
 	{
 		PeColumn   *col = &t->cols[c];
@@ -477,6 +499,8 @@ pe_avro_defaults(PeTarget *t, PeAvroCache *cache, PeAvroSchema *s, PeConnection 
 		}
 		MemoryContextSwitchTo(old);
 	}
+	if (pushed)
+		PopActiveSnapshot();
 	if (own)
 		AbortCurrentTransaction();
 	MemoryContextSwitchTo(caller);

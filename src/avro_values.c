@@ -31,6 +31,17 @@
 
 #include "avro_decode.h"
 
+/* a decimal's bytes at most: those of the 147,455 digits a numeric holds */
+#define PE_AVRO_DECIMAL_MAX_BYTES 61232
+/* the most digits after the point a numeric holds (numeric.c's PE_AVRO_DECIMAL_MAX_SCALE) */
+#define PE_AVRO_DECIMAL_MAX_SCALE 0x3FFF
+
+/* a float as text, its shortest digits (as real's output) */
+static char *
+pe_float4_text(float f)
+{
+	return DatumGetCString(DirectFunctionCall1(float4out, Float4GetDatum(f)));
+}
 
 /* a value's current branch, for a union; the value otherwise */
 avro_value_t *
@@ -127,6 +138,8 @@ pe_avro_json(StringInfo buf, avro_value_t *v, int depth)
 				(void) avro_value_get_double(v, &d);
 			if (isnan(d) || isinf(d))
 				escape_json(buf, isnan(d) ? "NaN" : (d > 0 ? "Infinity" : "-Infinity"));
+			else if (avro_value_get_type(v) == AVRO_FLOAT)
+				appendStringInfoString(buf, pe_float4_text(f));	/* 0.1, not 0.10000000149011612 */
 			else
 				appendStringInfoString(buf, float8out_internal(d));
 			break;
@@ -234,14 +247,30 @@ static char *
 pe_avro_decimal_text(const unsigned char *b, size_t len, int scale)
 {
 	bool		neg = len > 0 && (b[0] & 0x80) != 0;
-	uint32	   *limbs = palloc(sizeof(uint32) * (len / 3 + 2));
+	uint32	   *limbs;
 	int			nlimbs = 0;
 	uint64		carry;
 	StringInfoData digits;
 	StringInfoData s;
 
+	/* (the conversion takes time of the square of the length: bounded before it) */
+	if (len > PE_AVRO_DECIMAL_MAX_BYTES)
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("an Avro decimal of %zu bytes is wider than a numeric holds (%d bytes)",
+						len, PE_AVRO_DECIMAL_MAX_BYTES),
+				 errhint("Correct the producer, then replay the dead letter.")));
+	if (scale > PE_AVRO_DECIMAL_MAX_SCALE)
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("an Avro decimal's scale of %d is more than a numeric holds (%d)", scale, PE_AVRO_DECIMAL_MAX_SCALE),
+				 errhint("Give the field's schema a scale of at most %d.", PE_AVRO_DECIMAL_MAX_SCALE)));
+	limbs = palloc(sizeof(uint32) * (len / 3 + 2));
+
 	for (size_t i = 0; i < len; i++)
 	{
+		if ((i & 1023) == 1023)
+			CHECK_FOR_INTERRUPTS();
 		carry = neg ? (uint8) ~b[i] : b[i];
 		for (int k = 0; k < nlimbs; k++)
 		{
@@ -546,9 +575,18 @@ pe_avro_scalar_datum(PeColumn *col, PeAvroPath *p, PeAvroScalar *x)
 
 				if (x->type == AVRO_FLOAT)
 				{
+					/*
+					 * As PostgreSQL's casts from real: the shortest digits
+					 * of the float, not those of its double (0.1, not
+					 * 0.100000001490116), except into double precision.
+					 */
 					if (col->typid == FLOAT4OID && col->typmod < 0)
 						return Float4GetDatum(x->f);
-					d = x->f;
+					if (col->typid == FLOAT8OID && col->typmod < 0)
+						return Float8GetDatum((double) x->f);
+					if (col->typid == NUMERICOID && col->typmod < 0)
+						return DirectFunctionCall1(float4_numeric, Float4GetDatum(x->f));
+					return pe_input(col, pe_float4_text(x->f));
 				}
 				if (col->typid == FLOAT8OID && col->typmod < 0)
 					return Float8GetDatum(d);
@@ -584,8 +622,7 @@ pe_avro_scalar_datum(PeColumn *col, PeAvroPath *p, PeAvroScalar *x)
 				}
 				return d;
 			}
-			if (col->is_bytea)
-				return pe_bytes_to_bytea(x->bytes, x->len);
+			/* (a domain over bytea: its constraints too) */
 			return pe_raw_value(col, x->bytes, x->len, "field");
 		case AVRO_STRING:
 			pe_avro_verify_string(x->bytes, x->len);

@@ -33,6 +33,7 @@
 #include "postgres.h"
 
 #include "lib/stringinfo.h"
+#include "utils/datum.h"
 #include "utils/memutils.h"
 
 #include "avro_decode.h"
@@ -152,7 +153,11 @@ pe_avro_fill(PeTarget *t, PeAvroSchema *s, PeRow *row, bool only_nulls, bool fla
 				/* not in this version of the schema: the latest version's default, if any */
 				if (p->has_default)
 				{
-					row->values[c] = p->dflt;
+					/*
+					 * a copy: the schema's memory goes when a newer
+					 * version turns up, perhaps within this batch
+					 */
+					row->values[c] = datumCopy(p->dflt, t->cols[c].typbyval, t->cols[c].typlen);
 					row->nulls[c] = false;
 				}
 				continue;

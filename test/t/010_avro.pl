@@ -130,7 +130,7 @@ unlike($node->safe_psql('postgres', q{SELECT options::text FROM pipeline.connect
 	qr/s3cret/, 'and masked in pipeline.connections');
 
 # --- consuming Avro: three versions of a subject written by python3-avro
-my $broker = PipelineExt::Broker->start(brokers => 1, topics => { readings_avro => 8, bad_avro => 1, keyed_avro => 2, int_keyed_avro => 1, orders_out => 2, envelopes => 1, arrays_avro => 1, wide_avro => 1, evolve_avro => 1 });
+my $broker = PipelineExt::Broker->start(brokers => 1, topics => { readings_avro => 8, bad_avro => 1, keyed_avro => 2, int_keyed_avro => 1, orders_out => 2, envelopes => 1, arrays_avro => 1, wide_avro => 1, evolve_avro => 1, hostile_avro => 1 });
 my $bs = $broker->bootstrap;
 my $user = 'ingest:reg-s3cret-pw';
 sql(qq{SELECT pipeline.create_connection('local', '$bs',
@@ -286,6 +286,88 @@ is(sql(q{ALTER TABLE bad_target ALTER price TYPE numeric(20,2);
          SELECT replayed || ' ' || failed FROM pipeline.replay_dead_letters('avro_bad')}), '1 10',
 	'replay_dead_letters decodes Avro again: the fixed one is applied, the others stay');
 is(sql(q{SELECT price FROM bad_target WHERE id = 7}), '123456789012.34', 'with its value');
+
+# --- hostile messages and schemas: each one dead letter, none hangs or stops the slot
+# Raw bytes, each after its schema id: counts of items that take no bytes
+# (nulls, a record that holds itself) summing past 2^63, map keys that are
+# not text, decimals whose schema breaks Avro's rules (a logical type to be
+# ignored, as Java does: the bytes then do not go into a numeric) or that
+# are wider than a numeric; a domain's check on bytes; floats into numeric,
+# text and json with a float's digits, not a double's.
+sql(q{CREATE DOMAIN bytes4 AS bytea CHECK (length(VALUE) <= 4);
+      CREATE TABLE hostile (id int PRIMARY KEY, b bytes4, xs jsonb, rs jsonb, m jsonb, price numeric, f_num numeric,
+                            f_text text, fm jsonb);
+      SELECT pipeline.create_consumer('avro_hostile', 'local', 'hostile_avro', 'hostile', format => 'avro');});
+$registry->python(q{
+import io, struct, sys, json
+import avro.io, avro.schema
+from confluent_kafka import Producer
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+url, user, bootstrap = sys.argv[1:4]
+client = SchemaRegistryClient({"url": url, "basic.auth.user.info": user})
+n = [0]
+def schema(fields):
+    text = json.dumps({"type": "record", "name": "H", "fields": [{"name": "id", "type": "int"}] + fields})
+    n[0] += 1
+    return struct.pack(">bI", 0, client.register_schema("hostile_avro-%d" % n[0], Schema(text, "AVRO")))
+def zz(i):
+    u = (i << 1) ^ (i >> 63)
+    out = b""
+    while True:
+        b = u & 0x7f
+        u >>= 7
+        if u:
+            out += bytes([b | 0x80])
+        else:
+            return out + bytes([b])
+def dec(scale, precision=10):
+    return schema([{"name": "price", "type": {"type": "bytes", "logicalType": "decimal", "precision": precision, "scale": scale}}])
+plain = schema([{"name": "b", "type": "bytes"}, {"name": "f_num", "type": "float"}, {"name": "f_text", "type": "float"},
+                {"name": "fm", "type": {"type": "map", "values": "float"}}])
+nulls = schema([{"name": "xs", "type": {"type": "array", "items": "null"}}])
+selfish = schema([{"name": "rs", "type": {"type": "array", "items": {"type": "record", "name": "R",
+                  "fields": [{"name": "a", "type": "R"}, {"name": "b", "type": "R"}]}}}])
+strmap = schema([{"name": "m", "type": {"type": "map", "values": "string"}}])
+def body(i, fields):
+    return zz(i) + fields
+f01 = struct.pack("<f", 0.1)
+msgs = [
+    plain + body(1, zz(2) + b"\x01\x02" + f01 + f01 + zz(1) + zz(1) + b"k" + f01 + b"\x00"),  # 0: good
+    plain + body(2, zz(10) + b"0123456789" + f01 + f01 + b"\x00"),           # 1: 10 bytes into bytes4
+    nulls + body(3, zz(1) + zz(2**63 - 1) + b"\x00"),                          # 2: 1 + (2^63 - 1) nulls
+    nulls + body(4, zz(-(2**63 - 1)) + zz(0) + b"\x00"),                       # 3: the same as a negative count
+    selfish + body(5, zz(2**40) + b"\x00"),                                   # 4: 2^40 records R {a: R, b: R}
+    strmap + body(6, zz(1) + zz(3) + b"a\x00b" + zz(1) + b"x" + b"\x00"),      # 5: a key with a zero byte
+    strmap + body(7, zz(1) + zz(1) + b"\xff" + zz(1) + b"x" + b"\x00"),        # 6: a key that is not UTF-8
+    dec(-2) + body(8, zz(2) + b"\x04\xd2"),                                    # 7: scale -2
+    dec(3000000000) + body(9, zz(2) + b"\x04\xd2"),                            # 8: scale past int32
+    dec(2, 200000) + body(10, zz(70000) + b"\x01" * 70000),                    # 9: 70,000 bytes
+    dec(2) + body(11, zz(2) + b"\x04\xd2"),                                    # 10: good: 12.34
+]
+p = Producer({"bootstrap.servers": bootstrap, "message.max.bytes": 1000000})
+for m in msgs:
+    p.produce("hostile_avro", value=m)
+p.flush(30)
+}, $bs);
+wait_for(q{SELECT string_agg(id::text, ',' ORDER BY id) FROM hostile}, '1,11', 'the good ones around them are applied');
+wait_for(q{SELECT count(*) FROM pipeline.dead_letters WHERE consumer = 'avro_hostile'}, 9, 'each bad one is a dead letter');
+my $hostile = sql(q{SELECT "offset" || ' ' || error FROM pipeline.dead_letters WHERE consumer = 'avro_hostile' ORDER BY "offset"});
+like($hostile, qr/^1 column "b": value for domain public.bytes4 violates check constraint "bytes4_check"/m,
+	"a domain over bytea: its check holds for Avro's bytes");
+like($hostile, qr/^2 could not decode an Avro message value with schema \d+: an array or map with more items than the message can hold/m,
+	'counts of nulls that add up past 2^63');
+like($hostile, qr/^3 could not decode .*: an array or map with more items than the message can hold/m, '... or a negative count');
+like($hostile, qr/^4 could not decode .*: an array or map with more items than the message can hold/m,
+	'a count of records that hold themselves');
+like($hostile, qr/^5 could not decode .*: a map key that is not valid text/m, 'a map key with a zero byte');
+like($hostile, qr/^6 could not decode .*: a map key that is not valid text/m, 'a map key that is not UTF-8');
+like($hostile, qr/^7 column "price": message field is not valid UTF8 text/m, 'a decimal of scale -2 is no decimal (Avro: an invalid logical type is ignored): bytes do not go into numeric');
+like($hostile, qr/^8 column "price": message field is not valid UTF8 text/m, '... nor one whose scale is past int32');
+like($hostile, qr/^9 column "price": an Avro decimal of 70000 bytes is wider than a numeric holds/m, 'a decimal wider than a numeric');
+is(sql(q{SELECT b::text || ' ' || f_num || ' ' || f_text || ' ' || fm::text || ' ' || (SELECT price FROM hostile WHERE id = 11) FROM hostile WHERE id = 1}),
+	'\x0102 0.1 0.1 {"k": 0.1} 12.34', "a float's digits into numeric, text and json, not its double's");
+is(sql(q{SELECT count(*) FROM pipeline.consumer_status WHERE consumer = 'avro_hostile' AND (last_error IS NOT NULL OR restarts > 0)}), 0,
+	'the slot has no error and did not restart');
 
 # --- Avro keys (format_options key_format 'avro'): upsert keys from a record key, or a plain one; tombstones
 sql(q{CREATE TABLE accounts (id int PRIMARY KEY, name text, k jsonb);
