@@ -27,6 +27,7 @@
 #include "utils/builtins.h"
 #include "utils/float.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/numeric.h"
 #include "utils/typcache.h"
 
@@ -442,6 +443,9 @@ pe_agg_pre_merge(PeAggregate *a, PeTarget *t, PeRow *rows, const Datum *times, c
 				}
 				if (ncells == maxcells)
 				{
+					/* (the states of many functions: past an allocation's limit, the statement too) */
+					if (!AllocSizeIsValid(sizeof(PeAggAcc) * maxcells * 2 * Max(a->naggs, 1)))
+						return false;
 					cells = repalloc(cells, sizeof(PeAggCell) * maxcells * 2);
 					accs = repalloc(accs, sizeof(PeAggAcc) * maxcells * 2 * Max(a->naggs, 1));
 					memset(accs + maxcells * Max(a->naggs, 1), 0, sizeof(PeAggAcc) * maxcells * Max(a->naggs, 1));
