@@ -71,6 +71,29 @@ SELECT pipeline.drop_connection('alices');
 SELECT pipeline.drop_connection('alices_hub');
 RESET ROLE;
 SELECT name FROM pipeline.connections ORDER BY name;
+-- change capture: the statements on pipeline's catalog run as its owner,
+-- so they must not follow the caller's search_path (an = of the caller's
+-- would run as the owner: no NOTICE below); and a capture trigger whose
+-- set-up failed must not crash the next statement (a second error, not a
+-- lost connection)
+CREATE SCHEMA regress_evil AUTHORIZATION regress_bob;
+CREATE TABLE regress_captured (a int PRIMARY KEY);
+SELECT pipeline.capture_changes('regress_captured', 'local', 'regress_topic');
+SET ROLE regress_bob;
+CREATE FUNCTION regress_evil.eq(oid, oid) RETURNS bool LANGUAGE plpgsql
+  AS $$ BEGIN RAISE NOTICE 'the caller''s = runs as %', current_user; RETURN $1 OPERATOR(pg_catalog.=) $2; END $$;
+CREATE OPERATOR regress_evil.= (LEFTARG = oid, RIGHTARG = oid, FUNCTION = regress_evil.eq);
+CREATE TABLE regress_evil.bobs (a int PRIMARY KEY);
+SET search_path = regress_evil, pg_catalog, public;
+SELECT pipeline.uncapture('regress_evil.bobs');
+RESET search_path;
+CREATE TRIGGER bobs_x AFTER INSERT ON regress_evil.bobs FOR EACH STATEMENT EXECUTE FUNCTION pipeline._capture_trigger('999');
+INSERT INTO regress_evil.bobs VALUES (1);
+INSERT INTO regress_evil.bobs VALUES (2);
+RESET ROLE;
+DROP SCHEMA regress_evil CASCADE;
+SELECT pipeline.uncapture('regress_captured');
+DROP TABLE regress_captured;
 DROP ROLE regress_carol;
 REVOKE EXECUTE ON FUNCTION pipeline.create_connection(text, text, jsonb),
                            pipeline.create_eventhubs_connection(text, text, jsonb),

@@ -251,7 +251,7 @@ pe_capture_lookup(Oid relid)
 	bool		isnull;
 
 	pe_catalog_begin(&acc);
-	if (SPI_execute_with_args("SELECT id FROM pipeline.capture WHERE relid = $1", 1, types, values, NULL, true, 1)
+	if (SPI_execute_with_args("SELECT id FROM pipeline.capture WHERE relid OPERATOR(pg_catalog.=) $1", 1, types, values, NULL, true, 1)
 		!= SPI_OK_SELECT)
 		elog(ERROR, "could not read pipeline.capture");
 	if (SPI_processed == 1)
@@ -402,7 +402,7 @@ pe_uncapture(PG_FUNCTION_ARGS)
 			elog(ERROR, "could not drop the capture trigger");
 	SPI_finish();
 	pe_catalog_begin(&acc);
-	if (SPI_execute_with_args("DELETE FROM pipeline.capture WHERE relid = $1", 1, types, values, NULL, false, 0)
+	if (SPI_execute_with_args("DELETE FROM pipeline.capture WHERE relid OPERATOR(pg_catalog.=) $1", 1, types, values, NULL, false, 0)
 		!= SPI_OK_DELETE)
 		elog(ERROR, "could not delete from pipeline.capture");
 	pe_catalog_end(&acc);
@@ -433,7 +433,8 @@ pe_capture_plan(int64 id, int event, Relation rel)
 		if (c->id == id && c->event == event)
 			p = c;
 	}
-	if (p && equalTupleDescs(p->desc, RelationGetDescr(rel)))
+	/* (an entry whose set-up failed has no desc: it is set up again) */
+	if (p && p->desc && equalTupleDescs(p->desc, RelationGetDescr(rel)))
 		return p;
 	if (p == NULL)
 	{
@@ -450,13 +451,14 @@ pe_capture_plan(int64 id, int event, Relation rel)
 		if (p->plan)
 			SPI_freeplan(p->plan);
 		p->plan = NULL;
-		FreeTupleDesc(p->desc);
+		if (p->desc)
+			FreeTupleDesc(p->desc);
 		p->desc = NULL;
 	}
 
 	pe_catalog_begin(&acc);
-	if (SPI_execute_with_args("SELECT connection, topic, key_columns, format = 'debezium', tombstones, relid "
-							  "FROM pipeline.capture WHERE id = $1", 1, types, values, NULL, true, 1) != SPI_OK_SELECT)
+	if (SPI_execute_with_args("SELECT connection, topic, key_columns, format OPERATOR(pg_catalog.=) 'debezium', tombstones, relid "
+							  "FROM pipeline.capture WHERE id OPERATOR(pg_catalog.=) $1", 1, types, values, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read pipeline.capture");
 	if (SPI_processed != 1)
 		ereport(ERROR,
