@@ -82,10 +82,13 @@ pe_reset_offsets(PG_FUNCTION_ARGS)
 	rd_kafka_conf_set_log_cb(conf, pe_quiet_log_cb);
 	rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr));
 	if (rk == NULL)
+	{
+		rd_kafka_conf_destroy(conf);	/* (rd_kafka_new takes it only when it succeeds) */
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("could not create a Kafka client for connection \"%s\"", conn->name),
 				 errdetail("%s", pe_redact(errstr, pe_connection_secrets(conn)))));
+	}
 
 	PG_TRY();
 	{

@@ -187,6 +187,8 @@ pe_probe_prepare(PeProbe *p, const char *dbname)
 		{
 			char	   *why = pe_redact(errstr, pe_connection_secrets(conn));
 
+			rd_kafka_conf_destroy(conf);	/* (rd_kafka_new takes it only when it succeeds) */
+
 			p->broken = true;
 			ereport(LOG,
 					(errmsg("pipeline_ext: cannot watch the lag of stopped consumer \"%s\": %s", p->name, why)));

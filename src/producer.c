@@ -277,11 +277,14 @@ pe_producer_create(PeProducer *p, PeConnection *conn)
 
 	p->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
 	if (p->rk == NULL)
+	{
+		rd_kafka_conf_destroy(conf);	/* (rd_kafka_new takes it only when it succeeds) */
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("could not create a Kafka producer for connection \"%s\"", conn->name),
 				 errdetail("%s", pe_redact(errstr, pe_connection_secrets(conn))),
 				 errhint("Check the connection's options with pipeline.connection_config().")));
+	}
 	rd_kafka_set_log_queue(p->rk, NULL);
 	ereport(DEBUG1,
 			(errmsg_internal("pipeline_ext: created producer for connection \"%s\"", conn->name)));

@@ -570,6 +570,16 @@ pe_relay_main(Datum arg)
 	pe_pin_search_path();
 
 	/*
+	 * The relay's commits are synchronous whatever the database's or the
+	 * server's synchronous_commit: the commit that records a round as
+	 * pending must be durable before its messages leave, and flushing it
+	 * also flushes the commits of the transactions that sent them (they
+	 * come before it in the WAL), so that no message is published for a
+	 * transaction that a crash then loses.
+	 */
+	SetConfigOption("synchronous_commit", "on", PGC_SUSET, PGC_S_OVERRIDE);
+
+	/*
 	 * Every query of the relay reads a few thousand rows of one connection
 	 * in id order from the outbox's primary key; a table whose statistics
 	 * lag its bursts (a million rows since the last ANALYZE) must not turn

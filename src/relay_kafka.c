@@ -220,6 +220,7 @@ pe_relay_producer(PeRelayConn *c)
 	c->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
 	if (c->rk == NULL)
 	{
+		rd_kafka_conf_destroy(conf);	/* (rd_kafka_new takes it only when it succeeds) */
 		pe_relay_note_error(c, "could not create a producer: %s", errstr);
 		return false;
 	}
@@ -264,7 +265,10 @@ pe_relay_checkpoint_reader(PeRelayConn *c, const char *isolation)
 	rd_kafka_conf_set_log_cb(conf, pe_quiet_log_cb);
 	rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr));
 	if (rk == NULL)
+	{
+		rd_kafka_conf_destroy(conf);	/* (rd_kafka_new takes it only when it succeeds) */
 		pe_relay_note_error(c, "could not create a consumer for the checkpoint topic: %s", errstr);
+	}
 	return rk;
 }
 

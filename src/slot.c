@@ -181,10 +181,13 @@ pe_slot_connect(void)
 		rd_kafka_conf_set_rebalance_cb(conf, pe_slot_rebalance_cb);
 	pe_run->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr));
 	if (pe_run->rk == NULL)
+	{
+		rd_kafka_conf_destroy(conf);	/* (rd_kafka_new takes it only when it succeeds) */
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("could not create a Kafka consumer for connection \"%s\"", pe_run->conn->name),
 				 errdetail("%s", pe_redact(errstr, pe_run->secrets))));
+	}
 	rd_kafka_set_log_queue(pe_run->rk, NULL);
 	pe_run->queue = rd_kafka_queue_get_consumer(pe_run->rk);
 }
