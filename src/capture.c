@@ -166,7 +166,47 @@ pe_capture_qualified(Oid relid)
 	return quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)), get_rel_name(relid));
 }
 
-/* The key columns: the ones given (each NOT NULL), or the primary key's. */
+/*
+ * Whether a unique index makes keys (NOT NULL columns) unique: one that is
+ * checked at once, valid, of plain columns only, without a predicate, all
+ * of whose columns are among them.
+ */
+static bool
+pe_capture_keys_unique(Relation rel, List *keys)
+{
+	List	   *indexes = RelationGetIndexList(rel);
+	ListCell   *lc;
+	bool		unique = false;
+
+	foreach(lc, indexes)
+	{
+		Relation	idx = index_open(lfirst_oid(lc), AccessShareLock);
+		Form_pg_index ix = idx->rd_index;
+		bool		ok = ix->indisunique && ix->indimmediate && ix->indisvalid &&
+			RelationGetIndexExpressions(idx) == NIL && RelationGetIndexPredicate(idx) == NIL;
+
+		for (int i = 0; ok && i < ix->indnkeyatts; i++)
+		{
+			AttrNumber	att = ix->indkey.values[i];
+			ListCell   *k;
+
+			ok = false;
+			foreach(k, keys)
+				if (att > 0 && strcmp(lfirst(k), get_attname(RelationGetRelid(rel), att, false)) == 0)
+					ok = true;
+		}
+		index_close(idx, AccessShareLock);
+		if (ok)
+		{
+			unique = true;
+			break;
+		}
+	}
+	list_free(indexes);
+	return unique;
+}
+
+/* The key columns: the ones given (each NOT NULL, unique together), or the primary key's. */
 static List *
 pe_capture_key_columns(Relation rel, ArrayType *given)
 {
@@ -237,6 +277,18 @@ pe_capture_key_columns(Relation rel, ArrayType *given)
 			keys = lappend(keys, name);
 		}
 	}
+
+	/*
+	 * An UPDATE's old and new rows are paired by their key: rows that share
+	 * one would be paired with each other's (and each change sent as many
+	 * times as they are).
+	 */
+	if (!pe_capture_keys_unique(rel, keys))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("key_columns of table \"%s\" do not identify a row: no unique index covers them",
+						RelationGetRelationName(rel)),
+				 errhint("Pass columns that include those of a unique index or the primary key (without a predicate or expressions, not deferrable).")));
 	return keys;
 }
 

@@ -580,6 +580,14 @@ pe_relay_main(Datum arg)
 	SetConfigOption("synchronous_commit", "on", PGC_SUSET, PGC_S_OVERRIDE);
 
 	/*
+	 * Its statements are small and run over and over, but their estimates
+	 * can pass jit_above_cost (an outbox whose statistics lag a burst):
+	 * compiling them took more CPU than the rest of the relay, on the
+	 * cores the applications that send are using.
+	 */
+	SetConfigOption("jit", "off", PGC_SUSET, PGC_S_OVERRIDE);
+
+	/*
 	 * Every query of the relay reads a few thousand rows of one connection
 	 * in id order from the outbox's primary key; a table whose statistics
 	 * lag its bursts (a million rows since the last ANALYZE) must not turn

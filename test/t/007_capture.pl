@@ -112,7 +112,7 @@ wait_for(q{SELECT count(*) FROM pipeline.outbox}, '0', 'the envelopes are publis
 }
 
 sql(q{
-CREATE TABLE cap_key (id serial PRIMARY KEY, code text NOT NULL, v int);
+CREATE TABLE cap_key (id serial PRIMARY KEY, code text NOT NULL UNIQUE, v int);
 SELECT pipeline.capture_changes('cap_key', 'local', 'cdk', key_columns => '{code}', tombstones => false);
 INSERT INTO cap_key (code, v) VALUES ('A', 1);
 DELETE FROM cap_key;
@@ -134,6 +134,12 @@ like($err, qr/key column "v" of table "cap_nokey" may be null/, 'a key column mu
 sql(q{CREATE TABLE cap_twice (a int NOT NULL, v int)});
 ($rc, $out, $err) = $node->psql('postgres', q{SELECT pipeline.capture_changes('cap_twice', 'local', 'cdc', key_columns => '{a,a}')});
 like($err, qr/key column "a" is named twice/, 'a key column named twice');
+($rc, $out, $err) = $node->psql('postgres', q{SELECT pipeline.capture_changes('cap_twice', 'local', 'cdc', key_columns => '{a}')});
+like($err, qr/key_columns of table "cap_twice" do not identify a row: no unique index covers them/,
+	'key columns that no unique index covers (an UPDATE pairs old and new rows by them)');
+sql(q{CREATE UNIQUE INDEX cap_twice_partial ON cap_twice (a) WHERE v > 0});
+($rc, $out, $err) = $node->psql('postgres', q{SELECT pipeline.capture_changes('cap_twice', 'local', 'cdc', key_columns => '{a}')});
+like($err, qr/do not identify a row/, '... nor a partial unique index');
 ($rc, $out, $err) = $node->psql('postgres', q{SELECT pipeline.capture_changes('cap_nokey', 'local', 'cdc', format => 'avro')});
 like($err, qr/unknown format "avro"/, 'an unknown format');
 sql(q{CREATE ROLE cap_other LOGIN; GRANT USAGE ON SCHEMA pipeline TO cap_other;
