@@ -39,6 +39,7 @@
 #include "utils/rel.h"
 
 #include "connection.h"
+#include "datapath.h"
 #include "relay.h"
 
 PG_FUNCTION_INFO_V1(pe_capture_changes);
@@ -166,52 +167,13 @@ pe_capture_qualified(Oid relid)
 	return quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)), get_rel_name(relid));
 }
 
-/*
- * Whether a unique index makes keys (NOT NULL columns) unique: one that is
- * checked at once, valid, of plain columns only, without a predicate, all
- * of whose columns are among them.
- */
-static bool
-pe_capture_keys_unique(Relation rel, List *keys)
-{
-	List	   *indexes = RelationGetIndexList(rel);
-	ListCell   *lc;
-	bool		unique = false;
-
-	foreach(lc, indexes)
-	{
-		Relation	idx = index_open(lfirst_oid(lc), AccessShareLock);
-		Form_pg_index ix = idx->rd_index;
-		bool		ok = ix->indisunique && ix->indimmediate && ix->indisvalid &&
-			RelationGetIndexExpressions(idx) == NIL && RelationGetIndexPredicate(idx) == NIL;
-
-		for (int i = 0; ok && i < ix->indnkeyatts; i++)
-		{
-			AttrNumber	att = ix->indkey.values[i];
-			ListCell   *k;
-
-			ok = false;
-			foreach(k, keys)
-				if (att > 0 && strcmp(lfirst(k), get_attname(RelationGetRelid(rel), att, false)) == 0)
-					ok = true;
-		}
-		index_close(idx, AccessShareLock);
-		if (ok)
-		{
-			unique = true;
-			break;
-		}
-	}
-	list_free(indexes);
-	return unique;
-}
-
 /* The key columns: the ones given (each NOT NULL, unique together), or the primary key's. */
 static List *
 pe_capture_key_columns(Relation rel, ArrayType *given)
 {
 	List	   *keys = NIL;
 	Oid			relid = RelationGetRelid(rel);
+	bool		unique;
 
 	if (given == NULL)
 	{
@@ -283,7 +245,16 @@ pe_capture_key_columns(Relation rel, ArrayType *given)
 	 * one would be paired with each other's (and each change sent as many
 	 * times as they are).
 	 */
-	if (!pe_capture_keys_unique(rel, keys))
+	{
+		AttrNumber *atts = palloc(sizeof(AttrNumber) * list_length(keys));
+		ListCell   *lc;
+		int			n = 0;
+
+		foreach(lc, keys)
+			atts[n++] = get_attnum(relid, lfirst(lc));
+		unique = pe_unique_index_on(rel, atts, n, false);
+	}
+	if (!unique)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("key_columns of table \"%s\" do not identify a row: no unique index covers them",

@@ -190,6 +190,7 @@ extern void pe_avro_reuse(PeTarget *t);
 /* target.c */
 extern PeTarget *pe_target_open(PeConsumerDef *def, bool check_privileges);
 extern void pe_target_close(PeTarget *t);
+extern bool pe_unique_index_on(Relation rel, const AttrNumber *atts, int natts, bool exactly);
 
 /* The next offsets a batch stores, and the fence each must pass. */
 

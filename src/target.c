@@ -256,9 +256,14 @@ pe_column_default(Relation rel, AttrNumber attnum)
 	return deparse_expression(expr, NIL, false, false);
 }
 
-/* Does a usable (immediate, non-partial, plain) unique index cover exactly these columns? */
-static bool
-pe_has_unique_index(Relation rel, PeTarget *t)
+/*
+ * Whether a usable unique index (valid, immediate, without a predicate or
+ * expressions) has all its columns among atts: rows are then unique on
+ * them.  With exactly, its columns must be atts (distinct) themselves, as
+ * ON CONFLICT's arbiter.  Also change capture's check of its key columns.
+ */
+bool
+pe_unique_index_on(Relation rel, const AttrNumber *atts, int natts, bool exactly)
 {
 	List	   *indexes = RelationGetIndexList(rel);
 	ListCell   *lc;
@@ -270,19 +275,18 @@ pe_has_unique_index(Relation rel, PeTarget *t)
 		Form_pg_index form = idx->rd_index;
 
 		if (form->indisunique && form->indimmediate && form->indisvalid &&
-			form->indnkeyatts == t->nkeys &&
+			(!exactly || form->indnkeyatts == natts) &&
 			heap_attisnull(idx->rd_indextuple, Anum_pg_index_indpred, NULL) &&
 			heap_attisnull(idx->rd_indextuple, Anum_pg_index_indexprs, NULL))
 		{
 			bool		all = true;
 
-			for (int k = 0; k < t->nkeys && all; k++)
+			for (int j = 0; j < form->indnkeyatts && all; j++)
 			{
-				AttrNumber	a = t->cols[t->keycols[k]].attnum;
 				bool		in = false;
 
-				for (int j = 0; j < form->indnkeyatts; j++)
-					if (form->indkey.values[j] == a)
+				for (int k = 0; k < natts; k++)
+					if (form->indkey.values[j] == atts[k])
 						in = true;
 				all = in;
 			}
@@ -294,6 +298,20 @@ pe_has_unique_index(Relation rel, PeTarget *t)
 	}
 	list_free(indexes);
 	return found;
+}
+
+/* The target's upsert keys are those of a usable unique index (ON CONFLICT's arbiter). */
+static bool
+pe_target_keys_unique(Relation rel, PeTarget *t)
+{
+	AttrNumber *atts = palloc(sizeof(AttrNumber) * Max(t->nkeys, 1));
+	bool		unique;
+
+	for (int k = 0; k < t->nkeys; k++)
+		atts[k] = t->cols[t->keycols[k]].attnum;
+	unique = pe_unique_index_on(rel, atts, t->nkeys, true);
+	pfree(atts);
+	return unique;
 }
 
 static void
@@ -369,7 +387,7 @@ pe_resolve_keys(PeTarget *t, Relation rel)
 		}
 	}
 
-	if (def->upsert && !pe_has_unique_index(rel, t))
+	if (def->upsert && !pe_target_keys_unique(rel, t))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_TABLE_DEFINITION),
 				 errmsg("key columns of consumer \"%s\" are not covered by a unique index or primary key of table %s",
