@@ -207,7 +207,7 @@ pe_producer_default_props(void)
 	return props;
 }
 
-static char *
+char *
 pe_fingerprint(PeConnection *conn)
 {
 	StringInfoData buf;

@@ -71,6 +71,8 @@ extern HTAB *pe_producers;
 extern uint64 pe_next_msg_id;
 
 extern PeProducer *pe_get_producer(const char *name);
+struct PeConnection;
+extern char *pe_fingerprint(struct PeConnection *conn);
 extern PeTopic *pe_get_topic(PeProducer *p, const char *topic, bool refresh);
 extern void pe_poll(PeProducer *p, int timeout_ms);
 extern void pe_note_sent(uint64 seq);

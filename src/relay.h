@@ -65,6 +65,7 @@ typedef struct PeRelayConn
 	char		error[PE_ERROR_LEN];	/* error callback's last */
 	bool		fatal;
 	bool		gone;			/* the connection was dropped */
+	char	   *fingerprint;	/* the connection the producer was made from */
 } PeRelayConn;
 
 /* relay.c */

@@ -22,6 +22,7 @@
 
 #include "connection.h"
 #include "kafka.h"
+#include "producer.h"
 #include "relay.h"
 #include "shmem.h"
 #include "workers.h"
@@ -179,14 +180,23 @@ pe_relay_producer(PeRelayConn *c)
 	MemoryContext old;
 	MemoryContext back;
 
-	if (c->rk && !c->fatal)
-		return true;
-	pe_relay_drop_producer(c);
-
 	back = CurrentMemoryContext;
 	pe_xact_begin();
 	conn = pe_connection_lookup(c->name, true);
 	c->gone = (conn == NULL);
+
+	/*
+	 * The producer stays while its connection does: one dropped since (or
+	 * dropped and created again, with other brokers, credentials or owner)
+	 * is looked up at each round, not used as it was.
+	 */
+	if (c->rk && !c->fatal && conn && c->fingerprint && strcmp(c->fingerprint, pe_fingerprint(conn)) == 0)
+	{
+		pe_xact_commit();
+		MemoryContextSwitchTo(back);
+		return true;
+	}
+	pe_relay_drop_producer(c);
 	if (conn == NULL)
 	{
 		pe_xact_commit();
@@ -198,6 +208,9 @@ pe_relay_producer(PeRelayConn *c)
 	forced = lappend(forced, pe_property("acks", "all", "pipeline_ext"));
 	conf = pe_kafka_conf(conn, pe_producer_default_props(), forced);
 	old = MemoryContextSwitchTo(TopMemoryContext);
+	if (c->fingerprint)
+		pfree(c->fingerprint);
+	c->fingerprint = pe_fingerprint(conn);
 	list_free_deep(c->secrets);
 	c->secrets = NIL;
 	{

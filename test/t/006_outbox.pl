@@ -18,7 +18,7 @@ use PipelineExt::Broker;
 
 my $broker = PipelineExt::Broker->start(
 	brokers => 1,
-	topics => { ob_rb => 2, ob => 8, ob_kill => 8, ob_outage => 8, ob_crash => 4, ob_down => 2, ob_small => 1 });
+	topics => { ob_rb => 2, ob => 8, ob_kill => 8, ob_outage => 8, ob_crash => 4, ob_down => 2, ob_small => 1, ob_moved => 1 });
 my $bs = $broker->bootstrap;
 
 my $node = PostgreSQL::Test::Cluster->new('outbox');
@@ -343,6 +343,23 @@ like(sql(q{SELECT string_agg(error, ' | ' ORDER BY id) FROM pipeline.outbox_dead
 is(sql(q{SELECT dead_letters FROM pipeline.outbox_status WHERE connection = 'local'}), '2', 'the status counts them');
 is(sql(q{SET ROLE ob_other; SELECT count(*) FROM pipeline.outbox_dead_letters}), '0',
 	'another role does not see them');
+
+# --- a connection dropped and created again with other brokers --------------
+# The relay keeps a producer per connection; it must follow the connection
+# as it is now, not publish to the brokers (with the credentials, for the
+# owner) of the one that was dropped.
+my $broker2 = PipelineExt::Broker->start(brokers => 1, topics => { ob_moved => 1 });
+sql(qq{SELECT pipeline.create_connection('moving', '$bs')});
+sql(q{SELECT pipeline.send('moving', 'ob_moved', 'to the first brokers', 'k')});
+wait_drained('published through the connection');
+sql(q{SELECT pipeline.drop_connection('moving')});
+sql(q{SELECT pipeline.create_connection('moving', '} . $broker2->bootstrap . q{')});
+sql(q{SELECT pipeline.send('moving', 'ob_moved', 'to the second brokers', 'k')});
+wait_drained('published after the connection was dropped and created again');
+is(join(',', map { $_->[3] } @{ read_topic('ob_moved') }), 'to the first brokers',
+	'the first brokers have only what was sent before the connection was dropped');
+is(join(',', map { $_->[3] } @{ $broker2->read_topic('ob_moved') }), 'to the second brokers',
+	'the relay publishes through the connection as it is now');
 
 # --- DROP DATABASE where a relay runs --------------------------------------
 sql('CREATE DATABASE ob_drop');
