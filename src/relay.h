@@ -50,6 +50,7 @@ typedef struct PeOutMsg
 	bool		reported;
 	char	   *dead;			/* refused for good: the reason */
 	bool		buried;			/* moved to the dead letters */
+	bool		alone;			/* refused for its batch's size: sent alone */
 } PeOutMsg;
 
 /* A connection the relay publishes through, and its producer. */

@@ -455,6 +455,31 @@ pe_relay_refusal(rd_kafka_resp_err_t err)
 	}
 }
 
+/*
+ * The refusals among the round's delivery reports.  A broker judges size
+ * by the record batch: one over the topic's max.message.bytes (smaller
+ * than the producer's message.max.bytes) fails every message in it,
+ * however small each is.  So a message refused for its size is first sent
+ * again alone; refused alone, it is too large for good.  Either way the
+ * round goes again at once (*again).
+ */
+static void
+pe_relay_judge_reports(PeOutMsg *msgs, int n, bool *again)
+{
+	for (int i = 0; i < n; i++)
+	{
+		PeOutMsg   *m = &msgs[i];
+
+		if (m->dead || !m->reported || !pe_relay_refusal(m->err))
+			continue;
+		if (m->err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE && !m->alone)
+			m->alone = true;
+		else
+			m->dead = psprintf("%s", rd_kafka_err2str(m->err));
+		*again = true;
+	}
+}
+
 /* Did a message of the round (not refused) fail its delivery? */
 static bool
 pe_relay_delivery_failed(PeOutMsg *msgs, int n)
@@ -546,7 +571,8 @@ pe_relay_check_partitions(PeRelayConn *c, PeOutMsg *msgs, int n, bool *refused)
 /*
  * Step 2: the round in one Kafka transaction, with its checkpoint.
  * Returns true when it committed; false after a failure (noted, rows
- * kept) or after refusals (buried: the caller sends the rest again).
+ * kept) or with *refused set after refusals (buried, or to be sent alone:
+ * the caller sends the round again at once).
  */
 bool
 pe_relay_send(PeRelayConn *c, int64 round, PeOutMsg *msgs, int n, bool first_try, bool *refused)
@@ -555,6 +581,7 @@ pe_relay_send(PeRelayConn *c, int64 round, PeOutMsg *msgs, int n, bool first_try
 	rd_kafka_resp_err_t err;
 	char		rv[32];
 	int			queued = 0;
+	bool		judged = false; /* refusals in delivery reports: the transaction failed */
 
 	*refused = false;
 	round_msgs = msgs;
@@ -575,6 +602,8 @@ pe_relay_send(PeRelayConn *c, int64 round, PeOutMsg *msgs, int n, bool first_try
 
 		if (m->dead)
 			continue;
+		if (m->alone)
+			rd_kafka_flush(c->rk, pe_produce_timeout_ms);	/* in a batch of its own */
 		hdrs = pe_relay_headers(m);
 		for (;;)
 		{
@@ -601,6 +630,12 @@ pe_relay_send(PeRelayConn *c, int64 round, PeOutMsg *msgs, int n, bool first_try
 		if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
 		{
 			queued++;
+			if (m->alone)
+			{
+				rd_kafka_flush(c->rk, pe_produce_timeout_ms);
+				if (m->reported && m->err != RD_KAFKA_RESP_ERR_NO_ERROR)
+					break;		/* the transaction cannot go on: judged below */
+			}
 			continue;
 		}
 		rd_kafka_headers_destroy(hdrs);
@@ -625,15 +660,11 @@ pe_relay_send(PeRelayConn *c, int64 round, PeOutMsg *msgs, int n, bool first_try
 	 * A refusal by the broker fails the transaction: abort, bury, again.
 	 */
 	err = rd_kafka_flush(c->rk, pe_produce_timeout_ms);
-	for (int i = 0; i < n; i++)
-		if (!msgs[i].dead && msgs[i].reported && msgs[i].err != RD_KAFKA_RESP_ERR_NO_ERROR &&
-			pe_relay_refusal(msgs[i].err))
-		{
-			msgs[i].dead = psprintf("%s", rd_kafka_err2str(msgs[i].err));
-			*refused = true;
-		}
+	pe_relay_judge_reports(msgs, n, &judged);
+	if (judged)
+		*refused = true;
 	if (err != RD_KAFKA_RESP_ERR_NO_ERROR || rd_kafka_fatal_error(c->rk, NULL, 0) != RD_KAFKA_RESP_ERR_NO_ERROR ||
-		pe_relay_delivery_failed(msgs, n))
+		pe_relay_delivery_failed(msgs, n) || judged)
 	{
 		error = rd_kafka_abort_transaction(c->rk, pe_produce_timeout_ms);
 		if (error)
@@ -686,12 +717,7 @@ pe_relay_send(PeRelayConn *c, int64 round, PeOutMsg *msgs, int n, bool first_try
 	}
 
 	/* what the broker refused for good becomes a dead letter */
-	for (int i = 0; i < n; i++)
-		if (!msgs[i].dead && msgs[i].reported && pe_relay_refusal(msgs[i].err))
-		{
-			msgs[i].dead = psprintf("%s", rd_kafka_err2str(msgs[i].err));
-			*refused = true;
-		}
+	pe_relay_judge_reports(msgs, n, refused);
 	if (rd_kafka_error_is_fatal(error))
 		c->fatal = true;
 	if (rd_kafka_error_txn_requires_abort(error) || *refused)

@@ -18,7 +18,7 @@ use PipelineExt::Broker;
 
 my $broker = PipelineExt::Broker->start(
 	brokers => 1,
-	topics => { ob_rb => 2, ob => 8, ob_kill => 8, ob_outage => 8, ob_crash => 4, ob_down => 2, ob_small => 1, ob_moved => 1 });
+	topics => { ob_rb => 2, ob => 8, ob_kill => 8, ob_outage => 8, ob_crash => 4, ob_down => 2, ob_small => 1, ob_batch => 1, ob_moved => 1 });
 my $bs = $broker->bootstrap;
 
 my $node = PostgreSQL::Test::Cluster->new('outbox');
@@ -343,6 +343,30 @@ like(sql(q{SELECT string_agg(error, ' | ' ORDER BY id) FROM pipeline.outbox_dead
 is(sql(q{SELECT dead_letters FROM pipeline.outbox_status WHERE connection = 'local'}), '2', 'the status counts them');
 is(sql(q{SET ROLE ob_other; SELECT count(*) FROM pipeline.outbox_dead_letters}), '0',
 	'another role does not see them');
+
+# --- a batch refused for its size: its small messages are not dead letters --
+# A broker judges max.message.bytes by the record batch: one over a topic's
+# limit fails every message in it, however small.  Each is sent again alone;
+# only a message refused alone is a dead letter.
+{
+	my $dead = sql(q{SELECT count(*) FROM pipeline.outbox_dead_letters});
+	$broker->ctl('error Produce MSG_SIZE_TOO_LARGE 1');
+	sql(q{SELECT pipeline.send('local', 'ob_batch', 'small ' || g, 'k') FROM generate_series(1, 5) g});
+	wait_drained('a round whose batch was refused for its size settles');
+	is(join(',', map { $_->[3] } @{ read_topic('ob_batch') }), join(',', map { "small $_" } 1 .. 5),
+		'every message of a batch refused for its size is published, once, in order');
+	is(sql(q{SELECT count(*) FROM pipeline.outbox_dead_letters}), $dead, '... and none is a dead letter');
+
+	# the first of the next round is refused again when alone: too large for good
+	$broker->ctl('error Produce MSG_SIZE_TOO_LARGE 2');
+	sql(q{SELECT pipeline.send('local', 'ob_batch', 'big ' || g, 'k') FROM generate_series(1, 3) g});
+	wait_drained('a round with a message refused alone settles');
+	is(join(',', map { $_->[3] } @{ read_topic('ob_batch') }), join(',', (map { "small $_" } 1 .. 5), 'big 2', 'big 3'),
+		'the others of the round are published');
+	like(sql(q{SELECT string_agg(convert_from(value, 'UTF8') || ': ' || error, ' | ') FROM pipeline.outbox_dead_letters
+	            WHERE topic = 'ob_batch'}),
+		qr/^big 1: [^|]*too large[^|]*$/i, 'the one refused alone is the only dead letter, with the reason');
+}
 
 # --- a connection dropped and created again with other brokers --------------
 # The relay keeps a producer per connection; it must follow the connection
