@@ -316,6 +316,7 @@ pe_capture_changes(PG_FUNCTION_ARGS)
 	PeConnection *conn;
 	int64		id;
 	char	   *table;
+	StringInfoData attnums;
 	Datum	   *kd;
 	ListCell   *lc;
 	PeCatalogAccess acc;
@@ -379,8 +380,16 @@ pe_capture_changes(PG_FUNCTION_ARGS)
 		pe_catalog_end(&acc);
 	}
 
-	/* the triggers, as the table's owner (the caller) */
+	/*
+	 * The triggers, as the table's owner (the caller).  Their arguments:
+	 * the capture's id, then the key columns' numbers, which follow a
+	 * column that is renamed (the catalog keeps names, which a dump and
+	 * restore keeps).
+	 */
 	table = pe_capture_qualified(relid);
+	initStringInfo(&attnums);
+	foreach(lc, keys)
+		appendStringInfo(&attnums, ", '%d'", (int) get_attnum(relid, lfirst(lc)));
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	for (int e = 0; e < 3; e++)
@@ -388,9 +397,9 @@ pe_capture_changes(PG_FUNCTION_ARGS)
 		const char *refs = e == 0 ? "NEW TABLE AS pe_new" : e == 1 ? "OLD TABLE AS pe_old NEW TABLE AS pe_new"
 			: "OLD TABLE AS pe_old";
 		char	   *sql = psprintf("CREATE TRIGGER pipeline_capture_%s AFTER %s ON %s REFERENCING %s "
-								   "FOR EACH STATEMENT EXECUTE FUNCTION pipeline._capture_trigger('" INT64_FORMAT "')",
+								   "FOR EACH STATEMENT EXECUTE FUNCTION pipeline._capture_trigger('" INT64_FORMAT "'%s)",
 								   pe_capture_events[e], e == 0 ? "INSERT" : e == 1 ? "UPDATE" : "DELETE",
-								   table, refs, id);
+								   table, refs, id, attnums.data);
 
 		if (SPI_execute(sql, false, 0) != SPI_OK_UTILITY)
 			elog(ERROR, "could not create the capture trigger");
@@ -433,9 +442,38 @@ pe_uncapture(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
+/*
+ * The key columns' names in the table as it is now.  The catalog keeps
+ * the names given at capture time, and the triggers the columns' numbers
+ * (triggers made before 0.6.0 have none).  A name the table still has is
+ * taken as it is: a dump and restore keeps names, and may renumber
+ * columns.  A name it no longer has was renamed: its column's number
+ * gives the new name.
+ */
+static List *
+pe_capture_current_keys(Relation rel, List *keys, char **attnums, int nattnums)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	List	   *current = NIL;
+	ListCell   *lc;
+
+	foreach(lc, keys)
+	{
+		char	   *name = lfirst(lc);
+		int			i = foreach_current_index(lc);
+		int			attnum = i < nattnums ? atoi(attnums[i]) : 0;
+
+		if (get_attnum(RelationGetRelid(rel), name) == InvalidAttrNumber &&
+			attnum > 0 && attnum <= desc->natts && !TupleDescAttr(desc, attnum - 1)->attisdropped)
+			name = pstrdup(NameStr(TupleDescAttr(desc, attnum - 1)->attname));
+		current = lappend(current, name);
+	}
+	return current;
+}
+
 /* The trigger's statement for this capture and event, prepared once. */
 static PeCapturePlan *
-pe_capture_plan(int64 id, int event, Relation rel)
+pe_capture_plan(int64 id, int event, Relation rel, char **attnums, int nattnums)
 {
 	ListCell   *lc;
 	PeCapturePlan *p = NULL;
@@ -513,6 +551,7 @@ pe_capture_plan(int64 id, int event, Relation rel)
 	}
 	pe_catalog_end(&acc);
 
+	keys = pe_capture_current_keys(rel, keys, attnums, nattnums);
 	sql = pe_capture_sql(event, RelationGetRelid(rel), keys, debezium, tombstones, p->connection);
 	old = MemoryContextSwitchTo(TopMemoryContext);
 	p->desc = CreateTupleDescCopyConstr(RelationGetDescr(rel));	/* as equalTupleDescs compares */
@@ -537,7 +576,7 @@ pe_capture_trigger(PG_FUNCTION_ARGS)
 
 	pe_require_preload();
 	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_AFTER(td->tg_event) ||
-		!TRIGGER_FIRED_FOR_STATEMENT(td->tg_event) || td->tg_trigger->tgnargs != 1)
+		!TRIGGER_FIRED_FOR_STATEMENT(td->tg_event) || td->tg_trigger->tgnargs < 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("pipeline._capture_trigger() is called by the triggers of pipeline.capture_changes() only")));
@@ -546,7 +585,7 @@ pe_capture_trigger(PG_FUNCTION_ARGS)
 		return PointerGetDatum(NULL);
 	id = strtoll(td->tg_trigger->tgargs[0], NULL, 10);
 
-	p = pe_capture_plan(id, event, td->tg_relation);
+	p = pe_capture_plan(id, event, td->tg_relation, td->tg_trigger->tgargs + 1, td->tg_trigger->tgnargs - 1);
 	if (p->sql == NULL)
 		return PointerGetDatum(NULL);
 

@@ -123,6 +123,18 @@ wait_for(q{SELECT count(*) FROM pipeline.outbox}, '0', 'published');
 	is(scalar(@$m) . ' ' . $m->[0][2], '1 {"code" : "A"}', 'chosen key columns; no tombstone when asked for none');
 }
 
+# a key column renamed: the table's writes go on, keyed by the new name
+sql(q{ALTER TABLE cap_key RENAME COLUMN code TO sku});
+{
+	my ($rc, $out, $err) = $node->psql('postgres', q{INSERT INTO cap_key (sku, v) VALUES ('B', 2); UPDATE cap_key SET v = 3});
+	is($rc . $err, '0', 'writes to a table whose key column was renamed succeed');
+	wait_for(q{SELECT count(*) FROM pipeline.outbox}, '0', 'published');
+	my $m = read_topic('cdk');
+	is(join(' | ', map { $_->[2] . ' ' . $_->[3] } @$m[ 1 .. $#$m ]),
+		'{"sku" : "B"} {"id":2,"sku":"B","v":2} | {"sku" : "B"} {"id":2,"sku":"B","v":3}',
+		'... and their changes are published, keyed by the renamed column');
+}
+
 # --- errors and privileges ---------------------------------------------------
 my ($rc, $out, $err) = $node->psql('postgres', q{SELECT pipeline.capture_changes('cap_src', 'local', 'cdc')});
 like($err, qr/changes of table "cap_src" are already captured/, 'one capture per table');
