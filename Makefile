@@ -17,6 +17,7 @@ OBJS = \
 	src/produce.o \
 	src/outbox.o \
 	src/capture.o \
+	src/capture_follow.o \
 	src/relay.o \
 	src/relay_kafka.o \
 	src/relay_stats.o \

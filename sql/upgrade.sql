@@ -54,10 +54,21 @@ SELECT c.relname, has_table_privilege('public', c.oid, 'SELECT') AS public_reads
 SELECT count(*) AS send_functions FROM pg_proc WHERE proname = 'send' AND pronamespace = 'pipeline'::regnamespace;
 -- 0.5.0 -> 0.6.0: windowed aggregates; the catalog is the extension's, the
 -- view readable by anyone
-ALTER EXTENSION pipeline_ext UPDATE;
+ALTER EXTENSION pipeline_ext UPDATE TO '0.6.0';
 SELECT extversion FROM pg_extension WHERE extname = 'pipeline_ext';
 SELECT c.relname, has_table_privilege('public', c.oid, 'SELECT') AS public_reads
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
  WHERE n.nspname = 'pipeline' AND c.relname LIKE 'aggregate%' AND c.relkind IN ('r', 'v') ORDER BY 1;
+-- 0.6.0 -> 0.7.0: a capture names its table as regclass (kept by a dump
+-- and restore), and an event trigger makes it follow partitions
+CREATE TABLE up_cap (id int PRIMARY KEY);
+INSERT INTO pipeline.capture (relid, owner, connection, topic, key_columns, format, tombstones)
+VALUES ('up_cap'::regclass, 10, 'kept', 'cdc', '{id}', 'row', true);
+ALTER EXTENSION pipeline_ext UPDATE;
+SELECT extversion FROM pg_extension WHERE extname = 'pipeline_ext';
+SELECT format_type(atttypid, atttypmod) AS relid_type FROM pg_attribute
+ WHERE attrelid = 'pipeline.capture'::regclass AND attname = 'relid';
+SELECT "table", key_columns FROM pipeline.captures;
+SELECT evtname, evtevent, evtenabled FROM pg_event_trigger WHERE evtname LIKE 'pipeline%' ORDER BY 1;
 \c :orig
 DROP DATABASE regress_upgrade;

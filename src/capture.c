@@ -24,7 +24,12 @@
 #include "access/table.h"
 #include "catalog/index.h"
 #include "catalog/namespace.h"
+#include "catalog/partition.h"
 #include "catalog/pg_class.h"
+#include "catalog/pg_inherits.h"
+#include "catalog/pg_trigger.h"
+#include "catalog/dependency.h"
+#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
@@ -38,6 +43,7 @@
 #include "utils/memutils.h"
 #include "utils/rel.h"
 
+#include "capture.h"
 #include "connection.h"
 #include "datapath.h"
 #include "relay.h"
@@ -53,6 +59,7 @@ typedef struct PeCapturePlan
 {
 	int64		id;				/* pipeline.capture.id */
 	int			event;			/* index into pe_capture_events */
+	Oid			relid;			/* the table whose trigger it is (a partition's own) */
 	TupleDesc	desc;			/* the table's, when prepared */
 	char	   *connection;
 	char	   *topic;
@@ -264,7 +271,7 @@ pe_capture_key_columns(Relation rel, ArrayType *given)
 }
 
 /* The capture of relid, as the catalog's owner: its id, or 0. */
-static int64
+int64
 pe_capture_lookup(Oid relid)
 {
 	PeCatalogAccess acc;
@@ -300,6 +307,63 @@ pe_capture_open(Oid relid)
 }
 
 /*
+ * The three triggers of capture id on relid: the captured table, or one of
+ * its partitions (a statement on a partition fires its own statement
+ * triggers, not its parent's).  Their arguments: the capture's id, then
+ * the key columns' numbers in relid, which follow a column that is
+ * renamed (the catalog keeps names, which a dump and restore keeps).
+ * Made as the current role, who must own relid.
+ */
+void
+pe_capture_make_triggers(Oid relid, int64 id, List *keys)
+{
+	char	   *table = pe_capture_qualified(relid);
+	StringInfoData attnums;
+	ListCell   *lc;
+
+	initStringInfo(&attnums);
+	foreach(lc, keys)
+		appendStringInfo(&attnums, ", '%d'", (int) get_attnum(relid, lfirst(lc)));
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	for (int e = 0; e < 3; e++)
+	{
+		const char *refs = e == 0 ? "NEW TABLE AS pe_new" : e == 1 ? "OLD TABLE AS pe_old NEW TABLE AS pe_new"
+			: "OLD TABLE AS pe_old";
+		char	   *sql = psprintf("CREATE TRIGGER pipeline_capture_%s AFTER %s ON %s REFERENCING %s "
+								   "FOR EACH STATEMENT EXECUTE FUNCTION pipeline._capture_trigger('" INT64_FORMAT "'%s)",
+								   pe_capture_events[e], e == 0 ? "INSERT" : e == 1 ? "UPDATE" : "DELETE",
+								   table, refs, id, attnums.data);
+
+		if (SPI_execute(sql, false, 0) != SPI_OK_UTILITY)
+			elog(ERROR, "could not create the capture trigger");
+	}
+	SPI_finish();
+}
+
+/*
+ * Drop the capture triggers of relid.  Internal, without a privilege
+ * check: the callers have checked that the role may change the capture
+ * (uncapture) or that the table is no longer one it covers (a partition
+ * detached, possibly of another owner).
+ */
+void
+pe_capture_drop_triggers(Oid relid)
+{
+	for (int e = 0; e < 3; e++)
+	{
+		ObjectAddress trigger;
+
+		trigger.classId = TriggerRelationId;
+		trigger.objectId = get_trigger_oid(relid, psprintf("pipeline_capture_%s", pe_capture_events[e]), true);
+		trigger.objectSubId = 0;
+		if (OidIsValid(trigger.objectId))
+			performDeletion(&trigger, DROP_RESTRICT, PERFORM_DELETION_INTERNAL);
+	}
+	CommandCounterIncrement();
+}
+
+/*
  * pipeline.capture_changes(table, connection, topic, key_columns, format,
  * tombstones): the capture's id.
  */
@@ -315,8 +379,6 @@ pe_capture_changes(PG_FUNCTION_ARGS)
 	List	   *keys;
 	PeConnection *conn;
 	int64		id;
-	char	   *table;
-	StringInfoData attnums;
 	Datum	   *kd;
 	ListCell   *lc;
 	PeCatalogAccess acc;
@@ -354,6 +416,22 @@ pe_capture_changes(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_DUPLICATE_OBJECT),
 				 errmsg("changes of table \"%s\" are already captured", RelationGetRelationName(rel)),
 				 errhint("Call pipeline.uncapture() first to change how.")));
+	/* one capture covers a partitioned table and its partitions */
+	if (rel->rd_rel->relispartition)
+		foreach(lc, get_partition_ancestors(relid))
+			if (pe_capture_lookup(lfirst_oid(lc)) != 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_DUPLICATE_OBJECT),
+						 errmsg("changes of table \"%s\" are already captured, as a partition of \"%s\"",
+								RelationGetRelationName(rel), get_rel_name(lfirst_oid(lc))),
+						 errhint("The capture of a partitioned table covers its partitions.")));
+	foreach(lc, find_all_inheritors(relid, ShareRowExclusiveLock, NULL))
+		if (lfirst_oid(lc) != relid && pe_capture_lookup(lfirst_oid(lc)) != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_DUPLICATE_OBJECT),
+					 errmsg("partition \"%s\" of table \"%s\" is captured on its own",
+							get_rel_name(lfirst_oid(lc)), RelationGetRelationName(rel)),
+					 errhint("Call pipeline.uncapture() on the partition first: the capture of a partitioned table covers its partitions.")));
 
 	/* the catalog row, as the catalog's owner */
 	kd = palloc(sizeof(Datum) * list_length(keys));
@@ -380,31 +458,9 @@ pe_capture_changes(PG_FUNCTION_ARGS)
 		pe_catalog_end(&acc);
 	}
 
-	/*
-	 * The triggers, as the table's owner (the caller).  Their arguments:
-	 * the capture's id, then the key columns' numbers, which follow a
-	 * column that is renamed (the catalog keeps names, which a dump and
-	 * restore keeps).
-	 */
-	table = pe_capture_qualified(relid);
-	initStringInfo(&attnums);
-	foreach(lc, keys)
-		appendStringInfo(&attnums, ", '%d'", (int) get_attnum(relid, lfirst(lc)));
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	for (int e = 0; e < 3; e++)
-	{
-		const char *refs = e == 0 ? "NEW TABLE AS pe_new" : e == 1 ? "OLD TABLE AS pe_old NEW TABLE AS pe_new"
-			: "OLD TABLE AS pe_old";
-		char	   *sql = psprintf("CREATE TRIGGER pipeline_capture_%s AFTER %s ON %s REFERENCING %s "
-								   "FOR EACH STATEMENT EXECUTE FUNCTION pipeline._capture_trigger('" INT64_FORMAT "'%s)",
-								   pe_capture_events[e], e == 0 ? "INSERT" : e == 1 ? "UPDATE" : "DELETE",
-								   table, refs, id, attnums.data);
-
-		if (SPI_execute(sql, false, 0) != SPI_OK_UTILITY)
-			elog(ERROR, "could not create the capture trigger");
-	}
-	SPI_finish();
+	/* the triggers, as the table's owner (the caller), on its partitions too */
+	foreach(lc, find_all_inheritors(relid, ShareRowExclusiveLock, NULL))
+		pe_capture_make_triggers(lfirst_oid(lc), id, keys);
 	relation_close(rel, NoLock);
 	PG_RETURN_INT64(id);
 }
@@ -415,10 +471,10 @@ pe_uncapture(PG_FUNCTION_ARGS)
 {
 	Oid			relid = PG_GETARG_OID(0);
 	Relation	rel = pe_capture_open(relid);
-	char	   *table = pe_capture_qualified(relid);
 	PeCatalogAccess acc;
 	Oid			types[1] = {OIDOID};
 	Datum		values[1] = {ObjectIdGetDatum(relid)};
+	ListCell   *lc;
 
 	pe_require_preload();
 	if (pe_capture_lookup(relid) == 0)
@@ -426,13 +482,8 @@ pe_uncapture(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("changes of table \"%s\" are not captured", RelationGetRelationName(rel)),
 				 errhint("pipeline.captures lists the tables whose changes are.")));
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	for (int e = 0; e < 3; e++)
-		if (SPI_execute(psprintf("DROP TRIGGER IF EXISTS pipeline_capture_%s ON %s", pe_capture_events[e], table),
-						false, 0) != SPI_OK_UTILITY)
-			elog(ERROR, "could not drop the capture trigger");
-	SPI_finish();
+	foreach(lc, find_all_inheritors(relid, ShareRowExclusiveLock, NULL))
+		pe_capture_drop_triggers(lfirst_oid(lc));
 	pe_catalog_begin(&acc);
 	if (SPI_execute_with_args("DELETE FROM pipeline.capture WHERE relid OPERATOR(pg_catalog.=) $1", 1, types, values, NULL, false, 0)
 		!= SPI_OK_DELETE)
@@ -445,12 +496,12 @@ pe_uncapture(PG_FUNCTION_ARGS)
 /*
  * The key columns' names in the table as it is now.  The catalog keeps
  * the names given at capture time, and the triggers the columns' numbers
- * (triggers made before 0.6.0 have none).  A name the table still has is
+ * (triggers made before 0.7.0 have none).  A name the table still has is
  * taken as it is: a dump and restore keeps names, and may renumber
  * columns.  A name it no longer has was renamed: its column's number
  * gives the new name.
  */
-static List *
+List *
 pe_capture_current_keys(Relation rel, List *keys, char **attnums, int nattnums)
 {
 	TupleDesc	desc = RelationGetDescr(rel);
@@ -484,6 +535,7 @@ pe_capture_plan(int64 id, int event, Relation rel, char **attnums, int nattnums)
 	List	   *keys = NIL;
 	bool		debezium;
 	bool		tombstones;
+	Oid			captured;
 	MemoryContext old;
 	char	   *sql;
 
@@ -491,7 +543,7 @@ pe_capture_plan(int64 id, int event, Relation rel, char **attnums, int nattnums)
 	{
 		PeCapturePlan *c = lfirst(lc);
 
-		if (c->id == id && c->event == event)
+		if (c->id == id && c->event == event && c->relid == RelationGetRelid(rel))
 			p = c;
 	}
 	/* (an entry whose set-up failed has no desc: it is set up again) */
@@ -503,6 +555,7 @@ pe_capture_plan(int64 id, int event, Relation rel, char **attnums, int nattnums)
 		p = palloc0(sizeof(PeCapturePlan));
 		p->id = id;
 		p->event = event;
+		p->relid = RelationGetRelid(rel);
 		pe_capture_plans = lappend(pe_capture_plans, p);
 		MemoryContextSwitchTo(old);
 	}
@@ -542,8 +595,10 @@ pe_capture_plan(int64 id, int event, Relation rel, char **attnums, int nattnums)
 			keys = lappend(keys, TextDatumGetCString(elems[i]));
 		debezium = DatumGetBool(SPI_getbinval(tup, desc, 4, &isnull));
 		tombstones = DatumGetBool(SPI_getbinval(tup, desc, 5, &isnull));
-		/* the trigger function takes a capture's id: only its own table's */
-		if (DatumGetObjectId(SPI_getbinval(tup, desc, 6, &isnull)) != RelationGetRelid(rel))
+		captured = DatumGetObjectId(SPI_getbinval(tup, desc, 6, &isnull));
+		/* the trigger function takes a capture's id: only its own table's, or its partitions' */
+		if (captured != RelationGetRelid(rel) &&
+			!(rel->rd_rel->relispartition && list_member_oid(get_partition_ancestors(RelationGetRelid(rel)), captured)))
 			ereport(ERROR,
 					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 					 errmsg("change capture " INT64_FORMAT " is not of table \"%s\"", id, RelationGetRelationName(rel)),
@@ -552,7 +607,7 @@ pe_capture_plan(int64 id, int event, Relation rel, char **attnums, int nattnums)
 	pe_catalog_end(&acc);
 
 	keys = pe_capture_current_keys(rel, keys, attnums, nattnums);
-	sql = pe_capture_sql(event, RelationGetRelid(rel), keys, debezium, tombstones, p->connection);
+	sql = pe_capture_sql(event, captured, keys, debezium, tombstones, p->connection);
 	old = MemoryContextSwitchTo(TopMemoryContext);
 	p->desc = CreateTupleDescCopyConstr(RelationGetDescr(rel));	/* as equalTupleDescs compares */
 	p->sql = sql ? pstrdup(sql) : NULL;

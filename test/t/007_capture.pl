@@ -12,7 +12,7 @@ use Test::More;
 use JSON::PP;
 use PipelineExt::Broker;
 
-my $broker = PipelineExt::Broker->start(brokers => 1, topics => { cdc => 4, cdz => 1, cdk => 1 });
+my $broker = PipelineExt::Broker->start(brokers => 1, topics => { cdc => 4, cdz => 1, cdk => 1, cdp => 1, cdd => 1 });
 my $bs = $broker->bootstrap;
 
 my $node = PostgreSQL::Test::Cluster->new('capture');
@@ -135,8 +135,71 @@ sql(q{ALTER TABLE cap_key RENAME COLUMN code TO sku});
 		'... and their changes are published, keyed by the renamed column');
 }
 
+# --- a partitioned table: writes through it and straight into its partitions --
+# A statement on a partition fires the partition's statement triggers, not
+# its parent's: the capture covers partitions there are, made or attached
+# later (an event trigger), and lets go of one detached.
+sub changes_of
+{
+	return join(' ', map {
+		my $k = decode_json($_->[2]);
+		$k->{id} . ':' . ($_->[3] eq '\N' ? '-' : decode_json($_->[3])->{v})
+	} @{ read_topic($_[0]) });
+}
+sql(q{
+CREATE TABLE cap_part (id int NOT NULL, region text NOT NULL, v int, PRIMARY KEY (id, region)) PARTITION BY LIST (region);
+CREATE TABLE cap_part_eu PARTITION OF cap_part FOR VALUES IN ('eu');
+SELECT pipeline.capture_changes('cap_part', 'local', 'cdp');
+CREATE TABLE cap_part_us PARTITION OF cap_part FOR VALUES IN ('us');
+CREATE TABLE cap_part_ap (v int, region text NOT NULL, id int NOT NULL);
+ALTER TABLE cap_part ATTACH PARTITION cap_part_ap FOR VALUES IN ('ap');
+});
+sql(q{INSERT INTO cap_part VALUES (1, 'eu', 1), (2, 'us', 1), (3, 'ap', 1)});
+sql(q{INSERT INTO cap_part_eu VALUES (4, 'eu', 1)});
+sql(q{INSERT INTO cap_part_us VALUES (5, 'us', 1)});
+sql(q{INSERT INTO cap_part_ap (id, region, v) VALUES (6, 'ap', 1)});
+sql(q{UPDATE cap_part_us SET v = 2 WHERE id = 5});
+sql(q{DELETE FROM cap_part_ap WHERE id = 6});
+wait_for(q{SELECT count(*) FROM pipeline.outbox}, '0', 'published');
+is(changes_of('cdp'), '1:1 2:1 3:1 4:1 5:1 6:1 5:2 6:-',
+	'changes through the partitioned table and straight into its partitions (there before, made after, attached), each once');
+my ($rc, $out, $err) = $node->psql('postgres', q{SELECT pipeline.capture_changes('cap_part_eu', 'local', 'cdp')});
+like($err, qr/changes of table "cap_part_eu" are already captured, as a partition of "cap_part"/,
+	'a partition of a captured table is captured with it');
+sql(q{ALTER TABLE cap_part DETACH PARTITION cap_part_us});
+($rc, $out, $err) = $node->psql('postgres', q{INSERT INTO cap_part_us VALUES (7, 'us', 1)});
+is($rc . $err, '0', 'a partition detached takes writes');
+is(sql(q{SELECT count(*) FROM pg_trigger WHERE tgrelid = 'cap_part_us'::regclass}), '0', '... without the capture\'s triggers');
+sql(q{INSERT INTO cap_part VALUES (8, 'eu', 1)});
+wait_for(q{SELECT count(*) FROM pipeline.outbox}, '0', 'published');
+is(changes_of('cdp'), '1:1 2:1 3:1 4:1 5:1 6:1 5:2 6:- 8:1', '... and its writes are not published');
+sql(q{SELECT pipeline.uncapture('cap_part')});
+is(sql(q{SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'pipeline_capture%'
+          AND tgrelid IN ('cap_part'::regclass, 'cap_part_eu'::regclass, 'cap_part_ap'::regclass)}), '0',
+	'uncapture drops the triggers of the partitions too');
+
+# --- a dump and restore keeps the capture on the restored table -------------
+# The restored table has another OID; the capture names it by name.
+{
+	$node->safe_psql('postgres', 'CREATE DATABASE dump_src');
+	$node->safe_psql('dump_src', qq{CREATE EXTENSION pipeline_ext;
+		SELECT pipeline.create_connection('local', '$bs');
+		CREATE TABLE cap_dump (id int PRIMARY KEY, v int);
+		SELECT pipeline.capture_changes('cap_dump', 'local', 'cdd');});
+	my $file = $node->basedir . '/dump_src.sql';
+	$node->command_ok([ 'pg_dump', '-f', $file, '-d', $node->connstr('dump_src') ], 'pg_dump of a database with a capture');
+	$node->safe_psql('postgres', 'CREATE DATABASE dump_dst');
+	$node->command_ok([ 'psql', '-X', '-q', '-v', 'ON_ERROR_STOP=1', '-f', $file, '-d', $node->connstr('dump_dst') ],
+		'... restored into another database');
+	my ($rc2, $out2, $err2) = $node->psql('dump_dst', q{INSERT INTO cap_dump VALUES (1, 1)});
+	is($rc2 . $err2, '0', 'the restored table takes writes');
+	is($node->safe_psql('dump_dst', q{SELECT "table" FROM pipeline.captures}), 'cap_dump', '... and is the one captured');
+	ok($node->poll_query_until('dump_dst', q{SELECT count(*) FROM pipeline.outbox}, '0'), '... and its change is published');
+	is(changes_of('cdd'), '1:1', '... from the restored database');
+}
+
 # --- errors and privileges ---------------------------------------------------
-my ($rc, $out, $err) = $node->psql('postgres', q{SELECT pipeline.capture_changes('cap_src', 'local', 'cdc')});
+($rc, $out, $err) = $node->psql('postgres', q{SELECT pipeline.capture_changes('cap_src', 'local', 'cdc')});
 like($err, qr/changes of table "cap_src" are already captured/, 'one capture per table');
 sql(q{CREATE TABLE cap_nokey (v int)});
 ($rc, $out, $err) = $node->psql('postgres', q{SELECT pipeline.capture_changes('cap_nokey', 'local', 'cdc')});
