@@ -114,8 +114,6 @@ pe_agg_emitted(PeAggregate *a, PeTarget *t, bool emits, int64 *inserted)
 	Datum	   *v;
 	bool	   *kn;
 	bool	   *vn;
-	int			dims[1];
-	int			lbs[1] = {1};
 	PeConnection *conn;
 	bool		isnull;
 
@@ -154,10 +152,7 @@ pe_agg_emitted(PeAggregate *a, PeTarget *t, bool emits, int64 *inserted)
 			(*inserted)++;
 	}
 	*inserted -= DatumGetInt64(SPI_getbinval(tt->vals[0], tt->tupdesc, 4, &isnull));
-	dims[0] = (int) n;
-	pe_outbox_insert_many(a->emit_connection, a->emit_topic, t->def->owner,
-						  PointerGetDatum(construct_md_array(k, kn, 1, dims, lbs, BYTEAOID, -1, false, TYPALIGN_INT)),
-						  PointerGetDatum(construct_md_array(v, vn, 1, dims, lbs, BYTEAOID, -1, false, TYPALIGN_INT)));
+	pe_outbox_insert_many(a->emit_connection, a->emit_topic, t->def->owner, (int) n, k, kn, v, vn);
 	return n;
 }
 

@@ -624,10 +624,7 @@ pe_capture_trigger(PG_FUNCTION_ARGS)
 	int64		id;
 	PeCapturePlan *p;
 	Oid			sender = GetUserId();
-	Datum		keys = (Datum) 0;
-	Datum		vals = (Datum) 0;
 	uint64		written;
-	MemoryContext outer = CurrentMemoryContext;
 
 	pe_require_preload();
 	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_AFTER(td->tg_event) ||
@@ -645,9 +642,9 @@ pe_capture_trigger(PG_FUNCTION_ARGS)
 		return PointerGetDatum(NULL);
 
 	/*
-	 * First the messages, as the role whose statement it is (a column's
-	 * type may cast to json with that role's function): then, as the
-	 * catalog's owner, only their insert into the outbox.
+	 * The messages, made as the role whose statement it is (a column's
+	 * type may cast to json with that role's function), then written into
+	 * the outbox by the extension (outbox.c), for that role.
 	 */
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
@@ -666,29 +663,26 @@ pe_capture_trigger(PG_FUNCTION_ARGS)
 	if (SPI_execute_plan(p->plan, NULL, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read the statement's changes");
 	written = SPI_processed;
+	if (written > INT_MAX)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("a statement changed too many rows of a captured table: " UINT64_FORMAT, written),
+				 errhint("Change at most 2147483647 rows of a captured table in one statement.")));
 	if (written > 0)
 	{
-		MemoryContext spi = MemoryContextSwitchTo(outer);
+		/* the messages, read from SPI's result before it goes */
 		Datum	   *k = palloc(sizeof(Datum) * written);
 		Datum	   *v = palloc(sizeof(Datum) * written);
 		bool	   *kn = palloc(sizeof(bool) * written);
 		bool	   *vn = palloc(sizeof(bool) * written);
-		int			dims[1] = {(int) written};
-		int			lbs[1] = {1};
 
 		for (uint64 r = 0; r < written; r++)
 		{
 			k[r] = SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1, &kn[r]);
 			v[r] = SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 2, &vn[r]);
 		}
-		keys = PointerGetDatum(construct_md_array(k, kn, 1, dims, lbs, BYTEAOID, -1, false, TYPALIGN_INT));
-		vals = PointerGetDatum(construct_md_array(v, vn, 1, dims, lbs, BYTEAOID, -1, false, TYPALIGN_INT));
-		MemoryContextSwitchTo(spi);
+		pe_outbox_insert_many(p->connection, p->topic, sender, (int) written, k, kn, v, vn);
 	}
 	SPI_finish();
-	if (written == 0)
-		return PointerGetDatum(NULL);
-
-	pe_outbox_insert_many(p->connection, p->topic, sender, keys, vals);
 	return PointerGetDatum(NULL);	/* (a statement trigger's result is not read, but must not be null) */
 }

@@ -30,8 +30,8 @@
 
 /* outbox.c */
 extern int64 pe_outbox_insert(const PeMessageArgs *a);
-extern void pe_outbox_insert_many(const char *connection, const char *topic, Oid sender, Datum keys,
-								  Datum values);
+extern void pe_outbox_insert_many(const char *connection, const char *topic, Oid sender,
+								  int n, Datum *keys, bool *key_nulls, Datum *values, bool *value_nulls);
 extern void pe_outbox_note_sent(void);
 extern void pe_relay_wake(Oid dboid);
 
