@@ -476,8 +476,23 @@ pe_relay_judge_reports(PeOutMsg *msgs, int n, bool *again)
 			m->alone = true;
 		else
 			m->dead = psprintf("%s", rd_kafka_err2str(m->err));
+		m->reported = false;	/* judged once: the next report is of a new try */
 		*again = true;
 	}
+}
+
+/*
+ * Wait for what is queued to be acknowledged, and judge the refusals
+ * among the reports.  False when the transaction cannot go on: nothing
+ * acknowledged in time, or a refusal (which puts it in error).
+ */
+static bool
+pe_relay_settle_queue(PeRelayConn *c, PeOutMsg *msgs, int n, bool *judged)
+{
+	if (rd_kafka_flush(c->rk, pe_produce_timeout_ms) != RD_KAFKA_RESP_ERR_NO_ERROR)
+		return false;
+	pe_relay_judge_reports(msgs, n, judged);
+	return !*judged;
 }
 
 /* Did a message of the round (not refused) fail its delivery? */
@@ -602,8 +617,9 @@ pe_relay_send(PeRelayConn *c, int64 round, PeOutMsg *msgs, int n, bool first_try
 
 		if (m->dead)
 			continue;
-		if (m->alone)
-			rd_kafka_flush(c->rk, pe_produce_timeout_ms);	/* in a batch of its own */
+		/* one refused with others for its size: in a batch of its own */
+		if (m->alone && !pe_relay_settle_queue(c, msgs, n, &judged))
+			break;				/* judged below */
 		hdrs = pe_relay_headers(m);
 		for (;;)
 		{
@@ -630,12 +646,8 @@ pe_relay_send(PeRelayConn *c, int64 round, PeOutMsg *msgs, int n, bool first_try
 		if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
 		{
 			queued++;
-			if (m->alone)
-			{
-				rd_kafka_flush(c->rk, pe_produce_timeout_ms);
-				if (m->reported && m->err != RD_KAFKA_RESP_ERR_NO_ERROR)
-					break;		/* the transaction cannot go on: judged below */
-			}
+			if (m->alone && !pe_relay_settle_queue(c, msgs, n, &judged))
+				break;			/* judged below */
 			continue;
 		}
 		rd_kafka_headers_destroy(hdrs);
@@ -645,6 +657,16 @@ pe_relay_send(PeRelayConn *c, int64 round, PeOutMsg *msgs, int n, bool first_try
 			*refused = true;
 			continue;
 		}
+
+		/*
+		 * A refusal reported meanwhile puts the transaction in error, and
+		 * a message queued after it fails (_STATE): judge it, and go again
+		 * at once without it.
+		 */
+		pe_relay_poll(c, 0);
+		pe_relay_judge_reports(msgs, n, &judged);
+		if (judged)
+			break;
 		/* anything else: the whole round again, later */
 		pe_relay_note_error(c, "could not queue a message for topic \"%s\": %s", m->topic, rd_kafka_err2str(err));
 		error = rd_kafka_abort_transaction(c->rk, pe_produce_timeout_ms);
@@ -662,7 +684,7 @@ pe_relay_send(PeRelayConn *c, int64 round, PeOutMsg *msgs, int n, bool first_try
 	err = rd_kafka_flush(c->rk, pe_produce_timeout_ms);
 	pe_relay_judge_reports(msgs, n, &judged);
 	if (judged)
-		*refused = true;
+		*refused = true;	/* again at once */
 	if (err != RD_KAFKA_RESP_ERR_NO_ERROR || rd_kafka_fatal_error(c->rk, NULL, 0) != RD_KAFKA_RESP_ERR_NO_ERROR ||
 		pe_relay_delivery_failed(msgs, n) || judged)
 	{
