@@ -14,12 +14,14 @@ GRANT SELECT ON @extschema@.captures TO PUBLIC;
 
 -- A statement on a partition fires the partition's statement triggers,
 -- not its parent's: every partition of a captured table carries the
--- capture's triggers.  After each CREATE TABLE and ALTER TABLE, the
--- capture covering the table (its own or a partitioned ancestor's) is
--- made to cover exactly that table's tree when the command made, attached
--- or detached a partition: triggers on partitions made or attached, off
--- tables detached (capture_follow.c).
-CREATE FUNCTION @extschema@._capture_follow(oid, pg_catalog.pg_ddl_command)
+-- capture's triggers (capture_follow.c).  After DDL, the event trigger
+-- puts them on a partition made or attached under a captured table, takes
+-- them off one detached, and follows a key column renamed in the catalog.
+-- It runs as the role whose command it is, with the command's
+-- search_path, by which it finds the partition a command names (every
+-- name below is qualified); a pg_ddl_command exists only during its
+-- command, so nobody calls _capture_follow() for a command not theirs.
+CREATE FUNCTION @extschema@._capture_follow(pg_catalog.pg_ddl_command)
 RETURNS void
 LANGUAGE C STRICT VOLATILE
 AS 'MODULE_PATHNAME', 'pe_capture_follow';
@@ -27,18 +29,45 @@ AS 'MODULE_PATHNAME', 'pe_capture_follow';
 CREATE FUNCTION @extschema@._capture_ddl()
 RETURNS event_trigger
 LANGUAGE plpgsql
-SET search_path = pg_catalog
 AS $$
 DECLARE
     c record;
 BEGIN
-    FOR c IN SELECT objid, command FROM pg_catalog.pg_event_trigger_ddl_commands()
+    FOR c IN SELECT command FROM pg_catalog.pg_event_trigger_ddl_commands()
               WHERE classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass LOOP
-        PERFORM @extschema@._capture_follow(c.objid, c.command);
+        PERFORM @extschema@._capture_follow(c.command);
     END LOOP;
 END
 $$;
 
+-- CREATE SCHEMA too: its elements may make partitions
 CREATE EVENT TRIGGER pipeline_capture_partitions ON ddl_command_end
-    WHEN TAG IN ('CREATE TABLE', 'ALTER TABLE')
+    WHEN TAG IN ('CREATE TABLE', 'ALTER TABLE', 'CREATE SCHEMA')
     EXECUTE FUNCTION @extschema@._capture_ddl();
+
+-- A captured table dropped: its capture goes with it (its OID may be
+-- given to another table, which a stale row would then capture).
+CREATE FUNCTION @extschema@._capture_dropped()
+RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+AS $$
+BEGIN
+    DELETE FROM @extschema@.capture c
+     USING pg_catalog.pg_event_trigger_dropped_objects() d
+     WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
+       AND d.objsubid OPERATOR(pg_catalog.=) 0
+       AND c.relid::pg_catalog.oid OPERATOR(pg_catalog.=) d.objid;
+END
+$$;
+REVOKE ALL ON FUNCTION @extschema@._capture_dropped() FROM PUBLIC;
+CREATE EVENT TRIGGER pipeline_capture_dropped ON sql_drop
+    EXECUTE FUNCTION @extschema@._capture_dropped();
+
+-- Captures made before: their partitions get the triggers now.
+CREATE FUNCTION @extschema@._capture_cover(pg_catalog.regclass)
+RETURNS void
+LANGUAGE C STRICT VOLATILE
+AS 'MODULE_PATHNAME', 'pe_capture_cover_sql';
+REVOKE ALL ON FUNCTION @extschema@._capture_cover(pg_catalog.regclass) FROM PUBLIC;
+SELECT @extschema@._capture_cover(relid) FROM @extschema@.capture;

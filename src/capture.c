@@ -425,7 +425,7 @@ pe_capture_changes(PG_FUNCTION_ARGS)
 						 errmsg("changes of table \"%s\" are already captured, as a partition of \"%s\"",
 								RelationGetRelationName(rel), get_rel_name(lfirst_oid(lc))),
 						 errhint("The capture of a partitioned table covers its partitions.")));
-	foreach(lc, find_all_inheritors(relid, ShareRowExclusiveLock, NULL))
+	foreach(lc, pe_capture_tree(relid))
 		if (lfirst_oid(lc) != relid && pe_capture_lookup(lfirst_oid(lc)) != 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_DUPLICATE_OBJECT),
@@ -459,8 +459,7 @@ pe_capture_changes(PG_FUNCTION_ARGS)
 	}
 
 	/* the triggers, as the table's owner (the caller), on its partitions too */
-	foreach(lc, find_all_inheritors(relid, ShareRowExclusiveLock, NULL))
-		pe_capture_make_triggers(lfirst_oid(lc), id, keys);
+	pe_capture_cover(relid, id, relid);
 	relation_close(rel, NoLock);
 	PG_RETURN_INT64(id);
 }
@@ -482,7 +481,7 @@ pe_uncapture(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("changes of table \"%s\" are not captured", RelationGetRelationName(rel)),
 				 errhint("pipeline.captures lists the tables whose changes are.")));
-	foreach(lc, find_all_inheritors(relid, ShareRowExclusiveLock, NULL))
+	foreach(lc, pe_capture_tree(relid))
 		pe_capture_drop_triggers(lfirst_oid(lc));
 	pe_catalog_begin(&acc);
 	if (SPI_execute_with_args("DELETE FROM pipeline.capture WHERE relid OPERATOR(pg_catalog.=) $1", 1, types, values, NULL, false, 0)
@@ -585,6 +584,10 @@ pe_capture_plan(int64 id, int event, Relation rel, char **attnums, int nattnums)
 		Datum	   *elems;
 		int			n;
 
+		if (p->connection)
+			pfree(p->connection);
+		if (p->topic)
+			pfree(p->topic);
 		old = MemoryContextSwitchTo(TopMemoryContext);
 		p->connection = SPI_getvalue(tup, desc, 1);
 		p->topic = SPI_getvalue(tup, desc, 2);
@@ -610,6 +613,8 @@ pe_capture_plan(int64 id, int event, Relation rel, char **attnums, int nattnums)
 	sql = pe_capture_sql(event, captured, keys, debezium, tombstones, p->connection);
 	old = MemoryContextSwitchTo(TopMemoryContext);
 	p->desc = CreateTupleDescCopyConstr(RelationGetDescr(rel));	/* as equalTupleDescs compares */
+	if (p->sql)
+		pfree(p->sql);
 	p->sql = sql ? pstrdup(sql) : NULL;
 	MemoryContextSwitchTo(old);
 	return p;

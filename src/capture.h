@@ -21,4 +21,9 @@ extern void pe_capture_make_triggers(Oid relid, int64 id, List *keys);
 extern void pe_capture_drop_triggers(Oid relid);
 extern List *pe_capture_current_keys(Relation rel, List *keys, char **attnums, int nattnums);
 
+/* capture_follow.c */
+extern List *pe_capture_tree(Oid relid);
+extern int64 pe_capture_trigger_id(Oid relid);
+extern void pe_capture_cover(Oid captured, int64 id, Oid top);
+
 #endif							/* PE_CAPTURE_H */

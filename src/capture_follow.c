@@ -1,14 +1,14 @@
 /*-------------------------------------------------------------------------
  *
  * capture_follow.c
- *	  Change capture follows a partitioned table's partitions.  A statement
+ *	  What a capture covers, kept true as the table changes.  A statement
  *	  on a partition fires the partition's own statement triggers, not its
  *	  parent's, so every partition of a captured table carries the
- *	  capture's triggers (capture.c puts them on those there are when it
- *	  captures).  pipeline._capture_follow(), called by an event trigger
- *	  at the end of each CREATE TABLE and ALTER TABLE, puts them on the
- *	  partitions made or attached since, and takes them off a table
- *	  detached, whose writes are no longer the captured table's.
+ *	  capture's triggers: capture.c puts them on those there are, and
+ *	  pipeline._capture_follow(), called by an event trigger at the end of
+ *	  DDL, puts them on a partition made or attached later and takes them
+ *	  off one detached.  It also follows a key column renamed, in the
+ *	  catalog.
  *
  * IDENTIFICATION
  *	  src/capture_follow.c
@@ -17,96 +17,84 @@
  */
 #include "postgres.h"
 
-#include "access/genam.h"
-#include "access/htup_details.h"
 #include "access/table.h"
+#include "catalog/namespace.h"
 #include "catalog/partition.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_inherits.h"
-#include "catalog/pg_trigger.h"
+#include "catalog/pg_type.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "nodes/parsenodes.h"
+#include "parser/parse_func.h"
 #include "tcop/deparse_utility.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
-#include "utils/fmgroids.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
-#include "utils/syscache.h"
 
 #include "capture.h"
 #include "connection.h"
+#include "pipeline_ext.h"
 
 PG_FUNCTION_INFO_V1(pe_capture_follow);
+PG_FUNCTION_INFO_V1(pe_capture_cover_sql);
 
 #define PE_CAPTURE_INSERT_TRIGGER "pipeline_capture_insert"
 
-/* A capture trigger's arguments: the capture's id, then key column numbers. */
-static char **
-pe_trigger_args(HeapTuple tup, TupleDesc desc, int *nargs)
+/*
+ * relid and its partitions at every level, locked as CREATE TRIGGER
+ * locks: the tables a capture of relid covers.  Children by inheritance
+ * are not partitions (a statement on one is not the table's), and a
+ * foreign table cannot have triggers with transition tables: neither is
+ * covered.
+ */
+List *
+pe_capture_tree(Oid relid)
 {
-	Form_pg_trigger form = (Form_pg_trigger) GETSTRUCT(tup);
-	bool		isnull;
-	Datum		d = heap_getattr(tup, Anum_pg_trigger_tgargs, desc, &isnull);
-	bytea	   *raw;
-	char	   *p;
-	char	  **args;
+	List	   *tree = NIL;
+	ListCell   *lc;
 
-	*nargs = 0;
-	if (isnull || form->tgnargs < 1)
-		return NULL;
-	raw = DatumGetByteaPP(d);
-	p = VARDATA_ANY(raw);
-	args = palloc(sizeof(char *) * form->tgnargs);
-	for (int i = 0; i < form->tgnargs; i++)
+	foreach(lc, find_all_inheritors(relid, ShareRowExclusiveLock, NULL))
 	{
-		if (p >= VARDATA_ANY(raw) + VARSIZE_ANY_EXHDR(raw))
-			break;
-		args[i] = pstrdup(p);
-		p += strlen(p) + 1;
-		(*nargs)++;
+		Oid			t = lfirst_oid(lc);
+		char		kind = get_rel_relkind(t);
+
+		if (t == relid ||
+			(get_rel_relispartition(t) && (kind == RELKIND_RELATION || kind == RELKIND_PARTITIONED_TABLE)))
+			tree = lappend_oid(tree, t);
 	}
-	return args;
+	return tree;
+}
+
+/* The id of the capture whose triggers relid carries, or 0. */
+int64
+pe_capture_trigger_id(Oid relid)
+{
+	Relation	rel = table_open(relid, AccessShareLock);
+	Oid			fn = LookupFuncName(list_make2(makeString(PE_SCHEMA), makeString("_capture_trigger")), 0, NULL, true);
+	int64		id = 0;
+
+	if (rel->trigdesc)
+		for (int i = 0; i < rel->trigdesc->numtriggers; i++)
+		{
+			Trigger    *tg = &rel->trigdesc->triggers[i];
+
+			if (tg->tgfoid == fn && strcmp(tg->tgname, PE_CAPTURE_INSERT_TRIGGER) == 0 && tg->tgnargs >= 1)
+				id = strtoll(tg->tgargs[0], NULL, 10);
+		}
+	table_close(rel, AccessShareLock);
+	return id;
 }
 
 /*
- * The tables whose capture triggers name capture id, found in pg_trigger
- * (the insert trigger stands for the three).
+ * The key columns of capture id of table captured as it names them now:
+ * the catalog's names, followed through a rename by the column numbers
+ * its own insert trigger carries (capture.c).
  */
 static List *
-pe_capture_carriers(int64 id)
-{
-	Relation	tgrel = table_open(TriggerRelationId, AccessShareLock);
-	SysScanDesc scan = systable_beginscan(tgrel, InvalidOid, false, NULL, 0, NULL);
-	HeapTuple	tup;
-	List	   *carriers = NIL;
-
-	while (HeapTupleIsValid(tup = systable_getnext(scan)))
-	{
-		Form_pg_trigger form = (Form_pg_trigger) GETSTRUCT(tup);
-		char	  **args;
-		int			nargs;
-
-		if (strcmp(NameStr(form->tgname), PE_CAPTURE_INSERT_TRIGGER) != 0)
-			continue;
-		args = pe_trigger_args(tup, RelationGetDescr(tgrel), &nargs);
-		if (nargs >= 1 && strtoll(args[0], NULL, 10) == id)
-			carriers = lappend_oid(carriers, form->tgrelid);
-	}
-	systable_endscan(scan);
-	table_close(tgrel, AccessShareLock);
-	return carriers;
-}
-
-/*
- * The key columns of capture id as its table names them now: the names
- * the catalog keeps, followed through a rename by the numbers its own
- * insert trigger carries.
- */
-static List *
-pe_capture_keys_now(Relation captured, int64 id)
+pe_capture_keys_now(Oid captured, int64 id)
 {
 	PeCatalogAccess acc;
 	Oid			types[1] = {INT8OID};
@@ -115,6 +103,8 @@ pe_capture_keys_now(Relation captured, int64 id)
 	char	  **attnums = NULL;
 	int			nattnums = 0;
 	MemoryContext outer = CurrentMemoryContext;
+	Relation	rel;
+	List	   *now;
 
 	pe_catalog_begin(&acc);
 	if (SPI_execute_with_args("SELECT key_columns FROM pipeline.capture WHERE id OPERATOR(pg_catalog.=) $1",
@@ -135,10 +125,11 @@ pe_capture_keys_now(Relation captured, int64 id)
 	}
 	pe_catalog_end(&acc);
 
-	if (captured->trigdesc)
-		for (int i = 0; i < captured->trigdesc->numtriggers; i++)
+	rel = table_open(captured, AccessShareLock);
+	if (rel->trigdesc)
+		for (int i = 0; i < rel->trigdesc->numtriggers; i++)
 		{
-			Trigger    *tg = &captured->trigdesc->triggers[i];
+			Trigger    *tg = &rel->trigdesc->triggers[i];
 
 			if (strcmp(tg->tgname, PE_CAPTURE_INSERT_TRIGGER) == 0 && tg->tgnargs >= 1)
 			{
@@ -146,93 +137,191 @@ pe_capture_keys_now(Relation captured, int64 id)
 				nattnums = tg->tgnargs - 1;
 			}
 		}
-	return pe_capture_current_keys(captured, keys, attnums, nattnums);
+	now = pe_capture_current_keys(rel, keys, attnums, nattnums);
+	table_close(rel, AccessShareLock);
+	return now;
 }
 
 /*
- * Does a command change which tables are partitions: CREATE TABLE ...
- * PARTITION OF, ALTER TABLE ... ATTACH or DETACH PARTITION?  Other DDL is
- * left alone, so that a restore, whose ADD CONSTRAINT and the like come
- * after the capture's catalog row and before the triggers it restores,
- * makes no triggers of its own.
+ * Capture id of table captured covers table top and its partitions: the
+ * capture's triggers on each that lacks them.  One captured on its own,
+ * or covered by another capture, is refused: its changes would go to two
+ * topics, or to the other one only.
  */
-static bool
-pe_repartitions(CollectedCommand *cmd)
+void
+pe_capture_cover(Oid captured, int64 id, Oid top)
 {
+	List	   *keys = pe_capture_keys_now(captured, id);
 	ListCell   *lc;
 
-	if (cmd->type == SCT_Simple)
-		return IsA(cmd->parsetree, CreateStmt) && ((CreateStmt *) cmd->parsetree)->partbound != NULL;
-	if (cmd->type != SCT_AlterTable)
-		return false;
-	foreach(lc, cmd->d.alterTable.subcmds)
+	foreach(lc, pe_capture_tree(top))
 	{
-		CollectedATSubcmd *sub = lfirst(lc);
+		Oid			t = lfirst_oid(lc);
+		int64		other = pe_capture_trigger_id(t);
 
-		if (IsA(sub->parsetree, AlterTableCmd))
-			switch (((AlterTableCmd *) sub->parsetree)->subtype)
-			{
-				case AT_AttachPartition:
-				case AT_DetachPartition:
-				case AT_DetachPartitionFinalize:
-					return true;
-				default:
-					break;
-			}
+		if (other == id)
+			continue;
+		if (other != 0 || (t != captured && pe_capture_lookup(t) != 0))
+			ereport(ERROR,
+					(errcode(ERRCODE_DUPLICATE_OBJECT),
+					 errmsg("table \"%s\" is captured on its own", get_rel_name(t)),
+					 errhint("Call pipeline.uncapture() on it first: the capture of partitioned table \"%s\" covers its partitions.",
+							 get_rel_name(captured))));
+		pe_capture_make_triggers(t, id, keys);
 	}
-	return false;
 }
 
 /*
- * pipeline._capture_follow(relid, command), from the event trigger: after
- * a command that made, attached or detached a partition, the capture of
- * relid or of a table it is a partition of (if any) covers exactly that
- * table and its partitions.  Runs as the role whose DDL it is.
+ * The capture covering relid (its own, or a partitioned ancestor's; only
+ * an ancestor's without self): its id and table, or 0.
+ */
+static int64
+pe_capture_covering(Oid relid, bool self, Oid *captured)
+{
+	List	   *chain = self ? list_make1_oid(relid) : NIL;
+	ListCell   *lc;
+
+	if (get_rel_relispartition(relid))
+		chain = list_concat(chain, get_partition_ancestors(relid));
+	foreach(lc, chain)
+	{
+		int64		id = pe_capture_lookup(lfirst_oid(lc));
+
+		if (id != 0)
+		{
+			*captured = lfirst_oid(lc);
+			return id;
+		}
+	}
+	return 0;
+}
+
+/* A partition made or attached: covered by its new parent's capture, if any. */
+static void
+pe_capture_partition_added(Oid part)
+{
+	Oid			captured;
+	int64		id;
+	char		kind = get_rel_relkind(part);
+
+	if (kind != RELKIND_RELATION && kind != RELKIND_PARTITIONED_TABLE)
+		return;					/* a foreign table: see pe_capture_tree() */
+	id = pe_capture_covering(part, false, &captured);
+	if (id != 0)
+		pe_capture_cover(captured, id, part);
+}
+
+/* A partition detached from parent: no longer covered by parent's capture. */
+static void
+pe_capture_partition_detached(Oid parent, Oid part)
+{
+	Oid			captured;
+	int64		id = pe_capture_covering(parent, true, &captured);
+	ListCell   *lc;
+
+	if (id == 0 || !OidIsValid(part) || get_rel_relkind(part) == '\0')
+		return;
+	foreach(lc, find_all_inheritors(part, ShareRowExclusiveLock, NULL))
+		if (pe_capture_trigger_id(lfirst_oid(lc)) == id)
+			pe_capture_drop_triggers(lfirst_oid(lc));
+}
+
+/* A column of relid renamed: a capture of relid keys by the new name. */
+static void
+pe_capture_column_renamed(Oid relid, const char *from, const char *to)
+{
+	PeCatalogAccess acc;
+	Oid			types[3] = {OIDOID, TEXTOID, TEXTOID};
+	Datum		values[3] = {ObjectIdGetDatum(relid), CStringGetTextDatum(from), CStringGetTextDatum(to)};
+
+	pe_catalog_begin(&acc);
+	if (SPI_execute_with_args("UPDATE pipeline.capture SET key_columns = pg_catalog.array_replace(key_columns, $2, $3) "
+							  "WHERE relid OPERATOR(pg_catalog.=) $1 AND $2 OPERATOR(pg_catalog.=) ANY (key_columns)",
+							  3, types, values, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "could not update pipeline.capture");
+	pe_catalog_end(&acc);
+}
+
+/*
+ * pipeline._capture_follow(command): one command collected by the event
+ * trigger, as the role whose command it is (a value of type
+ * pg_ddl_command exists only during that command).  Only CREATE TABLE ...
+ * PARTITION OF, ALTER TABLE ...
+ * ATTACH or DETACH PARTITION and RENAME of a column act, on the tables the
+ * command names, so that a restore's other DDL (ADD CONSTRAINT, ...,
+ * which comes after the capture's catalog row and before the triggers the
+ * dump restores) makes no triggers of its own.
  */
 Datum
 pe_capture_follow(PG_FUNCTION_ARGS)
 {
-	Oid			relid = PG_GETARG_OID(0);
-	CollectedCommand *cmd = (CollectedCommand *) PG_GETARG_POINTER(1);
-	char		relkind = get_rel_relkind(relid);
-	List	   *chain;
-	Oid			captured = InvalidOid;
-	int64		id = 0;
+	CollectedCommand *cmd = (CollectedCommand *) PG_GETARG_POINTER(0);
 	ListCell   *lc;
-	Relation	rel;
-	List	   *keys;
-	List	   *covered;
 
-	if (!pe_repartitions(cmd))
+
+	if (cmd->type == SCT_Simple)
+	{
+		Node	   *stmt = cmd->parsetree;
+
+		if (cmd->d.simple.address.classId != RelationRelationId)
+			PG_RETURN_VOID();
+		if (IsA(stmt, CreateStmt) && ((CreateStmt *) stmt)->partbound != NULL)
+			pe_capture_partition_added(cmd->d.simple.address.objectId);
+		else if (IsA(stmt, RenameStmt) && ((RenameStmt *) stmt)->renameType == OBJECT_COLUMN &&
+				 ((RenameStmt *) stmt)->subname && ((RenameStmt *) stmt)->newname)
+			pe_capture_column_renamed(cmd->d.simple.address.objectId,
+									  ((RenameStmt *) stmt)->subname, ((RenameStmt *) stmt)->newname);
 		PG_RETURN_VOID();
-	if (relkind != RELKIND_RELATION && relkind != RELKIND_PARTITIONED_TABLE)
-		PG_RETURN_VOID();		/* dropped since, or not a table */
-	chain = list_make1_oid(relid);
-	if (get_rel_relispartition(relid))
-		chain = list_concat(chain, get_partition_ancestors(relid));
-	foreach(lc, chain)
-		if ((id = pe_capture_lookup(lfirst_oid(lc))) != 0)
+	}
+	if (cmd->type != SCT_AlterTable)
+		PG_RETURN_VOID();
+	foreach(lc, cmd->d.alterTable.subcmds)
+	{
+		CollectedATSubcmd *sub = lfirst(lc);
+
+		AlterTableCmd *at = (AlterTableCmd *) sub->parsetree;
+		Oid			part;
+
+		if (!IsA(at, AlterTableCmd) || !at->def || !IsA(at->def, PartitionCmd))
+			continue;
+
+		/*
+		 * The partition, by the name the command gave: the command's
+		 * search_path is still the session's (the event trigger runs as
+		 * the invoker, without its own), and PostgreSQL collects no address
+		 * for these subcommands.
+		 */
+		part = RangeVarGetRelid(((PartitionCmd *) at->def)->name, NoLock, true);
+		if (!OidIsValid(part))
+			continue;
+		switch (at->subtype)
 		{
-			captured = lfirst_oid(lc);
-			break;
+			case AT_AttachPartition:
+				pe_capture_partition_added(part);
+				break;
+			case AT_DetachPartition:
+			case AT_DetachPartitionFinalize:
+				pe_capture_partition_detached(cmd->d.alterTable.objectId, part);
+				break;
+			default:
+				break;
 		}
-	if (id == 0)
-		PG_RETURN_VOID();
+	}
+	PG_RETURN_VOID();
+}
 
-	rel = table_open(captured, ShareRowExclusiveLock);
-	keys = pe_capture_keys_now(rel, id);
-	covered = find_all_inheritors(captured, ShareRowExclusiveLock, NULL);
+/*
+ * pipeline._capture_cover(table): the capture of table covers all its
+ * partitions (the upgrade to 0.7.0 runs it for each capture; before, only
+ * the table had triggers).
+ */
+Datum
+pe_capture_cover_sql(PG_FUNCTION_ARGS)
+{
+	Oid			relid = PG_GETARG_OID(0);
+	int64		id = pe_capture_lookup(relid);
 
-	/* partitions made or attached: the capture's triggers */
-	foreach(lc, covered)
-		if (lfirst_oid(lc) != captured &&
-			!OidIsValid(get_trigger_oid(lfirst_oid(lc), PE_CAPTURE_INSERT_TRIGGER, true)))
-			pe_capture_make_triggers(lfirst_oid(lc), id, keys);
-
-	/* tables detached: theirs off */
-	foreach(lc, pe_capture_carriers(id))
-		if (!list_member_oid(covered, lfirst_oid(lc)))
-			pe_capture_drop_triggers(lfirst_oid(lc));
-	table_close(rel, NoLock);
+	if (id != 0)
+		pe_capture_cover(relid, id, relid);
 	PG_RETURN_VOID();
 }

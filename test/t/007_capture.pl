@@ -133,7 +133,14 @@ sql(q{ALTER TABLE cap_key RENAME COLUMN code TO sku});
 	is(join(' | ', map { $_->[2] . ' ' . $_->[3] } @$m[ 1 .. $#$m ]),
 		'{"sku" : "B"} {"id":2,"sku":"B","v":2} | {"sku" : "B"} {"id":2,"sku":"B","v":3}',
 		'... and their changes are published, keyed by the renamed column');
+	is(sql(q{SELECT key_columns FROM pipeline.captures WHERE "table" = 'cap_key'::regclass}), '{sku}',
+		'the capture lists the key column by its new name');
 }
+# renamed away, and another column given the old name: the key stays the renamed column
+sql(q{ALTER TABLE cap_key RENAME COLUMN sku TO old_sku; ALTER TABLE cap_key ADD COLUMN sku text});
+sql(q{INSERT INTO cap_key (old_sku, v, sku) VALUES ('C', 4, 'not the key')});
+wait_for(q{SELECT count(*) FROM pipeline.outbox}, '0', 'published');
+is(read_topic('cdk')->[-1][2], '{"old_sku" : "C"}', 'a new column with the old name does not become the key');
 
 # --- a partitioned table: writes through it and straight into its partitions --
 # A statement on a partition fires the partition's statement triggers, not
@@ -173,10 +180,27 @@ is(sql(q{SELECT count(*) FROM pg_trigger WHERE tgrelid = 'cap_part_us'::regclass
 sql(q{INSERT INTO cap_part VALUES (8, 'eu', 1)});
 wait_for(q{SELECT count(*) FROM pipeline.outbox}, '0', 'published');
 is(changes_of('cdp'), '1:1 2:1 3:1 4:1 5:1 6:1 5:2 6:- 8:1', '... and its writes are not published');
+# a table captured on its own is not attached under another capture
+sql(q{CREATE TABLE cap_part_sa (id int NOT NULL, region text NOT NULL, v int, PRIMARY KEY (id, region));
+      SELECT pipeline.capture_changes('cap_part_sa', 'local', 'cdp')});
+($rc, $out, $err) = $node->psql('postgres', q{ALTER TABLE cap_part ATTACH PARTITION cap_part_sa FOR VALUES IN ('sa')});
+like($err, qr/table "cap_part_sa" is captured on its own.*\n.*HINT:.*uncapture/,
+	'a table captured on its own is not attached to a captured table');
+# a child by inheritance is not a partition: not captured, and its writes go on
+sql(q{CREATE TABLE cap_inh (id int PRIMARY KEY, v int);
+      SELECT pipeline.capture_changes('cap_inh', 'local', 'cdp');
+      CREATE TABLE cap_inh_child () INHERITS (cap_inh);});
+($rc, $out, $err) = $node->psql('postgres', q{INSERT INTO cap_inh_child VALUES (1, 1)});
+is($rc . $err, '0', 'a child by inheritance of a captured table takes writes');
+sql(q{SELECT pipeline.uncapture('cap_inh')});
 sql(q{SELECT pipeline.uncapture('cap_part')});
 is(sql(q{SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'pipeline_capture%'
           AND tgrelid IN ('cap_part'::regclass, 'cap_part_eu'::regclass, 'cap_part_ap'::regclass)}), '0',
 	'uncapture drops the triggers of the partitions too');
+# a captured table dropped: its capture goes with it
+sql(q{DROP TABLE cap_part_sa});
+is(sql(q{SELECT count(*) FROM pipeline.capture WHERE relid::oid NOT IN (SELECT oid FROM pg_class)}), '0',
+	'dropping a captured table drops its capture');
 
 # --- a dump and restore keeps the capture on the restored table -------------
 # The restored table has another OID; the capture names it by name.
