@@ -23,4 +23,20 @@ SET pipeline_ext.produce_timeout = 300;
 SELECT * FROM pipeline.produce('local', 'topic', 'x');
 \set VERBOSITY default
 RESET pipeline_ext.produce_timeout;
+-- send() writes pipeline.outbox directly: not in a read-only transaction,
+-- and not into a table changed by hand (rather than around the change)
+BEGIN READ ONLY;
+SELECT pipeline.send('local', 'topic', 'x') > 0 AS sent;
+ROLLBACK;
+BEGIN;
+ALTER TABLE pipeline.outbox ADD COLUMN extra int NOT NULL DEFAULT 1;
+SELECT pipeline.send('local', 'topic', 'x') > 0 AS sent;
+ROLLBACK;
+BEGIN;
+ALTER TABLE pipeline.outbox ADD CONSTRAINT short_topic CHECK (length(topic) < 3);
+SELECT pipeline.send('local', 'topic', 'x') > 0 AS sent;
+ROLLBACK;
+BEGIN;
+SELECT pipeline.send('local', 'topic', 'x') > 0 AS sent;
+ROLLBACK;
 SELECT pipeline.drop_connection('local');

@@ -303,6 +303,12 @@ pe_capture_open(Oid relid)
 				 errhint("Changes are captured from tables (partitioned ones too).")));
 	if (!pg_class_ownercheck(relid, GetUserId()))
 		aclcheck_error(ACLCHECK_NOT_OWNER, OBJECT_TABLE, RelationGetRelationName(rel));
+	/* (a temporary table goes at the session's end without a sql_drop: its capture would stay) */
+	if (rel->rd_rel->relpersistence == RELPERSISTENCE_TEMP)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("changes of temporary table \"%s\" cannot be captured", RelationGetRelationName(rel)),
+				 errhint("Capture a permanent or unlogged table.")));
 	return rel;
 }
 
@@ -459,7 +465,7 @@ pe_capture_changes(PG_FUNCTION_ARGS)
 	}
 
 	/* the triggers, as the table's owner (the caller), on its partitions too */
-	pe_capture_cover(relid, id, relid);
+	pe_capture_cover(relid, id, relid, true);
 	relation_close(rel, NoLock);
 	PG_RETURN_INT64(id);
 }

@@ -24,6 +24,6 @@ extern List *pe_capture_current_keys(Relation rel, List *keys, char **attnums, i
 /* capture_follow.c */
 extern List *pe_capture_tree(Oid relid);
 extern int64 pe_capture_trigger_id(Oid relid);
-extern void pe_capture_cover(Oid captured, int64 id, Oid top);
+extern void pe_capture_cover(Oid captured, int64 id, Oid top, bool strict);
 
 #endif							/* PE_CAPTURE_H */

@@ -17,11 +17,14 @@
  */
 #include "postgres.h"
 
+#include "access/genam.h"
+#include "access/htup_details.h"
 #include "access/table.h"
 #include "catalog/namespace.h"
 #include "catalog/partition.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_inherits.h"
+#include "catalog/pg_trigger.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
@@ -68,12 +71,19 @@ pe_capture_tree(Oid relid)
 	return tree;
 }
 
+/* pipeline._capture_trigger(): what a capture's triggers run. */
+static Oid
+pe_capture_trigger_fn(void)
+{
+	return LookupFuncName(list_make2(makeString(PE_SCHEMA), makeString("_capture_trigger")), 0, NULL, true);
+}
+
 /* The id of the capture whose triggers relid carries, or 0. */
 int64
 pe_capture_trigger_id(Oid relid)
 {
 	Relation	rel = table_open(relid, AccessShareLock);
-	Oid			fn = LookupFuncName(list_make2(makeString(PE_SCHEMA), makeString("_capture_trigger")), 0, NULL, true);
+	Oid			fn = pe_capture_trigger_fn();
 	int64		id = 0;
 
 	if (rel->trigdesc)
@@ -131,7 +141,8 @@ pe_capture_keys_now(Oid captured, int64 id)
 		{
 			Trigger    *tg = &rel->trigdesc->triggers[i];
 
-			if (strcmp(tg->tgname, PE_CAPTURE_INSERT_TRIGGER) == 0 && tg->tgnargs >= 1)
+			if (tg->tgfoid == pe_capture_trigger_fn() && strcmp(tg->tgname, PE_CAPTURE_INSERT_TRIGGER) == 0 &&
+				tg->tgnargs >= 1)
 			{
 				attnums = tg->tgargs + 1;
 				nattnums = tg->tgnargs - 1;
@@ -149,7 +160,7 @@ pe_capture_keys_now(Oid captured, int64 id)
  * topics, or to the other one only.
  */
 void
-pe_capture_cover(Oid captured, int64 id, Oid top)
+pe_capture_cover(Oid captured, int64 id, Oid top, bool strict)
 {
 	List	   *keys = pe_capture_keys_now(captured, id);
 	ListCell   *lc;
@@ -162,12 +173,13 @@ pe_capture_cover(Oid captured, int64 id, Oid top)
 		if (other == id)
 			continue;
 		if (other != 0 || (t != captured && pe_capture_lookup(t) != 0))
-			ereport(ERROR,
+			ereport(strict ? ERROR : WARNING,
 					(errcode(ERRCODE_DUPLICATE_OBJECT),
 					 errmsg("table \"%s\" is captured on its own", get_rel_name(t)),
 					 errhint("Call pipeline.uncapture() on it first: the capture of partitioned table \"%s\" covers its partitions.",
 							 get_rel_name(captured))));
-		pe_capture_make_triggers(t, id, keys);
+		else
+			pe_capture_make_triggers(t, id, keys);
 	}
 }
 
@@ -208,20 +220,66 @@ pe_capture_partition_added(Oid part)
 		return;					/* a foreign table: see pe_capture_tree() */
 	id = pe_capture_covering(part, false, &captured);
 	if (id != 0)
-		pe_capture_cover(captured, id, part);
+		pe_capture_cover(captured, id, part, true);
 }
 
-/* A partition detached from parent: no longer covered by parent's capture. */
+/*
+ * The tables carrying capture id's triggers that it no longer covers: the
+ * partition a command detached and its own partitions, found in
+ * pg_trigger by the trigger's function and argument.
+ */
+static List *
+pe_capture_strays(Oid captured, int64 id)
+{
+	Relation	tgrel = table_open(TriggerRelationId, AccessShareLock);
+	SysScanDesc scan = systable_beginscan(tgrel, InvalidOid, false, NULL, 0, NULL);
+	Oid			fn = pe_capture_trigger_fn();
+	List	   *covered = pe_capture_tree(captured);
+	List	   *strays = NIL;
+	HeapTuple	tup;
+
+	while (HeapTupleIsValid(tup = systable_getnext(scan)))
+	{
+		Form_pg_trigger form = (Form_pg_trigger) GETSTRUCT(tup);
+		bool		isnull;
+		Datum		args;
+
+		if (form->tgfoid != fn || form->tgnargs < 1 || strcmp(NameStr(form->tgname), PE_CAPTURE_INSERT_TRIGGER) != 0)
+			continue;
+		args = heap_getattr(tup, Anum_pg_trigger_tgargs, RelationGetDescr(tgrel), &isnull);
+		/* the first argument, up to its terminating zero byte */
+		if (!isnull && strtoll(VARDATA_ANY(DatumGetByteaPP(args)), NULL, 10) == id &&
+			!list_member_oid(covered, form->tgrelid))
+			strays = lappend_oid(strays, form->tgrelid);
+	}
+	systable_endscan(scan);
+	table_close(tgrel, AccessShareLock);
+	return strays;
+}
+
+/*
+ * A partition detached from parent: no longer covered by parent's capture.
+ * part is the table of the detached partition's name, as the session sees
+ * it now; if that is not one carrying the capture's triggers (a table of
+ * the same name made since in a schema earlier in the search_path), the
+ * strays are looked for in pg_trigger instead.
+ */
 static void
 pe_capture_partition_detached(Oid parent, Oid part)
 {
 	Oid			captured;
 	int64		id = pe_capture_covering(parent, true, &captured);
+	List	   *gone = NIL;
 	ListCell   *lc;
 
-	if (id == 0 || !OidIsValid(part) || get_rel_relkind(part) == '\0')
+	if (id == 0)
 		return;
-	foreach(lc, find_all_inheritors(part, ShareRowExclusiveLock, NULL))
+	if (OidIsValid(part) && get_rel_relkind(part) != '\0' && !get_rel_relispartition(part) &&
+		pe_capture_trigger_id(part) == id)
+		gone = find_all_inheritors(part, ShareRowExclusiveLock, NULL);
+	else
+		gone = pe_capture_strays(captured, id);
+	foreach(lc, gone)
 		if (pe_capture_trigger_id(lfirst_oid(lc)) == id)
 			pe_capture_drop_triggers(lfirst_oid(lc));
 }
@@ -292,12 +350,20 @@ pe_capture_follow(PG_FUNCTION_ARGS)
 		 * for these subcommands.
 		 */
 		part = RangeVarGetRelid(((PartitionCmd *) at->def)->name, NoLock, true);
-		if (!OidIsValid(part))
-			continue;
 		switch (at->subtype)
 		{
 			case AT_AttachPartition:
-				pe_capture_partition_added(part);
+				if (OidIsValid(part) && get_rel_relispartition(part) &&
+					get_partition_parent(part, false) == cmd->d.alterTable.objectId)
+					pe_capture_partition_added(part);
+				else
+				{
+					/* another table of that name: each partition without the capture's triggers */
+					ListCell   *c;
+
+					foreach(c, find_inheritance_children(cmd->d.alterTable.objectId, NoLock))
+						pe_capture_partition_added(lfirst_oid(c));
+				}
 				break;
 			case AT_DetachPartition:
 			case AT_DetachPartitionFinalize:
@@ -322,6 +388,6 @@ pe_capture_cover_sql(PG_FUNCTION_ARGS)
 	int64		id = pe_capture_lookup(relid);
 
 	if (id != 0)
-		pe_capture_cover(relid, id, relid);
+		pe_capture_cover(relid, id, relid, false);	/* (one captured on its own stays so, with a warning) */
 	PG_RETURN_VOID();
 }

@@ -18,6 +18,7 @@
 #include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/dependency.h"
+#include "catalog/pg_class.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "commands/sequence.h"
@@ -26,6 +27,7 @@
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "storage/latch.h"
+#include "tcop/utility.h"
 #include "storage/lwlock.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
@@ -100,6 +102,54 @@ pe_outbox_attnum(TupleDesc desc, const char *name)
 }
 
 /*
+ * pipeline.outbox as the extension made it, which pe_outbox_write() relies
+ * on: a plain table of these columns and types, and nothing that an
+ * INSERT statement would run besides (constraints other than NOT NULL,
+ * generated columns, triggers, rules, row security).  A table changed by
+ * hand is an error rather than rows written around what was added.
+ */
+static void
+pe_outbox_check_shape(Relation rel)
+{
+	static const struct
+	{
+		const char *name;
+		Oid			type;
+	}			cols[] = {
+		{"id", INT8OID}, {"xid", XID8OID}, {"connection", TEXTOID}, {"topic", TEXTOID},
+		{"partition", INT4OID}, {"key", BYTEAOID}, {"value", BYTEAOID}, {"headers", JSONBOID},
+		{"sent_at", TIMESTAMPTZOID}, {"sent_by", OIDOID},
+	};
+	TupleDesc	desc = RelationGetDescr(rel);
+	int			live = 0;
+	bool		ok = rel->rd_rel->relkind == RELKIND_RELATION && rel->trigdesc == NULL &&
+		rel->rd_rules == NULL && !rel->rd_rel->relrowsecurity &&
+		(desc->constr == NULL || (desc->constr->num_check == 0 && !desc->constr->has_generated_stored));
+
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		if (att->attisdropped)
+			continue;
+		live++;
+		if (att->attgenerated)
+			ok = false;
+	}
+	if (live != (int) lengthof(cols))
+		ok = false;
+	for (int i = 0; ok && i < (int) lengthof(cols); i++)
+		if (TupleDescAttr(desc, pe_outbox_attnum(desc, cols[i].name) - 1)->atttypid != cols[i].type)
+			ok = false;
+	if (!ok)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("table pipeline.outbox is not as pipeline_ext made it"),
+				 errdetail("Messages are written into it directly: it must be a plain table of its ten columns, without triggers, rules, row security, check constraints or generated columns."),
+				 errhint("Undo the change to pipeline.outbox.")));
+}
+
+/*
  * Write n messages into pipeline.outbox for role sender, in their order;
  * returns the first one's id.  Written as the extension's catalog is
  * (TimescaleDB writes its own so): heap and index inserts, without
@@ -126,14 +176,18 @@ pe_outbox_write(const char *connection, const char *topic, Oid sender, int32 par
 	AttrNumber	a_id, a_xid, a_conn, a_topic, a_part, a_key, a_value, a_headers, a_sent_at, a_sent_by;
 	Datum		conn_d = CStringGetTextDatum(connection);
 	Datum		topic_d = CStringGetTextDatum(topic);
-	Datum		xid_d = FullTransactionIdGetDatum(GetTopFullTransactionId());
+	Datum		xid_d;
 	Datum		now_d = TimestampTzGetDatum(GetCurrentTimestamp());
 	CommandId	cid = GetCurrentCommandId(true);
 	int64		first = 0;
 
 	if (!OidIsValid(relid))
 		elog(ERROR, "pipeline.outbox does not exist");
+	PreventCommandIfReadOnly("pipeline.send()");
+	PreventCommandDuringRecovery("pipeline.send()");
+	PreventCommandIfParallelMode("pipeline.send()");
 	rel = table_open(relid, RowExclusiveLock);
+	pe_outbox_check_shape(rel);
 	desc = RelationGetDescr(rel);
 	a_id = pe_outbox_attnum(desc, "id");
 	a_xid = pe_outbox_attnum(desc, "xid");
@@ -146,6 +200,7 @@ pe_outbox_write(const char *connection, const char *topic, Oid sender, int32 par
 	a_sent_at = pe_outbox_attnum(desc, "sent_at");
 	a_sent_by = pe_outbox_attnum(desc, "sent_by");
 	seq = getIdentitySequence(relid, a_id, false);
+	xid_d = FullTransactionIdGetDatum(GetTopFullTransactionId());
 
 	estate = CreateExecutorState();
 	rri = makeNode(ResultRelInfo);
@@ -185,7 +240,14 @@ pe_outbox_write(const char *connection, const char *topic, Oid sender, int32 par
 		slot->tts_isnull[a_value - 1] = value_nulls[i];
 		ExecStoreVirtualTuple(slot);
 		table_tuple_insert(rel, slot, cid, 0, NULL);
-		ExecInsertIndexTuples(rri, slot, estate, false, false, NULL, NIL);
+		/* (a deferrable unique index would need the executor's recheck) */
+		if (ExecInsertIndexTuples(rri, slot, estate, false, false, NULL, NIL) != NIL)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("table pipeline.outbox is not as pipeline_ext made it"),
+					 errdetail("It has a deferrable unique or exclusion constraint."),
+					 errhint("Undo the change to pipeline.outbox.")));
+		ResetPerTupleExprContext(estate);
 	}
 
 	ExecCloseIndices(rri);

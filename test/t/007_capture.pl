@@ -239,6 +239,8 @@ like($err, qr/key_columns of table "cap_twice" do not identify a row: no unique 
 sql(q{CREATE UNIQUE INDEX cap_twice_partial ON cap_twice (a) WHERE v > 0});
 ($rc, $out, $err) = $node->psql('postgres', q{SELECT pipeline.capture_changes('cap_twice', 'local', 'cdc', key_columns => '{a}')});
 like($err, qr/do not identify a row/, '... nor a partial unique index');
+($rc, $out, $err) = $node->psql('postgres', q{CREATE TEMP TABLE cap_tmp (id int PRIMARY KEY); SELECT pipeline.capture_changes('cap_tmp', 'local', 'cdc')});
+like($err, qr/changes of temporary table "cap_tmp" cannot be captured/, 'a temporary table is not captured');
 ($rc, $out, $err) = $node->psql('postgres', q{SELECT pipeline.capture_changes('cap_nokey', 'local', 'cdc', format => 'avro')});
 like($err, qr/unknown format "avro"/, 'an unknown format');
 sql(q{CREATE ROLE cap_other LOGIN; GRANT USAGE ON SCHEMA pipeline TO cap_other;
