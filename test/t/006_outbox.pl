@@ -14,6 +14,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(usleep);
 use IPC::Run;
+use HTTP::Tiny;
 use PipelineExt::Broker;
 
 my $broker = PipelineExt::Broker->start(
@@ -366,6 +367,57 @@ is(sql(q{SET ROLE ob_other; SELECT count(*) FROM pipeline.outbox_dead_letters}),
 	like(sql(q{SELECT string_agg(convert_from(value, 'UTF8') || ': ' || error, ' | ') FROM pipeline.outbox_dead_letters
 	            WHERE topic = 'ob_batch'}),
 		qr/^big 1: [^|]*too large[^|]*$/i, 'the one refused alone is the only dead letter, with the reason');
+}
+
+# --- refused for good: a topic the cluster lacks, a topic not authorized ----
+{
+	my $dead = sql(q{SELECT count(*) FROM pipeline.outbox_dead_letters});
+	# (the test broker would make the topic: it says what a broker without auto-creation says)
+	$broker->ctl('topic_error ob_no_such_topic UNKNOWN_TOPIC_OR_PART');
+	sql(q{SELECT pipeline.send('local', 'ob_no_such_topic', 'lost?', 'k');
+	      SELECT pipeline.send('local', 'ob_small', 'after a missing topic', 'k');});
+	wait_drained('a round with a message for a missing topic settles');
+	like(sql(q{SELECT error FROM pipeline.outbox_dead_letters WHERE topic = 'ob_no_such_topic'}),
+		qr/topic "ob_no_such_topic" does not exist/, 'a message for a topic the cluster lacks is a dead letter');
+	$broker->ctl('error Produce TOPIC_AUTHORIZATION_FAILED 1');
+	sql(q{SELECT pipeline.send('local', 'ob_small', 'not authorized', 'k')});
+	wait_drained('a round refused as not authorized settles');
+	like(sql(q{SELECT convert_from(value, 'UTF8') || ': ' || error FROM pipeline.outbox_dead_letters
+	            WHERE value = convert_to('not authorized', 'UTF8')}),
+		qr/^not authorized: .*authoriz/i, 'a message the broker refuses as not authorized is a dead letter, with the reason');
+	is(sql(q{SELECT count(*) FROM pipeline.outbox_dead_letters}), $dead + 2, '... those two only');
+	sql(q{SELECT pipeline.send('local', 'ob_small', 'and after', 'k')});
+	wait_drained('the next message goes out');
+	is(join(',', grep { /after/ } map { $_->[3] } @{ read_topic('ob_small') }), 'after,after a missing topic,and after',
+		'... and the others are published');
+}
+
+# --- prometheus-postgres-exporter reads the outbox's figures -----------------
+{
+	my $port = PostgreSQL::Test::Cluster::get_free_port();
+	my $user = getpwuid($<);
+	local $ENV{DATA_SOURCE_NAME} = sprintf('host=%s port=%d user=%s dbname=postgres sslmode=disable',
+		$node->host, $node->port, $user);
+	my $log = $node->basedir . '/exporter.log';
+	my $h = IPC::Run::start([ 'prometheus-postgres-exporter', "--web.listen-address=127.0.0.1:$port",
+		"--extend.query-path=$ENV{TESTDIR}/sql/prometheus-postgres-exporter.yaml",
+		'--disable-default-metrics', '--disable-settings-metrics' ], '>', $log, '2>&1');
+	my $body = '';
+	for (1 .. 100)
+	{
+		my $r = HTTP::Tiny->new(timeout => 5)->get("http://127.0.0.1:$port/metrics");
+		$body = $r->{content} if $r->{success};
+		last if $body =~ /^pipeline_outbox_published\{/m;
+		usleep(200_000);
+	}
+	$h->kill_kill;
+	my ($published, $dead) = split /\|/, sql(q{SELECT published || '|' || dead_letters FROM pipeline.outbox_status WHERE connection = 'local'});
+	like($body, qr/^pipeline_outbox_published\{connection="local",server="[^"]*"\} $published$/m,
+		"exporter: the outbox's published messages ($published, as outbox_status says)")
+	  or diag("exporter said:\n" . slurp_file($log) . "\n" . substr($body, 0, 2000));
+	like($body, qr/^pipeline_outbox_dead_letters\{connection="local",server="[^"]*"\} $dead$/m, 'exporter: its dead letters');
+	like($body, qr/^pipeline_outbox_backlog\{connection="local",server="[^"]*"\} 0$/m, 'exporter: its backlog');
+	like($body, qr/^pipeline_outbox_relay_running\{connection="local",server="[^"]*"\} 1$/m, 'exporter: the relay runs');
 }
 
 # --- a connection dropped and created again with other brokers --------------
