@@ -93,13 +93,15 @@ pe_capture_envelope(const char *op, const char *before, const char *after, Oid r
 	const char *ts = "(pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()) OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8";
 
 	return psprintf("pg_catalog.json_build_object('before', %s, 'after', %s, "
-					"'source', pg_catalog.json_build_object('connector', 'pipeline_ext', 'version', '0.5.0', "
+					"'source', pg_catalog.json_build_object('connector', 'pipeline_ext', 'version', %s, "
 					"'name', %s, 'db', pg_catalog.current_database(), 'schema', %s, 'table', %s, "
 					"'txId', pg_catalog.pg_current_xact_id()::pg_catalog.text::pg_catalog.int8, "
 					"'lsn', pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_insert_lsn(), '0/0')::pg_catalog.int8, "
 					"'ts_ms', %s), "
 					"'op', %s, 'ts_ms', %s)",
-					before, after, quote_literal_cstr(conn),
+					before, after,
+					"(SELECT e.extversion FROM pg_catalog.pg_extension e WHERE e.extname OPERATOR(pg_catalog.=) 'pipeline_ext')",
+					quote_literal_cstr(conn),
 					quote_literal_cstr(get_namespace_name(get_rel_namespace(relid))),
 					quote_literal_cstr(get_rel_name(relid)), ts, op, ts);
 }

@@ -104,8 +104,9 @@ wait_for(q{SELECT count(*) FROM pipeline.outbox}, '0', 'the envelopes are publis
 	is_deeply($v[1]{before}, { a => 1, b => 'x', payload => { k => [ 1, 2 ] } }, 'update: before');
 	is_deeply($v[1]{after}, { a => 1, b => 'x', payload => {} }, 'update: after');
 	ok(!defined $v[2]{after} && $v[2]{before}{a} == 1, 'delete: before, no after');
-	is($v[0]{source}{table} . '/' . $v[0]{source}{schema} . '/' . $v[0]{source}{connector}, 'cap_dbz/public/pipeline_ext',
-		'source names the table');
+	is($v[0]{source}{table} . '/' . $v[0]{source}{schema} . '/' . $v[0]{source}{connector} . '/' . $v[0]{source}{version},
+		'cap_dbz/public/pipeline_ext/' . sql(q{SELECT extversion FROM pg_extension WHERE extname = 'pipeline_ext'}),
+		'source names the table, and the extension\'s version');
 	ok($v[0]{source}{txId} > 0 && $v[0]{source}{txId} != $v[1]{source}{txId} && $v[0]{source}{lsn} > 0,
 		'source has the transaction id and an LSN');
 	is($m->[3][3], '\N', 'the tombstone has a null value');
