@@ -9,8 +9,8 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(time usleep);
 use IPC::Run qw(run start timeout);
-use HTTP::Tiny;
 use PipelineExt::Broker;
+use PipelineExt::Exporter;
 
 my $broker = PipelineExt::Broker->start(
 	brokers => 1,
@@ -752,27 +752,11 @@ is(sql(q{SELECT messages || '/' || errors FROM pipeline.consumer_stats WHERE con
 
 # --- prometheus-postgres-exporter reads the views as metrics ------------------
 {
-	my $port = PostgreSQL::Test::Cluster::get_free_port();
-	my $user = getpwuid($<);
-	local $ENV{DATA_SOURCE_NAME} = sprintf('host=%s port=%d user=%s dbname=postgres sslmode=disable',
-		$node->host, $node->port, $user);
-	my $log = $node->basedir . '/exporter.log';
-	my $h = start([ 'prometheus-postgres-exporter', "--web.listen-address=127.0.0.1:$port",
-		"--extend.query-path=$ENV{TESTDIR}/sql/prometheus-postgres-exporter.yaml",
-		'--disable-default-metrics', '--disable-settings-metrics' ], '>', $log, '2>&1');
-	my $body = '';
-	for (1 .. 100)
-	{
-		my $r = HTTP::Tiny->new(timeout => 5)->get("http://127.0.0.1:$port/metrics");
-		$body = $r->{content} if $r->{success};
-		last if $body =~ /^pipeline_consumer_stats_messages\{/m;
-		usleep(200_000);
-	}
-	$h->kill_kill;
+	my ($body, $log) = PipelineExt::Exporter::scrape($node, qr/^pipeline_consumer_stats_messages\{/m);
 	my $alo = sql(q{SELECT messages FROM pipeline.consumer_stats WHERE consumer = 'alo'});
 	like($body, qr/^pipeline_consumer_stats_messages\{consumer="alo",server="[^"]*"\} $alo$/m,
 		"exporter: consumer_stats as metrics (alo's $alo messages, as the view says)")
-	  or diag("exporter said:\n" . slurp_file($log) . "\n" . substr($body, 0, 2000));
+	  or diag("exporter said:\n$log\n" . substr($body, 0, 2000));
 	like($body, qr/^pipeline_consumer_lag_lag_messages\{consumer="big_up",partition="0",server="[^"]*",status="OK"\} 0$/m,
 		'exporter: consumer_lag per partition, with its status');
 	like($body, qr/^pipeline_consumer_lag_lag_seconds\{consumer="big_up",partition="0",server="[^"]*",status="OK"\} 0$/m,

@@ -14,8 +14,8 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(usleep);
 use IPC::Run;
-use HTTP::Tiny;
 use PipelineExt::Broker;
+use PipelineExt::Exporter;
 
 my $broker = PipelineExt::Broker->start(
 	brokers => 1,
@@ -394,27 +394,11 @@ is(sql(q{SET ROLE ob_other; SELECT count(*) FROM pipeline.outbox_dead_letters}),
 
 # --- prometheus-postgres-exporter reads the outbox's figures -----------------
 {
-	my $port = PostgreSQL::Test::Cluster::get_free_port();
-	my $user = getpwuid($<);
-	local $ENV{DATA_SOURCE_NAME} = sprintf('host=%s port=%d user=%s dbname=postgres sslmode=disable',
-		$node->host, $node->port, $user);
-	my $log = $node->basedir . '/exporter.log';
-	my $h = IPC::Run::start([ 'prometheus-postgres-exporter', "--web.listen-address=127.0.0.1:$port",
-		"--extend.query-path=$ENV{TESTDIR}/sql/prometheus-postgres-exporter.yaml",
-		'--disable-default-metrics', '--disable-settings-metrics' ], '>', $log, '2>&1');
-	my $body = '';
-	for (1 .. 100)
-	{
-		my $r = HTTP::Tiny->new(timeout => 5)->get("http://127.0.0.1:$port/metrics");
-		$body = $r->{content} if $r->{success};
-		last if $body =~ /^pipeline_outbox_published\{/m;
-		usleep(200_000);
-	}
-	$h->kill_kill;
+	my ($body, $log) = PipelineExt::Exporter::scrape($node, qr/^pipeline_outbox_published\{/m);
 	my ($published, $dead) = split /\|/, sql(q{SELECT published || '|' || dead_letters FROM pipeline.outbox_status WHERE connection = 'local'});
 	like($body, qr/^pipeline_outbox_published\{connection="local",server="[^"]*"\} $published$/m,
 		"exporter: the outbox's published messages ($published, as outbox_status says)")
-	  or diag("exporter said:\n" . slurp_file($log) . "\n" . substr($body, 0, 2000));
+	  or diag("exporter said:\n$log\n" . substr($body, 0, 2000));
 	like($body, qr/^pipeline_outbox_dead_letters\{connection="local",server="[^"]*"\} $dead$/m, 'exporter: its dead letters');
 	like($body, qr/^pipeline_outbox_backlog\{connection="local",server="[^"]*"\} 0$/m, 'exporter: its backlog');
 	like($body, qr/^pipeline_outbox_relay_running\{connection="local",server="[^"]*"\} 1$/m, 'exporter: the relay runs');
