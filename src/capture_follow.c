@@ -78,13 +78,11 @@ pe_capture_trigger_fn(void)
 	return LookupFuncName(list_make2(makeString(PE_SCHEMA), makeString("_capture_trigger")), 0, NULL, true);
 }
 
-/* The id of the capture whose triggers relid carries, or 0. */
-int64
-pe_capture_trigger_id(Oid relid)
+/* rel's capture insert trigger (it stands for the three), or NULL. */
+static Trigger *
+pe_capture_insert_trigger(Relation rel)
 {
-	Relation	rel = table_open(relid, AccessShareLock);
 	Oid			fn = pe_capture_trigger_fn();
-	int64		id = 0;
 
 	if (rel->trigdesc)
 		for (int i = 0; i < rel->trigdesc->numtriggers; i++)
@@ -92,8 +90,19 @@ pe_capture_trigger_id(Oid relid)
 			Trigger    *tg = &rel->trigdesc->triggers[i];
 
 			if (tg->tgfoid == fn && strcmp(tg->tgname, PE_CAPTURE_INSERT_TRIGGER) == 0 && tg->tgnargs >= 1)
-				id = strtoll(tg->tgargs[0], NULL, 10);
+				return tg;
 		}
+	return NULL;
+}
+
+/* The id of the capture whose triggers relid carries, or 0. */
+int64
+pe_capture_trigger_id(Oid relid)
+{
+	Relation	rel = table_open(relid, AccessShareLock);
+	Trigger    *tg = pe_capture_insert_trigger(rel);
+	int64		id = tg ? strtoll(tg->tgargs[0], NULL, 10) : 0;
+
 	table_close(rel, AccessShareLock);
 	return id;
 }
@@ -114,6 +123,7 @@ pe_capture_keys_now(Oid captured, int64 id)
 	int			nattnums = 0;
 	MemoryContext outer = CurrentMemoryContext;
 	Relation	rel;
+	Trigger    *tg;
 	List	   *now;
 
 	pe_catalog_begin(&acc);
@@ -136,18 +146,12 @@ pe_capture_keys_now(Oid captured, int64 id)
 	pe_catalog_end(&acc);
 
 	rel = table_open(captured, AccessShareLock);
-	if (rel->trigdesc)
-		for (int i = 0; i < rel->trigdesc->numtriggers; i++)
-		{
-			Trigger    *tg = &rel->trigdesc->triggers[i];
-
-			if (tg->tgfoid == pe_capture_trigger_fn() && strcmp(tg->tgname, PE_CAPTURE_INSERT_TRIGGER) == 0 &&
-				tg->tgnargs >= 1)
-			{
-				attnums = tg->tgargs + 1;
-				nattnums = tg->tgnargs - 1;
-			}
-		}
+	tg = pe_capture_insert_trigger(rel);
+	if (tg)
+	{
+		attnums = tg->tgargs + 1;
+		nattnums = tg->tgnargs - 1;
+	}
 	now = pe_capture_current_keys(rel, keys, attnums, nattnums);
 	table_close(rel, AccessShareLock);
 	return now;

@@ -33,6 +33,7 @@
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
+#include "utils/syscache.h"
 #include "utils/timestamp.h"
 #include "utils/xid8.h"
 
@@ -150,6 +151,26 @@ pe_outbox_check_shape(Relation rel)
 }
 
 /*
+ * The sequence of pipeline.outbox's identity, looked up in pg_depend once
+ * per backend (every send() and captured statement needs it), again when
+ * the table is another one (the extension made again) or the sequence is
+ * gone.
+ */
+static Oid
+pe_outbox_sequence(Oid relid, AttrNumber a_id)
+{
+	static Oid	table = InvalidOid;
+	static Oid	seq = InvalidOid;
+
+	if (relid != table || !SearchSysCacheExists1(RELOID, ObjectIdGetDatum(seq)))
+	{
+		seq = getIdentitySequence(relid, a_id, false);
+		table = relid;
+	}
+	return seq;
+}
+
+/*
  * Write n messages into pipeline.outbox for role sender, in their order;
  * returns the first one's id.  Written as the extension's catalog is
  * (TimescaleDB writes its own so): heap and index inserts, without
@@ -199,7 +220,7 @@ pe_outbox_write(const char *connection, const char *topic, Oid sender, int32 par
 	a_headers = pe_outbox_attnum(desc, "headers");
 	a_sent_at = pe_outbox_attnum(desc, "sent_at");
 	a_sent_by = pe_outbox_attnum(desc, "sent_by");
-	seq = getIdentitySequence(relid, a_id, false);
+	seq = pe_outbox_sequence(relid, a_id);
 	xid_d = FullTransactionIdGetDatum(GetTopFullTransactionId());
 
 	estate = CreateExecutorState();
