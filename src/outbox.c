@@ -74,17 +74,25 @@ pe_outbox_xact_cb(XactEvent event, void *arg)
 	(void) arg;
 	switch (event)
 	{
+		case XACT_EVENT_PRE_COMMIT:
+			if (pe_outbox_wake_at_commit)
+				pe_commits_begin();
+			break;
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_PARALLEL_COMMIT:
 			if (pe_outbox_wake_at_commit)
 			{
 				pe_outbox_wake_at_commit = false;
+				pe_commits_committed();
 				pe_relay_wake(MyDatabaseId);
 			}
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
+		case XACT_EVENT_PREPARE:
+			/* a prepared transaction's rows commit with COMMIT PREPARED, elsewhere */
 			pe_outbox_wake_at_commit = false;
+			pe_commits_forget();
 			break;
 		default:
 			break;

@@ -8,11 +8,14 @@
  *
  *	  Reading.  Rows are read by snapshot, never "ids above the last one":
  *	  an epoch is a snapshot, and its rows (those whose transaction it sees
- *	  as committed) are published in id order, a round at a time; rows of
+ *	  as committed) are taken in id order, a round at a time; rows of
  *	  transactions that commit later wait for the next epoch.  So a
  *	  transaction that commits after a later-numbered one is never
- *	  skipped, and per key the order is the commit order wherever the
- *	  database orders the writers (a row lock, a key constraint).
+ *	  skipped.  A round goes out in commit order (outbox_commits.c), so
+ *	  per key the order is the commit order: across epochs by the
+ *	  snapshots, within a round by the commit times.  (Within an epoch of
+ *	  more than one round, two transactions of one key whose ids fall into
+ *	  different rounds go in id order.)
  *
  *	  One round, one Kafka transaction:
  *	    1. PostgreSQL: the round's rows are chosen and recorded (the
@@ -69,6 +72,7 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
+#include "utils/xid8.h"
 
 #include "connection.h"
 #include "kafka.h"
@@ -159,6 +163,42 @@ pe_spi_exec(const char *sql, int nargs, Oid *types, Datum *values, const char *n
 		elog(ERROR, "outbox relay: \"%s\" failed: %s", sql, SPI_result_code_string(rc));
 }
 
+/* commit time, then id; an unknown commit time (0) first */
+static int
+pe_relay_cmp_commit(const void *a, const void *b)
+{
+	const PeOutMsg *x = a;
+	const PeOutMsg *y = b;
+
+	if (x->committed_at != y->committed_at)
+		return x->committed_at < y->committed_at ? -1 : 1;
+	return x->id < y->id ? -1 : (x->id > y->id ? 1 : 0);
+}
+
+/*
+ * Put a round read in id order into commit order (outbox_commits.c): ids
+ * are drawn at send(), and a transaction can commit after another that
+ * drew later ids.  Within one transaction, id order stays.
+ */
+static void
+pe_relay_commit_order(PeOutMsg *m, int n)
+{
+	FullTransactionId last = InvalidFullTransactionId;
+	TimestampTz at = 0;
+
+	for (int i = 0; i < n; i++)
+	{
+		/* a captured statement's rows share one transaction: look it up once */
+		if (!FullTransactionIdEquals(m[i].xid, last))
+		{
+			last = m[i].xid;
+			at = pe_commits_lookup(last);
+		}
+		m[i].committed_at = at;
+	}
+	qsort(m, n, sizeof(PeOutMsg), pe_relay_cmp_commit);
+}
+
 /*
  * Step 1: the round to send, from the pending one or the epoch's next rows
  * (msgs palloc'd in the current context).  Returns its number, 0 if there
@@ -174,7 +214,7 @@ pe_relay_choose(PeRelayConn *c, PeOutMsg **msgs, int *n, bool *was_pending)
 	bool		pending;
 	bool		have_epoch;
 	MemoryContext cxt = CurrentMemoryContext;
-	const char *cols = "SELECT id, topic, \"partition\", key, value, headers, sent_at FROM pipeline.outbox ";
+	const char *cols = "SELECT id, topic, \"partition\", key, value, headers, sent_at, xid FROM pipeline.outbox ";
 
 	*n = 0;
 	*msgs = NULL;
@@ -205,7 +245,7 @@ pe_relay_choose(PeRelayConn *c, PeOutMsg **msgs, int *n, bool *was_pending)
 		 * dead rows of the epoch's earlier rounds).  Across epochs there is
 		 * no such bound.
 		 */
-		char	   *next = psprintf("SELECT id, topic, \"partition\", key, value, headers, sent_at, got FROM ("
+		char	   *next = psprintf("SELECT id, topic, \"partition\", key, value, headers, sent_at, xid, got FROM ("
 									"SELECT w.*, pg_catalog.sum(w.len) OVER (ORDER BY w.id) AS run, "
 									"pg_catalog.count(*) OVER () AS got FROM ("
 									"SELECT o.*, pg_catalog.octet_length(COALESCE(o.key, '\\x'::pg_catalog.bytea)) "
@@ -239,7 +279,7 @@ pe_relay_choose(PeRelayConn *c, PeOutMsg **msgs, int *n, bool *was_pending)
 		Datum		ids;
 		Datum	   *idd = palloc(sizeof(Datum) * count);
 		int64		got = pending ? count :
-			DatumGetInt64(SPI_getbinval(tt->vals[0], tt->tupdesc, 8, &isnull));
+			DatumGetInt64(SPI_getbinval(tt->vals[0], tt->tupdesc, 9, &isnull));
 
 		for (int i = 0; i < count; i++)
 		{
@@ -258,9 +298,11 @@ pe_relay_choose(PeRelayConn *c, PeOutMsg **msgs, int *n, bool *was_pending)
 			d = SPI_getbinval(tup, desc, 6, &isnull);
 			m[i].headers = isnull ? NULL : DatumGetJsonbPCopy(d);
 			m[i].sent_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 7, &isnull));
+			m[i].xid = DatumGetFullTransactionId(SPI_getbinval(tup, desc, 8, &isnull));
 			idd[i] = Int64GetDatum(m[i].id);
 		}
 		MemoryContextSwitchTo(old);
+		pe_relay_commit_order(m, count);
 		*msgs = m;
 		*n = count;
 		if (!pending)

@@ -2,7 +2,8 @@
  *
  * relay.h
  *	  The transactional outbox: pipeline.send() and the outbox rows it
- *	  writes (outbox.c), table changes written there (capture.c), and the
+ *	  writes (outbox.c) and their transactions' commit times
+ *	  (outbox_commits.c), table changes written there (capture.c), and the
  *	  relay worker that publishes committed rows
  *	  exactly once with Kafka transactions (relay.c: its loop and rounds;
  *	  relay_kafka.c: the producer, transactions and checkpoints;
@@ -20,6 +21,8 @@
 
 #include "producer.h"
 #include "shmem.h"
+#include "access/transam.h"
+#include "storage/lwlock.h"
 #include "utils/jsonb.h"
 #include "utils/timestamp.h"
 
@@ -35,6 +38,14 @@ extern void pe_outbox_insert_many(const char *connection, const char *topic, Oid
 extern void pe_outbox_note_sent(void);
 extern void pe_relay_wake(Oid dboid);
 
+/* outbox_commits.c */
+extern Size pe_commits_shmem_size(void);
+extern void pe_commits_shmem_init(LWLock *lock);
+extern void pe_commits_begin(void);
+extern void pe_commits_committed(void);
+extern void pe_commits_forget(void);
+extern TimestampTz pe_commits_lookup(FullTransactionId fxid);
+
 /* The relay's own (relay.c, relay_kafka.c, relay_stats.c). */
 /* A message of the round in hand. */
 typedef struct PeOutMsg
@@ -46,6 +57,8 @@ typedef struct PeOutMsg
 	bytea	   *value;
 	Jsonb	   *headers;
 	TimestampTz sent_at;
+	FullTransactionId xid;		/* the sender's top-level transaction */
+	TimestampTz committed_at;	/* its commit time, 0 if unknown */
 	rd_kafka_resp_err_t err;	/* its delivery report's */
 	bool		reported;
 	char	   *dead;			/* refused for good: the reason */

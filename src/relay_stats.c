@@ -2,7 +2,7 @@
  *
  * relay_stats.c
  *	  The outbox relay's figures in shared memory (its pid and latch, rounds,
- *	  failures with the last error, rate, send-to-acknowledged latency),
+ *	  failures with the last error, rate, commit-to-acknowledged latency),
  *	  written by the relay after each round, and pipeline._relay_stats()
  *	  that reads them.
  *
@@ -87,7 +87,10 @@ pe_relay_note_error(PeRelayConn *c, const char *fmt,...)
 	c->retry_at = GetCurrentTimestamp() + (int64) c->backoff_ms * 1000;
 }
 
-/* After a round went out: counters, rate, send()-to-acknowledged latency. */
+/*
+ * After a round went out: counters, rate, and commit-to-acknowledged
+ * latency (from send() for a message whose commit time is unknown).
+ */
 void
 pe_relay_note_published(PeOutMsg *msgs, int n, int ndead)
 {
@@ -116,7 +119,7 @@ pe_relay_note_published(PeOutMsg *msgs, int n, int ndead)
 	for (int i = 0; i < n; i++)
 		if (msgs[i].dead == NULL)
 		{
-			pe_hist_add(h, Max(now - msgs[i].sent_at, 0));
+			pe_hist_add(h, Max(now - (msgs[i].committed_at > 0 ? msgs[i].committed_at : msgs[i].sent_at), 0));
 			ok++;
 		}
 	r->published += ok;

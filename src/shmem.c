@@ -9,7 +9,8 @@
  *	  each is independent, and readers copy them out before building tuples.
  *	  pe_shared->lock (one LWLock of the "pipeline_ext" tranche) guards the
  *	  per-consumer slot tables: exclusive to add or remove a slot, shared to
- *	  read them.
+ *	  read them.  The second LWLock of the tranche guards the outbox's
+ *	  commit times (outbox_commits.c).
  *
  * IDENTIFICATION
  *	  src/shmem.c
@@ -24,6 +25,7 @@
 
 #include "utils/timestamp.h"
 
+#include "relay.h"
 #include "shmem.h"
 
 PeSharedState *pe_shared = NULL;
@@ -43,8 +45,8 @@ pe_shmem_request(void)
 {
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
-	RequestAddinShmemSpace(pe_shmem_size());
-	RequestNamedLWLockTranche("pipeline_ext", 1);
+	RequestAddinShmemSpace(add_size(pe_shmem_size(), pe_commits_shmem_size()));
+	RequestNamedLWLockTranche("pipeline_ext", 2);
 }
 
 static void
@@ -70,6 +72,7 @@ pe_shmem_startup(void)
 		pe_shared->max_slots = pe_max_consumer_slots;
 		memset(pe_shared->slots, 0, sizeof(PeSlot) * pe_max_consumer_slots);
 	}
+	pe_commits_shmem_init(&(GetNamedLWLockTranche("pipeline_ext"))[1].lock);
 	LWLockRelease(AddinShmemInitLock);
 }
 

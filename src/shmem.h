@@ -138,7 +138,7 @@ typedef struct PeRelay
 	TimestampTz window_start;	/* msgs_per_sec: the last full 10 s window */
 	uint64		window_msgs;
 	double		rate;
-	int			latency_cur;	/* send() to acknowledged, two windows */
+	int			latency_cur;	/* COMMIT to acknowledged, two windows */
 	TimestampTz latency_since;
 	PeHistogram latency[2];
 } PeRelay;

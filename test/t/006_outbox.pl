@@ -12,14 +12,14 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use Time::HiRes qw(usleep);
+use Time::HiRes qw(usleep time);
 use IPC::Run;
 use PipelineExt::Broker;
 use PipelineExt::Exporter;
 
 my $broker = PipelineExt::Broker->start(
 	brokers => 1,
-	topics => { ob_rb => 2, ob => 8, ob_kill => 8, ob_outage => 8, ob_crash => 4, ob_down => 2, ob_small => 1, ob_batch => 1, ob_moved => 1 });
+	topics => { ob_rb => 2, ob => 8, ob_kill => 8, ob_outage => 8, ob_crash => 4, ob_down => 2, ob_small => 1, ob_batch => 1, ob_moved => 1, ob_order => 1, ob_lat => 1 });
 my $bs = $broker->bootstrap;
 
 my $node = PostgreSQL::Test::Cluster->new('outbox');
@@ -88,6 +88,44 @@ my $rb = read_topic('ob_rb');
 is(join(',', map { $_->[3] } @$rb), 'kept 1,kept 2,after the prepare,prepared',
 	'in commit order, though the prepared message has the smaller outbox id');
 like($rb->[0][4], qr/^\d+$/, 'each message carries its outbox id in a header');
+
+# --- commit order where the database does not order the writers ---------
+# Outbox ids are drawn at send().  Here the transaction that sends first
+# commits second, and the relay (held on its row lock) sees both in one
+# round: it must publish them in commit order, not id order.
+wait_drained('nothing in flight before the commit-order case');
+my $hold = $node->background_psql('postgres');
+$hold->query_safe(q{BEGIN; SELECT FROM pipeline.outbox_relay WHERE connection = 'local' FOR UPDATE});
+my $slow = $node->background_psql('postgres');
+$slow->query_safe(q{BEGIN; SELECT pipeline.send('local', 'ob_order', 'sent first, committed second', 'k')});
+sql(q{SELECT pipeline.send('local', 'ob_order', 'sent second, committed first', 'k')});
+$slow->query_safe('COMMIT');
+$hold->query_safe('COMMIT');
+$slow->quit;
+$hold->quit;
+wait_drained('the relay publishes both');
+is(join(',', map { $_->[3] } @{ read_topic('ob_order') }),
+	'sent second, committed first,sent first, committed second',
+	'one key, one round: commit order, though the later commit has the smaller outbox id');
+
+# --- latency from COMMIT, not from send() --------------------------------
+# In a database of its own, so that its relay's figures hold one message:
+# sent, then 3 s before COMMIT.  The latency is no more than what the test
+# itself sees from COMMIT to published (plus the histogram's 12.5 %).
+$node->safe_psql('postgres', 'CREATE DATABASE ob_lat');
+$node->safe_psql('ob_lat', "CREATE EXTENSION pipeline_ext; SELECT pipeline.create_connection('local', '$bs')");
+my $lat = $node->background_psql('ob_lat');
+$lat->query_safe(q{BEGIN; SELECT pipeline.send('local', 'ob_lat', 'slow to commit', 'k'); SELECT pg_sleep(3)});
+my $committing = time();
+$lat->query_safe('COMMIT');
+$lat->quit;
+$node->poll_query_until('ob_lat', q{SELECT published FROM pipeline.outbox_status WHERE connection = 'local'}, '1')
+  or diag('the message was not published');
+my $seen_ms = (time() - $committing) * 1000;
+my $p50 = $node->safe_psql('ob_lat', q{SELECT latency_p50_ms FROM pipeline.outbox_status WHERE connection = 'local'});
+ok($p50 > 0 && $p50 <= $seen_ms * 1.15 + 1,
+	"outbox_status latency runs from COMMIT: p50 $p50 ms, COMMIT to published seen by the test $seen_ms ms");
+$node->safe_psql('postgres', 'DROP DATABASE ob_lat');
 
 # --- arguments and privileges ------------------------------------------------
 ($rc, $out, $err) = $node->psql('postgres', q{SELECT pipeline.send('nope', 'ob', 'x')});
@@ -208,7 +246,7 @@ check_workload('ob', 'undisturbed', 0);
 my $committed = committed('ob');
 is(sql(q{SELECT backlog || '/' || published || '/' || (msgs_per_sec IS NOT NULL) || '/' || (latency_p99_ms IS NOT NULL)
          FROM pipeline.outbox_status WHERE connection = 'local'}),
-	'0/' . ($committed + 4) . '/true/true', 'outbox_status: no backlog, what was published, a rate and a latency');
+	'0/' . ($committed + 6) . '/true/true', 'outbox_status: no backlog, what was published, a rate and a latency');
 
 # the relay killed with SIGKILL, then the server stopped with -m immediate,
 # each while the 8 sessions send and the relay publishes
