@@ -20,12 +20,18 @@
  *	  and waits for it.  An abort after PRE_COMMIT (a serialization failure)
  *	  removes the entry.
  *
+ *	  A prepared transaction commits in the session that runs COMMIT
+ *	  PREPARED: pipeline_ext's utility hook makes its entry there, before
+ *	  and after the command, with the time the command finished.
+ *
  *	  The table keeps the last PE_COMMITS_KEPT entries, the oldest going
  *	  first, and is lost with shared memory at a restart.  A transaction
- *	  not found there (older, committed before a restart, or prepared and
- *	  committed by COMMIT PREPARED) takes its time from
- *	  track_commit_timestamp when that is on; else its time is unknown, and
- *	  unknown sorts first: it committed before every transaction found.
+ *	  not found there committed before every transaction found (it is
+ *	  older, or from before the restart), so an unknown time sorts first.
+ *	  ("Commit time" is the commit record's timestamp, taken just before
+ *	  the record is written; two transactions that commit within the same
+ *	  instants may become visible in the other order.  Writers ordered by
+ *	  a lock are not: the second commits after the first has ended.)
  *
  *	  Locking: commits_lock (the second LWLock of the "pipeline_ext"
  *	  tranche), exclusive to add, fill or remove an entry, shared to look
@@ -38,12 +44,14 @@
  */
 #include "postgres.h"
 
-#include "access/commit_ts.h"
 #include "access/transam.h"
 #include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
 #include "miscadmin.h"
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
+#include "utils/builtins.h"
 #include "utils/hsearch.h"
 
 #include "relay.h"
@@ -92,7 +100,7 @@ pe_commits_shmem_init(LWLock *lock)
 	info.keysize = sizeof(FullTransactionId);
 	info.entrysize = sizeof(PeCommit);
 	pe_commits = ShmemInitHash("pipeline_ext outbox commits", PE_COMMITS_KEPT, PE_COMMITS_KEPT,
-							   &info, HASH_ELEM | HASH_BLOBS);
+							   &info, HASH_ELEM | HASH_BLOBS | HASH_FIXED_SIZE);
 }
 
 /*
@@ -100,10 +108,9 @@ pe_commits_shmem_init(LWLock *lock)
  * without a time.  Nothing here may fail after the entry is made
  * (an abort must find it to remove it).
  */
-void
-pe_commits_begin(void)
+static void
+pe_commits_begin_for(FullTransactionId fxid)
 {
-	FullTransactionId fxid = GetTopFullTransactionIdIfAny();
 	PeCommit   *e;
 	bool		found;
 	uint64		slot;
@@ -123,7 +130,56 @@ pe_commits_begin(void)
 		pe_commit_mine = fxid;
 }
 
-/* COMMIT: the entry gets the commit record's time. */
+void
+pe_commits_begin(void)
+{
+	pe_commits_begin_for(GetTopFullTransactionIdIfAny());
+}
+
+/*
+ * Before COMMIT PREPARED gid: the entry of the prepared transaction (of
+ * this database) that it commits, if there is one by that name.
+ */
+void
+pe_commits_begin_prepared(const char *gid)
+{
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1];
+	TransactionId xid = InvalidTransactionId;
+	bool		isnull;
+
+	if (pe_commit_ring == NULL)
+		return;
+	values[0] = CStringGetTextDatum(gid);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute_with_args("SELECT transaction FROM pg_catalog.pg_prepared_xact() "
+							  "WHERE gid OPERATOR(pg_catalog.=) $1",
+							  1, types, values, NULL, true, 1) == SPI_OK_SELECT && SPI_processed == 1)
+	{
+		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+
+		if (!isnull)
+			xid = DatumGetTransactionId(d);
+	}
+	SPI_finish();
+	if (TransactionIdIsNormal(xid))
+	{
+		/* its full id: the epoch of the next xid, or the one before */
+		FullTransactionId next = ReadNextFullTransactionId();
+		uint32		epoch = EpochFromFullTransactionId(next);
+
+		if (xid > XidFromFullTransactionId(next))
+			epoch--;
+		pe_commits_begin_for(FullTransactionIdFromEpochAndXid(epoch, xid));
+	}
+}
+
+/*
+ * COMMIT (or after COMMIT PREPARED): the entry gets the commit record's
+ * time (for COMMIT PREPARED, in a transaction of its own without an xid,
+ * the time now, just after its commit).
+ */
 void
 pe_commits_committed(void)
 {
@@ -141,7 +197,7 @@ pe_commits_committed(void)
 	pe_commit_mine = InvalidFullTransactionId;
 }
 
-/* ABORT or PREPARE after PRE_COMMIT: no commit to tell of here. */
+/* ABORT after PRE_COMMIT, or a COMMIT PREPARED that failed: no commit. */
 void
 pe_commits_forget(void)
 {
@@ -182,21 +238,5 @@ pe_commits_lookup(FullTransactionId fxid)
 		break;
 	}
 
-	/*
-	 * Not kept here: the commit timestamp, if the server tracks it, for an
-	 * xid of this cluster's last 2^31 (restored rows carry other clusters'
-	 * xids; commit_ts itself refuses those outside what it keeps).
-	 */
-	if (track_commit_timestamp)
-	{
-		uint64		next = U64FromFullTransactionId(ReadNextFullTransactionId());
-		uint64		mine = U64FromFullTransactionId(fxid);
-		TimestampTz ts;
-
-		if (mine < next && next - mine < ((uint64) 1 << 31) &&
-			TransactionIdIsNormal(XidFromFullTransactionId(fxid)) &&
-			TransactionIdGetCommitTsData(XidFromFullTransactionId(fxid), &ts, NULL))
-			return ts;
-	}
 	return 0;
 }

@@ -40,10 +40,22 @@ void		_PG_init(void);
 
 static ProcessUtility_hook_type prev_ProcessUtility = NULL;
 
+static void
+pe_standard_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
+					ProcessUtilityContext context, ParamListInfo params,
+					QueryEnvironment *queryEnv, DestReceiver *dest, QueryCompletion *qc)
+{
+	if (prev_ProcessUtility)
+		prev_ProcessUtility(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
+	else
+		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
+}
+
 /*
  * DROP DATABASE and ALTER DATABASE ... RENAME fail while other sessions
  * are connected, and a database with consumers has pipeline_ext's workers
  * connected: ask them to leave first, when the caller may run the command.
+ * COMMIT PREPARED: see below.
  */
 static void
 pe_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
@@ -72,10 +84,30 @@ pe_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTre
 			pe_release_database(dboid);
 	}
 
-	if (prev_ProcessUtility)
-		prev_ProcessUtility(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
-	else
-		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
+	/*
+	 * COMMIT PREPARED: the commit time of the prepared transaction, for the
+	 * outbox relay's order (outbox_commits.c); and the relay woken, as at
+	 * any COMMIT of a transaction that sent.
+	 */
+	if (IsA(stmt, TransactionStmt) && ((TransactionStmt *) stmt)->kind == TRANS_STMT_COMMIT_PREPARED && pe_shared)
+	{
+		pe_commits_begin_prepared(((TransactionStmt *) stmt)->gid);
+		PG_TRY();
+		{
+			pe_standard_utility(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
+		}
+		PG_CATCH();
+		{
+			pe_commits_forget();
+			PG_RE_THROW();
+		}
+		PG_END_TRY();
+		pe_commits_committed();
+		pe_relay_wake(MyDatabaseId);
+		return;
+	}
+
+	pe_standard_utility(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
 }
 
 void

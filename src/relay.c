@@ -163,7 +163,10 @@ pe_spi_exec(const char *sql, int nargs, Oid *types, Datum *values, const char *n
 		elog(ERROR, "outbox relay: \"%s\" failed: %s", sql, SPI_result_code_string(rc));
 }
 
-/* commit time, then id; an unknown commit time (0) first */
+/*
+ * Commit time, an unknown one (0) first; then the transaction, so that two
+ * of the same time do not mix; then id.
+ */
 static int
 pe_relay_cmp_commit(const void *a, const void *b)
 {
@@ -172,6 +175,8 @@ pe_relay_cmp_commit(const void *a, const void *b)
 
 	if (x->committed_at != y->committed_at)
 		return x->committed_at < y->committed_at ? -1 : 1;
+	if (!FullTransactionIdEquals(x->xid, y->xid))
+		return FullTransactionIdPrecedes(x->xid, y->xid) ? -1 : 1;
 	return x->id < y->id ? -1 : (x->id > y->id ? 1 : 0);
 }
 

@@ -107,6 +107,19 @@ wait_drained('the relay publishes both');
 is(join(',', map { $_->[3] } @{ read_topic('ob_order') }),
 	'sent second, committed first,sent first, committed second',
 	'one key, one round: commit order, though the later commit has the smaller outbox id');
+# the same with a prepared transaction: it commits at COMMIT PREPARED, in
+# another session, after the other one
+$hold = $node->background_psql('postgres');
+$hold->query_safe(q{BEGIN; SELECT FROM pipeline.outbox_relay WHERE connection = 'local' FOR UPDATE});
+sql(q{BEGIN; SELECT pipeline.send('local', 'ob_order', 'prepared first, committed fourth', 'k'); PREPARE TRANSACTION 'ob_order'});
+sql(q{SELECT pipeline.send('local', 'ob_order', 'sent second, committed third', 'k')});
+sql(q{COMMIT PREPARED 'ob_order'});
+$hold->query_safe('COMMIT');
+$hold->quit;
+wait_drained('the relay publishes both');
+is(join(',', map { $_->[3] } @{ read_topic('ob_order') }[2, 3]),
+	'sent second, committed third,prepared first, committed fourth',
+	'one round: a prepared transaction goes out at its COMMIT PREPARED\'s place in the commit order');
 
 # --- latency from COMMIT, not from send() --------------------------------
 # In a database of its own, so that its relay's figures hold one message:
@@ -119,7 +132,7 @@ $lat->query_safe(q{BEGIN; SELECT pipeline.send('local', 'ob_lat', 'slow to commi
 my $committing = time();
 $lat->query_safe('COMMIT');
 $lat->quit;
-$node->poll_query_until('ob_lat', q{SELECT published FROM pipeline.outbox_status WHERE connection = 'local'}, '1')
+$node->poll_query_until('ob_lat', q{SELECT published = 1 AND latency_p50_ms IS NOT NULL FROM pipeline.outbox_status WHERE connection = 'local'}, 't')
   or diag('the message was not published');
 my $seen_ms = (time() - $committing) * 1000;
 my $p50 = $node->safe_psql('ob_lat', q{SELECT latency_p50_ms FROM pipeline.outbox_status WHERE connection = 'local'});
@@ -262,7 +275,7 @@ check_workload('ob', 'undisturbed', 0);
 my $committed = committed('ob');
 is(sql(q{SELECT backlog || '/' || published || '/' || (msgs_per_sec IS NOT NULL) || '/' || (latency_p99_ms IS NOT NULL)
          FROM pipeline.outbox_status WHERE connection = 'local'}),
-	'0/' . ($committed + 6) . '/true/true', 'outbox_status: no backlog, what was published, a rate and a latency');
+	'0/' . ($committed + 8) . '/true/true', 'outbox_status: no backlog, what was published, a rate and a latency');
 
 # the relay killed with SIGKILL, then the server stopped with -m immediate,
 # each while the 8 sessions send and the relay publishes
