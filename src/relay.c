@@ -257,8 +257,15 @@ pe_relay_choose(PeRelayConn *c, PeOutMsg **msgs, int *n, bool *was_pending)
 									"+ pg_catalog.octet_length(COALESCE(o.value, '\\x'::pg_catalog.bytea)) AS len "
 									"FROM pipeline.outbox o WHERE connection = $1 "
 									"AND id > COALESCE((SELECT epoch_after FROM pipeline.outbox_relay WHERE connection = $1), 0) "
-									"AND pg_catalog.pg_visible_in_snapshot(xid, "
+									"AND (pg_catalog.pg_visible_in_snapshot(xid, "
 									"(SELECT epoch FROM pipeline.outbox_relay WHERE connection = $1)) "
+									/*
+									 * an xid this cluster has not reached yet: no transaction
+									 * here wrote it, so it is a row that pg_restore brought
+									 * from another cluster, committed there
+									 */
+									"OR xid OPERATOR(pg_catalog.>=) "
+									"(SELECT pg_catalog.pg_snapshot_xmax(pg_catalog.pg_current_snapshot()))) "
 									"ORDER BY id LIMIT %d) w) x "
 									/* the round's bytes bounded too: rows that start below the bound */
 									"WHERE x.run - x.len < %ld ORDER BY id",

@@ -19,7 +19,7 @@ use PipelineExt::Exporter;
 
 my $broker = PipelineExt::Broker->start(
 	brokers => 1,
-	topics => { ob_rb => 2, ob => 8, ob_kill => 8, ob_outage => 8, ob_crash => 4, ob_down => 2, ob_small => 1, ob_batch => 1, ob_moved => 1, ob_order => 1, ob_lat => 1 });
+	topics => { ob_rb => 2, ob => 8, ob_kill => 8, ob_outage => 8, ob_crash => 4, ob_down => 2, ob_small => 1, ob_batch => 1, ob_moved => 1, ob_order => 1, ob_lat => 1, ob_restored => 1 });
 my $bs = $broker->bootstrap;
 
 my $node = PostgreSQL::Test::Cluster->new('outbox');
@@ -139,6 +139,15 @@ my $p50 = $node->safe_psql('ob_lat', q{SELECT latency_p50_ms FROM pipeline.outbo
 ok($p50 > 0 && $p50 <= $seen_ms * 1.15 + 1,
 	"outbox_status latency runs from COMMIT: p50 $p50 ms, COMMIT to published seen by the test $seen_ms ms");
 $node->safe_psql('postgres', 'DROP DATABASE ob_lat');
+
+# --- rows restored from another cluster's dump ------------------------------
+# pg_dump keeps the outbox's rows with their senders' xids, from the
+# cluster they were written in.  In a younger cluster such an xid is one
+# that no transaction has reached: it must not read as "not committed yet".
+sql(q{INSERT INTO pipeline.outbox (xid, connection, topic, key, value, sent_by)
+      VALUES ('4000000000'::xid8, 'local', 'ob_restored', 'k', 'from another cluster', 10)});
+wait_drained('a restored row with an xid this cluster has not reached is published');
+is(join(',', map { $_->[3] } @{ read_topic('ob_restored') }), 'from another cluster', '... once');
 
 # --- arguments and privileges ------------------------------------------------
 ($rc, $out, $err) = $node->psql('postgres', q{SELECT pipeline.send('nope', 'ob', 'x')});
@@ -275,7 +284,7 @@ check_workload('ob', 'undisturbed', 0);
 my $committed = committed('ob');
 is(sql(q{SELECT backlog || '/' || published || '/' || (msgs_per_sec IS NOT NULL) || '/' || (latency_p99_ms IS NOT NULL)
          FROM pipeline.outbox_status WHERE connection = 'local'}),
-	'0/' . ($committed + 8) . '/true/true', 'outbox_status: no backlog, what was published, a rate and a latency');
+	'0/' . ($committed + 9) . '/true/true', 'outbox_status: no backlog, what was published, a rate and a latency');
 
 # the relay killed with SIGKILL, then the server stopped with -m immediate,
 # each while the 8 sessions send and the relay publishes
