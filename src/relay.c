@@ -474,7 +474,9 @@ pe_relay_round(PeRelayConn *c, MemoryContext cxt)
 	if (was_pending && !c->checked)
 	{
 		/* found pending at start: did it go out before the relay stopped? */
-		int64		committed = pe_relay_committed_round(c);
+		uint64		fp = 0;
+		bool		has_fp = false;
+		int64		committed = pe_relay_committed_round(c, &fp, &has_fp);
 
 		if (committed == -2)
 		{
@@ -482,7 +484,13 @@ pe_relay_round(PeRelayConn *c, MemoryContext cxt)
 			return -1;
 		}
 		c->checked = true;
-		if (committed >= round)
+
+		/*
+		 * It went out if the last checkpoint is this very round: its number
+		 * and its ids.  (Only a checkpoint written before fingerprints is
+		 * judged by its number alone, as it was then.)
+		 */
+		if (has_fp ? committed == round && fp == pe_relay_fingerprint(msgs, n) : committed >= round)
 		{
 			ereport(LOG,
 					(errmsg("pipeline_ext outbox relay, connection \"%s\": round " INT64_FORMAT " was committed to Kafka before the relay stopped; its %d messages are not sent again",
@@ -492,6 +500,9 @@ pe_relay_round(PeRelayConn *c, MemoryContext cxt)
 			MemoryContextSwitchTo(old);
 			return n;
 		}
+		ereport(LOG,
+				(errmsg("pipeline_ext outbox relay, connection \"%s\": round " INT64_FORMAT " was not committed to Kafka before the relay stopped (the last checkpoint is of round " INT64_FORMAT "); its %d messages are sent again",
+						c->name, round, committed, n)));
 	}
 	c->checked = true;
 

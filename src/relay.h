@@ -95,7 +95,8 @@ extern void pe_relay_bury(PeRelayConn *c, PeOutMsg *msgs, int n);
 extern char *pe_outbox_checkpoint_topic;
 extern char *pe_outbox_crash_at;
 extern bool pe_relay_producer(PeRelayConn *c);
-extern int64 pe_relay_committed_round(PeRelayConn *c);
+extern uint64 pe_relay_fingerprint(const PeOutMsg *msgs, int n);
+extern int64 pe_relay_committed_round(PeRelayConn *c, uint64 *fp, bool *has_fp);
 extern bool pe_relay_send(PeRelayConn *c, int64 round, PeOutMsg *msgs, int n, bool first_try, bool *refused);
 extern void pe_relay_forget_round(void);
 

@@ -14,6 +14,7 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "common/hashfn.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
@@ -286,12 +287,33 @@ pe_relay_checkpoint_reader(PeRelayConn *c, const char *isolation)
 }
 
 /*
- * The last round this relay committed through the connection, from the
- * checkpoint topic (read_committed: an aborted round's checkpoint is not
- * seen).  -1 if none; -2 if it could not be read.
+ * The round's fingerprint: a hash of its message ids (those still in it,
+ * whatever their order), written with its checkpoint.  A round number alone can
+ * come again (a restore to a point in time, an asynchronous failover:
+ * the database's count goes back, the checkpoint topic's does not); the
+ * same number with the same ids is the same round.
+ */
+uint64
+pe_relay_fingerprint(const PeOutMsg *msgs, int n)
+{
+	uint64		fp = 0;
+
+	/* a sum of the ids' hashes: the same whatever the order they are in */
+	for (int i = 0; i < n; i++)
+		if (msgs[i].dead == NULL)
+			fp += hash_bytes_extended((const unsigned char *) &msgs[i].id, sizeof(int64), 0) + 1;
+	return fp;
+}
+
+/*
+ * The last checkpoint this relay committed through the connection (the
+ * newest by offset), from the checkpoint topic (read_committed: an aborted
+ * round's checkpoint is not seen): its round, and *fp its fingerprint
+ * (*has_fp false for a checkpoint written before fingerprints).  -1 if
+ * none; -2 if it could not be read.
  */
 int64
-pe_relay_committed_round(PeRelayConn *c)
+pe_relay_committed_round(PeRelayConn *c, uint64 *fp, bool *has_fp)
 {
 	rd_kafka_t *rk;
 	rd_kafka_t *plain;
@@ -389,9 +411,12 @@ pe_relay_committed_round(PeRelayConn *c)
 				m->payload != NULL)
 			{
 				char	   *v = pnstrdup(m->payload, m->len);
-				int64		round = strtoll(v, NULL, 10);
+				char	   *rest;
 
-				found = Max(found, round);
+				/* "round" or "round fingerprint"; offsets rise within a window */
+				found = strtoll(v, &rest, 10);
+				*has_fp = (*rest == ' ');
+				*fp = *has_fp ? strtoull(rest + 1, NULL, 16) : 0;
 			}
 			if (m->offset >= end - 1)
 			{
@@ -594,7 +619,7 @@ pe_relay_send(PeRelayConn *c, int64 round, PeOutMsg *msgs, int n, bool first_try
 {
 	rd_kafka_error_t *error;
 	rd_kafka_resp_err_t err;
-	char		rv[32];
+	char		rv[64];		/* "round fingerprint" */
 	int			queued = 0;
 	bool		judged = false; /* refusals in delivery reports: the transaction failed */
 
@@ -710,7 +735,7 @@ pe_relay_send(PeRelayConn *c, int64 round, PeOutMsg *msgs, int n, bool first_try
 		pe_relay_bury(c, msgs, n);
 
 	/* the checkpoint: this round went out if, and only if, this did */
-	snprintf(rv, sizeof(rv), INT64_FORMAT, round);
+	snprintf(rv, sizeof(rv), INT64_FORMAT " %" INT64_MODIFIER "x", round, pe_relay_fingerprint(msgs, n));
 	err = rd_kafka_producev(c->rk,
 							RD_KAFKA_V_TOPIC(pe_outbox_checkpoint_topic),
 							RD_KAFKA_V_PARTITION(0),

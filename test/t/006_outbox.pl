@@ -19,7 +19,7 @@ use PipelineExt::Exporter;
 
 my $broker = PipelineExt::Broker->start(
 	brokers => 1,
-	topics => { ob_rb => 2, ob => 8, ob_kill => 8, ob_outage => 8, ob_crash => 4, ob_down => 2, ob_small => 1, ob_batch => 1, ob_moved => 1, ob_order => 1, ob_lat => 1, ob_restored => 1 });
+	topics => { ob_rb => 2, ob => 8, ob_kill => 8, ob_outage => 8, ob_crash => 4, ob_down => 2, ob_small => 1, ob_batch => 1, ob_moved => 1, ob_order => 1, ob_lat => 1, ob_restored => 1, ob_pitr => 1 });
 my $bs = $broker->bootstrap;
 
 my $node = PostgreSQL::Test::Cluster->new('outbox');
@@ -357,6 +357,34 @@ crash_case('before_commit', 3001);
 	# the second round of 1,000 (ids in order): 4001 .. 5000
 	is(scalar(grep { $_ < 4001 || $_ > 5000 } @twice), 0,
 		'... and only the round in flight was sent again (' . scalar(@twice) . ' seen twice on the test broker)');
+}
+
+# --- a round number that comes again ----------------------------------------
+# After a restore to a point in time (or an asynchronous failover) the
+# database's round count goes back, the checkpoint topic's does not.  A
+# round found pending must be judged by its own checkpoint (its number and
+# its ids), not by a later number written before the restore: here the
+# count is set back by three, the round crashes before its Kafka commit,
+# and the checkpoint topic's last round is higher.
+{
+	wait_drained('nothing in flight before the count goes back');
+	my $last = sql(q{SELECT round FROM pipeline.outbox_relay WHERE connection = 'local'});
+	sql(q{UPDATE pipeline.outbox_relay SET round = round - 3 WHERE connection = 'local'});
+	my $round = $last - 2;
+	$node->append_conf('postgresql.conf', "pipeline_ext.outbox_crash_at = 'before_commit:$round'");
+	$node->reload;
+	my $log_pos = -s $node->logfile;
+	sql(q{SELECT pipeline.send('local', 'ob_pitr', 'after the count went back', 'k')});
+	ok($node->wait_for_log(qr/crashing before_commit of round $round/, $log_pos),
+		"the relay crashed before the Kafka commit of round $round, a number it had used before");
+	$node->append_conf('postgresql.conf', "pipeline_ext.outbox_crash_at = ''");
+	$node->poll_query_until('postgres', 'SELECT 1', '1');
+	$node->reload;
+	wait_drained('the round is settled after the restart');
+	like(slurp_file($node->logfile, $log_pos),
+		qr/round $round was not committed to Kafka before the relay stopped \(the last checkpoint is of round $last\); its 1 messages are sent again/,
+		'the restarted relay sends the round again: the earlier checkpoint of a higher number is not its own');
+	ok(grep({ $_->[3] eq 'after the count went back' } @{ read_topic('ob_pitr') }), '... and the message is in the topic');
 }
 
 # --- -m immediate in the middle of a backlog, then the broker down ----------
