@@ -21,8 +21,11 @@
  *	  removes the entry.
  *
  *	  A prepared transaction commits in the session that runs COMMIT
- *	  PREPARED: pipeline_ext's utility hook makes its entry there, before
- *	  and after the command, with the time the command finished.
+ *	  PREPARED: pipeline_ext's utility hook makes its entry there, in a
+ *	  database where the extension is installed, before the command, and
+ *	  gives it the time the command began once it has succeeded (a time
+ *	  before the commit, and so before that of any writer that waited for
+ *	  the prepared transaction's locks).
  *
  *	  The table keeps the last PE_COMMITS_KEPT entries, the oldest going
  *	  first, and is lost with shared memory at a restart.  A transaction
@@ -47,12 +50,14 @@
 #include "access/transam.h"
 #include "access/xact.h"
 #include "catalog/pg_type.h"
+#include "commands/extension.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
+#include "utils/snapmgr.h"
 
 #include "relay.h"
 
@@ -118,6 +123,12 @@ pe_commits_begin_for(FullTransactionId fxid)
 	if (pe_commit_ring == NULL || !FullTransactionIdIsValid(fxid))
 		return;
 	LWLockAcquire(pe_commit_ring->lock, LW_EXCLUSIVE);
+	if (hash_search(pe_commits, &fxid, HASH_FIND, NULL) != NULL)
+	{
+		/* another session's (two COMMIT PREPARED of one gid): theirs to fill */
+		LWLockRelease(pe_commit_ring->lock);
+		return;
+	}
 	slot = pe_commit_ring->next++ % PE_COMMITS_KEPT;
 	if (pe_commit_ring->next > PE_COMMITS_KEPT)
 		hash_search(pe_commits, &pe_commit_ring->order[slot], HASH_REMOVE, NULL);
@@ -137,10 +148,11 @@ pe_commits_begin(void)
 }
 
 /*
- * Before COMMIT PREPARED gid: the entry of the prepared transaction (of
- * this database) that it commits, if there is one by that name.
+ * Before COMMIT PREPARED gid, in a database where pipeline_ext is
+ * installed (else false, and nothing is done): the entry of the prepared
+ * transaction that it commits, if there is one by that name.
  */
-void
+bool
 pe_commits_begin_prepared(const char *gid)
 {
 	Oid			types[1] = {TEXTOID};
@@ -148,11 +160,12 @@ pe_commits_begin_prepared(const char *gid)
 	TransactionId xid = InvalidTransactionId;
 	bool		isnull;
 
-	if (pe_commit_ring == NULL)
-		return;
+	if (pe_commit_ring == NULL || !OidIsValid(get_extension_oid("pipeline_ext", true)))
+		return false;
 	values[0] = CStringGetTextDatum(gid);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
+	PushActiveSnapshot(GetTransactionSnapshot());
 	if (SPI_execute_with_args("SELECT transaction FROM pg_catalog.pg_prepared_xact() "
 							  "WHERE gid OPERATOR(pg_catalog.=) $1",
 							  1, types, values, NULL, true, 1) == SPI_OK_SELECT && SPI_processed == 1)
@@ -163,6 +176,7 @@ pe_commits_begin_prepared(const char *gid)
 			xid = DatumGetTransactionId(d);
 	}
 	SPI_finish();
+	PopActiveSnapshot();
 	if (TransactionIdIsNormal(xid))
 	{
 		/* its full id: the epoch of the next xid, or the one before */
@@ -173,28 +187,31 @@ pe_commits_begin_prepared(const char *gid)
 			epoch--;
 		pe_commits_begin_for(FullTransactionIdFromEpochAndXid(epoch, xid));
 	}
+	return true;
 }
 
-/*
- * COMMIT (or after COMMIT PREPARED): the entry gets the commit record's
- * time (for COMMIT PREPARED, in a transaction of its own without an xid,
- * the time now, just after its commit).
- */
+/* The entry made by this session gets its commit time. */
 void
-pe_commits_committed(void)
+pe_commits_committed_at(TimestampTz at)
 {
 	PeCommit   *e;
-	TimestampTz at;
 
 	if (!FullTransactionIdIsValid(pe_commit_mine))
 		return;
-	at = GetCurrentTransactionStopTimestamp();
 	LWLockAcquire(pe_commit_ring->lock, LW_EXCLUSIVE);
 	e = hash_search(pe_commits, &pe_commit_mine, HASH_FIND, NULL);
 	if (e)
 		e->at = Max(at, 1);
 	LWLockRelease(pe_commit_ring->lock);
 	pe_commit_mine = InvalidFullTransactionId;
+}
+
+/* COMMIT: the commit record's time. */
+void
+pe_commits_committed(void)
+{
+	if (FullTransactionIdIsValid(pe_commit_mine))
+		pe_commits_committed_at(GetCurrentTransactionStopTimestamp());
 }
 
 /* ABORT after PRE_COMMIT, or a COMMIT PREPARED that failed: no commit. */

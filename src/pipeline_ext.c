@@ -18,6 +18,7 @@
 #include "tcop/utility.h"
 #include "utils/acl.h"
 #include "utils/guc.h"
+#include "utils/timestamp.h"
 
 #include "connection.h"
 #include "relay.h"
@@ -85,13 +86,16 @@ pe_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTre
 	}
 
 	/*
-	 * COMMIT PREPARED: the commit time of the prepared transaction, for the
-	 * outbox relay's order (outbox_commits.c); and the relay woken, as at
-	 * any COMMIT of a transaction that sent.
+	 * COMMIT PREPARED where pipeline_ext is installed: the commit time of
+	 * the prepared transaction, for the outbox relay's order
+	 * (outbox_commits.c); and the relay woken, as at any COMMIT of a
+	 * transaction that sent.
 	 */
-	if (IsA(stmt, TransactionStmt) && ((TransactionStmt *) stmt)->kind == TRANS_STMT_COMMIT_PREPARED && pe_shared)
+	if (IsA(stmt, TransactionStmt) && ((TransactionStmt *) stmt)->kind == TRANS_STMT_COMMIT_PREPARED && pe_shared &&
+		pe_commits_begin_prepared(((TransactionStmt *) stmt)->gid))
 	{
-		pe_commits_begin_prepared(((TransactionStmt *) stmt)->gid);
+		TimestampTz began = GetCurrentTimestamp();
+
 		PG_TRY();
 		{
 			pe_standard_utility(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
@@ -102,7 +106,7 @@ pe_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTre
 			PG_RE_THROW();
 		}
 		PG_END_TRY();
-		pe_commits_committed();
+		pe_commits_committed_at(began);
 		pe_relay_wake(MyDatabaseId);
 		return;
 	}

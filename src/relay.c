@@ -164,8 +164,8 @@ pe_spi_exec(const char *sql, int nargs, Oid *types, Datum *values, const char *n
 }
 
 /*
- * Commit time, an unknown one (0) first; then the transaction, so that two
- * of the same time do not mix; then id.
+ * Commit time, an unknown one (0) first; then, for a known time, the
+ * transaction, so that two of the same time do not mix; then id.
  */
 static int
 pe_relay_cmp_commit(const void *a, const void *b)
@@ -175,7 +175,8 @@ pe_relay_cmp_commit(const void *a, const void *b)
 
 	if (x->committed_at != y->committed_at)
 		return x->committed_at < y->committed_at ? -1 : 1;
-	if (!FullTransactionIdEquals(x->xid, y->xid))
+	/* unknown times: id order, as committed before anything known */
+	if (x->committed_at != 0 && !FullTransactionIdEquals(x->xid, y->xid))
 		return FullTransactionIdPrecedes(x->xid, y->xid) ? -1 : 1;
 	return x->id < y->id ? -1 : (x->id > y->id ? 1 : 0);
 }
@@ -500,9 +501,14 @@ pe_relay_round(PeRelayConn *c, MemoryContext cxt)
 			MemoryContextSwitchTo(old);
 			return n;
 		}
-		ereport(LOG,
-				(errmsg("pipeline_ext outbox relay, connection \"%s\": round " INT64_FORMAT " was not committed to Kafka before the relay stopped (the last checkpoint is of round " INT64_FORMAT "); its %d messages are sent again",
-						c->name, round, committed, n)));
+		if (committed < 0)
+			ereport(LOG,
+					(errmsg("pipeline_ext outbox relay, connection \"%s\": round " INT64_FORMAT " was not committed to Kafka before the relay stopped (no checkpoint of this relay); its %d messages are sent again",
+							c->name, round, n)));
+		else
+			ereport(LOG,
+					(errmsg("pipeline_ext outbox relay, connection \"%s\": round " INT64_FORMAT " was not committed to Kafka before the relay stopped (the last checkpoint is of round " INT64_FORMAT "%s); its %d messages are sent again",
+							c->name, round, committed, committed == round ? ", with other messages" : "", n)));
 	}
 	c->checked = true;
 

@@ -42,8 +42,9 @@ extern void pe_relay_wake(Oid dboid);
 extern Size pe_commits_shmem_size(void);
 extern void pe_commits_shmem_init(LWLock *lock);
 extern void pe_commits_begin(void);
-extern void pe_commits_begin_prepared(const char *gid);
+extern bool pe_commits_begin_prepared(const char *gid);
 extern void pe_commits_committed(void);
+extern void pe_commits_committed_at(TimestampTz at);
 extern void pe_commits_forget(void);
 extern TimestampTz pe_commits_lookup(FullTransactionId fxid);
 
