@@ -94,8 +94,14 @@ like($rb->[0][4], qr/^\d+$/, 'each message carries its outbox id in a header');
 # commits second, and the relay (held on its row lock) sees both in one
 # round: it must publish them in commit order, not id order.
 wait_drained('nothing in flight before the commit-order case');
-my $hold = $node->background_psql('postgres');
-$hold->query_safe(q{BEGIN; SELECT FROM pipeline.outbox_relay WHERE connection = 'local' FOR UPDATE});
+# a session that holds the relay on its row lock (its rounds wait) until COMMIT
+sub hold_relay
+{
+	my $h = $node->background_psql('postgres');
+	$h->query_safe(q{BEGIN; SELECT FROM pipeline.outbox_relay WHERE connection = 'local' FOR UPDATE});
+	return $h;
+}
+my $hold = hold_relay();
 my $slow = $node->background_psql('postgres');
 $slow->query_safe(q{BEGIN; SELECT pipeline.send('local', 'ob_order', 'sent first, committed second', 'k')});
 sql(q{SELECT pipeline.send('local', 'ob_order', 'sent second, committed first', 'k')});
@@ -109,8 +115,7 @@ is(join(',', map { $_->[3] } @{ read_topic('ob_order') }),
 	'one key, one round: commit order, though the later commit has the smaller outbox id');
 # the same with a prepared transaction: it commits at COMMIT PREPARED, in
 # another session, after the other one
-$hold = $node->background_psql('postgres');
-$hold->query_safe(q{BEGIN; SELECT FROM pipeline.outbox_relay WHERE connection = 'local' FOR UPDATE});
+$hold = hold_relay();
 sql(q{BEGIN; SELECT pipeline.send('local', 'ob_order', 'prepared first, committed fourth', 'k'); PREPARE TRANSACTION 'ob_order'});
 sql(q{SELECT pipeline.send('local', 'ob_order', 'sent second, committed third', 'k')});
 sql(q{COMMIT PREPARED 'ob_order'});
@@ -123,8 +128,7 @@ is(join(',', map { $_->[3] } @{ read_topic('ob_order') }[2, 3]),
 # commit times are lost with a restart: what committed before it goes
 # first, in id order (here also the commit order; the xids are in the
 # other order)
-$hold = $node->background_psql('postgres');
-$hold->query_safe(q{BEGIN; SELECT FROM pipeline.outbox_relay WHERE connection = 'local' FOR UPDATE});
+$hold = hold_relay();
 $slow = $node->background_psql('postgres');
 $slow->query_safe(q{BEGIN; SELECT pg_current_xact_id()});
 sql(q{SELECT pipeline.send('local', 'ob_order', 'smaller id, larger xid', 'k')});
