@@ -731,8 +731,9 @@ pe_relay_main(Datum arg)
 		if (busy)
 			continue;
 		/*
-		 * Idle: a send() wakes it at its commit; a COMMIT PREPARED (in
-		 * another session, perhaps after a restart) is seen within a nap.
+		 * Idle: a send() wakes it at its commit, a COMMIT PREPARED too
+		 * (pipeline_ext.c); rows that come otherwise (a restore) are seen
+		 * within a nap.
 		 */
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 nap, PG_WAIT_EXTENSION);
