@@ -205,6 +205,27 @@ pe_relay_commit_order(PeOutMsg *m, int n)
 	qsort(m, n, sizeof(PeOutMsg), pe_relay_cmp_commit);
 }
 
+/* An outbox row, as the relay's queries list its columns, into *m. */
+static void
+pe_relay_read_msg(HeapTuple tup, TupleDesc desc, PeOutMsg *m)
+{
+	Datum		d;
+	bool		isnull;
+
+	m->id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+	m->topic = TextDatumGetCString(SPI_getbinval(tup, desc, 2, &isnull));
+	d = SPI_getbinval(tup, desc, 3, &isnull);
+	m->partition = isnull ? RD_KAFKA_PARTITION_UA : DatumGetInt32(d);
+	d = SPI_getbinval(tup, desc, 4, &isnull);
+	m->key = isnull ? NULL : DatumGetByteaPCopy(d);
+	d = SPI_getbinval(tup, desc, 5, &isnull);
+	m->value = isnull ? NULL : DatumGetByteaPCopy(d);
+	d = SPI_getbinval(tup, desc, 6, &isnull);
+	m->headers = isnull ? NULL : DatumGetJsonbPCopy(d);
+	m->sent_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 7, &isnull));
+	m->xid = DatumGetFullTransactionId(SPI_getbinval(tup, desc, 8, &isnull));
+}
+
 /*
  * Step 1: the round to send, from the pending one or the epoch's next rows
  * (msgs palloc'd in the current context).  Returns its number, 0 if there
@@ -296,22 +317,7 @@ pe_relay_choose(PeRelayConn *c, PeOutMsg **msgs, int *n, bool *was_pending)
 
 		for (int i = 0; i < count; i++)
 		{
-			HeapTuple	tup = tt->vals[i];
-			TupleDesc	desc = tt->tupdesc;
-			Datum		d;
-
-			m[i].id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
-			m[i].topic = TextDatumGetCString(SPI_getbinval(tup, desc, 2, &isnull));
-			d = SPI_getbinval(tup, desc, 3, &isnull);
-			m[i].partition = isnull ? RD_KAFKA_PARTITION_UA : DatumGetInt32(d);
-			d = SPI_getbinval(tup, desc, 4, &isnull);
-			m[i].key = isnull ? NULL : DatumGetByteaPCopy(d);
-			d = SPI_getbinval(tup, desc, 5, &isnull);
-			m[i].value = isnull ? NULL : DatumGetByteaPCopy(d);
-			d = SPI_getbinval(tup, desc, 6, &isnull);
-			m[i].headers = isnull ? NULL : DatumGetJsonbPCopy(d);
-			m[i].sent_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 7, &isnull));
-			m[i].xid = DatumGetFullTransactionId(SPI_getbinval(tup, desc, 8, &isnull));
+			pe_relay_read_msg(tt->vals[i], tt->tupdesc, &m[i]);
 			idd[i] = Int64GetDatum(m[i].id);
 		}
 		MemoryContextSwitchTo(old);
