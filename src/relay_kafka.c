@@ -734,6 +734,14 @@ pe_relay_send(PeRelayConn *c, int64 round, PeOutMsg *msgs, int n, bool first_try
 	if (*refused)
 		pe_relay_bury(c, msgs, n);
 
+	/*
+	 * (The tests' crash before the commit comes before the checkpoint is
+	 * queued: the test broker writes no transaction markers, so a queued
+	 * checkpoint that its broker thread sent before the crash would read
+	 * as committed there, and not on a real broker.)
+	 */
+	pe_relay_crash_point("before_commit", round, first_try);
+
 	/* the checkpoint: this round went out if, and only if, this did */
 	snprintf(rv, sizeof(rv), INT64_FORMAT " %" INT64_MODIFIER "x", round, pe_relay_fingerprint(msgs, n));
 	err = rd_kafka_producev(c->rk,
@@ -754,7 +762,6 @@ pe_relay_send(PeRelayConn *c, int64 round, PeOutMsg *msgs, int n, bool first_try
 		return false;
 	}
 
-	pe_relay_crash_point("before_commit", round, first_try);
 	error = rd_kafka_commit_transaction(c->rk, pe_produce_timeout_ms);
 	pe_relay_poll(c, 0);
 	if (error == NULL)
