@@ -47,6 +47,7 @@
 PG_FUNCTION_INFO_V1(pe_outbox_send);
 
 static bool pe_outbox_wake_at_commit = false;
+static int64 pe_outbox_max_id = 0;	/* the highest id this transaction wrote */
 static bool pe_outbox_cb_registered = false;
 
 /* Wake this database's relay, or its manager to start one. */
@@ -76,13 +77,14 @@ pe_outbox_xact_cb(XactEvent event, void *arg)
 	{
 		case XACT_EVENT_PRE_COMMIT:
 			if (pe_outbox_wake_at_commit)
-				pe_commits_begin();
+				pe_commits_begin(pe_outbox_max_id);
 			break;
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_PARALLEL_COMMIT:
 			if (pe_outbox_wake_at_commit)
 			{
 				pe_outbox_wake_at_commit = false;
+				pe_outbox_max_id = 0;
 				pe_commits_committed();
 				pe_relay_wake(MyDatabaseId);
 			}
@@ -92,6 +94,7 @@ pe_outbox_xact_cb(XactEvent event, void *arg)
 		case XACT_EVENT_PREPARE:
 			/* a prepared transaction's rows commit with COMMIT PREPARED, elsewhere */
 			pe_outbox_wake_at_commit = false;
+			pe_outbox_max_id = 0;
 			pe_commits_forget();
 			break;
 		default:
@@ -243,6 +246,7 @@ pe_outbox_write(const char *connection, const char *topic, Oid sender, int32 par
 
 		if (i == 0)
 			first = id;
+		pe_outbox_max_id = Max(pe_outbox_max_id, id);
 		ExecClearTuple(slot);
 		memset(slot->tts_isnull, true, sizeof(bool) * desc->natts);
 		slot->tts_values[a_id - 1] = Int64GetDatum(id);

@@ -67,6 +67,7 @@ typedef struct PeCommit
 {
 	FullTransactionId fxid;		/* hash key: the top-level transaction */
 	TimestampTz at;				/* 0: committing, time not written yet */
+	int64		max_id;			/* the highest outbox id it wrote (PG_INT64_MAX: unknown) */
 } PeCommit;
 
 typedef struct PeCommitRing
@@ -114,7 +115,7 @@ pe_commits_shmem_init(LWLock *lock)
  * (an abort must find it to remove it).
  */
 static void
-pe_commits_begin_for(FullTransactionId fxid)
+pe_commits_begin_for(FullTransactionId fxid, int64 max_id)
 {
 	PeCommit   *e;
 	bool		found;
@@ -135,16 +136,19 @@ pe_commits_begin_for(FullTransactionId fxid)
 	pe_commit_ring->order[slot] = fxid;
 	e = hash_search(pe_commits, &fxid, HASH_ENTER_NULL, &found);
 	if (e)
+	{
 		e->at = 0;
+		e->max_id = max_id;
+	}
 	LWLockRelease(pe_commit_ring->lock);
 	if (e)
 		pe_commit_mine = fxid;
 }
 
 void
-pe_commits_begin(void)
+pe_commits_begin(int64 max_id)
 {
-	pe_commits_begin_for(GetTopFullTransactionIdIfAny());
+	pe_commits_begin_for(GetTopFullTransactionIdIfAny(), max_id);
 }
 
 /*
@@ -185,7 +189,7 @@ pe_commits_begin_prepared(const char *gid)
 
 		if (xid > XidFromFullTransactionId(next))
 			epoch--;
-		pe_commits_begin_for(FullTransactionIdFromEpochAndXid(epoch, xid));
+		pe_commits_begin_for(FullTransactionIdFromEpochAndXid(epoch, xid), PG_INT64_MAX);
 	}
 	return true;
 }
@@ -256,4 +260,38 @@ pe_commits_lookup(FullTransactionId fxid)
 	}
 
 	return 0;
+}
+
+/*
+ * The transactions that committed before `before` and wrote an outbox id
+ * above `above` (at most room of them, into xids; -1 if there are more),
+ * and *upto the highest id they wrote.  The relay asks this of a round
+ * cut from an epoch larger than a round, to add to it the rest of the
+ * transactions that committed before its last.
+ */
+int
+pe_commits_before(TimestampTz before, int64 above, FullTransactionId *xids, int room, int64 *upto)
+{
+	HASH_SEQ_STATUS seq;
+	PeCommit   *e;
+	int			n = 0;
+
+	*upto = above;
+	LWLockAcquire(pe_commit_ring->lock, LW_SHARED);
+	hash_seq_init(&seq, pe_commits);
+	while ((e = hash_seq_search(&seq)) != NULL)
+	{
+		if (e->at <= 0 || e->at >= before || e->max_id <= above)
+			continue;
+		if (n == room)
+		{
+			hash_seq_term(&seq);
+			n = -1;
+			break;
+		}
+		xids[n++] = e->fxid;
+		*upto = Max(*upto, e->max_id);
+	}
+	LWLockRelease(pe_commit_ring->lock);
+	return n;
 }

@@ -251,8 +251,10 @@ _PG_init(void)
 							GUC_UNIT_KB,
 							NULL, NULL, NULL);
 	DefineCustomIntVariable("pipeline_ext.outbox_round_max",
-							"Most outbox messages the relay publishes in one Kafka transaction.",
-							"A round also stops at pipeline_ext.outbox_round_bytes.",
+							"Most outbox messages the relay takes in id order into one Kafka transaction.",
+							"A round also stops at pipeline_ext.outbox_round_bytes. It can take as many again "
+							"(and as many bytes) of transactions that committed before its last one, to keep "
+							"the commit order across its cut.",
 							&pe_outbox_round_max,
 							50000, 1, 1000000,
 							PGC_SIGHUP,

@@ -41,12 +41,13 @@ extern void pe_relay_wake(Oid dboid);
 /* outbox_commits.c */
 extern Size pe_commits_shmem_size(void);
 extern void pe_commits_shmem_init(LWLock *lock);
-extern void pe_commits_begin(void);
+extern void pe_commits_begin(int64 max_id);
 extern bool pe_commits_begin_prepared(const char *gid);
 extern void pe_commits_committed(void);
 extern void pe_commits_committed_at(TimestampTz at);
 extern void pe_commits_forget(void);
 extern TimestampTz pe_commits_lookup(FullTransactionId fxid);
+extern int	pe_commits_before(TimestampTz before, int64 above, FullTransactionId *xids, int room, int64 *upto);
 
 /* The relay's own (relay.c, relay_kafka.c, relay_stats.c). */
 /* A message of the round in hand. */
