@@ -6,6 +6,7 @@
  *	  (outbox_commits.c), table changes written there (capture.c), and the
  *	  relay worker that publishes committed rows
  *	  exactly once with Kafka transactions (relay.c: its loop and rounds;
+ *	  relay_choose.c: which rows make a round;
  *	  relay_kafka.c: the producer, transactions and checkpoints;
  *	  relay_stats.c: its figures).
  *
@@ -92,6 +93,10 @@ extern int	pe_outbox_linger_ms;
 extern int	pe_relay_db;
 extern PGDLLEXPORT void pe_relay_main(Datum arg);
 extern void pe_relay_bury(PeRelayConn *c, PeOutMsg *msgs, int n);
+extern void pe_spi_exec(const char *sql, int nargs, Oid *types, Datum *values, const char *nulls, int expect);
+
+/* relay_choose.c */
+extern int64 pe_relay_choose(PeRelayConn *c, PeOutMsg **msgs, int *n, bool *was_pending);
 
 /* relay_kafka.c */
 extern char *pe_outbox_checkpoint_topic;
