@@ -68,6 +68,7 @@ typedef struct PeCommit
 	FullTransactionId fxid;		/* hash key: the top-level transaction */
 	TimestampTz at;				/* 0: committing, time not written yet */
 	int64		max_id;			/* the highest outbox id it wrote (PG_INT64_MAX: unknown) */
+	Oid			dbid;			/* its database (outbox ids are per database) */
 } PeCommit;
 
 typedef struct PeCommitRing
@@ -139,6 +140,7 @@ pe_commits_begin_for(FullTransactionId fxid, int64 max_id)
 	{
 		e->at = 0;
 		e->max_id = max_id;
+		e->dbid = MyDatabaseId;	/* COMMIT PREPARED runs in the prepared one's */
 	}
 	LWLockRelease(pe_commit_ring->lock);
 	if (e)
@@ -263,9 +265,9 @@ pe_commits_lookup(FullTransactionId fxid)
 }
 
 /*
- * The transactions that committed before `before` and wrote an outbox id
- * above `above` (at most room of them, into xids; -1 if there are more),
- * and *upto the highest id they wrote.  The relay asks this of a round
+ * The transactions of this database that committed at or before `before`
+ * and wrote an outbox id above `above` (at most room of them, into xids;
+ * -1 if there are more), and *upto the highest id they wrote.  The relay asks this of a round
  * cut from an epoch larger than a round, to add to it the rest of the
  * transactions that committed before its last.
  */
@@ -281,7 +283,14 @@ pe_commits_before(TimestampTz before, int64 above, FullTransactionId *xids, int 
 	hash_seq_init(&seq, pe_commits);
 	while ((e = hash_seq_search(&seq)) != NULL)
 	{
-		if (e->at <= 0 || e->at >= before || e->max_id <= above)
+		/*
+		 * Of this database; a commit time at or before (ties sort by xid,
+		 * so one of the same time may go first); ids above the cut.  Not
+		 * a prepared transaction (its highest id is unknown: id order), nor
+		 * one whose time is still being written (the next round has it).
+		 */
+		if (e->dbid != MyDatabaseId || e->at <= 0 || e->at > before ||
+			e->max_id <= above || e->max_id == PG_INT64_MAX)
 			continue;
 		if (n == room)
 		{

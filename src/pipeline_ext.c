@@ -243,8 +243,9 @@ _PG_init(void)
 							GUC_UNIT_MS,
 							NULL, NULL, NULL);
 	DefineCustomIntVariable("pipeline_ext.outbox_round_bytes",
-							"Most bytes of keys and values the outbox relay publishes in one Kafka transaction.",
-							"A message larger than this goes in a round of its own.",
+							"Most bytes of keys and values the outbox relay takes in id order into one Kafka transaction.",
+							"A message larger than this goes in a round of its own. A round can take as many "
+							"again with the transactions it completes across its cut (see outbox_round_max).",
 							&pe_outbox_round_kb,
 							65536, 1, 1024 * 1024,
 							PGC_SIGHUP,

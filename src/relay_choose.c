@@ -116,8 +116,9 @@ pe_relay_read_msg(HeapTuple tup, TupleDesc desc, PeOutMsg *m)
  * whose ids are in the other order than their commits could fall on both
  * sides of the cut and go out in id order.  So a round can hold up to
  * twice outbox_round_max messages and outbox_round_bytes.  (Left in id
- * order: more than a round's worth of such rows, or more than
- * PE_ROUND_EARLY transactions.)  Returns the round's new size; *msgs
+ * order: more than a round's worth of such rows, more than PE_ROUND_EARLY
+ * such transactions, prepared transactions, and those whose time is not
+ * known, see pe_commits_before.)  Returns the round's new size; *msgs
  * grows in cxt.
  */
 #define PE_ROUND_EARLY 1024
@@ -149,7 +150,7 @@ pe_relay_round_complete(Datum conn, PeOutMsg **msgs, int n, int64 cut, MemoryCon
 	values[0] = conn;
 	values[1] = Int64GetDatum(cut);
 	values[2] = Int64GetDatum(upto);
-	values[3] = PointerGetDatum(construct_array(xd, k, XID8OID, sizeof(FullTransactionId), true, TYPALIGN_DOUBLE));
+	values[3] = PointerGetDatum(construct_array(xd, k, XID8OID, sizeof(FullTransactionId), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 	/* as the round's own query: bounded in messages and in bytes */
 	pe_spi_exec(pe_relay_window_sql("id > $2 AND id <= $3 AND xid OPERATOR(pg_catalog.=) ANY ($4) "
 									"AND pg_catalog.pg_visible_in_snapshot(xid, "
@@ -213,10 +214,11 @@ pe_relay_choose(PeRelayConn *c, PeOutMsg **msgs, int *n, bool *was_pending)
 	else
 	{
 		/*
-		 * Within an epoch, rows go in id order: those at or below the last
-		 * one taken are gone (so an index scan does not wade through the
-		 * dead rows of the epoch's earlier rounds).  Across epochs there is
-		 * no such bound.
+		 * Within an epoch, rows are read in id order: those at or below the
+		 * last round's cut are gone (so an index scan does not wade through
+		 * the dead rows of the epoch's earlier rounds; those a round took
+		 * above its cut are passed over).  Across epochs there is no such
+		 * bound.
 		 */
 		char	   *next = pe_relay_window_sql("id > COALESCE((SELECT epoch_after FROM pipeline.outbox_relay WHERE connection = $1), 0) "
 											   "AND (pg_catalog.pg_visible_in_snapshot(xid, "
@@ -259,6 +261,7 @@ pe_relay_choose(PeRelayConn *c, PeOutMsg **msgs, int *n, bool *was_pending)
 			pe_relay_read_msg(tt->vals[i], tt->tupdesc, &m[i]);
 		cut = m[count - 1].id;	/* read in id order */
 		MemoryContextSwitchTo(old);
+		SPI_freetuptable(tt);	/* copied: its memory goes before more is read */
 		pe_relay_commit_times(m, 0, count);
 		if (!pending && !drained)
 			count = pe_relay_round_complete(v1[0], &m, count, cut, cxt);
