@@ -265,8 +265,8 @@ pe_commits_lookup(FullTransactionId fxid)
 }
 
 /*
- * The transactions of this database that committed at or before `before`
- * and wrote an outbox id above `above` (at most room of them, into xids;
+ * The transactions of this database that committed before `before` and
+ * wrote an outbox id above `above` (at most room of them, into xids;
  * -1 if there are more), and *upto the highest id they wrote.  The relay asks this of a round
  * cut from an epoch larger than a round, to add to it the rest of the
  * transactions that committed before its last.
@@ -284,12 +284,13 @@ pe_commits_before(TimestampTz before, int64 above, FullTransactionId *xids, int 
 	while ((e = hash_seq_search(&seq)) != NULL)
 	{
 		/*
-		 * Of this database; a commit time at or before (ties sort by xid,
-		 * so one of the same time may go first); ids above the cut.  Not
-		 * a prepared transaction (its highest id is unknown: id order), nor
-		 * one whose time is still being written (the next round has it).
+		 * Of this database; a commit time before (not the same: that would
+		 * take the rest of the round's last transaction too, which may come
+		 * in later rounds); ids above the cut.  Not a prepared transaction
+		 * (its highest id is unknown: id order), nor one whose time is
+		 * still being written (the next round has it).
 		 */
-		if (e->dbid != MyDatabaseId || e->at <= 0 || e->at > before ||
+		if (e->dbid != MyDatabaseId || e->at <= 0 || e->at >= before ||
 			e->max_id <= above || e->max_id == PG_INT64_MAX)
 			continue;
 		if (n == room)
