@@ -286,7 +286,9 @@ pe_commits_before(TimestampTz before, int64 above, FullTransactionId *xids, int 
 		/*
 		 * Of this database; a commit time before (not the same: that would
 		 * take the rest of the round's last transaction too, which may come
-		 * in later rounds); ids above the cut.  Not a prepared transaction
+		 * in later rounds; so two transactions of one key with the same
+		 * microsecond on both sides of a cut keep id order); ids above the
+		 * cut.  Not a prepared transaction
 		 * (its highest id is unknown: id order), nor one whose time is
 		 * still being written (the next round has it).
 		 */
