@@ -20,6 +20,7 @@ OBJS = \
 	src/capture.o \
 	src/capture_follow.o \
 	src/relay.o \
+	src/relay_checkpoint.o \
 	src/relay_choose.o \
 	src/relay_kafka.o \
 	src/relay_stats.o \

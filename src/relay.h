@@ -7,7 +7,8 @@
  *	  relay worker that publishes committed rows
  *	  exactly once with Kafka transactions (relay.c: its loop and rounds;
  *	  relay_choose.c: which rows make a round;
- *	  relay_kafka.c: the producer, transactions and checkpoints;
+ *	  relay_kafka.c: the producer and transactions;
+ *	  relay_checkpoint.c: the checkpoints;
  *	  relay_stats.c: its figures).
  *
  * IDENTIFICATION
@@ -99,9 +100,12 @@ extern void pe_spi_exec(const char *sql, int nargs, Oid *types, Datum *values, c
 extern int64 pe_relay_choose(PeRelayConn *c, PeOutMsg **msgs, int *n, bool *was_pending);
 
 /* relay_kafka.c */
-extern char *pe_outbox_checkpoint_topic;
 extern char *pe_outbox_crash_at;
 extern bool pe_relay_producer(PeRelayConn *c);
+
+/* relay_checkpoint.c */
+extern char *pe_outbox_checkpoint_topic;
+extern void pe_relay_checkpoint_topic(PeRelayConn *c);
 extern uint64 pe_relay_fingerprint(const PeOutMsg *msgs, int n);
 extern int64 pe_relay_committed_round(PeRelayConn *c, uint64 *fp, bool *has_fp);
 extern bool pe_relay_send(PeRelayConn *c, int64 round, PeOutMsg *msgs, int n, bool first_try, bool *refused);
