@@ -233,35 +233,45 @@ pe_commits_forget(void)
 }
 
 /*
- * The commit time of fxid, a transaction the caller's snapshot sees as
- * committed; 0 if unknown.
+ * The commit times of m[from..n) (committed_at; 0 if unknown), messages of
+ * transactions the caller's snapshot sees as committed: one look-up per
+ * run of messages of one transaction, under one hold of the lock per try.
+ * An entry without its time yet is of a transaction between becoming
+ * visible and its COMMIT callback: its messages are tried again after a
+ * moment (up to a second; then unknown).
  */
-TimestampTz
-pe_commits_lookup(FullTransactionId fxid)
+void
+pe_commits_times(PeOutMsg *m, int from, int n)
 {
 	for (int tries = 0;; tries++)
 	{
-		PeCommit   *e;
-		TimestampTz at = -1;
+		FullTransactionId last = InvalidFullTransactionId;
+		TimestampTz at = 0;
+		bool		waiting = false;
 
 		LWLockAcquire(pe_commit_ring->lock, LW_SHARED);
-		e = hash_search(pe_commits, &fxid, HASH_FIND, NULL);
-		if (e)
-			at = e->at;
-		LWLockRelease(pe_commit_ring->lock);
-		if (at > 0)
-			return at;
-		if (at == 0 && tries < 1000)
+		for (int i = from; i < n; i++)
 		{
-			/* committed and visible, its callback still to come: a moment */
-			pg_usleep(1000L);
-			CHECK_FOR_INTERRUPTS();
-			continue;
-		}
-		break;
-	}
+			if (tries > 0 && m[i].committed_at != -1)
+				continue;		/* settled on an earlier try */
+			if (!FullTransactionIdEquals(m[i].xid, last))
+			{
+				PeCommit   *e = hash_search(pe_commits, &m[i].xid, HASH_FIND, NULL);
 
-	return 0;
+				last = m[i].xid;
+				at = e ? e->at : 0;
+				if (e && at == 0)
+					at = tries < 1000 ? -1 : 0;	/* -1: try again */
+			}
+			m[i].committed_at = at;
+			waiting |= (at == -1);
+		}
+		LWLockRelease(pe_commit_ring->lock);
+		if (!waiting)
+			return;
+		pg_usleep(1000L);
+		CHECK_FOR_INTERRUPTS();
+	}
 }
 
 /*

@@ -48,7 +48,6 @@ extern bool pe_commits_begin_prepared(const char *gid);
 extern void pe_commits_committed(void);
 extern void pe_commits_committed_at(TimestampTz at);
 extern void pe_commits_forget(void);
-extern TimestampTz pe_commits_lookup(FullTransactionId fxid);
 extern int	pe_commits_before(TimestampTz before, int64 above, FullTransactionId *xids, int room, int64 *upto);
 
 /* The relay's own (relay.c, relay_kafka.c, relay_stats.c). */
@@ -70,6 +69,9 @@ typedef struct PeOutMsg
 	bool		buried;			/* moved to the dead letters */
 	bool		alone;			/* refused for its batch's size: sent alone */
 } PeOutMsg;
+
+/* outbox_commits.c, for the relay */
+extern void pe_commits_times(PeOutMsg *m, int from, int n);
 
 /* A connection the relay publishes through, and its producer. */
 typedef struct PeRelayConn

@@ -29,8 +29,10 @@
 #include "workers.h"
 
 /*
- * Commit time, an unknown one (0) first; then, for a known time, the
- * transaction, so that two of the same time do not mix; then id.
+ * The order a round goes out in.  Ids are drawn at send(), and a
+ * transaction can commit after another that drew later ids, so: commit
+ * time (outbox_commits.c), an unknown one (0) first; then, for a known
+ * time, the transaction, so that two of the same time do not mix; then id.
  */
 static int
 pe_relay_cmp_commit(const void *a, const void *b)
@@ -44,29 +46,6 @@ pe_relay_cmp_commit(const void *a, const void *b)
 	if (x->committed_at != 0 && !FullTransactionIdEquals(x->xid, y->xid))
 		return FullTransactionIdPrecedes(x->xid, y->xid) ? -1 : 1;
 	return x->id < y->id ? -1 : (x->id > y->id ? 1 : 0);
-}
-
-/*
- * The commit times of m[from..n) (outbox_commits.c): ids are drawn at
- * send(), and a transaction can commit after another that drew later ids,
- * so a round goes out sorted by commit time (pe_relay_cmp_commit).
- */
-static void
-pe_relay_commit_times(PeOutMsg *m, int from, int n)
-{
-	FullTransactionId last = InvalidFullTransactionId;
-	TimestampTz at = 0;
-
-	for (int i = from; i < n; i++)
-	{
-		/* a captured statement's rows share one transaction: look it up once */
-		if (!FullTransactionIdEquals(m[i].xid, last))
-		{
-			last = m[i].xid;
-			at = pe_commits_lookup(last);
-		}
-		m[i].committed_at = at;
-	}
 }
 
 /*
@@ -168,7 +147,7 @@ pe_relay_round_complete(Datum conn, PeOutMsg **msgs, int n, int64 cut, MemoryCon
 	for (int i = 0; i < more; i++)
 		pe_relay_read_msg(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, &m[n + i]);
 	MemoryContextSwitchTo(old);
-	pe_relay_commit_times(m, n, n + more);
+	pe_commits_times(m, n, n + more);
 	*msgs = m;
 	return n + more;
 }
@@ -262,7 +241,7 @@ pe_relay_choose(PeRelayConn *c, PeOutMsg **msgs, int *n, bool *was_pending)
 		cut = m[count - 1].id;	/* read in id order */
 		MemoryContextSwitchTo(old);
 		SPI_freetuptable(tt);	/* copied: its memory goes before more is read */
-		pe_relay_commit_times(m, 0, count);
+		pe_commits_times(m, 0, count);
 		if (!pending && !drained)
 			count = pe_relay_round_complete(v1[0], &m, count, cut, cxt);
 		qsort(m, count, sizeof(PeOutMsg), pe_relay_cmp_commit);
