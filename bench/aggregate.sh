@@ -49,7 +49,7 @@ run_case() {
 	[ -n "$win" ] && psql_b -c "SELECT pipeline.create_aggregate('${t}_agg', '$t', '$win', 'ts',
 	    ARRAY['count(*)', 'sum(temp)', 'avg(temp)', 'min(temp)', 'max(temp)'], ARRAY['device'], lateness => '1 day')" >/dev/null
 	psql_b -c "SELECT pipeline.start_consumer('$t')" >/dev/null
-	out=$(psql_b -At -F' ' -c "SELECT extract(epoch FROM first_batch_at), extract(epoch FROM done_at) FROM bench_wait('$t', $N)")
+	out=$(psql_b -At -F' ' -c "CALL bench_wait('$t', $N, NULL, NULL, NULL, NULL)")
 	read -r first end _ <<<"$out"
 	psql_b -At -c "SELECT '   $t: ' || sum(batches) || ' batches' FROM pipeline._slots() WHERE consumer = '$t'"
 	psql_b -c "SELECT pipeline.stop_consumer('$t')" >/dev/null

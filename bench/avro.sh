@@ -89,7 +89,7 @@ run_case() {
 		perf record -F 999 -g -p "$pid" -o "$BENCH/perf-$fmt.data" 2>/dev/null &
 		PERF_PID=$!
 	fi
-	out=$(psql_b -At -F' ' -c "SELECT extract(epoch FROM first_batch_at), extract(epoch FROM done_at) FROM bench_wait('$t', $N)")
+	out=$(psql_b -At -F' ' -c "CALL bench_wait('$t', $N, NULL, NULL, NULL, NULL)")
 	if [ -n "${PERF:-}" ] && [ "$r" = 1 ]; then kill -INT "$PERF_PID"; wait "$PERF_PID" || true; fi
 	read -r first end _ <<<"$out"
 	[ -n "${VERBOSE:-}" ] && psql_b -At -c "SELECT '   $t: ' || sum(batches) || ' batches' FROM pipeline._slots() WHERE consumer = '$t'"

@@ -58,16 +58,22 @@ instance_cpu() {
 
 # bench_wait(consumer, n) in the bench database (psql_b): waits in one
 # backend until the consumer's slots have applied n messages; returns when
-# the first batch started, when it was done, the CPU the wait used, and the
-# largest private memory (RssAnon, kB) seen in one slot worker.  The
-# sampling is done here, in the backend that waits anyway, every
-# tenth poll and at the end: a shell loop forking pgrep and awk every 50 ms took a third
-# of a core, which on a 2-core machine was taken from the slots measured
-# (and from none of the cases they are compared with).
+# the first batch started and when it was done (epoch seconds), the CPU the
+# wait used, and the largest private memory (RssAnon, kB) seen in one slot
+# worker.  The sampling is done here, in the backend that waits anyway,
+# every tenth poll and at the end: a shell loop forking pgrep and awk every
+# 50 ms took a third of a core, which on a 2-core machine was taken from
+# the slots measured (and from none of the cases they are compared with).
+# A procedure that commits after each poll: a function holds its
+# statement's snapshot until it returns, and that xmin kept every row
+# version the case made dead from being pruned, so upserts (and an
+# aggregate's results) could not update in place (HOT) and bloated their
+# indexes, which the cases without the poller (the peer, COPY) never paid.
+#   CALL bench_wait('c', n, NULL, NULL, NULL, NULL)
 bench_wait_function() {
 	psql_b <<'SQL'
-CREATE FUNCTION bench_wait(c text, n bigint, OUT first_batch_at timestamptz, OUT done_at timestamptz,
-                           OUT poller_cpu numeric, OUT peak_kb bigint)
+CREATE PROCEDURE bench_wait(c text, n bigint, INOUT first_batch_at float8, INOUT done_at float8,
+                            INOUT poller_cpu numeric, INOUT peak_kb bigint)
 LANGUAGE plpgsql AS $$
 DECLARE
   m bigint;
@@ -78,14 +84,13 @@ BEGIN
   peak_kb := 0;
   LOOP
     IF first_batch_at IS NULL THEN
-      PERFORM pg_catalog.pg_stat_clear_snapshot();
-      SELECT min(a.query_start) INTO first_batch_at
+      SELECT extract(epoch FROM min(a.query_start)) INTO first_batch_at
         FROM pipeline._slots() s JOIN pg_catalog.pg_stat_activity a ON a.pid = s.pid
        WHERE s.consumer = c AND a.query = 'applying a batch';
     END IF;
     SELECT coalesce(sum(messages), 0) INTO m FROM pipeline._slots() WHERE consumer = c;
     IF m >= n THEN
-      done_at := clock_timestamp();
+      done_at := extract(epoch FROM clock_timestamp());
     END IF;
     IF polls % 10 = 0 OR m >= n THEN
       SELECT max(substring(pg_read_file('/proc/' || pid || '/status', 0, 65536, true) FROM 'RssAnon:\s*(\d+)')::bigint)
@@ -94,6 +99,7 @@ BEGIN
     END IF;
     EXIT WHEN m >= n;
     polls := polls + 1;
+    COMMIT;   -- no snapshot held while waiting (a new one, and fresh statistics, next poll)
     PERFORM pg_catalog.pg_sleep(0.005);
   END LOOP;
   stat := regexp_split_to_array(split_part(pg_read_file('/proc/' || pg_backend_pid() || '/stat'), ') ', 2), ' ');

@@ -107,8 +107,7 @@ run_consumer() {
 	cpu0=$(instance_cpu)
 	start=$(now)
 	psql_b -c "SELECT pipeline.create_consumer('$name', 'bench', 'events', '$table', mode => '$mode' $par${BATCH_SIZE:+, batch_size => $BATCH_SIZE})" >/dev/null
-	out=$(psql_b -At -F' ' -c "SELECT extract(epoch FROM first_batch_at), extract(epoch FROM done_at), poller_cpu, peak_kb
-	                             FROM bench_wait('$name', $N)")
+	out=$(psql_b -At -F' ' -c "CALL bench_wait('$name', $N, NULL, NULL, NULL, NULL)")
 	read -r first end poller peak <<<"$out"
 	psql_b -At -c "SELECT '   slots ' || count(*) || ', batches ' || sum(batches) || ', average batch '
 	                      || round(sum(messages)::numeric / nullif(sum(batches), 0)) || ', first batch after '
