@@ -51,6 +51,7 @@ OBJS = \
 	src/aggregate_emit.o \
 	src/aggregate_merge.o \
 	src/aggregate_pre.o \
+	src/aggregate_direct.o \
 	src/dedup.o \
 	src/apply.o \
 	src/apply_append.o \

@@ -94,6 +94,30 @@ extern void pe_agg_merge(PeAggregate *a, PeTarget *t, PeRow *rows, const Datum *
 						 const int *cols, int ncols);
 extern void pe_agg_on_conflict(StringInfo s, PeAggregate *a, Oid time_type);
 
+/* aggregate_direct.c: one column of a function's results, and how it merges */
+typedef enum PeAggItemKind
+{
+	PE_ITEM_COUNT,				/* r + EXCLUDED */
+	PE_ITEM_SUM,				/* COALESCE(r + EXCLUDED, r, EXCLUDED) */
+	PE_ITEM_MIN,				/* LEAST(r, EXCLUDED) */
+	PE_ITEM_MAX,				/* GREATEST(r, EXCLUDED) */
+	PE_ITEM_AVG					/* the merged sum (next item) / the merged count (the one after) */
+} PeAggItemKind;
+
+typedef struct PeAggItem
+{
+	const char *name;			/* the results' column */
+	PeAggItemKind kind;
+	Oid			typid;			/* its type */
+	int			agg;			/* the function's index in the aggregate */
+	FmgrInfo   *cmp;			/* min, max: the type's btree comparison ... */
+	Oid			collation;		/* ... in the column's collation */
+} PeAggItem;
+
+extern bool pe_agg_direct_merge(PeAggregate *a, PeTarget *t, Oid res, Oid time_type, int ncells, const Datum *ws,
+								const Datum *we, const Oid *gtypes, Datum **gv, bool **gn, const PeAggItem *items,
+								int nitems, Datum **iv, bool **in, int64 *inserted);
+
 /* aggregate_pre.c */
 extern bool pe_agg_pre_merge(PeAggregate *a, PeTarget *t, PeRow *rows, const Datum *times, const int *take, int ntake,
 							 const int *cols, int ncols);

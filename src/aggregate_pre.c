@@ -379,6 +379,14 @@ pe_agg_pre_merge(PeAggregate *a, PeTarget *t, PeRow *rows, const Datum *times, c
 	StringInfoData sql;
 	int			arg;
 	int64		inserted;
+	Datum	   *ws;
+	Datum	   *we;
+	Oid		   *gtypes;
+	Datum	  **gv;
+	bool	  **gn;
+	PeAggItem  *items;
+	Datum	  **iv;
+	bool	  **in;
 
 	if (!pe_pre_plan(a, t, cols, ncols, plan, gf))
 		return false;
@@ -469,84 +477,118 @@ pe_agg_pre_merge(PeAggregate *a, PeTarget *t, PeRow *rows, const Datum *times, c
 		}
 	}
 
-	/* the statement's arguments: starts, ends, groups, then each function's items */
+	/* each cell's window, groups and items, column by column */
 	for (int i = 0; i < a->naggs; i++)
 		nitems += plan[i].fn == PE_PRE_AVG ? 3 : 1;
+	ws = palloc(sizeof(Datum) * Max(ncells, 1));
+	we = palloc(sizeof(Datum) * Max(ncells, 1));
+	for (int c = 0; c < ncells; c++)
+	{
+		ws[c] = Int64GetDatum(cells[c].ws);
+		we[c] = Int64GetDatum(cells[c].ws + a->size_us);
+	}
+	gtypes = palloc(sizeof(Oid) * Max(a->ngroups, 1));
+	gv = palloc(sizeof(Datum *) * Max(a->ngroups, 1));
+	gn = palloc(sizeof(bool *) * Max(a->ngroups, 1));
+	for (int g = 0; g < a->ngroups; g++)
+	{
+		int			c = cols[1 + g];
+
+		gtypes[g] = t->cols[c].typid;
+		gv[g] = palloc(sizeof(Datum) * Max(ncells, 1));
+		gn[g] = palloc(sizeof(bool) * Max(ncells, 1));
+		for (int k = 0; k < ncells; k++)
+		{
+			gv[g][k] = rows[cells[k].row].values[c];
+			gn[g][k] = rows[cells[k].row].nulls[c];
+		}
+	}
+	items = palloc(sizeof(PeAggItem) * Max(nitems, 1));
+	iv = palloc(sizeof(Datum *) * Max(nitems, 1));
+	in = palloc(sizeof(bool *) * Max(nitems, 1));
+	arg = 0;
+	for (int i = 0; i < a->naggs; i++)
+	{
+		PeAggPlan  *p = &plan[i];
+		const char *suffixes[2];
+		int			nstate = pe_agg_state_columns(a->fns[i], suffixes);
+
+		for (int item = 0; item <= nstate; item++, arg++)
+		{
+			PeAggItem  *it = &items[arg];
+			Datum	   *v = iv[arg] = palloc(sizeof(Datum) * Max(ncells, 1));
+			bool	   *n = in[arg] = palloc(sizeof(bool) * Max(ncells, 1));
+
+			it->name = item == 0 ? a->outs[i] : psprintf("%s__%s", a->outs[i], suffixes[item - 1]);
+			it->typid = pe_pre_item_type(p, item);
+			it->agg = i;
+			it->cmp = p->cmp;
+			it->collation = p->collation;
+			it->kind = p->fn == PE_PRE_COUNT || (p->fn == PE_PRE_AVG && item == 2) ? PE_ITEM_COUNT
+				: p->fn == PE_PRE_AVG ? (item == 0 ? PE_ITEM_AVG : PE_ITEM_SUM)
+				: p->fn == PE_PRE_SUM ? PE_ITEM_SUM
+				: p->fn == PE_PRE_MIN ? PE_ITEM_MIN : PE_ITEM_MAX;
+			for (int k = 0; k < ncells; k++)
+			{
+				PeAggAcc   *acc = &accs[k * a->naggs + i];
+
+				n[k] = false;
+				v[k] = (Datum) 0;
+				if (a->has_valid_from[i] && cells[k].ws < a->valid_from[i])
+					n[k] = true;	/* before it was added: null */
+				else if (p->fn == PE_PRE_COUNT || (p->fn == PE_PRE_AVG && item == 2))
+					v[k] = Int64GetDatum(acc->count);
+				else if (!acc->any)
+					n[k] = true;	/* of nulls only */
+				else if (p->fn == PE_PRE_SUM || (p->fn == PE_PRE_AVG && item == 1))
+					v[k] = pe_pre_sum(p, acc);
+				else if (p->fn == PE_PRE_AVG)
+					v[k] = pe_pre_avg(p, acc);
+				else
+					v[k] = acc->d;
+			}
+		}
+	}
+
+	/* straight into the heap when the results table allows it */
+	if (pe_agg_direct_merge(a, t, res, time_type, ncells, ws, we, gtypes, gv, gn, items, nitems, iv, in, &inserted))
+	{
+		if (!a->emit_close)
+			a->emitted += ncells;	/* (each window written is a change emitted, to the results only) */
+		a->opened += inserted;
+		return true;
+	}
+
+	/* else the statement's arguments: starts, ends, groups, then each function's items, as arrays */
 	nargs = 2 + a->ngroups + nitems;
 	types = palloc(sizeof(Oid) * nargs);
 	values = palloc(sizeof(Datum) * nargs);
 	nulls = palloc(nargs + 1);
 	memset(nulls, ' ', nargs);
 	nulls[nargs] = '\0';
+	types[0] = types[1] = time_type == TIMESTAMPTZOID ? TIMESTAMPTZARRAYOID : TIMESTAMPARRAYOID;
+	values[0] = PointerGetDatum(construct_array(ws, ncells, time_type, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	values[1] = PointerGetDatum(construct_array(we, ncells, time_type, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	for (int g = 0; g < a->ngroups; g++)
 	{
-		Datum	   *ws = palloc(sizeof(Datum) * Max(ncells, 1));
-		Datum	   *we = palloc(sizeof(Datum) * Max(ncells, 1));
+		int			c = cols[1 + g];
 
-		for (int c = 0; c < ncells; c++)
-		{
-			ws[c] = Int64GetDatum(cells[c].ws);
-			we[c] = Int64GetDatum(cells[c].ws + a->size_us);
-		}
-		types[0] = types[1] = time_type == TIMESTAMPTZOID ? TIMESTAMPTZARRAYOID : TIMESTAMPARRAYOID;
-		values[0] = PointerGetDatum(construct_array(ws, ncells, time_type, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-		values[1] = PointerGetDatum(construct_array(we, ncells, time_type, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+		types[2 + g] = t->cols[c].arraytyp;
+		values[2 + g] = pe_column_array(&t->cols[c], gv[g], gn[g], ncells);
 	}
-	arg = 2;
+	for (int k = 0; k < nitems; k++)
 	{
-		Datum	   *v = palloc(sizeof(Datum) * Max(ncells, 1));
-		bool	   *n = palloc(sizeof(bool) * Max(ncells, 1));
+		Oid			typid;
+		int16		typlen;
+		bool		typbyval;
+		char		typalign;
+		int			dims[1] = {ncells};
+		int			lbs[1] = {1};
 
-		for (int g = 0; g < a->ngroups; g++, arg++)
-		{
-			int			c = cols[1 + g];
-
-			for (int k = 0; k < ncells; k++)
-			{
-				v[k] = rows[cells[k].row].values[c];
-				n[k] = rows[cells[k].row].nulls[c];
-			}
-			types[arg] = t->cols[c].arraytyp;
-			values[arg] = pe_column_array(&t->cols[c], v, n, ncells);
-		}
-		for (int i = 0; i < a->naggs; i++)
-		{
-			PeAggPlan  *p = &plan[i];
-			const char *suffixes[2];
-			int			nstate = pe_agg_state_columns(a->fns[i], suffixes);
-
-			for (int item = 0; item <= nstate; item++, arg++)
-			{
-				const char *name = item == 0 ? a->outs[i] : psprintf("%s__%s", a->outs[i], suffixes[item - 1]);
-				Oid			typid;
-				int16		typlen;
-				bool		typbyval;
-				char		typalign;
-				int			dims[1] = {ncells};
-				int			lbs[1] = {1};
-
-				pe_pre_column_type(res, name, &typid, &typlen, &typbyval, &typalign);
-				for (int k = 0; k < ncells; k++)
-				{
-					PeAggAcc   *acc = &accs[k * a->naggs + i];
-
-					n[k] = false;
-					if (a->has_valid_from[i] && cells[k].ws < a->valid_from[i])
-						n[k] = true;	/* before it was added: null */
-					else if (p->fn == PE_PRE_COUNT || (p->fn == PE_PRE_AVG && item == 2))
-						v[k] = Int64GetDatum(acc->count);
-					else if (!acc->any)
-						n[k] = true;	/* of nulls only */
-					else if (p->fn == PE_PRE_SUM || (p->fn == PE_PRE_AVG && item == 1))
-						v[k] = pe_pre_sum(p, acc);
-					else if (p->fn == PE_PRE_AVG)
-						v[k] = pe_pre_avg(p, acc);
-					else
-						v[k] = acc->d;
-				}
-				types[arg] = get_array_type(typid);
-				values[arg] = PointerGetDatum(construct_md_array(v, n, 1, dims, lbs, typid, typlen, typbyval, typalign));
-			}
-		}
+		pe_pre_column_type(res, items[k].name, &typid, &typlen, &typbyval, &typalign);
+		types[2 + a->ngroups + k] = get_array_type(typid);
+		values[2 + a->ngroups + k] = PointerGetDatum(construct_md_array(iv[k], in[k], 1, dims, lbs, typid, typlen,
+																		typbyval, typalign));
 	}
 
 	/* one row per window and group, merged as aggregate_merge.c merges */

@@ -614,6 +614,35 @@ is(sql(q{SELECT string_agg(concat_ws('|', window_start, g, sum_i8, avg_i8__count
 	'a column whose type changed under its results: the sums go on, converted');
 is(sql(q{SELECT count(*) FROM pipeline.consumers WHERE name = 'kinds' AND last_error IS NOT NULL}), 0, 'without an error');
 
+# --- the merge straight into the heap (aggregate_direct.c): a null group is one window row, batch
+# after batch, found through the index (NULLS NOT DISTINCT); a results table with a trigger or a column
+# of its own takes the statement instead, which fires the trigger and fills the column's default
+sql(q{SELECT pipeline.create_aggregate('nullg', 'kinds', '1 hour', 'ts', ARRAY['count(*)', 'sum(i2)', 'avg(i2)'], ARRAY['g'],
+        lateness => '1 day');
+      SELECT pipeline.create_aggregate('trig', 'kinds', '1 hour', 'ts', ARRAY['count(*)'], ARRAY['g'], lateness => '1 day');
+      CREATE TABLE trig_log (g text, count bigint);
+      CREATE FUNCTION trig_log() RETURNS trigger LANGUAGE plpgsql
+        AS $$BEGIN INSERT INTO public.trig_log VALUES (NEW.g, NEW.count); RETURN NEW; END$$;
+      CREATE TRIGGER trig_log AFTER INSERT OR UPDATE ON trig FOR EACH ROW EXECUTE FUNCTION trig_log();
+      ALTER TABLE trig ADD COLUMN note text DEFAULT 'from the default'});
+sub produce_null_group
+{
+	my ($from, $to) = @_;
+	sql(qq{SELECT count(*) FROM (SELECT g AS id, timestamptz '2026-02-01 00:10:00+00' AS ts, NULL::text AS g, (g % 3)::int2 AS i2
+	                               FROM generate_series($from, $to) g) x,
+	         LATERAL pipeline.produce('local', 'kinds', row_to_json(x)::text, x.id::text)});
+}
+produce_null_group(10001, 10005);
+wait_for(q{SELECT sum(count) FROM nullg}, '5', 'events of a null group are counted');
+produce_null_group(10006, 10010);
+wait_for(q{SELECT sum(count) FROM nullg}, '10', '... in a later batch too');
+is(sql(q{SELECT count(*) || '|' || max(count) || '|' || max(sum_i2) || '|' || round(max(avg_i2), 6) FROM nullg WHERE g IS NULL}),
+	sql(q{SELECT '1|' || count(*) || '|' || sum(g % 3) || '|' || round(avg(g % 3), 6) FROM generate_series(10001, 10010) g}),
+	'... into one window row, merged');
+wait_for(q{SELECT sum(count) FROM trig}, '10', 'a results table with a trigger and a column of its own counts them');
+is(sql(q{SELECT (SELECT max(count) FROM trig_log) || '|' || note FROM trig}), '10|from the default',
+	'... its trigger saw every change, its column has its default');
+
 # another role neither sees nor drops it
 sql(q{CREATE ROLE agg_other LOGIN});
 is(sql(q{SET ROLE agg_other; SELECT count(*) FROM pipeline.aggregates}), '0', 'another role does not see the aggregates');
