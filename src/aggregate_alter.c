@@ -306,7 +306,7 @@ pe_alter_aggregate(PG_FUNCTION_ARGS)
 					 errmsg("the state table's name \"%s\" is longer than %d bytes", sname, NAMEDATALEN - 1),
 					 errhint("Rename the results table to a shorter name first.")));
 		pe_alter_sql(psprintf("CREATE TABLE %s.%s (LIKE %s INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES) "
-							  "WITH (fillfactor = 70)",
+							  "WITH (fillfactor = 50)",
 							  quote_identifier(schema), quote_identifier(sname), pe_alter_qualified(results)));
 		state = get_relname_relid(sname, get_rel_namespace(results));
 		pe_alter_sql(psprintf("ALTER TABLE %s OWNER TO %s", pe_alter_qualified(state),
