@@ -115,7 +115,7 @@ typedef struct PeAggItem
 } PeAggItem;
 
 extern bool pe_agg_direct_merge(PeAggregate *a, PeTarget *t, Oid res, Oid time_type, int ncells, const Datum *ws,
-								const Datum *we, const Oid *gtypes, Datum **gv, bool **gn, const PeAggItem *items,
+								const Datum *we, PeColumn *const *gcols, Datum **gv, bool **gn, const PeAggItem *items,
 								int nitems, Datum **iv, bool **in, int64 *inserted);
 
 /* aggregate_pre.c */

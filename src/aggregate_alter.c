@@ -311,6 +311,8 @@ pe_alter_aggregate(PG_FUNCTION_ARGS)
 		state = get_relname_relid(sname, get_rel_namespace(results));
 		pe_alter_sql(psprintf("ALTER TABLE %s OWNER TO %s", pe_alter_qualified(state),
 							  quote_identifier(GetUserNameFromId(def->owner, false))));
+		/* the results now only take closed windows: full pages (create_aggregate's choice) */
+		pe_alter_sql(psprintf("ALTER TABLE %s RESET (fillfactor)", pe_alter_qualified(results)));
 		pe_alter_as_owner(def->owner, psprintf("WITH c AS (DELETE FROM %s WHERE NOT closed RETURNING *) "
 											   "INSERT INTO %s (%s) SELECT %s FROM c",
 											   pe_alter_qualified(results), pe_alter_qualified(state),
@@ -323,6 +325,8 @@ pe_alter_aggregate(PG_FUNCTION_ARGS)
 											   pe_alter_qualified(state)));
 		pe_alter_sql(psprintf("DROP TABLE %s", pe_alter_qualified(state)));
 		state = InvalidOid;
+		/* the open windows are updated in the results again: room for their next versions */
+		pe_alter_sql(psprintf("ALTER TABLE %s SET (fillfactor = 50)", pe_alter_qualified(results)));
 	}
 
 	/* aggregates added: complete from the first window after every event counted */

@@ -35,6 +35,8 @@
 #include "executor/executor.h"
 #include "miscadmin.h"
 #include "nodes/makefuncs.h"
+#include "storage/lmgr.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/float.h"
 #include "utils/lsyscache.h"
@@ -198,12 +200,12 @@ pe_direct_merge_items(PeAggregate *a, const PeAggItem *items, int nitems, int64 
  * The merge of cells windows into relation res, as the owner; returns
  * false, having done nothing, when res is not a table this path writes
  * as the statement would.  Cell k: its window ws[k] .. we[k] (time_type),
- * its groups gv[g][k] (gn: null; of types gtypes), its items iv[i][k] (in: null) in the order of
+ * its groups gv[g][k] (gn: null; of the target's columns gcols), its items iv[i][k] (in: null) in the order of
  * pe_agg_columns().  *inserted: the windows that were new.
  */
 static bool
 pe_agg_direct_in(PeAggregate *a, Oid res, Oid time_type, int ncells, const Datum *ws, const Datum *we,
-				 const Oid *gtypes, Datum **gv, bool **gn, const PeAggItem *items, int nitems, Datum **iv, bool **in,
+				 PeColumn *const *gcols, Datum **gv, bool **gn, const PeAggItem *items, int nitems, Datum **iv, bool **in,
 				 int64 *inserted)
 {
 	Relation	rel = table_open(res, RowExclusiveLock);
@@ -220,7 +222,9 @@ pe_agg_direct_in(PeAggregate *a, Oid res, Oid time_type, int ncells, const Datum
 	TupleTableSlot *oldslot;
 	TupleTableSlot *newslot;
 	IndexScanDesc scan;
-	Snapshot	snap;
+	SnapshotData dirty;
+	RegProcedure *eqprocs;
+	AclResult	aclresult;
 	CommandId	cid;
 	Datum	   *old = palloc(sizeof(Datum) * nitems);
 	bool	   *oldnull = palloc(sizeof(bool) * nitems);
@@ -245,6 +249,7 @@ pe_agg_direct_in(PeAggregate *a, Oid res, Oid time_type, int ncells, const Datum
 	{
 		const char *name;
 		Oid			want;
+		Form_pg_attribute fa;
 
 		if (c == 0)
 			name = "window_start";
@@ -262,9 +267,17 @@ pe_agg_direct_in(PeAggregate *a, Oid res, Oid time_type, int ncells, const Datum
 			table_close(rel, NoLock);
 			return false;
 		}
-		want = c < 2 ? time_type : c < nkeys ? gtypes[c - 2] : c < ncols ? items[c - nkeys].typid : BOOLOID;
-		if (TupleDescAttr(desc, att[c] - 1)->atttypid != want ||
-			TupleDescAttr(desc, att[c] - 1)->attidentity)
+		/*
+		 * Of the type computed, with no typmod the statement would coerce to
+		 * (a group's: its column's), and a group or a min or max in the
+		 * collation it was grouped or compared in here.
+		 */
+		fa = TupleDescAttr(desc, att[c] - 1);
+		want = c < 2 ? time_type : c < nkeys ? gcols[c - 2]->typid : c < ncols ? items[c - nkeys].typid : BOOLOID;
+		if (fa->atttypid != want || fa->attidentity ||
+			fa->atttypmod != (c >= 2 && c < nkeys ? gcols[c - 2]->typmod : -1) ||
+			(c >= 2 && c < nkeys && fa->attcollation != gcols[c - 2]->collation) ||
+			(c >= nkeys && c < ncols && items[c - nkeys].cmp != NULL && fa->attcollation != items[c - nkeys].collation))
 		{
 			table_close(rel, NoLock);
 			return false;
@@ -295,57 +308,98 @@ pe_agg_direct_in(PeAggregate *a, Oid res, Oid time_type, int ncells, const Datum
 		if (c >= nkeys)
 		{
 			rte->updatedCols = bms_add_member(rte->updatedCols, bit);
-			rte->selectedCols = bms_add_member(rte->selectedCols, bit);
+			/* what SET reads: every item but an average, which is divided from its sum and count */
+			if (items[c - nkeys].kind != PE_ITEM_AVG)
+				rte->selectedCols = bms_add_member(rte->selectedCols, bit);
 		}
 		else
 			rte->selectedCols = bms_add_member(rte->selectedCols, bit);	/* the arbiter's */
 	}
+	/* the statement names the table in its schema */
+	aclresult = pg_namespace_aclcheck(RelationGetNamespace(rel), GetUserId(), ACL_USAGE);
+	if (aclresult != ACLCHECK_OK)
+		aclcheck_error(aclresult, OBJECT_SCHEMA, get_namespace_name(RelationGetNamespace(rel)));
 	ExecCheckRTPerms(list_make1(rte), true);
 
 	CommandCounterIncrement();
 	PushActiveSnapshot(GetTransactionSnapshot());
-	snap = GetActiveSnapshot();
 	cid = GetCurrentCommandId(true);
 
 	estate = CreateExecutorState();
 	ExecInitRangeTable(estate, list_make1(rte));
 	rri = makeNode(ResultRelInfo);
 	ExecInitResultRelation(estate, rri, 1);
-	CheckValidResultRel(rri, CMD_INSERT);
-	CheckValidResultRel(rri, CMD_UPDATE);
+	CheckValidResultRel(rri, CMD_INSERT);	/* (as INSERT ... ON CONFLICT DO UPDATE: the insert's) */
 	ExecOpenIndices(rri, false);
 	oldslot = table_slot_create(rel, NULL);
 	newslot = table_slot_create(rel, NULL);
 
-	/* the lookup: equality on each key, nulls as one value (NULLS NOT DISTINCT) */
+	/*
+	 * The lookup: equality on each key, nulls as one value (NULLS NOT
+	 * DISTINCT); with a dirty snapshot, as the statement's arbiter check
+	 * probes, so that a row another session is inserting or changing is
+	 * waited for, then found as it committed.
+	 */
 	ix = index_open(ixoid, AccessShareLock);
 	keys = palloc0(sizeof(ScanKeyData) * nkeys);
-	scan = index_beginscan(rel, ix, snap, nkeys, 0);
+	eqprocs = palloc(sizeof(RegProcedure) * nkeys);
+	for (int c = 0; c < nkeys; c++)
+	{
+		Oid			opcintype = ix->rd_opcintype[c];
+		Oid			eqop = get_opfamily_member(ix->rd_opfamily[c], opcintype, opcintype, BTEqualStrategyNumber);
+
+		/* a group compared in another collation than it was grouped in: the statement */
+		if (!OidIsValid(eqop) || (c >= 2 && ix->rd_indcollation[c] != gcols[c - 2]->collation))
+		{
+			index_close(ix, NoLock);
+			ExecDropSingleTupleTableSlot(oldslot);
+			ExecDropSingleTupleTableSlot(newslot);
+			ExecCloseResultRelations(estate);
+			ExecCloseRangeTableRelations(estate);
+			FreeExecutorState(estate);
+			PopActiveSnapshot();
+			table_close(rel, NoLock);
+			return false;
+		}
+		eqprocs[c] = get_opcode(eqop);
+	}
+	InitDirtySnapshot(dirty);
+	scan = index_beginscan(rel, ix, &dirty, nkeys, 0);
 
 	*inserted = 0;
 	for (int k = 0; k < ncells; k++)
 	{
 		bool		found;
+		MemoryContext percell;
 
 		CHECK_FOR_INTERRUPTS();
 		for (int c = 0; c < nkeys; c++)
 		{
 			Datum		v = c == 0 ? ws[k] : c == 1 ? we[k] : gv[c - 2][k];
 			bool		isnull = c >= 2 && gn[c - 2][k];
-			Oid			opfamily = ix->rd_opfamily[c];
-			Oid			opcintype = ix->rd_opcintype[c];
-			Oid			eqop = get_opfamily_member(opfamily, opcintype, opcintype, BTEqualStrategyNumber);
 
 			if (isnull)
 				ScanKeyEntryInitialize(&keys[c], SK_ISNULL | SK_SEARCHNULL, c + 1, InvalidStrategy,
 									   InvalidOid, ix->rd_indcollation[c], InvalidOid, (Datum) 0);
 			else
-				ScanKeyEntryInitialize(&keys[c], 0, c + 1, BTEqualStrategyNumber, opcintype,
-									   ix->rd_indcollation[c], get_opcode(eqop), v);
+				ScanKeyEntryInitialize(&keys[c], 0, c + 1, BTEqualStrategyNumber, ix->rd_opcintype[c],
+									   ix->rd_indcollation[c], eqprocs[c], v);
 		}
+probe:
 		index_rescan(scan, keys, nkeys, NULL, 0);
 		found = index_getnext_slot(scan, ForwardScanDirection, oldslot);
+		if (found && (TransactionIdIsValid(dirty.xmin) || TransactionIdIsValid(dirty.xmax)))
+		{
+			/* another session's, not committed yet: wait for it, then look again */
+			TransactionId xwait = TransactionIdIsValid(dirty.xmin) ? dirty.xmin : dirty.xmax;
 
+			ExecClearTuple(oldslot);
+			XactLockTableWait(xwait, rel, NULL, XLTW_InsertIndex);
+			goto probe;
+		}
+
+		/* what the cell computes and writes goes with it */
+		percell = MemoryContextSwitchTo(GetPerTupleMemoryContext(estate));
 		for (int i = 0; i < nitems; i++)
 		{
 			new[i] = iv[i][k];
@@ -377,13 +431,22 @@ pe_agg_direct_in(PeAggregate *a, Oid res, Oid time_type, int ncells, const Datum
 			newslot->tts_tableOid = res;
 			if (desc->constr)
 				ExecConstraints(rri, newslot, estate);
-			r = table_tuple_update(rel, &oldslot->tts_tid, newslot, cid, snap, InvalidSnapshot,
+			r = table_tuple_update(rel, &oldslot->tts_tid, newslot, cid, GetActiveSnapshot(), InvalidSnapshot,
 								   true, &tmfd, &lockmode, &update_indexes);
-			if (r != TM_Ok)
+			if (r == TM_Updated || r == TM_Deleted)
+			{
+				/* changed since it was found: as the statement does, again with what is there now */
+				MemoryContextSwitchTo(percell);
+				ResetPerTupleExprContext(estate);
+				goto probe;
+			}
+			if (r == TM_SelfModified)
 				ereport(ERROR,
-						(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-						 errmsg("a window of aggregate \"%s\" was changed by another session during the batch", a->name),
-						 errhint("The batch is applied again.")));
+						(errcode(ERRCODE_CARDINALITY_VIOLATION),
+						 errmsg("aggregate \"%s\" merged two of a batch's windows into one row of its results", a->name),
+						 errhint("Give the results' group columns the collation of the consumer's target columns.")));
+			if (r != TM_Ok)
+				elog(ERROR, "unexpected result %d updating a window of aggregate \"%s\"", (int) r, a->name);
 			if (update_indexes && rri->ri_NumIndices > 0)
 				list_free(ExecInsertIndexTuples(rri, newslot, estate, true, false, NULL, NIL));
 		}
@@ -412,6 +475,7 @@ pe_agg_direct_in(PeAggregate *a, Oid res, Oid time_type, int ncells, const Datum
 				list_free(ExecInsertIndexTuples(rri, newslot, estate, false, false, NULL, NIL));
 			(*inserted)++;
 		}
+		MemoryContextSwitchTo(percell);
 		ResetPerTupleExprContext(estate);
 	}
 
@@ -436,14 +500,14 @@ pe_agg_direct_in(PeAggregate *a, Oid res, Oid time_type, int ncells, const Datum
  */
 bool
 pe_agg_direct_merge(PeAggregate *a, PeTarget *t, Oid res, Oid time_type, int ncells, const Datum *ws,
-					const Datum *we, const Oid *gtypes, Datum **gv, bool **gn, const PeAggItem *items, int nitems, Datum **iv, bool **in,
+					const Datum *we, PeColumn *const *gcols, Datum **gv, bool **gn, const PeAggItem *items, int nitems, Datum **iv, bool **in,
 					int64 *inserted)
 {
 	MemoryContext caller = CurrentMemoryContext;
 	MemoryContext cxt;
 	Oid			save_userid;
 	int			save_sec;
-	bool		done;
+	volatile bool done = false;
 
 	/* windows emitted to a topic take the statement, which emits them */
 	if (!a->emit_close && a->emit_topic != NULL)
@@ -454,7 +518,7 @@ pe_agg_direct_merge(PeAggregate *a, PeTarget *t, Oid res, Oid time_type, int nce
 	SetUserIdAndSecContext(t->def->owner, save_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
 	PG_TRY();
 	{
-		done = pe_agg_direct_in(a, res, time_type, ncells, ws, we, gtypes, gv, gn, items, nitems, iv, in, inserted);
+		done = pe_agg_direct_in(a, res, time_type, ncells, ws, we, gcols, gv, gn, items, nitems, iv, in, inserted);
 	}
 	PG_CATCH();
 	{

@@ -381,7 +381,7 @@ pe_agg_pre_merge(PeAggregate *a, PeTarget *t, PeRow *rows, const Datum *times, c
 	int64		inserted;
 	Datum	   *ws;
 	Datum	   *we;
-	Oid		   *gtypes;
+	PeColumn  **gcols;
 	Datum	  **gv;
 	bool	  **gn;
 	PeAggItem  *items;
@@ -487,14 +487,14 @@ pe_agg_pre_merge(PeAggregate *a, PeTarget *t, PeRow *rows, const Datum *times, c
 		ws[c] = Int64GetDatum(cells[c].ws);
 		we[c] = Int64GetDatum(cells[c].ws + a->size_us);
 	}
-	gtypes = palloc(sizeof(Oid) * Max(a->ngroups, 1));
+	gcols = palloc(sizeof(PeColumn *) * Max(a->ngroups, 1));
 	gv = palloc(sizeof(Datum *) * Max(a->ngroups, 1));
 	gn = palloc(sizeof(bool *) * Max(a->ngroups, 1));
 	for (int g = 0; g < a->ngroups; g++)
 	{
 		int			c = cols[1 + g];
 
-		gtypes[g] = t->cols[c].typid;
+		gcols[g] = &t->cols[c];
 		gv[g] = palloc(sizeof(Datum) * Max(ncells, 1));
 		gn[g] = palloc(sizeof(bool) * Max(ncells, 1));
 		for (int k = 0; k < ncells; k++)
@@ -551,7 +551,7 @@ pe_agg_pre_merge(PeAggregate *a, PeTarget *t, PeRow *rows, const Datum *times, c
 	}
 
 	/* straight into the heap when the results table allows it */
-	if (pe_agg_direct_merge(a, t, res, time_type, ncells, ws, we, gtypes, gv, gn, items, nitems, iv, in, &inserted))
+	if (pe_agg_direct_merge(a, t, res, time_type, ncells, ws, we, gcols, gv, gn, items, nitems, iv, in, &inserted))
 	{
 		if (!a->emit_close)
 			a->emitted += ncells;	/* (each window written is a change emitted, to the results only) */
