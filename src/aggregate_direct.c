@@ -50,11 +50,12 @@
 
 /*
  * The results' unique index on (window_start, window_end, groups...), as
- * create_aggregate makes it: its oid, or InvalidOid.  keyatt[] gets the
- * table's attribute numbers of its keys.
+ * create_aggregate makes it: its oid, or InvalidOid.  keyatt[] are the
+ * table's attribute numbers of its keys; eqprocs[] gets their equality
+ * procedures.
  */
 static Oid
-pe_direct_index(Relation rel, int nkeys, const AttrNumber *keyatt)
+pe_direct_index(Relation rel, int nkeys, const AttrNumber *keyatt, PeColumn *const *gcols, RegProcedure *eqprocs)
 {
 	List	   *indexes = RelationGetIndexList(rel);
 	ListCell   *lc;
@@ -70,7 +71,16 @@ pe_direct_index(Relation rel, int nkeys, const AttrNumber *keyatt)
 			RelationGetIndexPredicate(ix) == NIL;
 
 		for (int k = 0; ok && k < nkeys; k++)
-			ok = f->indkey.values[k] == keyatt[k];
+		{
+			Oid			opcintype = ix->rd_opcintype[k];
+			Oid			eqop = get_opfamily_member(ix->rd_opfamily[k], opcintype, opcintype, BTEqualStrategyNumber);
+
+			/* and each group compared in the collation it was grouped in */
+			ok = f->indkey.values[k] == keyatt[k] && OidIsValid(eqop) &&
+				(k < 2 || ix->rd_indcollation[k] == gcols[k - 2]->collation);
+			if (ok)
+				eqprocs[k] = get_opcode(eqop);
+		}
 		index_close(ix, AccessShareLock);
 		if (ok)
 		{
@@ -286,7 +296,8 @@ pe_agg_direct_in(PeAggregate *a, Oid res, Oid time_type, int ncells, const Datum
 	for (int i = 0; i < desc->natts; i++)
 		if (!TupleDescAttr(desc, i)->attisdropped)
 			nlive++;
-	ixoid = nlive == ncols + 1 ? pe_direct_index(rel, nkeys, att) : InvalidOid;
+	eqprocs = palloc(sizeof(RegProcedure) * nkeys);
+	ixoid = nlive == ncols + 1 ? pe_direct_index(rel, nkeys, att, gcols, eqprocs) : InvalidOid;
 	if (!OidIsValid(ixoid))
 	{
 		table_close(rel, NoLock);
@@ -342,27 +353,6 @@ pe_agg_direct_in(PeAggregate *a, Oid res, Oid time_type, int ncells, const Datum
 	 */
 	ix = index_open(ixoid, AccessShareLock);
 	keys = palloc0(sizeof(ScanKeyData) * nkeys);
-	eqprocs = palloc(sizeof(RegProcedure) * nkeys);
-	for (int c = 0; c < nkeys; c++)
-	{
-		Oid			opcintype = ix->rd_opcintype[c];
-		Oid			eqop = get_opfamily_member(ix->rd_opfamily[c], opcintype, opcintype, BTEqualStrategyNumber);
-
-		/* a group compared in another collation than it was grouped in: the statement */
-		if (!OidIsValid(eqop) || (c >= 2 && ix->rd_indcollation[c] != gcols[c - 2]->collation))
-		{
-			index_close(ix, NoLock);
-			ExecDropSingleTupleTableSlot(oldslot);
-			ExecDropSingleTupleTableSlot(newslot);
-			ExecCloseResultRelations(estate);
-			ExecCloseRangeTableRelations(estate);
-			FreeExecutorState(estate);
-			PopActiveSnapshot();
-			table_close(rel, NoLock);
-			return false;
-		}
-		eqprocs[c] = get_opcode(eqop);
-	}
 	InitDirtySnapshot(dirty);
 	scan = index_beginscan(rel, ix, &dirty, nkeys, 0);
 
