@@ -23,6 +23,7 @@
 #include "postgres.h"
 
 #include "access/genam.h"
+#include "access/heapam.h"
 #include "access/relscan.h"
 #include "access/sysattr.h"
 #include "access/table.h"
@@ -35,9 +36,12 @@
 #include "executor/executor.h"
 #include "miscadmin.h"
 #include "nodes/makefuncs.h"
+#include "storage/bufmgr.h"
 #include "storage/lmgr.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
+#include "utils/datum.h"
+#include "utils/hsearch.h"
 #include "utils/float.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
@@ -47,6 +51,52 @@
 #include "utils/snapmgr.h"
 
 #include "aggregate.h"
+
+/*
+ * Where each window's row was last written by this process: (results,
+ * window start, a hash of its groups' bytes) -> the row version's TID.
+ * A hit is taken only when the row there is live and its keys are the
+ * window's (a TID can be reused after VACUUM, another session may have
+ * updated the row, a batch may have rolled back, two groups may share a
+ * hash); anything else looks the window up in the index, as without it.
+ * So it needs no invalidation, and saves the index probe, the largest
+ * part of a merge, for the windows a slot keeps updating.
+ */
+typedef struct PeTidKey
+{
+	Oid			rel;
+	uint32		ghash;
+	int64		ws;
+} PeTidKey;
+
+typedef struct PeTidEntry
+{
+	PeTidKey	key;
+	ItemPointerData tid;
+} PeTidEntry;
+
+#define PE_TID_CACHE_MAX 1000000	/* entries, about 64 MB at most; then it starts again */
+
+static HTAB *pe_tid_cache = NULL;
+
+static HTAB *
+pe_tid_cache_get(void)
+{
+	if (pe_tid_cache != NULL && hash_get_num_entries(pe_tid_cache) >= PE_TID_CACHE_MAX)
+	{
+		hash_destroy(pe_tid_cache);
+		pe_tid_cache = NULL;
+	}
+	if (pe_tid_cache == NULL)
+	{
+		HASHCTL		ctl;
+
+		ctl.keysize = sizeof(PeTidKey);
+		ctl.entrysize = sizeof(PeTidEntry);
+		pe_tid_cache = hash_create("pipeline_ext window rows", 16384, &ctl, HASH_ELEM | HASH_BLOBS);
+	}
+	return pe_tid_cache;
+}
 
 /*
  * The results' unique index on (window_start, window_end, groups...), as
@@ -90,6 +140,26 @@ pe_direct_index(Relation rel, int nkeys, const AttrNumber *keyatt, PeColumn *con
 	}
 	list_free(indexes);
 	return found;
+}
+
+/* Whether the row in slot is of window ws .. we and groups gv[.][k] (the same bytes; nulls alike). */
+static bool
+pe_direct_same_keys(TupleTableSlot *slot, const AttrNumber *att, int nkeys, Datum ws, Datum we,
+					Datum **gv, bool **gn, int k, const bool *gbyval, const int *glen)
+{
+	bool		isnull;
+
+	if (DatumGetInt64(slot_getattr(slot, att[0], &isnull)) != DatumGetInt64(ws) || isnull ||
+		DatumGetInt64(slot_getattr(slot, att[1], &isnull)) != DatumGetInt64(we) || isnull)
+		return false;
+	for (int g = 0; g < nkeys - 2; g++)
+	{
+		Datum		v = slot_getattr(slot, att[2 + g], &isnull);
+
+		if (isnull != gn[g][k] || (!isnull && !datum_image_eq(v, gv[g][k], gbyval[g], glen[g])))
+			return false;
+	}
+	return true;
 }
 
 /* a + b in the type of a sum (int8, numeric, float4, float8), with the operator's overflow errors */
@@ -234,6 +304,12 @@ pe_agg_direct_in(PeAggregate *a, Oid res, Oid time_type, int ncells, const Datum
 	IndexScanDesc scan;
 	SnapshotData dirty;
 	RegProcedure *eqprocs;
+	HTAB	   *cache;
+	PeTidKey	tkey;
+	PeTidEntry *tent;
+	BlockNumber nblocks;
+	bool	   *gbyval;
+	int		   *glen;
 	AclResult	aclresult;
 	CommandId	cid;
 	Datum	   *old = palloc(sizeof(Datum) * nitems);
@@ -245,7 +321,8 @@ pe_agg_direct_in(PeAggregate *a, Oid res, Oid time_type, int ncells, const Datum
 	int			nlive = 0;
 
 	if (XactReadOnly || IsInParallelMode() ||
-		rel->rd_rel->relkind != RELKIND_RELATION || rel->rd_rel->relispartition ||
+		rel->rd_rel->relkind != RELKIND_RELATION || rel->rd_rel->relam != HEAP_TABLE_AM_OID ||
+		rel->rd_rel->relispartition ||
 		rel->trigdesc != NULL || rel->rd_rules != NULL ||
 		(desc->constr && desc->constr->has_generated_stored) ||
 		check_enable_rls(res, InvalidOid, true) != RLS_NONE)
@@ -355,6 +432,15 @@ pe_agg_direct_in(PeAggregate *a, Oid res, Oid time_type, int ncells, const Datum
 	keys = palloc0(sizeof(ScanKeyData) * nkeys);
 	InitDirtySnapshot(dirty);
 	scan = index_beginscan(rel, ix, &dirty, nkeys, 0);
+	cache = pe_tid_cache_get();
+	nblocks = RelationGetNumberOfBlocks(rel);
+	gbyval = palloc(sizeof(bool) * Max(nkeys - 2, 1));
+	glen = palloc(sizeof(int) * Max(nkeys - 2, 1));
+	for (int g = 0; g < nkeys - 2; g++)
+	{
+		gbyval[g] = TupleDescAttr(desc, att[2 + g] - 1)->attbyval;
+		glen[g] = TupleDescAttr(desc, att[2 + g] - 1)->attlen;
+	}
 
 	*inserted = 0;
 	for (int k = 0; k < ncells; k++)
@@ -375,6 +461,35 @@ pe_agg_direct_in(PeAggregate *a, Oid res, Oid time_type, int ncells, const Datum
 				ScanKeyEntryInitialize(&keys[c], 0, c + 1, BTEqualStrategyNumber, ix->rd_opcintype[c],
 									   ix->rd_indcollation[c], eqprocs[c], v);
 		}
+		/* the row where this process last wrote the window, if it is still that window's live row */
+		memset(&tkey, 0, sizeof(tkey));
+		tkey.rel = res;
+		tkey.ws = DatumGetInt64(ws[k]);
+		tkey.ghash = 0;
+		for (int g = 0; g < nkeys - 2; g++)
+			tkey.ghash = (tkey.ghash << 7 | tkey.ghash >> 25) ^
+				(gn[g][k] ? 0x9e3779b9 : datum_image_hash(gv[g][k], gbyval[g], glen[g]));
+		tent = hash_search(cache, &tkey, HASH_FIND, NULL);
+		if (tent != NULL && ItemPointerGetBlockNumber(&tent->tid) < nblocks)
+		{
+			/*
+			 * The page is pruned first, as an index fetch prunes it: the
+			 * versions the batches before left go, and this update finds
+			 * room on the page (HOT).  (A live version keeps its TID.)
+			 */
+			Buffer		b = ReadBuffer(rel, ItemPointerGetBlockNumber(&tent->tid));
+
+			heap_page_prune_opt(rel, b);
+			ReleaseBuffer(b);
+		}
+		if (tent != NULL && ItemPointerGetBlockNumber(&tent->tid) < nblocks &&
+			table_tuple_fetch_row_version(rel, &tent->tid, &dirty, oldslot) &&
+			!TransactionIdIsValid(dirty.xmin) && !TransactionIdIsValid(dirty.xmax) &&
+			pe_direct_same_keys(oldslot, att, nkeys, ws[k], we[k], gv, gn, k, gbyval, glen))
+		{
+			found = true;
+			goto merge;
+		}
 probe:
 		index_rescan(scan, keys, nkeys, NULL, 0);
 		found = index_getnext_slot(scan, ForwardScanDirection, oldslot);
@@ -388,6 +503,7 @@ probe:
 			goto probe;
 		}
 
+merge:
 		/* what the cell computes and writes goes with it */
 		percell = MemoryContextSwitchTo(GetPerTupleMemoryContext(estate));
 		for (int i = 0; i < nitems; i++)
@@ -465,6 +581,9 @@ probe:
 				list_free(ExecInsertIndexTuples(rri, newslot, estate, false, false, NULL, NIL));
 			(*inserted)++;
 		}
+		/* the version just written: where the window is next time */
+		tent = hash_search(cache, &tkey, HASH_ENTER, NULL);
+		tent->tid = newslot->tts_tid;
 		MemoryContextSwitchTo(percell);
 		ResetPerTupleExprContext(estate);
 	}
