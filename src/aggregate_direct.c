@@ -30,6 +30,7 @@
 #include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/index.h"
+#include "commands/defrem.h"
 #include "catalog/pg_am.h"
 #include "catalog/pg_index.h"
 #include "catalog/pg_type.h"
@@ -65,6 +66,7 @@
 typedef struct PeTidKey
 {
 	Oid			rel;
+	Oid			relfilenode;	/* a rewritten table's TIDs are another's */
 	uint32		ghash;
 	int64		ws;
 } PeTidKey;
@@ -125,8 +127,15 @@ pe_direct_index(Relation rel, int nkeys, const AttrNumber *keyatt, PeColumn *con
 			Oid			opcintype = ix->rd_opcintype[k];
 			Oid			eqop = get_opfamily_member(ix->rd_opfamily[k], opcintype, opcintype, BTEqualStrategyNumber);
 
-			/* and each group compared in the collation it was grouped in */
-			ok = f->indkey.values[k] == keyatt[k] && OidIsValid(eqop) &&
+			Oid			defclass = GetDefaultOpClass(opcintype, BTREE_AM_OID);
+
+			/*
+			 * The type's own equality (the default operator class: the one
+			 * the batch grouped by), each group in the collation it was
+			 * grouped in.
+			 */
+			ok = f->indkey.values[k] == keyatt[k] && OidIsValid(eqop) && OidIsValid(defclass) &&
+				get_opclass_family(defclass) == ix->rd_opfamily[k] &&
 				(k < 2 || ix->rd_indcollation[k] == gcols[k - 2]->collation);
 			if (ok)
 				eqprocs[k] = get_opcode(eqop);
@@ -464,6 +473,7 @@ pe_agg_direct_in(PeAggregate *a, Oid res, Oid time_type, int ncells, const Datum
 		/* the row where this process last wrote the window, if it is still that window's live row */
 		memset(&tkey, 0, sizeof(tkey));
 		tkey.rel = res;
+		tkey.relfilenode = rel->rd_node.relNode;
 		tkey.ws = DatumGetInt64(ws[k]);
 		tkey.ghash = 0;
 		for (int g = 0; g < nkeys - 2; g++)
@@ -477,8 +487,10 @@ pe_agg_direct_in(PeAggregate *a, Oid res, Oid time_type, int ncells, const Datum
 			 * versions the batches before left go, and this update finds
 			 * room on the page (HOT).  (A live version keeps its TID.)
 			 */
-			Buffer		b = ReadBuffer(rel, ItemPointerGetBlockNumber(&tent->tid));
+			Buffer		b;
 
+			ExecClearTuple(oldslot);	/* (its pin would keep the page from being pruned) */
+			b = ReadBuffer(rel, ItemPointerGetBlockNumber(&tent->tid));
 			heap_page_prune_opt(rel, b);
 			ReleaseBuffer(b);
 		}
@@ -495,11 +507,15 @@ probe:
 		found = index_getnext_slot(scan, ForwardScanDirection, oldslot);
 		if (found && (TransactionIdIsValid(dirty.xmin) || TransactionIdIsValid(dirty.xmax)))
 		{
-			/* another session's, not committed yet: wait for it, then look again */
+			/* another session's, not committed yet: wait for it, then look again (as a unique check waits) */
 			TransactionId xwait = TransactionIdIsValid(dirty.xmin) ? dirty.xmin : dirty.xmax;
+			ItemPointerData wtid = oldslot->tts_tid;
 
 			ExecClearTuple(oldslot);
-			XactLockTableWait(xwait, rel, NULL, XLTW_InsertIndex);
+			if (dirty.speculativeToken != 0)
+				SpeculativeInsertionWait(dirty.xmin, dirty.speculativeToken);
+			else
+				XactLockTableWait(xwait, rel, &wtid, XLTW_InsertIndex);
 			goto probe;
 		}
 
@@ -539,6 +555,10 @@ merge:
 				ExecConstraints(rri, newslot, estate);
 			r = table_tuple_update(rel, &oldslot->tts_tid, newslot, cid, GetActiveSnapshot(), InvalidSnapshot,
 								   true, &tmfd, &lockmode, &update_indexes);
+			if ((r == TM_Updated || r == TM_Deleted) && IsolationUsesXactSnapshot())
+				ereport(ERROR,
+						(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+						 errmsg("could not serialize access due to concurrent update")));
 			if (r == TM_Updated || r == TM_Deleted)
 			{
 				/* changed since it was found: as the statement does, again with what is there now */
@@ -546,11 +566,12 @@ merge:
 				ResetPerTupleExprContext(estate);
 				goto probe;
 			}
-			if (r == TM_SelfModified)
+			if (r == TM_Invisible || r == TM_SelfModified)
+				/* written by this very merge: two of its windows are one row of the results */
 				ereport(ERROR,
 						(errcode(ERRCODE_CARDINALITY_VIOLATION),
 						 errmsg("aggregate \"%s\" merged two of a batch's windows into one row of its results", a->name),
-						 errhint("Give the results' group columns the collation of the consumer's target columns.")));
+						 errhint("The results' unique index treats two of the batch's groups as equal: give it the group columns' default operator classes.")));
 			if (r != TM_Ok)
 				elog(ERROR, "unexpected result %d updating a window of aggregate \"%s\"", (int) r, a->name);
 			if (update_indexes && rri->ri_NumIndices > 0)
@@ -576,9 +597,27 @@ merge:
 			newslot->tts_tableOid = res;
 			if (desc->constr)
 				ExecConstraints(rri, newslot, estate);
-			table_tuple_insert(rel, newslot, cid, 0, NULL);
-			if (rri->ri_NumIndices > 0)
-				list_free(ExecInsertIndexTuples(rri, newslot, estate, false, false, NULL, NIL));
+
+			/*
+			 * Inserted speculatively, as INSERT ... ON CONFLICT inserts: if
+			 * another session committed the same window since the probe, the
+			 * insertion is taken back and the window looked up again.
+			 */
+			{
+				uint32		token = SpeculativeInsertionLockAcquire(GetCurrentTransactionId());
+				bool		conflict = false;
+
+				table_tuple_insert_speculative(rel, newslot, cid, 0, NULL, token);
+				list_free(ExecInsertIndexTuples(rri, newslot, estate, false, true, &conflict, list_make1_oid(ixoid)));
+				table_tuple_complete_speculative(rel, newslot, token, !conflict);
+				SpeculativeInsertionLockRelease(GetCurrentTransactionId());
+				if (conflict)
+				{
+					MemoryContextSwitchTo(percell);
+					ResetPerTupleExprContext(estate);
+					goto probe;
+				}
+			}
 			(*inserted)++;
 		}
 		/* the version just written: where the window is next time */
@@ -631,6 +670,7 @@ pe_agg_direct_merge(PeAggregate *a, PeTarget *t, Oid res, Oid time_type, int nce
 	}
 	PG_CATCH();
 	{
+		SetUserIdAndSecContext(save_userid, save_sec);
 		MemoryContextSwitchTo(caller);
 		MemoryContextDelete(cxt);
 		PG_RE_THROW();
