@@ -114,7 +114,8 @@ typedef struct PeAggItem
 	Oid			collation;		/* ... in the column's collation */
 } PeAggItem;
 
-extern bool pe_agg_direct_merge(PeAggregate *a, PeTarget *t, Oid res, Oid time_type, int ncells, const Datum *ws,
+extern bool pe_agg_direct_merge(PeAggregate *a, PeTarget *t, Oid res, Oid time_type, int ncells,
+								const uint32 *hashes, const Datum *ws,
 								const Datum *we, PeColumn *const *gcols, Datum **gv, bool **gn, const PeAggItem *items,
 								int nitems, Datum **iv, bool **in, int64 *inserted);
 

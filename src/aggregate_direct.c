@@ -165,7 +165,21 @@ pe_direct_same_keys(TupleTableSlot *slot, const AttrNumber *att, int nkeys, Datu
 	{
 		Datum		v = slot_getattr(slot, att[2 + g], &isnull);
 
-		if (isnull != gn[g][k] || (!isnull && !datum_image_eq(v, gv[g][k], gbyval[g], glen[g])))
+		if (isnull != gn[g][k])
+			return false;
+		if (isnull)
+			continue;
+		if (glen[g] == -1)
+		{
+			/* the same bytes, whatever their headers (values here are not toasted) */
+			struct varlena *x = PG_DETOAST_DATUM_PACKED(v);
+			struct varlena *y = PG_DETOAST_DATUM_PACKED(gv[g][k]);
+
+			if (VARSIZE_ANY_EXHDR(x) != VARSIZE_ANY_EXHDR(y) ||
+				memcmp(VARDATA_ANY(x), VARDATA_ANY(y), VARSIZE_ANY_EXHDR(x)) != 0)
+				return false;
+		}
+		else if (!datumIsEqual(v, gv[g][k], gbyval[g], glen[g]))
 			return false;
 	}
 	return true;
@@ -289,11 +303,12 @@ pe_direct_merge_items(PeAggregate *a, const PeAggItem *items, int nitems, int64 
  * The merge of cells windows into relation res, as the owner; returns
  * false, having done nothing, when res is not a table this path writes
  * as the statement would.  Cell k: its window ws[k] .. we[k] (time_type),
+ * hashes[k] the hash of its start and groups (the same for the same values),
  * its groups gv[g][k] (gn: null; of the target's columns gcols), its items iv[i][k] (in: null) in the order of
  * pe_agg_columns().  *inserted: the windows that were new.
  */
 static bool
-pe_agg_direct_in(PeAggregate *a, Oid res, Oid time_type, int ncells, const Datum *ws, const Datum *we,
+pe_agg_direct_in(PeAggregate *a, Oid res, Oid time_type, int ncells, const uint32 *hashes, const Datum *ws, const Datum *we,
 				 PeColumn *const *gcols, Datum **gv, bool **gn, const PeAggItem *items, int nitems, Datum **iv, bool **in,
 				 int64 *inserted)
 {
@@ -316,6 +331,7 @@ pe_agg_direct_in(PeAggregate *a, Oid res, Oid time_type, int ncells, const Datum
 	HTAB	   *cache;
 	PeTidKey	tkey;
 	PeTidEntry *tent;
+	bool		known;
 	BlockNumber nblocks;
 	bool	   *gbyval;
 	int		   *glen;
@@ -475,12 +491,11 @@ pe_agg_direct_in(PeAggregate *a, Oid res, Oid time_type, int ncells, const Datum
 		tkey.rel = res;
 		tkey.relfilenode = rel->rd_node.relNode;
 		tkey.ws = DatumGetInt64(ws[k]);
-		tkey.ghash = 0;
-		for (int g = 0; g < nkeys - 2; g++)
-			tkey.ghash = (tkey.ghash << 7 | tkey.ghash >> 25) ^
-				(gn[g][k] ? 0x9e3779b9 : datum_image_hash(gv[g][k], gbyval[g], glen[g]));
-		tent = hash_search(cache, &tkey, HASH_FIND, NULL);
-		if (tent != NULL && ItemPointerGetBlockNumber(&tent->tid) < nblocks)
+		tkey.ghash = hashes[k];
+		tent = hash_search(cache, &tkey, HASH_ENTER, &known);
+		if (!known)
+			ItemPointerSetInvalid(&tent->tid);	/* (set once the window is written) */
+		if (ItemPointerIsValid(&tent->tid) && ItemPointerGetBlockNumber(&tent->tid) < nblocks)
 		{
 			/*
 			 * The page is pruned first, as an index fetch prunes it: the
@@ -494,7 +509,7 @@ pe_agg_direct_in(PeAggregate *a, Oid res, Oid time_type, int ncells, const Datum
 			heap_page_prune_opt(rel, b);
 			ReleaseBuffer(b);
 		}
-		if (tent != NULL && ItemPointerGetBlockNumber(&tent->tid) < nblocks &&
+		if (ItemPointerIsValid(&tent->tid) && ItemPointerGetBlockNumber(&tent->tid) < nblocks &&
 			table_tuple_fetch_row_version(rel, &tent->tid, &dirty, oldslot) &&
 			!TransactionIdIsValid(dirty.xmin) && !TransactionIdIsValid(dirty.xmax) &&
 			pe_direct_same_keys(oldslot, att, nkeys, ws[k], we[k], gv, gn, k, gbyval, glen))
@@ -620,8 +635,7 @@ merge:
 			}
 			(*inserted)++;
 		}
-		/* the version just written: where the window is next time */
-		tent = hash_search(cache, &tkey, HASH_ENTER, NULL);
+		/* the version just written: where the window is next time (entries do not move) */
 		tent->tid = newslot->tts_tid;
 		MemoryContextSwitchTo(percell);
 		ResetPerTupleExprContext(estate);
@@ -647,7 +661,7 @@ merge:
  * constraint's functions run with its rights).
  */
 bool
-pe_agg_direct_merge(PeAggregate *a, PeTarget *t, Oid res, Oid time_type, int ncells, const Datum *ws,
+pe_agg_direct_merge(PeAggregate *a, PeTarget *t, Oid res, Oid time_type, int ncells, const uint32 *hashes, const Datum *ws,
 					const Datum *we, PeColumn *const *gcols, Datum **gv, bool **gn, const PeAggItem *items, int nitems, Datum **iv, bool **in,
 					int64 *inserted)
 {
@@ -666,7 +680,7 @@ pe_agg_direct_merge(PeAggregate *a, PeTarget *t, Oid res, Oid time_type, int nce
 	SetUserIdAndSecContext(t->def->owner, save_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
 	PG_TRY();
 	{
-		done = pe_agg_direct_in(a, res, time_type, ncells, ws, we, gcols, gv, gn, items, nitems, iv, in, inserted);
+		done = pe_agg_direct_in(a, res, time_type, ncells, hashes, ws, we, gcols, gv, gn, items, nitems, iv, in, inserted);
 	}
 	PG_CATCH();
 	{

@@ -381,6 +381,7 @@ pe_agg_pre_merge(PeAggregate *a, PeTarget *t, PeRow *rows, const Datum *times, c
 	int64		inserted;
 	Datum	   *ws;
 	Datum	   *we;
+	uint32	   *hashes;
 	PeColumn  **gcols;
 	Datum	  **gv;
 	bool	  **gn;
@@ -551,7 +552,11 @@ pe_agg_pre_merge(PeAggregate *a, PeTarget *t, PeRow *rows, const Datum *times, c
 	}
 
 	/* straight into the heap when the results table allows it */
-	if (pe_agg_direct_merge(a, t, res, time_type, ncells, ws, we, gcols, gv, gn, items, nitems, iv, in, &inserted))
+	hashes = palloc(sizeof(uint32) * Max(ncells, 1));
+	for (int c = 0; c < ncells; c++)
+		hashes[c] = cells[c].hash;
+	if (pe_agg_direct_merge(a, t, res, time_type, ncells, hashes, ws, we, gcols, gv, gn, items, nitems, iv, in,
+							&inserted))
 	{
 		if (!a->emit_close)
 			a->emitted += ncells;	/* (each window written is a change emitted, to the results only) */
