@@ -64,11 +64,16 @@ SELECT c.relname, has_table_privilege('public', c.oid, 'SELECT') AS public_reads
 CREATE TABLE up_cap (id int PRIMARY KEY);
 INSERT INTO pipeline.capture (relid, owner, connection, topic, key_columns, format, tombstones)
 VALUES ('up_cap'::regclass, 10, 'kept', 'cdc', '{id}', 'row', true);
-ALTER EXTENSION pipeline_ext UPDATE;
+ALTER EXTENSION pipeline_ext UPDATE TO '0.7.0';
 SELECT extversion FROM pg_extension WHERE extname = 'pipeline_ext';
 SELECT format_type(atttypid, atttypmod) AS relid_type FROM pg_attribute
  WHERE attrelid = 'pipeline.capture'::regclass AND attname = 'relid';
 SELECT "table", key_columns FROM pipeline.captures;
 SELECT evtname, evtevent, evtenabled FROM pg_event_trigger WHERE evtname LIKE 'pipeline%' ORDER BY 1;
+-- 0.7.0 -> 0.8.0: pipeline.health says the outbox's latency is from COMMIT
+ALTER EXTENSION pipeline_ext UPDATE;
+SELECT extversion FROM pg_extension WHERE extname = 'pipeline_ext';
+SELECT pg_catalog.pg_get_viewdef('pipeline.health'::regclass) LIKE '%p95 commit-to-acknowledged latency%' AS from_commit,
+       pg_catalog.pg_get_viewdef('pipeline.health'::regclass) LIKE '%send-to-acknowledged%' AS from_send;
 \c :orig
 DROP DATABASE regress_upgrade;

@@ -453,6 +453,8 @@ like(sql(q{SELECT status || ': ' || reason FROM pipeline.health WHERE consumer =
 $broker->ctl('up all');
 wait_drained('broker back: the messages go out');
 is(sql(q{SELECT lag_messages FROM pipeline.health WHERE consumer = 'outbox:local'}), '0', 'health: no backlog');
+like(sql(q{SET pipeline_ext.health_latency = '1ms'; SELECT reason FROM pipeline.health WHERE consumer = 'outbox:local'}),
+	qr/p95 commit-to-acknowledged latency [\d.]+ ms is over 1 ms/, "health: the outbox's latency is from COMMIT, and it says so");
 {
 	my %n;
 	$n{ $_->[3] }++ for @{ read_topic('ob_down') };
