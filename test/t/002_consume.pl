@@ -11,6 +11,7 @@ use Time::HiRes qw(time usleep);
 use IPC::Run qw(run start timeout);
 use PipelineExt::Broker;
 use PipelineExt::Exporter;
+use PipelineExt::Crash;
 
 my $broker = PipelineExt::Broker->start(
 	brokers => 1,
@@ -181,12 +182,7 @@ produce_faults(15000);
 wait_for('SELECT count(*) > 3000 FROM faults', 't', 'fault 1: the stream is under way');
 my $victim = sql(q{SELECT pid FROM pipeline._slots() WHERE consumer = 'faults' AND slot = 0});
 ok($victim > 0, "fault 1: kill -9 the worker of slot 0 (pid $victim)");
-my $log_at = -s $node->logfile;
-kill 'KILL', $victim;
-# the postmaster ends every backend and starts again: wait for that before
-# the next query, whose psql could otherwise be cut off mid-write
-$node->wait_for_log(qr/all server processes terminated; reinitializing/, $log_at);
-$node->wait_for_log(qr/database system is ready to accept connections/, $log_at);
+kill_and_wait_restart($node, $victim);
 wait_for("SELECT count(*) FROM faults", "$total", 'fault 1: after kill -9 every message arrives');
 is(sql('SELECT count(DISTINCT seq) FROM faults'), $total, '... exactly once');
 

@@ -10,6 +10,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(time usleep);
 use PipelineExt::Broker;
+use PipelineExt::Crash;
 
 my $broker = PipelineExt::Broker->start(brokers => 1, topics => { shared => 4 });
 my $bs = $broker->bootstrap;
@@ -125,7 +126,7 @@ wait_committed('2000', '... and the group committed them');
 # lands once
 my $pid = $east->safe_psql('postgres', q{SELECT pid FROM pipeline._slots() WHERE consumer = 'sc' AND pid IS NOT NULL});
 produce(2000, $west);
-kill 'KILL', $pid;
+kill_and_wait_restart($east, $pid);
 wait_partitions($east, '2', 'east holds 2 partitions again after the kill -9 and its restart');
 wait_partitions($west, '2', '... and west 2');
 wait_tally('4000/4000/4000', 'kill -9 of one server\'s worker: every message once', $east, $west);
@@ -154,7 +155,7 @@ for (1 .. 300)
 }
 ok($victim, 'a worker waits for the group to answer its commit (' . ($victim ? $victim->name : 'none') . ')');
 my $victim_log = $victim ? -s $victim->logfile : 0;
-kill 'KILL', $victim_pid if $victim;
+kill_and_wait_restart($victim, $victim_pid) if $victim;
 wait_partitions($east, '2', 'after the crash east holds 2 partitions');
 wait_partitions($west, '2', '... and west 2');
 wait_tally('4400/4400/4400', 'a crash between the two commits: every message once over both servers', $east, $west);

@@ -16,6 +16,7 @@ use Time::HiRes qw(usleep time);
 use IPC::Run;
 use PipelineExt::Broker;
 use PipelineExt::Exporter;
+use PipelineExt::Crash;
 
 my $broker = PipelineExt::Broker->start(
 	brokers => 1,
@@ -332,7 +333,7 @@ is(sql(q{SELECT backlog || '/' || published || '/' || (msgs_per_sec IS NOT NULL)
 seed_keys('ob_kill');
 send_while('ob_kill', 7000, 10000, sub {
 	my $pid = sql(q{SELECT pid FROM pg_stat_activity WHERE application_name = 'pipeline_ext outbox relay'});
-	ok($pid && kill('KILL', $pid), "kill -9 of the relay (pid $pid) while it publishes");
+	ok(kill_and_wait_restart($node, $pid), "kill -9 of the relay (pid $pid) while it publishes, and the restart");
 });
 $node->poll_query_until('postgres', 'SELECT 1', '1');
 send_while('ob_kill', 7000, 10000, sub {

@@ -10,6 +10,7 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use PipelineExt::Broker;
+use PipelineExt::Crash;
 
 my $broker = PipelineExt::Broker->start(brokers => 1, topics => { agg => 4, agg_updates => 3, agg_closed => 3, sess => 3, quiet => 2, visits_out => 2, paris => 1, kinds => 1 });
 my $bs = $broker->bootstrap;
@@ -235,7 +236,7 @@ check('after reset_offsets');
 produce(3101, 30000);
 $node->poll_query_until('postgres', q{SELECT count(*) > 6000 FROM readings}, 't');
 my $pid = sql(q{SELECT worker_pid FROM pipeline.consumer_status WHERE consumer = 'rd' AND worker_pid IS NOT NULL LIMIT 1});
-ok($pid && kill('KILL', $pid), "kill -9 of a slot worker (pid $pid)");
+ok(kill_and_wait_restart($node, $pid), "kill -9 of a slot worker (pid $pid), and the restart");
 wait_for(q{SELECT count(*) FROM readings}, '30000', 'after the crash, all 30,000 events are applied');
 wait_for(q{SELECT sum(count) FROM per_min}, '30000', 'each counted once');
 check('after kill -9');

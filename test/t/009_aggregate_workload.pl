@@ -11,6 +11,7 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use PipelineExt::Broker;
+use PipelineExt::Crash;
 
 my $broker = PipelineExt::Broker->start(brokers => 1, topics => { wl => 6 });
 my $bs = $broker->bootstrap;
@@ -127,7 +128,7 @@ for my $chunk (1 .. 10)
 	if ($chunk == 4)
 	{
 		my $pid = sql(q{SELECT worker_pid FROM pipeline.consumer_status WHERE consumer = 'wl' AND worker_pid IS NOT NULL LIMIT 1});
-		ok($pid && kill('KILL', $pid), "kill -9 of the slot worker while it applies chunk 4 (pid $pid)");
+		ok(kill_and_wait_restart($node, $pid), "kill -9 of the slot worker while it applies chunk 4 (pid $pid), and the restart");
 	}
 	if ($chunk == 7)
 	{
