@@ -34,6 +34,10 @@ SELECT pipeline.create_consumer('c', 'cons', 't', 'readings', delivery => 'twice
 SELECT pipeline.create_consumer('c', 'cons', 't', 'readings', on_error => 'ignore', start => false);
 SELECT pipeline.create_consumer('c', 'cons', 't', 'readings', parallelism => 0, start => false);
 SELECT pipeline.create_consumer('c', 'cons', 't', 'readings', batch_size => 0, start => false);
+-- a null batch_size is the default, as when it is left out
+SELECT pipeline.create_consumer('nullbatch', 'cons', 'readings', 'readings', batch_size => NULL, start => false);
+SELECT batch_size FROM pipeline.consumers WHERE name = 'nullbatch';
+SELECT pipeline.drop_consumer('nullbatch');
 SELECT pipeline.create_consumer('c', 'cons', 't', 'readings', batch_timeout => '0', start => false);
 SELECT pipeline.create_consumer('c', 'cons', 't', 'readings', start_offset => 'yesterday', start => false);
 SELECT pipeline.create_consumer('c', 'cons', 't', 'readings', start_offset => '2026-13-45', start => false);

@@ -270,7 +270,7 @@ pe_create_consumer(PG_FUNCTION_ARGS)
 				 errhint("Each slot is one background worker; max_worker_processes must leave room for them.")));
 	def.start_offset = (char *) pe_text_arg(fcinfo, 9, "start_offset");
 	pe_check_start_offset(def.start_offset);
-	def.batch_size = PG_ARGISNULL(10) ? 10000 : PG_GETARG_INT32(10);
+	def.batch_size = PG_ARGISNULL(10) ? 50000 : PG_GETARG_INT32(10);	/* (NULL: the SQL default, since 0.4.0) */
 	if (def.batch_size < 1 || def.batch_size > 1000000)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
