@@ -38,6 +38,15 @@ SELECT pipeline.create_consumer('c', 'cons', 't', 'readings', batch_size => 0, s
 SELECT pipeline.create_consumer('nullbatch', 'cons', 'readings', 'readings', batch_size => NULL, start => false);
 SELECT batch_size FROM pipeline.consumers WHERE name = 'nullbatch';
 SELECT pipeline.drop_consumer('nullbatch');
+-- the librdkafka settings a consumer chooses: a connection's option over a
+-- default, not over what the consumer's offsets depend on
+SELECT pipeline.create_connection('fetchy', '127.0.0.1:9', '{"fetch.wait.max.ms": "50", "enable.auto.commit": "true"}');
+SELECT pipeline.create_consumer('cfg', 'fetchy', 'readings', 'readings', start => false);
+SELECT * FROM pipeline.consumer_config('cfg')
+ WHERE property IN ('fetch.wait.max.ms', 'enable.auto.commit', 'queued.max.messages.kbytes', 'isolation.level') ORDER BY 1;
+SELECT * FROM pipeline.consumer_config('nosuch');
+SELECT pipeline.drop_consumer('cfg');
+SELECT pipeline.drop_connection('fetchy');
 SELECT pipeline.create_consumer('c', 'cons', 't', 'readings', batch_timeout => '0', start => false);
 SELECT pipeline.create_consumer('c', 'cons', 't', 'readings', start_offset => 'yesterday', start => false);
 SELECT pipeline.create_consumer('c', 'cons', 't', 'readings', start_offset => '2026-13-45', start => false);

@@ -4,6 +4,7 @@
 -- pipeline.health: the outbox's latency has been measured from the sending
 -- transaction's COMMIT since the commit table (outbox_commits.c), not from
 -- send(); the reason now says so.  The view is otherwise as 0.6.0 made it.
+-- And consumer_config(), at the end.
 CREATE OR REPLACE VIEW @extschema@.health AS
 WITH t AS (
     SELECT pg_catalog.current_setting('pipeline_ext.health_lag_messages')::bigint AS max_lag,
@@ -121,3 +122,16 @@ SELECT 'aggregate:' OPERATOR(pg_catalog.||) a.name,
                          AND x.created_at OPERATOR(pg_catalog.>) (pg_catalog.now() OPERATOR(pg_catalog.-)
                              pg_catalog.current_setting('pipeline_ext.lag_window')::interval)) l
  WHERE pg_catalog.pg_has_role(a.owner, 'USAGE');
+
+-- The librdkafka settings a consumer's slots choose (fetch, prefetch queue,
+-- offsets), the value each takes and where it comes from: pipeline_ext's
+-- default, the connection's option over it, or pipeline_ext's forced
+-- value.  For the consumer's owner (checked inside).
+CREATE FUNCTION @extschema@.consumer_config(
+    name text,
+    OUT property text,
+    OUT value text,
+    OUT source text)
+RETURNS SETOF record
+LANGUAGE C STRICT
+AS 'MODULE_PATHNAME', 'pe_consumer_config';

@@ -37,7 +37,6 @@
 #include "kafka.h"
 #include "producer.h"
 
-#define PE_MASK "********"
 
 PG_FUNCTION_INFO_V1(pe_create_connection);
 PG_FUNCTION_INFO_V1(pe_create_eventhubs_connection);

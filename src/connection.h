@@ -32,6 +32,8 @@ typedef struct PeCatalogAccess
 
 extern void pe_catalog_begin(PeCatalogAccess *acc);
 extern void pe_catalog_end(PeCatalogAccess *acc);
+/* what a secret reads as for a role that may not see it */
+#define PE_MASK "********"
 extern bool pe_may_see_secrets(Oid owner);
 extern PeConnection *pe_connection_lookup(const char *name, bool missing_ok);
 extern void pe_check_connection_use(PeConnection *conn);

@@ -2,7 +2,8 @@
  *
  * consumer_catalog.c
  *	  A consumer's catalog row: reading it into a PeConsumerDef, keeping its
- *	  last error, and the librdkafka settings its slots start from.
+ *	  last error, and the librdkafka settings its slots start from (shown
+ *	  by consumer_config()).
  *
  * IDENTIFICATION
  *	  src/consumer_catalog.c
@@ -13,6 +14,9 @@
 
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
+#include "commands/dbcommands.h"
+#include "funcapi.h"
+#include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
@@ -209,4 +213,54 @@ pe_consumer_defaults(PeConsumerDef *def, const char *dbname, List **forced)
 		props = lappend(props, pe_property("fetch.queue.backoff.ms", "10", "pipeline_ext"));
 	props = lappend(props, pe_property("fetch.max.bytes", "4194304", "pipeline_ext"));
 	return props;
+}
+
+/*
+ * consumer_config(name): the librdkafka settings a consumer's slots choose,
+ * each with the value they take and where it comes from: pipeline_ext's
+ * default, the connection's option that overrides it, or pipeline_ext's
+ * forced value, which the connection's options cannot override (what the
+ * consumer's offsets and delivery depend on).  For the consumer's owner.
+ */
+PG_FUNCTION_INFO_V1(pe_consumer_config);
+
+Datum
+pe_consumer_config(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	PeConsumerDef *def = pe_consumer_for_owner(name, "read its configuration");
+	PeConnection *conn = pe_connection_lookup(def->connection, false);
+	List	   *forced = NIL;
+	List	   *defaults = pe_consumer_defaults(def, get_database_name(MyDatabaseId), &forced);
+	ListCell   *lc;
+
+	InitMaterializedSRF(fcinfo, 0);
+	foreach(lc, list_concat(list_copy(defaults), forced))
+	{
+		PeProperty *d = lfirst(lc);
+		bool		is_forced = list_member_ptr(forced, d);
+		const char *value = d->value;
+		const char *source = is_forced ? "pipeline_ext (forced)" : "pipeline_ext";
+		Datum		values[3];
+		bool		nulls[3] = {false, false, false};
+		ListCell   *lc2;
+
+		if (!is_forced)
+			foreach(lc2, conn->props)
+			{
+				PeProperty *o = lfirst(lc2);
+
+				if (strcmp(o->name, d->name) == 0)
+				{
+					value = pe_property_is_secret(o->name) ? PE_MASK : o->value;
+					source = "connection";
+				}
+			}
+		values[0] = CStringGetTextDatum(d->name);
+		values[1] = CStringGetTextDatum(value);
+		values[2] = CStringGetTextDatum(source);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
 }
