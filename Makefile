@@ -46,6 +46,7 @@ OBJS = \
 	src/aggregate.o \
 	src/aggregate_alter.o \
 	src/aggregate_api.o \
+	src/aggregate_parse.o \
 	src/aggregate_close.o \
 	src/aggregate_drop.o \
 	src/aggregate_emit.o \

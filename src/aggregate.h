@@ -73,7 +73,8 @@ typedef struct PeAggregate
 
 extern int	pe_agg_state_columns(const char *fn, const char **suffixes);
 
-/* aggregate_api.c: pieces of a definition, for create and alter */
+/* aggregate_parse.c and aggregate_api.c: pieces of a definition, for create and alter */
+extern Oid	pe_agg_require_column(Relation rel, const char *name, const char *what);
 extern void pe_agg_parse(const char *spec, Relation rel, char **fn, char **arg, char **out, double *fraction);
 extern void pe_agg_select_item(StringInfo sql, const char *fn, const char *argument, const char *out,
 							   Oid time_type);
