@@ -217,7 +217,8 @@ pe_consumer_defaults(PeConsumerDef *def, const char *dbname, List **forced)
 
 /*
  * consumer_config(name): the librdkafka settings a consumer's slots choose,
- * each with the value they take and where it comes from: pipeline_ext's
+ * each with the value librdkafka is given (the configuration the slots
+ * build, pe_kafka_conf(), read back) and where it comes from: pipeline_ext's
  * default, the connection's option that overrides it, or pipeline_ext's
  * forced value, which the connection's options cannot override (what the
  * consumer's offsets and delivery depend on).  For the consumer's owner.
@@ -235,32 +236,31 @@ pe_consumer_config(PG_FUNCTION_ARGS)
 	List	   *defaults = pe_consumer_defaults(def, get_database_name(MyDatabaseId), &forced);
 	ListCell   *lc;
 
+	/* the configuration the slots build, read back: what librdkafka is given */
+	rd_kafka_conf_t *conf = pe_kafka_conf(conn, defaults, forced);
+
 	InitMaterializedSRF(fcinfo, 0);
 	foreach(lc, list_concat(list_copy(defaults), forced))
 	{
 		PeProperty *d = lfirst(lc);
-		bool		is_forced = list_member_ptr(forced, d);
-		const char *value = d->value;
-		const char *source = is_forced ? "pipeline_ext (forced)" : "pipeline_ext";
+		const char *source = list_member_ptr(forced, d) ? "pipeline_ext (forced)" : "pipeline_ext";
+		char		value[512];
+		size_t		size = sizeof(value);
 		Datum		values[3];
 		bool		nulls[3] = {false, false, false};
 		ListCell   *lc2;
 
-		if (!is_forced)
+		if (rd_kafka_conf_get(conf, d->name, value, &size) != RD_KAFKA_CONF_OK)
+			strlcpy(value, d->value, sizeof(value));
+		if (!list_member_ptr(forced, d))
 			foreach(lc2, conn->props)
-			{
-				PeProperty *o = lfirst(lc2);
-
-				if (strcmp(o->name, d->name) == 0)
-				{
-					value = pe_property_is_secret(o->name) ? PE_MASK : o->value;
+				if (strcmp(((PeProperty *) lfirst(lc2))->name, d->name) == 0)
 					source = "connection";
-				}
-			}
 		values[0] = CStringGetTextDatum(d->name);
-		values[1] = CStringGetTextDatum(value);
+		values[1] = CStringGetTextDatum(pe_property_is_secret(d->name) ? PE_MASK : value);
 		values[2] = CStringGetTextDatum(source);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
+	rd_kafka_conf_destroy(conf);
 	return (Datum) 0;
 }
