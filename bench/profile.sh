@@ -42,7 +42,7 @@ SQL
 psql_b -c "SELECT pipeline.start_consumer('prof')" >/dev/null
 pid=
 until [ -n "$pid" ]; do pid=$(psql_b -At -c "SELECT pid FROM pipeline._slots() WHERE consumer = 'prof' AND pid IS NOT NULL"); sleep 0.05; done
-perf record -F 999 -g -p "$pid" -o "$BENCH/perf.data" 2>/dev/null &
+perf record -F "${FREQ:-999}" -g -p "$pid" -o "$BENCH/perf.data" 2>/dev/null &
 rec=$!
 until [ "$(psql_b -At -c "SELECT coalesce(sum(messages), 0) FROM pipeline._slots() WHERE consumer = 'prof'")" -ge "$N" ]; do sleep 0.05; done
 kill -INT "$rec"; wait "$rec" 2>/dev/null || true

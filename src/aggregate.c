@@ -660,6 +660,8 @@ pe_aggregates_update(List *aggs, PeTarget *t, PeMessage *msgs, int n, PeRow *row
 		Datum	   *bt = palloc0(sizeof(Datum) * Max(n, 1));
 		bool	   *bt_null = palloc(sizeof(bool) * Max(n, 1));
 		int			nbp = 0;
+		int			lastp = 0;
+		bool		recount = false;
 
 		pe_agg_lock(a);
 		nparts = pe_agg_counted(a, &parts, &clo, &chi);
@@ -683,6 +685,38 @@ pe_aggregates_update(List *aggs, PeTarget *t, PeMessage *msgs, int n, PeRow *row
 		}
 
 		/*
+		 * The batch's partitions and each one's offsets, lowest and next
+		 * (messages come in runs of a partition: the last one is tried
+		 * first).
+		 */
+		for (int i = 0; i < n; i++)
+		{
+			int			p = lastp;
+
+			if (nbp == 0 || bp[p] != msgs[i].partition)
+				for (p = 0; p < nbp && bp[p] != msgs[i].partition; p++)
+					;
+			if (p == nbp)
+			{
+				bp[nbp] = msgs[i].partition;
+				bl[nbp] = msgs[i].offset;
+				bo[nbp] = msgs[i].offset + 1;
+				bt_null[nbp] = true;
+				nbp++;
+			}
+			else
+			{
+				bl[p] = Min(bl[p], msgs[i].offset);
+				bo[p] = Max(bo[p], msgs[i].offset + 1);
+			}
+			lastp = p;
+		}
+		/* whether any of it was counted before (a reset, a replay): else no event needs looking up */
+		for (int k = 0; k < nparts && !replay && !recount; k++)
+			for (int p = 0; p < nbp && !recount; p++)
+				recount = parts[k] == bp[p] && clo[k] < bo[p] && chi[k] > bl[p];
+
+		/*
 		 * The events it has not counted yet; those that come after their
 		 * window closed are kept as late events instead (an event of a
 		 * hopping window is also merged into those of its windows that are
@@ -703,7 +737,7 @@ pe_aggregates_update(List *aggs, PeTarget *t, PeMessage *msgs, int n, PeRow *row
 			 * offset is behind), and its row goes in this transaction: count
 			 * it now.
 			 */
-			for (int p = 0; p < nparts && !replay; p++)
+			for (int p = 0; p < nparts && recount; p++)
 				if (parts[p] == m->partition && m->offset >= clo[p] && m->offset < chi[p])
 					counted = true;
 			if (counted)
@@ -733,37 +767,20 @@ pe_aggregates_update(List *aggs, PeTarget *t, PeMessage *msgs, int n, PeRow *row
 			pe_agg_merge(a, t, rows, times, take, ntake, cols, ncols);
 
 		/*
-		 * What it has counted now: every message of the batch; each
+		 * What it has counted now: every message of the batch (above); each
 		 * partition's newest event time, and that it was seen.
 		 */
-		for (int i = 0; i < n; i++)
-		{
-			int			p;
-
-			for (p = 0; p < nbp && bp[p] != msgs[i].partition; p++)
-				;
-			if (p == nbp)
-			{
-				bp[nbp] = msgs[i].partition;
-				bl[nbp] = msgs[i].offset;
-				bo[nbp] = msgs[i].offset + 1;
-				bt_null[nbp] = true;
-				nbp++;
-			}
-			else
-			{
-				bl[p] = Min(bl[p], msgs[i].offset);
-				bo[p] = Max(bo[p], msgs[i].offset + 1);
-			}
-		}
+		lastp = 0;
 		for (int k = 0; k < ntake + nlate; k++)
 		{
 			int			r = k < ntake ? take[k] : late[k - ntake];
 			int64		tm = DatumGetInt64(times[r]);
-			int			p;
+			int			p = lastp;
 
-			for (p = 0; bp[p] != msgs[rows[r].msg_index].partition; p++)
-				;
+			if (bp[p] != msgs[rows[r].msg_index].partition)
+				for (p = 0; bp[p] != msgs[rows[r].msg_index].partition; p++)
+					;
+			lastp = p;
 			if (bt_null[p] || tm > DatumGetInt64(bt[p]))
 				bt[p] = Int64GetDatum(tm);
 			bt_null[p] = false;

@@ -121,6 +121,7 @@ extern bool pe_agg_direct_merge(PeAggregate *a, PeTarget *t, Oid res, Oid time_t
 								int nitems, Datum **iv, bool **in, int64 *inserted);
 
 /* aggregate_pre.c */
+extern int	pe_agg_compare(Oid typid, FmgrInfo *cmp, Oid collation, Datum x, Datum y);
 extern bool pe_agg_pre_merge(PeAggregate *a, PeTarget *t, PeRow *rows, const Datum *times, const int *take, int ntake,
 							 const int *cols, int ncols);
 extern char *pe_agg_emit_wrap(PeAggregate *a, const char *ctes, const char *sql, bool emits, const char *removed,

@@ -18,6 +18,7 @@
  */
 #include "postgres.h"
 
+#include "catalog/pg_collation.h"
 #include "catalog/pg_type.h"
 #include "common/hashfn.h"
 #include "common/int.h"
@@ -45,6 +46,15 @@ typedef enum PeAggFn
 	PE_PRE_MAX
 } PeAggFn;
 
+/* A group's value as PE_GROUP_BITS and PE_GROUP_BYTES compare it, taken from its event once. */
+typedef struct PeGroupKey
+{
+	bool		isnull;
+	int32		len;			/* _BYTES: the length of ... */
+	const char *bytes;			/* ... its bytes */
+	int64		bits;			/* _BITS: its number */
+} PeGroupKey;
+
 /* One window and group of the batch, and its partial aggregates. */
 typedef struct PeAggCell
 {
@@ -52,6 +62,7 @@ typedef struct PeAggCell
 	int			row;			/* an event of it: its group's values */
 	uint32		hash;
 	int			next;			/* in its bucket's chain; -1: the last */
+	PeGroupKey	g0;				/* its first group's value, compared without a trip to its event */
 } PeAggCell;
 
 /* One function's partial state in a cell. */
@@ -77,12 +88,101 @@ typedef struct PeAggPlan
 	Oid			collation;
 } PeAggPlan;
 
+/*
+ * How a group's values are hashed and compared: with the type's own
+ * functions, or, where those reduce to it, by their bits (a by-value
+ * integer, date or timestamp) or their bytes (text in a deterministic
+ * collation: texteq compares bytes, hashtext hashes them).  The hash is
+ * this process's own (the TID cache's key, aggregate_direct.c), so it
+ * need not be the type's.
+ */
+typedef enum PeGroupCmp
+{
+	PE_GROUP_FMGR,
+	PE_GROUP_BITS,
+	PE_GROUP_BYTES
+} PeGroupCmp;
+
 /* The groups' hash and equality functions. */
 typedef struct PeAggGroupFns
 {
 	FmgrInfo   *hash;
 	FmgrInfo   *eq;
+	PeGroupCmp	how;
 } PeAggGroupFns;
+
+/* How values of a group column of type typid in collation coll are best hashed and compared. */
+static PeGroupCmp
+pe_pre_group_cmp(Oid typid, Oid coll)
+{
+	switch (typid)
+	{
+		case INT2OID:
+		case INT4OID:
+		case INT8OID:
+		case OIDOID:
+		case BOOLOID:
+		case DATEOID:
+		case TIMESTAMPOID:
+		case TIMESTAMPTZOID:
+			return PE_GROUP_BITS;
+		case TEXTOID:
+		case VARCHAROID:
+			if (OidIsValid(coll) && (coll == DEFAULT_COLLATION_OID || get_collation_isdeterministic(coll)))
+				return PE_GROUP_BYTES;
+			return PE_GROUP_FMGR;
+		default:
+			return PE_GROUP_FMGR;
+	}
+}
+
+/* A PE_GROUP_BITS value of type typid as a number (the same for equal values, whatever the Datum's upper bits). */
+static int64
+pe_pre_bits(Oid typid, Datum d)
+{
+	switch (typid)
+	{
+		case INT2OID:
+			return DatumGetInt16(d);
+		case INT4OID:
+		case DATEOID:
+			return DatumGetInt32(d);
+		case OIDOID:
+			return DatumGetObjectId(d);
+		case BOOLOID:
+			return DatumGetBool(d);
+		default:
+			return DatumGetInt64(d);
+	}
+}
+
+/*
+ * x compared with y as the btree comparison cmp of type typid compares
+ * them (in collation): without a function call for the types whose
+ * comparison is their numbers'.
+ */
+int
+pe_agg_compare(Oid typid, FmgrInfo *cmp, Oid collation, Datum x, Datum y)
+{
+	switch (typid)
+	{
+		case INT2OID:
+			return (DatumGetInt16(x) > DatumGetInt16(y)) - (DatumGetInt16(x) < DatumGetInt16(y));
+		case INT4OID:
+		case DATEOID:
+			return (DatumGetInt32(x) > DatumGetInt32(y)) - (DatumGetInt32(x) < DatumGetInt32(y));
+		case INT8OID:
+		case TIMESTAMPOID:
+		case TIMESTAMPTZOID:
+			return (DatumGetInt64(x) > DatumGetInt64(y)) - (DatumGetInt64(x) < DatumGetInt64(y));
+		case FLOAT8OID:
+			return float8_cmp_internal(DatumGetFloat8(x), DatumGetFloat8(y));
+		case FLOAT4OID:
+			return float4_cmp_internal(DatumGetFloat4(x), DatumGetFloat4(y));
+		default:
+			return DatumGetInt32(FunctionCall2Coll(cmp, collation, x, y));
+	}
+}
 
 static bool
 pe_pre_summable(Oid typid)
@@ -111,6 +211,7 @@ pe_pre_plan(PeAggregate *a, PeTarget *t, const int *cols, int ncols, PeAggPlan *
 			return false;
 		gf[g].hash = &tc->hash_proc_finfo;
 		gf[g].eq = &tc->eq_opr_finfo;
+		gf[g].how = pe_pre_group_cmp(t->cols[cols[1 + g]].typid, t->cols[cols[1 + g]].collation);
 	}
 	for (int i = 0; i < a->naggs; i++)
 	{
@@ -189,40 +290,116 @@ pe_pre_item_type(PeAggPlan *p, int item)
 	}
 }
 
-/* A window and group's hash: its start and each group value's hash (the column's collation). */
-static uint32
-pe_pre_hash(PeAggregate *a, PeTarget *t, const int *cols, PeAggGroupFns *gf, PeRow *row, int64 ws)
+/* Group g's value in row as its kind of comparison takes it (PE_GROUP_FMGR: only whether it is null). */
+static void
+pe_pre_key(PeAggGroupFns *gf, PeColumn *col, PeRow *row, int c, PeGroupKey *k)
 {
-	uint32		h = hash_bytes_uint32((uint32) ws) ^ hash_bytes_uint32((uint32) (ws >> 32));
+	k->isnull = row->nulls[c];
+	k->len = 0;
+	k->bytes = NULL;
+	k->bits = 0;
+	if (k->isnull)
+		return;
+	if (gf->how == PE_GROUP_BITS)
+		k->bits = pe_pre_bits(col->typid, row->values[c]);
+	else if (gf->how == PE_GROUP_BYTES)
+	{
+		/* (the decoder's values are not toasted: this is the value's own memory) */
+		struct varlena *x = PG_DETOAST_DATUM_PACKED(row->values[c]);
+
+		k->bytes = VARDATA_ANY(x);
+		k->len = VARSIZE_ANY_EXHDR(x);
+	}
+}
+
+/* Whether two keys of a PE_GROUP_BITS or PE_GROUP_BYTES group are the same value (null equal to null). */
+static bool
+pe_pre_key_same(PeGroupCmp how, const PeGroupKey *x, const PeGroupKey *y)
+{
+	if (x->isnull || y->isnull)
+		return x->isnull == y->isnull;
+	if (how == PE_GROUP_BITS)
+		return x->bits == y->bits;
+	return x->len == y->len && memcmp(x->bytes, y->bytes, x->len) == 0;
+}
+
+/*
+ * An event's groups' hash: each value's (the type's own hash function in
+ * the column's collation, or its number's or bytes'); *k0 gets its first
+ * group's key.
+ */
+static uint32
+pe_pre_group_hash(PeAggregate *a, PeTarget *t, const int *cols, PeAggGroupFns *gf, PeRow *row, PeGroupKey *k0)
+{
+	uint32		h = 0;
 
 	for (int g = 0; g < a->ngroups; g++)
 	{
 		PeColumn   *col = &t->cols[cols[1 + g]];
+		PeGroupKey	k;
 		uint32		v = 0x9e3779b9;
 
-		if (!row->nulls[cols[1 + g]])
+		pe_pre_key(&gf[g], col, row, cols[1 + g], &k);
+		if (g == 0)
+			*k0 = k;
+		if (k.isnull)
+			;
+		else if (gf[g].how == PE_GROUP_BITS)
+			v = hash_bytes_uint32((uint32) k.bits) ^ hash_bytes_uint32((uint32) ((uint64) k.bits >> 32));
+		else if (gf[g].how == PE_GROUP_BYTES)
+			v = hash_bytes((const unsigned char *) k.bytes, k.len);
+		else
 			v = DatumGetUInt32(FunctionCall1Coll(gf[g].hash, col->collation, row->values[cols[1 + g]]));
 		h = (h << 5 | h >> 27) ^ v;
 	}
 	return h;
 }
 
-/* Whether two events have the same groups (null equal to null, as GROUP BY has it). */
+/* A window and group's hash: its start's and its groups'. */
+static inline uint32
+pe_pre_cell_hash(int64 ws, uint32 group_hash)
+{
+	return hash_combine(hash_bytes_uint32((uint32) ws) ^ hash_bytes_uint32((uint32) (ws >> 32)), group_hash);
+}
+
+/*
+ * Whether event y has the groups of cell x (whose event is rows[x->row]),
+ * null equal to null, as GROUP BY has it; yk0: y's first group's key.
+ */
 static bool
-pe_pre_same(PeAggregate *a, PeTarget *t, const int *cols, PeAggGroupFns *gf, PeRow *x, PeRow *y)
+pe_pre_same(PeAggregate *a, PeTarget *t, const int *cols, PeAggGroupFns *gf, PeAggCell *x, PeRow *rows,
+			const PeGroupKey *yk0, PeRow *y)
 {
 	for (int g = 0; g < a->ngroups; g++)
 	{
 		int			c = cols[1 + g];
 		PeColumn   *col = &t->cols[c];
+		PeRow	   *xr = &rows[x->row];
 
-		if (x->nulls[c] || y->nulls[c])
+		if (gf[g].how != PE_GROUP_FMGR)
 		{
-			if (x->nulls[c] != y->nulls[c])
+			PeGroupKey	xk;
+			PeGroupKey	yk;
+
+			if (g == 0)
+			{
+				if (!pe_pre_key_same(gf[g].how, &x->g0, yk0))
+					return false;
+				continue;
+			}
+			pe_pre_key(&gf[g], col, xr, c, &xk);
+			pe_pre_key(&gf[g], col, y, c, &yk);
+			if (!pe_pre_key_same(gf[g].how, &xk, &yk))
 				return false;
 			continue;
 		}
-		if (!DatumGetBool(FunctionCall2Coll(gf[g].eq, col->collation, x->values[c], y->values[c])))
+		if (xr->nulls[c] || y->nulls[c])
+		{
+			if (xr->nulls[c] != y->nulls[c])
+				return false;
+			continue;
+		}
+		if (!DatumGetBool(FunctionCall2Coll(gf[g].eq, col->collation, xr->values[c], y->values[c])))
 			return false;
 	}
 	return true;
@@ -278,7 +455,7 @@ pe_pre_add(PeAggPlan *p, PeAggAcc *acc, Datum v)
 				acc->d = v;
 			else
 			{
-				int			c = DatumGetInt32(FunctionCall2Coll(p->cmp, p->collation, v, acc->d));
+				int			c = pe_agg_compare(p->col->typid, p->cmp, p->collation, v, acc->d);
 
 				/* a tie takes the later value, as min() and max() do (numeric 1.0, then 1.00) */
 				if (p->fn == PE_PRE_MIN ? c <= 0 : c >= 0)
@@ -420,6 +597,8 @@ pe_agg_pre_merge(PeAggregate *a, PeTarget *t, PeRow *rows, const Datum *times, c
 		int64		tm = DatumGetInt64(times[r]);
 		int64		last = pe_agg_bin(tm, a->slide_us, a->origin);
 		int64		lookback = ((a->size_us + a->slide_us - 1) / a->slide_us - 1) * a->slide_us;
+		PeGroupKey	k0 = {true, 0, NULL, 0};	/* (no group: never read) */
+		uint32		gh = pe_pre_group_hash(a, t, cols, gf, &rows[r], &k0);
 
 		for (int64 ws = last - lookback; ws <= last; ws += a->slide_us)
 		{
@@ -430,9 +609,9 @@ pe_agg_pre_merge(PeAggregate *a, PeTarget *t, PeRow *rows, const Datum *times, c
 				continue;		/* ends before the event */
 			if (a->slide_us != a->size_us && a->has_cp && ws + a->size_us <= a->cp)
 				continue;		/* closed: stays as it closed */
-			h = pe_pre_hash(a, t, cols, gf, &rows[r], ws);
+			h = pe_pre_cell_hash(ws, gh);
 			for (cell = buckets[h & (nbuckets - 1)]; cell >= 0; cell = cells[cell].next)
-				if (cells[cell].hash == h && cells[cell].ws == ws && pe_pre_same(a, t, cols, gf, &rows[cells[cell].row], &rows[r]))
+				if (cells[cell].hash == h && cells[cell].ws == ws && pe_pre_same(a, t, cols, gf, &cells[cell], rows, &k0, &rows[r]))
 					break;
 			if (cell < 0)
 			{
@@ -464,6 +643,7 @@ pe_agg_pre_merge(PeAggregate *a, PeTarget *t, PeRow *rows, const Datum *times, c
 				cells[cell].ws = ws;
 				cells[cell].row = r;
 				cells[cell].hash = h;
+				cells[cell].g0 = k0;
 				cells[cell].next = buckets[h & (nbuckets - 1)];
 				buckets[h & (nbuckets - 1)] = cell;
 			}

@@ -571,13 +571,17 @@ sql(q{CREATE TABLE kinds (id int PRIMARY KEY, ts timestamptz, g text, i2 int2, i
         ARRAY['sum(i2)', 'avg(i2)', 'sum(i8)', 'avg(i8)', 'sum(f4)', 'avg(f4)', 'sum(f8)', 'min(f8)', 'max(f8)',
               'sum(n)', 'avg(n)', 'min(n)', 'max(n)', 'count(n)'], ARRAY['g'], lateness => '1 day');
       SELECT pipeline.create_aggregate('arr_agg', 'kinds', '1 hour', 'ts', ARRAY['min(arr)', 'max(arr)', 'count(*)'], ARRAY['g'],
-        lateness => '1 day');});
+        lateness => '1 day');
+      SELECT pipeline.create_aggregate('kinds_ints', 'kinds', '1 hour', 'ts', ARRAY['count(*)', 'min(id)', 'max(id)'], ARRAY['i2'],
+        lateness => '1 day');
+      SELECT pipeline.create_aggregate('kinds_mm', 'kinds', '1 hour', 'ts',
+        ARRAY['min(i2)', 'max(i2)', 'min(ts)', 'max(ts)', 'min(f4)', 'max(f4)', 'min(id)', 'max(id)'], ARRAY['g'], lateness => '1 day');});
 sub produce_kinds
 {
 	my ($from, $to, $big) = @_;
 	sql(qq{SELECT count(*) FROM (
 	         SELECT g AS id, timestamptz '2026-02-01 00:00:00+00' + (g % 3) * interval '50 minutes' AS ts,
-	                CASE WHEN g % 4 = 0 THEN 'b' ELSE 'a' END AS g, (g % 7)::int2 AS i2,
+	                CASE WHEN g % 4 = 0 THEN 'b' ELSE 'a' END AS g, (g % 7 - 3)::int2 AS i2,
 	                CASE WHEN g % 4 = 0 THEN g ELSE $big - g END AS i8,
 	                (g / 8.0)::float4 AS f4, CASE WHEN g % 4 = 0 THEN -0.0::float8 ELSE g / 4.0 END AS f8,
 	                CASE WHEN g % 5 = 0 THEN NULL ELSE (g / 7.0)::numeric(20,4) END AS n, ARRAY[g % 3, g] AS arr
@@ -600,6 +604,19 @@ wait_for(q{SELECT sum(count) FROM arr_agg}, 400, '... and counted');
 is(sql($kinds_sql), sql($kinds_want),
 	'grouped in C: int2, int8 (beyond 2^63), float4, float8 (a lone -0), numeric with nulls: equal to plain SQL');
 is(sql($arr_sql), sql($arr_want), 'min and max of an array column (the SQL statement) equal plain SQL');
+# (groups of a by-value type are hashed and compared by their numbers, min and max of numbers without a
+# function call: an int2 with negative values, a timestamptz, a float4 and an int4)
+is(sql(q{SELECT string_agg(concat_ws('|', window_start, i2, count, min_id, max_id), ',' ORDER BY window_start, i2) FROM kinds_ints}),
+	sql(q{SELECT string_agg(concat_ws('|', s, i2, a, b, c), ',' ORDER BY s, i2)
+	        FROM (SELECT date_bin('1 hour', ts, timestamptz '2000-01-01 00:00:00+00') AS s, i2, count(*) a, min(id) b, max(id) c
+	                FROM kinds GROUP BY 1, 2) x}),
+	'grouped in C by an int2 with negative values: equal to plain SQL');
+is(sql(q{SELECT string_agg(concat_ws('|', window_start, g, min_i2, max_i2, min_ts, max_ts, min_f4, max_f4, min_id, max_id),
+                           ',' ORDER BY window_start, g) FROM kinds_mm}),
+	sql(q{SELECT string_agg(concat_ws('|', s, g, b, c, d, e, f, h, i, j), ',' ORDER BY s, g)
+	        FROM (SELECT date_bin('1 hour', ts, timestamptz '2000-01-01 00:00:00+00') AS s, g, min(i2) b, max(i2) c,
+	                     min(ts) d, max(ts) e, min(f4) f, max(f4) h, min(id) i, max(id) j FROM kinds GROUP BY 1, 2) x}),
+	'min and max of int2 (negative values too), timestamptz, float4, int4: equal to plain SQL');
 # the sum of an int4 is a bigint, whose value the numeric results column takes: the SQL statement converts it
 # (values that add up the same in any order: the windows' sums are merged batch by batch)
 sql(q{SELECT pipeline.stop_consumer('kinds'); ALTER TABLE kinds ALTER i8 TYPE int4 USING (i8 % 1000)::int4;
