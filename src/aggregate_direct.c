@@ -34,6 +34,7 @@
 #include "catalog/pg_am.h"
 #include "catalog/pg_index.h"
 #include "catalog/pg_type.h"
+#include "common/hashfn.h"
 #include "executor/executor.h"
 #include "miscadmin.h"
 #include "nodes/makefuncs.h"
@@ -42,7 +43,6 @@
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
-#include "utils/hsearch.h"
 #include "utils/float.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
@@ -75,28 +75,40 @@ typedef struct PeTidEntry
 {
 	PeTidKey	key;
 	ItemPointerData tid;
+	char		status;			/* simplehash's */
 } PeTidEntry;
 
-#define PE_TID_CACHE_MAX 1000000	/* entries, about 64 MB at most; then it starts again */
+/*
+ * An open-addressing table (lib/simplehash.h): one probe finds most
+ * windows, where dynahash's buckets, segments and key compare took about
+ * a sixth of the merge.  ghash already mixes the window's start and groups.
+ */
+#define SH_PREFIX pe_tids
+#define SH_ELEMENT_TYPE PeTidEntry
+#define SH_KEY_TYPE PeTidKey
+#define SH_KEY key
+#define SH_HASH_KEY(tb, k) ((k).ghash ^ murmurhash32((k).rel ^ (k).relfilenode ^ (uint32) (k).ws))
+#define SH_EQUAL(tb, x, y) ((x).ghash == (y).ghash && (x).ws == (y).ws && (x).rel == (y).rel && \
+							(x).relfilenode == (y).relfilenode)
+#define SH_SCOPE static inline
+#define SH_DECLARE
+#define SH_DEFINE
+#include "lib/simplehash.h"
 
-static HTAB *pe_tid_cache = NULL;
+#define PE_TID_CACHE_MAX 1000000	/* entries, 64 MB at most; then it starts again */
 
-static HTAB *
+static pe_tids_hash *pe_tid_cache = NULL;
+
+static pe_tids_hash *
 pe_tid_cache_get(void)
 {
-	if (pe_tid_cache != NULL && hash_get_num_entries(pe_tid_cache) >= PE_TID_CACHE_MAX)
+	if (pe_tid_cache != NULL && pe_tid_cache->members >= PE_TID_CACHE_MAX)
 	{
-		hash_destroy(pe_tid_cache);
+		pe_tids_destroy(pe_tid_cache);
 		pe_tid_cache = NULL;
 	}
 	if (pe_tid_cache == NULL)
-	{
-		HASHCTL		ctl;
-
-		ctl.keysize = sizeof(PeTidKey);
-		ctl.entrysize = sizeof(PeTidEntry);
-		pe_tid_cache = hash_create("pipeline_ext window rows", 16384, &ctl, HASH_ELEM | HASH_BLOBS);
-	}
+		pe_tid_cache = pe_tids_create(TopMemoryContext, 16384, NULL);
 	return pe_tid_cache;
 }
 
@@ -259,7 +271,7 @@ pe_direct_merge_items(PeAggregate *a, const PeAggItem *items, int nitems, int64 
 				}
 				else
 				{
-					int			c = DatumGetInt32(FunctionCall2Coll(it->cmp, it->collation, new[k], old[k]));
+					int			c = pe_agg_compare(it->typid, it->cmp, it->collation, new[k], old[k]);
 
 					out[k] = (it->kind == PE_ITEM_MIN ? c < 0 : c > 0) ? new[k] : old[k];
 					outnull[k] = false;
@@ -328,7 +340,7 @@ pe_agg_direct_in(PeAggregate *a, Oid res, Oid time_type, int ncells, const uint3
 	IndexScanDesc scan;
 	SnapshotData dirty;
 	RegProcedure *eqprocs;
-	HTAB	   *cache;
+	pe_tids_hash *cache;
 	PeTidKey	tkey;
 	PeTidEntry *tent;
 	bool		known;
@@ -492,7 +504,7 @@ pe_agg_direct_in(PeAggregate *a, Oid res, Oid time_type, int ncells, const uint3
 		tkey.relfilenode = rel->rd_node.relNode;
 		tkey.ws = DatumGetInt64(ws[k]);
 		tkey.ghash = hashes[k];
-		tent = hash_search(cache, &tkey, HASH_ENTER, &known);
+		tent = pe_tids_insert(cache, tkey, &known);
 		if (!known)
 			ItemPointerSetInvalid(&tent->tid);	/* (set once the window is written) */
 		if (ItemPointerIsValid(&tent->tid) && ItemPointerGetBlockNumber(&tent->tid) < nblocks)
@@ -635,7 +647,7 @@ merge:
 			}
 			(*inserted)++;
 		}
-		/* the version just written: where the window is next time (entries do not move) */
+		/* the version just written: where the window is next time (no insert since: tent has not moved) */
 		tent->tid = newslot->tts_tid;
 		MemoryContextSwitchTo(percell);
 		ResetPerTupleExprContext(estate);
