@@ -63,6 +63,7 @@ typedef struct PeCapturePlan
 	TupleDesc	desc;			/* the table's, when prepared */
 	char	   *connection;
 	char	   *topic;
+	Oid			owner;			/* the capture's: the role its messages are sent for */
 	char	   *sql;			/* NULL: nothing to write (deletes, no tombstones) */
 	SPIPlanPtr	plan;			/* sql prepared, once the transition tables are there */
 } PeCapturePlan;
@@ -578,7 +579,7 @@ pe_capture_plan(int64 id, int event, Relation rel, char **attnums, int nattnums)
 	}
 
 	pe_catalog_begin(&acc);
-	if (SPI_execute_with_args("SELECT connection, topic, key_columns, format OPERATOR(pg_catalog.=) 'debezium', tombstones, relid "
+	if (SPI_execute_with_args("SELECT connection, topic, key_columns, format OPERATOR(pg_catalog.=) 'debezium', tombstones, relid, owner "
 							  "FROM pipeline.capture WHERE id OPERATOR(pg_catalog.=) $1", 1, types, values, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read pipeline.capture");
 	if (SPI_processed != 1)
@@ -607,6 +608,7 @@ pe_capture_plan(int64 id, int event, Relation rel, char **attnums, int nattnums)
 		debezium = DatumGetBool(SPI_getbinval(tup, desc, 4, &isnull));
 		tombstones = DatumGetBool(SPI_getbinval(tup, desc, 5, &isnull));
 		captured = DatumGetObjectId(SPI_getbinval(tup, desc, 6, &isnull));
+		p->owner = DatumGetObjectId(SPI_getbinval(tup, desc, 7, &isnull));
 		/* the trigger function takes a capture's id: only its own table's, or its partitions' */
 		if (captured != RelationGetRelid(rel) &&
 			!(rel->rd_rel->relispartition && list_member_oid(get_partition_ancestors(RelationGetRelid(rel)), captured)))
@@ -636,7 +638,6 @@ pe_capture_trigger(PG_FUNCTION_ARGS)
 	int			event;
 	int64		id;
 	PeCapturePlan *p;
-	Oid			sender = GetUserId();
 	uint64		written;
 
 	pe_require_preload();
@@ -657,7 +658,10 @@ pe_capture_trigger(PG_FUNCTION_ARGS)
 	/*
 	 * The messages, made as the role whose statement it is (a column's
 	 * type may cast to json with that role's function), then written into
-	 * the outbox by the extension (outbox.c), for that role.
+	 * the outbox by the extension (outbox.c), for the capture's owner: the
+	 * role that was allowed to use the connection, which the relay checks
+	 * again when it publishes them (the role whose statement changed the
+	 * table need not be allowed to).
 	 */
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
@@ -694,7 +698,7 @@ pe_capture_trigger(PG_FUNCTION_ARGS)
 			k[r] = SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1, &kn[r]);
 			v[r] = SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 2, &vn[r]);
 		}
-		pe_outbox_insert_many(p->connection, p->topic, sender, (int) written, k, kn, v, vn);
+		pe_outbox_insert_many(p->connection, p->topic, p->owner, (int) written, k, kn, v, vn);
 	}
 	SPI_finish();
 	return PointerGetDatum(NULL);	/* (a statement trigger's result is not read, but must not be null) */

@@ -68,6 +68,7 @@
 #include "storage/latch.h"
 #include "storage/lwlock.h"
 #include "tcop/tcopprot.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/jsonb.h"
@@ -217,6 +218,49 @@ pe_relay_bury(PeRelayConn *c, PeOutMsg *msgs, int n)
 	MemoryContextSwitchTo(back);
 }
 
+/*
+ * A message goes out only for a role that may use its connection as the
+ * connection is now (the connection's owner, a member of the owner's
+ * role, a superuser), as send() and capture_changes() checked: one whose
+ * right was revoked since, or whose connection was dropped and made again
+ * by another role, is marked refused with the reason (and then buried, not
+ * sent with credentials that are no longer its sender's).  Returns how
+ * many were marked.
+ */
+static int
+pe_relay_check_senders(PeRelayConn *c, PeOutMsg *msgs, int n)
+{
+	MemoryContext back = CurrentMemoryContext;
+	PeConnection *conn;
+	Oid			ok_for = InvalidOid;
+	int			marked = 0;
+
+	pe_xact_begin();
+	conn = pe_connection_lookup(c->name, true);
+	for (int i = 0; conn && i < n; i++)
+	{
+		const char *who;
+
+		if (msgs[i].dead || msgs[i].sent_by == ok_for)
+			continue;
+		if (has_privs_of_role(msgs[i].sent_by, conn->owner))
+		{
+			ok_for = msgs[i].sent_by;	/* (a round's messages are mostly one role's) */
+			continue;
+		}
+		who = GetUserNameFromId(msgs[i].sent_by, true);
+		msgs[i].dead = MemoryContextStrdup(back,
+										   psprintf("role %s%s%s, which sent it, may not use connection \"%s\" (owned by %s): "
+													"its right was revoked, or the connection was dropped and made again by another role",
+													who ? "\"" : "", who ? who : psprintf("%u", msgs[i].sent_by), who ? "\"" : "",
+													c->name, GetUserNameFromId(conn->owner, true) ? GetUserNameFromId(conn->owner, true) : "unknown"));
+		marked++;
+	}
+	pe_xact_commit();
+	MemoryContextSwitchTo(back);
+	return marked;
+}
+
 /* Step 3: the round is in Kafka; its rows go. */
 static void
 pe_relay_settle(PeRelayConn *c, int nsent)
@@ -326,6 +370,13 @@ pe_relay_round(PeRelayConn *c, MemoryContext cxt)
 							c->name, round, committed, committed == round ? ", with other messages" : "", n)));
 	}
 	c->checked = true;
+
+	/*
+	 * (Only now: a round found already in Kafka above went out as it was,
+	 * whatever its senders may do since.)
+	 */
+	if (pe_relay_check_senders(c, msgs, n) > 0)
+		pe_relay_bury(c, msgs, n);
 
 	for (;;)
 	{

@@ -62,6 +62,7 @@ typedef struct PeOutMsg
 	Jsonb	   *headers;
 	TimestampTz sent_at;
 	FullTransactionId xid;		/* the sender's top-level transaction */
+	Oid			sent_by;		/* the role it is sent for */
 	TimestampTz committed_at;	/* its commit time, 0 if unknown */
 	rd_kafka_resp_err_t err;	/* its delivery report's */
 	bool		reported;

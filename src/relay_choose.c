@@ -57,7 +57,7 @@ pe_relay_cmp_commit(const void *a, const void *b)
 static char *
 pe_relay_window_sql(const char *filter, int limit, const char *bound)
 {
-	return psprintf("SELECT id, topic, \"partition\", key, value, headers, sent_at, xid, got FROM ("
+	return psprintf("SELECT id, topic, \"partition\", key, value, headers, sent_at, xid, sent_by, got FROM ("
 					"SELECT w.*, pg_catalog.sum(w.len) OVER (ORDER BY w.id) AS run, "
 					"pg_catalog.count(*) OVER () AS got FROM ("
 					"SELECT o.*, pg_catalog.octet_length(COALESCE(o.key, '\\x'::pg_catalog.bytea)) "
@@ -86,6 +86,7 @@ pe_relay_read_msg(HeapTuple tup, TupleDesc desc, PeOutMsg *m)
 	m->headers = isnull ? NULL : DatumGetJsonbPCopy(d);
 	m->sent_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 7, &isnull));
 	m->xid = DatumGetFullTransactionId(SPI_getbinval(tup, desc, 8, &isnull));
+	m->sent_by = DatumGetObjectId(SPI_getbinval(tup, desc, 9, &isnull));
 }
 
 /*
@@ -139,7 +140,7 @@ pe_relay_round_complete(Datum conn, PeOutMsg **msgs, int n, int64 cut, MemoryCon
 				4, types, values, NULL, SPI_OK_SELECT);
 	more = SPI_processed;
 	if (more == 0 || more > pe_outbox_round_max ||
-		more < DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 9, &isnull)))
+		more < DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 10, &isnull)))
 		return n;				/* more than a round's worth: left in id order */
 	old = MemoryContextSwitchTo(cxt);
 	m = palloc0(sizeof(PeOutMsg) * (n + more));
@@ -167,7 +168,7 @@ pe_relay_choose(PeRelayConn *c, PeOutMsg **msgs, int *n, bool *was_pending)
 	bool		pending;
 	bool		have_epoch;
 	MemoryContext cxt = CurrentMemoryContext;
-	const char *cols = "SELECT id, topic, \"partition\", key, value, headers, sent_at, xid FROM pipeline.outbox ";
+	const char *cols = "SELECT id, topic, \"partition\", key, value, headers, sent_at, xid, sent_by FROM pipeline.outbox ";
 
 	*n = 0;
 	*msgs = NULL;
@@ -232,7 +233,7 @@ pe_relay_choose(PeRelayConn *c, PeOutMsg **msgs, int *n, bool *was_pending)
 		PeOutMsg   *m = palloc0(sizeof(PeOutMsg) * count);
 		Datum	   *idd;
 		int64		got = pending ? count :
-			DatumGetInt64(SPI_getbinval(tt->vals[0], tt->tupdesc, 9, &isnull));
+			DatumGetInt64(SPI_getbinval(tt->vals[0], tt->tupdesc, 10, &isnull));
 		bool		drained = got < pe_outbox_round_max && count == got;
 		int64		cut;
 

@@ -540,6 +540,39 @@ is(sql(q{SET ROLE ob_other; SELECT count(*) FROM pipeline.outbox_dead_letters}),
 		'... and the others are published');
 }
 
+# --- a sender that may no longer use its connection when the relay publishes -
+# send() checks the role's right to the connection; the relay checks it again,
+# against the connection as it is then.  A right revoked before the message
+# went out, or the connection dropped and made again by another role, makes a
+# dead letter with the reason, not a message sent with credentials that are no
+# longer its sender's; the others go on.
+{
+	sql(q{CREATE ROLE ob_owner LOGIN; CREATE ROLE ob_sender LOGIN IN ROLE ob_owner; CREATE ROLE ob_thief LOGIN;
+	      GRANT USAGE ON SCHEMA pipeline TO ob_owner, ob_sender, ob_thief;
+	      GRANT EXECUTE ON FUNCTION pipeline.create_connection(text, text, jsonb), pipeline.drop_connection(text)
+	        TO ob_owner, ob_thief});
+	sql(qq{SET ROLE ob_owner; SELECT pipeline.create_connection('ob_owned', '$bs')});
+	sql(q{BEGIN;
+	      SET ROLE ob_sender; SELECT pipeline.send('ob_owned', 'ob_rights', 'revoked before it went out', 'k');
+	      RESET ROLE; REVOKE ob_owner FROM ob_sender;
+	      COMMIT});
+	sql(qq{BEGIN;
+	       SET ROLE ob_owner; SELECT pipeline.send('ob_owned', 'ob_rights', 'its connection made again by another role', 'k');
+	       SELECT pipeline.drop_connection('ob_owned');
+	       SET ROLE ob_thief; SELECT pipeline.create_connection('ob_owned', '$bs');
+	       COMMIT});
+	sql(q{SET ROLE ob_thief; SELECT pipeline.send('ob_owned', 'ob_rights', 'sent by the connection''s owner', 'k')});
+	wait_drained('rounds with senders that may no longer use the connection settle');
+	is(join(',', map { $_->[3] } @{ read_topic('ob_rights') }), "sent by the connection's owner",
+		'only the message of a role that may use the connection as it is now is published');
+	like(sql(q{SELECT string_agg(convert_from(value, 'UTF8') || ': ' || error, ' | ' ORDER BY id) FROM pipeline.outbox_dead_letter
+	            WHERE topic = 'ob_rights'}),
+		qr/^revoked before it went out: role "ob_sender", which sent it, may not use connection "ob_owned" \(owned by ob_owner\)[^|]*\| its connection made again by another role: role "ob_owner", which sent it, may not use connection "ob_owned" \(owned by ob_thief\)/,
+		'... the others are dead letters, with the reason');
+	is(sql(q{SET ROLE ob_owner; SELECT count(*) FROM pipeline.outbox_dead_letters WHERE topic = 'ob_rights'}), '1',
+		'... each seen by its sender');
+}
+
 # --- prometheus-postgres-exporter reads the outbox's figures -----------------
 {
 	my ($body, $log) = PipelineExt::Exporter::scrape($node, qr/^pipeline_outbox_published\{/m);

@@ -255,6 +255,13 @@ like($err, qr/must be owner of table cap_src/, 'only the owner uncaptures');
 ($rc, $out, $err) = $node->psql('postgres', q{SET ROLE cap_other; INSERT INTO pipeline.outbox (connection, topic, sent_by) VALUES ('local', 'x', 0)});
 like($err, qr/permission denied for table outbox/, 'nobody writes into the outbox but the extension');
 
+# a role that may change the table but not use the connection: its changes go out for the capture's owner
+sql(q{GRANT INSERT ON cap_src TO cap_other});
+sql(q{SET ROLE cap_other; INSERT INTO cap_src VALUES (77777, 1, 'by a role that may not use the connection')});
+wait_for(q{SELECT count(*) FROM cap_dst WHERE id = 77777}, '1',
+	'a change made by a role that may not use the connection is published, for the capture\'s owner');
+is(sql(q{SELECT count(*) FROM pipeline.outbox_dead_letter}), '0', '... not a dead letter');
+
 # the trigger function names a capture: another table's is refused
 my $cid = sql(q{SELECT id FROM pipeline.capture WHERE relid = 'cap_src'::regclass});
 sql(qq{SET ROLE cap_other;
