@@ -34,6 +34,7 @@
 #include "connection.h"
 #include "kafka.h"
 #include "producer.h"
+#include "relay.h"
 #include "shmem.h"
 
 /*
@@ -158,6 +159,16 @@ pe_message_args(FunctionCallInfo fcinfo, PeMessageArgs *a)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("topic must not be empty"),
 				 errhint("Pass the name of an existing topic.")));
+	/*
+	 * The outbox relays' own topic: a message there could pass for a
+	 * relay's checkpoint, and a relay restarted after a crash would then
+	 * take a round that never went out for sent.
+	 */
+	if (pe_outbox_checkpoint_topic != NULL && strcmp(a->topic, pe_outbox_checkpoint_topic) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("topic \"%s\" is where the outbox relays keep their checkpoints", a->topic),
+				 errhint("Send to another topic: only the relays write to pipeline_ext.outbox_checkpoint_topic.")));
 	if (!PG_ARGISNULL(5))
 	{
 		a->partition = PG_GETARG_INT32(5);

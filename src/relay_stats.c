@@ -181,8 +181,26 @@ pe_relay_stats(PG_FUNCTION_ARGS)
 		values[8] = TimestampTzGetDatum(r.last_publish_at);
 		nulls[8] = false;
 	}
-	values[9] = Float8GetDatum(r.rate);
-	nulls[9] = false;
+	/*
+	 * The rate of the last window of PE_RELAY_RATE_WINDOW_SECS, closed by
+	 * the first round after it ran its length.  A window that ran longer
+	 * without a round to close it holds only what was published in its
+	 * first seconds: what it holds over its time, and 0 once it is two
+	 * windows old (nothing was published for at least one), not the rate
+	 * of the busy window before, forever.
+	 */
+	{
+		TimestampTz now = GetCurrentTimestamp();
+		int64		w = (int64) PE_RELAY_RATE_WINDOW_SECS * USECS_PER_SEC;
+		double		rate = r.rate;
+
+		if (r.window_start != 0 && now - r.window_start >= 2 * w)
+			rate = 0;
+		else if (r.window_start != 0 && now - r.window_start >= w)
+			rate = (double) r.window_msgs * USECS_PER_SEC / (now - r.window_start);
+		values[9] = Float8GetDatum(rate);
+		nulls[9] = false;
+	}
 	p = pe_hist_percentile_ms(&r.latency[r.latency_cur], 0.5, &total);
 	if (total > 0)
 	{

@@ -20,7 +20,7 @@ use PipelineExt::Crash;
 
 my $broker = PipelineExt::Broker->start(
 	brokers => 1,
-	topics => { ob_rb => 2, ob => 8, ob_kill => 8, ob_outage => 8, ob_crash => 4, ob_down => 2, ob_small => 1, ob_batch => 1, ob_moved => 1, ob_order => 1, ob_lat => 1, ob_restored => 1, ob_pitr => 1, ob_cut => 2 });
+	topics => { ob_rb => 2, ob => 8, ob_kill => 8, ob_outage => 8, ob_crash => 4, ob_down => 2, ob_small => 1, ob_batch => 1, ob_moved => 1, ob_order => 1, ob_lat => 1, ob_restored => 1, ob_pitr => 1, ob_cut => 2, ob_keycheck => 8 });
 my $bs = $broker->bootstrap;
 
 my $node = PostgreSQL::Test::Cluster->new('outbox');
@@ -89,6 +89,11 @@ my $rb = read_topic('ob_rb');
 is(join(',', map { $_->[3] } @$rb), 'kept 1,kept 2,after the prepare,prepared',
 	'in commit order, though the prepared message has the smaller outbox id');
 like($rb->[0][4], qr/^\d+$/, 'each message carries its outbox id in a header');
+{
+	my $id = sql(q{SELECT pipeline.send('local', 'ob_hdr', 'with its id', 'k')});
+	wait_drained('one more message goes out');
+	is(read_topic('ob_hdr')->[0][4], $id, '... the id send() returned');
+}
 
 # --- commit order where the database does not order the writers ---------
 # Outbox ids are drawn at send().  Here the transaction that sends first
@@ -190,6 +195,12 @@ is(join(',', map { $_->[3] } @{ read_topic('ob_restored') }), 'from another clus
 # --- arguments and privileges ------------------------------------------------
 ($rc, $out, $err) = $node->psql('postgres', q{SELECT pipeline.send('nope', 'ob', 'x')});
 like($err, qr/connection "nope" does not exist/, 'an unknown connection is refused at send()');
+for my $f ('send', 'produce', 'produce_async')
+{
+	($rc, $out, $err) = $node->psql('postgres', qq{SELECT pipeline.$f('local', 'pipeline_ext_outbox_checkpoints', 'round 99', 'k')});
+	like($err, qr/topic "pipeline_ext_outbox_checkpoints" is where the outbox relays keep their checkpoints/,
+		"$f() refuses the relays' checkpoint topic");
+}
 sql(q{CREATE ROLE ob_other LOGIN; GRANT USAGE ON SCHEMA pipeline TO ob_other;});
 ($rc, $out, $err) = $node->psql('postgres', q{SET ROLE ob_other; SELECT pipeline.send('local', 'ob', 'x')});
 like($err, qr/permission denied for connection "local"/, 'a role that may not use the connection cannot send through it');
@@ -276,6 +287,20 @@ sub check_workload
 		$part{$k} //= $p;
 		$bad .= "key $k in partitions $part{$k} and $p; " if $part{$k} != $p;
 	}
+	if ($what eq 'undisturbed')
+	{
+		# one partition per key, the Java client's (murmur2), as produce() (001)
+		my $keys = join("\n", sort keys %part) . "\n";
+		my ($out, $err);
+		IPC::Run::run([ '/usr/bin/python3', "$ENV{TESTDIR}/test/tools/key_partitions.py",
+			'--bootstrap', $bs, '--topic', 'ob_keycheck', '--partitions', 8 ],
+			'<', \$keys, '>', \$out, '2>', \$err, IPC::Run::timeout(120))
+		  or die "key_partitions.py failed: $err";
+		my @lines = split /\n/, $out;
+		my $differ = grep { my ($k, $java) = split /\t/; $part{$k} != $java } @lines;
+		is(scalar(@lines) . '/' . $differ, scalar(keys %part) . '/0',
+			"$what: each key's partition is the Java client's murmur2 partition");
+	}
 	my $repeated = grep { $copies{$_} > 1 } keys %copies;
 	# (a round is outbox_round_max = 1000 rows in id order, and up to as
 	# many again of transactions that committed before its last, see the
@@ -324,9 +349,14 @@ $node->command_ok(pgbench_cmd(send_script('ob'), 14000),
 	'8 sessions send, in transactions that commit or roll back');
 check_workload('ob', 'undisturbed', 0);
 my $committed = committed('ob');
-is(sql(q{SELECT backlog || '/' || published || '/' || (msgs_per_sec IS NOT NULL) || '/' || (latency_p99_ms IS NOT NULL)
+is(sql(q{SELECT backlog || '/' || published || '/' || (latency_p99_ms > 0)
          FROM pipeline.outbox_status WHERE connection = 'local'}),
-	'0/' . ($committed + 1213) . '/true/true', 'outbox_status: no backlog, what was published, a rate and a latency');
+	'0/' . ($committed + 1214) . '/true', 'outbox_status: no backlog, what was published, a latency');
+wait_for(q{SELECT msgs_per_sec > 0 FROM pipeline.outbox_status WHERE connection = 'local'}, 't',
+	'outbox_status: the relay\'s rate over its last 10 s window');
+# (a window holds only what was published while it ran: 20 s after the last round, none)
+wait_for(q{SELECT msgs_per_sec = 0 FROM pipeline.outbox_status WHERE connection = 'local'}, 't',
+	'... and 0 when it has published nothing for a window');
 
 # the relay killed with SIGKILL, then the server stopped with -m immediate,
 # each while the 8 sessions send and the relay publishes
@@ -354,6 +384,13 @@ send_while('ob_outage', 14000, 20000, sub {
 	$node->poll_query_until('postgres',
 		q{SELECT failures > 0 AND backlog > 0 FROM pipeline.outbox_status WHERE connection = 'local'}, 't');
 	sleep(5);
+	# (a message waits since before the 5 s: over 10 x 400 ms is critical)
+	like(sql(q{SET pipeline_ext.health_latency = '400ms';
+	           SELECT (s.oldest_age > interval '5 seconds') || '/' || h.status || '/' || h.reason
+	             FROM pipeline.outbox_status s JOIN pipeline.health h ON h.consumer = 'outbox:' || s.connection
+	            WHERE s.connection = 'local'}),
+		qr{^true/critical/.*oldest message waiting .* is over 10 x 400 ms.*relay failing}s,
+		'broker down: outbox_status shows the oldest message waiting, and pipeline.health says so');
 	$broker->ctl('up all');
 });
 check_workload('ob_outage', 'broker down for several seconds', 1);
@@ -583,6 +620,14 @@ is(sql(q{SET ROLE ob_other; SELECT count(*) FROM pipeline.outbox_dead_letters}),
 	like($body, qr/^pipeline_outbox_dead_letters\{connection="local",server="[^"]*"\} $dead$/m, 'exporter: its dead letters');
 	like($body, qr/^pipeline_outbox_backlog\{connection="local",server="[^"]*"\} 0$/m, 'exporter: its backlog');
 	like($body, qr/^pipeline_outbox_relay_running\{connection="local",server="[^"]*"\} 1$/m, 'exporter: the relay runs');
+	my $failures = sql(q{SELECT failures FROM pipeline.outbox_status WHERE connection = 'local'});
+	like($body, qr/^pipeline_outbox_failures\{connection="local",server="[^"]*"\} $failures$/m,
+		"exporter: the relay's failed rounds ($failures, as outbox_status says)");
+	like($body, qr/^pipeline_outbox_oldest_age_seconds\{connection="local",server="[^"]*"\} 0$/m,
+		'exporter: the oldest waiting message\'s age (none waits)');
+	like($body, qr/^pipeline_outbox_msgs_per_sec\{connection="local",server="[^"]*"\} [0-9.e+-]+$/m, 'exporter: the relay\'s rate');
+	like($body, qr/^pipeline_outbox_latency_p99_ms\{connection="local",server="[^"]*"\} [0-9.e+-]+$/m,
+		'exporter: its commit-to-acknowledged latency');
 }
 
 # --- a connection dropped and created again with other brokers --------------
