@@ -521,6 +521,16 @@ pe_agg_first_end(PeAggregate *a, int64 t)
 	return pe_agg_utc(a, s + a->size_us);
 }
 
+/* Row indexes in order, for qsort. */
+static int
+pe_int_cmp(const void *x, const void *y)
+{
+	int			a = *(const int *) x;
+	int			b = *(const int *) y;
+
+	return (a > b) - (a < b);
+}
+
 /* Events after their window closed: into pipeline.aggregate_late, with why. */
 static void
 pe_agg_keep_late(PeAggregate *a, PeMessage *msgs, PeRow *rows, const int *late, int nlate, const Datum *times)
@@ -652,6 +662,8 @@ pe_aggregates_update(List *aggs, PeTarget *t, PeMessage *msgs, int n, PeRow *row
 		int			ntake = 0;
 		int		   *late = palloc(sizeof(int) * Max(nrows, 1));
 		int			nlate = 0;
+		int		   *joins = palloc(sizeof(int) * Max(nrows, 1));
+		int			njoins = 0;
 		int			time_col;
 		Datum	   *times = palloc0(sizeof(Datum) * Max(nrows, 1));
 		int32	   *bp = palloc(sizeof(int32) * Max(n, 1));
@@ -746,12 +758,17 @@ pe_aggregates_update(List *aggs, PeTarget *t, PeMessage *msgs, int n, PeRow *row
 			{
 				int64		t = DatumGetInt64(times[r]);
 
-				if (pe_agg_first_end(a, t) <= a->cp)
+				if (a->session && t < a->cp)
+				{
+					/* (judged below against the session it would join: those that ended are before cp) */
+					joins[njoins++] = r;
+					continue;
+				}
+				if (!a->session && pe_agg_first_end(a, t) <= a->cp)
 				{
 					/* (its last window's end, only for the few that are late) */
-					int64		last_end = a->session ? t + a->size_us
-						: pe_agg_utc(a, pe_agg_bin(pe_agg_local(a, t), a->cumulative ? a->size_us : a->slide_us,
-												   a->origin) + a->size_us);
+					int64		last_end = pe_agg_utc(a, pe_agg_bin(pe_agg_local(a, t), a->cumulative ? a->size_us : a->slide_us,
+															  a->origin) + a->size_us);
 
 					late[nlate++] = r;
 					if (last_end <= a->cp)
@@ -759,6 +776,30 @@ pe_aggregates_update(List *aggs, PeTarget *t, PeMessage *msgs, int n, PeRow *row
 				}
 			}
 			take[ntake++] = r;
+		}
+		if (njoins > 0)
+		{
+			/*
+			 * A session aggregate's event before where sessions are closed:
+			 * late if it would join a closed session, or if its own session
+			 * would be closed and it joins no open one.  Taken and kept in
+			 * the order the messages came (first and last go by it).
+			 */
+			bool	   *in_closed = palloc0(sizeof(bool) * njoins);
+			bool	   *in_open = palloc0(sizeof(bool) * njoins);
+
+			pe_agg_session_joins(a, t, rows, times, joins, njoins, cols, in_closed, in_open);
+			for (int k = 0; k < njoins; k++)
+			{
+				int			r = joins[k];
+
+				if (in_closed[k] || (DatumGetInt64(times[r]) + a->size_us <= a->cp && !in_open[k]))
+					late[nlate++] = r;
+				else
+					take[ntake++] = r;
+			}
+			qsort(take, ntake, sizeof(int), pe_int_cmp);
+			qsort(late, nlate, sizeof(int), pe_int_cmp);
 		}
 		if (nlate > 0)
 			pe_agg_keep_late(a, msgs, rows, late, nlate, times);

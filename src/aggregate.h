@@ -91,6 +91,8 @@ extern int64 pe_agg_bin(int64 t, int64 stride, int64 origin);
 extern int64 pe_agg_local(PeAggregate *a, int64 t);
 extern int64 pe_agg_utc(PeAggregate *a, int64 local);
 extern int	pe_agg_as_owner(PeTarget *t, const char *sql, int nargs, Oid *types, Datum *values, const char *nulls);
+extern void pe_agg_session_joins(PeAggregate *a, PeTarget *t, PeRow *rows, const Datum *times, const int *take,
+								 int ntake, const int *cols, bool *in_closed, bool *in_open);
 extern void pe_agg_merge(PeAggregate *a, PeTarget *t, PeRow *rows, const Datum *times, const int *take, int ntake,
 						 const int *cols, int ncols);
 extern void pe_agg_on_conflict(StringInfo s, PeAggregate *a, Oid time_type);

@@ -510,6 +510,87 @@ pe_agg_session_sql(PeAggregate *a, PeTarget *t, const int *cols, int ncols)
 }
 
 /*
+ * For a session aggregate, whether each of the events take[0..ntake)
+ * (rows, their times) falls within the gap of a session of its group as
+ * the results stand before the batch: in_closed[k] one that had closed,
+ * in_open[k] one still open.  (cols: the time, then the groups.)  An
+ * event is judged late against the session it would join, not against
+ * the session it would open alone: one that joins an open session counts
+ * there, however old; one that would join a closed session is late, even
+ * if its own session would end after the watermark (a closed session is
+ * final: extending it, or opening another over it, would make sessions
+ * that plain SQL over the events counted would not).
+ */
+void
+pe_agg_session_joins(PeAggregate *a, PeTarget *t, PeRow *rows, const Datum *times, const int *take, int ntake,
+					 const int *cols, bool *in_closed, bool *in_open)
+{
+	int			ncols = 1 + a->ngroups;
+	int			nargs = ncols + 1;
+	Oid		   *types = palloc(sizeof(Oid) * nargs);
+	Datum	   *values = palloc(sizeof(Datum) * nargs);
+	char	   *nulls = palloc(nargs + 1);
+	Datum	   *ev = palloc(sizeof(Datum) * Max(ntake, 1));
+	bool	   *en = palloc(sizeof(bool) * Max(ntake, 1));
+	Oid			time_type = cols[0] >= 0 ? t->cols[cols[0]].typid : TIMESTAMPTZOID;
+	const char *results = pe_agg_table(a, a->results);
+	const char *open_in = a->emit_close ? pe_agg_table(a, a->state) : results;
+	StringInfoData match;
+	StringInfoData sql;
+
+	initStringInfo(&match);
+	for (int k = 0; k < a->ngroups; k++)
+	{
+		/* (IS NOT DISTINCT FROM would look = up on the search_path: the type's own equality) */
+		const char *col = quote_identifier(a->groups[k]);
+
+		appendStringInfo(&match, " AND (e.c%d OPERATOR(%s) r.%s OR (e.c%d IS NULL AND r.%s IS NULL))",
+						 k + 1, pe_agg_equality(t->cols[cols[k + 1]].typid), col, k + 1, col);
+	}
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "SELECT e.o, EXISTS (SELECT FROM %s AS r WHERE r.closed "
+					 "AND r.window_start OPERATOR(pg_catalog.<) (e.c0 OPERATOR(pg_catalog.+) $%d) "
+					 "AND r.window_end OPERATOR(pg_catalog.>) e.c0%s), "
+					 "EXISTS (SELECT FROM %s AS r WHERE NOT r.closed "
+					 "AND r.window_start OPERATOR(pg_catalog.<) (e.c0 OPERATOR(pg_catalog.+) $%d) "
+					 "AND r.window_end OPERATOR(pg_catalog.>) e.c0%s) FROM ",
+					 results, nargs, match.data, open_in, nargs, match.data);
+	pe_agg_events(&sql, t, cols, ncols, true);
+	appendStringInfoString(&sql, " AS e");
+
+	for (int i = 0; i < ntake; i++)
+		ev[i] = times[take[i]];
+	types[0] = time_type == TIMESTAMPTZOID ? TIMESTAMPTZARRAYOID : TIMESTAMPARRAYOID;
+	values[0] = PointerGetDatum(construct_array(ev, ntake, time_type, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	for (int c = 1; c < ncols; c++)
+	{
+		PeColumn   *col = &t->cols[cols[c]];
+
+		for (int i = 0; i < ntake; i++)
+		{
+			ev[i] = rows[take[i]].values[cols[c]];
+			en[i] = rows[take[i]].nulls[cols[c]];
+		}
+		types[c] = col->arraytyp;
+		values[c] = pe_column_array(col, ev, en, ntake);
+	}
+	types[ncols] = INTERVALOID;
+	values[ncols] = pe_agg_interval(a->size_us);
+	memset(nulls, ' ', nargs);
+	nulls[nargs] = '\0';
+	if (pe_agg_as_owner(t, sql.data, nargs, types, values, nulls) != SPI_OK_SELECT || SPI_processed != (uint64) ntake)
+		elog(ERROR, "could not look up the sessions of aggregate \"%s\"", a->name);
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+		int			k = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull)) - 1;
+
+		in_closed[k] = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull));
+		in_open[k] = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 3, &isnull));
+	}
+}
+
+/*
  * Merge the events it takes (rows take[0..ntake-1]) into the results, as
  * the consumer's owner: one statement over the columns it reads (cols,
  * the time first: its values are times[], indexed like rows).

@@ -12,7 +12,7 @@ use Test::More;
 use PipelineExt::Broker;
 use PipelineExt::Crash;
 
-my $broker = PipelineExt::Broker->start(brokers => 1, topics => { agg => 4, agg_updates => 3, agg_closed => 3, sess => 3, quiet => 2, visits_out => 2, paris => 1, kinds => 1 });
+my $broker = PipelineExt::Broker->start(brokers => 1, topics => { agg => 4, agg_updates => 3, agg_closed => 3, sess => 3, quiet => 2, visits_out => 2, paris => 1, kinds => 1, sess1 => 1 });
 my $bs = $broker->bootstrap;
 
 my $node = PostgreSQL::Test::Cluster->new('aggregate');
@@ -696,6 +696,32 @@ is(sql(q{SELECT string_agg(relname || ':' || coalesce(array_to_string(reloptions
            FROM pg_class WHERE relname IN ('nullg', 'emit_cls', 'emit_cls_open', 'alt')}),
 	'alt:fillfactor=50 emit_cls:default emit_cls_open:fillfactor=50 nullg:fillfactor=50',
 	"results tables at fillfactor 50 with emit 'update', the default with 'close', the state table at 50");
+
+# --- session windows: an event is late or not by the session it would join ---
+# (one partition: the watermark is its newest event time; no lateness)
+sql(q{CREATE TABLE sj (id int PRIMARY KEY, g text, ts timestamptz);
+      SELECT pipeline.create_consumer('sj', 'local', 'sess1', 'sj');
+      SELECT pipeline.create_aggregate('sj_agg', 'sj', '10 seconds', 'ts', ARRAY['count(*)', 'max(id)'], ARRAY['g'],
+        kind => 'session')});
+my $sj_seen = q{SELECT (SELECT coalesce(sum(count), 0) FROM sj_agg)
+                     + (SELECT count(*) FROM pipeline.late_events WHERE aggregate = 'sj_agg')};
+my $sj_n = 0;
+for my $e ([1, 'A', '00:00:00'], [2, 'B', '00:00:12'], [3, 'A', '00:00:09'], [4, 'A', '00:01:00'], [5, 'A', '00:01:08'],
+	[6, 'A', '00:01:16'], [7, 'A', '00:01:24'], [8, 'A', '00:01:03'])
+{
+	my ($id, $g, $ts) = @$e;
+	sql(qq{SELECT pipeline.produce('local', 'sess1', '{"id": $id, "g": "$g", "ts": "2026-03-01 $ts+00"}', '$id')});
+	$sj_n++;
+	wait_for($sj_seen, $sj_n, "session event $id ($g at $ts) counted or kept, in a batch of its own");
+}
+is(sql(q{SELECT string_agg(g || ' ' || to_char(window_start, 'HH24:MI:SS') || '-' || to_char(window_end, 'HH24:MI:SS')
+                           || ' ' || count || ' ' || max_id || CASE WHEN closed THEN ' closed' ELSE '' END, ', '
+                           ORDER BY g, window_start) FROM sj_agg}),
+	'A 00:00:00-00:00:10 1 1 closed, A 00:01:00-00:01:34 5 8, B 00:00:12-00:00:22 1 2 closed',
+	'an event that would join an open session counts there, though its own session would have closed; sessions never overlap');
+is(sql(q{SELECT string_agg(convert_from(value, 'UTF8')::jsonb->>'id', ',') FROM pipeline.late_events WHERE aggregate = 'sj_agg'}), '3',
+	'an event that would join a closed session is late, though its own session would end after the watermark');
+sql(q{SELECT pipeline.drop_consumer('sj')});
 
 # another role neither sees nor drops it
 sql(q{CREATE ROLE agg_other LOGIN});
