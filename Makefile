@@ -48,6 +48,7 @@ OBJS = \
 	src/aggregate_api.o \
 	src/aggregate_parse.o \
 	src/aggregate_close.o \
+	src/aggregate_defs.o \
 	src/aggregate_drop.o \
 	src/aggregate_emit.o \
 	src/aggregate_merge.o \
