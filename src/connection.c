@@ -356,6 +356,25 @@ pe_drop_connection(PG_FUNCTION_ARGS)
 					 errdetail("Consumers using it: %s.", users),
 					 errhint("Drop those consumers first with pipeline.drop_consumer().")));
 	}
+	/* (pipeline.aggregate exists from version 0.6.0 on) */
+	if (OidIsValid(get_relname_relid("aggregate", get_namespace_oid(PE_SCHEMA, false))))
+	{
+		rc = SPI_execute_with_args("SELECT pg_catalog.string_agg(name, ', ' ORDER BY name) "
+								   "FROM pipeline.aggregate WHERE emit_connection OPERATOR(pg_catalog.=) $1",
+								   1, argtypes, values, NULL, true, 0);
+		if (rc == SPI_OK_SELECT && SPI_processed == 1)
+		{
+			char	   *users = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+
+			if (users != NULL)
+				ereport(ERROR,
+						(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
+						 errmsg("connection \"%s\" is used by aggregates", name),
+						 errdetail("Aggregates emitting through it: %s.", users),
+						 errhint("Point them at another connection with pipeline.alter_aggregate(name, emit_connection => ...), "
+								 "or drop them with pipeline.drop_aggregate().")));
+		}
+	}
 	rc = SPI_execute_with_args("DELETE FROM pipeline.connection WHERE name OPERATOR(pg_catalog.=) $1",
 							   1, argtypes, values, NULL, false, 0);
 	if (rc != SPI_OK_DELETE)

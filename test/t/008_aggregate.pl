@@ -721,6 +721,15 @@ is(sql(q{SELECT string_agg(g || ' ' || to_char(window_start, 'HH24:MI:SS') || '-
 	'an event that would join an open session counts there, though its own session would have closed; sessions never overlap');
 is(sql(q{SELECT string_agg(convert_from(value, 'UTF8')::jsonb->>'id', ',') FROM pipeline.late_events WHERE aggregate = 'sj_agg'}), '3',
 	'an event that would join a closed session is late, though its own session would end after the watermark');
+# a connection an aggregate emits through is not dropped from under it
+sql(qq{SELECT pipeline.create_connection('emitc', '$bs');
+       SELECT pipeline.create_aggregate('sj_emit', 'sj', '10 seconds', 'ts', ARRAY['count(*)'], emit_topic => 'sj_out',
+         emit_connection => 'emitc')});
+my (undef, undef, $drop_err) = $node->psql('postgres', q{SELECT pipeline.drop_connection('emitc')});
+like($drop_err, qr/connection "emitc" is used by aggregates.*Aggregates emitting through it: sj_emit.*HINT:.*alter_aggregate/s,
+	'drop_connection refuses a connection an aggregate emits through');
+sql(q{SELECT pipeline.alter_aggregate('sj_emit', emit_connection => 'local'); SELECT pipeline.drop_connection('emitc')});
+is(sql(q{SELECT count(*) FROM pipeline.connections WHERE name = 'emitc'}), '0', '... and drops it once none does');
 sql(q{SELECT pipeline.drop_consumer('sj')});
 
 # another role neither sees nor drops it
