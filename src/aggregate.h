@@ -78,7 +78,9 @@ extern Oid	pe_agg_require_column(Relation rel, const char *name, const char *wha
 extern void pe_agg_parse(const char *spec, Relation rel, char **fn, char **arg, char **out, double *fraction);
 extern void pe_agg_select_item(StringInfo sql, const char *fn, const char *argument, const char *out,
 							   Oid time_type);
-extern void pe_agg_check_interval(Interval *iv, const char *what);
+/* the longest window, slide, gap, lateness or idle timeout: a century */
+#define PE_AGG_MAX_DAYS 36525
+extern void pe_agg_check_interval(Interval *iv, const char *what, bool zero_ok);
 extern void pe_agg_require_decoded(PeTarget *t, const char *name, const char *what);
 extern char *pe_agg_emit_connection(PeConsumerDef *def, char *name, const char *topic);
 extern const char *pe_agg_extension_schema(const char *extname);

@@ -246,13 +246,10 @@ pe_alter_aggregate(PG_FUNCTION_ARGS)
 	def = pe_consumer_for_owner(consumer, "alter its aggregates");
 
 	/* what is asked */
-	if (lateness && (lateness->month != 0 || lateness->day < 0 || lateness->time < 0))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("the lateness must be zero or more, in days, hours, minutes or seconds"),
-				 errhint("For example '30 seconds': events up to that much behind the watermark still count.")));
+	if (lateness)
+		pe_agg_check_interval(lateness, "lateness", true);
 	if (idle)
-		pe_agg_check_interval(idle, "idle timeout");
+		pe_agg_check_interval(idle, "idle timeout", false);
 	new_emit = PG_ARGISNULL(3) ? emit : text_to_cstring(PG_GETARG_TEXT_PP(3));
 	if (strcmp(new_emit, "update") != 0 && strcmp(new_emit, "close") != 0)
 		ereport(ERROR,

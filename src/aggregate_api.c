@@ -18,6 +18,7 @@
 #include "access/table.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
+#include "common/int.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "pgtime.h"
@@ -80,18 +81,29 @@ pe_agg_emit_connection(PeConsumerDef *def, char *name, const char *topic)
 }
 
 void
-pe_agg_check_interval(Interval *iv, const char *what)
+pe_agg_check_interval(Interval *iv, const char *what, bool zero_ok)
 {
+	int64		us;
+
 	if (iv->month != 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("a %s of months or years is not supported", what),
 				 errhint("Give it in days, hours, minutes or seconds (date_bin's rule): '30 days', not '1 month'.")));
-	if (iv->day < 0 || iv->time < 0 || (iv->day == 0 && iv->time <= 0))
+	/* (a day is 24 hours here; '1 day -1 hour' is 23) */
+	if (iv->day > PE_AGG_MAX_DAYS || iv->day < -PE_AGG_MAX_DAYS ||
+		pg_add_s64_overflow(iv->time, (int64) iv->day * USECS_PER_DAY, &us) ||
+		us > (int64) PE_AGG_MAX_DAYS * USECS_PER_DAY)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("the %s must be longer than zero", what),
-				 errhint("Give a positive interval such as '1 minute'.")));
+				 errmsg("the %s must be at most %d days", what, PE_AGG_MAX_DAYS),
+				 errhint("A century is the longest window, slide, gap, lateness or idle timeout an aggregate takes.")));
+	if (zero_ok ? us < 0 : us <= 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 zero_ok ? errmsg("the %s must be zero or more", what) : errmsg("the %s must be longer than zero", what),
+				 zero_ok ? errhint("For example '30 seconds': events up to that much behind the watermark still count.")
+				 : errhint("Give a positive interval such as '1 minute'.")));
 }
 
 /*
@@ -286,17 +298,13 @@ pe_create_aggregate(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_NAME_TOO_LONG),
 				 errmsg("the results table's name is longer than %d bytes", NAMEDATALEN - 1),
 				 errhint("Give a shorter name, or a shorter results => name (with emit 'close', the state table adds \"_open\").")));
-	pe_agg_check_interval(size, "window");
-	pe_agg_check_interval(slide, "slide");
-	if (lateness->month != 0 || lateness->day < 0 || lateness->time < 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("the lateness must be zero or more, in days, hours, minutes or seconds"),
-				 errhint("For example '30 seconds': events up to that much behind the watermark still count.")));
+	pe_agg_check_interval(size, "window", false);
+	pe_agg_check_interval(slide, "slide", false);
+	pe_agg_check_interval(lateness, "lateness", true);
 	if (idle == NULL)
 		idle = DatumGetIntervalP(DirectFunctionCall3(interval_in, CStringGetDatum("1 minute"),
 													 ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1)));
-	pe_agg_check_interval(idle, "idle timeout");
+	pe_agg_check_interval(idle, "idle timeout", false);
 	if (pe_agg_usecs(slide) > pe_agg_usecs(size))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -307,6 +315,16 @@ pe_create_aggregate(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("a cumulative window must be a whole number of steps"),
 				 errhint("Give a slide (the step) that divides the window, such as window '1 day' and slide '1 hour'.")));
+	/*
+	 * On a zone's clock an hour repeats or is skipped when it changes:
+	 * windows shorter than a day (or steps) would be binned by a wall time
+	 * that two instants share, and could start after an event they hold.
+	 */
+	if (time_zone && (pe_agg_usecs(size) % USECS_PER_DAY != 0 || pe_agg_usecs(slide) % USECS_PER_DAY != 0))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("windows with a time zone must be whole days, and so must their slide"),
+				 errhint("Leave time_zone out for shorter windows; to align them on a zone's offset, give an origin such as '2000-01-01 00:30+00'.")));
 	if (pe_agg_usecs(size) / pe_agg_usecs(slide) > 1000)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),

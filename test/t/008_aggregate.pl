@@ -503,7 +503,9 @@ is(sql(q{SELECT emit_topic IS NULL AND emit_connection IS NULL FROM pipeline.agg
 foreach my $case ([q{'nope'}, qr/aggregate "nope" does not exist/],
 	[q{'alt', add_aggregates => ARRAY['count(*)']}, qr/aggregate "alt" already has an output named "count"/],
 	[q{'alt', emit => 'sometimes'}, qr/emit must be 'update' or 'close'/],
-	[q{'alt', lateness => '-1 second'}, qr/lateness must be zero or more/])
+	[q{'alt', lateness => '-1 second'}, qr/lateness must be zero or more/],
+	[q{'alt', lateness => '200000000 days'}, qr/lateness must be at most 36525 days/],
+	[q{'alt', idle_timeout => '200000000 days'}, qr/idle timeout must be at most 36525 days/])
 {
 	my ($rc, $out, $err) = $node->psql('postgres', "SELECT pipeline.alter_aggregate($case->[0])");
 	like($err, $case->[1], "alter_aggregate($case->[0]) is refused");
@@ -549,6 +551,16 @@ refused(q{'a1', 'rd', '1 minute', 'ts', ARRAY['count(*) AS n__sum']}, qr/needs a
 	'an output name with the state columns\' "__"');
 refused(q{'a1', 'rd', '1 month', 'ts', ARRAY['count(*)']}, qr/window of months or years is not supported/,
 	'a window of months');
+# (past a century a window's arithmetic leaves the timestamp range: every event would be a dead letter)
+refused(q{'a1', 'rd', '200000000 days', 'ts', ARRAY['count(*)']}, qr/window must be at most 36525 days/, 'a window too long');
+refused(q{'a1', 'rd', '1 hour', 'ts', ARRAY['count(*)'], time_zone => 'Europe/Paris'}, qr/windows with a time zone must be whole days/,
+	'an hour window with a time zone (its wall time repeats when the clocks go back)');
+refused(q{'a1', 'rd', '1 day', 'ts', ARRAY['count(*)'], slide => '1 hour', kind => 'cumulative', time_zone => 'Europe/Paris'},
+	qr/windows with a time zone must be whole days, and so must their slide/, '... nor hourly steps');
+refused(q{'a1', 'rd', '1 minute', 'ts', ARRAY['count(*)'], lateness => '40000 days'}, qr/lateness must be at most 36525 days/,
+	'a lateness too long');
+refused(q{'a1', 'rd', '1 minute', 'ts', ARRAY['count(*)'], idle_timeout => '9000000 hours'}, qr/idle timeout must be at most 36525 days/,
+	'an idle timeout too long');
 refused(q{'a1', 'rd', '1 minute', 'ts', ARRAY['count(temp']}, qr/does not parse/, 'an aggregate that does not parse');
 refused(q{'per_min', 'rd', '1 minute', 'ts', ARRAY['count(*)'], results => 'other'}, qr/aggregate "per_min" already exists/,
 	'a name taken');
