@@ -76,8 +76,9 @@ extern int	pe_agg_state_columns(const char *fn, const char **suffixes);
 /* aggregate_parse.c and aggregate_api.c: pieces of a definition, for create and alter */
 extern Oid	pe_agg_require_column(Relation rel, const char *name, const char *what);
 extern void pe_agg_parse(const char *spec, Relation rel, char **fn, char **arg, char **out, double *fraction);
-extern void pe_agg_select_item(StringInfo sql, const char *fn, const char *argument, const char *out,
+extern void pe_agg_select_item(StringInfo sql, const char *fn, const char *argument, Oid argtype, const char *out,
 							   Oid time_type);
+extern const char *pe_agg_avg_sum_argument(Oid argtype, const char *expr);
 /* the longest window, slide, gap, lateness or idle timeout: a century */
 #define PE_AGG_MAX_DAYS 36525
 extern void pe_agg_check_interval(Interval *iv, const char *what, bool zero_ok);

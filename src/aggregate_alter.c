@@ -106,7 +106,9 @@ pe_alter_add_columns(Relation target, Oid results, Oid state, Oid time_type, int
 	initStringInfo(&sql);
 	appendStringInfoString(&sql, "CREATE TEMP TABLE pe_alter_columns AS SELECT NULL::pg_catalog.int4 AS pe_none");
 	for (int i = 0; i < n; i++)
-		pe_agg_select_item(&sql, fns[i], args[i], outs[i], time_type);
+		pe_agg_select_item(&sql, fns[i], args[i],
+						   strcmp(args[i], "*") == 0 ? InvalidOid : get_atttype(RelationGetRelid(target), get_attnum(RelationGetRelid(target), args[i])),
+						   outs[i], time_type);
 	appendStringInfo(&sql, " FROM %s WITH NO DATA", pe_alter_qualified(RelationGetRelid(target)));
 	pe_alter_sql(sql.data);
 	tmp_oid = RelnameGetRelid("pe_alter_columns");

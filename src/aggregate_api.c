@@ -112,7 +112,7 @@ pe_agg_check_interval(Interval *iv, const char *what, bool zero_ok)
  * that adds an aggregate to it).
  */
 void
-pe_agg_select_item(StringInfo sql, const char *fn, const char *argument, const char *out, Oid time_type)
+pe_agg_select_item(StringInfo sql, const char *fn, const char *argument, Oid argtype, const char *out, Oid time_type)
 {
 	const char *arg = strcmp(argument, "*") == 0 ? "*" : quote_identifier(argument);
 	const char *o = quote_identifier(out);
@@ -135,7 +135,7 @@ pe_agg_select_item(StringInfo sql, const char *fn, const char *argument, const c
 	{
 		appendStringInfo(sql, ", pg_catalog.%s(%s) AS %s", fn, arg, o);
 		if (strcmp(fn, "avg") == 0)
-			appendStringInfo(sql, ", pg_catalog.sum(%s) AS %s, pg_catalog.count(%s) AS %s", arg,
+			appendStringInfo(sql, ", pg_catalog.sum(%s) AS %s, pg_catalog.count(%s) AS %s", pe_agg_avg_sum_argument(argtype, arg),
 							 quote_identifier(psprintf("%s__sum", out)), arg,
 							 quote_identifier(psprintf("%s__count", out)));
 	}
@@ -433,7 +433,9 @@ pe_create_aggregate(PG_FUNCTION_ARGS)
 		appendStringInfo(&cols, ", %s", gq);
 	}
 	for (int i = 0; i < naggs; i++)
-		pe_agg_select_item(&sql, fns[i], args[i], outs[i], time_type);
+		pe_agg_select_item(&sql, fns[i], args[i],
+						   strcmp(args[i], "*") == 0 ? InvalidOid : get_atttype(RelationGetRelid(rel), get_attnum(RelationGetRelid(rel), args[i])),
+						   outs[i], time_type);
 	appendStringInfoString(&sql, ", false AS closed");
 	appendStringInfo(&sql, " FROM %s.%s GROUP BY 1, 2%s WITH NO DATA", quote_identifier(schema),
 					 quote_identifier(RelationGetRelationName(rel)), cols.data);

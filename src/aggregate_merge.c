@@ -79,7 +79,7 @@ pe_agg_set(StringInfo s, const char *valid, const char *col, const char *expr)
 
 /* Aggregate i over the batch's events of one window (column m.c<ac>). */
 static void
-pe_agg_batch_expr(StringInfo s, PeAggregate *a, int i, int ac, const char *valid)
+pe_agg_batch_expr(StringInfo s, PeAggregate *a, int i, int ac, Oid argtype, const char *valid)
 {
 	const char *fn = a->fns[i];
 	char	   *not_null = psprintf("FILTER (WHERE m.c%d IS NOT NULL)", ac);
@@ -89,7 +89,7 @@ pe_agg_batch_expr(StringInfo s, PeAggregate *a, int i, int ac, const char *valid
 	else if (strcmp(fn, "avg") == 0)
 	{
 		pe_agg_item(s, valid, psprintf("pg_catalog.avg(m.c%d)", ac));
-		pe_agg_item(s, valid, psprintf("pg_catalog.sum(m.c%d)", ac));
+		pe_agg_item(s, valid, psprintf("pg_catalog.sum(%s)", pe_agg_avg_sum_argument(argtype, psprintf("m.c%d", ac))));
 		pe_agg_item(s, valid, psprintf("pg_catalog.count(m.c%d)", ac));
 	}
 	else if (strcmp(fn, "first") == 0 || strcmp(fn, "last") == 0)
@@ -252,6 +252,28 @@ pe_agg_arg(PeAggregate *a, int i, PeTarget *t, const int *cols, int ncols)
 	return -1;
 }
 
+/* The type of function i's argument (InvalidOid for *). */
+static Oid
+pe_agg_arg_type(PeAggregate *a, int i, PeTarget *t, const int *cols, int ncols)
+{
+	int			ac = pe_agg_arg(a, i, t, cols, ncols);
+
+	return ac >= 0 ? t->cols[cols[ac]].typid : InvalidOid;
+}
+
+/*
+ * What avg's sum adds up, expr of type argtype: a real in double
+ * precision, as avg(real) accumulates it (a real sum loses 1 + 1 added to
+ * 16777216); other types as they are.
+ */
+const char *
+pe_agg_avg_sum_argument(Oid argtype, const char *expr)
+{
+	if (OidIsValid(argtype) && getBaseType(argtype) == FLOAT4OID)
+		return psprintf("(%s)::pg_catalog.float8", expr);
+	return expr;
+}
+
 /*
  * The end of the statement that merges a batch's windows into the results
  * (r, as the INSERT names it): a window and group already there takes the
@@ -296,7 +318,8 @@ pe_agg_sql(PeAggregate *a, PeTarget *t, const int *cols, int ncols, Oid time_typ
 	for (int i = 0; i < a->ngroups; i++)
 		appendStringInfo(&s, ", m.c%d", i + 1);
 	for (int i = 0; i < a->naggs; i++)
-		pe_agg_batch_expr(&s, a, i, pe_agg_arg(a, i, t, cols, ncols), pe_agg_valid_from(a, i, time_type));
+		pe_agg_batch_expr(&s, a, i, pe_agg_arg(a, i, t, cols, ncols), pe_agg_arg_type(a, i, t, cols, ncols),
+						  pe_agg_valid_from(a, i, time_type));
 	appendStringInfoString(&s, " FROM ");
 	pe_agg_events(&s, t, cols, ncols, pe_agg_needs_order(a));
 	appendStringInfoString(&s, " AS m");
@@ -461,7 +484,7 @@ pe_agg_session_sql(PeAggregate *a, PeTarget *t, const int *cols, int ncols)
 	}
 	appendStringInfo(&c, ") AS (SELECT m.c0, m.c0 OPERATOR(pg_catalog.+) $%d%s, m.o", ncols + 1, gm.data);
 	for (int i = 0; i < a->naggs; i++)
-		pe_agg_batch_expr(&c, a, i, pe_agg_arg(a, i, t, cols, ncols), NULL);
+		pe_agg_batch_expr(&c, a, i, pe_agg_arg(a, i, t, cols, ncols), pe_agg_arg_type(a, i, t, cols, ncols), NULL);
 	appendStringInfo(&c, " FROM ev AS m GROUP BY m.o, m.c0%s), ", gm.data);
 
 	/* cand: the open sessions the events overlap, taken out */

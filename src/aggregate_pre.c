@@ -276,6 +276,8 @@ pe_pre_item_type(PeAggPlan *p, int item)
 		return arg;
 	if (p->fn == PE_PRE_AVG && item == 0)
 		return (arg == FLOAT4OID || arg == FLOAT8OID) ? FLOAT8OID : NUMERICOID;
+	if (p->fn == PE_PRE_AVG && item == 1 && arg == FLOAT4OID)
+		return FLOAT8OID;		/* avg(real) sums in double precision */
 	/* a sum */
 	switch (arg)
 	{
@@ -721,6 +723,8 @@ pe_agg_pre_merge(PeAggregate *a, PeTarget *t, PeRow *rows, const Datum *times, c
 					v[k] = Int64GetDatum(acc->count);
 				else if (!acc->any)
 					n[k] = true;	/* of nulls only */
+				else if (p->fn == PE_PRE_AVG && item == 1 && p->col->typid == FLOAT4OID)
+					v[k] = Float8GetDatum(acc->f8); /* (its values' sum in double precision) */
 				else if (p->fn == PE_PRE_SUM || (p->fn == PE_PRE_AVG && item == 1))
 					v[k] = pe_pre_sum(p, acc);
 				else if (p->fn == PE_PRE_AVG)

@@ -12,7 +12,7 @@ use Test::More;
 use PipelineExt::Broker;
 use PipelineExt::Crash;
 
-my $broker = PipelineExt::Broker->start(brokers => 1, topics => { agg => 4, agg_updates => 3, agg_closed => 3, sess => 3, quiet => 2, visits_out => 2, paris => 1, kinds => 1, sess1 => 1 });
+my $broker = PipelineExt::Broker->start(brokers => 1, topics => { agg => 4, agg_updates => 3, agg_closed => 3, sess => 3, quiet => 2, visits_out => 2, paris => 1, kinds => 1, sess1 => 1, fr => 1 });
 my $bs = $broker->bootstrap;
 
 my $node = PostgreSQL::Test::Cluster->new('aggregate');
@@ -708,6 +708,23 @@ is(sql(q{SELECT string_agg(relname || ':' || coalesce(array_to_string(reloptions
            FROM pg_class WHERE relname IN ('nullg', 'emit_cls', 'emit_cls_open', 'alt')}),
 	'alt:fillfactor=50 emit_cls:default emit_cls_open:fillfactor=50 nullg:fillfactor=50',
 	"results tables at fillfactor 50 with emit 'update', the default with 'close', the state table at 50");
+
+# --- avg of a real adds up in double precision across batches, as avg(real) does
+# (in real, 16777216 + 1 + 1 stays 16777216); in C (fr_avg) and in the statement (first() takes it)
+sql(q{CREATE TABLE fr (id int PRIMARY KEY, ts timestamptz, r real);
+      SELECT pipeline.create_consumer('fr', 'local', 'fr', 'fr');
+      SELECT pipeline.create_aggregate('fr_avg', 'fr', '1 day', 'ts', ARRAY['avg(r)', 'sum(r)'], lateness => '1 day');
+      SELECT pipeline.create_aggregate('fr_sql', 'fr', '1 day', 'ts', ARRAY['avg(r)', 'first(r)'], lateness => '1 day')});
+for my $e ([1, 16777216], [2, 1], [3, 1])
+{
+	sql(qq{SELECT pipeline.produce('local', 'fr', '{"id": $e->[0], "ts": "2026-03-02 00:00:0$e->[0]+00", "r": $e->[1]}', '$e->[0]')});
+	wait_for(q{SELECT count(*) FROM fr}, $e->[0], "real event $e->[0] applied, in a batch of its own");
+}
+wait_for(q{SELECT (SELECT sum(avg_r__count) FROM fr_avg) + (SELECT sum(avg_r__count) FROM fr_sql)}, '6', '... and counted');
+is(sql(q{SELECT (SELECT avg_r || '|' || sum_r FROM fr_avg) || '/' || (SELECT avg_r FROM fr_sql)}),
+	sql(q{SELECT avg(r) || '|' || sum(r) || '/' || avg(r) FROM fr}),
+	'avg(real) merged batch by batch equals avg(real) over the table, in C and in the statement (sum(real) stays real)');
+sql(q{SELECT pipeline.drop_consumer('fr')});
 
 # --- session windows: an event is late or not by the session it would join ---
 # (one partition: the watermark is its newest event time; no lateness)
