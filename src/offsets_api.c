@@ -179,17 +179,26 @@ pe_reset_offsets(PG_FUNCTION_ARGS)
 		args[0] = CStringGetTextDatum(name);
 		args[1] = Int32GetDatum(p);
 		args[2] = Int64GetDatum(newoff[p]);
-		rc = SPI_execute_with_args("WITH old AS (SELECT next_offset FROM pipeline.offsets "
-								   "  WHERE consumer OPERATOR(pg_catalog.=) $1 AND \"partition\" OPERATOR(pg_catalog.=) $2 FOR UPDATE) "
-								   "INSERT INTO pipeline.offsets AS o (consumer, \"partition\", next_offset, reset) VALUES ($1, $2, $3, true) "
+		/*
+		 * The old offset first, locked: a CTE read only in the upsert's
+		 * RETURNING ran after the upsert had changed its row, and found none.
+		 */
+		rc = SPI_execute_with_args("SELECT next_offset FROM pipeline.offsets "
+								   "WHERE consumer OPERATOR(pg_catalog.=) $1 AND \"partition\" OPERATOR(pg_catalog.=) $2 FOR UPDATE",
+								   2, argtypes, args, NULL, false, 0);
+		if (rc != SPI_OK_SELECT)
+			elog(ERROR, "could not read offset: %s", SPI_result_code_string(rc));
+		out[1] = (Datum) 0;
+		outnulls[1] = true;
+		if (SPI_processed == 1)
+			out[1] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &outnulls[1]);
+		rc = SPI_execute_with_args("INSERT INTO pipeline.offsets AS o (consumer, \"partition\", next_offset, reset) VALUES ($1, $2, $3, true) "
 								   "ON CONFLICT (consumer, \"partition\") DO UPDATE SET next_offset = EXCLUDED.next_offset, "
-								   "updated_at = pg_catalog.now(), reset = true "
-								   "RETURNING (SELECT next_offset FROM old)",
+								   "updated_at = pg_catalog.now(), reset = true",
 								   3, argtypes, args, NULL, false, 0);
-		if (rc != SPI_OK_INSERT_RETURNING || SPI_processed != 1)
+		if (rc != SPI_OK_INSERT)
 			elog(ERROR, "could not reset offset: %s", SPI_result_code_string(rc));
 		out[0] = Int32GetDatum(p);
-		out[1] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &outnulls[1]);
 		out[2] = Int64GetDatum(newoff[p]);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, out, outnulls);
 	}

@@ -139,8 +139,11 @@ like(sql(q{SELECT backend_type FROM pg_stat_activity WHERE application_name = 'p
 my $digest = q{SELECT md5(string_agg(id || ':' || v || ':' || note, ',' ORDER BY id)) FROM big_up};
 my $before = sql($digest);
 my $msgs_before = sql(q{SELECT sum(messages) FROM pipeline._slots() WHERE consumer = 'big_up'});
-is(sql(q{SELECT count(*) FILTER (WHERE new_offset = 0) FROM pipeline.reset_offsets('big_up', 'earliest')}),
-	'6', 'reset_offsets to earliest rewinds every partition');
+my $stored = sql(q{SELECT string_agg("partition" || ':' || next_offset, ',' ORDER BY "partition") FROM pipeline.offsets
+                   WHERE consumer = 'big_up'});
+is(sql(q{SELECT count(*) FILTER (WHERE new_offset = 0) || '/' || string_agg("partition" || ':' || old_offset, ',' ORDER BY "partition")
+           FROM pipeline.reset_offsets('big_up', 'earliest')}),
+	"6/$stored", 'reset_offsets to earliest rewinds every partition, and returns the offsets it replaced');
 wait_for(qq{SELECT sum(messages) >= $msgs_before + 100000 FROM pipeline._slots() WHERE consumer = 'big_up'},
 	't', 'the consumer reads the topic again after the reset');
 is(sql($digest), $before,
