@@ -81,6 +81,8 @@ extern void pe_agg_select_item(StringInfo sql, const char *fn, const char *argum
 extern const char *pe_agg_avg_sum_argument(Oid argtype, const char *expr);
 /* the longest window, slide, gap, lateness or idle timeout: a century */
 #define PE_AGG_MAX_DAYS 36525
+/* group columns at most: the results' unique index has the window's start and end too (INDEX_MAX_KEYS 32) */
+#define PE_AGG_MAX_GROUPS 30
 extern void pe_agg_check_interval(Interval *iv, const char *what, bool zero_ok);
 extern void pe_agg_require_decoded(PeTarget *t, const char *name, const char *what);
 extern char *pe_agg_emit_connection(PeConsumerDef *def, char *name, const char *topic);

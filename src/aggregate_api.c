@@ -363,6 +363,29 @@ pe_create_aggregate(PG_FUNCTION_ARGS)
 	}
 	else
 		groups = NULL;
+	/* the group columns: each once, and not a name the results table uses itself */
+	if (ngroups > PE_AGG_MAX_GROUPS)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("an aggregate can have at most %d group columns", PE_AGG_MAX_GROUPS),
+				 errhint("The results' unique index holds the window's start and end and the groups, and an index has at most 32 columns.")));
+	for (int g = 0; g < ngroups; g++)
+	{
+		const char *gname = text_to_cstring(groups[g]);
+
+		for (int h = 0; h < g; h++)
+			if (strcmp(gname, text_to_cstring(groups[h])) == 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_DUPLICATE_COLUMN),
+						 errmsg("group column \"%s\" is given twice", gname),
+						 errhint("Name each group column once.")));
+		if (strcmp(gname, "window_start") == 0 || strcmp(gname, "window_end") == 0 || strcmp(gname, "closed") == 0 ||
+			strcmp(gname, "pe_inserted") == 0 || strstr(gname, "__") != NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("group column \"%s\" has a name the results table keeps for itself", gname),
+					 errhint("The results have window_start, window_end, closed and NAME__state columns: group by a column of another name (a generated column of the target can copy it).")));
+	}
 	/* as the consumer's batches will see them (describing prepares its statements) */
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
@@ -420,6 +443,17 @@ pe_create_aggregate(PG_FUNCTION_ARGS)
 	SPI_finish();
 	schema = get_namespace_name(RelationGetNamespace(rel));
 	results = PG_ARGISNULL(8) ? name : text_to_cstring(PG_GETARG_TEXT_PP(8));
+	for (int k = 0; k < (strcmp(emit, "close") == 0 ? 2 : 1); k++)
+	{
+		const char *tname = k == 0 ? results : psprintf("%s_open", results);
+
+		if (OidIsValid(get_relname_relid(tname, RelationGetNamespace(rel))))
+			ereport(ERROR,
+					(errcode(ERRCODE_DUPLICATE_TABLE),
+					 errmsg("the %s table \"%s.%s\" of aggregate \"%s\" already exists", k == 0 ? "results" : "state",
+							schema, tname, name),
+					 errhint("Name the results otherwise with results => ..., or drop that table (drop_aggregate(name, drop_results => true) drops an aggregate's results with it).")));
+	}
 	initStringInfo(&sql);
 	initStringInfo(&cols);
 	appendStringInfo(&sql, "CREATE TABLE %s.%s AS SELECT NULL::%s AS window_start, NULL::%s AS window_end",

@@ -230,11 +230,11 @@ pe_agg_parse(const char *spec, Relation rel, char **fn, char **arg, char **out, 
 				 errmsg("aggregate \"%s\" does not parse", spec),
 				 errhint("After function(column) only AS name may follow.")));
 	if (**out == '\0' || strcmp(*out, "window_start") == 0 || strcmp(*out, "window_end") == 0 ||
-		strcmp(*out, "closed") == 0 || strstr(*out, "__") != NULL)
+		strcmp(*out, "closed") == 0 || strcmp(*out, "pe_inserted") == 0 || strstr(*out, "__") != NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("aggregate \"%s\" needs another output name", spec),
-				 errhint("Add AS name with a name that is not window_start, window_end or closed, and has no \"__\" (the results keep state in NAME__sum and the like).")));
+				 errhint("Add AS name with a name that is not window_start, window_end, closed or pe_inserted, and has no \"__\" (the results keep state in NAME__sum and the like).")));
 	/* its state columns too must fit a name: NAME__digest, NAME__count */
 	if (strlen(*out) + strlen("__digest") >= NAMEDATALEN)
 		ereport(ERROR,

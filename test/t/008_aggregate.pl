@@ -571,6 +571,21 @@ sql(q{CREATE TABLE stamped (id int PRIMARY KEY, received timestamptz DEFAULT now
 refused(q{'a1', 'st', '1 minute', 'received', ARRAY['count(*)']}, qr/time column "received" takes its default when a message lacks it/,
 	'a time column filled from its default');
 refused(q{repeat('x', 64), 'rd', '1 minute', 'ts', ARRAY['count(*)']}, qr/longer than 63 bytes/, 'a name too long for a table');
+refused(q{'a1', 'rd', '1 minute', 'ts', ARRAY['count(*)'], ARRAY['device', 'device']}, qr/group column "device" is given twice/,
+	'a group column given twice');
+refused(q{'a1', 'rd', '1 minute', 'ts', ARRAY['count(*) AS pe_inserted']}, qr/needs another output name/,
+	'an output with the name the emitting statement uses');
+refused(q{'a1', 'rd', '1 minute', 'ts', ARRAY['count(*)'], results => 'readings'},
+	qr/the results table "public.readings" of aggregate "a1" already exists/, 'a results table that exists');
+sql(q{CREATE TABLE odd (id int PRIMARY KEY, ts timestamptz, closed boolean, "a__b" int, c1 int, c2 int, c3 int, c4 int, c5 int, c6 int, c7 int, c8 int, c9 int, c10 int, c11 int, c12 int, c13 int, c14 int, c15 int, c16 int, c17 int, c18 int, c19 int, c20 int, c21 int, c22 int, c23 int, c24 int, c25 int, c26 int, c27 int, c28 int, c29 int, c30 int, c31 int);
+      SELECT pipeline.create_consumer('odd', 'local', 'agg', 'odd', start => false)});
+refused(q{'a1', 'odd', '1 minute', 'ts', ARRAY['count(*)'], ARRAY['closed']}, qr/group column "closed" has a name the results table keeps/,
+	'a group column named as a column of the results');
+refused(q{'a1', 'odd', '1 minute', 'ts', ARRAY['count(*)'], ARRAY['a__b']}, qr/group column "a__b" has a name the results table keeps/,
+	'... or as a state column');
+refused(q{'a1', 'odd', '1 minute', 'ts', ARRAY['count(*)'], ARRAY['c1', 'c2', 'c3', 'c4', 'c5', 'c6', 'c7', 'c8', 'c9', 'c10', 'c11', 'c12', 'c13', 'c14', 'c15', 'c16', 'c17', 'c18', 'c19', 'c20', 'c21', 'c22', 'c23', 'c24', 'c25', 'c26', 'c27', 'c28', 'c29', 'c30', 'c31']}, qr/at most 30 group columns/,
+	'31 group columns');
+sql(q{SELECT pipeline.drop_consumer('odd'); DROP TABLE odd});
 is(sql(q{SELECT count(*) FROM pg_class WHERE relname IN ('a1', 'other')}), '0', 'a refused definition leaves no table');
 
 # --- the functions grouped in C (aggregate_pre.c) over every type they take, equal to plain SQL:
