@@ -183,36 +183,23 @@ pe_statement_args(PeTarget *t, PeRow **rows, int n, bool is_delete, Datum *args)
 }
 
 /*
- * Execute the insert (or delete) for rows[0..n) in a subtransaction: kept
- * when keep is set, else rolled back even when it succeeds (a trial, which
- * leaves nothing behind, not even a subtransaction id in the cache).
- * Appends go straight into the heap where the target allows it
- * (apply_append.c), else through the statement.
+ * Run fn(arg) in a subtransaction: kept when keep is set, else rolled back
+ * even when it succeeds (a trial, which leaves nothing behind, not even a
+ * subtransaction id in the cache).  NULL, or the error it raised (copied;
+ * the subtransaction rolled back).
  */
 ErrorData *
-pe_try_statement(PeTarget *t, PeRow **rows, int n, bool is_delete, bool keep, int64 *processed)
+pe_try_subxact(void (*fn) (void *arg), void *arg, bool keep)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	ResourceOwner owner = CurrentResourceOwner;
-	int			nargs = is_delete ? t->nkeys : t->ncols;
-	Datum	   *args = palloc0(sizeof(Datum) * nargs);
 	ErrorData  *volatile edata = NULL;
-	bool		direct = !is_delete && !t->def->upsert;
 
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(cxt);
 	PG_TRY();
 	{
-		if (!direct || !pe_append_rows(t, rows, n, processed))
-		{
-			int			rc;
-
-			pe_statement_args(t, rows, n, is_delete, args);
-			rc = SPI_execute_plan(is_delete ? t->delete_plan : t->apply_plan, args, NULL, false, 0);
-			if (rc < 0)
-				elog(ERROR, "could not apply a batch of consumer \"%s\": %s", t->def->name, SPI_result_code_string(rc));
-			*processed = SPI_processed;
-		}
+		fn(arg);
 		if (keep)
 			ReleaseCurrentSubTransaction();
 		else
@@ -230,11 +217,54 @@ pe_try_statement(PeTarget *t, PeRow **rows, int n, bool is_delete, bool keep, in
 		CurrentResourceOwner = owner;
 	}
 	PG_END_TRY();
+	return edata;
+}
+
+/* A statement's rows, for pe_try_subxact. */
+typedef struct PeTryRows
+{
+	PeTarget   *t;
+	PeRow	  **rows;
+	int			n;
+	bool		is_delete;
+	Datum	   *args;
+	int64	   *processed;
+} PeTryRows;
+
+static void
+pe_try_rows(void *arg)
+{
+	PeTryRows  *x = arg;
+	bool		direct = !x->is_delete && !x->t->def->upsert;
+
+	if (!direct || !pe_append_rows(x->t, x->rows, x->n, x->processed))
+	{
+		int			rc;
+
+		pe_statement_args(x->t, x->rows, x->n, x->is_delete, x->args);
+		rc = SPI_execute_plan(x->is_delete ? x->t->delete_plan : x->t->apply_plan, x->args, NULL, false, 0);
+		if (rc < 0)
+			elog(ERROR, "could not apply a batch of consumer \"%s\": %s", x->t->def->name, SPI_result_code_string(rc));
+		*x->processed = SPI_processed;
+	}
+}
+
+/*
+ * Execute the insert (or delete) for rows[0..n) in a subtransaction, kept
+ * or a trial (pe_try_subxact).  Appends go straight into the heap where
+ * the target allows it (apply_append.c), else through the statement.
+ */
+ErrorData *
+pe_try_statement(PeTarget *t, PeRow **rows, int n, bool is_delete, bool keep, int64 *processed)
+{
+	int			nargs = is_delete ? t->nkeys : t->ncols;
+	PeTryRows	x = {t, rows, n, is_delete, palloc0(sizeof(Datum) * nargs), processed};
+	ErrorData  *edata = pe_try_subxact(pe_try_rows, &x, keep);
 
 	for (int a = 0; a < nargs; a++)
-		if (args[a] != (Datum) 0)
-			pfree(DatumGetPointer(args[a]));
-	pfree(args);
+		if (x.args[a] != (Datum) 0)
+			pfree(DatumGetPointer(x.args[a]));
+	pfree(x.args);
 	return edata;
 }
 

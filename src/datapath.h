@@ -265,6 +265,7 @@ extern int	pe_key_bytes_cmp(Datum a, Datum b);
 /* apply.c */
 extern void pe_build_statements(PeTarget *t);
 extern Datum pe_column_array(PeColumn *col, Datum *values, bool *nulls, int n);
+extern ErrorData *pe_try_subxact(void (*fn) (void *arg), void *arg, bool keep);
 extern ErrorData *pe_try_statement(PeTarget *t, PeRow **rows, int n, bool is_delete, bool keep,
 								   int64 *processed);
 extern void pe_apply(PeTarget *t, PeRow *rows, int nrows, PeBatchResult *res);
