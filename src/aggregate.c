@@ -362,9 +362,13 @@ pe_int_cmp(const void *x, const void *y)
 	return (a > b) - (a < b);
 }
 
-/* Events after their window closed: into pipeline.aggregate_late, with why. */
+/*
+ * Events after their window closed (reason NULL), or that the aggregate
+ * could not count (reason why): into pipeline.aggregate_late, with why.
+ */
 static void
-pe_agg_keep_late(PeAggregate *a, PeMessage *msgs, PeRow *rows, const int *late, int nlate, const Datum *times)
+pe_agg_keep_late(PeAggregate *a, PeMessage *msgs, PeRow *rows, const int *late, int nlate, const Datum *times,
+				 const char *reason)
 {
 	PeCatalogAccess acc;
 	Oid			types[8] = {TEXTOID, INT4ARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID, TIMESTAMPTZOID,
@@ -399,7 +403,7 @@ pe_agg_keep_late(PeAggregate *a, PeMessage *msgs, PeRow *rows, const int *late, 
 	values[4] = TimestampTzGetDatum(a->wm);
 	values[5] = PointerGetDatum(construct_md_array(kd, kn, 1, dims, lbs, BYTEAOID, -1, false, TYPALIGN_INT));
 	values[6] = PointerGetDatum(construct_md_array(vd, vn, 1, dims, lbs, BYTEAOID, -1, false, TYPALIGN_INT));
-	values[7] = CStringGetTextDatum(a->size_us == a->slide_us
+	values[7] = CStringGetTextDatum(reason ? reason : a->size_us == a->slide_us
 									? "its window had closed: the watermark had passed the window's end plus the lateness"
 									: "some or all of its windows had closed: the watermark had passed their end plus the lateness; it counts in those still open");
 	pe_catalog_begin(&acc);
@@ -409,6 +413,68 @@ pe_agg_keep_late(PeAggregate *a, PeMessage *msgs, PeRow *rows, const int *late, 
 							  8, types, values, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not keep the late events of aggregate \"%s\"", a->name);
 	pe_catalog_end(&acc);
+}
+
+/* A merge of some of a batch's events (take, ntake), for pe_try_subxact. */
+typedef struct PeAggMerge
+{
+	PeAggregate *a;
+	PeTarget   *t;
+	PeMessage  *msgs;
+	PeRow	   *rows;
+	const Datum *times;
+	const int  *take;
+	int			ntake;
+	const int  *cols;
+	int			ncols;
+} PeAggMerge;
+
+static void
+pe_agg_merge_try(void *arg)
+{
+	PeAggMerge *x = arg;
+
+	pe_agg_merge(x->a, x->t, x->rows, x->times, x->take, x->ntake, x->cols, x->ncols);
+}
+
+/*
+ * Merge the events take[0..ntake) into the results.  An event whose values
+ * fail the aggregate's arithmetic (a data exception: a sum of floats that
+ * overflows, a numeric beyond its range) would fail every batch that holds
+ * it, and stop the consumer: it is found by halving, each half in a
+ * subtransaction kept when it merges, and kept aside with the error as its
+ * reason (pipeline.late_events), counted as the aggregate's late events
+ * are, and not merged; the others are.  Other errors are thrown.  (Only
+ * then does more than the one subtransaction of the whole open.)
+ */
+static void
+pe_agg_merge_isolating(PeAggMerge *x, const int *take, int ntake)
+{
+	ErrorData  *edata;
+
+	x->take = take;
+	x->ntake = ntake;
+	edata = pe_try_subxact(pe_agg_merge_try, x, true);
+	if (edata == NULL)
+		return;
+	if (ERRCODE_TO_CATEGORY(edata->sqlerrcode) != ERRCODE_DATA_EXCEPTION)
+		ReThrowError(edata);
+	if (ntake == 1)
+	{
+		char	   *why = psprintf("its value could not be counted: %s (SQLSTATE %s)", edata->message,
+								   unpack_sql_state(edata->sqlerrcode));
+
+		ereport(LOG,
+				(errmsg("pipeline_ext aggregate \"%s\": an event of partition %d at offset " INT64_FORMAT " is kept aside: %s",
+						x->a->name, x->msgs[x->rows[take[0]].msg_index].partition,
+						x->msgs[x->rows[take[0]].msg_index].offset, why)));
+		pe_agg_keep_late(x->a, x->msgs, x->rows, take, 1, x->times, why);
+		FreeErrorData(edata);
+		return;
+	}
+	FreeErrorData(edata);
+	pe_agg_merge_isolating(x, take, ntake / 2);
+	pe_agg_merge_isolating(x, take + ntake / 2, ntake - ntake / 2);
 }
 
 /*
@@ -633,10 +699,14 @@ pe_aggregates_update(List *aggs, PeTarget *t, PeMessage *msgs, int n, PeRow *row
 			qsort(late, nlate, sizeof(int), pe_int_cmp);
 		}
 		if (nlate > 0)
-			pe_agg_keep_late(a, msgs, rows, late, nlate, times);
+			pe_agg_keep_late(a, msgs, rows, late, nlate, times, NULL);
 
 		if (ntake > 0)
-			pe_agg_merge(a, t, rows, times, take, ntake, cols, ncols);
+		{
+			PeAggMerge	x = {a, t, msgs, rows, times, NULL, 0, cols, ncols};
+
+			pe_agg_merge_isolating(&x, take, ntake);
+		}
 
 		/*
 		 * What it has counted now: every message of the batch (above); each

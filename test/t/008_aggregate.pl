@@ -739,6 +739,20 @@ wait_for(q{SELECT (SELECT sum(avg_r__count) FROM fr_avg) + (SELECT sum(avg_r__co
 is(sql(q{SELECT (SELECT avg_r || '|' || sum_r FROM fr_avg) || '/' || (SELECT avg_r FROM fr_sql)}),
 	sql(q{SELECT avg(r) || '|' || sum(r) || '/' || avg(r) FROM fr}),
 	'avg(real) merged batch by batch equals avg(real) over the table, in C and in the statement (sum(real) stays real)');
+# an event whose value overflows its window's sum(real) in a later batch: kept aside with the error as
+# its reason, not counted; the consumer goes on (it stopped, every batch failing, before)
+for my $e ([4, '3e38'], [5, '3e38'], [6, '1'])
+{
+	sql(qq{SELECT pipeline.produce('local', 'fr', '{"id": $e->[0], "ts": "2026-03-02 00:00:0$e->[0]+00", "r": $e->[1]}', '$e->[0]')});
+	wait_for(q{SELECT count(*) FROM fr}, $e->[0], "real event $e->[0] applied, in a batch of its own");
+}
+wait_for(q{SELECT sum(avg_r__count) FROM fr_sql}, '6', '... and counted where it can be');
+is(sql(q{SELECT (SELECT avg_r__count FROM fr_avg) || '/' || string_agg(convert_from(value, 'UTF8')::jsonb->>'id' || ': ' || reason, ', ')
+           FROM pipeline.late_events WHERE aggregate = 'fr_avg'}),
+	'5/5: its value could not be counted: value out of range: overflow (SQLSTATE 22003)',
+	'an event whose value overflows its window\'s sum is kept aside, with the reason; the others count');
+is(sql(q{SELECT coalesce(last_error, 'none') || '/' || enabled FROM pipeline.consumers WHERE name = 'fr'}), 'none/true',
+	'... and the consumer goes on, without an error');
 sql(q{SELECT pipeline.drop_consumer('fr')});
 
 # --- session windows: an event is late or not by the session it would join ---
