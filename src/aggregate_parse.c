@@ -223,7 +223,33 @@ pe_agg_parse(const char *spec, Relation rel, char **fn, char **arg, char **out, 
 			*out = psprintf("%s_%s", shown, *arg);
 	}
 	else if (pg_strncasecmp(rest, "as ", 3) == 0)
+	{
 		*out = pe_agg_trim(rest + 3);
+		/* "a quoted name": the name inside, "" a quote, as SQL reads it */
+		if (**out == '"')
+		{
+			char	   *name = palloc(strlen(*out));
+			char	   *w = name;
+			const char *c = *out + 1;
+
+			for (; *c; c++)
+			{
+				if (*c == '"' && c[1] == '"')
+					*w++ = *c++;
+				else if (*c == '"')
+					break;
+				else
+					*w++ = *c;
+			}
+			*w = '\0';
+			if (*c != '"' || c[1] != '\0')
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("aggregate \"%s\" does not parse", spec),
+						 errhint("Quote the name after AS whole, with \"\" for a quote inside: AS \"my name\".")));
+			*out = name;
+		}
+	}
 	else
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),

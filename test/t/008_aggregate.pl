@@ -753,6 +753,11 @@ is(sql(q{SELECT (SELECT avg_r__count FROM fr_avg) || '/' || string_agg(convert_f
 	'an event whose value overflows its window\'s sum is kept aside, with the reason; the others count');
 is(sql(q{SELECT coalesce(last_error, 'none') || '/' || enabled FROM pipeline.consumers WHERE name = 'fr'}), 'none/true',
 	'... and the consumer goes on, without an error');
+# an output named AS "a quoted name": the name inside, as SQL reads it
+sql(q{SELECT pipeline.create_aggregate('fr_named', 'fr', '1 day', 'ts', ARRAY['count(*) AS "Events ""all"""'])});
+is(sql(q{SELECT string_agg(attname, ',') FROM pg_attribute WHERE attrelid = 'fr_named'::regclass AND attname LIKE 'Events%'}),
+	'Events "all"', 'an output named with a quoted name takes the name inside the quotes');
+refused(q{'a1', 'fr', '1 day', 'ts', ARRAY['count(*) AS "half']}, qr/does not parse/, 'a quoted name not closed');
 sql(q{SELECT pipeline.drop_consumer('fr')});
 
 # --- session windows: an event is late or not by the session it would join ---
