@@ -440,8 +440,8 @@ pe_agg_merge_try(void *arg)
 /*
  * Merge the events take[0..ntake) into the results.  An event whose values
  * fail the aggregate's arithmetic (a data exception: a sum of floats that
- * overflows, a numeric beyond its range) would fail every batch that holds
- * it, and stop the consumer: it is found by halving, each half in a
+ * overflows, a numeric beyond its range: 22003, 22012, 22P01) would fail
+ * every batch that holds it, and stop the consumer: it is found by halving, each half in a
  * subtransaction kept when it merges, and kept aside with the error as its
  * reason (pipeline.late_events), counted as the aggregate's late events
  * are, and not merged; the others are.  Other errors are thrown.  (Only
@@ -457,7 +457,14 @@ pe_agg_merge_isolating(PeAggMerge *x, const int *take, int ntake)
 	edata = pe_try_subxact(pe_agg_merge_try, x, true);
 	if (edata == NULL)
 		return;
-	if (ERRCODE_TO_CATEGORY(edata->sqlerrcode) != ERRCODE_DATA_EXCEPTION)
+	/*
+	 * Only what an event's value can cause: not every data exception is one
+	 * (a time zone not recognised, window arithmetic past the timestamp
+	 * range, an expression of the results table would fail for every event
+	 * alone, and would move the whole batch aside instead of stopping).
+	 */
+	if (edata->sqlerrcode != ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE && edata->sqlerrcode != ERRCODE_DIVISION_BY_ZERO &&
+		edata->sqlerrcode != ERRCODE_FLOATING_POINT_EXCEPTION)
 		ReThrowError(edata);
 	if (ntake == 1)
 	{

@@ -758,6 +758,18 @@ sql(q{SELECT pipeline.create_aggregate('fr_named', 'fr', '1 day', 'ts', ARRAY['c
 is(sql(q{SELECT string_agg(attname, ',') FROM pg_attribute WHERE attrelid = 'fr_named'::regclass AND attname LIKE 'Events%'}),
 	'Events "all"', 'an output named with a quoted name takes the name inside the quotes');
 refused(q{'a1', 'fr', '1 day', 'ts', ARRAY['count(*) AS "half']}, qr/does not parse/, 'a quoted name not closed');
+# a data exception no event causes (a trigger of the results that always raises 22023): the batch
+# fails with its error, and no event is moved aside; once the cause is gone, the batch goes in
+sql(q{CREATE FUNCTION fr_refuse() RETURNS trigger LANGUAGE plpgsql
+        AS $$BEGIN RAISE EXCEPTION 'results refused' USING ERRCODE = '22023'; END$$;
+      CREATE TRIGGER fr_refuse BEFORE INSERT OR UPDATE ON fr_named FOR EACH ROW EXECUTE FUNCTION fr_refuse()});
+sql(q{SELECT pipeline.produce('local', 'fr', '{"id": 7, "ts": "2026-03-02 00:00:07+00", "r": 1}', '7')});
+wait_for(q{SELECT last_error LIKE '%results refused%' FROM pipeline.consumers WHERE name = 'fr'}, 't',
+	'a data exception of the results table, not of an event, fails the batch with its error');
+is(sql(q{SELECT count(*) || '/' || (SELECT count(*) FROM fr) FROM pipeline.late_events WHERE aggregate = 'fr_named'}), '0/6',
+	'... and moves no event aside');
+sql(q{DROP TRIGGER fr_refuse ON fr_named});
+wait_for(q{SELECT count(*) FROM fr}, '7', '... and once the cause is gone, the batch goes in');
 sql(q{SELECT pipeline.drop_consumer('fr')});
 
 # --- session windows: an event is late or not by the session it would join ---
