@@ -237,6 +237,13 @@ pe_relay_check_senders(PeRelayConn *c, PeOutMsg *msgs, int n)
 
 	pe_xact_begin();
 	conn = pe_connection_lookup(c->name, true);
+	for (int i = 0; conn == NULL && i < n; i++)
+		if (!msgs[i].dead)
+		{
+			/* dropped since the producer was made: its messages cannot go anywhere */
+			msgs[i].dead = MemoryContextStrdup(back, psprintf("connection \"%s\" does not exist", c->name));
+			marked++;
+		}
 	for (int i = 0; conn && i < n; i++)
 	{
 		const char *who;
