@@ -441,6 +441,23 @@ pe_agg_session_combine(StringInfo s, PeAggregate *a, int i)
 }
 
 /*
+ * " AND" each group of the events (prefix: "b.g" names them b.g1, b.g2, ...)
+ * equal to the results row r's, a null equal to a null, with the type's
+ * own equality (IS NOT DISTINCT FROM would look = up on the search_path).
+ */
+static void
+pe_agg_group_match(StringInfo s, PeAggregate *a, PeTarget *t, const int *cols, const char *prefix)
+{
+	for (int k = 0; k < a->ngroups; k++)
+	{
+		const char *col = quote_identifier(a->groups[k]);
+
+		appendStringInfo(s, " AND (%s%d OPERATOR(%s) r.%s OR (%s%d IS NULL AND r.%s IS NULL))",
+						 prefix, k + 1, pe_agg_equality(t->cols[cols[k + 1]].typid), col, prefix, k + 1, col);
+	}
+}
+
+/*
  * The statement that merges a batch's events into session windows: each
  * event is a session of its own, [time, time + gap); the open sessions of
  * its group that it overlaps are taken out of the table, and the events
@@ -492,14 +509,7 @@ pe_agg_session_sql(PeAggregate *a, PeTarget *t, const int *cols, int ncols)
 					 "AND r.window_end OPERATOR(pg_catalog.>) (SELECT pg_catalog.min(b.s) FROM b) "
 					 "AND EXISTS (SELECT FROM b WHERE b.s OPERATOR(pg_catalog.<) r.window_end "
 					 "AND b.e OPERATOR(pg_catalog.>) r.window_start", res);
-	for (int k = 0; k < a->ngroups; k++)
-	{
-		/* IS NOT DISTINCT FROM would look = up on the search_path: the type's own equality */
-		const char *col = quote_identifier(a->groups[k]);
-
-		appendStringInfo(&c, " AND (b.g%d OPERATOR(%s) r.%s OR (b.g%d IS NULL AND r.%s IS NULL))",
-						 k + 1, pe_agg_equality(t->cols[cols[k + 1]].typid), col, k + 1, col);
-	}
+	pe_agg_group_match(&c, a, t, cols, "b.g");
 	appendStringInfoString(&c, ") RETURNING r.*), ");
 
 	/* u: both, alike; f, i: the islands of overlapping sessions */
@@ -533,6 +543,38 @@ pe_agg_session_sql(PeAggregate *a, PeTarget *t, const int *cols, int ncols)
 }
 
 /*
+ * The statement's first ncols arguments: the events take[0..ntake) of
+ * rows, column by column (cols, the time first: its values are times[]),
+ * as arrays, and their types.
+ */
+static void
+pe_agg_event_args(PeTarget *t, PeRow *rows, const Datum *times, const int *take, int ntake, const int *cols,
+				  int ncols, Oid time_type, Oid *types, Datum *values)
+{
+	Datum	   *ev = palloc(sizeof(Datum) * Max(ntake, 1));
+	bool	   *en = palloc(sizeof(bool) * Max(ntake, 1));
+
+	for (int i = 0; i < ntake; i++)
+		ev[i] = times[take[i]];
+	types[0] = time_type == TIMESTAMPTZOID ? TIMESTAMPTZARRAYOID : TIMESTAMPARRAYOID;
+	values[0] = PointerGetDatum(construct_array(ev, ntake, time_type, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	for (int c = 1; c < ncols; c++)
+	{
+		PeColumn   *col = &t->cols[cols[c]];
+
+		for (int i = 0; i < ntake; i++)
+		{
+			ev[i] = rows[take[i]].values[cols[c]];
+			en[i] = rows[take[i]].nulls[cols[c]];
+		}
+		types[c] = col->arraytyp;
+		values[c] = pe_column_array(col, ev, en, ntake);
+	}
+	pfree(ev);
+	pfree(en);
+}
+
+/*
  * For a session aggregate, whether each of the events take[0..ntake)
  * (rows, their times) falls within the gap of a session of its group as
  * the results stand before the batch: in_closed[k] one that had closed,
@@ -553,8 +595,6 @@ pe_agg_session_joins(PeAggregate *a, PeTarget *t, PeRow *rows, const Datum *time
 	Oid		   *types = palloc(sizeof(Oid) * nargs);
 	Datum	   *values = palloc(sizeof(Datum) * nargs);
 	char	   *nulls = palloc(nargs + 1);
-	Datum	   *ev = palloc(sizeof(Datum) * Max(ntake, 1));
-	bool	   *en = palloc(sizeof(bool) * Max(ntake, 1));
 	Oid			time_type = cols[0] >= 0 ? t->cols[cols[0]].typid : TIMESTAMPTZOID;
 	const char *results = pe_agg_table(a, a->results);
 	const char *open_in = a->emit_close ? pe_agg_table(a, a->state) : results;
@@ -562,14 +602,7 @@ pe_agg_session_joins(PeAggregate *a, PeTarget *t, PeRow *rows, const Datum *time
 	StringInfoData sql;
 
 	initStringInfo(&match);
-	for (int k = 0; k < a->ngroups; k++)
-	{
-		/* (IS NOT DISTINCT FROM would look = up on the search_path: the type's own equality) */
-		const char *col = quote_identifier(a->groups[k]);
-
-		appendStringInfo(&match, " AND (e.c%d OPERATOR(%s) r.%s OR (e.c%d IS NULL AND r.%s IS NULL))",
-						 k + 1, pe_agg_equality(t->cols[cols[k + 1]].typid), col, k + 1, col);
-	}
+	pe_agg_group_match(&match, a, t, cols, "e.c");
 	initStringInfo(&sql);
 	appendStringInfo(&sql, "SELECT e.o, EXISTS (SELECT FROM %s AS r WHERE r.closed "
 					 "AND r.window_start OPERATOR(pg_catalog.<) (e.c0 OPERATOR(pg_catalog.+) $%d) "
@@ -581,22 +614,7 @@ pe_agg_session_joins(PeAggregate *a, PeTarget *t, PeRow *rows, const Datum *time
 	pe_agg_events(&sql, t, cols, ncols, true);
 	appendStringInfoString(&sql, " AS e");
 
-	for (int i = 0; i < ntake; i++)
-		ev[i] = times[take[i]];
-	types[0] = time_type == TIMESTAMPTZOID ? TIMESTAMPTZARRAYOID : TIMESTAMPARRAYOID;
-	values[0] = PointerGetDatum(construct_array(ev, ntake, time_type, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	for (int c = 1; c < ncols; c++)
-	{
-		PeColumn   *col = &t->cols[cols[c]];
-
-		for (int i = 0; i < ntake; i++)
-		{
-			ev[i] = rows[take[i]].values[cols[c]];
-			en[i] = rows[take[i]].nulls[cols[c]];
-		}
-		types[c] = col->arraytyp;
-		values[c] = pe_column_array(col, ev, en, ntake);
-	}
+	pe_agg_event_args(t, rows, times, take, ntake, cols, ncols, time_type, types, values);
 	types[ncols] = INTERVALOID;
 	values[ncols] = pe_agg_interval(a->size_us);
 	memset(nulls, ' ', nargs);
@@ -625,8 +643,6 @@ pe_agg_merge(PeAggregate *a, PeTarget *t, PeRow *rows, const Datum *times, const
 	int			nargs = ncols + 7;
 	Oid		   *types = palloc(sizeof(Oid) * nargs);
 	Datum	   *values = palloc(sizeof(Datum) * nargs);
-	Datum	   *ev = palloc(sizeof(Datum) * ntake);
-	bool	   *en = palloc(sizeof(bool) * ntake);
 	Oid			time_type = cols[0] >= 0 ? t->cols[cols[0]].typid : TIMESTAMPTZOID;
 	char	   *sql;
 	char	   *nulls = palloc(nargs + 1);
@@ -638,23 +654,8 @@ pe_agg_merge(PeAggregate *a, PeTarget *t, PeRow *rows, const Datum *times, const
 		return;
 	sql = a->session ? pe_agg_session_sql(a, t, cols, ncols) : pe_agg_sql(a, t, cols, ncols, time_type);
 
-	/* the times: a column's, or the messages' timestamps */
-	for (int i = 0; i < ntake; i++)
-		ev[i] = times[take[i]];
-	types[0] = time_type == TIMESTAMPTZOID ? TIMESTAMPTZARRAYOID : TIMESTAMPARRAYOID;
-	values[0] = PointerGetDatum(construct_array(ev, ntake, time_type, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	for (int c = 1; c < ncols; c++)
-	{
-		PeColumn   *col = &t->cols[cols[c]];
-
-		for (int i = 0; i < ntake; i++)
-		{
-			ev[i] = rows[take[i]].values[cols[c]];
-			en[i] = rows[take[i]].nulls[cols[c]];
-		}
-		types[c] = col->arraytyp;
-		values[c] = pe_column_array(col, ev, en, ntake);
-	}
+	/* the times (a column's, or the messages' timestamps), then the columns */
+	pe_agg_event_args(t, rows, times, take, ntake, cols, ncols, time_type, types, values);
 	types[ncols] = INTERVALOID;
 	values[ncols] = pe_agg_interval(a->size_us);
 	types[ncols + 1] = INTERVALOID;

@@ -314,6 +314,26 @@ pe_create_eventhubs_connection(PG_FUNCTION_ARGS)
 	return pe_call_hiding_statement(pe_create_eventhubs_connection_checked, fcinfo);
 }
 
+/*
+ * The names of the rows of pipeline.<table> whose <column> is connection
+ * name, comma-separated, or NULL: none, or no such table (an older
+ * version's catalog).  SPI connected.
+ */
+static char *
+pe_connection_users(const char *table, const char *column, Datum name)
+{
+	Oid			argtypes[1] = {TEXTOID};
+	Datum		values[1] = {name};
+
+	if (!OidIsValid(get_relname_relid(table, get_namespace_oid(PE_SCHEMA, false))))
+		return NULL;
+	if (SPI_execute_with_args(psprintf("SELECT pg_catalog.string_agg(name, ', ' ORDER BY name) FROM pipeline.%s "
+									   "WHERE %s OPERATOR(pg_catalog.=) $1", table, column),
+							  1, argtypes, values, NULL, true, 0) != SPI_OK_SELECT || SPI_processed != 1)
+		return NULL;
+	return SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+}
+
 Datum
 pe_drop_connection(PG_FUNCTION_ARGS)
 {
@@ -323,6 +343,7 @@ pe_drop_connection(PG_FUNCTION_ARGS)
 	Oid			argtypes[1] = {TEXTOID};
 	Datum		values[1];
 	int			rc;
+	char	   *users;
 
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
@@ -339,42 +360,22 @@ pe_drop_connection(PG_FUNCTION_ARGS)
 	values[0] = CStringGetTextDatum(name);
 	pe_catalog_begin(&acc);
 	/* (pipeline.consumer exists from version 0.2.0 on) */
-	if (OidIsValid(get_relname_relid("consumer", get_namespace_oid(PE_SCHEMA, false))))
-		rc = SPI_execute_with_args("SELECT pg_catalog.string_agg(name, ', ' ORDER BY name) "
-								   "FROM pipeline.consumer WHERE connection OPERATOR(pg_catalog.=) $1",
-								   1, argtypes, values, NULL, true, 0);
-	else
-		rc = SPI_OK_UTILITY;
-	if (rc == SPI_OK_SELECT && SPI_processed == 1)
-	{
-		char	   *users = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
-
-		if (users != NULL)
-			ereport(ERROR,
-					(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
-					 errmsg("connection \"%s\" is used by consumers", name),
-					 errdetail("Consumers using it: %s.", users),
-					 errhint("Drop those consumers first with pipeline.drop_consumer().")));
-	}
+	users = pe_connection_users("consumer", "connection", values[0]);
+	if (users != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
+				 errmsg("connection \"%s\" is used by consumers", name),
+				 errdetail("Consumers using it: %s.", users),
+				 errhint("Drop those consumers first with pipeline.drop_consumer().")));
 	/* (pipeline.aggregate exists from version 0.6.0 on) */
-	if (OidIsValid(get_relname_relid("aggregate", get_namespace_oid(PE_SCHEMA, false))))
-	{
-		rc = SPI_execute_with_args("SELECT pg_catalog.string_agg(name, ', ' ORDER BY name) "
-								   "FROM pipeline.aggregate WHERE emit_connection OPERATOR(pg_catalog.=) $1",
-								   1, argtypes, values, NULL, true, 0);
-		if (rc == SPI_OK_SELECT && SPI_processed == 1)
-		{
-			char	   *users = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
-
-			if (users != NULL)
-				ereport(ERROR,
-						(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
-						 errmsg("connection \"%s\" is used by aggregates", name),
-						 errdetail("Aggregates emitting through it: %s.", users),
-						 errhint("Point them at another connection with pipeline.alter_aggregate(name, emit_connection => ...), "
-								 "or drop them with pipeline.drop_aggregate().")));
-		}
-	}
+	users = pe_connection_users("aggregate", "emit_connection", values[0]);
+	if (users != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
+				 errmsg("connection \"%s\" is used by aggregates", name),
+				 errdetail("Aggregates emitting through it: %s.", users),
+				 errhint("Point them at another connection with pipeline.alter_aggregate(name, emit_connection => ...), "
+						 "or drop them with pipeline.drop_aggregate().")));
 	rc = SPI_execute_with_args("DELETE FROM pipeline.connection WHERE name OPERATOR(pg_catalog.=) $1",
 							   1, argtypes, values, NULL, false, 0);
 	if (rc != SPI_OK_DELETE)
