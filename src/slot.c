@@ -414,6 +414,48 @@ pe_slot_stop_on_error(const char *stop_error)
 	proc_exit(0);
 }
 
+/*
+ * Keep what the queue gave: batch[n..n + got) without errors (logged),
+ * messages of partitions revoked meanwhile and messages already applied,
+ * packed after batch[0..n).  Returns the new count; *bytes grows by the
+ * kept messages' keys and values.
+ */
+int
+pe_slot_keep(rd_kafka_message_t **batch, int n, ssize_t got, size_t *bytes)
+{
+	int			w = n;
+
+	for (ssize_t i = 0; i < got; i++)
+	{
+		rd_kafka_message_t *m = batch[n + i];
+		int32		p = m->partition;
+
+		if (m->err != RD_KAFKA_RESP_ERR_NO_ERROR)
+		{
+			if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+				ereport(LOG,
+						(errmsg("pipeline_ext consumer %s/%d: %s", pe_run->def->name, pe_run->slot,
+								pe_redact(rd_kafka_message_errstr(m), pe_run->secrets))));
+			rd_kafka_message_destroy(m);
+			continue;
+		}
+		/*
+		 * Revoked meanwhile, or already applied: below the stored offset, or
+		 * below where the group resumed the partition.
+		 */
+		if (p >= pe_run->npart || !pe_run->parts[p].assigned ||
+			m->offset < Max(pe_run->parts[p].stored, pe_run->parts[p].floor))
+		{
+			rd_kafka_message_destroy(m);
+			continue;
+		}
+		batch[w++] = m;
+		*bytes += m->len + m->key_len;
+	}
+	pe_run->batch_n = w;
+	return w;
+}
+
 /* The slot's main loop: collect a batch, apply it, commit, repeat. */
 static void
 pe_slot_loop(void)
@@ -507,48 +549,12 @@ pe_slot_loop(void)
 				ResetLatch(MyLatch);
 				got = 0;
 			}
-			for (ssize_t i = 0; i < got; i++)
 			{
-				rd_kafka_message_t *m = batch[n + i];
-				int32		p = m->partition;
+				int			w = pe_slot_keep(batch, n, got, &bytes);
 
-				if (m->err != RD_KAFKA_RESP_ERR_NO_ERROR)
-				{
-					if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
-						ereport(LOG,
-								(errmsg("pipeline_ext consumer %s/%d: %s", pe_run->def->name, pe_run->slot,
-										pe_redact(rd_kafka_message_errstr(m), pe_run->secrets))));
-					rd_kafka_message_destroy(m);
-					batch[n + i] = NULL;
-					continue;
-				}
-				/*
-				 * Revoked meanwhile, or already applied: below the stored
-				 * offset, or below where the group resumed the partition.
-				 */
-				if (p >= pe_run->npart || !pe_run->parts[p].assigned ||
-					m->offset < Max(pe_run->parts[p].stored, pe_run->parts[p].floor))
-				{
-					rd_kafka_message_destroy(m);
-					batch[n + i] = NULL;
-					continue;
-				}
-			}
-			/* compact out the dropped ones */
-			{
-				int			w = n;
-
-				for (ssize_t i = 0; i < got; i++)
-					if (batch[n + i] != NULL)
-					{
-						batch[w] = batch[n + i];
-						bytes += batch[w]->len + batch[w]->key_len;
-						w++;
-					}
 				if (w > n && first_at == 0)
 					first_at = GetCurrentTimestamp();
 				n = w;
-				pe_run->batch_n = n;
 			}
 			pe_slot_drain_logs();
 			if (pe_run->rebalance_error[0] != '\0')

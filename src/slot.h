@@ -93,6 +93,7 @@ extern PeSlotRun *pe_run;
 #define PE_WAIT_SLICE_MS 200
 #define PE_WAIT_SLICE_MAX_MS 1000	/* SIGTERM is answered within a second */
 extern void pe_slot_wait_tick(void);
+extern int	pe_slot_keep(rd_kafka_message_t **batch, int n, ssize_t got, size_t *bytes);
 extern PeBatchOutcome pe_slot_apply_with_retries(rd_kafka_message_t **batch, int n, int64 *ndead,
 												 char **stop_error);
 extern void pe_slot_stop_on_error(const char *stop_error) pg_attribute_noreturn();
