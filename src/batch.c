@@ -45,35 +45,61 @@
 PeBatchOutcome
 pe_batch_apply(PeBatch *b)
 {
+	PeBatchOutcome outcome = pe_batch_apply_rows(b);
+
+	if (outcome != PE_BATCH_DONE)
+		return outcome;
+	return pe_batch_finish(b);
+}
+
+/*
+ * Steps 1 to 4 for the messages not yet applied, b->msgs[b->napplied..b->n):
+ * their rows are kept in b for the aggregates and offsets of
+ * pe_batch_finish().  PE_BATCH_STOP as pe_batch_apply() says.
+ */
+PeBatchOutcome
+pe_batch_apply_rows(PeBatch *b)
+{
 	PeTarget   *t = b->target;
-	PeRow	   *rows = palloc0(sizeof(PeRow) * Max(b->n, 1));
+	int			from = b->napplied;
+	int			ndead = list_length(b->res.dead);
+	PeRow	   *rows;
 	int			nrows;
-	List	   *aggs = NIL;
+	List	   *dead;
+	ListCell   *lc;
 	Oid			save_userid;
 	int			save_sec;
 
-	/*
-	 * A batch in a transaction of its own (a slot's) checks deferred
-	 * constraints and fires deferred constraint triggers at the end of each
-	 * statement, inside the subtransactions that isolate bad rows.  It has
-	 * to: the apply runs as a security-restricted operation, where
-	 * PostgreSQL refuses to queue a deferred trigger event at all ("cannot
-	 * fire deferred trigger within security-restricted operation"), and
-	 * checked at COMMIT a failure would have no row to blame.  A replay
-	 * runs in its caller's transaction, whose constraint modes are the
-	 * caller's.
-	 */
-	if (b->own_transaction)
+	if (from == 0)
 	{
-		ConstraintsSetStmt *immediate = makeNode(ConstraintsSetStmt);
+		/*
+		 * A batch in a transaction of its own (a slot's) checks deferred
+		 * constraints and fires deferred constraint triggers at the end of
+		 * each statement, inside the subtransactions that isolate bad rows.
+		 * It has to: the apply runs as a security-restricted operation,
+		 * where PostgreSQL refuses to queue a deferred trigger event at all
+		 * ("cannot fire deferred trigger within security-restricted
+		 * operation"), and checked at COMMIT a failure would have no row to
+		 * blame.  A replay runs in its caller's transaction, whose
+		 * constraint modes are the caller's.
+		 */
+		if (b->own_transaction)
+		{
+			ConstraintsSetStmt *immediate = makeNode(ConstraintsSetStmt);
 
-		immediate->constraints = NIL;
-		immediate->deferred = false;
-		AfterTriggerSetState(immediate);
+			immediate->constraints = NIL;
+			immediate->deferred = false;
+			AfterTriggerSetState(immediate);
+		}
+
+		/* the consumer's aggregates: a slot's batch feeds them, and a replay */
+		b->aggs = pe_aggregates_of(t->def);
+		b->rows = palloc0(sizeof(PeRow) * Max(b->n, 1));
+		b->nrows = 0;
 	}
-
-	/* the consumer's aggregates: a slot's batch feeds them, and a replay */
-	aggs = pe_aggregates_of(t->def);
+	else
+		b->rows = repalloc(b->rows, sizeof(PeRow) * Max(b->n, 1));
+	rows = b->rows + b->nrows;
 
 	/*
 	 * Decoding and applying run as the consumer's owner, restricted as
@@ -84,10 +110,14 @@ pe_batch_apply(PeBatch *b)
 	SetUserIdAndSecContext(t->def->owner,
 						   save_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
 
-	/* 1. decode */
-	nrows = pe_decode_batch(t, b->msgs, b->n, rows, &b->res);
-	if (aggs != NIL)
-		nrows = pe_aggregates_screen(aggs, t, b->msgs, rows, nrows, &b->res);
+	/* 1. decode (the rows and dead letters numbered among all of b->msgs) */
+	nrows = pe_decode_batch(t, b->msgs + from, b->n - from, rows, &b->res);
+	for (int r = 0; r < nrows; r++)
+		rows[r].msg_index += from;
+	for_each_from(lc, b->res.dead, ndead)
+		((PeDeadLetter *) lfirst(lc))->msg_index += from;
+	if (b->aggs != NIL)
+		nrows = pe_aggregates_screen(b->aggs, t, b->msgs, rows, nrows, &b->res);
 
 	/* 2. dedup */
 	if (t->def->upsert && t->nkeys > 0)
@@ -96,18 +126,31 @@ pe_batch_apply(PeBatch *b)
 	/* 3. apply, isolating the rows that fail */
 	pe_apply(t, rows, nrows, &b->res);
 	SetUserIdAndSecContext(save_userid, save_sec);
+	b->nrows += nrows;
+	b->napplied = b->n;
 
-	/* 4. dead letters */
-	if (b->res.dead != NIL && t->def->stop_on_error && b->replay_ids == NULL)
+	/* 4. dead letters (these messages' own) */
+	dead = list_copy_tail(b->res.dead, ndead);
+	if (dead != NIL && t->def->stop_on_error && b->replay_ids == NULL)
 		return PE_BATCH_STOP;
 	if (b->replay_ids)
 		pe_deadletter_replayed(b->replay_ids, b->n, b->res.dead);
 	else
-		pe_deadletter_record(b->dead_plan, t->def, b->msgs, b->res.dead);
+		pe_deadletter_record(b->dead_plan, t->def, b->msgs, dead);
+	return PE_BATCH_DONE;
+}
 
+/*
+ * Steps 5 and 6 for all of b->msgs, applied: the aggregates and the
+ * offsets.  PE_BATCH_CONFLICT as pe_batch_apply() says.
+ */
+PeBatchOutcome
+pe_batch_finish(PeBatch *b)
+{
 	/* 5. windowed aggregates (aggregate.c) */
-	if (aggs != NIL)
-		pe_aggregates_update(aggs, t, b->msgs, b->n, rows, nrows, b->res.dead, b->npart, b->replay_ids != NULL);
+	if (b->aggs != NIL)
+		pe_aggregates_update(b->aggs, b->target, b->msgs, b->n, b->rows, b->nrows, b->res.dead, b->npart,
+							 b->replay_ids != NULL);
 
 	/* 6. offsets */
 	if (b->offsets && !pe_offsets_store(b->offsets))

@@ -217,6 +217,11 @@ typedef struct PeBatch
 	bool		own_transaction;	/* a slot: the transaction is the batch's */
 	int			npart;			/* a slot: the partitions of the topic */
 	PeBatchResult res;			/* out */
+	/* pe_batch_apply_rows() so far: */
+	int			napplied;		/* msgs[0..napplied) decoded and applied */
+	PeRow	   *rows;			/* ... their rows */
+	int			nrows;
+	List	   *aggs;			/* the consumer's aggregates, read once */
 } PeBatch;
 
 typedef enum PeBatchOutcome
@@ -227,6 +232,8 @@ typedef enum PeBatchOutcome
 } PeBatchOutcome;
 
 extern PeBatchOutcome pe_batch_apply(PeBatch *b);
+extern PeBatchOutcome pe_batch_apply_rows(PeBatch *b);
+extern PeBatchOutcome pe_batch_finish(PeBatch *b);
 
 /* decode.c */
 extern PeFormat pe_parse_format(const char *format);
