@@ -98,7 +98,11 @@ pe_batch_apply_rows(PeBatch *b)
 		b->nrows = 0;
 	}
 	else
+	{
+		/* (the decoders fill a row's values, its flags start false) */
 		b->rows = repalloc(b->rows, sizeof(PeRow) * Max(b->n, 1));
+		memset(b->rows + b->nrows, 0, sizeof(PeRow) * (b->n - b->nrows));
+	}
 	rows = b->rows + b->nrows;
 
 	/*

@@ -52,11 +52,7 @@
 #include "workers.h"
 
 #define PE_DISCOVER_MS 5000
-#define PE_BATCH_MAX_BYTES (32 * 1024 * 1024)
 #define PE_SLICE_MS 100
-/* a batch this large means a backlog: wake the fetchers (slot_metrics.c) */
-#define PE_WAKE_MESSAGES 10000
-#define PE_WAKE_BYTES (1024 * 1024)
 /* idle this long, a slot gives its kept batch memory back */
 #define PE_TRIM_IDLE_MS 10000
 
@@ -383,11 +379,11 @@ pe_slot_report_table_stats(void)
 
 /* Apply a batch, retrying transient errors (after a second) in place. */
 PeBatchOutcome
-pe_slot_apply_with_retries(rd_kafka_message_t **batch, int n, int64 *ndead, char **stop_error)
+pe_slot_apply_with_retries(rd_kafka_message_t **batch, int *n, size_t *bytes, int64 *ndead, char **stop_error)
 {
 	PeBatchOutcome outcome = PE_BATCH_DONE;
 
-	while (!pe_slot_try_batch(batch, n, &outcome, ndead, stop_error))
+	while (!pe_slot_try_batch(batch, n, bytes, &outcome, ndead, stop_error))
 	{
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, 1000,
 						 PG_WAIT_EXTENSION);
@@ -465,7 +461,9 @@ pe_slot_loop(void)
 	int			batch_cap;
 
 	batch_cap = pe_run->def->batch_size;
-	batch = MemoryContextAlloc(TopMemoryContext, sizeof(rd_kafka_message_t *) * batch_cap);
+	/* room for the batches a transaction may take in (slot_batch.c) */
+	pe_run->batch_room = batch_cap * PE_XACT_MAX_BATCHES;
+	batch = MemoryContextAllocHuge(TopMemoryContext, sizeof(rd_kafka_message_t *) * pe_run->batch_room);
 	pe_run->batch = batch;
 
 	for (;;)
@@ -621,7 +619,7 @@ pe_slot_loop(void)
 		elog(DEBUG2, "pipeline_ext consumer %s/%d: batch of %d messages collected in %lld ms",
 			 pe_run->def->name, pe_run->slot, n, (long long) pe_ms_since(first_at));
 		pe_slot_fetch_schemas(batch, n);
-		outcome = pe_slot_apply_with_retries(batch, n, &ndead, &stop_error);
+		outcome = pe_slot_apply_with_retries(batch, &n, &bytes, &ndead, &stop_error);
 		if (outcome == PE_BATCH_STOP)
 			pe_slot_stop_on_error(stop_error);
 		if (outcome == PE_BATCH_CONFLICT && pe_run->group_refused)

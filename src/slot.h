@@ -74,6 +74,7 @@ typedef struct PeSlotRun
 	uint32		reseeks;		/* last seen PeSlot.reseeks */
 	rd_kafka_message_t **batch;	/* messages held, freed at exit too */
 	int			batch_n;
+	int			batch_room;		/* batch[]'s size */
 	bool		target_stale;	/* the target table changed: describe it again */
 	bool		assignment_changed; /* a rebalance: publish the partitions */
 	bool		stats_pending;	/* table statistics not sent since the last commit */
@@ -94,7 +95,12 @@ extern PeSlotRun *pe_run;
 #define PE_WAIT_SLICE_MAX_MS 1000	/* SIGTERM is answered within a second */
 extern void pe_slot_wait_tick(void);
 extern int	pe_slot_keep(rd_kafka_message_t **batch, int n, ssize_t got, size_t *bytes);
-extern PeBatchOutcome pe_slot_apply_with_retries(rd_kafka_message_t **batch, int n, int64 *ndead,
+/* a batch this large means a backlog: wake the fetchers (slot_metrics.c) */
+#define PE_WAKE_MESSAGES 10000
+#define PE_WAKE_BYTES (1024 * 1024)
+/* a batch's most bytes of keys and values */
+#define PE_BATCH_MAX_BYTES (32 * 1024 * 1024)
+extern PeBatchOutcome pe_slot_apply_with_retries(rd_kafka_message_t **batch, int *n, size_t *bytes, int64 *ndead,
 												 char **stop_error);
 extern void pe_slot_stop_on_error(const char *stop_error) pg_attribute_noreturn();
 extern void pe_slot_record_error(const char *msg);
@@ -106,7 +112,9 @@ extern void pe_slot_catch_up(void);
 
 /* slot_batch.c */
 extern void pe_slot_fetch_schemas(rd_kafka_message_t **batch, int n);
-extern bool pe_slot_try_batch(rd_kafka_message_t **batch, int n, PeBatchOutcome *outcome,
+/* a batch's transaction takes in at most this many batches (pe_slot_may_extend) */
+#define PE_XACT_MAX_BATCHES 4
+extern bool pe_slot_try_batch(rd_kafka_message_t **batch, int *n, size_t *bytes, PeBatchOutcome *outcome,
 							  int64 *ndead, char **stop_error);
 
 /* slot_assign.c */

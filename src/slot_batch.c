@@ -28,69 +28,137 @@
 #include "slot.h"
 #include "workers.h"
 
+/* A message as the data path reads it, from librdkafka's. */
+static void
+pe_slot_message(rd_kafka_message_t *m, PeMessage *msg)
+{
+	rd_kafka_timestamp_type_t tstype;
+
+	msg->topic = pe_run->def->topic;
+	msg->partition = m->partition;
+	msg->offset = m->offset;
+	msg->timestamp_ms = rd_kafka_message_timestamp(m, &tstype);
+	msg->key = m->key;
+	msg->key_len = m->key_len;
+	msg->value = m->payload;
+	msg->value_len = m->len;
+	if (rd_kafka_message_headers(m, &msg->hdrs) != RD_KAFKA_RESP_ERR_NO_ERROR)
+		msg->hdrs = NULL;
+}
+
+/*
+ * Whether a partition of the batch has more messages than it reached, as
+ * librdkafka last heard from the brokers (their high watermarks, cached
+ * from the fetch answers: no request).
+ */
+static bool
+pe_slot_behind(PeBatch *b)
+{
+	int64	   *next = palloc0(sizeof(int64) * pe_run->npart);
+	bool		behind = false;
+
+	for (int i = 0; i < b->n; i++)
+		next[b->msgs[i].partition] = Max(next[b->msgs[i].partition], b->msgs[i].offset + 1);
+	for (int32 p = 0; p < pe_run->npart && !behind; p++)
+	{
+		int64		lo;
+		int64		hi;
+
+		if (next[p] > 0 &&
+			rd_kafka_get_watermark_offsets(pe_run->rk, pe_run->def->topic, p, &lo, &hi) == RD_KAFKA_RESP_ERR_NO_ERROR)
+			behind = hi > next[p];
+	}
+	pfree(next);
+	return behind;
+}
+
+/*
+ * Whether the batch's transaction takes in another batch's messages
+ * before its aggregates and offsets: when the consumer has aggregates
+ * and is behind (the last batch was cut at batch_size or
+ * PE_BATCH_MAX_BYTES, or a partition holds more than the batch reached:
+ * pe_slot_behind()), up to PE_XACT_MAX_BATCHES.  An aggregate then
+ * writes each of its windows once for all of them, where it would write
+ * it once per batch: under a backlog of many events per window, most of
+ * its cost.  Not for Avro (its schemas are fetched before the
+ * transaction), nor where offsets go to the group with each batch
+ * (at_most_once, handoff), nor when the partitions or their offsets move.
+ */
+static bool
+pe_slot_may_extend(PeBatch *b, int batches, int last_n, size_t last_bytes)
+{
+	PeSlot	   *s = &pe_shared->slots[pe_run->slot_index];
+	bool		moved;
+
+	if (b->aggs == NIL || batches >= PE_XACT_MAX_BATCHES || pe_run->batch == NULL ||
+		pe_run->handoff || pe_run->catching_up || strcmp(pe_run->def->delivery, "at_most_once") == 0 ||
+		pe_run->def->format == PE_FORMAT_AVRO || pe_run->target->key_avro)
+		return false;
+	LWLockAcquire(pe_shared->lock, LW_SHARED);
+	moved = s->reseeks != pe_run->reseeks;
+	LWLockRelease(pe_shared->lock);
+	if (moved || pe_run->need_reseek || pe_run->assignment_changed || pe_run->rebalance_error[0] != '\0')
+		return false;
+	return last_n >= pe_run->def->batch_size || last_bytes >= PE_BATCH_MAX_BYTES || pe_slot_behind(b);
+}
+
+/*
+ * One more batch for an open transaction: what the queue holds now, up to
+ * batch_size messages and PE_BATCH_MAX_BYTES, after batch[0..n).  Waits
+ * only pipeline_ext.batch_linger for it.  Returns the new count.
+ */
+static int
+pe_slot_collect_more(rd_kafka_message_t **batch, int n, size_t *bytes)
+{
+	int			start = n;
+	size_t		start_bytes = *bytes;
+	bool		lingered = false;
+
+	while (n - start < pe_run->def->batch_size && *bytes - start_bytes < PE_BATCH_MAX_BYTES &&
+		   n < pe_run->batch_room)
+	{
+		int			want = Min(pe_run->def->batch_size - (n - start), pe_run->batch_room - n);
+		ssize_t		got = rd_kafka_consume_batch_queue(pe_run->queue, lingered ? pe_batch_linger_ms : 0,
+													   batch + n, want);
+
+		CHECK_FOR_INTERRUPTS();
+		if (got < 0)
+			break;
+		n = pe_slot_keep(batch, n, got, bytes);
+		if (got < want)
+		{
+			if (lingered || pe_batch_linger_ms == 0)
+				break;
+			lingered = true;
+		}
+		if (pe_run->assignment_changed || pe_run->rebalance_error[0] != '\0')
+			break;
+	}
+	return n;
+}
+
 /*
  * Run a batch through the data path (batch.c) in the current transaction:
- * its messages as librdkafka holds them, and the next offset of each of
- * its partitions, fenced by the offset this slot last stored.
+ * its messages as librdkafka holds them (*n; more when the transaction
+ * takes in the next batches, see pe_slot_may_extend()), and the next
+ * offset of each of its partitions, fenced by the offset this slot last
+ * stored.
  */
 static PeBatchOutcome
-pe_slot_apply_batch(rd_kafka_message_t **rkm, int n, int64 *ndead, char **stop_error)
+pe_slot_apply_batch(rd_kafka_message_t **rkm, int *n, size_t *bytes, int64 *ndead, char **stop_error)
 {
 	PeBatch		b;
 	PeOffsetWrite w;
 	PeBatchOutcome outcome;
-	int			maxp = Min(n, pe_run->npart);	/* partitions the batch can touch */
-	int64	   *next = palloc(sizeof(int64) * maxp);
-	int64	   *expected = palloc(sizeof(int64) * maxp);
-	int32	   *pids = palloc(sizeof(int32) * maxp);
+	int			maxp;
+	int64	   *next;
+	int64	   *expected;
+	int32	   *pids;
 	int		   *where = palloc(sizeof(int) * pe_run->npart);	/* partition -> k */
 	int			np = 0;
-
-	/* the collector kept only messages of known partitions (p < npart) */
-	for (int p = 0; p < pe_run->npart; p++)
-		where[p] = -1;
-	memset(&b, 0, sizeof(b));
-	b.msgs = palloc0(sizeof(PeMessage) * n);
-	b.n = n;
-	b.npart = pe_run->npart;
-	for (int i = 0; i < n; i++)
-	{
-		rd_kafka_message_t *m = rkm[i];
-		PeMessage  *msg = &b.msgs[i];
-		rd_kafka_timestamp_type_t tstype;
-		int			k;
-
-		msg->topic = pe_run->def->topic;
-		msg->partition = m->partition;
-		msg->offset = m->offset;
-		msg->timestamp_ms = rd_kafka_message_timestamp(m, &tstype);
-		msg->key = m->key;
-		msg->key_len = m->key_len;
-		msg->value = m->payload;
-		msg->value_len = m->len;
-		if (rd_kafka_message_headers(m, &msg->hdrs) != RD_KAFKA_RESP_ERR_NO_ERROR)
-			msg->hdrs = NULL;
-		k = where[m->partition];
-		if (k < 0)
-		{
-			k = where[m->partition] = np++;
-			pids[k] = m->partition;
-			next[k] = m->offset + 1;
-		}
-		else
-			next[k] = Max(next[k], m->offset + 1);
-	}
-	/*
-	 * Fenced in every delivery mode: a reset_offsets() that committed while
-	 * this batch was collected or applied must not be overwritten by it.
-	 */
-	for (int k = 0; k < np; k++)
-	{
-		expected[k] = (pids[k] < pe_run->npart) ? pe_run->parts[pids[k]].stored : -1;
-		/* what a claim on the group says the batch started from (slot_handoff.c) */
-		if (pids[k] < pe_run->npart)
-			pe_run->parts[pids[k]].claim_base = expected[k];
-	}
+	int			batches = 1;
+	int			last_n = *n;
+	size_t		last_bytes = *bytes;
 
 	/* after ALTER TABLE: describe the target again (types, columns, keys) */
 	AcceptInvalidationMessages();
@@ -115,19 +183,41 @@ pe_slot_apply_batch(rd_kafka_message_t **rkm, int n, int64 *ndead, char **stop_e
 		MemoryContextSwitchTo(old);
 	}
 
-	w.consumer = pe_run->def->name;
-	w.consumer_id = pe_run->def->id;
-	w.plan = pe_run->offset_plan;
-	w.n = np;
-	w.partitions = pids;
-	w.next = next;
-	w.expected = expected;
+	memset(&b, 0, sizeof(b));
+	b.msgs = palloc0(sizeof(PeMessage) * Max(*n, 1));
+	b.n = *n;
+	b.npart = pe_run->npart;
 	b.target = pe_run->target;
 	b.dead_plan = pe_run->dead_plan;
-	b.offsets = &w;
 	b.own_transaction = true;
+	for (int i = 0; i < *n; i++)
+		pe_slot_message(rkm[i], &b.msgs[i]);
 
-	outcome = pe_batch_apply(&b);
+	/* the rows; while the slot is behind, those of the next batches too */
+	outcome = pe_batch_apply_rows(&b);
+	while (outcome == PE_BATCH_DONE && pe_slot_may_extend(&b, batches, last_n, last_bytes))
+	{
+		int			more;
+
+		last_bytes = *bytes;
+		more = pe_slot_collect_more(rkm, *n, bytes);
+		last_n = more - *n;
+		last_bytes = *bytes - last_bytes;
+		if (last_n == 0)
+			break;
+		/* as the loop does for a batch it collected (slot.c) */
+		if (last_n >= PE_WAKE_MESSAGES || last_bytes >= PE_WAKE_BYTES)
+			pe_slot_wake_fetchers();
+		b.msgs = repalloc(b.msgs, sizeof(PeMessage) * more);
+		memset(b.msgs + *n, 0, sizeof(PeMessage) * last_n);
+		for (int i = *n; i < more; i++)
+			pe_slot_message(rkm[i], &b.msgs[i]);
+		*n = b.n = more;
+		batches++;
+		elog(DEBUG2, "pipeline_ext consumer %s/%d: %d more messages into the batch's transaction (%d in all)",
+			 pe_run->def->name, pe_run->slot, last_n, *n);
+		outcome = pe_batch_apply_rows(&b);
+	}
 	if (outcome == PE_BATCH_STOP)
 	{
 		PeDeadLetter *dl = linitial(b.res.dead);
@@ -136,6 +226,50 @@ pe_slot_apply_batch(rd_kafka_message_t **rkm, int n, int64 *ndead, char **stop_e
 							   b.msgs[dl->msg_index].partition, b.msgs[dl->msg_index].offset, dl->error);
 		return outcome;
 	}
+
+	/* the collector kept only messages of known partitions (p < npart) */
+	maxp = Min(*n, pe_run->npart);	/* partitions the batch can touch */
+	next = palloc(sizeof(int64) * maxp);
+	expected = palloc(sizeof(int64) * maxp);
+	pids = palloc(sizeof(int32) * maxp);
+	for (int p = 0; p < pe_run->npart; p++)
+		where[p] = -1;
+	for (int i = 0; i < *n; i++)
+	{
+		int32		p = b.msgs[i].partition;
+		int			k = where[p];
+
+		if (k < 0)
+		{
+			k = where[p] = np++;
+			pids[k] = p;
+			next[k] = b.msgs[i].offset + 1;
+		}
+		else
+			next[k] = Max(next[k], b.msgs[i].offset + 1);
+	}
+	/*
+	 * Fenced in every delivery mode: a reset_offsets() that committed while
+	 * this batch was collected or applied must not be overwritten by it.
+	 */
+	for (int k = 0; k < np; k++)
+	{
+		expected[k] = (pids[k] < pe_run->npart) ? pe_run->parts[pids[k]].stored : -1;
+		/* what a claim on the group says the batch started from (slot_handoff.c) */
+		if (pids[k] < pe_run->npart)
+			pe_run->parts[pids[k]].claim_base = expected[k];
+	}
+	w.consumer = pe_run->def->name;
+	w.consumer_id = pe_run->def->id;
+	w.plan = pe_run->offset_plan;
+	w.n = np;
+	w.partitions = pids;
+	w.next = next;
+	w.expected = expected;
+	b.offsets = &w;
+
+	/* the aggregates, once for all of it, and the offsets */
+	outcome = pe_batch_finish(&b);
 	*ndead = list_length(b.res.dead);
 	if (outcome == PE_BATCH_DONE)
 		for (int k = 0; k < np; k++)
@@ -240,7 +374,7 @@ pe_slot_commit_to_group(rd_kafka_message_t **batch, int n)
  * errors propagate and end the worker.
  */
 bool
-pe_slot_try_batch(rd_kafka_message_t **batch, int n, PeBatchOutcome *outcome,
+pe_slot_try_batch(rd_kafka_message_t **batch, int *n, size_t *bytes, PeBatchOutcome *outcome,
 				  int64 *ndead, char **stop_error)
 {
 	MemoryContext old = MemoryContextSwitchTo(pe_run->batch_cxt);
@@ -250,7 +384,7 @@ pe_slot_try_batch(rd_kafka_message_t **batch, int n, PeBatchOutcome *outcome,
 	{
 		if (strcmp(pe_run->def->delivery, "at_most_once") == 0)
 		{
-			rd_kafka_resp_err_t err = pe_slot_kafka_commit(batch, n, true);
+			rd_kafka_resp_err_t err = pe_slot_kafka_commit(batch, *n, true);
 
 			if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
 				ereport(ERROR,
@@ -264,9 +398,9 @@ pe_slot_try_batch(rd_kafka_message_t **batch, int n, PeBatchOutcome *outcome,
 			elog(ERROR, "SPI_connect failed");
 		/* decoded rows go to the batch context, which keeps its memory */
 		MemoryContextSwitchTo(pe_run->batch_cxt);
-		*outcome = pe_slot_apply_batch(batch, n, ndead, stop_error);
+		*outcome = pe_slot_apply_batch(batch, n, bytes, ndead, stop_error);
 		if (*outcome == PE_BATCH_DONE && pe_run->handoff && !pe_run->catching_up)
-			*outcome = pe_slot_commit_to_group(batch, n);
+			*outcome = pe_slot_commit_to_group(batch, *n);
 		SPI_finish();
 		PopActiveSnapshot();
 		if (*outcome == PE_BATCH_DONE)

@@ -379,7 +379,7 @@ pe_slot_catch_up(void)
 		}
 		if (n == 0)
 			continue;
-		outcome = pe_slot_apply_with_retries(batch, n, &ndead, &stop_error);
+		outcome = pe_slot_apply_with_retries(batch, &n, &bytes, &ndead, &stop_error);
 		if (outcome == PE_BATCH_STOP)
 			pe_slot_stop_on_error(stop_error);
 		if (outcome != PE_BATCH_DONE)

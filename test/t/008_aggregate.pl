@@ -12,7 +12,7 @@ use Test::More;
 use PipelineExt::Broker;
 use PipelineExt::Crash;
 
-my $broker = PipelineExt::Broker->start(brokers => 1, topics => { agg => 4, agg_updates => 3, agg_closed => 3, sess => 3, quiet => 2, visits_out => 2, paris => 1, kinds => 1, sess1 => 1, fr => 1 });
+my $broker = PipelineExt::Broker->start(brokers => 1, topics => { agg => 4, agg_updates => 3, agg_closed => 3, sess => 3, quiet => 2, visits_out => 2, paris => 1, kinds => 1, sess1 => 1, fr => 1, backlog => 2 });
 my $bs = $broker->bootstrap;
 
 my $node = PostgreSQL::Test::Cluster->new('aggregate');
@@ -806,6 +806,32 @@ like($drop_err, qr/connection "emitc" is used by aggregates.*Aggregates emitting
 sql(q{SELECT pipeline.alter_aggregate('sj_emit', emit_connection => 'local'); SELECT pipeline.drop_connection('emitc')});
 is(sql(q{SELECT count(*) FROM pipeline.connections WHERE name = 'emitc'}), '0', '... and drops it once none does');
 sql(q{SELECT pipeline.drop_consumer('sj')});
+
+# a backlog: a batch's transaction takes in the next batches (up to 4)
+# before its aggregates, which write each window once for all of them;
+# the windows still equal plain SQL, and the events of each transaction
+# count once
+sql(q{CREATE TABLE bl (id int PRIMARY KEY, device text, ts timestamptz, temp float8);
+      SELECT pipeline.create_consumer('bl', 'local', 'backlog', 'bl', batch_size => 500, start => false);
+      SELECT pipeline.create_aggregate('bl_min', 'bl', '1 minute', 'ts', ARRAY['count(*)', 'sum(temp)', 'max(temp)'],
+                                       ARRAY['device'])});
+sql(q{SELECT count(pipeline.produce_async('local', 'backlog',
+         json_build_object('id', g, 'device', 'd' || g % 7,
+                           'ts', timestamptz '2026-01-01 00:00:00+00' + g * interval '50 milliseconds', 'temp', g % 41)::text,
+         g::text))
+       FROM generate_series(1, 8000) g});
+sql(q{SELECT pipeline.start_consumer('bl')});
+wait_for(q{SELECT count(*) FROM bl}, '8000', 'the backlog is applied');
+wait_for(q{SELECT sum(count) FROM bl_min}, '8000', '... and counted once');
+ok(sql(q{SELECT sum(messages) / sum(batches) FROM pipeline._slots() WHERE consumer = 'bl'}) > 500,
+	'a transaction took in more than one batch of 500 (messages per transaction: '
+	  . sql(q{SELECT round(sum(messages) / sum(batches)) FROM pipeline._slots() WHERE consumer = 'bl'}) . ')');
+is(sql(q{SELECT string_agg(concat_ws('|', window_start, device, count, sum_temp, max_temp), ',' ORDER BY window_start, device) FROM bl_min}),
+	sql(q{SELECT string_agg(concat_ws('|', s, device, n, t, m), ',' ORDER BY s, device)
+	        FROM (SELECT date_bin('1 minute', ts, timestamptz '2000-01-01 00:00:00+00') AS s, device, count(*) AS n,
+	                     sum(temp) AS t, max(temp) AS m FROM bl GROUP BY 1, 2) x}),
+	'... and its windows equal plain SQL over the table');
+sql(q{SELECT pipeline.drop_consumer('bl')});
 
 # another role neither sees nor drops it
 sql(q{CREATE ROLE agg_other LOGIN});

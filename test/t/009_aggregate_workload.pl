@@ -44,7 +44,7 @@ sub wait_for
 sql(qq{CREATE EXTENSION pipeline_ext;
        SELECT pipeline.create_connection('local', '$bs');
        CREATE TABLE wl_events (id int PRIMARY KEY, g int, ts timestamptz);
-       SELECT pipeline.create_consumer('wl', 'local', 'wl', 'wl_events');
+       SELECT pipeline.create_consumer('wl', 'local', 'wl', 'wl_events', batch_size => 1000);
        SELECT pipeline.create_aggregate('wl_tumble', 'wl', '1 minute', 'ts', ARRAY['count(*)', 'max(id)'], ARRAY['g'],
                                         lateness => '30 seconds');
        SELECT pipeline.create_aggregate('wl_hop', 'wl', '2 minutes', 'ts', ARRAY['count(*)', 'sum(id)'], ARRAY['g'],
