@@ -810,13 +810,17 @@ sql(q{SELECT pipeline.drop_consumer('sj')});
 # a backlog: a batch's transaction takes in the next batches (up to 4)
 # before its aggregates, which write each window once for all of them;
 # the windows still equal plain SQL, and the events of each transaction
-# count once
+# count once (the groups: two long names and two short ones whose hashes
+# collide, hashtext() being the hash aggregate_pre.c groups by, so each
+# pair is told apart by its bytes: by the 16 a cell keeps, or, for the
+# long ones, by those of the cell's first event)
 sql(q{CREATE TABLE bl (id int PRIMARY KEY, device text, ts timestamptz, temp float8);
       SELECT pipeline.create_consumer('bl', 'local', 'backlog', 'bl', batch_size => 500, start => false);
       SELECT pipeline.create_aggregate('bl_min', 'bl', '1 minute', 'ts', ARRAY['count(*)', 'sum(temp)', 'max(temp)'],
                                        ARRAY['device'])});
 sql(q{SELECT count(pipeline.produce_async('local', 'backlog',
-         json_build_object('id', g, 'device', 'd' || g % 7,
+         json_build_object('id', g, 'device', (ARRAY['device-with-a-long-name-128035', 'device-with-a-long-name-375607',
+                                                      'k223038', 'k233474', 'd1', 'd2', 'another-long-device-name'])[g % 7 + 1],
                            'ts', timestamptz '2026-01-01 00:00:00+00' + g * interval '50 milliseconds', 'temp', g % 41)::text,
          g::text))
        FROM generate_series(1, 8000) g});
