@@ -50,8 +50,9 @@ run_case() {
 	    ARRAY['count(*)', 'sum(temp)', 'avg(temp)', 'min(temp)', 'max(temp)'], ARRAY['device'], lateness => '1 day')" >/dev/null
 	psql_b -c "SELECT pipeline.start_consumer('$t')" >/dev/null
 	out=$(psql_b -At -F' ' -c "CALL bench_wait('$t', $N, NULL, NULL, NULL, NULL)")
-	read -r first end _ <<<"$out"
-	psql_b -At -c "SELECT '   $t: ' || sum(batches) || ' batches' FROM pipeline._slots() WHERE consumer = '$t'"
+	read -r first end _ peak <<<"$out"
+	psql_b -At -c "SELECT '   $t: ' || sum(batches) || ' transactions, slot worker peak RssAnon ' || round($peak / 1024.0) || ' MB'
+	                 FROM pipeline._slots() WHERE consumer = '$t'"
 	psql_b -c "SELECT pipeline.stop_consumer('$t')" >/dev/null
 	echo "$name $(echo "scale=0; $N / ($end - $first)" | bc)" >>"$BENCH/results"
 	if [ -n "$win" ]; then
