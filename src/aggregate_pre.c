@@ -323,7 +323,7 @@ pe_pre_key(PeAggGroupFns *gf, PeColumn *col, PeRow *row, int c, PeGroupKey *k)
 		/* (the decoder's values are not toasted: this is the value's own memory) */
 		struct varlena *x = (struct varlena *) DatumGetPointer(row->values[c]);
 
-		if (VARATT_IS_EXTENDED(x) && !VARATT_IS_SHORT(x))
+		if (VARATT_IS_COMPRESSED(x) || VARATT_IS_EXTERNAL(x))
 			x = pg_detoast_datum_packed(x);
 
 		k->bytes = VARDATA_ANY(x);

@@ -619,6 +619,7 @@ pe_slot_loop(void)
 		elog(DEBUG2, "pipeline_ext consumer %s/%d: batch of %d messages collected in %lld ms",
 			 pe_run->def->name, pe_run->slot, n, (long long) pe_ms_since(first_at));
 		pe_slot_fetch_schemas(batch, n);
+		pe_run->xact_batches = 1;
 		outcome = pe_slot_apply_with_retries(batch, &n, &bytes, &ndead, &stop_error);
 		if (outcome == PE_BATCH_STOP)
 			pe_slot_stop_on_error(stop_error);

@@ -75,6 +75,8 @@ typedef struct PeSlotRun
 	rd_kafka_message_t **batch;	/* messages held, freed at exit too */
 	int			batch_n;
 	int			batch_room;		/* batch[]'s size */
+	int			xact_batches;	/* batches in it: 1 as collected, more as its
+								 * transaction takes them in (slot_batch.c) */
 	bool		target_stale;	/* the target table changed: describe it again */
 	bool		assignment_changed; /* a rebalance: publish the partitions */
 	bool		stats_pending;	/* table statistics not sent since the last commit */

@@ -49,7 +49,8 @@ pe_slot_message(rd_kafka_message_t *m, PeMessage *msg)
 /*
  * Whether a partition of the batch has more messages than it reached, as
  * librdkafka last heard from the brokers (their high watermarks, cached
- * from the fetch answers: no request).
+ * from the fetch answers: no request).  One more is not counted: a
+ * transactional producer's commit marker follows its last message.
  */
 static bool
 pe_slot_behind(PeBatch *b)
@@ -66,7 +67,7 @@ pe_slot_behind(PeBatch *b)
 
 		if (next[p] > 0 &&
 			rd_kafka_get_watermark_offsets(pe_run->rk, pe_run->def->topic, p, &lo, &hi) == RD_KAFKA_RESP_ERR_NO_ERROR)
-			behind = hi > next[p];
+			behind = hi > next[p] + 1;
 	}
 	pfree(next);
 	return behind;
@@ -104,27 +105,29 @@ pe_slot_may_extend(PeBatch *b, int batches, int last_n, size_t last_bytes)
 
 /*
  * One more batch for an open transaction: what the queue holds now, up to
- * batch_size messages and PE_BATCH_MAX_BYTES, after batch[0..n).  Waits
- * only pipeline_ext.batch_linger for it.  Returns the new count.
+ * batch_size messages and PE_BATCH_MAX_BYTES, after batch[0..*n).  Waits
+ * only pipeline_ext.batch_linger for it.  *n counts each message as soon
+ * as it is taken from the queue: a cancel (retried in place) or another
+ * error then leaves none of them out of the retry, or unfreed.
  */
-static int
-pe_slot_collect_more(rd_kafka_message_t **batch, int n, size_t *bytes)
+static void
+pe_slot_collect_more(rd_kafka_message_t **batch, int *n, size_t *bytes)
 {
-	int			start = n;
+	int			start = *n;
 	size_t		start_bytes = *bytes;
 	bool		lingered = false;
 
-	while (n - start < pe_run->def->batch_size && *bytes - start_bytes < PE_BATCH_MAX_BYTES &&
-		   n < pe_run->batch_room)
+	while (*n - start < pe_run->def->batch_size && *bytes - start_bytes < PE_BATCH_MAX_BYTES &&
+		   *n < pe_run->batch_room)
 	{
-		int			want = Min(pe_run->def->batch_size - (n - start), pe_run->batch_room - n);
-		ssize_t		got = rd_kafka_consume_batch_queue(pe_run->queue, lingered ? pe_batch_linger_ms : 0,
-													   batch + n, want);
+		int			want = Min(pe_run->def->batch_size - (*n - start), pe_run->batch_room - *n);
+		ssize_t		got;
 
 		CHECK_FOR_INTERRUPTS();
+		got = rd_kafka_consume_batch_queue(pe_run->queue, lingered ? pe_batch_linger_ms : 0, batch + *n, want);
 		if (got < 0)
 			break;
-		n = pe_slot_keep(batch, n, got, bytes);
+		*n = pe_slot_keep(batch, *n, got, bytes);
 		if (got < want)
 		{
 			if (lingered || pe_batch_linger_ms == 0)
@@ -134,7 +137,6 @@ pe_slot_collect_more(rd_kafka_message_t **batch, int n, size_t *bytes)
 		if (pe_run->assignment_changed || pe_run->rebalance_error[0] != '\0')
 			break;
 	}
-	return n;
 }
 
 /*
@@ -154,9 +156,8 @@ pe_slot_apply_batch(rd_kafka_message_t **rkm, int *n, size_t *bytes, int64 *ndea
 	int64	   *next;
 	int64	   *expected;
 	int32	   *pids;
-	int		   *where = palloc(sizeof(int) * pe_run->npart);	/* partition -> k */
+	int		   *where;
 	int			np = 0;
-	int			batches = 1;
 	int			last_n = *n;
 	size_t		last_bytes = *bytes;
 
@@ -193,27 +194,30 @@ pe_slot_apply_batch(rd_kafka_message_t **rkm, int *n, size_t *bytes, int64 *ndea
 	for (int i = 0; i < *n; i++)
 		pe_slot_message(rkm[i], &b.msgs[i]);
 
-	/* the rows; while the slot is behind, those of the next batches too */
+	/*
+	 * The rows; while the slot is behind, those of the next batches too (a
+	 * retry counts the batches its first attempt took in, in *n).
+	 */
 	outcome = pe_batch_apply_rows(&b);
-	while (outcome == PE_BATCH_DONE && pe_slot_may_extend(&b, batches, last_n, last_bytes))
+	while (outcome == PE_BATCH_DONE && pe_slot_may_extend(&b, pe_run->xact_batches, last_n, last_bytes))
 	{
-		int			more;
+		int			before = *n;
 
 		last_bytes = *bytes;
-		more = pe_slot_collect_more(rkm, *n, bytes);
-		last_n = more - *n;
+		pe_slot_collect_more(rkm, n, bytes);
+		last_n = *n - before;
 		last_bytes = *bytes - last_bytes;
 		if (last_n == 0)
 			break;
+		pe_run->xact_batches++;
 		/* as the loop does for a batch it collected (slot.c) */
 		if (last_n >= PE_WAKE_MESSAGES || last_bytes >= PE_WAKE_BYTES)
 			pe_slot_wake_fetchers();
-		b.msgs = repalloc(b.msgs, sizeof(PeMessage) * more);
-		memset(b.msgs + *n, 0, sizeof(PeMessage) * last_n);
-		for (int i = *n; i < more; i++)
+		b.msgs = repalloc(b.msgs, sizeof(PeMessage) * *n);
+		memset(b.msgs + before, 0, sizeof(PeMessage) * last_n);
+		for (int i = before; i < *n; i++)
 			pe_slot_message(rkm[i], &b.msgs[i]);
-		*n = b.n = more;
-		batches++;
+		b.n = *n;
 		elog(DEBUG2, "pipeline_ext consumer %s/%d: %d more messages into the batch's transaction (%d in all)",
 			 pe_run->def->name, pe_run->slot, last_n, *n);
 		outcome = pe_batch_apply_rows(&b);
@@ -227,7 +231,12 @@ pe_slot_apply_batch(rd_kafka_message_t **rkm, int *n, size_t *bytes, int64 *ndea
 		return outcome;
 	}
 
-	/* the collector kept only messages of known partitions (p < npart) */
+	/*
+	 * The collector kept only messages of known partitions (p < npart; a
+	 * rebalance while more were collected may have made it larger).
+	 */
+	b.npart = pe_run->npart;
+	where = palloc(sizeof(int) * pe_run->npart);	/* partition -> k */
 	maxp = Min(*n, pe_run->npart);	/* partitions the batch can touch */
 	next = palloc(sizeof(int64) * maxp);
 	expected = palloc(sizeof(int64) * maxp);
