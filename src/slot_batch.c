@@ -3,7 +3,9 @@
  * slot_batch.c
  *	  One batch of a slot through one transaction: the data path (batch.c)
  *	  with the partitions' next offsets, retried on transient errors, and
- *	  counted when it fails for a reason that is not about its rows.
+ *	  counted when it fails for a reason that is not about its rows.  A
+ *	  consumer with aggregates that is behind takes the next batches into
+ *	  the same transaction before its aggregates and offsets.
  *
  * IDENTIFICATION
  *	  src/slot_batch.c
