@@ -14,10 +14,13 @@
 
 #include "datapath.h"
 #include "lib/stringinfo.h"
+#include "storage/lockdefs.h"
 #include "utils/rel.h"
 #include "datatype/timestamp.h"
 
 extern List *pe_aggregates_of(PeConsumerDef *def);
+extern void pe_aggregates_lock(int64 consumer_id, LOCKMODE mode);
+extern bool pe_aggregates_changed(int64 consumer_id, int naggs);
 extern void pe_aggregates_drop_state(PeConsumerDef *def);
 extern void pe_aggregates_idle(PeConsumerDef *def);
 extern int	pe_aggregates_screen(List *aggs, PeTarget *t, PeMessage *msgs, PeRow *rows, int nrows,

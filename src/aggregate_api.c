@@ -613,8 +613,10 @@ pe_create_aggregate(PG_FUNCTION_ARGS)
 
 	/*
 	 * It counts what the consumer applies from now on: what it has applied
-	 * is behind the consumer's stored offsets.
+	 * is behind the consumer's stored offsets, read once the batches that
+	 * did not see it have committed (the lock: aggregate_defs.c).
 	 */
+	pe_aggregates_lock(def->id, ExclusiveLock);
 	if (SPI_execute_with_args("INSERT INTO pipeline.aggregate_offset (aggregate, \"partition\", counted, seen_at) "
 							  "SELECT $1, \"partition\", pg_catalog.int8multirange(pg_catalog.int8range(0, next_offset)), "
 							  "pg_catalog.now() FROM pipeline.offsets "

@@ -5,6 +5,8 @@
  *	  (pipeline.aggregate) once per batch: their windows, functions,
  *	  groups and tables, and the names of the state columns each function
  *	  keeps beside its value.  aggregate.c counts the events with them.
+ *	  And the lock that orders a consumer's batches with the aggregates
+ *	  made for it meanwhile.
  *
  * IDENTIFICATION
  *	  src/aggregate_defs.c
@@ -19,10 +21,13 @@
 #include "catalog/pg_extension.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
+#include "miscadmin.h"
+#include "storage/lmgr.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/lsyscache.h"
+#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
 #include "aggregate.h"
@@ -195,4 +200,54 @@ pe_aggregates_of(PeConsumerDef *def)
 	}
 	pe_catalog_end(&acc);
 	return aggs;
+}
+
+/* field 4 of the advisory lock tag of a consumer's set of aggregates (SQL's advisory locks use 1 and 2) */
+#define PE_LOCK_AGGREGATE_SET 0x5045
+
+/*
+ * The lock that orders a consumer's batches with create_aggregate(): a
+ * slot's batch takes it shared before its aggregates and offsets, then
+ * checks that the consumer has the aggregates it read
+ * (pe_aggregates_changed); create_aggregate() takes it exclusively
+ * before it reads where the new aggregate starts (the consumer's stored
+ * offsets).  So a batch either sees the new aggregate, and is tried again
+ * with it, or has stored its offsets before the aggregate reads them:
+ * none of its messages falls between, left out of the aggregate for
+ * good.  (alter and drop are caught by each aggregate's revision,
+ * pe_agg_lock.)  Held to the end of the transaction.
+ */
+void
+pe_aggregates_lock(int64 consumer_id, LOCKMODE mode)
+{
+	LOCKTAG		tag;
+
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) ((uint64) consumer_id >> 32), (uint32) consumer_id,
+						 PE_LOCK_AGGREGATE_SET);
+	(void) LockAcquire(&tag, mode, false, false);
+}
+
+/*
+ * Whether the consumer has another number of aggregates than the naggs a
+ * batch read, as they are committed now (after pe_aggregates_lock(); a
+ * snapshot of its own, whatever the transaction's isolation).
+ */
+bool
+pe_aggregates_changed(int64 consumer_id, int naggs)
+{
+	PeCatalogAccess acc;
+	Oid			types[1] = {INT8OID};
+	Datum		values[1] = {Int64GetDatum(consumer_id)};
+	bool		isnull;
+	int64		now;
+
+	PushActiveSnapshot(GetLatestSnapshot());
+	pe_catalog_begin(&acc);
+	if (SPI_execute_with_args("SELECT pg_catalog.count(*) FROM pipeline.aggregate WHERE consumer_id OPERATOR(pg_catalog.=) $1",
+							  1, types, values, NULL, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "could not read pipeline.aggregate");
+	now = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	pe_catalog_end(&acc);
+	PopActiveSnapshot();
+	return now != naggs;
 }

@@ -151,6 +151,20 @@ pe_batch_apply_rows(PeBatch *b)
 PeBatchOutcome
 pe_batch_finish(PeBatch *b)
 {
+	/*
+	 * A slot's batch: no aggregate made meanwhile misses its messages
+	 * (aggregate_defs.c); it is tried again with the aggregates there are.
+	 */
+	if (b->offsets)
+	{
+		pe_aggregates_lock(b->target->def->id, ShareLock);
+		if (pe_aggregates_changed(b->target->def->id, list_length(b->aggs)))
+			ereport(ERROR,
+					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+					 errmsg("the aggregates of consumer \"%s\" changed while a batch ran", b->target->def->name),
+					 errhint("The batch is tried again with the aggregates as they are now.")));
+	}
+
 	/* 5. windowed aggregates (aggregate.c) */
 	if (b->aggs != NIL)
 		pe_aggregates_update(b->aggs, b->target, b->msgs, b->n, b->rows, b->nrows, b->res.dead, b->npart,
