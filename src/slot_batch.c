@@ -226,7 +226,13 @@ pe_slot_apply_batch(rd_kafka_message_t **rkm, int *n, size_t *bytes, int64 *ndea
 	}
 	if (outcome == PE_BATCH_STOP)
 	{
+		/* the first bad message (decoding, the aggregates' screen and the apply each add their own) */
 		PeDeadLetter *dl = linitial(b.res.dead);
+		ListCell   *lc;
+
+		foreach(lc, b.res.dead)
+			if (((PeDeadLetter *) lfirst(lc))->msg_index < dl->msg_index)
+				dl = lfirst(lc);
 
 		*stop_error = psprintf("message at partition %d offset " INT64_FORMAT ": %s",
 							   b.msgs[dl->msg_index].partition, b.msgs[dl->msg_index].offset, dl->error);

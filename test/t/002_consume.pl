@@ -18,7 +18,7 @@ my $broker = PipelineExt::Broker->start(
 	topics => {
 		big => 6, faults => 4, bad => 2, csv => 1, text => 1, bytes => 1,
 		tomb => 2, grp => 4, priv => 1, stopstart => 1, alo => 2, amo => 2,
-		stoponerr => 1, nested => 1, tombv => 1, droptgt => 1, deferred => 1, wide => 1024, nat => 2,
+		stoponerr => 1, stoponerr2 => 1, nested => 1, tombv => 1, droptgt => 1, deferred => 1, wide => 1024, nat => 2,
 		multi => 2, iso => 1, multi_ts => 1, multi_bytes => 1
 	});
 my $bs = $broker->bootstrap;
@@ -695,6 +695,19 @@ like(sql(q{SELECT last_error FROM pipeline.consumers WHERE name = 'soe'}), qr/in
 	'... with the error recorded');
 is(sql('SELECT count(*) FROM soe_t'), '1', '... and nothing of its batch applied');
 is(sql(q{SELECT count(*) FROM pipeline.dead_letters WHERE consumer = 'soe'}), '0', '... and no dead letter');
+# the first bad message of a batch is named, though the apply finds it
+# after decoding has found a later one
+sql(q{
+CREATE TABLE soe2_t (id int PRIMARY KEY, n int CHECK (n > 0));
+SELECT pipeline.create_consumer('soe2', 'local', 'stoponerr2', 'soe2_t', on_error => 'stop', start => false);
+SELECT pipeline.produce('local', 'stoponerr2', '{"id": 1, "n": 1}', '1');
+SELECT pipeline.produce('local', 'stoponerr2', '{"id": 2, "n": -2}', '2');
+SELECT pipeline.produce('local', 'stoponerr2', 'not json', '3');
+SELECT pipeline.start_consumer('soe2');
+});
+wait_for(q{SELECT enabled FROM pipeline.consumers WHERE name = 'soe2'}, 'f', 'on_error stop: two bad messages in a batch stop the consumer');
+like(sql(q{SELECT last_error FROM pipeline.consumers WHERE name = 'soe2'}), qr/offset 1: .*violates check constraint/,
+	'... naming the first of them (offset 1), not the one decoding found');
 
 # --- nested JSON: field paths and nested values --------------------------------
 sql(q{
