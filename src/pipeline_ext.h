@@ -19,8 +19,8 @@
  *	    slot.c          poll a batch from librdkafka (slot_assign.c: which
  *	                    partitions, from which offsets)
  *	    slot_batch.c    the batch in one transaction, retried when transient
- *	                    (with aggregates, behind: the next batches' rows
- *	                    too, then the aggregates and offsets once)
+ *	                    (appending with aggregates, behind: the next
+ *	                    batches' rows too, then aggregates and offsets)
  *	    batch.c         the steps below in this order; a replay of dead
  *	                    letters (deadletter_api.c) too
  *	      decode.c      message → row, through the format's decoder:

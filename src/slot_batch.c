@@ -3,9 +3,9 @@
  * slot_batch.c
  *	  One batch of a slot through one transaction: the data path (batch.c)
  *	  with the partitions' next offsets, retried on transient errors, and
- *	  counted when it fails for a reason that is not about its rows.  A
- *	  consumer with aggregates that is behind takes the next batches into
- *	  the same transaction before its aggregates and offsets.
+ *	  counted when it fails for a reason that is not about its rows.  An
+ *	  append consumer with aggregates that is behind takes the next
+ *	  batches into the same transaction before its aggregates and offsets.
  *
  * IDENTIFICATION
  *	  src/slot_batch.c
@@ -77,13 +77,16 @@ pe_slot_behind(PeBatch *b)
 
 /*
  * Whether the batch's transaction takes in another batch's messages
- * before its aggregates and offsets: when the consumer has aggregates
- * and is behind (the last batch was cut at batch_size or
+ * before its aggregates and offsets: when the consumer appends, has
+ * aggregates and is behind (the last batch was cut at batch_size or
  * PE_BATCH_MAX_BYTES, or a partition holds more than the batch reached:
  * pe_slot_behind()), up to PE_XACT_MAX_BATCHES.  An aggregate then
  * writes each of its windows once for all of them, where it would write
  * it once per batch: under a backlog of many events per window, most of
- * its cost.  Not for Avro (its schemas are fetched before the
+ * its cost.  Not in upsert mode: each batch of a transaction would
+ * update the same keys again, row versions that cannot be pruned before
+ * the commit, which cost the apply what the aggregates gained (and twice
+ * the memory).  Not for Avro (its schemas are fetched before the
  * transaction), nor where offsets go to the group with each batch
  * (at_most_once, handoff), nor when the partitions or their offsets move.
  */
@@ -93,7 +96,7 @@ pe_slot_may_extend(PeBatch *b, int batches, int last_n, size_t last_bytes)
 	PeSlot	   *s = &pe_shared->slots[pe_run->slot_index];
 	bool		moved;
 
-	if (b->aggs == NIL || batches >= PE_XACT_MAX_BATCHES || pe_run->batch == NULL ||
+	if (b->aggs == NIL || pe_run->def->upsert || batches >= PE_XACT_MAX_BATCHES || pe_run->batch == NULL ||
 		pe_run->handoff || pe_run->catching_up || strcmp(pe_run->def->delivery, "at_most_once") == 0 ||
 		pe_run->def->format == PE_FORMAT_AVRO || pe_run->target->key_avro)
 		return false;

@@ -807,15 +807,16 @@ sql(q{SELECT pipeline.alter_aggregate('sj_emit', emit_connection => 'local'); SE
 is(sql(q{SELECT count(*) FROM pipeline.connections WHERE name = 'emitc'}), '0', '... and drops it once none does');
 sql(q{SELECT pipeline.drop_consumer('sj')});
 
-# a backlog: a batch's transaction takes in the next batches (up to 4)
-# before its aggregates, which write each window once for all of them;
+# a backlog, appended: a batch's transaction takes in the next batches
+# (up to 4) before its aggregates, which write each window once for all
+# of them;
 # the windows still equal plain SQL, and the events of each transaction
 # count once (the groups: two long names and two short ones whose hashes
 # collide, hashtext() being the hash aggregate_pre.c groups by, so each
 # pair is told apart by its bytes: by the 16 a cell keeps, or, for the
 # long ones, by those of the cell's first event)
 sql(q{CREATE TABLE bl (id int PRIMARY KEY, device text, ts timestamptz, temp float8);
-      SELECT pipeline.create_consumer('bl', 'local', 'backlog', 'bl', batch_size => 500, start => false);
+      SELECT pipeline.create_consumer('bl', 'local', 'backlog', 'bl', mode => 'append', batch_size => 500, start => false);
       SELECT pipeline.create_aggregate('bl_min', 'bl', '1 minute', 'ts', ARRAY['count(*)', 'sum(temp)', 'max(temp)'],
                                        ARRAY['device'])});
 sql(q{SELECT count(pipeline.produce_async('local', 'backlog',
@@ -845,7 +846,7 @@ sql(q{SELECT pipeline.drop_consumer('bl')});
 sql(q{CREATE TABLE slow (id int PRIMARY KEY, device text, ts timestamptz, temp float8);
       CREATE FUNCTION slow_down() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN PERFORM pg_sleep(0.05); RETURN NULL; END$$;
       CREATE TRIGGER slow_down AFTER INSERT ON slow FOR EACH STATEMENT EXECUTE FUNCTION slow_down();
-      SELECT pipeline.create_consumer('slow', 'local', 'backlog', 'slow', batch_size => 100);});
+      SELECT pipeline.create_consumer('slow', 'local', 'backlog', 'slow', mode => 'append', batch_size => 100);});
 wait_for(q{SELECT count(*) > 0 FROM slow}, 't', 'the slowed consumer applies its first batches');
 sql(q{SELECT pipeline.create_aggregate('slow_agg', 'slow', '1 minute', 'ts', ARRAY['count(*)'])});
 sql(q{SELECT pg_sleep(0.3); SELECT pipeline.create_aggregate('slow_agg2', 'slow', '1 minute', 'ts', ARRAY['count(*)'])});
