@@ -12,7 +12,7 @@ use Test::More;
 use PipelineExt::Broker;
 use PipelineExt::Crash;
 
-my $broker = PipelineExt::Broker->start(brokers => 1, topics => { agg => 4, agg_updates => 3, agg_closed => 3, sess => 3, quiet => 2, visits_out => 2, paris => 1, kinds => 1, sess1 => 1, fr => 1, backlog => 2 });
+my $broker = PipelineExt::Broker->start(brokers => 1, topics => { agg => 4, agg_updates => 3, agg_closed => 3, sess => 3, quiet => 2, visits_out => 2, paris => 1, kinds => 1, sess1 => 1, fr => 1, backlog => 2, upk => 1 });
 my $bs = $broker->bootstrap;
 
 my $node = PostgreSQL::Test::Cluster->new('aggregate');
@@ -523,6 +523,12 @@ sub refused
 refused(q{'a1', 'rd', '1 minute', 'nope', ARRAY['count(*)']}, qr/time column "nope" is not a column/, 'an unknown column');
 refused(q{'a1', 'rd', '1 minute', 'device', ARRAY['count(*)']}, qr/time column "device" is of type text, not a time/,
 	'a time column that is not a time');
+refused(q{'a1', 'rd', '1 minute', 'ts', ARRAY['count(*)'], ARRAY['nope']}, qr/group column "nope" is not a column/,
+	'an unknown group column');
+refused(q{'a1', 'rd', '1 minute', 'ts', ARRAY['max(nope)']}, qr/aggregated column "nope" is not a column/,
+	'an unknown aggregated column');
+refused(q{'a1', 'rd', '1 minute', 'ts', ARRAY['count(*)'], kind => 'sliding'}, qr/window kind "sliding" is not supported/,
+	'an unknown window kind');
 refused(q{'a1', 'rd', '1 minute', 'ts', ARRAY['stddev(temp)']}, qr/aggregate function "stddev" is not supported/,
 	'an aggregate that is not supported');
 refused(q{'a1', 'rd', '1 minute', 'ts', ARRAY['sum(device)']}, qr/sum\(device\) needs a number, and column "device" is of type text/,
@@ -856,6 +862,22 @@ is(sql(q{SELECT count(*) FROM pipeline.aggregate_offset a JOIN pipeline.offsets 
             AND a.counted = pg_catalog.int8multirange(pg_catalog.int8range(0, o.next_offset))}), '4',
 	'aggregates made while batches ran counted the rest of each partition with no hole');
 sql(q{SELECT pipeline.drop_consumer('slow')});
+
+# upsert: each message counts once as an event, one its key's newer
+# message replaced too (in its batch or after); a tombstone deletes the
+# row and is no event
+sql(q{CREATE TABLE upk (id int PRIMARY KEY, device text, ts timestamptz, temp float8);
+      SELECT pipeline.create_consumer('upk', 'local', 'upk', 'upk', delete_on_tombstone => true, start => false);
+      SELECT pipeline.create_aggregate('upk_agg', 'upk', '1 minute', 'ts', ARRAY['count(*)', 'sum(temp)']);
+      SELECT pipeline.produce('local', 'upk', '{"id": 1, "device": "a", "ts": "2026-01-01T00:00:01Z", "temp": 1}', '1');
+      SELECT pipeline.produce('local', 'upk', '{"id": 1, "device": "a", "ts": "2026-01-01T00:00:02Z", "temp": 2}', '1');
+      SELECT pipeline.produce('local', 'upk', '{"id": 2, "device": "b", "ts": "2026-01-01T00:00:03Z", "temp": 10}', '2');
+      SELECT pipeline.produce('local', 'upk', '{"id": 1, "device": "a", "ts": "2026-01-01T00:00:04Z", "temp": 3}', '1');
+      SELECT pipeline.produce('local', 'upk', NULL::text, '2');
+      SELECT pipeline.start_consumer('upk')});
+wait_for(q{SELECT string_agg(id || '/' || temp, ',' ORDER BY id) FROM upk}, '1/3', 'upsert: the table keeps the last value of each key, a tombstone deleted one');
+wait_for(q{SELECT count || '/' || sum_temp FROM upk_agg}, '4/16', '... and the aggregate counted each of the 4 messages once, not the tombstone');
+sql(q{SELECT pipeline.drop_consumer('upk')});
 
 # another role neither sees nor drops it
 sql(q{CREATE ROLE agg_other LOGIN});

@@ -112,6 +112,15 @@ sub check_all
 	}
 	is(sql(q{SELECT count(*) FROM (SELECT FROM pipeline.late_events GROUP BY aggregate, "partition", "offset" HAVING count(*) > 1) d}), '0',
 		"$what: no late event kept twice");
+	# each event kept as late came after its windows had closed: its last
+	# window's end plus the lateness not after the watermark it was kept at
+	# (the rule itself, not the aggregate's word for it)
+	is(sql(qq{SELECT count(*) FROM (${\ late('wl_tumble')}) l JOIN wl_events e ON e.id = l.id
+	           WHERE date_bin('1 minute', e.ts, $origin) + interval '1 minute' + interval '30 seconds' > l.watermark}), '0',
+		"$what: wl_tumble kept as late only events whose window had closed");
+	is(sql(qq{SELECT count(*) FROM (${\ late('wl_hop')}) l JOIN wl_events e ON e.id = l.id
+	           WHERE date_bin('1 minute', e.ts, $origin) + interval '1 minute' + interval '30 seconds' > l.watermark}), '0',
+		"$what: wl_hop kept as late only events whose first window had closed");
 	# (an append consumer into a table keyed by id: a message applied twice would be a dead letter)
 	is(sql(q{SELECT count(*) FROM pipeline.dead_letters WHERE consumer = 'wl'}), '0', "$what: no message applied twice");
 	is(sql(q{SELECT bool_and(open_windows = CASE name
