@@ -12,7 +12,7 @@ use Test::More;
 use PipelineExt::Broker;
 use PipelineExt::Crash;
 
-my $broker = PipelineExt::Broker->start(brokers => 1, topics => { agg => 4, agg_updates => 3, agg_closed => 3, sess => 3, quiet => 2, visits_out => 2, paris => 1, kinds => 1, sess1 => 1, fr => 1, backlog => 2, upk => 1 });
+my $broker = PipelineExt::Broker->start(brokers => 1, topics => { agg => 4, agg_updates => 3, agg_updates2 => 3, agg_closed => 3, sess => 3, quiet => 2, visits_out => 2, paris => 1, kinds => 1, sess1 => 1, fr => 1, backlog => 2, upk => 1 });
 my $bs = $broker->bootstrap;
 
 my $node = PostgreSQL::Test::Cluster->new('aggregate');
@@ -497,9 +497,33 @@ is(sql(q{SELECT count || '/' || closed FROM alt WHERE window_start = '2026-01-01
 is(sql(q{SELECT count(*) FROM pipeline.late_events WHERE aggregate = 'alt' AND convert_from(value, 'UTF8') LIKE '%70001%'}), '1',
 	'... and the event is kept as late');
 
+# idle_timeout changed: the windows stay as they were
+my $alt_rows = sql(q{SELECT string_agg(concat_ws('|', window_start, count, total, closed), ',' ORDER BY window_start) FROM alt});
+sql(q{SELECT pipeline.alter_aggregate('alt', idle_timeout => '10 minutes')});
+is(sql(q{SELECT idle_timeout FROM pipeline.aggregates WHERE name = 'alt'}) . '/'
+	 . (sql(q{SELECT string_agg(concat_ws('|', window_start, count, total, closed), ',' ORDER BY window_start) FROM alt}) eq $alt_rows),
+	'00:10:00/1', 'alter_aggregate(idle_timeout): changed, and the windows kept');
+
+# another topic: what emit_upd sends from then on goes there, its windows
+# kept; then none ('')
+sql(q{SELECT pipeline.alter_aggregate('emit_upd', emit_topic => 'agg_updates2')});
+sql(q{SELECT pipeline.produce('local', 'agg', '{"id": 70002, "device": "d1", "ts": "2026-01-02 00:00:30+00", "temp": 4}', '70002')});
+wait_for(q{SELECT count(*) FROM emit_upd WHERE window_start = '2026-01-02 00:00:00+00'}, '1', 'a window after the topic changed');
+wait_for(q{SELECT coalesce(sum(backlog), 0) FROM pipeline.outbox_status}, '0', '... published');
+my $upd1 = load_topic('agg_updates');
+load_topic('agg_updates2');
+is(sql(q{SELECT string_agg(v->>'count', ',') FROM got_agg_updates2 WHERE (v->>'window_start')::timestamptz = '2026-01-02 00:00:00+00'}),
+	sql(q{SELECT count FROM emit_upd WHERE window_start = '2026-01-02 00:00:00+00'}),
+	'emit_topic changed: the window went to the new topic');
+is(sql(q{SELECT count(*) FROM got_agg_updates WHERE (v->>'window_start')::timestamptz >= '2026-01-02 00:00:00+00'}), '0',
+	'... not to the old one');
 sql(q{SELECT pipeline.alter_aggregate('emit_upd', emit_topic => '')});
 is(sql(q{SELECT emit_topic IS NULL AND emit_connection IS NULL FROM pipeline.aggregates WHERE name = 'emit_upd'}), 't',
 	"emit_topic => '' stops sending to a topic");
+sql(q{SELECT pipeline.produce('local', 'agg', '{"id": 70003, "device": "d1", "ts": "2026-01-02 00:01:30+00", "temp": 5}', '70003')});
+wait_for(q{SELECT count(*) FROM emit_upd WHERE window_start = '2026-01-02 00:01:00+00'}, '1', 'a window after the topic was removed');
+wait_for(q{SELECT coalesce(sum(backlog), 0) FROM pipeline.outbox_status}, '0', '... nothing waiting to be published');
+is(load_topic('agg_updates2') . '/' . load_topic('agg_updates'), "1/$upd1", '... and nothing sent to either topic');
 foreach my $case ([q{'nope'}, qr/aggregate "nope" does not exist/],
 	[q{'alt', add_aggregates => ARRAY['count(*)']}, qr/aggregate "alt" already has an output named "count"/],
 	[q{'alt', emit => 'sometimes'}, qr/emit must be 'update' or 'close'/],
