@@ -77,6 +77,7 @@ pe_scratch() {
 	local dir=$1 port=$2
 	shift 2
 	PE_SCRATCH_DATA=$dir/data
+	PE_SCRATCH_DIR=$dir
 	trap pe_scratch_stop EXIT
 	pe_as_user "$dir/test/broker/pe_broker" "$@" --info-file "$dir/broker.info" >"$dir/broker.log" 2>&1 &
 	PE_BROKER_PID=$!
@@ -99,5 +100,8 @@ pe_scratch_stop() {
 	set +e
 	pe_as_user pg_ctl -D "$PE_SCRATCH_DATA" -m fast stop >/dev/null 2>&1
 	[ -n "${PE_BROKER_PID:-}" ] && kill "$PE_BROKER_PID" 2>/dev/null
+	# (that is the subshell that ran runuser: the broker, its grandchild,
+	# is found by its path, which is this scratch directory's own)
+	[ -n "${PE_SCRATCH_DIR:-}" ] && pkill -f -- "$PE_SCRATCH_DIR/test/broker/pe_broker" 2>/dev/null
 	wait 2>/dev/null
 }
