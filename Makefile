@@ -52,6 +52,7 @@ OBJS = \
 	src/aggregate_drop.o \
 	src/aggregate_emit.o \
 	src/aggregate_merge.o \
+	src/aggregate_group.o \
 	src/aggregate_pre.o \
 	src/aggregate_direct.o \
 	src/dedup.o \

@@ -32,7 +32,7 @@
 #include "utils/numeric.h"
 #include "utils/typcache.h"
 
-#include "aggregate.h"
+#include "aggregate_group.h"
 
 /* windows and groups of one batch, at most: more go through the SQL statement (which can spill) */
 #define PE_PRE_MAX_CELLS 1000000
@@ -45,19 +45,6 @@ typedef enum PeAggFn
 	PE_PRE_MIN,
 	PE_PRE_MAX
 } PeAggFn;
-
-/* bytes of a PE_GROUP_BYTES value kept in its key, so that a cell compares them without a trip to its event */
-#define PE_GROUP_INLINE 16
-
-/* A group's value as PE_GROUP_BITS and PE_GROUP_BYTES compare it, taken from its event once. */
-typedef struct PeGroupKey
-{
-	bool		isnull;
-	int32		len;			/* _BYTES: the length of ... */
-	const char *bytes;			/* ... its bytes */
-	int64		bits;			/* _BITS: its number */
-	uint64		inl[PE_GROUP_INLINE / sizeof(uint64)];	/* _BYTES of len <= PE_GROUP_INLINE: them, zero-padded */
-} PeGroupKey;
 
 /* One window and group of the batch, and its partial aggregates. */
 typedef struct PeAggCell
@@ -101,74 +88,6 @@ typedef struct PeAggPlan
 	FmgrInfo   *cmp;			/* min, max: the type's btree comparison */
 	Oid			collation;
 } PeAggPlan;
-
-/*
- * How a group's values are hashed and compared: with the type's own
- * functions, or, where those reduce to it, by their bits (a by-value
- * integer, date or timestamp) or their bytes (text in a deterministic
- * collation: texteq compares bytes, hashtext hashes them).  The hash is
- * this process's own (the TID cache's key, aggregate_direct.c), so it
- * need not be the type's.
- */
-typedef enum PeGroupCmp
-{
-	PE_GROUP_FMGR,
-	PE_GROUP_BITS,
-	PE_GROUP_BYTES
-} PeGroupCmp;
-
-/* The groups' hash and equality functions. */
-typedef struct PeAggGroupFns
-{
-	FmgrInfo   *hash;
-	FmgrInfo   *eq;
-	PeGroupCmp	how;
-} PeAggGroupFns;
-
-/* How values of a group column of type typid in collation coll are best hashed and compared. */
-static PeGroupCmp
-pe_pre_group_cmp(Oid typid, Oid coll)
-{
-	switch (typid)
-	{
-		case INT2OID:
-		case INT4OID:
-		case INT8OID:
-		case OIDOID:
-		case BOOLOID:
-		case DATEOID:
-		case TIMESTAMPOID:
-		case TIMESTAMPTZOID:
-			return PE_GROUP_BITS;
-		case TEXTOID:
-		case VARCHAROID:
-			if (OidIsValid(coll) && (coll == DEFAULT_COLLATION_OID || get_collation_isdeterministic(coll)))
-				return PE_GROUP_BYTES;
-			return PE_GROUP_FMGR;
-		default:
-			return PE_GROUP_FMGR;
-	}
-}
-
-/* A PE_GROUP_BITS value of type typid as a number (the same for equal values, whatever the Datum's upper bits). */
-static int64
-pe_pre_bits(Oid typid, Datum d)
-{
-	switch (typid)
-	{
-		case INT2OID:
-			return DatumGetInt16(d);
-		case INT4OID:
-		case DATEOID:
-			return DatumGetInt32(d);
-		case OIDOID:
-			return DatumGetObjectId(d);
-		case BOOLOID:
-			return DatumGetBool(d);
-		default:
-			return DatumGetInt64(d);
-	}
-}
 
 /*
  * x compared with y as the btree comparison cmp of type typid compares
@@ -225,7 +144,7 @@ pe_pre_plan(PeAggregate *a, PeTarget *t, const int *cols, int ncols, PeAggPlan *
 			return false;
 		gf[g].hash = &tc->hash_proc_finfo;
 		gf[g].eq = &tc->eq_opr_finfo;
-		gf[g].how = pe_pre_group_cmp(t->cols[cols[1 + g]].typid, t->cols[cols[1 + g]].collation);
+		gf[g].how = pe_group_cmp_of(t->cols[cols[1 + g]].typid, t->cols[cols[1 + g]].collation);
 	}
 	for (int i = 0; i < a->naggs; i++)
 	{
@@ -306,83 +225,6 @@ pe_pre_item_type(PeAggPlan *p, int item)
 	}
 }
 
-/* Group g's value in row as its kind of comparison takes it (PE_GROUP_FMGR: only whether it is null). */
-static void
-pe_pre_key(PeAggGroupFns *gf, PeColumn *col, PeRow *row, int c, PeGroupKey *k)
-{
-	k->isnull = row->nulls[c];
-	k->len = 0;
-	k->bytes = NULL;
-	k->bits = 0;
-	if (k->isnull)
-		return;
-	if (gf->how == PE_GROUP_BITS)
-		k->bits = pe_pre_bits(col->typid, row->values[c]);
-	else if (gf->how == PE_GROUP_BYTES)
-	{
-		/* (the decoder's values are not toasted: this is the value's own memory) */
-		struct varlena *x = (struct varlena *) DatumGetPointer(row->values[c]);
-
-		if (VARATT_IS_COMPRESSED(x) || VARATT_IS_EXTERNAL(x))
-			x = pg_detoast_datum_packed(x);
-
-		k->bytes = VARDATA_ANY(x);
-		k->len = VARSIZE_ANY_EXHDR(x);
-		if (k->len <= PE_GROUP_INLINE)
-		{
-			memset(k->inl, 0, sizeof(k->inl));
-			memcpy(k->inl, k->bytes, k->len);
-		}
-	}
-}
-
-/* Whether two keys of a PE_GROUP_BITS or PE_GROUP_BYTES group are the same value (null equal to null). */
-static bool
-pe_pre_key_same(PeGroupCmp how, const PeGroupKey *x, const PeGroupKey *y)
-{
-	if (x->isnull || y->isnull)
-		return x->isnull == y->isnull;
-	if (how == PE_GROUP_BITS)
-		return x->bits == y->bits;
-	if (x->len != y->len)
-		return false;
-	if (x->len <= PE_GROUP_INLINE)
-		return memcmp(x->inl, y->inl, sizeof(x->inl)) == 0;
-	return memcmp(x->bytes, y->bytes, x->len) == 0;
-}
-
-/*
- * An event's groups' hash: each value's (the type's own hash function in
- * the column's collation, or its number's or bytes'); *k0 gets its first
- * group's key.
- */
-static uint32
-pe_pre_group_hash(PeAggregate *a, PeTarget *t, const int *cols, PeAggGroupFns *gf, PeRow *row, PeGroupKey *k0)
-{
-	uint32		h = 0;
-
-	for (int g = 0; g < a->ngroups; g++)
-	{
-		PeColumn   *col = &t->cols[cols[1 + g]];
-		PeGroupKey	k;
-		uint32		v = 0x9e3779b9;
-
-		pe_pre_key(&gf[g], col, row, cols[1 + g], &k);
-		if (g == 0)
-			*k0 = k;
-		if (k.isnull)
-			;
-		else if (gf[g].how == PE_GROUP_BITS)
-			v = hash_bytes_uint32((uint32) k.bits) ^ hash_bytes_uint32((uint32) ((uint64) k.bits >> 32));
-		else if (gf[g].how == PE_GROUP_BYTES)
-			v = hash_bytes((const unsigned char *) k.bytes, k.len);
-		else
-			v = DatumGetUInt32(FunctionCall1Coll(gf[g].hash, col->collation, row->values[cols[1 + g]]));
-		h = (h << 5 | h >> 27) ^ v;
-	}
-	return h;
-}
-
 /* A window and group's hash: its start's and its groups'. */
 static inline uint32
 pe_pre_cell_hash(int64 ws, uint32 group_hash)
@@ -411,13 +253,13 @@ pe_pre_same(PeAggregate *a, PeTarget *t, const int *cols, PeAggGroupFns *gf, PeA
 
 			if (g == 0)
 			{
-				if (!pe_pre_key_same(gf[g].how, &x->g0, yk0))
+				if (!pe_group_key_same(gf[g].how, &x->g0, yk0))
 					return false;
 				continue;
 			}
-			pe_pre_key(&gf[g], col, xr, c, &xk);
-			pe_pre_key(&gf[g], col, y, c, &yk);
-			if (!pe_pre_key_same(gf[g].how, &xk, &yk))
+			pe_group_key(&gf[g], col, xr, c, &xk);
+			pe_group_key(&gf[g], col, y, c, &yk);
+			if (!pe_group_key_same(gf[g].how, &xk, &yk))
 				return false;
 			continue;
 		}
@@ -626,7 +468,7 @@ pe_agg_pre_merge(PeAggregate *a, PeTarget *t, PeRow *rows, const Datum *times, c
 		int64		last = pe_agg_bin(tm, a->slide_us, a->origin);
 		int64		lookback = ((a->size_us + a->slide_us - 1) / a->slide_us - 1) * a->slide_us;
 		PeGroupKey	k0 = {true, 0, NULL, 0, {0}};	/* (no group: never read) */
-		uint32		gh = pe_pre_group_hash(a, t, cols, gf, &rows[r], &k0);
+		uint32		gh = pe_group_hash(a, t, cols, gf, &rows[r], &k0);
 
 		for (int64 ws = last - lookback; ws <= last; ws += a->slide_us)
 		{

@@ -36,7 +36,8 @@
  *	                    apply_append.c: appends straight into the heap
  *	      deadletter.c  the rows that fail, isolated; dead-letter rows
  *	      aggregate.c   windowed aggregates: the events each counts,
- *	                    aggregate_pre.c groups them by window and group,
+ *	                    aggregate_pre.c groups them by window and group
+ *	                    (aggregate_group.c: an event's group key, hash),
  *	                    aggregate_merge.c merges them into the results,
  *	                    aggregate_close.c moves the watermark and closes
  *	                    windows, aggregate_emit.c sends what they emit
