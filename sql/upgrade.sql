@@ -71,9 +71,21 @@ SELECT format_type(atttypid, atttypmod) AS relid_type FROM pg_attribute
 SELECT "table", key_columns FROM pipeline.captures;
 SELECT evtname, evtevent, evtenabled FROM pg_event_trigger WHERE evtname LIKE 'pipeline%' ORDER BY 1;
 -- 0.7.0 -> 0.8.0: pipeline.health says the outbox's latency is from COMMIT
-ALTER EXTENSION pipeline_ext UPDATE;
+ALTER EXTENSION pipeline_ext UPDATE TO '0.8.0';
 SELECT extversion FROM pg_extension WHERE extname = 'pipeline_ext';
 SELECT pg_catalog.pg_get_viewdef('pipeline.health'::regclass) LIKE '%p95 commit-to-acknowledged latency%' AS from_commit,
        pg_catalog.pg_get_viewdef('pipeline.health'::regclass) LIKE '%send-to-acknowledged%' AS from_send;
+-- 0.8.0 -> 0.9.0: create_aggregate() also takes its window, slide, lateness
+-- and idle timeout as text, alter_aggregate() its lateness and idle timeout
+-- as "any": a spec that does not parse is refused with a hint
+ALTER EXTENSION pipeline_ext UPDATE;
+SELECT extversion FROM pg_extension WHERE extname = 'pipeline_ext';
+SELECT p.proname, pg_catalog.pg_get_function_identity_arguments(p.oid) AS arguments
+  FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+ WHERE n.nspname = 'pipeline' AND p.proname IN ('create_aggregate', 'alter_aggregate') ORDER BY 1, 2;
+SELECT pipeline.create_aggregate('a', 'c', 'fortnight', 'ts', ARRAY['count(*)']);
+SELECT pipeline.create_aggregate('a', 'c', '1 hour', 'ts', ARRAY['count(*)'], slide => '1 minuet');
+SELECT pipeline.alter_aggregate('a', lateness => 'a while');
+SELECT pipeline.alter_aggregate('a', idle_timeout => true);
 \c :orig
 DROP DATABASE regress_upgrade;

@@ -107,6 +107,58 @@ pe_agg_check_interval(Interval *iv, const char *what, bool zero_ok)
 }
 
 /*
+ * A window, slide, lateness or idle timeout given as an argument: an
+ * interval, or (since 0.9.0) text or a quoted literal, read here so that a
+ * spec that does not parse is told with a hint rather than by the interval
+ * type's input.  The steps are interval_in's, which return their errors.
+ */
+Interval *
+pe_agg_interval_arg(FunctionCallInfo fcinfo, int argno, const char *what)
+{
+	Oid			type = get_fn_expr_argtype(fcinfo->flinfo, argno);
+	char	   *spec;
+	char		workbuf[MAXDATELEN + MAXDATEFIELDS];
+	char	   *field[MAXDATEFIELDS];
+	int			ftype[MAXDATEFIELDS];
+	int			nf;
+	int			dtype = DTK_DELTA;
+	struct pg_itm_in itm;
+	Interval   *iv = palloc0(sizeof(Interval));
+	int			dterr;
+
+	if (type == INTERVALOID)
+		return PG_GETARG_INTERVAL_P(argno);
+	/* (alter_aggregate's are "any": a literal comes as a C string) */
+	if (type == UNKNOWNOID || type == CSTRINGOID)
+		spec = PG_GETARG_CSTRING(argno);
+	else if (OidIsValid(type) &&
+			 (getBaseType(type) == TEXTOID || getBaseType(type) == VARCHAROID || getBaseType(type) == BPCHAROID))
+		spec = TextDatumGetCString(PG_GETARG_DATUM(argno));
+	else
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("the %s must be an interval or text, not %s", what,
+						OidIsValid(type) ? format_type_be(type) : "unknown"),
+				 errhint("Give it as '5 minutes' or interval '5 minutes'.")));
+	dterr = ParseDateTime(spec, workbuf, sizeof(workbuf), field, ftype, MAXDATEFIELDS, &nf);
+	if (dterr == 0)
+		dterr = DecodeInterval(field, ftype, nf, INTERVAL_FULL_RANGE, &dtype, &itm);
+	if (dterr == DTERR_BAD_FORMAT)
+		dterr = DecodeISO8601Interval(spec, &dtype, &itm);
+	if (dterr == DTERR_FIELD_OVERFLOW || (dterr == 0 && dtype == DTK_DELTA && itmin2interval(&itm, iv) != 0))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("the %s \"%s\" is out of the range of an interval", what, spec),
+				 errhint("Give at most %d days, such as '1 day' or '90 minutes'.", PE_AGG_MAX_DAYS)));
+	if (dterr != 0 || dtype != DTK_DELTA)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("the %s \"%s\" does not parse as an interval", what, spec),
+				 errhint("Give a number and a unit, such as '30 seconds', '5 minutes', '1 hour' or '1 day' (or ISO 8601, 'PT5M').")));
+	return iv;
+}
+
+/*
  * The select-list item that gives an aggregate's value and state columns
  * their types, in the CREATE TABLE AS that makes the results table (or
  * that adds an aggregate to it).
@@ -225,12 +277,12 @@ pe_create_aggregate(PG_FUNCTION_ARGS)
 					 errhint("Give all five; group_by, slide, origin and results are optional.")));
 	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	consumer = text_to_cstring(PG_GETARG_TEXT_PP(1));
-	size = PG_GETARG_INTERVAL_P(2);
+	size = pe_agg_interval_arg(fcinfo, 2, "window");
 	time_column = text_to_cstring(PG_GETARG_TEXT_PP(3));
-	slide = PG_ARGISNULL(6) ? size : PG_GETARG_INTERVAL_P(6);
+	slide = PG_ARGISNULL(6) ? size : pe_agg_interval_arg(fcinfo, 6, "slide");
 	origin = PG_ARGISNULL(7) ? 0 : PG_GETARG_TIMESTAMPTZ(7);	/* 2000-01-01 00:00 UTC */
-	lateness = PG_ARGISNULL(9) ? palloc0(sizeof(Interval)) : PG_GETARG_INTERVAL_P(9);
-	idle = PG_ARGISNULL(10) ? NULL : PG_GETARG_INTERVAL_P(10);
+	lateness = PG_ARGISNULL(9) ? palloc0(sizeof(Interval)) : pe_agg_interval_arg(fcinfo, 9, "lateness");
+	idle = PG_ARGISNULL(10) ? NULL : pe_agg_interval_arg(fcinfo, 10, "idle timeout");
 	emit = PG_ARGISNULL(11) ? "update" : text_to_cstring(PG_GETARG_TEXT_PP(11));
 	emit_topic = PG_ARGISNULL(12) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(12));
 	emit_connection = PG_ARGISNULL(13) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(13));

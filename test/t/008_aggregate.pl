@@ -503,6 +503,13 @@ sql(q{SELECT pipeline.alter_aggregate('alt', idle_timeout => '10 minutes')});
 is(sql(q{SELECT idle_timeout FROM pipeline.aggregates WHERE name = 'alt'}) . '/'
 	 . (sql(q{SELECT string_agg(concat_ws('|', window_start, count, total, closed), ',' ORDER BY window_start) FROM alt}) eq $alt_rows),
 	'00:10:00/1', 'alter_aggregate(idle_timeout): changed, and the windows kept');
+# the lateness and idle timeout as an interval, as text, as varchar, and as untyped text of a prepared statement
+sql(q{SELECT pipeline.alter_aggregate('alt', lateness => interval '1 day', idle_timeout => '11 minutes'::text)});
+is(sql(q{SELECT lateness || '/' || idle_timeout FROM pipeline.aggregates WHERE name = 'alt'}), '1 day/00:11:00',
+	'alter_aggregate takes an interval and text');
+sql(q{SELECT pipeline.alter_aggregate('alt', idle_timeout => '12 minutes'::varchar)});
+sql(q{PREPARE alt_idle(text) AS SELECT pipeline.alter_aggregate('alt', idle_timeout => $1); EXECUTE alt_idle('PT10M')});
+is(sql(q{SELECT idle_timeout FROM pipeline.aggregates WHERE name = 'alt'}), '00:10:00', '... varchar, and a text parameter in ISO 8601');
 
 # another topic: what emit_upd sends from then on goes there, its windows
 # kept; then none ('')
@@ -529,7 +536,10 @@ foreach my $case ([q{'nope'}, qr/aggregate "nope" does not exist/],
 	[q{'alt', emit => 'sometimes'}, qr/emit must be 'update' or 'close'/],
 	[q{'alt', lateness => '-1 second'}, qr/lateness must be zero or more/],
 	[q{'alt', lateness => '200000000 days'}, qr/lateness must be at most 36525 days/],
-	[q{'alt', idle_timeout => '200000000 days'}, qr/idle timeout must be at most 36525 days/])
+	[q{'alt', idle_timeout => '200000000 days'}, qr/idle timeout must be at most 36525 days/],
+	[q{'alt', lateness => 'a little'}, qr/the lateness "a little" does not parse as an interval/],
+	[q{'alt', idle_timeout => 'soon'}, qr/the idle timeout "soon" does not parse as an interval/],
+	[q{'alt', idle_timeout => 60}, qr/the idle timeout must be an interval or text, not integer/])
 {
 	my ($rc, $out, $err) = $node->psql('postgres', "SELECT pipeline.alter_aggregate($case->[0])");
 	like($err, $case->[1], "alter_aggregate($case->[0]) is refused");
@@ -579,6 +589,17 @@ refused(q{'a1', 'rd', '1 minute', 'ts', ARRAY['count(*) AS ' || repeat('n', 56)]
 	'an output name too long for its state columns');
 refused(q{'a1', 'rd', '1 minute', 'ts', ARRAY['count(*) AS n__sum']}, qr/needs another output name/,
 	'an output name with the state columns\' "__"');
+# (a spec that does not parse is read by create_aggregate, not refused by the interval type's input without a hint)
+refused(q{'a1', 'rd', 'fortnight', 'ts', ARRAY['count(*)']}, qr/the window "fortnight" does not parse as an interval/,
+	'a window spec that does not parse');
+refused(q{'a1', 'rd', '1 hour', 'ts', ARRAY['count(*)'], slide => '5 minuts'}, qr/the slide "5 minuts" does not parse as an interval/,
+	'a slide that does not parse');
+refused(q{'a1', 'rd', '1 hour', 'ts', ARRAY['count(*)'], lateness => 'late'}, qr/the lateness "late" does not parse as an interval/,
+	'a lateness that does not parse');
+refused(q{'a1', 'rd', '1 hour', 'ts', ARRAY['count(*)'], idle_timeout => 'now'}, qr/the idle timeout "now" does not parse as an interval/,
+	'an idle timeout that does not parse');
+refused(q{'a1', 'rd', '300000000 years', 'ts', ARRAY['count(*)']}, qr/the window "300000000 years" is out of the range of an interval/,
+	'a window beyond the range of an interval');
 refused(q{'a1', 'rd', '1 month', 'ts', ARRAY['count(*)']}, qr/window of months or years is not supported/,
 	'a window of months');
 # (past a century a window's arithmetic leaves the timestamp range: every event would be a dead letter)
@@ -631,8 +652,10 @@ sql(q{CREATE TABLE kinds (id int PRIMARY KEY, ts timestamptz, g text, i2 int2, i
         lateness => '1 day');
       SELECT pipeline.create_aggregate('kinds_ints', 'kinds', '1 hour', 'ts', ARRAY['count(*)', 'min(id)', 'max(id)'], ARRAY['i2'],
         lateness => '1 day');
-      SELECT pipeline.create_aggregate('kinds_mm', 'kinds', '1 hour', 'ts',
-        ARRAY['min(i2)', 'max(i2)', 'min(ts)', 'max(ts)', 'min(f4)', 'max(f4)', 'min(id)', 'max(id)'], ARRAY['g'], lateness => '1 day');});
+      -- (the window and lateness as intervals: the signature of 0.6.0)
+      SELECT pipeline.create_aggregate('kinds_mm', 'kinds', interval '1 hour', 'ts',
+        ARRAY['min(i2)', 'max(i2)', 'min(ts)', 'max(ts)', 'min(f4)', 'max(f4)', 'min(id)', 'max(id)'], ARRAY['g'],
+        lateness => interval '1 day');});
 sub produce_kinds
 {
 	my ($from, $to, $big) = @_;
