@@ -5,7 +5,11 @@
 # several batches while it is behind; a slot worker killed with SIGKILL
 # and the server stopped with -m immediate in the middle.  Every window, closed or open, equals plain
 # SQL over the events the aggregate did not keep as late, and every event
-# is either counted or kept as late: nothing twice, nothing lost.
+# is either counted or kept as late: nothing twice, nothing lost.  Which
+# events are late is also checked against the events alone: the watermark
+# after each chunk is the least of the partitions' newest event times; no
+# event within the lateness is kept as late; every event whose window had
+# closed by the watermark of the chunk before is.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -41,17 +45,23 @@ sub wait_for
 # 299 s older (beyond it).  The sessions' lateness (10 minutes) is longer
 # than any event is out of order: an event that would join a session
 # already closed is not merged into it (closed windows do not change), so
-# plain SQL would differ.
+# plain SQL would differ.  The idle timeout is longer than the test: the
+# watermark moves with the events' times alone, not with the clock (a slow
+# machine's pause between chunks would move it), so that the test can
+# tell from the events which ones were late.
 sql(qq{CREATE EXTENSION pipeline_ext;
        SELECT pipeline.create_connection('local', '$bs');
-       CREATE TABLE wl_events (id int PRIMARY KEY, g int, ts timestamptz);
-       SELECT pipeline.create_consumer('wl', 'local', 'wl', 'wl_events', mode => 'append', batch_size => 1000);
+       CREATE TABLE wl_events (id int PRIMARY KEY, g int, ts timestamptz, p int);
+       -- the watermark the test computes after each chunk
+       CREATE TABLE wl_marks (chunk int PRIMARY KEY, last_id int, watermark timestamptz);
+       SELECT pipeline.create_consumer('wl', 'local', 'wl', 'wl_events', mode => 'append', batch_size => 1000,
+                                       column_map => '{"p": "\$partition"}');
        SELECT pipeline.create_aggregate('wl_tumble', 'wl', '1 minute', 'ts', ARRAY['count(*)', 'max(id)'], ARRAY['g'],
-                                        lateness => '30 seconds');
+                                        lateness => '30 seconds', idle_timeout => '1 day');
        SELECT pipeline.create_aggregate('wl_hop', 'wl', '2 minutes', 'ts', ARRAY['count(*)', 'sum(id)'], ARRAY['g'],
-                                        slide => '1 minute', lateness => '30 seconds');
+                                        slide => '1 minute', lateness => '30 seconds', idle_timeout => '1 day');
        SELECT pipeline.create_aggregate('wl_session', 'wl', '10 seconds', 'ts', ARRAY['count(*)', 'min(id)'], ARRAY['g'],
-                                        kind => 'session', lateness => '10 minutes');});
+                                        kind => 'session', lateness => '10 minutes', idle_timeout => '1 day');});
 
 sub produce
 {
@@ -121,6 +131,20 @@ sub check_all
 	is(sql(qq{SELECT count(*) FROM (${\ late('wl_hop')}) l JOIN wl_events e ON e.id = l.id
 	           WHERE date_bin('1 minute', e.ts, $origin) + interval '1 minute' + interval '30 seconds' > l.watermark}), '0',
 		"$what: wl_hop kept as late only events whose first window had closed");
+	# from the events alone: no event in order or out of order within the
+	# lateness (all but 1 %) is kept as late; every event whose windows had
+	# closed by the watermark of the chunk before it is (the watermark never
+	# goes back); some are
+	foreach my $agg ('wl_tumble', 'wl_hop')
+	{
+		is(sql(qq{SELECT count(*) FROM (${\ late($agg)}) l WHERE l.id * 7919 % 100 <> 5}), '0',
+			"$what: $agg kept as late no event that was within the lateness");
+		my $due = qq{SELECT e.id FROM wl_events e JOIN wl_marks m ON m.last_id = (e.id - 1) / 10000 * 10000
+		              WHERE date_bin('1 minute', e.ts, $origin) + interval '1 minute' + interval '30 seconds' < m.watermark};
+		is(sql(qq{SELECT count(*) FROM ($due) d WHERE d.id NOT IN (SELECT id FROM (${\ late($agg)}) l)}), '0',
+			"$what: $agg kept as late every event whose window had closed by the watermark of the chunk before");
+		cmp_ok(sql(qq{SELECT count(*) FROM ($due) d}), '>=', 10, "$what: ... of which there are some");
+	}
 	# (an append consumer into a table keyed by id: a message applied twice would be a dead letter)
 	is(sql(q{SELECT count(*) FROM pipeline.dead_letters WHERE consumer = 'wl'}), '0', "$what: no message applied twice");
 	is(sql(q{SELECT bool_and(open_windows = CASE name
@@ -149,6 +173,12 @@ for my $chunk (1 .. 10)
 		pass('the server stopped with -m immediate while chunk 7 is applied, and started again');
 	}
 	wait_for(q{SELECT count(*) FROM wl_events}, $n, "chunk $chunk applied");
+	# the watermark is the least of the partitions' newest event times (the
+	# partitions from the events: the consumer maps \$partition into p)
+	sql(qq{INSERT INTO wl_marks SELECT $chunk, $n, min(newest) FROM (SELECT max(ts) AS newest FROM wl_events GROUP BY p) x});
+	is(sql(qq{SELECT string_agg(name || ' ' || (watermark = (SELECT watermark FROM wl_marks WHERE chunk = $chunk)), ', ' ORDER BY name)
+	            FROM pipeline.aggregates}),
+		'wl_hop true, wl_session true, wl_tumble true', "chunk $chunk: each watermark is the least of the partitions' newest event times");
 	check_all("after chunk $chunk", $n) if $chunk == 3 || $chunk == 10;
 }
 ok(sql(q{SELECT count(*) FROM pipeline.late_events WHERE aggregate = 'wl_tumble'}) > 0, 'some events came too late, and were kept');
