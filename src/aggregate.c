@@ -65,6 +65,31 @@ pe_agg_time_col(PeTarget *t, PeAggregate *a)
 }
 
 /*
+ * The columns the aggregates read (need[c] for each decoded column c):
+ * their times, groups and arguments.
+ */
+void
+pe_aggregates_columns(List *aggs, PeTarget *t, bool *need)
+{
+	ListCell   *lc;
+
+	memset(need, 0, sizeof(bool) * t->ncols);
+	foreach(lc, aggs)
+	{
+		PeAggregate *a = lfirst(lc);
+		int			tc = pe_agg_time_col(t, a);
+
+		if (tc >= 0)
+			need[tc] = true;
+		for (int i = 0; i < a->ngroups; i++)
+			need[pe_agg_col(t, a, a->groups[i])] = true;
+		for (int i = 0; i < a->naggs; i++)
+			if (strcmp(a->args[i], "*") != 0)
+				need[pe_agg_col(t, a, a->args[i])] = true;
+	}
+}
+
+/*
  * The event time of a row: its time column, or with '$timestamp' its
  * message's Kafka timestamp.  False when it has none.
  */

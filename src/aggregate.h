@@ -20,6 +20,7 @@
 #include "datatype/timestamp.h"
 
 extern List *pe_aggregates_of(PeConsumerDef *def);
+extern void pe_aggregates_columns(List *aggs, PeTarget *t, bool *need);
 extern void pe_aggregates_lock(int64 consumer_id, LOCKMODE mode);
 extern bool pe_aggregates_changed(int64 consumer_id, int naggs);
 extern void pe_aggregates_drop_state(PeConsumerDef *def);
