@@ -79,8 +79,9 @@ pe_batch_keep_for_aggregates(PeBatch *b, PeRow *rows, int nrows, int ndead, Memo
 		nkeep += !rows[r].tombstone && !is_dead[rows[r].msg_index];
 
 	scratch = MemoryContextSwitchTo(outer);
-	values = palloc(sizeof(Datum) * Max(nkeep * ncols, 1));
-	nulls = palloc(sizeof(bool) * Max(nkeep * ncols, 1));
+	/* (as big as decode's arrays of the same rows: huge allocations) */
+	values = MemoryContextAllocHuge(outer, sizeof(Datum) * Max((Size) nkeep * ncols, 1));
+	nulls = MemoryContextAllocHuge(outer, sizeof(bool) * Max((Size) nkeep * ncols, 1));
 	for (int r = 0; r < nrows; r++)
 	{
 		PeRow	   *dst;
