@@ -12,7 +12,7 @@ use Test::More;
 use PipelineExt::Broker;
 use PipelineExt::Crash;
 
-my $broker = PipelineExt::Broker->start(brokers => 1, topics => { agg => 4, agg_updates => 3, agg_updates2 => 3, agg_closed => 3, sess => 3, quiet => 2, visits_out => 2, paris => 1, kinds => 1, sess1 => 1, fr => 1, backlog => 2, upk => 1 });
+my $broker = PipelineExt::Broker->start(brokers => 1, topics => { agg => 4, agg_updates => 3, agg_updates2 => 3, agg_closed => 3, sess => 3, quiet => 2, quiet2 => 2, visits_out => 2, paris => 1, kinds => 1, sess1 => 1, fr => 1, backlog => 2, upk => 1 });
 my $bs = $broker->bootstrap;
 
 my $node = PostgreSQL::Test::Cluster->new('aggregate');
@@ -441,6 +441,47 @@ wait_for(q{SELECT closed FROM quiet10 WHERE window_start = '2026-01-01 00:00:20+
 	'a quiet stream closes its last window as the clock passes its end');
 ok(sql(q{SELECT watermark >= '2026-01-01 00:00:30+00' FROM pipeline.aggregates WHERE name = 'quiet10'}) eq 't',
 	'... its watermark moved on');
+
+# a partition that had events and went quiet while another moves on (the
+# complaint about Flink and RisingWave): it holds the watermark while it
+# is within idle_timeout, and no longer after; its events when it comes
+# back are judged by the watermark the others moved, and kept as late.
+# (Partition 1 has an event at least every second, so the stream is never
+# quiet as a whole: the watermark does not move with the clock.)
+sql(q{CREATE TABLE quiet2 (id int PRIMARY KEY, ts timestamptz);
+      SELECT pipeline.create_consumer('rq2', 'local', 'quiet2', 'quiet2');
+      SELECT pipeline.create_aggregate('quiet2_10', 'rq2', '10 seconds', 'ts', ARRAY['count(*)'], idle_timeout => '6 seconds')});
+sub quiet2_event
+{
+	my ($id, $sec, $part) = @_;
+	sql(qq{SELECT pipeline.produce('local', 'quiet2', json_build_object('id', $id, 'ts', timestamptz '2026-01-01 00:00:00+00'
+	        + $sec * interval '1 second')::text, '$id', partition => $part)});
+	wait_for(qq{SELECT count(*) FROM quiet2 WHERE id = $id}, '1', "event $id applied");
+}
+quiet2_event(101, 5, 0);
+my $p0_at = time;
+quiet2_event(102, 8, 1);
+is(sql(q{SELECT watermark FROM pipeline.aggregates WHERE name = 'quiet2_10'}), '2026-01-01 00:00:05+00',
+	'a partition with events holds the watermark while within idle_timeout (the least of the partitions)');
+my ($q2_id, $q2_sec) = (103, 9);
+while (time - $p0_at < 8)
+{
+	quiet2_event($q2_id++, $q2_sec, 1);
+	$q2_sec += 2;
+	select(undef, undef, undef, 0.5);
+}
+quiet2_event($q2_id++, $q2_sec, 1);
+is(sql(q{SELECT watermark || ' ' || (SELECT closed FROM quiet2_10 WHERE window_start = '2026-01-01 00:00:00+00')
+           FROM pipeline.aggregates WHERE name = 'quiet2_10'}),
+	sprintf('2026-01-01 00:00:%02d+00 true', $q2_sec),
+	'quiet past idle_timeout, it no longer holds the watermark: it follows partition 1, and closes the window partition 0 held open');
+quiet2_event(199, 7, 0);
+is(sql(q{SELECT count(*) || ' ' || min(reason) FROM pipeline.late_events WHERE aggregate = 'quiet2_10'}),
+	"1 its window had closed: the watermark had passed the window's end plus the lateness",
+	'... back with an event of that window, partition 0 has it kept as late');
+is(sql(q{SELECT watermark || ' ' || (SELECT count FROM quiet2_10 WHERE window_start = '2026-01-01 00:00:00+00')
+           FROM pipeline.aggregates WHERE name = 'quiet2_10'}),
+	sprintf('2026-01-01 00:00:%02d+00 3', $q2_sec), '... the window unchanged (events 101 to 103) and the watermark not moved back');
 
 # day windows in a time zone: local midnight to midnight, 23 hours on the
 # day Paris puts its clocks forward (2026-03-29); closed as the watermark
