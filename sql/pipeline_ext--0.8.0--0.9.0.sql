@@ -1,9 +1,9 @@
 /* pipeline_ext 0.8.0 -> 0.9.0 */
 \echo Use "ALTER EXTENSION pipeline_ext UPDATE TO '0.9.0'" to load this file. \quit
 
--- A window, slide, lateness or idle timeout that does not parse ('fortnight')
--- is refused with a hint: the functions read the spec themselves, where the
--- interval type's input refused it with none.
+-- A window, slide, lateness or idle timeout of create_aggregate() that does
+-- not parse ('fortnight') is refused with a hint: the function reads the
+-- spec itself, where the interval type's input refused it with none.
 --
 -- create_aggregate() gets a signature that takes them as text.  A quoted
 -- literal or an untyped parameter goes to it (a string's preferred type is
@@ -31,18 +31,7 @@ RETURNS regclass
 LANGUAGE C CALLED ON NULL INPUT VOLATILE
 AS 'MODULE_PATHNAME', 'pe_create_aggregate';
 
--- alter_aggregate() cannot have both: a call that gives neither lateness
--- nor idle_timeout would match the two.  Its two take "any" and the C
--- function reads an interval, text or a quoted literal.
-DROP FUNCTION @extschema@.alter_aggregate(text, interval, interval, text, text, text, text[]);
-CREATE FUNCTION @extschema@.alter_aggregate(
-    name          text,
-    lateness      "any" DEFAULT NULL,
-    idle_timeout  "any" DEFAULT NULL,
-    emit          text DEFAULT NULL,
-    emit_topic    text DEFAULT NULL,
-    emit_connection text DEFAULT NULL,
-    add_aggregates text[] DEFAULT NULL)
-RETURNS void
-LANGUAGE C CALLED ON NULL INPUT VOLATILE
-AS 'MODULE_PATHNAME', 'pe_alter_aggregate';
+-- alter_aggregate() keeps its interval signature: a text one beside it
+-- would make a call that gives neither lateness nor idle_timeout match
+-- both, and "any" would refuse an untyped parameter (a driver's) that
+-- resolves to interval today.

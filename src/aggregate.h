@@ -13,7 +13,6 @@
 #define PIPELINE_EXT_AGGREGATE_H
 
 #include "datapath.h"
-#include "fmgr.h"
 #include "lib/stringinfo.h"
 #include "storage/lockdefs.h"
 #include "utils/rel.h"
@@ -89,7 +88,6 @@ extern const char *pe_agg_avg_sum_argument(Oid argtype, const char *expr);
 /* group columns at most: the results' unique index has the window's start and end too (INDEX_MAX_KEYS 32) */
 #define PE_AGG_MAX_GROUPS 30
 extern void pe_agg_check_interval(Interval *iv, const char *what, bool zero_ok);
-extern Interval *pe_agg_interval_arg(FunctionCallInfo fcinfo, int argno, const char *what);
 extern void pe_agg_require_decoded(PeTarget *t, const char *name, const char *what);
 extern char *pe_agg_emit_connection(PeConsumerDef *def, char *name, const char *topic);
 extern const char *pe_agg_extension_schema(const char *extname);

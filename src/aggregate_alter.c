@@ -161,8 +161,8 @@ pe_alter_aggregate(PG_FUNCTION_ARGS)
 	int			ngroups;
 	char	   *new_emit;
 	char	   *time_zone;
-	Interval   *lateness = PG_ARGISNULL(1) ? NULL : pe_agg_interval_arg(fcinfo, 1, "lateness");
-	Interval   *idle = PG_ARGISNULL(2) ? NULL : pe_agg_interval_arg(fcinfo, 2, "idle timeout");
+	Interval   *lateness = PG_ARGISNULL(1) ? NULL : PG_GETARG_INTERVAL_P(1);
+	Interval   *idle = PG_ARGISNULL(2) ? NULL : PG_GETARG_INTERVAL_P(2);
 	PeConsumerDef *def;
 	Oid			time_type;
 	int			nadd = 0;

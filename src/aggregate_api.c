@@ -107,17 +107,17 @@ pe_agg_check_interval(Interval *iv, const char *what, bool zero_ok)
 }
 
 /*
- * A window, slide, lateness or idle timeout given as an argument: an
- * interval, or (since 0.9.0) text or a quoted literal, read here so that a
+ * A window, slide, lateness or idle timeout of create_aggregate(): an
+ * interval, or (the text signature of 0.9.0) text read here, so that a
  * spec that does not parse is told with a hint rather than by the interval
  * type's input.  The steps are interval_in's, which return their errors.
  */
-Interval *
+static Interval *
 pe_agg_interval_arg(FunctionCallInfo fcinfo, int argno, const char *what)
 {
 	Oid			type = get_fn_expr_argtype(fcinfo->flinfo, argno);
 	char	   *spec;
-	char		workbuf[MAXDATELEN + MAXDATEFIELDS];
+	char		workbuf[256];	/* (interval_in's) */
 	char	   *field[MAXDATEFIELDS];
 	int			ftype[MAXDATEFIELDS];
 	int			nf;
@@ -126,20 +126,24 @@ pe_agg_interval_arg(FunctionCallInfo fcinfo, int argno, const char *what)
 	Interval   *iv = palloc0(sizeof(Interval));
 	int			dterr;
 
+	if (!OidIsValid(type))
+	{
+		/* (called without an expression, as by the fast path: the signature says) */
+		Oid		   *argtypes;
+		int			nargs;
+
+		get_func_signature(fcinfo->flinfo->fn_oid, &argtypes, &nargs);
+		type = argtypes[argno];
+	}
+	type = getBaseType(type);
 	if (type == INTERVALOID)
 		return PG_GETARG_INTERVAL_P(argno);
-	/* (alter_aggregate's are "any": a literal comes as a C string) */
-	if (type == UNKNOWNOID || type == CSTRINGOID)
-		spec = PG_GETARG_CSTRING(argno);
-	else if (OidIsValid(type) &&
-			 (getBaseType(type) == TEXTOID || getBaseType(type) == VARCHAROID || getBaseType(type) == BPCHAROID))
-		spec = TextDatumGetCString(PG_GETARG_DATUM(argno));
-	else
+	if (type != TEXTOID && type != VARCHAROID && type != BPCHAROID)
 		ereport(ERROR,
 				(errcode(ERRCODE_DATATYPE_MISMATCH),
-				 errmsg("the %s must be an interval or text, not %s", what,
-						OidIsValid(type) ? format_type_be(type) : "unknown"),
+				 errmsg("the %s must be an interval or text, not %s", what, format_type_be(type)),
 				 errhint("Give it as '5 minutes' or interval '5 minutes'.")));
+	spec = TextDatumGetCString(PG_GETARG_DATUM(argno));
 	dterr = ParseDateTime(spec, workbuf, sizeof(workbuf), field, ftype, MAXDATEFIELDS, &nf);
 	if (dterr == 0)
 		dterr = DecodeInterval(field, ftype, nf, INTERVAL_FULL_RANGE, &dtype, &itm);
