@@ -356,6 +356,12 @@ is(sql(q{SELECT (windows_closed = (SELECT count(*) FROM closing WHERE closed)) |
 	'true/true/true/true', 'pipeline.aggregates: windows closed and open, the last batch and the time it added');
 like(sql(q{SELECT status || ': ' || reason FROM pipeline.health WHERE consumer = 'aggregate:closing'}),
 	qr/^warning: 1 late events kept in the last /, 'pipeline.health warns of the late event');
+is(sql(q{SELECT reason FROM pipeline.health WHERE consumer = 'aggregate:closing'}),
+	sql(q{SELECT format('1 late events kept in the last %s (pipeline.late_events) (watermark %s, %s open windows, %s closed, '
+	                    '%s late events kept, last emit %s, %s ms added to the last batch)', current_setting('pipeline_ext.lag_window'),
+	                    watermark, open_windows, windows_closed, late_events, last_emit_at, round(batch_ms::numeric, 1))
+	        FROM pipeline.aggregates WHERE name = 'closing'}),
+	'... and shows the watermark, the windows open and closed, the late events, the last emit and the time added to a batch');
 is(sql(q{SELECT string_agg(consumer, ',' ORDER BY consumer) FROM pipeline.health WHERE consumer LIKE 'aggregate:%'}),
 	'aggregate:alt,aggregate:approx,aggregate:by_kafka_time,aggregate:closing,aggregate:cum,aggregate:emit_cls,aggregate:emit_upd,aggregate:exact,aggregate:hop,aggregate:ints,aggregate:per_min,aggregate:sess_rd', '... and has a row for each aggregate');
 {
@@ -519,6 +525,15 @@ is(sql(q{SELECT count(*) || ' ' || min(reason) FROM pipeline.late_events WHERE a
 is(sql(q{SELECT watermark || ' ' || (SELECT count FROM quiet2_10 WHERE window_start = '2026-01-01 00:00:00+00')
            FROM pipeline.aggregates WHERE name = 'quiet2_10'}),
 	sprintf('2026-01-01 00:00:%02d+00 3', $q2_sec), '... the window unchanged (events 101 to 103) and the watermark not moved back');
+# partition 0 back, and within an idle timeout now of an hour: it holds the
+# watermark while partition 1 goes far ahead, which pipeline.health says
+sql(q{SELECT pipeline.alter_aggregate('quiet2_10', idle_timeout => '1 hour')});
+like(sql(q{SELECT status || ': ' || reason FROM pipeline.health WHERE consumer = 'aggregate:quiet2_10'}),
+	qr/^warning: 1 late events kept in the last [^;]*\(watermark /, 'pipeline.health: no warning of the watermark yet');
+quiet2_event(200, 1000, 1);
+like(sql(q{SELECT status || ': ' || reason FROM pipeline.health WHERE consumer = 'aggregate:quiet2_10'}),
+	qr/^warning: .*; the watermark is 00:1\d:\d\d behind the newest event time: partition 0 holds it back, behind the others and not idle for idle_timeout 01:00:00 \(watermark 2026-01-01 00:00:\d\d\+00, /,
+	'... then it warns of the partition that holds the watermark more than 10 windows back');
 
 # day windows in a time zone: local midnight to midnight, 23 hours on the
 # day Paris puts its clocks forward (2026-03-29); closed as the watermark
