@@ -12,7 +12,7 @@ use Test::More;
 use PipelineExt::Broker;
 use PipelineExt::Crash;
 
-my $broker = PipelineExt::Broker->start(brokers => 1, topics => { agg => 4, agg_updates => 3, agg_updates2 => 3, agg_closed => 3, sess => 3, quiet => 2, quiet2 => 2, visits_out => 2, paris => 1, kinds => 1, sess1 => 1, fr => 1, backlog => 2, upk => 1, fresh_in => 2, fresh_out => 2 });
+my $broker = PipelineExt::Broker->start(brokers => 1, topics => { agg => 4, agg_updates => 3, agg_updates2 => 3, agg_closed => 3, sess => 3, quiet => 2, quiet2 => 2, visits_out => 2, paris => 1, kinds => 1, sess1 => 1, fr => 1, backlog => 2, upk => 1, fresh_in => 2, fresh_out => 2, align => 2 });
 my $bs = $broker->bootstrap;
 
 my $node = PostgreSQL::Test::Cluster->new('aggregate');
@@ -84,6 +84,10 @@ is(sql(q{SELECT aggregates FROM pipeline.aggregates WHERE name = 'exact'}) . ' '
 	. '"last(id) AS last_id","first(device) AS first_device","last(temp) AS last_temp"} '
 	. '{"approx_count_distinct(temp) AS temps","percentile(temp, 0.9) AS p90_temp","percentile(temp, 0.5) AS median_temp"}',
 	'count(distinct) is exact without hll and approximate (hll) with it; percentiles keep their fraction');
+is(sql(q{SELECT string_agg(attname || ' ' || format_type(atttypid, atttypmod), ', ' ORDER BY attname) FROM pg_attribute
+          WHERE attrelid = 'approx'::regclass AND (attname LIKE '%__hll' OR attname LIKE '%__digest')}),
+	'median_temp__digest tdigest, p90_temp__digest tdigest, temps__hll hll',
+	'... whose states are an hll sketch and t-digests');
 
 # the time from the messages' Kafka timestamps ('$timestamp'), kept in no
 # column; a second consumer of the topic keeps them (column_map) to check
@@ -485,6 +489,41 @@ wait_for(q{SELECT closed FROM quiet10 WHERE window_start = '2026-01-01 00:00:20+
 ok(sql(q{SELECT watermark >= '2026-01-01 00:00:30+00' FROM pipeline.aggregates WHERE name = 'quiet10'}) eq 't',
 	'... its watermark moved on');
 
+# windows aligned as date_bin aligns them on another origin than the
+# default (7-minute windows from 0:03, and 10-minute windows hopping by 4
+# from 0:01), and over a time column without time zone
+sql(q{CREATE TABLE align (id int PRIMARY KEY, g int, ts timestamptz, lts timestamp);
+      SELECT pipeline.create_consumer('align', 'local', 'align', 'align', mode => 'append', batch_size => 100);
+      SELECT pipeline.create_aggregate('al7', 'align', '7 minutes', 'ts', ARRAY['count(*)', 'sum(id)'], ARRAY['g'],
+                                       origin => '2026-01-01 00:03:00+00', lateness => '1 day');
+      SELECT pipeline.create_aggregate('alhop', 'align', '10 minutes', 'ts', ARRAY['count(*)', 'max(id)'], ARRAY['g'],
+                                       slide => '4 minutes', origin => '2000-01-01 00:01:00+00', lateness => '1 day');
+      SELECT pipeline.create_aggregate('allocal', 'align', '1 hour', 'lts', ARRAY['count(*)', 'min(id)'], lateness => '1 day');
+      SELECT count(pipeline.produce_async('local', 'align',
+               json_build_object('id', i, 'g', i % 3, 'ts', t, 'lts', t AT TIME ZONE 'UTC')::text, i::text))
+        FROM generate_series(1, 600) i,
+             LATERAL (SELECT timestamptz '2026-01-01 00:00:00+00' + (i * 37 + (i % 11) * 60) * interval '1 second' AS t) x});
+wait_for(q{SELECT count(*) FROM align}, '600', 'the events to align are applied');
+wait_for(q{SELECT sum(count) FROM allocal}, '600', '... and counted');
+is(sql(q{SELECT string_agg(concat_ws('|', window_start, window_end, g, count, sum_id), ',' ORDER BY window_start, g) FROM al7}),
+	sql(q{SELECT string_agg(concat_ws('|', s, s + interval '7 minutes', g, n, t), ',' ORDER BY s, g)
+	        FROM (SELECT date_bin('7 minutes', ts, timestamptz '2026-01-01 00:03:00+00') AS s, g, count(*) AS n, sum(id) AS t
+	                FROM align GROUP BY 1, 2) x}),
+	'7-minute windows from 0:03 equal date_bin with that origin');
+is(sql(q{SELECT string_agg(concat_ws('|', window_start, window_end, g, count, max_id), ',' ORDER BY window_start, g) FROM alhop}),
+	sql(q{SELECT string_agg(concat_ws('|', s, s + interval '10 minutes', g, n, m), ',' ORDER BY s, g)
+	        FROM (SELECT w.s, g, count(*) AS n, max(id) AS m
+	                FROM align, LATERAL (SELECT date_bin('4 minutes', ts, timestamptz '2000-01-01 00:01:00+00') - k * interval '4 minutes' AS s
+	                                       FROM generate_series(0, 2) k) w
+	               WHERE w.s + interval '10 minutes' > ts GROUP BY 1, 2) x}),
+	'10-minute windows hopping by 4 minutes from 0:01 equal date_bin with that origin');
+is(sql(q{SELECT string_agg(concat_ws('|', window_start, window_end, pg_typeof(window_start), count, min_id), ',' ORDER BY window_start) FROM allocal}),
+	sql(q{SELECT string_agg(concat_ws('|', s, s + interval '1 hour', pg_typeof(s), n, m), ',' ORDER BY s)
+	        FROM (SELECT date_bin('1 hour', lts, timestamp '2000-01-01 00:00:00') AS s, count(*) AS n, min(id) AS m
+	                FROM align GROUP BY 1) x}),
+	'windows over a timestamp column (without time zone) equal date_bin over it, of its type');
+sql(q{SELECT pipeline.drop_consumer('align')});
+
 # a partition that had events and went quiet while another moves on (the
 # complaint about Flink and RisingWave): it holds the watermark while it
 # is within idle_timeout, and no longer after; its events when it comes
@@ -628,6 +667,7 @@ is(load_topic('agg_updates2') . '/' . load_topic('agg_updates'), "1/$upd1", '...
 check_copies('agg_updates2', 0);
 foreach my $case ([q{'nope'}, qr/aggregate "nope" does not exist/],
 	[q{'alt', add_aggregates => ARRAY['count(*)']}, qr/aggregate "alt" already has an output named "count"/],
+	[q{'sess_rd', add_aggregates => ARRAY['sum(temp)']}, qr/aggregates cannot be added to session windows/],
 	[q{'alt', emit => 'sometimes'}, qr/emit must be 'update' or 'close'/],
 	[q{'alt', lateness => '-1 second'}, qr/lateness must be zero or more/],
 	[q{'alt', lateness => '200000000 days'}, qr/lateness must be at most 36525 days/],
