@@ -1044,19 +1044,28 @@ sql(q{SELECT pipeline.drop_consumer('slow')});
 
 # emitting to a fresh topic with no crash while it is written: a thousand
 # events in batches of 50 over 17 windows of 5 groups, each update of a
-# window a message; read back, the last message of each window is its row
-# in the results table, and every outbox id is there once (no round
-# published twice, none aborted and lost: the test broker hides no aborted
-# round, so one would show as a repeat)
+# window a message, then one event late within the lateness (its window
+# ended before the watermark, not 2 minutes before) and one beyond it;
+# read back, the last message of each window is its row in the results
+# table (the update the first late one made was emitted), and every outbox
+# id is there once (no round published twice, none aborted and lost: the
+# test broker hides no aborted round, so one would show as a repeat)
 sql(q{CREATE TABLE fresh (id int PRIMARY KEY, g int, ts timestamptz);
       SELECT pipeline.create_consumer('fresh', 'local', 'fresh_in', 'fresh', mode => 'append', batch_size => 50);
       SELECT pipeline.create_aggregate('fresh_agg', 'fresh', '1 minute', 'ts', ARRAY['count(*)', 'sum(id)'], ARRAY['g'],
-                                       emit_topic => 'fresh_out');
+                                       emit_topic => 'fresh_out', lateness => '2 minutes');
       SELECT count(pipeline.produce_async('local', 'fresh_in',
                json_build_object('id', i, 'g', i % 5, 'ts', timestamptz '2026-03-01 00:00:00+00' + i * interval '1 second')::text,
                i::text))
         FROM generate_series(1, 1000) i});
 wait_for(q{SELECT count(*) FROM fresh}, '1000', 'the fresh topic\'s events are applied');
+my $fresh_before = sql(q{SELECT count || '/' || closed FROM fresh_agg WHERE window_start = '2026-03-01 00:15:00+00' AND g = 1});
+sql(q{SELECT pipeline.produce('local', 'fresh_in', '{"id": 1001, "g": 1, "ts": "2026-03-01 00:15:50+00"}', '1001');
+      SELECT pipeline.produce('local', 'fresh_in', '{"id": 1002, "g": 2, "ts": "2026-03-01 00:01:40+00"}', '1002')});
+wait_for(q{SELECT count(*) FROM fresh}, '1002', '... and two late ones');
+is($fresh_before . ' ' . sql(q{SELECT count || '/' || closed FROM fresh_agg WHERE window_start = '2026-03-01 00:15:00+00' AND g = 1})
+	. ' ' . sql(q{SELECT count(*) FROM pipeline.late_events WHERE aggregate = 'fresh_agg'}),
+	'12/false 13/false 1', 'the one within the lateness updated its open window, the other is kept as late');
 wait_for(q{SELECT coalesce(sum(backlog), 0) FROM pipeline.outbox_status}, '0', '... and their windows published');
 cmp_ok(load_topic('fresh_out'), '>', sql(q{SELECT count(*) FROM fresh_agg}), 'emit update: a message per change of a window');
 is(sql(q{SET TimeZone = 'UTC';
