@@ -42,10 +42,9 @@ sub wait_for
 # Event i: key i % 1,000, group i % 10; its time i / 10 s from the start,
 # with a pause of 60 s every 5,000 events; 5 % of the events are 1 to 25 s
 # older than that (out of order, within the lateness of 30 s), 1 % 120 to
-# 299 s older (beyond it).  The sessions' lateness (10 minutes) is longer
-# than any event is out of order: an event that would join a session
-# already closed is not merged into it (closed windows do not change), so
-# plain SQL would differ.  The idle timeout is longer than the test: the
+# 299 s older (beyond it).  The sessions' lateness is 60 s: the 1 % join
+# sessions that closed (the pauses end them) and are kept as late, or
+# sessions still open.  The idle timeout is longer than the test: the
 # watermark moves with the events' times alone, not with the clock (a slow
 # machine's pause between chunks would move it), so that the test can
 # tell from the events which ones were late.
@@ -61,7 +60,7 @@ sql(qq{CREATE EXTENSION pipeline_ext;
        SELECT pipeline.create_aggregate('wl_hop', 'wl', '2 minutes', 'ts', ARRAY['count(*)', 'sum(id)'], ARRAY['g'],
                                         slide => '1 minute', lateness => '30 seconds', idle_timeout => '1 day');
        SELECT pipeline.create_aggregate('wl_session', 'wl', '10 seconds', 'ts', ARRAY['count(*)', 'min(id)'], ARRAY['g'],
-                                        kind => 'session', lateness => '10 minutes', idle_timeout => '1 day');});
+                                        kind => 'session', lateness => '60 seconds', idle_timeout => '1 day');});
 
 sub produce
 {
@@ -145,6 +144,11 @@ sub check_all
 			"$what: $agg kept as late every event whose window had closed by the watermark of the chunk before");
 		cmp_ok(sql(qq{SELECT count(*) FROM ($due) d}), '>=', 10, "$what: ... of which there are some");
 	}
+	# (a session: an event out of order by at most 25 s neither joins a
+	# session that closed, whose end plus 60 s the watermark had passed, nor
+	# makes one of its own that would be)
+	is(sql(qq{SELECT count(*) FROM (${\ late('wl_session')}) l WHERE l.id * 7919 % 100 <> 5}), '0',
+		"$what: wl_session kept as late no event that was within the lateness");
 	# (an append consumer into a table keyed by id: a message applied twice would be a dead letter)
 	is(sql(q{SELECT count(*) FROM pipeline.dead_letters WHERE consumer = 'wl'}), '0', "$what: no message applied twice");
 	is(sql(q{SELECT bool_and(open_windows = CASE name
@@ -182,6 +186,8 @@ for my $chunk (1 .. 10)
 	check_all("after chunk $chunk", $n) if $chunk == 3 || $chunk == 10;
 }
 ok(sql(q{SELECT count(*) FROM pipeline.late_events WHERE aggregate = 'wl_tumble'}) > 0, 'some events came too late, and were kept');
+cmp_ok(sql(q{SELECT count(*) FROM pipeline.late_events WHERE aggregate = 'wl_session'}), '>', 0,
+	'... for the sessions too (those that would join a session closed)');
 ok(sql(q{SELECT count(*) FROM wl_tumble WHERE closed}) > 0 && sql(q{SELECT count(*) FROM wl_session WHERE closed}) > 0,
 	'windows and sessions closed on the way');
 
