@@ -23,6 +23,7 @@
 #include "fmgr.h"
 #include "pgtime.h"
 #include "lib/stringinfo.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "parser/scansup.h"
 #include "utils/acl.h"
@@ -117,6 +118,7 @@ pe_agg_interval_arg(FunctionCallInfo fcinfo, int argno, const char *what)
 {
 	Oid			type = get_fn_expr_argtype(fcinfo->flinfo, argno);
 	char	   *spec;
+	char	   *shown;
 	char		workbuf[256];	/* (interval_in's) */
 	char	   *field[MAXDATEFIELDS];
 	int			ftype[MAXDATEFIELDS];
@@ -144,6 +146,10 @@ pe_agg_interval_arg(FunctionCallInfo fcinfo, int argno, const char *what)
 				 errmsg("the %s must be an interval or text, not %s", what, format_type_be(type)),
 				 errhint("Give it as '5 minutes' or interval '5 minutes'.")));
 	spec = TextDatumGetCString(PG_GETARG_DATUM(argno));
+	/* (an error quotes the spec: at most its first 60 bytes, whole characters) */
+	shown = spec;
+	if (strlen(spec) > 60)
+		shown = psprintf("%s...", pnstrdup(spec, pg_mbcliplen(spec, strlen(spec), 60)));
 	dterr = ParseDateTime(spec, workbuf, sizeof(workbuf), field, ftype, MAXDATEFIELDS, &nf);
 	if (dterr == 0)
 		dterr = DecodeInterval(field, ftype, nf, INTERVAL_FULL_RANGE, &dtype, &itm);
@@ -152,12 +158,12 @@ pe_agg_interval_arg(FunctionCallInfo fcinfo, int argno, const char *what)
 	if (dterr == DTERR_FIELD_OVERFLOW || (dterr == 0 && dtype == DTK_DELTA && itmin2interval(&itm, iv) != 0))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("the %s \"%s\" is out of the range of an interval", what, spec),
+				 errmsg("the %s \"%s\" is out of the range of an interval", what, shown),
 				 errhint("Give at most %d days, such as '1 day' or '90 minutes'.", PE_AGG_MAX_DAYS)));
 	if (dterr != 0 || dtype != DTK_DELTA)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("the %s \"%s\" does not parse as an interval", what, spec),
+				 errmsg("the %s \"%s\" does not parse as an interval", what, shown),
 				 errhint("Give a number and a unit, such as '30 seconds', '5 minutes', '1 hour' or '1 day' (or ISO 8601, 'PT5M').")));
 	return iv;
 }

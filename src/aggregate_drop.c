@@ -55,29 +55,48 @@ pe_drop_aggregate(PG_FUNCTION_ARGS)
 	bool		isnull;
 
 	pe_require_preload();
-	pe_catalog_begin(&acc);
-	if (SPI_execute_with_args("SELECT owner, results, state FROM pipeline.aggregate WHERE name OPERATOR(pg_catalog.=) $1 FOR UPDATE",
-							  1, types, values, NULL, false, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not read pipeline.aggregate");
-	if (SPI_processed == 1)
+
+	/*
+	 * Read twice: first to check the caller and lock the consumer's set of
+	 * aggregates as create_aggregate() does, then the row, locked.  A
+	 * batch takes the two in that order (batch.c); the row first would
+	 * deadlock with a batch that holds the set and waits for the row.
+	 */
+	for (int locked = 0; locked < 2; locked++)
 	{
-		owner = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-		results = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
-		state = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
-		if (isnull)
-			state = InvalidOid;
+		int64		consumer_id = 0;
+
+		owner = InvalidOid;
+		pe_catalog_begin(&acc);
+		if (SPI_execute_with_args(locked ? "SELECT owner, results, state, consumer_id FROM pipeline.aggregate "
+								  "WHERE name OPERATOR(pg_catalog.=) $1 FOR UPDATE"
+								  : "SELECT owner, results, state, consumer_id FROM pipeline.aggregate "
+								  "WHERE name OPERATOR(pg_catalog.=) $1",
+								  1, types, values, NULL, false, 1) != SPI_OK_SELECT)
+			elog(ERROR, "could not read pipeline.aggregate");
+		if (SPI_processed == 1)
+		{
+			owner = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+			results = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+			state = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
+			if (isnull)
+				state = InvalidOid;
+			consumer_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4, &isnull));
+		}
+		pe_catalog_end(&acc);
+		if (!OidIsValid(owner))
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("aggregate \"%s\" does not exist", name),
+					 errhint("See pipeline.aggregates for the aggregates you may see.")));
+		if (!pe_may_see_secrets(owner))
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("must be owner of aggregate \"%s\" to drop it", name),
+					 errhint("Only the owner of its consumer, its members, or a superuser can.")));
+		if (!locked)
+			pe_aggregates_lock(consumer_id, ExclusiveLock);
 	}
-	pe_catalog_end(&acc);
-	if (!OidIsValid(owner))
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("aggregate \"%s\" does not exist", name),
-				 errhint("See pipeline.aggregates for the aggregates you may see.")));
-	if (!pe_may_see_secrets(owner))
-		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("must be owner of aggregate \"%s\" to drop it", name),
-				 errhint("Only the owner of its consumer, its members, or a superuser can.")));
 	pe_catalog_begin(&acc);
 	if (SPI_execute_with_args("DELETE FROM pipeline.aggregate WHERE name OPERATOR(pg_catalog.=) $1", 1, types, values, NULL, false, 0)
 		!= SPI_OK_DELETE)

@@ -732,6 +732,8 @@ refused(q{'a1', 'rd', '1 hour', 'ts', ARRAY['count(*)'], idle_timeout => 'now'},
 	'an idle timeout that does not parse');
 refused(q{'a1', 'rd', '300000000 years', 'ts', ARRAY['count(*)']}, qr/the window "300000000 years" is out of the range of an interval/,
 	'a window beyond the range of an interval');
+refused(q{'a1', 'rd', repeat('1 second ', 10000), 'ts', ARRAY['count(*)']},
+	qr/the window "(1 second ){6}1 seco\.\.\." does not parse as an interval/, 'a very long spec: quoted by its first 60 bytes');
 refused(q{'a1', 'rd', '1 month', 'ts', ARRAY['count(*)']}, qr/window of months or years is not supported/,
 	'a window of months');
 # (past a century a window's arithmetic leaves the timestamp range: every event would be a dead letter)
@@ -1035,9 +1037,19 @@ sql(q{CREATE TABLE slow (id int PRIMARY KEY, device text, ts timestamptz, temp f
 wait_for(q{SELECT count(*) > 0 FROM slow}, 't', 'the slowed consumer applies its first batches');
 sql(q{SELECT pipeline.create_aggregate('slow_agg', 'slow', '1 minute', 'ts', ARRAY['count(*)'])});
 sql(q{SELECT pg_sleep(0.3); SELECT pipeline.create_aggregate('slow_agg2', 'slow', '1 minute', 'ts', ARRAY['count(*)'])});
+# one dropped and another made in one transaction while batches run: the
+# batches wait for it (drop_aggregate locks the consumer's set of
+# aggregates before the row, in a batch's order), and nothing deadlocks
+my $log_at = -s $node->logfile;
+sql(q{BEGIN;
+      SELECT pipeline.drop_aggregate('slow_agg2', drop_results => true);
+      SELECT pg_sleep(2);
+      SELECT pipeline.create_aggregate('slow_agg3', 'slow', '1 minute', 'ts', ARRAY['count(*)']);
+      COMMIT;});
 wait_for(q{SELECT count(*) FROM slow}, '8000', '... and all of the topic');
+ok(!$node->log_contains('deadlock detected', $log_at), 'an aggregate dropped and another made in one transaction: no deadlock');
 is(sql(q{SELECT count(*) FROM pipeline.aggregate_offset a JOIN pipeline.offsets o ON o."partition" = a."partition"
-          WHERE o.consumer = 'slow' AND a.aggregate IN ('slow_agg', 'slow_agg2')
+          WHERE o.consumer = 'slow' AND a.aggregate IN ('slow_agg', 'slow_agg3')
             AND a.counted = pg_catalog.int8multirange(pg_catalog.int8range(0, o.next_offset))}), '4',
 	'aggregates made while batches ran counted the rest of each partition with no hole');
 sql(q{SELECT pipeline.drop_consumer('slow')});
