@@ -82,17 +82,18 @@ for r in $(seq "$ROUNDS"); do
 done
 
 median() { awk -v k="$1" '$1 == k {print $2}' "$BENCH/results" | sort -n | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
+pct() { echo "scale=0; 100 * $1 / $2" | bc; }
 echo
 echo "== $N events, 10,000 devices, $PARTS partitions, 1 slot; medians of $ROUNDS rounds (msgs/s)"
 for m in upsert append; do
 	plain=$(median "$m"); day=$(median "${m}_day"); hour=$(median "${m}_hour")
 	printf '%-7s without aggregate %8d | per device and day (10,000 groups) %8d: %3d %% (target >= 70 %%) | per device and hour %8d: %3d %%\n' \
-		"$m" "$plain" "$day" "$(echo "scale=0; 100 * $day / $plain" | bc)" "$hour" "$(echo "scale=0; 100 * $hour / $plain" | bc)"
+		"$m" "$plain" "$day" "$(pct "$day" "$plain")" "$hour" "$(pct "$hour" "$plain")"
 done
 echo "== the slot worker's CPU seconds per case (medians), and plain's as a share of each: the rate the case would"
 echo "   keep were it bound by its own CPU alone"
 for m in upsert append; do
 	plain=$(median "${m}_cpu"); day=$(median "${m}_day_cpu"); hour=$(median "${m}_hour_cpu")
 	printf '%-7s without aggregate %6.2f s | per device and day %6.2f s: %3d %% | per device and hour %6.2f s: %3d %%\n' \
-		"$m" "$plain" "$day" "$(echo "scale=0; 100 * $plain / $day" | bc)" "$hour" "$(echo "scale=0; 100 * $plain / $hour" | bc)"
+		"$m" "$plain" "$day" "$(pct "$plain" "$day")" "$hour" "$(pct "$plain" "$hour")"
 done

@@ -461,13 +461,16 @@ wait_for(q{SELECT coalesce(sum(backlog), 0) FROM pipeline.outbox_status}, '0', '
 sql(q{CREATE TABLE quiet (id int PRIMARY KEY, ts timestamptz);
       SELECT pipeline.create_consumer('rq', 'local', 'quiet', 'quiet');
       SELECT pipeline.create_aggregate('quiet10', 'rq', '10 seconds', 'ts', ARRAY['count(*)'], idle_timeout => '2 seconds')});
-sub quiet_event
+# event $id at 2026-01-01 00:00 + $sec s, into partition $part of topic
+# $topic, read by a consumer into the table of the same name; applied
+sub timed_event
 {
-	my ($id, $sec, $part) = @_;
-	sql(qq{SELECT pipeline.produce('local', 'quiet', json_build_object('id', $id, 'ts', timestamptz '2026-01-01 00:00:00+00'
+	my ($topic, $id, $sec, $part) = @_;
+	sql(qq{SELECT pipeline.produce('local', '$topic', json_build_object('id', $id, 'ts', timestamptz '2026-01-01 00:00:00+00'
 	        + $sec * interval '1 second')::text, '$id', partition => $part)});
-	wait_for(qq{SELECT count(*) FROM quiet WHERE id = $id}, '1', "event $id applied");
+	wait_for(qq{SELECT count(*) FROM $topic WHERE id = $id}, '1', "event $id applied");
 }
+sub quiet_event { timed_event('quiet', @_); }
 quiet_event(1, 5, 0);
 is(sql(q{SELECT watermark IS NULL FROM pipeline.aggregates WHERE name = 'quiet10'}), 't',
 	'a partition without events holds the watermark back at first');
@@ -533,13 +536,7 @@ sql(q{SELECT pipeline.drop_consumer('align')});
 sql(q{CREATE TABLE quiet2 (id int PRIMARY KEY, ts timestamptz);
       SELECT pipeline.create_consumer('rq2', 'local', 'quiet2', 'quiet2');
       SELECT pipeline.create_aggregate('quiet2_10', 'rq2', '10 seconds', 'ts', ARRAY['count(*)'], idle_timeout => '6 seconds')});
-sub quiet2_event
-{
-	my ($id, $sec, $part) = @_;
-	sql(qq{SELECT pipeline.produce('local', 'quiet2', json_build_object('id', $id, 'ts', timestamptz '2026-01-01 00:00:00+00'
-	        + $sec * interval '1 second')::text, '$id', partition => $part)});
-	wait_for(qq{SELECT count(*) FROM quiet2 WHERE id = $id}, '1', "event $id applied");
-}
+sub quiet2_event { timed_event('quiet2', @_); }
 quiet2_event(101, 5, 0);
 my $p0_at = time;
 quiet2_event(102, 8, 1);
