@@ -16,6 +16,7 @@
 #   sudo bash bench/aggregate.sh                N = 300,000, 3 rounds
 #   N=1000000 PARTS=40 sudo -E bash bench/aggregate.sh
 #   BATCH_SIZE=50000 sudo -E bash bench/aggregate.sh   another batch_size than the default (both cases)
+#   SETTLE=0 sudo -E bash bench/aggregate.sh            no pause after each case's checkpoint
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/../test/setup.sh"
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -23,6 +24,7 @@ set -euo pipefail
 N=${N:-300000}
 PARTS=${PARTS:-20}          # the test broker keeps about 5 MB per partition
 ROUNDS=${ROUNDS:-3}
+SETTLE=${SETTLE:-10}         # seconds between a case's checkpoint and its start (see run_case)
 
 bench_throughput_scratch aggregate 55437
 pe_scratch "$BENCH" "$PORT" --brokers 1 --topic events:$PARTS
@@ -49,8 +51,16 @@ run_case() {
 	[ -n "$win" ] && psql_b -c "SELECT pipeline.create_aggregate('${t}_agg', '$t', '$win', 'ts',
 	    ARRAY['count(*)', 'sum(temp)', 'avg(temp)', 'min(temp)', 'max(temp)'], ARRAY['device'], lateness => '1 day')" >/dev/null
 	# every case from a fresh checkpoint (consume.sh does the same): one that
-	# lands in a case slows it by its writes and its full-page images
+	# lands in a case slows it by its writes and its full-page images.  Then
+	# SETTLE seconds more: the checkpoint's fsync returns with the guest
+	# clean (no Dirty pages), but on this VM the host is still writing
+	# the previous case's ~100 MB back, and a case started meanwhile paid
+	# 3 to 5 times as much for extending its table (page-cache copies in
+	# mdextend, in perf) -- whichever case came second, so that the ratio
+	# measured the order of the cases (append 51 % of plain's CPU in that
+	# order, 85 % the other way round; 80 % and 80 % after a pause)
 	psql_b -c "CHECKPOINT"
+	sleep "$SETTLE"
 	psql_b -c "SELECT pipeline.start_consumer('$t')" >/dev/null
 	out=$(psql_b -At -F' ' -c "CALL bench_wait('$t', $N, NULL, NULL, NULL, NULL)")
 	read -r first end _ peak <<<"$out"
