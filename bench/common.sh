@@ -59,8 +59,11 @@ instance_cpu() {
 # bench_wait(consumer, n) in the bench database (psql_b): waits in one
 # backend until the consumer's slots have applied n messages; returns when
 # the first batch started and when it was done (epoch seconds), the CPU the
-# wait used, and the largest private memory (RssAnon, kB) seen in one slot
-# worker.  The sampling is done here, in the backend that waits anyway,
+# wait used, the largest private memory (RssAnon, kB) seen in one slot
+# worker, and when (and at how many messages) the slots had first applied a
+# quarter of n: the start of the warm part of the run (the slot's memory
+# taken, its first transactions done; NULL when one commit took it from
+# below a quarter to n).  The sampling is done here, in the backend that waits anyway,
 # every tenth poll and at the end: a shell loop forking pgrep and awk every
 # 50 ms took a third of a core, which on a 2-core machine was taken from
 # the slots measured (and from none of the cases they are compared with).
@@ -69,11 +72,12 @@ instance_cpu() {
 # version the case made dead from being pruned, so upserts (and an
 # aggregate's results) could not update in place (HOT) and bloated their
 # indexes, which the cases without the poller (the peer, COPY) never paid.
-#   CALL bench_wait('c', n, NULL, NULL, NULL, NULL)
+#   CALL bench_wait('c', n, NULL, NULL, NULL, NULL)   (warm_at, warm_n: defaults)
 bench_wait_function() {
 	psql_b <<'SQL'
 CREATE PROCEDURE bench_wait(c text, n bigint, INOUT first_batch_at float8, INOUT done_at float8,
-                            INOUT poller_cpu numeric, INOUT peak_kb bigint)
+                            INOUT poller_cpu numeric, INOUT peak_kb bigint,
+                            INOUT warm_at float8 DEFAULT NULL, INOUT warm_n bigint DEFAULT NULL)
 LANGUAGE plpgsql AS $$
 DECLARE
   m bigint;
@@ -91,6 +95,9 @@ BEGIN
     SELECT coalesce(sum(messages), 0) INTO m FROM pipeline._slots() WHERE consumer = c;
     IF m >= n THEN
       done_at := extract(epoch FROM clock_timestamp());
+    ELSIF warm_at IS NULL AND m >= n / 4 THEN
+      warm_at := extract(epoch FROM clock_timestamp());
+      warm_n := m;
     END IF;
     IF polls % 10 = 0 OR m >= n THEN
       SELECT max(substring(pg_read_file('/proc/' || pid || '/status', 0, 65536, true) FROM 'RssAnon:\s*(\d+)')::bigint)

@@ -108,7 +108,7 @@ run_consumer() {
 	start=$(now)
 	psql_b -c "SELECT pipeline.create_consumer('$name', 'bench', 'events', '$table', mode => '$mode' $par${BATCH_SIZE:+, batch_size => $BATCH_SIZE})" >/dev/null
 	out=$(psql_b -At -F' ' -c "CALL bench_wait('$name', $N, NULL, NULL, NULL, NULL)")
-	read -r first end poller peak <<<"$out"
+	read -r first end poller peak _ <<<"$out"
 	psql_b -At -c "SELECT '   slots ' || count(*) || ', batches ' || sum(batches) || ', average batch '
 	                      || round(sum(messages)::numeric / nullif(sum(batches), 0)) || ', first batch after '
 	                      || round($first - $start, 2) || ' s'
