@@ -50,6 +50,10 @@ run_case() {
 	# the events' times wrap every 86,400 (one a second): a day of lateness keeps every window open
 	[ -n "$win" ] && psql_b -c "SELECT pipeline.create_aggregate('${t}_agg', '$t', '$win', 'ts',
 	    ARRAY['count(*)', 'sum(temp)', 'avg(temp)', 'min(temp)', 'max(temp)'], ARRAY['device'], lateness => '1 day')" >/dev/null
+	# its results too, as the consumers' tables: autovacuum woke each minute and
+	# spent 1.5 s on each earlier per-hour results table (236,000 rows), on
+	# the second core, during whichever case was running then
+	[ -n "$win" ] && psql_b -c "ALTER TABLE ${t}_agg SET (autovacuum_enabled = off)"
 	# every case from a fresh checkpoint (consume.sh does the same): one that
 	# lands in a case slows it by its writes and its full-page images.  Then
 	# SETTLE seconds more: the checkpoint's fsync returns with the guest
@@ -60,6 +64,13 @@ run_case() {
 	# measured the order of the cases (append 51 % of plain's CPU in that
 	# order, 85 % the other way round; 80 % and 80 % after a pause)
 	psql_b -c "CHECKPOINT"
+	# and the guest's page cache emptied (as root): each case starts a fresh
+	# slot worker, and with the earlier cases' tables cached (a few GB by
+	# the second round) the pages it took cost more -- per device and day
+	# took 0.90 to 0.97 s of CPU in each run's first round and 1.22 to 1.35
+	# s in the next (plain 0.71 to 0.81 s), 1.00 to 1.11 s in every round
+	# with the cache dropped (the same 55,000 page faults each time)
+	if [ -w /proc/sys/vm/drop_caches ]; then sync; echo 3 >/proc/sys/vm/drop_caches; fi
 	sleep "$SETTLE"
 	psql_b -c "SELECT pipeline.start_consumer('$t')" >/dev/null
 	out=$(psql_b -At -F' ' -c "CALL bench_wait('$t', $N, NULL, NULL, NULL, NULL)")
