@@ -20,6 +20,7 @@
 
 #include "fmgr.h"
 #include "funcapi.h"
+#include "nodes/execnodes.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
@@ -33,6 +34,79 @@ PG_FUNCTION_INFO_V1(pe_reset_stats);
 PG_FUNCTION_INFO_V1(pe_partitions);
 PG_FUNCTION_INFO_V1(pe_consumer_stats);
 PG_FUNCTION_INFO_V1(pe_slots);
+
+/*
+ * The slot entries a query reads, and the time it judges them at: taken at
+ * its first call of one of these functions and kept, in the query's memory,
+ * until it ends.  pipeline.health reads consumer_lag, consumer_status and
+ * consumer_stats, and a query may read health beside those views: each
+ * read once took its own copy, so that one statement could show a
+ * partition's lag as growing (WARN) and health, from a copy taken after
+ * the next sample, as within thresholds.  Each query has its own (a
+ * function that runs queries of its own inside one does not disturb it),
+ * and the next query takes a new one: a loop that polls a view sees it
+ * move.
+ */
+typedef struct PeQuerySlots
+{
+	EState	   *estate;			/* the query's */
+	PeSlot	   *slots;
+	int			n;
+	TimestampTz now;
+	struct PeQuerySlots *next;
+} PeQuerySlots;
+
+static PeQuerySlots *pe_query_slots_list = NULL;
+
+/* the query's memory is going: forget its copy (the copy goes with it) */
+static void
+pe_query_slots_forget(void *arg)
+{
+	PeQuerySlots **link = &pe_query_slots_list;
+
+	while (*link && *link != arg)
+		link = &(*link)->next;
+	if (*link)
+		*link = (*link)->next;
+}
+
+static PeSlot *
+pe_query_slots(FunctionCallInfo fcinfo, int *n, TimestampTz *now)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	EState	   *estate = rsinfo && rsinfo->econtext ? rsinfo->econtext->ecxt_estate : NULL;
+	PeQuerySlots *q;
+	MemoryContext old;
+	MemoryContextCallback *cb;
+
+	if (estate == NULL)
+	{
+		/* (not called from a query's executor: a copy of its own) */
+		*now = GetCurrentTimestamp();
+		return pe_snapshot_slots(n);
+	}
+	for (q = pe_query_slots_list; q; q = q->next)
+		if (q->estate == estate)
+			break;
+	if (q == NULL)
+	{
+		old = MemoryContextSwitchTo(estate->es_query_cxt);
+		q = palloc(sizeof(PeQuerySlots));
+		q->estate = estate;
+		q->slots = pe_snapshot_slots(&q->n);
+		q->now = GetCurrentTimestamp();
+		cb = palloc(sizeof(MemoryContextCallback));
+		cb->func = pe_query_slots_forget;
+		cb->arg = q;
+		MemoryContextRegisterResetCallback(estate->es_query_cxt, cb);
+		MemoryContextSwitchTo(old);
+		q->next = pe_query_slots_list;
+		pe_query_slots_list = q;
+	}
+	*n = q->n;
+	*now = q->now;
+	return q->slots;
+}
 
 /* pipeline.producer_stats: totals of every backend's producers */
 Datum
@@ -137,11 +211,11 @@ pe_partitions(PG_FUNCTION_ARGS)
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	PeSlot	   *copy;
 	int			n = 0;
-	TimestampTz now = GetCurrentTimestamp();
+	TimestampTz now;
 
 	pe_require_preload();
 	InitMaterializedSRF(fcinfo, 0);
-	copy = pe_snapshot_slots(&n);
+	copy = pe_query_slots(fcinfo, &n, &now);
 
 	for (int i = 0; i < n; i++)
 	{
@@ -210,12 +284,13 @@ pe_consumer_stats(PG_FUNCTION_ARGS)
 	PeSlot	   *copy;
 	int			n = 0;
 	bool	   *done;
-	TimestampTz now = GetCurrentTimestamp();
-	uint32		now_period = (uint32) (now / (PE_PERIOD_SECS * USECS_PER_SEC));
+	TimestampTz now;
+	uint32		now_period;
 
 	pe_require_preload();
 	InitMaterializedSRF(fcinfo, 0);
-	copy = pe_snapshot_slots(&n);
+	copy = pe_query_slots(fcinfo, &n, &now);
+	now_period = (uint32) (now / (PE_PERIOD_SECS * USECS_PER_SEC));
 	done = palloc0(sizeof(bool) * Max(n, 1));
 
 	for (int i = 0; i < n; i++)
@@ -351,10 +426,11 @@ pe_slots(PG_FUNCTION_ARGS)
 	int			n = 0;
 
 	bool	   *may;
+	TimestampTz now;
 
 	pe_require_preload();
 	InitMaterializedSRF(fcinfo, 0);
-	copy = pe_snapshot_slots(&n);
+	copy = pe_query_slots(fcinfo, &n, &now);
 	may = palloc(sizeof(bool) * Max(n, 1));
 
 	for (int i = 0; i < n; i++)

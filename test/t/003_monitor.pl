@@ -229,6 +229,41 @@ sql(q{CREATE TABLE grow (id int, v int);
 		'consumer_lag: back to OK once it caught up');
 }
 
+# --- one query, one look at the slots ----------------------------------------
+# pipeline.health reads consumer_lag, consumer_status and consumer_stats,
+# and a query may read it beside them: every read of the slots' shared
+# memory in one query sees the same copy, taken at its first, so that the
+# views agree (above, consumer_lag said WARN while health, read in the
+# same statement from a copy taken after the next sample, said "within
+# thresholds").  Here, in one statement: the slots read (a), messages
+# produced, a function whose own queries poll the slots until the worker
+# has applied them (each of its queries a fresh look: w > a), then the
+# slots read again (b): still a.
+sql(q{CREATE FUNCTION wait_applied(c text, above numeric) RETURNS numeric LANGUAGE plpgsql AS $$
+      DECLARE m numeric;
+      BEGIN
+        LOOP
+          SELECT sum(messages) INTO m FROM pipeline._slots() WHERE consumer = c;
+          EXIT WHEN m > above;
+          PERFORM pg_catalog.pg_sleep(0.05);
+        END LOOP;
+        RETURN m;
+      END $$});
+{
+	my ($a, $p, $w, $b, $lag_a, $lag_b) = split /\|/, sql(q{
+		SELECT (SELECT sum(messages) FROM pipeline._slots() WHERE consumer = 'lat') || '|'
+		    || (SELECT count(*) FROM generate_series(1001, 1010) g,
+		               LATERAL pipeline.produce('local', 'lat', json_build_object('id', g, 'v', g)::text, g::text) r) || '|'
+		    || wait_applied('lat', (SELECT sum(messages) FROM pipeline._slots() WHERE consumer = 'lat')) || '|'
+		    || (SELECT sum(messages) FROM pipeline._slots() WHERE consumer = 'lat') || '|'
+		    || (SELECT string_agg(applied_offset::text, ',') FROM pipeline._partitions() WHERE consumer = 'lat') || '|'
+		    || (SELECT string_agg(applied_offset::text, ',') FROM pipeline._partitions() WHERE consumer = 'lat')});
+	ok($p == 10 && $w > $a && $b == $a && $lag_a eq $lag_b,
+		"one statement reads the slots once: $a messages before, $w seen by the function's own queries, $b after");
+	my $next = sql(q{SELECT sum(messages) FROM pipeline._slots() WHERE consumer = 'lat'});
+	ok($next >= $w, "... and the next statement sees them ($next)");
+}
+
 # --- DROP and RENAME DATABASE while consumers run ----------------------------
 $node->safe_psql('postgres', 'CREATE DATABASE dropme');
 sql("CREATE EXTENSION pipeline_ext; SELECT pipeline.create_connection('local', '$bs');
