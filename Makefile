@@ -19,6 +19,7 @@ OBJS = \
 	src/outbox_commits.o \
 	src/capture.o \
 	src/capture_follow.o \
+	src/capture_rows.o \
 	src/relay.o \
 	src/relay_checkpoint.o \
 	src/relay_choose.o \

@@ -4,8 +4,9 @@
  *	  Change events from tables: pipeline.capture_changes() puts three
  *	  statement triggers with transition tables on a table (AFTER INSERT,
  *	  UPDATE, DELETE); each writes the statement's changes into the outbox
- *	  with one INSERT ... SELECT over the transition tables, so they are
- *	  published if and only if the transaction commits (relay.c).  Key: a
+ *	  from one query over the transition tables (or, for what needs no
+ *	  query, from the transition table directly: capture_rows.c), so they
+ *	  are published if and only if the transaction commits (relay.c).  Key: a
  *	  JSON object of the key columns (the primary key by default).  Value:
  *	  the row as JSON ('row'; a DELETE is a tombstone), or a Debezium-style
  *	  envelope ('debezium': op, before, after, source, ts_ms; a DELETE is
@@ -64,8 +65,11 @@ typedef struct PeCapturePlan
 	char	   *connection;
 	char	   *topic;
 	Oid			owner;			/* the capture's: the role its messages are sent for */
-	char	   *sql;			/* NULL: nothing to write (deletes, no tombstones) */
+	char	   *sql;			/* the query that makes the messages, or NULL */
 	SPIPlanPtr	plan;			/* sql prepared, once the transition tables are there */
+	PeCaptureKey *key;			/* or: made without a query (capture_rows.c) */
+	bool		with_value;		/* then: the row as the value, else a tombstone */
+	MemoryContext keycxt;		/* where key is */
 } PeCapturePlan;
 
 static List *pe_capture_plans = NIL;
@@ -109,8 +113,9 @@ pe_capture_envelope(const char *op, const char *before, const char *after, Oid r
 
 /*
  * The query that makes one event's messages (key and value bytes, in
- * order) from the transition tables pe_old and pe_new.  NULL when the
- * event writes nothing.
+ * order) from the transition tables pe_old and pe_new: an UPDATE's, and
+ * the Debezium envelopes.  (An INSERT's and a DELETE's in the 'row'
+ * format are made without one, in capture_rows.c.)
  */
 static char *
 pe_capture_sql(int event, Oid relid, List *keys, bool debezium, bool tombstones, const char *conn)
@@ -127,24 +132,20 @@ pe_capture_sql(int event, Oid relid, List *keys, bool debezium, bool tombstones,
 	pe_capture_key(&ko, keys, "pe_o");
 	pe_capture_key(&kn, keys, "pe_n");
 
+	Assert(event == 1 || debezium);
 	if (event == 0)
 	{
 		appendStringInfo(&buf, "%s SELECT %s AS k, %s AS v FROM pe_new pe_n) s", head, kn.data,
-						 debezium ? pe_capture_envelope("'c'", "NULL::pg_catalog.json", "pg_catalog.row_to_json(pe_n.*)", relid, conn)
-						 : "pg_catalog.row_to_json(pe_n.*)");
+						 pe_capture_envelope("'c'", "NULL::pg_catalog.json", "pg_catalog.row_to_json(pe_n.*)", relid, conn));
 		return buf.data;
 	}
 	if (event == 2)
 	{
-		if (!debezium && !tombstones)
-			return NULL;
-		appendStringInfoString(&buf, head);
-		if (debezium)
-			appendStringInfo(&buf, "SELECT %s AS k, %s AS v, 1 AS seq FROM pe_old pe_o", ko.data,
-							 pe_capture_envelope("'d'", "pg_catalog.row_to_json(pe_o.*)", "NULL::pg_catalog.json", relid, conn));
+		appendStringInfo(&buf, "%s SELECT %s AS k, %s AS v, 1 AS seq FROM pe_old pe_o", head, ko.data,
+						 pe_capture_envelope("'d'", "pg_catalog.row_to_json(pe_o.*)", "NULL::pg_catalog.json", relid, conn));
 		if (tombstones)
-			appendStringInfo(&buf, "%s SELECT %s AS k, NULL::pg_catalog.json AS v, 2 AS seq FROM pe_old pe_o",
-							 debezium ? " UNION ALL" : "", ko.data);
+			appendStringInfo(&buf, " UNION ALL SELECT %s AS k, NULL::pg_catalog.json AS v, 2 AS seq FROM pe_old pe_o",
+							 ko.data);
 		appendStringInfoString(&buf, ") s ORDER BY seq");
 		return buf.data;
 	}
@@ -576,6 +577,10 @@ pe_capture_plan(int64 id, int event, Relation rel, char **attnums, int nattnums)
 		if (p->desc)
 			FreeTupleDesc(p->desc);
 		p->desc = NULL;
+		if (p->keycxt)
+			MemoryContextDelete(p->keycxt);
+		p->keycxt = NULL;
+		p->key = NULL;
 	}
 
 	pe_catalog_begin(&acc);
@@ -620,7 +625,15 @@ pe_capture_plan(int64 id, int event, Relation rel, char **attnums, int nattnums)
 	pe_catalog_end(&acc);
 
 	keys = pe_capture_current_keys(rel, keys, attnums, nattnums);
-	sql = pe_capture_sql(event, captured, keys, debezium, tombstones, p->connection);
+	sql = NULL;
+	if (!debezium && (event == 0 || (event == 2 && tombstones)))
+	{
+		p->keycxt = AllocSetContextCreate(TopMemoryContext, "pipeline_ext capture key", ALLOCSET_SMALL_SIZES);
+		p->key = pe_capture_key_prepare(rel, keys, p->keycxt);
+		p->with_value = event == 0;
+	}
+	else if (debezium || event == 1)
+		sql = pe_capture_sql(event, captured, keys, debezium, tombstones, p->connection);
 	old = MemoryContextSwitchTo(TopMemoryContext);
 	p->desc = CreateTupleDescCopyConstr(RelationGetDescr(rel));	/* as equalTupleDescs compares */
 	if (p->sql)
@@ -652,8 +665,15 @@ pe_capture_trigger(PG_FUNCTION_ARGS)
 	id = strtoll(td->tg_trigger->tgargs[0], NULL, 10);
 
 	p = pe_capture_plan(id, event, td->tg_relation, td->tg_trigger->tgargs + 1, td->tg_trigger->tgnargs - 1);
-	if (p->sql == NULL)
+	if (p->key)
+	{
+		/* as the role whose statement it is, for the capture's owner, as below */
+		(void) pe_capture_rows_write(p->key, td->tg_relation, event == 0 ? td->tg_newtable : td->tg_oldtable,
+									 p->with_value, p->connection, p->topic, p->owner);
 		return PointerGetDatum(NULL);
+	}
+	if (p->sql == NULL)
+		return PointerGetDatum(NULL);	/* a DELETE, without tombstones */
 
 	/*
 	 * The messages, made as the role whose statement it is (a column's

@@ -124,6 +124,63 @@ wait_for(q{SELECT count(*) FROM pipeline.outbox}, '0', 'published');
 	is(scalar(@$m) . ' ' . $m->[0][2], '1 {"code" : "A"}', 'chosen key columns; no tombstone when asked for none');
 }
 
+# --- an INSERT's messages and a DELETE's tombstones are made without a query --
+# (capture_rows.c): their bytes equal what json_build_object() and
+# row_to_json() make of the same rows, for values of many types (a dropped
+# column, a domain, a composite, arrays, NaN, a quote in a column's name,
+# text that JSON escapes), over more rows than one chunk, while another
+# trigger reads the same transition table.  Compared in the writing
+# transaction, rolled back: nothing is published.
+sql(q{
+CREATE TYPE cap_pair AS (x int, y text);
+CREATE DOMAIN cap_dom AS text CHECK (VALUE <> '');
+CREATE TABLE cap_types (k1 int NOT NULL, gone int, "k""2" text NOT NULL, n numeric, f float8, ts timestamptz,
+    d date, b bool, j jsonb, arr int[], p cap_pair, dm cap_dom, by bytea, PRIMARY KEY ("k""2", k1));
+ALTER TABLE cap_types DROP COLUMN gone;
+CREATE TABLE cap_types_seen (n bigint);
+CREATE FUNCTION cap_types_count() RETURNS trigger LANGUAGE plpgsql AS
+  $$BEGIN INSERT INTO cap_types_seen SELECT count(*) FROM new_rows; RETURN NULL; END$$;
+CREATE TRIGGER cap_types_count AFTER INSERT ON cap_types REFERENCING NEW TABLE AS new_rows
+  FOR EACH STATEMENT EXECUTE FUNCTION cap_types_count();
+SELECT pipeline.capture_changes('cap_types', 'local', 'cdt');
+});
+{
+	my $same = q{
+SELECT count(*) || ' ' || count(*) FILTER (WHERE o.key = convert_to(json_build_object('k"2', t."k""2", 'k1', t.k1)::text, 'UTF8')
+                                           AND o.value IS NOT DISTINCT FROM VALUE_EXPR)
+  FROM pipeline.outbox o LEFT JOIN SOURCE t
+    ON o.key = convert_to(json_build_object('k"2', t."k""2", 'k1', t.k1)::text, 'UTF8')
+ WHERE o.topic = 'cdt'};
+	(my $ins = $same) =~ s/VALUE_EXPR/convert_to(row_to_json(t.*)::text, 'UTF8')/;
+	$ins =~ s/SOURCE/cap_types/;
+	is(sql(qq{
+SET timezone = 'Asia/Kolkata';
+BEGIN;
+INSERT INTO cap_types SELECT i, 'k "' || i || chr(92) || chr(233) || chr(10) || chr(9) || chr(1), CASE WHEN i % 7 = 0 THEN 'NaN' ELSE i / 3.0 END,
+    CASE WHEN i % 11 = 0 THEN '-Infinity'::float8 ELSE i * 1.5e-300 END, '2026-12-04 10:00:00+00'::timestamptz + i * interval '1 second',
+    DATE '2026-01-01' + i, i % 2 = 0, jsonb_build_object('i', i, 'a', ARRAY[i, NULL]), ARRAY[i, NULL, -i],
+    ROW(i, 'p"' || i)::cap_pair, 'dom' || i, decode('00ff' || lpad(to_hex(i), 4, '0'), 'hex')
+  FROM generate_series(1, 2500) i;
+INSERT INTO cap_types (k1, "k""2") VALUES (0, '');
+$ins;
+SELECT string_agg(n::text, ',') FROM cap_types_seen;
+ROLLBACK;
+}), "2501 2501
+2500,1", "an INSERT's messages: the bytes json_build_object() and row_to_json() make, every row once; the other trigger sees them all");
+	(my $del = $same) =~ s/VALUE_EXPR/NULL/;
+	$del =~ s/SOURCE/cap_types_gone/;
+	is(sql(qq{
+BEGIN;
+INSERT INTO cap_types (k1, "k""2") SELECT i, 'd' || i FROM generate_series(1, 1500) i;
+DELETE FROM pipeline.outbox WHERE topic = 'cdt';
+CREATE TEMP TABLE cap_types_gone AS TABLE cap_types;
+DELETE FROM cap_types;
+$del;
+ROLLBACK;
+}), '1500 1500', 'a DELETE\'s tombstones: its keys\' bytes, a null value');
+}
+is(sql(q{SELECT count(*) FROM pipeline.outbox WHERE topic = 'cdt'}), '0', 'rolled back: nothing waits');
+
 # a key column renamed: the table's writes go on, keyed by the new name
 sql(q{ALTER TABLE cap_key RENAME COLUMN code TO sku});
 {
