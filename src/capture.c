@@ -667,9 +667,17 @@ pe_capture_trigger(PG_FUNCTION_ARGS)
 	p = pe_capture_plan(id, event, td->tg_relation, td->tg_trigger->tgargs + 1, td->tg_trigger->tgnargs - 1);
 	if (p->key)
 	{
+		Tuplestorestate *rows = event == 0 ? td->tg_newtable : td->tg_oldtable;
+
+		/* (a trigger made by hand, without REFERENCING) */
+		if (rows == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+					 errmsg("trigger \"%s\" on table \"%s\" has no transition table", td->tg_trigger->tgname,
+							RelationGetRelationName(td->tg_relation)),
+					 errhint("Drop it: pipeline.capture_changes() makes the triggers that call pipeline._capture_trigger().")));
 		/* as the role whose statement it is, for the capture's owner, as below */
-		(void) pe_capture_rows_write(p->key, td->tg_relation, event == 0 ? td->tg_newtable : td->tg_oldtable,
-									 p->with_value, p->connection, p->topic, p->owner);
+		(void) pe_capture_rows_write(p->key, td->tg_relation, rows, p->with_value, p->connection, p->topic, p->owner);
 		return PointerGetDatum(NULL);
 	}
 	if (p->sql == NULL)

@@ -7,7 +7,7 @@
  *	  written into the outbox: the key as json_build_object() of the key
  *	  columns writes it, the value as row_to_json() (NULL for a
  *	  tombstone), both as UTF-8 bytes.  The same bytes as the query
- *	  capture.c prepares for the other events would make (sql/capture.sql
+ *	  capture.c prepares for the other events would make (007_capture.pl
  *	  compares them), without starting a query for each statement: for an
  *	  application's one-row INSERT, the query's set-up and run were most
  *	  of what the trigger cost.
@@ -164,6 +164,8 @@ pe_capture_rows_write(PeCaptureKey *k, Relation rel, Tuplestorestate *rows, bool
 			pe_outbox_insert_many(connection, topic, owner, n, keys, key_nulls, values, value_nulls);
 			written += n;
 			n = 0;
+			/* (a table spilled to disk: the slot's tuple is in cxt, and the slot frees it) */
+			ExecClearTuple(slot);
 			MemoryContextReset(cxt);
 		}
 	}

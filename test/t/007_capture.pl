@@ -128,19 +128,26 @@ wait_for(q{SELECT count(*) FROM pipeline.outbox}, '0', 'published');
 # (capture_rows.c): their bytes equal what json_build_object() and
 # row_to_json() make of the same rows, for values of many types (a dropped
 # column, a domain, a composite, arrays, NaN, a quote in a column's name,
-# text that JSON escapes), over more rows than one chunk, while another
-# trigger reads the same transition table.  Compared in the writing
-# transaction, rolled back: nothing is published.
+# text that JSON escapes, an enum cast to json by a function of its own),
+# over more rows than one chunk, while other triggers read the same
+# transition table before and after; and with the transition table
+# spilled to disk (work_mem).  Compared in the writing transaction, rolled
+# back: nothing is published.
 sql(q{
 CREATE TYPE cap_pair AS (x int, y text);
 CREATE DOMAIN cap_dom AS text CHECK (VALUE <> '');
+CREATE TYPE cap_mood AS ENUM ('low', 'high');
+CREATE FUNCTION cap_mood_json(cap_mood) RETURNS json LANGUAGE sql AS $$SELECT json_build_object('mood', $1::text)$$;
+CREATE CAST (cap_mood AS json) WITH FUNCTION cap_mood_json(cap_mood);
 CREATE TABLE cap_types (k1 int NOT NULL, gone int, "k""2" text NOT NULL, n numeric, f float8, ts timestamptz,
-    d date, b bool, j jsonb, arr int[], p cap_pair, dm cap_dom, by bytea, PRIMARY KEY ("k""2", k1));
+    d date, b bool, j jsonb, arr int[], p cap_pair, dm cap_dom, by bytea, e cap_mood, PRIMARY KEY ("k""2", k1));
 ALTER TABLE cap_types DROP COLUMN gone;
 CREATE TABLE cap_types_seen (n bigint);
 CREATE FUNCTION cap_types_count() RETURNS trigger LANGUAGE plpgsql AS
   $$BEGIN INSERT INTO cap_types_seen SELECT count(*) FROM new_rows; RETURN NULL; END$$;
 CREATE TRIGGER cap_types_count AFTER INSERT ON cap_types REFERENCING NEW TABLE AS new_rows
+  FOR EACH STATEMENT EXECUTE FUNCTION cap_types_count();
+CREATE TRIGGER zz_cap_types_count AFTER INSERT ON cap_types REFERENCING NEW TABLE AS new_rows
   FOR EACH STATEMENT EXECUTE FUNCTION cap_types_count();
 SELECT pipeline.capture_changes('cap_types', 'local', 'cdt');
 });
@@ -159,25 +166,38 @@ BEGIN;
 INSERT INTO cap_types SELECT i, 'k "' || i || chr(92) || chr(233) || chr(10) || chr(9) || chr(1), CASE WHEN i % 7 = 0 THEN 'NaN' ELSE i / 3.0 END,
     CASE WHEN i % 11 = 0 THEN '-Infinity'::float8 ELSE i * 1.5e-300 END, '2026-12-04 10:00:00+00'::timestamptz + i * interval '1 second',
     DATE '2026-01-01' + i, i % 2 = 0, jsonb_build_object('i', i, 'a', ARRAY[i, NULL]), ARRAY[i, NULL, -i],
-    ROW(i, 'p"' || i)::cap_pair, 'dom' || i, decode('00ff' || lpad(to_hex(i), 4, '0'), 'hex')
+    ROW(i, 'p"' || i)::cap_pair, 'dom' || i, decode('00ff' || lpad(to_hex(i), 4, '0'), 'hex'),
+    CASE WHEN i % 3 = 0 THEN 'high'::cap_mood WHEN i % 3 = 1 THEN 'low' END
   FROM generate_series(1, 2500) i;
 INSERT INTO cap_types (k1, "k""2") VALUES (0, '');
 $ins;
-SELECT string_agg(n::text, ',') FROM cap_types_seen;
+SELECT string_agg(n::text, ',' ORDER BY n DESC) FROM cap_types_seen;
+SELECT count(*) FROM pipeline.outbox WHERE topic = 'cdt' AND value LIKE '%"e":{"mood" : "high"}%';
 ROLLBACK;
 }), "2501 2501
-2500,1", "an INSERT's messages: the bytes json_build_object() and row_to_json() make, every row once; the other trigger sees them all");
+2500,2500,1,1
+833", "an INSERT's messages: the bytes json_build_object() and row_to_json() make, every row once; the triggers before and after see them all");
 	(my $del = $same) =~ s/VALUE_EXPR/NULL/;
 	$del =~ s/SOURCE/cap_types_gone/;
 	is(sql(qq{
 BEGIN;
-INSERT INTO cap_types (k1, "k""2") SELECT i, 'd' || i FROM generate_series(1, 1500) i;
+SET LOCAL work_mem = '64kB';
+INSERT INTO cap_types (k1, "k""2", j) SELECT i, 'd' || i, jsonb_build_object('pad', repeat('x', 200)) FROM generate_series(1, 5000) i;
+$ins;
 DELETE FROM pipeline.outbox WHERE topic = 'cdt';
 CREATE TEMP TABLE cap_types_gone AS TABLE cap_types;
 DELETE FROM cap_types;
 $del;
 ROLLBACK;
-}), '1500 1500', 'a DELETE\'s tombstones: its keys\' bytes, a null value');
+}), "5000 5000\n5000 5000", "an INSERT's messages and a DELETE's tombstones (a null value) from transition tables spilled to disk");
+}
+# a trigger made by hand without a transition table is refused, not followed
+{
+	my $tid = sql(q{SELECT id FROM pipeline.capture WHERE relid = 'cap_types'::regclass});
+	sql(qq{CREATE TRIGGER cap_bare AFTER DELETE ON cap_types FOR EACH STATEMENT EXECUTE FUNCTION pipeline._capture_trigger('$tid')});
+	my ($rc, $out, $err) = $node->psql('postgres', q{DELETE FROM cap_types});
+	like($err, qr/trigger "cap_bare" on table "cap_types" has no transition table/, 'a capture trigger without a transition table is an error');
+	sql(q{DROP TRIGGER cap_bare ON cap_types});
 }
 is(sql(q{SELECT count(*) FROM pipeline.outbox WHERE topic = 'cdt'}), '0', 'rolled back: nothing waits');
 
