@@ -193,7 +193,7 @@ pe_outbox_sequence(Oid relid, AttrNumber a_id)
  * NOT NULL and its primary key (ExecInsertIndexTuples checks that, and
  * maintains any index an administrator adds).
  */
-static int64
+int64
 pe_outbox_write(const char *connection, const char *topic, Oid sender, int32 partition, Jsonb *headers,
 				int n, Datum *keys, bool *key_nulls, Datum *values, bool *value_nulls)
 {

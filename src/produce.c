@@ -133,6 +133,21 @@ pe_raise_delivery_error(PeProducer *p, rd_kafka_resp_err_t err, const char *topi
 }
 
 /*
+ * The outbox relays' own topic is refused: a message there could pass for
+ * a relay's checkpoint, and a relay restarted after a crash would then
+ * take a round that never went out for sent.
+ */
+void
+pe_refuse_checkpoint_topic(const char *topic)
+{
+	if (pe_outbox_checkpoint_topic != NULL && strcmp(topic, pe_outbox_checkpoint_topic) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("topic \"%s\" is where the outbox relays keep their checkpoints", topic),
+				 errhint("Send to another topic: only the relays write to pipeline_ext.outbox_checkpoint_topic.")));
+}
+
+/*
  * The arguments every function that sends a message takes: (connection,
  * topic, value text|bytea|jsonb, key, headers, partition), checked.  The
  * value and key point into the arguments; NULL value is a tombstone.
@@ -159,16 +174,7 @@ pe_message_args(FunctionCallInfo fcinfo, PeMessageArgs *a)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("topic must not be empty"),
 				 errhint("Pass the name of an existing topic.")));
-	/*
-	 * The outbox relays' own topic: a message there could pass for a
-	 * relay's checkpoint, and a relay restarted after a crash would then
-	 * take a round that never went out for sent.
-	 */
-	if (pe_outbox_checkpoint_topic != NULL && strcmp(a->topic, pe_outbox_checkpoint_topic) == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("topic \"%s\" is where the outbox relays keep their checkpoints", a->topic),
-				 errhint("Send to another topic: only the relays write to pipeline_ext.outbox_checkpoint_topic.")));
+	pe_refuse_checkpoint_topic(a->topic);
 	if (!PG_ARGISNULL(5))
 	{
 		a->partition = PG_GETARG_INT32(5);

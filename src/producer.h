@@ -98,6 +98,7 @@ typedef struct PeMessageArgs
 /* produce.c */
 extern void pe_xact_cb(XactEvent event, void *arg);
 extern void pe_message_args(FunctionCallInfo fcinfo, PeMessageArgs *a);
+extern void pe_refuse_checkpoint_topic(const char *topic);
 extern rd_kafka_headers_t *pe_build_headers(Jsonb *jb);
 
 #endif							/* PE_PRODUCER_H */

@@ -34,6 +34,8 @@
 #define PE_OUTBOX_ID_HEADER "pipeline_ext.outbox_id"
 
 /* outbox.c */
+extern int64 pe_outbox_write(const char *connection, const char *topic, Oid sender, int32 partition, Jsonb *headers,
+							 int n, Datum *keys, bool *key_nulls, Datum *values, bool *value_nulls);
 extern int64 pe_outbox_insert(const PeMessageArgs *a);
 extern void pe_outbox_insert_many(const char *connection, const char *topic, Oid sender,
 								  int n, Datum *keys, bool *key_nulls, Datum *values, bool *value_nulls);
