@@ -16,6 +16,7 @@ OBJS = \
 	src/producer.o \
 	src/produce.o \
 	src/outbox.o \
+	src/outbox_resend.o \
 	src/outbox_commits.o \
 	src/capture.o \
 	src/capture_follow.o \

@@ -78,7 +78,7 @@ SELECT pg_catalog.pg_get_viewdef('pipeline.health'::regclass) LIKE '%p95 commit-
 -- 0.8.0 -> 0.9.0: create_aggregate() also takes its window, slide, lateness
 -- and idle timeout as text: a spec that does not parse is refused with a
 -- hint (alter_aggregate() keeps its interval signature)
-ALTER EXTENSION pipeline_ext UPDATE;
+ALTER EXTENSION pipeline_ext UPDATE TO '0.9.0';
 SELECT extversion FROM pg_extension WHERE extname = 'pipeline_ext';
 SELECT p.proname, pg_catalog.pg_get_function_identity_arguments(p.oid) AS arguments
   FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
@@ -86,5 +86,14 @@ SELECT p.proname, pg_catalog.pg_get_function_identity_arguments(p.oid) AS argume
 SELECT pipeline.create_aggregate('a', 'c', 'fortnight', 'ts', ARRAY['count(*)']);
 SELECT pipeline.create_aggregate('a', 'c', '1 hour', 'ts', ARRAY['count(*)'], slide => '1 minuet');
 SELECT pipeline.create_aggregate('a', 'c', '1 hour', 'ts', ARRAY['count(*)'], idle_timeout => '');
+-- 0.9.0 -> 0.10.0: the outbox's dead letters can be sent again, or deleted,
+-- by their senders
+SELECT has_table_privilege('public', 'pipeline.outbox_dead_letters', 'DELETE') AS delete_before,
+       to_regprocedure('pipeline.resend_outbox_dead_letters(bigint[])') IS NOT NULL AS resend_before;
+ALTER EXTENSION pipeline_ext UPDATE;
+SELECT extversion FROM pg_extension WHERE extname = 'pipeline_ext';
+SELECT has_table_privilege('public', 'pipeline.outbox_dead_letters', 'DELETE') AS delete_after,
+       to_regprocedure('pipeline.resend_outbox_dead_letters(bigint[])') IS NOT NULL AS resend_after;
+SELECT pipeline.resend_outbox_dead_letters();
 \c :orig
 DROP DATABASE regress_upgrade;

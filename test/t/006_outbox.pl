@@ -610,6 +610,50 @@ is(sql(q{SET ROLE ob_other; SELECT count(*) FROM pipeline.outbox_dead_letters}),
 		'... each seen by its sender');
 }
 
+# --- dead letters sent again, or deleted, by their senders -------------------
+# Once the cause is fixed, resend_outbox_dead_letters() puts a role's dead
+# letters back into the outbox (in its transaction, for it; it must be
+# allowed to use the connection now), and a role deletes its own through the
+# view.  Nobody touches another role's.
+{
+	my $all = sql(q{SELECT count(*) FROM pipeline.outbox_dead_letter});
+	my $missing = sql(q{SELECT id FROM pipeline.outbox_dead_letters WHERE topic = 'ob_no_such_topic'});
+	my $big = sql(q{SELECT id FROM pipeline.outbox_dead_letters WHERE key = 'b' AND length(value) > 1000});
+	is(sql(q{SET ROLE ob_other; SELECT pipeline.resend_outbox_dead_letters()}), '0',
+		"a role cannot send another role's dead letters again");
+	is(sql(q{SET ROLE ob_other; DELETE FROM pipeline.outbox_dead_letters; RESET ROLE;
+	         SELECT count(*) FROM pipeline.outbox_dead_letter}), $all, '... nor delete them');
+	my ($rc, $out, $err) = $node->psql('postgres', q{SET ROLE ob_sender; SELECT pipeline.resend_outbox_dead_letters()});
+	like($err, qr/permission denied for connection "ob_owned"/,
+		'a role that may not use the connection now cannot send its dead letter again');
+	is(sql(q{SELECT count(*) FROM pipeline.outbox_dead_letter}), $all, '... which stays');
+
+	# the topic made (the test broker now creates it when asked): sent again, it goes out
+	$broker->ctl('topic_error ob_no_such_topic NO_ERROR');
+	is(sql(qq{BEGIN; SELECT pipeline.resend_outbox_dead_letters(ARRAY[$missing]); ROLLBACK;
+	          SELECT count(*) FROM pipeline.outbox_dead_letters WHERE id = $missing}), "1\n1",
+		'rolled back, a resend leaves the dead letter');
+	is(sql(qq{SELECT pipeline.resend_outbox_dead_letters(ARRAY[$missing])}), '1', 'a dead letter sent again by its id');
+	is(sql(qq{SELECT count(*) FROM pipeline.outbox_dead_letters WHERE id = $missing}), '0', '... is no longer one');
+	wait_drained('the message sent again goes out');
+	my $m = read_topic('ob_no_such_topic');
+	is(join(',', map { "$_->[2]:$_->[3]" } @$m), 'k:lost?', '... and is published once, its key and value as they were');
+
+	# still refused (too large): a dead letter again, with the reason; the others go on
+	is(sql(qq{SELECT pipeline.resend_outbox_dead_letters(ARRAY[$big]);
+	          SELECT pipeline.send('local', 'ob_small', 'beside the resent one', 'k')}) =~ /^1\n\d+$/ ? 1 : 0, 1,
+		'a dead letter still refused is sent again');
+	wait_drained('a round with a resent message still too large settles');
+	like(sql(q{SELECT id || ' ' || error FROM pipeline.outbox_dead_letters WHERE key = 'b' AND length(value) > 1000}),
+		qr/^(\d+) .*too large/i, '... and is a dead letter again, with the reason');
+	isnt(sql(q{SELECT id FROM pipeline.outbox_dead_letters WHERE key = 'b' AND length(value) > 1000}), $big, '... under a new id');
+	ok((grep { $_->[3] eq 'beside the resent one' } @{ read_topic('ob_small') }), '... and the others go on');
+
+	# deleted by its sender
+	is(sql(q{DELETE FROM pipeline.outbox_dead_letters WHERE key = 'b' AND length(value) > 1000;
+	         SELECT count(*) FROM pipeline.outbox_dead_letter}), $all - 2, 'a role deletes its own dead letter (one more gone than the one sent again)');
+}
+
 # --- prometheus-postgres-exporter reads the outbox's figures -----------------
 {
 	my ($body, $log) = PipelineExt::Exporter::scrape($node, qr/^pipeline_outbox_published\{/m);
