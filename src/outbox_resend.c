@@ -5,9 +5,12 @@
  *	  refusal is fixed (the topic made, the right granted, the size limit
  *	  raised), the caller's outbox dead letters (those
  *	  pipeline.outbox_dead_letters shows it; all of them, or those of ids)
- *	  go back into the outbox in their order, in the caller's transaction
- *	  and for the caller, who must be allowed to use each one's connection
- *	  now; they leave the dead letters in the same transaction.  The relay
+ *	  go back into the outbox in their order, in the caller's transaction;
+ *	  the caller must be allowed to use each one's connection now, and
+ *	  each is still its first sender's, whom the relay checks again (a
+ *	  superuser who sends everything again does not lend its rights to
+ *	  letters refused for their sender's); they leave the dead letters in
+ *	  the same transaction.  The relay
  *	  publishes them after what waits already, each with a new outbox id.
  *
  * IDENTIFICATION
@@ -52,8 +55,8 @@ pe_outbox_resend(PG_FUNCTION_ARGS)
 		elog(ERROR, "SPI_connect failed");
 	if (SPI_execute_with_args("WITH d AS (DELETE FROM pipeline.outbox_dead_letters "
 							  "WHERE $1 IS NULL OR id OPERATOR(pg_catalog.=) ANY ($1) "
-							  "RETURNING id, connection, topic, \"partition\", key, value, headers) "
-							  "SELECT connection, topic, \"partition\", key, value, headers FROM d ORDER BY id",
+							  "RETURNING id, connection, topic, \"partition\", key, value, headers, sent_by) "
+							  "SELECT connection, topic, \"partition\", key, value, headers, sent_by::pg_catalog.oid FROM d ORDER BY id",
 							  1, types, values, nulls, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not take the outbox dead letters");
 	n = SPI_processed;
@@ -71,13 +74,15 @@ pe_outbox_resend(PG_FUNCTION_ARGS)
 		Datum		value;
 		bool		key_null;
 		bool		value_null;
+		bool		sender_null;
+		Oid			sender = DatumGetObjectId(SPI_getbinval(tup, desc, 7, &sender_null));
 
 		key = SPI_getbinval(tup, desc, 4, &key_null);
 		value = SPI_getbinval(tup, desc, 5, &value_null);
 		/* the checks send() makes, for the caller, against things as they are now */
 		pe_check_connection_use(pe_connection_lookup(connection, false));
 		pe_refuse_checkpoint_topic(topic);
-		(void) pe_outbox_write(connection, topic, GetUserId(), part_null ? -1 : DatumGetInt32(part),
+		(void) pe_outbox_write(connection, topic, sender, part_null ? -1 : DatumGetInt32(part),
 							   headers_null ? NULL : DatumGetJsonbP(headers),
 							   1, &key, &key_null, &value, &value_null);
 	}

@@ -652,6 +652,17 @@ is(sql(q{SET ROLE ob_other; SELECT count(*) FROM pipeline.outbox_dead_letters}),
 	# deleted by its sender
 	is(sql(q{DELETE FROM pipeline.outbox_dead_letters WHERE key = 'b' AND length(value) > 1000;
 	         SELECT count(*) FROM pipeline.outbox_dead_letter}), $all - 2, 'a role deletes its own dead letter (one more gone than the one sent again)');
+
+	# a superuser sends everything again: each letter is still its first
+	# sender's, whom the relay checks again; none goes out on another's rights
+	my $before = sql(q{SELECT string_agg(sent_by::text || ':' || convert_from(value, 'UTF8'), ',' ORDER BY sent_by::text)
+	                   FROM pipeline.outbox_dead_letters WHERE topic = 'ob_rights'});
+	is(sql(q{SELECT pipeline.resend_outbox_dead_letters()}), $all - 2, 'a superuser sends every dead letter again');
+	wait_drained('the rounds of the letters sent again settle');
+	is(join(',', map { $_->[3] } @{ read_topic('ob_rights') }), "sent by the connection's owner",
+		'... those refused for their sender stay unpublished');
+	is(sql(q{SELECT string_agg(sent_by::text || ':' || convert_from(value, 'UTF8'), ',' ORDER BY sent_by::text)
+	         FROM pipeline.outbox_dead_letters WHERE topic = 'ob_rights'}), $before, '... dead letters again, still their senders\'');
 }
 
 # --- prometheus-postgres-exporter reads the outbox's figures -----------------
