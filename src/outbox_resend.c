@@ -5,13 +5,13 @@
  *	  refusal is fixed (the topic made, the right granted, the size limit
  *	  raised), the caller's outbox dead letters (those
  *	  pipeline.outbox_dead_letters shows it; all of them, or those of ids)
- *	  go back into the outbox in their order, in the caller's transaction;
- *	  the caller must be allowed to use each one's connection now, and
- *	  each is still its first sender's, whom the relay checks again (a
- *	  superuser who sends everything again does not lend its rights to
- *	  letters refused for their sender's); they leave the dead letters in
- *	  the same transaction.  The relay
- *	  publishes them after what waits already, each with a new outbox id.
+ *	  go back into the outbox in their order, in the caller's transaction,
+ *	  and leave the dead letters in the same transaction.  The caller must
+ *	  be allowed to use each one's connection now, and each stays its first
+ *	  sender's, whom the relay checks again (a superuser who sends
+ *	  everything again does not lend its rights to letters refused for
+ *	  their sender's).  The relay publishes them after what waits already,
+ *	  each with a new outbox id.
  *
  * IDENTIFICATION
  *	  src/outbox_resend.c
@@ -74,7 +74,7 @@ pe_outbox_resend(PG_FUNCTION_ARGS)
 		Datum		value;
 		bool		key_null;
 		bool		value_null;
-		bool		sender_null;
+		bool		sender_null;	/* (never: the column is NOT NULL) */
 		Oid			sender = DatumGetObjectId(SPI_getbinval(tup, desc, 7, &sender_null));
 
 		key = SPI_getbinval(tup, desc, 4, &key_null);
