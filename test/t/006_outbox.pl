@@ -20,7 +20,7 @@ use PipelineExt::Crash;
 
 my $broker = PipelineExt::Broker->start(
 	brokers => 1,
-	topics => { ob_rb => 2, ob => 8, ob_kill => 8, ob_outage => 8, ob_crash => 4, ob_down => 2, ob_small => 1, ob_batch => 1, ob_moved => 1, ob_order => 1, ob_lat => 1, ob_restored => 1, ob_pitr => 1, ob_cut => 2, ob_keycheck => 8 });
+	topics => { ob_rb => 2, ob => 8, ob_kill => 8, ob_outage => 8, ob_crash => 4, ob_down => 2, ob_small => 1, ob_batch => 1, ob_moved => 1, ob_order => 1, ob_lat => 1, ob_restored => 1, ob_pitr => 1, ob_cut => 2, ob_keycheck => 8, ob_later => 1 });
 my $bs = $broker->bootstrap;
 
 my $node = PostgreSQL::Test::Cluster->new('outbox');
@@ -663,6 +663,31 @@ is(sql(q{SET ROLE ob_other; SELECT count(*) FROM pipeline.outbox_dead_letters}),
 		'... those refused for their sender stay unpublished');
 	is(sql(q{SELECT string_agg(sent_by::text || ':' || convert_from(value, 'UTF8'), ',' ORDER BY sent_by::text)
 	         FROM pipeline.outbox_dead_letters WHERE topic = 'ob_rights'}), $before, '... dead letters again, still their senders\'');
+}
+
+# --- a role (not a superuser) deletes its own dead letters, or sends them ---
+# again: the values' bytes, the keys and the headers come back as they were,
+# in the letters' order (the headers in jsonb's order of keys)
+{
+	$broker->ctl('topic_error ob_later UNKNOWN_TOPIC_OR_PART');
+	sql(q{SET ROLE ob_thief;
+	      SELECT pipeline.send('ob_owned', 'ob_later', '\x00ff0a09'::bytea, 'k1', '{"trace": "t-1", "empty": null}');
+	      SELECT pipeline.send('ob_owned', 'ob_later', 'second', 'k2', '{"trace": "t-2"}');
+	      SELECT pipeline.send('ob_owned', 'ob_later', 'to delete', 'k3');
+	      SELECT pipeline.send('ob_owned', 'ob_later', 'third', 'k1');});
+	wait_drained('a round for a topic the cluster lacks settles');
+	is(sql(q{SET ROLE ob_thief; SELECT count(*) FROM pipeline.outbox_dead_letters WHERE topic = 'ob_later'}), '4',
+		"a role sees its own four dead letters");
+	is(sql(q{SET ROLE ob_thief; DELETE FROM pipeline.outbox_dead_letters WHERE value = convert_to('to delete', 'UTF8');
+	         RESET ROLE; SELECT string_agg(convert_from(key, 'UTF8'), ',' ORDER BY id) FROM pipeline.outbox_dead_letter
+	          WHERE topic = 'ob_later'}), 'k1,k2,k1', '... deletes one of them');
+	$broker->ctl('topic_error ob_later NO_ERROR');
+	is(sql(q{SET ROLE ob_thief; SELECT pipeline.resend_outbox_dead_letters()}), '3', '... and sends the others again');
+	wait_drained('the letters a role sent again go out');
+	is(sql(q{SELECT count(*) FROM pipeline.outbox_dead_letter WHERE topic = 'ob_later'}), '0', '... which are no longer dead letters');
+	is(join(' | ', map { "$_->[2] $_->[5] $_->[6]" } sort { $a->[0] <=> $b->[0] || $a->[1] <=> $b->[1] } @{ read_topic('ob_later') }),
+		'k1 00ff0a09 empty=\N,trace=t-1 | k2 7365636f6e64 trace=t-2 | k1 7468697264 -',
+		'... published once each, in their order, with their bytes, keys and headers');
 }
 
 # --- prometheus-postgres-exporter reads the outbox's figures -----------------

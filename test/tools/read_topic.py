@@ -1,8 +1,10 @@
 #!/usr/bin/python3
 """Reads a whole topic with an independent client (confluent-kafka, not
 pipeline_ext's code) and prints one tab-separated line per message, in each
-partition's order: partition, offset, key, value, and the outbox id header
-(pipeline_ext.outbox_id) or "-".  A null key or value prints as "\\N".
+partition's order: partition, offset, key, value, the outbox id header
+(pipeline_ext.outbox_id) or "-", the value in hex, and the other headers
+("name=value" joined by "," in their order) or "-".  A null key or value
+prints as "\\N".
 
     read_topic.py BOOTSTRAP TOPIC [ISOLATION]   (read_committed by default)
 """
@@ -49,10 +51,14 @@ def main():
                 continue
             sys.exit(str(m.error()))
         hid = "-"
+        others = []
         for k, v in (m.headers() or []):
             if k == "pipeline_ext.outbox_id":
                 hid = v.decode()
-        print(f"{m.partition()}\t{m.offset()}\t{text(m.key())}\t{text(m.value())}\t{hid}")
+            else:
+                others.append(f"{k}={text(v)}")
+        hexed = "\\N" if m.value() is None else m.value().hex()
+        print(f"{m.partition()}\t{m.offset()}\t{text(m.key())}\t{text(m.value())}\t{hid}\t{hexed}\t{','.join(others) or '-'}")
     c.close()
     if waiting:
         sys.exit(f"partitions {sorted(waiting)} did not reach their end")
