@@ -24,6 +24,8 @@
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "nodes/pg_list.h"
+#include "nodes/value.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
 
@@ -41,6 +43,7 @@ pe_outbox_resend(PG_FUNCTION_ARGS)
 	Datum		values[1];
 	char		nulls[1];
 	uint64		n;
+	List	   *checked;		/* the connections the caller may use, as String nodes */
 
 	pe_require_preload();
 	values[0] = PG_ARGISNULL(0) ? (Datum) 0 : PG_GETARG_DATUM(0);
@@ -60,6 +63,7 @@ pe_outbox_resend(PG_FUNCTION_ARGS)
 							  1, types, values, nulls, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not take the outbox dead letters");
 	n = SPI_processed;
+	checked = NIL;
 	for (uint64 i = 0; i < n; i++)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[i];
@@ -79,8 +83,16 @@ pe_outbox_resend(PG_FUNCTION_ARGS)
 
 		key = SPI_getbinval(tup, desc, 4, &key_null);
 		value = SPI_getbinval(tup, desc, 5, &value_null);
-		/* the checks send() makes, for the caller, against things as they are now */
-		pe_check_connection_use(pe_connection_lookup(connection, false));
+		/*
+		 * The checks send() makes, for the caller, against things as they
+		 * are now; the connection's once per call (a failed check fails
+		 * the whole call).
+		 */
+		if (!list_member(checked, makeString(connection)))
+		{
+			pe_check_connection_use(pe_connection_lookup(connection, false));
+			checked = lappend(checked, makeString(connection));
+		}
 		pe_refuse_checkpoint_topic(topic);
 		(void) pe_outbox_write(connection, topic, sender, part_null ? -1 : DatumGetInt32(part),
 							   headers_null ? NULL : DatumGetJsonbP(headers),
