@@ -30,6 +30,7 @@
 #include "tcop/utility.h"
 #include "storage/lwlock.h"
 #include "utils/builtins.h"
+#include "utils/inval.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
@@ -182,6 +183,87 @@ pe_outbox_sequence(Oid relid, AttrNumber a_id)
 }
 
 /*
+ * What pe_outbox_write() needs to know of pipeline.outbox, found by name
+ * and checked (pe_outbox_check_shape) once, kept until a relcache
+ * invalidation of the table: every change to it that the check looks at
+ * (its columns, triggers, rules, row security, constraints), and its drop
+ * or rename, sends one.  A send() or a captured statement otherwise paid
+ * two name look-ups and a hundred strcmp()s each time.
+ */
+typedef struct PeOutboxShape
+{
+	bool		valid;
+	Oid			relid;
+	AttrNumber	a_id, a_xid, a_conn, a_topic, a_part, a_key, a_value, a_headers, a_sent_at, a_sent_by;
+} PeOutboxShape;
+
+static PeOutboxShape pe_outbox_shape;
+
+static void
+pe_outbox_relcache_cb(Datum arg, Oid relid)
+{
+	(void) arg;
+	if (relid == InvalidOid || relid == pe_outbox_shape.relid)
+		pe_outbox_shape.valid = false;
+}
+
+/*
+ * pipeline.outbox opened with RowExclusiveLock, and its shape.  The lock
+ * is taken before the kept shape is trusted: taking it reads the
+ * invalidations other sessions sent, and a table that changed meanwhile
+ * is looked at again.
+ */
+static Relation
+pe_outbox_open(const PeOutboxShape **shape)
+{
+	static bool registered = false;
+	PeOutboxShape *c = &pe_outbox_shape;
+	Relation	rel;
+
+	if (!registered)
+	{
+		CacheRegisterRelcacheCallback(pe_outbox_relcache_cb, (Datum) 0);
+		registered = true;
+	}
+	if (c->valid)
+	{
+		rel = table_open(c->relid, RowExclusiveLock);
+		if (c->valid)
+		{
+			*shape = c;
+			return rel;
+		}
+		table_close(rel, RowExclusiveLock);
+	}
+
+	{
+		Oid			nsp = get_namespace_oid(PE_SCHEMA, false);
+		Oid			relid = get_relname_relid("outbox", nsp);
+		TupleDesc	desc;
+
+		if (!OidIsValid(relid))
+			elog(ERROR, "pipeline.outbox does not exist");
+		rel = table_open(relid, RowExclusiveLock);
+		pe_outbox_check_shape(rel);
+		desc = RelationGetDescr(rel);
+		c->a_id = pe_outbox_attnum(desc, "id");
+		c->a_xid = pe_outbox_attnum(desc, "xid");
+		c->a_conn = pe_outbox_attnum(desc, "connection");
+		c->a_topic = pe_outbox_attnum(desc, "topic");
+		c->a_part = pe_outbox_attnum(desc, "partition");
+		c->a_key = pe_outbox_attnum(desc, "key");
+		c->a_value = pe_outbox_attnum(desc, "value");
+		c->a_headers = pe_outbox_attnum(desc, "headers");
+		c->a_sent_at = pe_outbox_attnum(desc, "sent_at");
+		c->a_sent_by = pe_outbox_attnum(desc, "sent_by");
+		c->relid = relid;
+		c->valid = true;
+	}
+	*shape = c;
+	return rel;
+}
+
+/*
  * Write n messages into pipeline.outbox for role sender, in their order;
  * returns the first one's id.  Written as the extension's catalog is
  * (TimescaleDB writes its own so): heap and index inserts, without
@@ -197,15 +279,13 @@ int64
 pe_outbox_write(const char *connection, const char *topic, Oid sender, int32 partition, Jsonb *headers,
 				int n, Datum *keys, bool *key_nulls, Datum *values, bool *value_nulls)
 {
-	Oid			nsp = get_namespace_oid(PE_SCHEMA, false);
-	Oid			relid = get_relname_relid("outbox", nsp);
 	Relation	rel;
+	const PeOutboxShape *sh;
 	TupleDesc	desc;
 	EState	   *estate;
 	ResultRelInfo *rri;
 	TupleTableSlot *slot;
 	Oid			seq;
-	AttrNumber	a_id, a_xid, a_conn, a_topic, a_part, a_key, a_value, a_headers, a_sent_at, a_sent_by;
 	Datum		conn_d = CStringGetTextDatum(connection);
 	Datum		topic_d = CStringGetTextDatum(topic);
 	Datum		xid_d;
@@ -213,25 +293,12 @@ pe_outbox_write(const char *connection, const char *topic, Oid sender, int32 par
 	CommandId	cid = GetCurrentCommandId(true);
 	int64		first = 0;
 
-	if (!OidIsValid(relid))
-		elog(ERROR, "pipeline.outbox does not exist");
 	PreventCommandIfReadOnly("pipeline.send()");
 	PreventCommandDuringRecovery("pipeline.send()");
 	PreventCommandIfParallelMode("pipeline.send()");
-	rel = table_open(relid, RowExclusiveLock);
-	pe_outbox_check_shape(rel);
+	rel = pe_outbox_open(&sh);
 	desc = RelationGetDescr(rel);
-	a_id = pe_outbox_attnum(desc, "id");
-	a_xid = pe_outbox_attnum(desc, "xid");
-	a_conn = pe_outbox_attnum(desc, "connection");
-	a_topic = pe_outbox_attnum(desc, "topic");
-	a_part = pe_outbox_attnum(desc, "partition");
-	a_key = pe_outbox_attnum(desc, "key");
-	a_value = pe_outbox_attnum(desc, "value");
-	a_headers = pe_outbox_attnum(desc, "headers");
-	a_sent_at = pe_outbox_attnum(desc, "sent_at");
-	a_sent_by = pe_outbox_attnum(desc, "sent_by");
-	seq = pe_outbox_sequence(relid, a_id);
+	seq = pe_outbox_sequence(RelationGetRelid(rel), sh->a_id);
 	xid_d = FullTransactionIdGetDatum(GetTopFullTransactionId());
 
 	estate = CreateExecutorState();
@@ -249,28 +316,29 @@ pe_outbox_write(const char *connection, const char *topic, Oid sender, int32 par
 		pe_outbox_max_id = Max(pe_outbox_max_id, id);
 		ExecClearTuple(slot);
 		memset(slot->tts_isnull, true, sizeof(bool) * desc->natts);
-		slot->tts_values[a_id - 1] = Int64GetDatum(id);
-		slot->tts_values[a_xid - 1] = xid_d;
-		slot->tts_values[a_conn - 1] = conn_d;
-		slot->tts_values[a_topic - 1] = topic_d;
-		slot->tts_values[a_sent_at - 1] = now_d;
-		slot->tts_values[a_sent_by - 1] = ObjectIdGetDatum(sender);
-		slot->tts_isnull[a_id - 1] = slot->tts_isnull[a_xid - 1] = slot->tts_isnull[a_conn - 1] =
-			slot->tts_isnull[a_topic - 1] = slot->tts_isnull[a_sent_at - 1] = slot->tts_isnull[a_sent_by - 1] = false;
+		slot->tts_values[sh->a_id - 1] = Int64GetDatum(id);
+		slot->tts_values[sh->a_xid - 1] = xid_d;
+		slot->tts_values[sh->a_conn - 1] = conn_d;
+		slot->tts_values[sh->a_topic - 1] = topic_d;
+		slot->tts_values[sh->a_sent_at - 1] = now_d;
+		slot->tts_values[sh->a_sent_by - 1] = ObjectIdGetDatum(sender);
+		slot->tts_isnull[sh->a_id - 1] = slot->tts_isnull[sh->a_xid - 1] = slot->tts_isnull[sh->a_conn - 1] =
+			slot->tts_isnull[sh->a_topic - 1] = slot->tts_isnull[sh->a_sent_at - 1] =
+			slot->tts_isnull[sh->a_sent_by - 1] = false;
 		if (partition >= 0)
 		{
-			slot->tts_values[a_part - 1] = Int32GetDatum(partition);
-			slot->tts_isnull[a_part - 1] = false;
+			slot->tts_values[sh->a_part - 1] = Int32GetDatum(partition);
+			slot->tts_isnull[sh->a_part - 1] = false;
 		}
 		if (headers)
 		{
-			slot->tts_values[a_headers - 1] = JsonbPGetDatum(headers);
-			slot->tts_isnull[a_headers - 1] = false;
+			slot->tts_values[sh->a_headers - 1] = JsonbPGetDatum(headers);
+			slot->tts_isnull[sh->a_headers - 1] = false;
 		}
-		slot->tts_values[a_key - 1] = keys[i];
-		slot->tts_isnull[a_key - 1] = key_nulls[i];
-		slot->tts_values[a_value - 1] = values[i];
-		slot->tts_isnull[a_value - 1] = value_nulls[i];
+		slot->tts_values[sh->a_key - 1] = keys[i];
+		slot->tts_isnull[sh->a_key - 1] = key_nulls[i];
+		slot->tts_values[sh->a_value - 1] = values[i];
+		slot->tts_isnull[sh->a_value - 1] = value_nulls[i];
 		ExecStoreVirtualTuple(slot);
 		table_tuple_insert(rel, slot, cid, 0, NULL);
 		/* (a deferrable unique index would need the executor's recheck) */
