@@ -21,6 +21,7 @@ OBJS = \
 	src/capture.o \
 	src/capture_follow.o \
 	src/capture_rows.o \
+	src/capture_settings.o \
 	src/relay.o \
 	src/relay_checkpoint.o \
 	src/relay_choose.o \

@@ -43,10 +43,12 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
+#include "utils/syscache.h"
 
 #include "capture.h"
 #include "connection.h"
 #include "datapath.h"
+#include "producer.h"
 #include "relay.h"
 
 PG_FUNCTION_INFO_V1(pe_capture_changes);
@@ -70,6 +72,9 @@ typedef struct PeCapturePlan
 	PeCaptureKey *key;			/* or: made without a query (capture_rows.c) */
 	bool		with_value;		/* then: the row as the value, else a tombstone */
 	MemoryContext keycxt;		/* where key is */
+	Oid			captured;		/* the captured table (relid, or a partition's ancestor) */
+	char	   *src_schema;		/* its names in sql (the Debezium source), or NULL */
+	char	   *src_table;
 } PeCapturePlan;
 
 static List *pe_capture_plans = NIL;
@@ -411,6 +416,7 @@ pe_capture_changes(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("topic must not be empty"),
 				 errhint("Pass the name of the topic the changes go to.")));
+	pe_refuse_checkpoint_topic(topic);
 	if (strcmp(format, "row") != 0 && strcmp(format, "debezium") != 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -531,6 +537,32 @@ pe_capture_current_keys(Relation rel, List *keys, char **attnums, int nattnums)
 	return current;
 }
 
+/*
+ * Whether the captured table still has the names sql was made with (the
+ * Debezium envelope's source.schema and source.table): a table renamed,
+ * moved to another schema, or whose schema was renamed, is not another
+ * tuple descriptor, so equalTupleDescs() does not see it.
+ */
+static bool
+pe_capture_source_same(PeCapturePlan *p)
+{
+	HeapTuple	tup;
+	bool		same;
+	Oid			nsp;
+	char	   *nspname;
+
+	if (p->src_table == NULL || p->src_schema == NULL)
+		return true;
+	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(p->captured));
+	if (!HeapTupleIsValid(tup))
+		return false;
+	same = strcmp(NameStr(((Form_pg_class) GETSTRUCT(tup))->relname), p->src_table) == 0;
+	nsp = ((Form_pg_class) GETSTRUCT(tup))->relnamespace;
+	ReleaseSysCache(tup);
+	nspname = same ? get_namespace_name(nsp) : NULL;
+	return nspname != NULL && strcmp(nspname, p->src_schema) == 0;
+}
+
 /* The trigger's statement for this capture and event, prepared once. */
 static PeCapturePlan *
 pe_capture_plan(int64 id, int event, Relation rel, char **attnums, int nattnums)
@@ -556,7 +588,7 @@ pe_capture_plan(int64 id, int event, Relation rel, char **attnums, int nattnums)
 			p = c;
 	}
 	/* (an entry whose set-up failed has no desc: it is set up again) */
-	if (p && p->desc && equalTupleDescs(p->desc, RelationGetDescr(rel)))
+	if (p && p->desc && equalTupleDescs(p->desc, RelationGetDescr(rel)) && pe_capture_source_same(p))
 		return p;
 	if (p == NULL)
 	{
@@ -581,6 +613,12 @@ pe_capture_plan(int64 id, int event, Relation rel, char **attnums, int nattnums)
 			MemoryContextDelete(p->keycxt);
 		p->keycxt = NULL;
 		p->key = NULL;
+		if (p->src_table)
+		{
+			pfree(p->src_schema);
+			pfree(p->src_table);
+		}
+		p->src_schema = p->src_table = NULL;
 	}
 
 	pe_catalog_begin(&acc);
@@ -635,6 +673,13 @@ pe_capture_plan(int64 id, int event, Relation rel, char **attnums, int nattnums)
 	else if (debezium || event == 1)
 		sql = pe_capture_sql(event, captured, keys, debezium, tombstones, p->connection);
 	old = MemoryContextSwitchTo(TopMemoryContext);
+	p->captured = captured;
+	if (sql && debezium)
+	{
+		/* the names pe_capture_envelope() wrote into sql */
+		p->src_schema = get_namespace_name(get_rel_namespace(captured));
+		p->src_table = get_rel_name(captured);
+	}
 	p->desc = CreateTupleDescCopyConstr(RelationGetDescr(rel));	/* as equalTupleDescs compares */
 	if (p->sql)
 		pfree(p->sql);
@@ -651,7 +696,9 @@ pe_capture_trigger(PG_FUNCTION_ARGS)
 	int			event;
 	int64		id;
 	PeCapturePlan *p;
-	uint64		written;
+	int			nest;
+	Portal		portal;
+	MemoryContext chunk;
 
 	pe_require_preload();
 	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_AFTER(td->tg_event) ||
@@ -677,7 +724,9 @@ pe_capture_trigger(PG_FUNCTION_ARGS)
 							RelationGetRelationName(td->tg_relation)),
 					 errhint("Drop it: pipeline.capture_changes() makes the triggers that call pipeline._capture_trigger().")));
 		/* as the role whose statement it is, for the capture's owner, as below */
+		nest = pe_capture_settings_pin();
 		(void) pe_capture_rows_write(p->key, td->tg_relation, rows, p->with_value, p->connection, p->topic, p->owner);
+		pe_capture_settings_restore(nest);
 		return PointerGetDatum(NULL);
 	}
 	if (p->sql == NULL)
@@ -705,29 +754,46 @@ pe_capture_trigger(PG_FUNCTION_ARGS)
 		SPI_keepplan(plan);
 		p->plan = plan;
 	}
-	if (SPI_execute_plan(p->plan, NULL, NULL, true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not read the statement's changes");
-	written = SPI_processed;
-	if (written > INT_MAX)
-		ereport(ERROR,
-				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-				 errmsg("a statement changed too many rows of a captured table: " UINT64_FORMAT, written),
-				 errhint("Change at most 2147483647 rows of a captured table in one statement.")));
-	if (written > 0)
+	/*
+	 * Read through a cursor, PE_CAPTURE_CHUNK messages at a time, each
+	 * chunk written before the next is read: an UPDATE of millions of rows
+	 * in bounded memory.
+	 */
+	nest = pe_capture_settings_pin();
+	portal = SPI_cursor_open(NULL, p->plan, NULL, NULL, true);
+	chunk = AllocSetContextCreate(CurrentMemoryContext, "pipeline_ext captured chunk", ALLOCSET_DEFAULT_SIZES);
+	for (;;)
 	{
-		/* the messages, read from SPI's result before it goes */
-		Datum	   *k = palloc(sizeof(Datum) * written);
-		Datum	   *v = palloc(sizeof(Datum) * written);
-		bool	   *kn = palloc(sizeof(bool) * written);
-		bool	   *vn = palloc(sizeof(bool) * written);
+		Datum	   *k;
+		Datum	   *v;
+		bool	   *kn;
+		bool	   *vn;
+		int			n;
+		MemoryContext old;
 
-		for (uint64 r = 0; r < written; r++)
+		CHECK_FOR_INTERRUPTS();
+		SPI_cursor_fetch(portal, true, PE_CAPTURE_CHUNK);
+		n = (int) SPI_processed;
+		if (n == 0)
+			break;
+		old = MemoryContextSwitchTo(chunk);
+		k = palloc(sizeof(Datum) * n);
+		v = palloc(sizeof(Datum) * n);
+		kn = palloc(sizeof(bool) * n);
+		vn = palloc(sizeof(bool) * n);
+		for (int r = 0; r < n; r++)
 		{
 			k[r] = SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1, &kn[r]);
 			v[r] = SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 2, &vn[r]);
 		}
-		pe_outbox_insert_many(p->connection, p->topic, p->owner, (int) written, k, kn, v, vn);
+		pe_outbox_insert_many(p->connection, p->topic, p->owner, n, k, kn, v, vn);
+		MemoryContextSwitchTo(old);
+		SPI_freetuptable(SPI_tuptable);
+		MemoryContextReset(chunk);
 	}
+	SPI_cursor_close(portal);
+	MemoryContextDelete(chunk);
+	pe_capture_settings_restore(nest);
 	SPI_finish();
 	return PointerGetDatum(NULL);	/* (a statement trigger's result is not read, but must not be null) */
 }

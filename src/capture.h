@@ -39,6 +39,13 @@ extern uint64 pe_capture_rows_write(PeCaptureKey *k, Relation rel, Tuplestoresta
 									const char *connection, const char *topic, Oid owner);
 
 /* capture_follow.c */
+/* messages made and written at a time: a statement of any size in bounded memory */
+#define PE_CAPTURE_CHUNK 1024
+
+/* capture_settings.c */
+extern int	pe_capture_settings_pin(void);
+extern void pe_capture_settings_restore(int nest);
+
 extern List *pe_capture_tree(Oid relid);
 extern int64 pe_capture_trigger_id(Oid relid);
 extern void pe_capture_cover(Oid captured, int64 id, Oid top, bool strict);

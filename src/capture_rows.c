@@ -37,9 +37,6 @@
 #include "capture.h"
 #include "relay.h"
 
-/* messages made and written at a time: a statement of any size in bounded memory */
-#define PE_CAPTURE_CHUNK 1024
-
 /*
  * For the key columns of rel (names as the table has them now): their
  * numbers, their names as JSON strings, and to_json() set up for each

@@ -224,8 +224,9 @@ pe_relay_bury(PeRelayConn *c, PeOutMsg *msgs, int n)
  * role, a superuser), as send() and capture_changes() checked: one whose
  * right was revoked since, or whose connection was dropped and made again
  * by another role, is marked refused with the reason (and then buried, not
- * sent with credentials that are no longer its sender's).  Returns how
- * many were marked.
+ * sent with credentials that are no longer its sender's).  So is one for
+ * the relays' checkpoint topic, where it could pass for a checkpoint.
+ * Returns how many were marked.
  */
 static int
 pe_relay_check_senders(PeRelayConn *c, PeOutMsg *msgs, int n)
@@ -248,7 +249,18 @@ pe_relay_check_senders(PeRelayConn *c, PeOutMsg *msgs, int n)
 	{
 		const char *who;
 
-		if (msgs[i].dead || msgs[i].sent_by == ok_for)
+		if (msgs[i].dead)
+			continue;
+		if (pe_outbox_checkpoint_topic && strcmp(msgs[i].topic, pe_outbox_checkpoint_topic) == 0)
+		{
+			/* (send() refuses it; a capture made before the setting changed may not) */
+			msgs[i].dead = MemoryContextStrdup(back,
+											   psprintf("topic \"%s\" is where the outbox relays keep their checkpoints",
+														msgs[i].topic));
+			marked++;
+			continue;
+		}
+		if (msgs[i].sent_by == ok_for)
 			continue;
 		if (has_privs_of_role(msgs[i].sent_by, conn->owner))
 		{

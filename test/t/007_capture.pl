@@ -112,6 +112,28 @@ wait_for(q{SELECT count(*) FROM pipeline.outbox}, '0', 'the envelopes are publis
 	is($m->[3][3], '\N', 'the tombstone has a null value');
 }
 
+# the envelope names the table as it is now: renamed, or moved to another
+# schema, in a session that had already made an envelope of it
+sql(q{
+CREATE SCHEMA cap_elsewhere;
+INSERT INTO cap_dbz VALUES (2, 'y', NULL);
+ALTER TABLE cap_dbz RENAME TO cap_dbz_renamed;
+INSERT INTO cap_dbz_renamed VALUES (3, 'y', NULL);
+ALTER TABLE cap_dbz_renamed SET SCHEMA cap_elsewhere;
+INSERT INTO cap_elsewhere.cap_dbz_renamed VALUES (4, 'y', NULL);
+ALTER SCHEMA cap_elsewhere RENAME TO cap_moved;
+INSERT INTO cap_moved.cap_dbz_renamed VALUES (5, 'y', NULL);
+ALTER TABLE cap_moved.cap_dbz_renamed SET SCHEMA public;
+ALTER TABLE cap_dbz_renamed RENAME TO cap_dbz;
+});
+wait_for(q{SELECT count(*) FROM pipeline.outbox}, '0', 'published');
+{
+	my $m = read_topic('cdz');
+	is(join(' ', map { my $v = decode_json($_->[3]); "$v->{after}{a}:$v->{source}{schema}.$v->{source}{table}" } @$m[ 4 .. 7 ]),
+		'2:public.cap_dbz 3:public.cap_dbz_renamed 4:cap_elsewhere.cap_dbz_renamed 5:cap_moved.cap_dbz_renamed',
+		'source.schema and source.table follow a rename and a change of schema');
+}
+
 sql(q{
 CREATE TABLE cap_key (id serial PRIMARY KEY, code text NOT NULL UNIQUE, v int);
 SELECT pipeline.capture_changes('cap_key', 'local', 'cdk', key_columns => '{code}', tombstones => false);
@@ -170,6 +192,7 @@ INSERT INTO cap_types SELECT i, 'k "' || i || chr(92) || chr(233) || chr(10) || 
     CASE WHEN i % 3 = 0 THEN 'high'::cap_mood WHEN i % 3 = 1 THEN 'low' END
   FROM generate_series(1, 2500) i;
 INSERT INTO cap_types (k1, "k""2") VALUES (0, '');
+SET LOCAL timezone = 'UTC';  -- the messages were made in UTC, whatever the writer's zone (below)
 $ins;
 SELECT string_agg(n::text, ',' ORDER BY n DESC) FROM cap_types_seen;
 SELECT count(*) FROM pipeline.outbox WHERE topic = 'cdt' AND value LIKE '%"e":{"mood" : "high"}%';
@@ -185,12 +208,52 @@ SET LOCAL work_mem = '64kB';
 INSERT INTO cap_types (k1, "k""2", j) SELECT i, 'd' || i, jsonb_build_object('pad', repeat('x', 200)) FROM generate_series(1, 5000) i;
 $ins;
 DELETE FROM pipeline.outbox WHERE topic = 'cdt';
+UPDATE cap_types SET b = k1 % 2 = 0;
+$ins;
+DELETE FROM pipeline.outbox WHERE topic = 'cdt';
 CREATE TEMP TABLE cap_types_gone AS TABLE cap_types;
 DELETE FROM cap_types;
 $del;
 ROLLBACK;
-}), "5000 5000\n5000 5000", "an INSERT's messages and a DELETE's tombstones (a null value) from transition tables spilled to disk");
+}), "5000 5000\n5000 5000\n5000 5000",
+		"an INSERT's messages, an UPDATE's (its query read by a cursor, a chunk at a time) and a DELETE's tombstones (a null value) from transition tables spilled to disk");
 }
+# the messages do not depend on the writing session's settings: one row has
+# one key whatever the session's time zone, bytea_output, extra_float_digits,
+# IntervalStyle and DateStyle (else its tombstone would miss it, and the
+# UPDATE below would pair 0.3 with 0.30000000000000004, which print alike
+# at extra_float_digits 0); the values too.  Each statement in another
+# session's settings, through both ways messages are made (the UPDATE's
+# query, the INSERT's and DELETE's transition tables), rolled back.
+is(sql(q{
+BEGIN;
+CREATE TABLE cap_set (f float8 PRIMARY KEY, at timestamptz NOT NULL, iv interval, b bytea, r tstzrange);
+SELECT pipeline.capture_changes('cap_set', 'local', 'cds') > 0;
+SET LOCAL timezone = 'Asia/Tokyo';
+INSERT INTO cap_set VALUES (0.3, '2024-01-01 00:00+00', '1 day 2 hours', '\x00ff',
+    tstzrange('2024-01-01 00:00+00', '2024-01-02 00:00+00'));
+SET LOCAL bytea_output = 'escape';
+SET LOCAL extra_float_digits = 0;
+SET LOCAL IntervalStyle = 'sql_standard';
+SET LOCAL DateStyle = 'German';
+INSERT INTO cap_set VALUES (0.1::float8 + 0.2::float8, '2024-01-01 00:00+00', '1 day 2 hours', '\x00ff',
+    tstzrange('2024-01-01 00:00+00', '2024-01-02 00:00+00'));
+SET LOCAL timezone = 'America/New_York';
+UPDATE cap_set SET b = '\x01';
+DELETE FROM cap_set WHERE f = 0.3;
+SHOW timezone; SHOW bytea_output; SHOW extra_float_digits;
+SELECT string_agg(convert_from(key, 'UTF8') || ' ' || coalesce(convert_from(value, 'UTF8'), '-'), E'\n' ORDER BY id)
+  FROM pipeline.outbox WHERE topic = 'cds';
+ROLLBACK;
+}), q{t
+America/New_York
+escape
+0
+{"f" : 0.3} {"f":0.3,"at":"2024-01-01T00:00:00+00:00","iv":"1 day 02:00:00","b":"\\\\x00ff","r":"[\"2024-01-01 00:00:00+00\",\"2024-01-02 00:00:00+00\")"}
+{"f" : 0.30000000000000004} {"f":0.30000000000000004,"at":"2024-01-01T00:00:00+00:00","iv":"1 day 02:00:00","b":"\\\\x00ff","r":"[\"2024-01-01 00:00:00+00\",\"2024-01-02 00:00:00+00\")"}
+{"f" : 0.3} {"f":0.3,"at":"2024-01-01T00:00:00+00:00","iv":"1 day 02:00:00","b":"\\\\x01","r":"[\"2024-01-01 00:00:00+00\",\"2024-01-02 00:00:00+00\")"}
+{"f" : 0.30000000000000004} {"f":0.30000000000000004,"at":"2024-01-01T00:00:00+00:00","iv":"1 day 02:00:00","b":"\\\\x01","r":"[\"2024-01-01 00:00:00+00\",\"2024-01-02 00:00:00+00\")"}
+{"f" : 0.3} -}, "a row's key and value are the same in any session's settings, which stay the session's");
 # a trigger made by hand without a transition table is refused, not followed
 {
 	my $tid = sql(q{SELECT id FROM pipeline.capture WHERE relid = 'cap_types'::regclass});
@@ -319,6 +382,17 @@ sql(q{CREATE UNIQUE INDEX cap_twice_partial ON cap_twice (a) WHERE v > 0});
 like($err, qr/do not identify a row/, '... nor a partial unique index');
 ($rc, $out, $err) = $node->psql('postgres', q{CREATE TEMP TABLE cap_tmp (id int PRIMARY KEY); SELECT pipeline.capture_changes('cap_tmp', 'local', 'cdc')});
 like($err, qr/changes of temporary table "cap_tmp" cannot be captured/, 'a temporary table is not captured');
+($rc, $out, $err) = $node->psql('postgres', q{SELECT pipeline.capture_changes('cap_twice', 'local', 'pipeline_ext_outbox_checkpoints', key_columns => '{a}')});
+like($err, qr/topic "pipeline_ext_outbox_checkpoints" is where the outbox relays keep their checkpoints/,
+	'changes are not captured into the relays\' checkpoint topic');
+# ... and a message for it that reached the outbox otherwise (a capture made
+# before pipeline_ext.outbox_checkpoint_topic named its topic) is a dead letter
+sql(q{INSERT INTO pipeline.outbox (connection, topic, value, sent_by)
+      VALUES ('local', 'pipeline_ext_outbox_checkpoints', 'not a checkpoint', 'postgres'::regrole::oid)});
+wait_for(q{SELECT count(*) FROM pipeline.outbox_dead_letter
+            WHERE error LIKE 'topic "pipeline_ext_outbox_checkpoints" is where the outbox relays keep their checkpoints%'}, '1',
+	'a message for the checkpoint topic is a dead letter, not sent');
+sql(q{DELETE FROM pipeline.outbox_dead_letter});
 ($rc, $out, $err) = $node->psql('postgres', q{SELECT pipeline.capture_changes('cap_nokey', 'local', 'cdc', format => 'avro')});
 like($err, qr/unknown format "avro"/, 'an unknown format');
 sql(q{CREATE ROLE cap_other LOGIN; GRANT USAGE ON SCHEMA pipeline TO cap_other;
