@@ -90,6 +90,8 @@ typedef struct PeRelayConn
 	bool		fatal;
 	bool		gone;			/* the connection was dropped */
 	char	   *fingerprint;	/* the connection the producer was made from */
+	bool		txn_ready;		/* rk's init_transactions() has succeeded */
+	TimestampTz made_at;		/* when rk was made */
 } PeRelayConn;
 
 /* relay.c */

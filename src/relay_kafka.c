@@ -77,6 +77,7 @@ pe_relay_drop_producer(PeRelayConn *c)
 	c->rk = NULL;
 	c->checked = false;
 	c->fatal = false;
+	c->txn_ready = false;
 }
 
 /* Serve callbacks, and write the client's queued log lines. */
@@ -99,9 +100,47 @@ pe_relay_kafka_failed(PeRelayConn *c, const char *what, rd_kafka_error_t *error)
 }
 
 /*
+ * init_transactions() (which fences an older producer of the same id and
+ * settles what it left open), PE_RELAY_INIT_SLICE_MS at a try.  The relay
+ * serves every connection of its database in turn: a cluster that does
+ * not answer must not hold the others for produce_timeout at each try.
+ * librdkafka resumes the call where it was when it timed out, so the
+ * producer is kept; until produce_timeout has gone by since it was made,
+ * a try that times out is not a failure (a cluster that is slow to
+ * answer), only a try again soon, and after, a failure with its backoff.
+ */
+#define PE_RELAY_INIT_SLICE_MS 500
+
+static bool
+pe_relay_init_transactions(PeRelayConn *c)
+{
+	rd_kafka_error_t *error = rd_kafka_init_transactions(c->rk, Min(pe_produce_timeout_ms, PE_RELAY_INIT_SLICE_MS));
+
+	if (error == NULL)
+	{
+		c->txn_ready = true;
+		pe_relay_checkpoint_topic(c);
+		return true;
+	}
+	pe_relay_poll(c, 0);		/* (the client's log lines meanwhile) */
+	if (rd_kafka_error_is_retriable(error) && !rd_kafka_error_is_fatal(error))
+	{
+		if (pe_ms_since(c->made_at) < pe_produce_timeout_ms)
+		{
+			rd_kafka_error_destroy(error);
+			c->retry_at = GetCurrentTimestamp() + 100 * 1000;
+			return false;
+		}
+		return pe_relay_kafka_failed(c, "could not initialise transactions", error);
+	}
+	pe_relay_kafka_failed(c, "could not initialise transactions", error);
+	pe_relay_drop_producer(c);
+	return false;
+}
+
+/*
  * The connection's transactional producer, made and initialised
- * (init_transactions fences an older producer of the same id and settles
- * what it left open).  In a transaction: reads the catalog.
+ * (pe_relay_init_transactions).  In a transaction: reads the catalog.
  */
 bool
 pe_relay_producer(PeRelayConn *c)
@@ -110,7 +149,6 @@ pe_relay_producer(PeRelayConn *c)
 	rd_kafka_conf_t *conf;
 	List	   *forced = NIL;
 	char		errstr[512];
-	rd_kafka_error_t *error;
 	MemoryContext old;
 	MemoryContext back;
 
@@ -128,7 +166,7 @@ pe_relay_producer(PeRelayConn *c)
 	{
 		pe_xact_commit();
 		MemoryContextSwitchTo(back);
-		return true;
+		return c->txn_ready || pe_relay_init_transactions(c);
 	}
 	pe_relay_drop_producer(c);
 	if (conn == NULL)
@@ -172,15 +210,9 @@ pe_relay_producer(PeRelayConn *c)
 		return false;
 	}
 	rd_kafka_set_log_queue(c->rk, NULL);
-	error = rd_kafka_init_transactions(c->rk, pe_produce_timeout_ms);
-	if (error)
-	{
-		pe_relay_kafka_failed(c, "could not initialise transactions", error);
-		pe_relay_drop_producer(c);
-		return false;
-	}
-	pe_relay_checkpoint_topic(c);
-	return true;
+	c->txn_ready = false;
+	c->made_at = GetCurrentTimestamp();
+	return pe_relay_init_transactions(c);
 }
 
 /*

@@ -20,7 +20,7 @@ use PipelineExt::Crash;
 
 my $broker = PipelineExt::Broker->start(
 	brokers => 1,
-	topics => { ob_rb => 2, ob => 8, ob_kill => 8, ob_outage => 8, ob_crash => 4, ob_down => 2, ob_small => 1, ob_batch => 1, ob_moved => 1, ob_order => 1, ob_lat => 1, ob_restored => 1, ob_pitr => 1, ob_cut => 2, ob_keycheck => 8, ob_later => 1 });
+	topics => { ob_rb => 2, ob => 8, ob_kill => 8, ob_outage => 8, ob_crash => 4, ob_down => 2, ob_small => 1, ob_batch => 1, ob_moved => 1, ob_order => 1, ob_lat => 1, ob_restored => 1, ob_pitr => 1, ob_cut => 2, ob_keycheck => 8, ob_later => 1, ob_other => 1 });
 my $bs = $broker->bootstrap;
 
 my $node = PostgreSQL::Test::Cluster->new('outbox');
@@ -726,6 +726,30 @@ is(join(',', map { $_->[3] } @{ read_topic('ob_moved') }), 'to the first brokers
 	'the first brokers have only what was sent before the connection was dropped');
 is(join(',', map { $_->[3] } @{ $broker2->read_topic('ob_moved') }), 'to the second brokers',
 	'the relay publishes through the connection as it is now');
+
+# --- a cluster that does not answer holds up no other connection ------------
+# One relay serves every connection of its database in turn; it must not
+# wait produce_timeout (here 10 minutes) on one whose cluster does not
+# answer while another's messages wait.  Its round is begun (pending) before
+# the other connection's message is sent, so the relay is trying it then.
+sql(q{ALTER SYSTEM SET pipeline_ext.produce_timeout = '10min'});
+sql(q{SELECT pg_reload_conf()});
+sql(q{SELECT pipeline.create_connection('unanswered', '127.0.0.1:1')});
+sql(q{SELECT pipeline.send('unanswered', 'ob_other', 'waits', 'k')});
+wait_for(q{SELECT pending IS NOT NULL FROM pipeline.outbox_relay WHERE connection = 'unanswered'}, 't',
+	'the relay tries the connection whose cluster does not answer');
+sql(q{SELECT pipeline.send('local', 'ob_other', 'goes', 'k')});
+wait_for(q{SELECT count(*) FROM pipeline.outbox WHERE connection = 'local'}, '0',
+	'a message through another connection goes out meanwhile');
+is(join(',', map { $_->[3] } @{ read_topic('ob_other') }), 'goes', '... to its topic');
+is(sql(q{SELECT backlog FROM pipeline.outbox_status WHERE connection = 'unanswered'}), '1',
+	'the message for the cluster that does not answer waits');
+sql(q{SELECT pipeline.drop_connection('unanswered')});
+wait_for(q{SELECT count(*) FROM pipeline.outbox_dead_letter WHERE connection = 'unanswered'}, '1',
+	'... and is a dead letter once its connection is dropped');
+sql(q{DELETE FROM pipeline.outbox_dead_letter WHERE connection = 'unanswered'});
+sql(q{ALTER SYSTEM RESET pipeline_ext.produce_timeout});
+sql(q{SELECT pg_reload_conf()});
 
 # --- DROP DATABASE where a relay runs --------------------------------------
 sql('CREATE DATABASE ob_drop');
