@@ -56,6 +56,7 @@ typedef struct PeProperty
 extern rd_kafka_conf_t *pe_kafka_conf(struct PeConnection *conn, List *defaults, List *forced);
 extern PeProperty *pe_property(const char *name, const char *value, const char *source);
 extern char *pe_redact(const char *text, List *secrets);
+extern void pe_redact_into(char *dst, size_t size, const char *text, List *secrets);
 extern void pe_quiet_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf);
 extern void pe_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf);
 extern bool pe_log_pending(const rd_kafka_t *rk);

@@ -63,6 +63,19 @@ pe_redact(const char *text, List *secrets)
 }
 
 /*
+ * text redacted into dst, cut to fit after: cut first, a secret cut short
+ * at the end would no longer match, and its first part would show.
+ */
+void
+pe_redact_into(char *dst, size_t size, const char *text, List *secrets)
+{
+	char	   *r = pe_redact(text, secrets);
+
+	strlcpy(dst, r, size);
+	pfree(r);
+}
+
+/*
  * A librdkafka configuration from a connection's properties, after the
  * given defaults (which the connection's own options override) and before
  * the forced ones (which override them: what exactly-once depends on).

@@ -141,7 +141,7 @@ pe_error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 	PeProducer *p = (PeProducer *) opaque;
 
 	(void) rk;
-	strlcpy(p->last_error, reason, sizeof(p->last_error));
+	pe_redact_into(p->last_error, sizeof(p->last_error), reason, p->secrets);
 	if (err == RD_KAFKA_RESP_ERR__FATAL)
 		p->fatal = true;
 	if (err == RD_KAFKA_RESP_ERR__AUTHENTICATION)

@@ -60,7 +60,7 @@ pe_relay_error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 	PeRelayConn *c = (PeRelayConn *) opaque;
 
 	(void) rk;
-	strlcpy(c->error, reason, sizeof(c->error));
+	pe_redact_into(c->error, sizeof(c->error), reason, c->secrets);
 	if (err == RD_KAFKA_RESP_ERR__FATAL)
 		c->fatal = true;
 }

@@ -14,6 +14,7 @@
 #include "postgres.h"
 
 #include "funcapi.h"
+#include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "storage/lwlock.h"
 #include "utils/builtins.h"
@@ -65,14 +66,24 @@ void
 pe_relay_note_error(PeRelayConn *c, const char *fmt,...)
 {
 	va_list		ap;
-	char		buf[PE_ERROR_LEN];
+	StringInfoData buf;
 	char	   *text;
 	PeRelay    *r;
 
-	va_start(ap, fmt);
-	vsnprintf(buf, sizeof(buf), fmt, ap);
-	va_end(ap);
-	text = pe_redact(buf, c->secrets);
+	/* whole, then redacted, then cut (in last_error): see pe_redact_into() */
+	initStringInfo(&buf);
+	for (;;)
+	{
+		int			needed;
+
+		va_start(ap, fmt);
+		needed = appendStringInfoVA(&buf, fmt, ap);
+		va_end(ap);
+		if (needed == 0)
+			break;
+		enlargeStringInfo(&buf, needed);
+	}
+	text = pe_redact(buf.data, c->secrets);
 	ereport(LOG,
 			(errmsg("pipeline_ext outbox relay, connection \"%s\": %s", c->name, text)));
 	LWLockAcquire(pe_shared->lock, LW_EXCLUSIVE);

@@ -72,7 +72,7 @@ pe_slot_error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 	(void) rk;
 	(void) opaque;
 	if (err == RD_KAFKA_RESP_ERR__AUTHENTICATION && pe_run)
-		strlcpy(pe_run->auth_error, reason, sizeof(pe_run->auth_error));
+		pe_redact_into(pe_run->auth_error, sizeof(pe_run->auth_error), reason, pe_run->secrets);
 }
 
 /*
