@@ -671,7 +671,11 @@ pe_capture_plan(int64 id, int event, Relation rel, char **attnums, int nattnums)
 		p->with_value = event == 0;
 	}
 	else if (debezium || event == 1)
+	{
+		foreach(lc, keys)
+			(void) pe_capture_key_attnum(rel, lfirst(lc));	/* one dropped since: said so */
 		sql = pe_capture_sql(event, captured, keys, debezium, tombstones, p->connection);
+	}
 	old = MemoryContextSwitchTo(TopMemoryContext);
 	p->captured = captured;
 	if (sql && debezium)

@@ -34,6 +34,7 @@ extern void pe_capture_drop_triggers(Oid relid);
 extern List *pe_capture_current_keys(Relation rel, List *keys, char **attnums, int nattnums);
 
 /* capture_rows.c */
+extern AttrNumber pe_capture_key_attnum(Relation rel, const char *name);
 extern PeCaptureKey *pe_capture_key_prepare(Relation rel, List *keys, MemoryContext cxt);
 extern uint64 pe_capture_rows_write(PeCaptureKey *k, Relation rel, Tuplestorestate *rows, bool with_value,
 									const char *connection, const char *topic, Oid owner);

@@ -37,6 +37,21 @@
 #include "capture.h"
 #include "relay.h"
 
+/* The number of rel's key column name; a clear error when it has none (dropped since the capture). */
+AttrNumber
+pe_capture_key_attnum(Relation rel, const char *name)
+{
+	AttrNumber	att = get_attnum(RelationGetRelid(rel), name);
+
+	if (att <= 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_COLUMN),
+				 errmsg("key column \"%s\" of captured table \"%s\" does not exist", name,
+						RelationGetRelationName(rel)),
+				 errhint("Capture the table again with pipeline.capture_changes(), naming columns it has.")));
+	return att;
+}
+
 /*
  * For the key columns of rel (names as the table has them now): their
  * numbers, their names as JSON strings, and to_json() set up for each
@@ -57,16 +72,10 @@ pe_capture_key_prepare(Relation rel, List *keys, MemoryContext cxt)
 	foreach(lc, keys)
 	{
 		int			i = foreach_current_index(lc);
-		AttrNumber	att = get_attnum(RelationGetRelid(rel), lfirst(lc));
+		AttrNumber	att = pe_capture_key_attnum(rel, lfirst(lc));
 		Form_pg_attribute a;
 		StringInfoData name;
 
-		if (att <= 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_UNDEFINED_COLUMN),
-					 errmsg("key column \"%s\" of captured table \"%s\" does not exist", (char *) lfirst(lc),
-							RelationGetRelationName(rel)),
-					 errhint("Capture the table again with pipeline.capture_changes(), naming columns it has.")));
 		a = TupleDescAttr(RelationGetDescr(rel), att - 1);
 		k->atts[i] = att;
 		initStringInfo(&name);

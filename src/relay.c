@@ -74,6 +74,7 @@
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/syscache.h"
 #include "utils/timestamp.h"
 #include "utils/xid8.h"
 
@@ -225,7 +226,9 @@ pe_relay_bury(PeRelayConn *c, PeOutMsg *msgs, int n)
  * right was revoked since, or whose connection was dropped and made again
  * by another role, is marked refused with the reason (and then buried, not
  * sent with credentials that are no longer its sender's).  So is one for
- * the relays' checkpoint topic, where it could pass for a checkpoint.
+ * the relays' checkpoint topic, where it could pass for a checkpoint, and
+ * one whose sender no longer exists (a dropped role: the captures and
+ * connections it owned stay, as nothing records them as its).
  * Returns how many were marked.
  */
 static int
@@ -262,6 +265,14 @@ pe_relay_check_senders(PeRelayConn *c, PeOutMsg *msgs, int n)
 		}
 		if (msgs[i].sent_by == ok_for)
 			continue;
+		if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(msgs[i].sent_by)))
+		{
+			/* (its connection may be the dropped role's too: no one may use it for that role) */
+			msgs[i].dead = MemoryContextStrdup(back,
+											   psprintf("role %u, which sent it, no longer exists", msgs[i].sent_by));
+			marked++;
+			continue;
+		}
 		if (has_privs_of_role(msgs[i].sent_by, conn->owner))
 		{
 			ok_for = msgs[i].sent_by;	/* (a round's messages are mostly one role's) */

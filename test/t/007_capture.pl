@@ -282,6 +282,18 @@ sql(q{ALTER TABLE cap_key RENAME COLUMN sku TO old_sku; ALTER TABLE cap_key ADD 
 sql(q{INSERT INTO cap_key (old_sku, v, sku) VALUES ('C', 4, 'not the key')});
 wait_for(q{SELECT count(*) FROM pipeline.outbox}, '0', 'published');
 is(read_topic('cdk')->[-1][2], '{"old_sku" : "C"}', 'a new column with the old name does not become the key');
+# a key column dropped: each kind of statement says so, with what to do
+sql(q{CREATE TABLE cap_kdrop (id int PRIMARY KEY, v int);
+      SELECT pipeline.capture_changes('cap_kdrop', 'local', 'cdk', format => 'debezium');
+      INSERT INTO cap_kdrop VALUES (1, 1);
+      ALTER TABLE cap_kdrop DROP COLUMN id});
+foreach my $stmt (q{INSERT INTO cap_kdrop VALUES (3)}, q{UPDATE cap_kdrop SET v = 2}, q{DELETE FROM cap_kdrop})
+{
+	my ($rc, $out, $err) = $node->psql('postgres', $stmt);
+	like($err, qr/key column "id" of captured table "cap_kdrop" does not exist\n.*HINT:.*pipeline.capture_changes/,
+		"a key column dropped: $stmt");
+}
+sql(q{SELECT pipeline.uncapture('cap_kdrop')});
 
 # --- a partitioned table: writes through it and straight into its partitions --
 # A statement on a partition fires the partition's statement triggers, not
@@ -412,6 +424,18 @@ sql(q{SET ROLE cap_other; INSERT INTO cap_src VALUES (77777, 1, 'by a role that 
 wait_for(q{SELECT count(*) FROM cap_dst WHERE id = 77777}, '1',
 	'a change made by a role that may not use the connection is published, for the capture\'s owner');
 is(sql(q{SELECT count(*) FROM pipeline.outbox_dead_letter}), '0', '... not a dead letter');
+
+# a role dropped (nothing records its connections and captures as its): the
+# changes its capture still makes are dead letters, not published for it
+sql(q{CREATE ROLE cap_gone LOGIN; GRANT USAGE ON SCHEMA pipeline TO cap_gone; GRANT CREATE ON SCHEMA public TO cap_gone;
+      GRANT EXECUTE ON FUNCTION pipeline.create_connection(text, text, jsonb) TO cap_gone});
+sql(qq{SET ROLE cap_gone; SELECT pipeline.create_connection('gone_conn', '$bs');
+       CREATE TABLE cap_orphan (id int PRIMARY KEY); SELECT pipeline.capture_changes('cap_orphan', 'gone_conn', 'cdk');});
+sql(q{ALTER TABLE cap_orphan OWNER TO CURRENT_USER; DROP OWNED BY cap_gone; DROP ROLE cap_gone});
+sql(q{INSERT INTO cap_orphan VALUES (1)});
+wait_for(q{SELECT count(*) FROM pipeline.outbox_dead_letter WHERE connection = 'gone_conn' AND error ~ '^role \d+, which sent it, no longer exists$'},
+	'1', 'a change captured for a role dropped since is a dead letter');
+sql(q{DELETE FROM pipeline.outbox_dead_letter; SELECT pipeline.uncapture('cap_orphan'); SELECT pipeline.drop_connection('gone_conn')});
 
 # the trigger function names a capture: another table's is refused
 my $cid = sql(q{SELECT id FROM pipeline.capture WHERE relid = 'cap_src'::regclass});
