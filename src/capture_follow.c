@@ -8,7 +8,11 @@
  *	  pipeline._capture_follow(), called by an event trigger at the end of
  *	  DDL, puts them on a partition made or attached later and takes them
  *	  off one detached.  It also follows a key column renamed, in the
- *	  catalog.
+ *	  catalog, and keeps the key a key: DDL that would leave the key
+ *	  columns without a unique index over them, nullable, or gone (DROP
+ *	  INDEX, DROP CONSTRAINT, DROP NOT NULL, DROP COLUMN) is refused, since
+ *	  an UPDATE pairs its old and new rows by the key and every message
+ *	  is keyed by it.
  *
  * IDENTIFICATION
  *	  src/capture_follow.c
@@ -19,6 +23,7 @@
 
 #include "access/genam.h"
 #include "access/htup_details.h"
+#include "access/relation.h"
 #include "access/table.h"
 #include "catalog/namespace.h"
 #include "catalog/partition.h"
@@ -38,11 +43,13 @@
 #include "utils/rel.h"
 
 #include "capture.h"
+#include "datapath.h"
 #include "connection.h"
 #include "pipeline_ext.h"
 
 PG_FUNCTION_INFO_V1(pe_capture_follow);
 PG_FUNCTION_INFO_V1(pe_capture_cover_sql);
+PG_FUNCTION_INFO_V1(pe_capture_guard_sql);
 
 #define PE_CAPTURE_INSERT_TRIGGER "pipeline_capture_insert"
 
@@ -288,6 +295,89 @@ pe_capture_partition_detached(Oid parent, Oid part)
 			pe_capture_drop_triggers(lfirst_oid(lc));
 }
 
+/*
+ * The key of the capture of table captured (if there is one) is still what
+ * capture_changes() checked it was: its columns there, NOT NULL, and a
+ * unique index over them.  Else the DDL that changed that is refused.
+ */
+static void
+pe_capture_guard(Oid captured)
+{
+	int64		id = pe_capture_lookup(captured);
+	List	   *keys;
+	Relation	rel;
+	AttrNumber *atts;
+	ListCell   *lc;
+	int			n = 0;
+	const char *hint = "Uncapture the table first (pipeline.uncapture()), and capture it again with key_columns that identify a row.";
+
+	if (id == 0)
+		return;
+	rel = try_relation_open(captured, AccessShareLock);
+	if (rel == NULL)
+		return;					/* dropped with the command: its capture goes with it */
+	keys = pe_capture_keys_now(captured, id);
+	atts = palloc(sizeof(AttrNumber) * list_length(keys));
+	foreach(lc, keys)
+	{
+		AttrNumber	att = get_attnum(captured, lfirst(lc));
+
+		if (att <= 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
+					 errmsg("cannot drop key column \"%s\" of captured table \"%s\"", (char *) lfirst(lc),
+							RelationGetRelationName(rel)),
+					 errhint("%s", hint)));
+		if (!TupleDescAttr(RelationGetDescr(rel), att - 1)->attnotnull)
+			ereport(ERROR,
+					(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
+					 errmsg("key column \"%s\" of captured table \"%s\" must stay NOT NULL", (char *) lfirst(lc),
+							RelationGetRelationName(rel)),
+					 errdetail("Every message of the capture is keyed by it."),
+					 errhint("%s", hint)));
+		atts[n++] = att;
+	}
+	if (!pe_unique_index_on(rel, atts, n, false))
+		ereport(ERROR,
+				(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
+				 errmsg("the key columns of captured table \"%s\" must stay covered by a unique index",
+						RelationGetRelationName(rel)),
+				 errdetail("An UPDATE's old and new rows are paired by the key: rows that shared one would be paired with each other's."),
+				 errhint("%s", hint)));
+	relation_close(rel, AccessShareLock);
+}
+
+/*
+ * pipeline._capture_guard(): pe_capture_guard() for every capture of the
+ * database, called by the sql_drop event trigger when an index was
+ * dropped (the index's table is gone from the catalog by then).
+ */
+Datum
+pe_capture_guard_sql(PG_FUNCTION_ARGS)
+{
+	PeCatalogAccess acc;
+	List	   *tables = NIL;
+	ListCell   *lc;
+	MemoryContext outer = CurrentMemoryContext;
+
+	pe_catalog_begin(&acc);
+	if (SPI_execute("SELECT relid FROM pipeline.capture", true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read pipeline.capture");
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+		Oid			relid = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
+		MemoryContext spi = MemoryContextSwitchTo(outer);
+
+		tables = lappend_oid(tables, relid);
+		MemoryContextSwitchTo(spi);
+	}
+	pe_catalog_end(&acc);
+	foreach(lc, tables)
+		pe_capture_guard(lfirst_oid(lc));
+	PG_RETURN_VOID();
+}
+
 /* A column of relid renamed: a capture of relid keys by the new name. */
 static void
 pe_capture_column_renamed(Oid relid, const char *from, const char *to)
@@ -343,6 +433,11 @@ pe_capture_follow(PG_FUNCTION_ARGS)
 
 		AlterTableCmd *at = (AlterTableCmd *) sub->parsetree;
 		Oid			part;
+
+		/* what could take the key's NOT NULL, column or index (never in a restore) */
+		if (IsA(at, AlterTableCmd) &&
+			(at->subtype == AT_DropNotNull || at->subtype == AT_DropColumn || at->subtype == AT_DropConstraint))
+			pe_capture_guard(cmd->d.alterTable.objectId);
 
 		if (!IsA(at, AlterTableCmd) || !at->def || !IsA(at->def, PartitionCmd))
 			continue;

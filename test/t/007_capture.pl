@@ -282,11 +282,41 @@ sql(q{ALTER TABLE cap_key RENAME COLUMN sku TO old_sku; ALTER TABLE cap_key ADD 
 sql(q{INSERT INTO cap_key (old_sku, v, sku) VALUES ('C', 4, 'not the key')});
 wait_for(q{SELECT count(*) FROM pipeline.outbox}, '0', 'published');
 is(read_topic('cdk')->[-1][2], '{"old_sku" : "C"}', 'a new column with the old name does not become the key');
-# a key column dropped: each kind of statement says so, with what to do
+# the key stays a key: DDL that would leave it nullable, without its unique
+# index, or gone is refused while the table is captured
+sql(q{CREATE TABLE cap_guard (id int PRIMARY KEY, code text NOT NULL, v int);
+      CREATE UNIQUE INDEX cap_guard_code ON cap_guard (code);
+      CREATE TABLE cap_guard_pk (id int PRIMARY KEY, v int);
+      SELECT pipeline.capture_changes('cap_guard', 'local', 'cdk', key_columns => '{code}');
+      SELECT pipeline.capture_changes('cap_guard_pk', 'local', 'cdk');});
+foreach my $case (
+	[ q{DROP INDEX cap_guard_code}, qr/the key columns of captured table "cap_guard" must stay covered by a unique index/ ],
+	[ q{ALTER TABLE cap_guard ALTER COLUMN code DROP NOT NULL}, qr/key column "code" of captured table "cap_guard" must stay NOT NULL/ ],
+	[ q{ALTER TABLE cap_guard DROP COLUMN code}, qr/cannot drop key column "code" of captured table "cap_guard"/ ],
+	[ q{ALTER TABLE cap_guard_pk DROP CONSTRAINT cap_guard_pk_pkey}, qr/the key columns of captured table "cap_guard_pk" must stay covered by a unique index/ ],
+	[ q{ALTER TABLE cap_guard_pk DROP COLUMN id CASCADE}, qr/cannot drop key column "id" of captured table "cap_guard_pk"/ ])
+{
+	my ($rc, $out, $err) = $node->psql('postgres', $case->[0]);
+	like($err, qr/$case->[1].*\n(.*\n)*HINT:  Uncapture the table first/, "refused while captured: $case->[0]");
+}
+{
+	my ($rc, $out, $err) = $node->psql('postgres', q{ALTER TABLE cap_guard DROP CONSTRAINT cap_guard_pkey});
+	is($rc . $err, '0', 'a primary key the capture\'s key does not rely on may go');
+}
+{
+	my ($rc, $out, $err) = $node->psql('postgres',
+		q{SELECT pipeline.uncapture('cap_guard'); DROP INDEX cap_guard_code; ALTER TABLE cap_guard ALTER COLUMN code DROP NOT NULL});
+	is($rc . $err, '0', '... and after uncapture, all of it may go');
+}
+
+# a key column dropped past the guard (event triggers do not fire under
+# session_replication_role = replica): each kind of statement says so
 sql(q{CREATE TABLE cap_kdrop (id int PRIMARY KEY, v int);
       SELECT pipeline.capture_changes('cap_kdrop', 'local', 'cdk', format => 'debezium');
       INSERT INTO cap_kdrop VALUES (1, 1);
-      ALTER TABLE cap_kdrop DROP COLUMN id});
+      SET session_replication_role = replica;
+      ALTER TABLE cap_kdrop DROP COLUMN id;
+      RESET session_replication_role;});
 foreach my $stmt (q{INSERT INTO cap_kdrop VALUES (3)}, q{UPDATE cap_kdrop SET v = 2}, q{DELETE FROM cap_kdrop})
 {
 	my ($rc, $out, $err) = $node->psql('postgres', $stmt);
