@@ -28,6 +28,7 @@
 #define PE_RELAY_RATE_WINDOW_SECS 10
 
 PG_FUNCTION_INFO_V1(pe_relay_stats);
+PG_FUNCTION_INFO_V1(pe_relay_error_connection);
 
 PeRelay *
 pe_relay_shared(void)
@@ -90,6 +91,7 @@ pe_relay_note_error(PeRelayConn *c, const char *fmt,...)
 	r = pe_relay_shared();
 	r->round_failures++;
 	snprintf(r->last_error, sizeof(r->last_error), "connection \"%s\": %s", c->name, text);
+	strlcpy(r->last_error_conn, c->name, sizeof(r->last_error_conn));
 	r->last_error_at = GetCurrentTimestamp();
 	LWLockRelease(pe_shared->lock);
 
@@ -221,4 +223,25 @@ pe_relay_stats(PG_FUNCTION_ARGS)
 		nulls[10] = nulls[11] = nulls[12] = false;
 	}
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
+}
+
+/*
+ * pipeline._relay_error_connection(): the connection the relay's last
+ * error is about (outbox_status shows the error on that connection's row
+ * only), NULL if none.
+ */
+Datum
+pe_relay_error_connection(PG_FUNCTION_ARGS)
+{
+	char		name[NAMEDATALEN] = "";
+
+	pe_require_preload();
+	LWLockAcquire(pe_shared->lock, LW_SHARED);
+	for (int i = 0; i < PE_MAX_DBS; i++)
+		if (pe_shared->dbs[i].dboid == MyDatabaseId)
+			strlcpy(name, pe_shared->dbs[i].relay.last_error_conn, sizeof(name));
+	LWLockRelease(pe_shared->lock);
+	if (name[0] == '\0')
+		PG_RETURN_NULL();
+	PG_RETURN_TEXT_P(cstring_to_text(name));
 }

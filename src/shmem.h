@@ -133,6 +133,7 @@ typedef struct PeRelay
 	uint64		round_failures;
 	uint64		dead_letters;
 	char		last_error[PE_ERROR_LEN];
+	char		last_error_conn[NAMEDATALEN];	/* the connection it is about */
 	TimestampTz last_error_at;
 	TimestampTz last_publish_at;
 	TimestampTz window_start;	/* msgs_per_sec: the last full 10 s window */

@@ -744,6 +744,14 @@ wait_for(q{SELECT count(*) FROM pipeline.outbox WHERE connection = 'local'}, '0'
 is(join(',', map { $_->[3] } @{ read_topic('ob_other') }), 'goes', '... to its topic');
 is(sql(q{SELECT backlog FROM pipeline.outbox_status WHERE connection = 'unanswered'}), '1',
 	'the message for the cluster that does not answer waits');
+# once produce_timeout has gone by, a failure: shown on that connection's row only
+sql(q{ALTER SYSTEM SET pipeline_ext.produce_timeout = '1s'});
+sql(q{SELECT pg_reload_conf()});
+wait_for(q{SELECT last_error LIKE 'connection "unanswered": could not initialise transactions%' AND last_error_at IS NOT NULL
+             FROM pipeline.outbox_status WHERE connection = 'unanswered'}, 't',
+	'a cluster that does not answer within produce_timeout is a failure, on its connection\'s row');
+is(sql(q{SELECT count(*) FROM pipeline.outbox_status WHERE connection <> 'unanswered' AND (last_error IS NOT NULL OR last_error_at IS NOT NULL)}),
+	'0', '... not on the rows of the other connections');
 sql(q{SELECT pipeline.drop_connection('unanswered')});
 wait_for(q{SELECT count(*) FROM pipeline.outbox_dead_letter WHERE connection = 'unanswered'}, '1',
 	'... and is a dead letter once its connection is dropped');
