@@ -28,6 +28,9 @@ typedef struct PeCaptureKey
 	FmgrInfo   *to_json;		/* to_json() for each one's type */
 } PeCaptureKey;
 
+/* messages made and written at a time: a statement of any size in bounded memory */
+#define PE_CAPTURE_CHUNK 1024
+
 extern int64 pe_capture_lookup(Oid relid);
 extern void pe_capture_make_triggers(Oid relid, int64 id, List *keys);
 extern void pe_capture_drop_triggers(Oid relid);
@@ -39,14 +42,11 @@ extern PeCaptureKey *pe_capture_key_prepare(Relation rel, List *keys, MemoryCont
 extern uint64 pe_capture_rows_write(PeCaptureKey *k, Relation rel, Tuplestorestate *rows, bool with_value,
 									const char *connection, const char *topic, Oid owner);
 
-/* capture_follow.c */
-/* messages made and written at a time: a statement of any size in bounded memory */
-#define PE_CAPTURE_CHUNK 1024
-
 /* capture_settings.c */
 extern int	pe_capture_settings_pin(void);
 extern void pe_capture_settings_restore(int nest);
 
+/* capture_follow.c */
 extern List *pe_capture_tree(Oid relid);
 extern int64 pe_capture_trigger_id(Oid relid);
 extern void pe_capture_cover(Oid captured, int64 id, Oid top, bool strict);

@@ -8,11 +8,12 @@
  *	  pipeline._capture_follow(), called by an event trigger at the end of
  *	  DDL, puts them on a partition made or attached later and takes them
  *	  off one detached.  It also follows a key column renamed, in the
- *	  catalog, and keeps the key a key: DDL that would leave the key
- *	  columns without a unique index over them, nullable, or gone (DROP
- *	  INDEX, DROP CONSTRAINT, DROP NOT NULL, DROP COLUMN) is refused, since
- *	  an UPDATE pairs its old and new rows by the key and every message
- *	  is keyed by it.
+ *	  catalog, and refuses ALTER TABLE ... DROP NOT NULL or DROP COLUMN
+ *	  that would leave a key column nullable or gone (every message is
+ *	  keyed by it).  Dropping the unique index under the key is not
+ *	  refused: checked from the sql_drop event, a DROP INDEX CONCURRENTLY
+ *	  would be half done (its first transactions committed), and
+ *	  pg_restore --clean drops a table's constraints before the table.
  *
  * IDENTIFICATION
  *	  src/capture_follow.c
@@ -43,13 +44,11 @@
 #include "utils/rel.h"
 
 #include "capture.h"
-#include "datapath.h"
 #include "connection.h"
 #include "pipeline_ext.h"
 
 PG_FUNCTION_INFO_V1(pe_capture_follow);
 PG_FUNCTION_INFO_V1(pe_capture_cover_sql);
-PG_FUNCTION_INFO_V1(pe_capture_guard_sql);
 
 #define PE_CAPTURE_INSERT_TRIGGER "pipeline_capture_insert"
 
@@ -296,9 +295,9 @@ pe_capture_partition_detached(Oid parent, Oid part)
 }
 
 /*
- * The key of the capture of table captured (if there is one) is still what
- * capture_changes() checked it was: its columns there, NOT NULL, and a
- * unique index over them.  Else the DDL that changed that is refused.
+ * The key columns of the capture of table captured (if there is one) are
+ * still there and NOT NULL, as capture_changes() checked.  Else the ALTER
+ * TABLE that changed that is refused.
  */
 static void
 pe_capture_guard(Oid captured)
@@ -306,9 +305,7 @@ pe_capture_guard(Oid captured)
 	int64		id = pe_capture_lookup(captured);
 	List	   *keys;
 	Relation	rel;
-	AttrNumber *atts;
 	ListCell   *lc;
-	int			n = 0;
 	const char *hint = "Uncapture the table first (pipeline.uncapture()), and capture it again with key_columns that identify a row.";
 
 	if (id == 0)
@@ -317,7 +314,6 @@ pe_capture_guard(Oid captured)
 	if (rel == NULL)
 		return;					/* dropped with the command: its capture goes with it */
 	keys = pe_capture_keys_now(captured, id);
-	atts = palloc(sizeof(AttrNumber) * list_length(keys));
 	foreach(lc, keys)
 	{
 		AttrNumber	att = get_attnum(captured, lfirst(lc));
@@ -335,47 +331,8 @@ pe_capture_guard(Oid captured)
 							RelationGetRelationName(rel)),
 					 errdetail("Every message of the capture is keyed by it."),
 					 errhint("%s", hint)));
-		atts[n++] = att;
 	}
-	if (!pe_unique_index_on(rel, atts, n, false))
-		ereport(ERROR,
-				(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
-				 errmsg("the key columns of captured table \"%s\" must stay covered by a unique index",
-						RelationGetRelationName(rel)),
-				 errdetail("An UPDATE's old and new rows are paired by the key: rows that shared one would be paired with each other's."),
-				 errhint("%s", hint)));
 	relation_close(rel, AccessShareLock);
-}
-
-/*
- * pipeline._capture_guard(): pe_capture_guard() for every capture of the
- * database, called by the sql_drop event trigger when an index was
- * dropped (the index's table is gone from the catalog by then).
- */
-Datum
-pe_capture_guard_sql(PG_FUNCTION_ARGS)
-{
-	PeCatalogAccess acc;
-	List	   *tables = NIL;
-	ListCell   *lc;
-	MemoryContext outer = CurrentMemoryContext;
-
-	pe_catalog_begin(&acc);
-	if (SPI_execute("SELECT relid FROM pipeline.capture", true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not read pipeline.capture");
-	for (uint64 i = 0; i < SPI_processed; i++)
-	{
-		bool		isnull;
-		Oid			relid = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
-		MemoryContext spi = MemoryContextSwitchTo(outer);
-
-		tables = lappend_oid(tables, relid);
-		MemoryContextSwitchTo(spi);
-	}
-	pe_catalog_end(&acc);
-	foreach(lc, tables)
-		pe_capture_guard(lfirst_oid(lc));
-	PG_RETURN_VOID();
 }
 
 /* A column of relid renamed: a capture of relid keys by the new name. */
@@ -434,9 +391,9 @@ pe_capture_follow(PG_FUNCTION_ARGS)
 		AlterTableCmd *at = (AlterTableCmd *) sub->parsetree;
 		Oid			part;
 
-		/* what could take the key's NOT NULL, column or index (never in a restore) */
+		/* what could take the key's NOT NULL or column (never in a restore, --clean too) */
 		if (IsA(at, AlterTableCmd) &&
-			(at->subtype == AT_DropNotNull || at->subtype == AT_DropColumn || at->subtype == AT_DropConstraint))
+			(at->subtype == AT_DropNotNull || at->subtype == AT_DropColumn || at->subtype == AT_DropColumnRecurse))
 			pe_capture_guard(cmd->d.alterTable.objectId);
 
 		if (!IsA(at, AlterTableCmd) || !at->def || !IsA(at->def, PartitionCmd))

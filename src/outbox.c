@@ -227,13 +227,16 @@ pe_outbox_open(const PeOutboxShape **shape)
 	}
 	if (c->valid)
 	{
-		rel = table_open(c->relid, RowExclusiveLock);
-		if (c->valid)
+		/* (gone meanwhile: the extension made again; looked up by name below) */
+		rel = try_table_open(c->relid, RowExclusiveLock);
+		if (rel && c->valid)
 		{
 			*shape = c;
 			return rel;
 		}
-		table_close(rel, RowExclusiveLock);
+		if (rel)
+			table_close(rel, RowExclusiveLock);
+		c->valid = false;
 	}
 
 	{

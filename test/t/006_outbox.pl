@@ -759,6 +759,27 @@ sql(q{DELETE FROM pipeline.outbox_dead_letter WHERE connection = 'unanswered'});
 sql(q{ALTER SYSTEM RESET pipeline_ext.produce_timeout});
 sql(q{SELECT pg_reload_conf()});
 
+# --- the extension made again while a session that sent stays ----------------
+# A session keeps what it knows of pipeline.outbox until the table changes;
+# another session's DROP EXTENSION and CREATE EXTENSION give it a new table,
+# and its next send() writes there, without an error first.
+sql('CREATE DATABASE ob_again');
+$node->safe_psql('ob_again', qq{CREATE EXTENSION pipeline_ext; SELECT pipeline.create_connection('local', '$bs')});
+{
+	my $stays = $node->background_psql('ob_again');
+	$stays->query_safe(q{BEGIN; SELECT pipeline.send('local', 'ob_rb', 'not sent', 'k'); ROLLBACK});
+	# (its next transaction begun first: the drop's invalidation reaches it
+	# when it locks the table, not when its transaction starts)
+	$stays->query_safe(q{BEGIN; SELECT 1});
+	$node->safe_psql('ob_again', qq{DROP EXTENSION pipeline_ext CASCADE; CREATE EXTENSION pipeline_ext;
+	                                SELECT pipeline.create_connection('local', '$bs')});
+	my ($out, $ret) = $stays->query(q{SELECT pipeline.send('local', 'ob_rb', 'not sent either', 'k') > 0});
+	is($ret . $out, '0t', 'a session that sent writes into the outbox made again, at once');
+	$stays->query_safe('ROLLBACK');
+	$stays->quit;
+}
+sql('DROP DATABASE ob_again');
+
 # --- DROP DATABASE where a relay runs --------------------------------------
 sql('CREATE DATABASE ob_drop');
 $node->safe_psql('ob_drop', qq{CREATE EXTENSION pipeline_ext; SELECT pipeline.create_connection('local', '$bs');
