@@ -22,6 +22,7 @@ OBJS = \
 	src/capture_follow.o \
 	src/capture_rows.o \
 	src/capture_settings.o \
+	src/capture_sql.o \
 	src/relay.o \
 	src/relay_checkpoint.o \
 	src/relay_choose.o \

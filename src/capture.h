@@ -36,6 +36,9 @@ extern void pe_capture_make_triggers(Oid relid, int64 id, List *keys);
 extern void pe_capture_drop_triggers(Oid relid);
 extern List *pe_capture_current_keys(Relation rel, List *keys, char **attnums, int nattnums);
 
+/* capture_sql.c */
+extern char *pe_capture_sql(int event, Oid relid, List *keys, bool debezium, bool tombstones, const char *conn);
+
 /* capture_rows.c */
 extern AttrNumber pe_capture_key_attnum(Relation rel, const char *name);
 extern PeCaptureKey *pe_capture_key_prepare(Relation rel, List *keys, MemoryContext cxt);
